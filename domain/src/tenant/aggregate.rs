@@ -1,0 +1,335 @@
+//! Tenant state and the rules that decide commands against it.
+
+use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::money::Credits;
+use crate::roles::{Permission, Role};
+use crate::tenant::commands::TenantCommand;
+use crate::tenant::events::{KeyHash, TenantEvent};
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest tenant or key name accepted.
+pub const NAME_MAX_CHARS: usize = 200;
+/// Longest idempotency key or reason accepted.
+pub const LABEL_MAX_CHARS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("tenant already exists")]
+    TenantAlreadyExists,
+    #[error("{field} must be 1 to {max_chars} characters")]
+    InvalidLabel { field: &'static str, max_chars: usize },
+    #[error("invalid or revoked API key")]
+    Unauthenticated,
+    #[error("this API key's role ({role}) may not do that")]
+    PermissionDenied { role: &'static str },
+    #[error("API key {0} not found")]
+    UnknownKey(KeyId),
+    #[error("API key {0} already exists")]
+    KeyAlreadyExists(KeyId),
+    #[error("idempotency key {0:?} was already used with a different amount or reason")]
+    IdempotencyKeyReused(String),
+    #[error("insufficient credits: {available} available, {required} required for this request")]
+    InsufficientCredits { available: String, required: String },
+    #[error("request {0} already holds credit")]
+    HoldAlreadyExists(RequestId),
+    #[error("request {0} has no open hold")]
+    UnknownHold(RequestId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub name: String,
+    pub role: Role,
+    pub key_hash: KeyHash,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub amount: Credits,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub key_id: KeyId,
+    pub model: ModelId,
+    pub amount: Credits,
+    pub input_rate: crate::money::Rate,
+    pub output_rate: crate::money::Rate,
+    pub instance_id: InstanceId,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+/// A tenant's credit position. `available = granted - spent - held`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub granted: Credits,
+    pub spent: Credits,
+    pub held: Credits,
+    pub available: Credits,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub tenant_id: Option<TenantId>,
+    pub name: String,
+    pub keys: BTreeMap<KeyId, KeyRecord>,
+    pub granted: Credits,
+    pub spent: Credits,
+    pub held: Credits,
+    pub holds: BTreeMap<RequestId, Hold>,
+    /// Every grant by idempotency key: a key is permanent, so a retried grant is
+    /// recognised however late it arrives.
+    pub grants: BTreeMap<String, GrantRecord>,
+}
+
+fn check_label(field: &'static str, value: &str, max_chars: usize) -> Result<(), TenantError> {
+    let n = value.chars().count();
+    if n == 0 || n > max_chars || value.chars().any(char::is_control) {
+        return Err(TenantError::InvalidLabel { field, max_chars });
+    }
+    Ok(())
+}
+
+impl Tenant {
+    pub fn exists(&self) -> bool {
+        self.tenant_id.is_some()
+    }
+
+    pub fn balance(&self) -> Balance {
+        Balance {
+            granted: self.granted,
+            spent: self.spent,
+            held: self.held,
+            available: self.available(),
+        }
+    }
+
+    pub fn available(&self) -> Credits {
+        self.granted - self.spent - self.held
+    }
+
+    /// Finds the live key with this hash and checks that its role allows `permission`.
+    pub fn authorize(&self, key_id: KeyId, key_hash: &KeyHash, permission: Permission) -> Result<Role, TenantError> {
+        let key = self.keys.get(&key_id).filter(|k| !k.revoked && &k.key_hash == key_hash);
+        let key = key.ok_or(TenantError::Unauthenticated)?;
+        if !key.role.allows(permission) {
+            return Err(TenantError::PermissionDenied { role: key.role.as_str() });
+        }
+        Ok(key.role)
+    }
+
+    /// Decides a command: the events it produces, or why it is refused. Pure: the
+    /// state is not changed here (see [`Tenant::apply_event`]).
+    pub fn decide(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
+        if !self.exists() && !matches!(command, TenantCommand::CreateTenant { .. }) {
+            return Err(TenantError::TenantNotFound);
+        }
+        match command {
+            TenantCommand::CreateTenant { tenant_id, name, initial_credits, at } => {
+                if self.exists() {
+                    return Err(TenantError::TenantAlreadyExists);
+                }
+                check_label("name", &name, NAME_MAX_CHARS)?;
+                let mut events = vec![TenantEvent::TenantCreated { tenant_id, name, at }];
+                if initial_credits > Credits::ZERO {
+                    events.push(TenantEvent::CreditsGranted {
+                        amount_pico: initial_credits,
+                        idempotency_key: "initial-credits".to_string(),
+                        reason: "initial credits".to_string(),
+                        at,
+                    });
+                }
+                Ok(events)
+            }
+            TenantCommand::IssueApiKey { key_id, name, role, key_hash, at } => {
+                check_label("name", &name, NAME_MAX_CHARS)?;
+                if self.keys.contains_key(&key_id) {
+                    return Err(TenantError::KeyAlreadyExists(key_id));
+                }
+                Ok(vec![TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, at }])
+            }
+            TenantCommand::RevokeApiKey { key_id, at } => match self.keys.get(&key_id) {
+                None => Err(TenantError::UnknownKey(key_id)),
+                Some(key) if key.revoked => Ok(vec![]),
+                Some(_) => Ok(vec![TenantEvent::ApiKeyRevoked { key_id, at }]),
+            },
+            TenantCommand::GrantCredits { amount, idempotency_key, reason, at } => {
+                check_label("idempotency_key", &idempotency_key, LABEL_MAX_CHARS)?;
+                check_label("reason", &reason, LABEL_MAX_CHARS)?;
+                if let Some(previous) = self.grants.get(&idempotency_key) {
+                    if previous.amount == amount && previous.reason == reason {
+                        return Ok(vec![]);
+                    }
+                    return Err(TenantError::IdempotencyKeyReused(idempotency_key));
+                }
+                Ok(vec![TenantEvent::CreditsGranted { amount_pico: amount, idempotency_key, reason, at }])
+            }
+            TenantCommand::ReserveCredits {
+                request_id,
+                key_id,
+                model,
+                price,
+                prompt_bytes,
+                max_tokens,
+                instance_id,
+                expires_at,
+                at,
+            } => {
+                if self.holds.contains_key(&request_id) {
+                    return Err(TenantError::HoldAlreadyExists(request_id));
+                }
+                let hold = price.hold_for(prompt_bytes, max_tokens);
+                let available = self.available();
+                if available < hold {
+                    return Err(TenantError::InsufficientCredits {
+                        available: available.max(Credits::ZERO).to_decimal_string(),
+                        required: hold.to_decimal_string(),
+                    });
+                }
+                Ok(vec![TenantEvent::CreditsReserved {
+                    request_id,
+                    key_id,
+                    model,
+                    hold_pico: hold,
+                    input_rate_pico_per_token: price.input_rate,
+                    output_rate_pico_per_token: price.output_rate,
+                    prompt_bytes,
+                    max_output_tokens: max_tokens.unwrap_or(price.max_output_tokens),
+                    instance_id,
+                    expires_at,
+                    at,
+                }])
+            }
+            TenantCommand::SettleUsage { request_id, provider, usage, upstream_latency_ms, at } => {
+                let hold = self.holds.get(&request_id).ok_or(TenantError::UnknownHold(request_id))?;
+                let cost = hold.input_rate.cost_of(usage.input_tokens) + hold.output_rate.cost_of(usage.output_tokens);
+                let overshoot = (cost - hold.amount).max(Credits::ZERO);
+                Ok(vec![TenantEvent::UsageSettled {
+                    request_id,
+                    key_id: hold.key_id,
+                    provider,
+                    model: hold.model.clone(),
+                    usage,
+                    input_rate_pico_per_token: hold.input_rate,
+                    output_rate_pico_per_token: hold.output_rate,
+                    cost_pico: cost,
+                    hold_pico: hold.amount,
+                    overshoot_pico: overshoot,
+                    upstream_latency_ms,
+                    at,
+                }])
+            }
+            TenantCommand::ReleaseHold { request_id, reason, at } => {
+                let hold = self.holds.get(&request_id).ok_or(TenantError::UnknownHold(request_id))?;
+                Ok(vec![TenantEvent::HoldReleased { request_id, hold_pico: hold.amount, reason, at }])
+            }
+            TenantCommand::ReleaseAbandonedHolds { live_instances, at } => Ok(self
+                .holds
+                .iter()
+                .filter_map(|(request_id, hold)| {
+                    let reason = if !live_instances.contains(&hold.instance_id) {
+                        "abandoned: the hub process that placed this hold stopped before settling"
+                    } else if hold.expires_at <= at {
+                        "expired: the request did not settle within the hold's time to live"
+                    } else {
+                        return None;
+                    };
+                    Some(TenantEvent::HoldReleased {
+                        request_id: *request_id,
+                        hold_pico: hold.amount,
+                        reason: reason.to_string(),
+                        at,
+                    })
+                })
+                .collect()),
+        }
+    }
+
+    /// Applies one event. Cannot fail: events are facts.
+    pub fn apply_event(&mut self, event: TenantEvent) {
+        match event {
+            TenantEvent::TenantCreated { tenant_id, name, .. } => {
+                self.tenant_id = Some(tenant_id);
+                self.name = name;
+            }
+            TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, .. } => {
+                self.keys.insert(key_id, KeyRecord { name, role, key_hash, revoked: false });
+            }
+            TenantEvent::ApiKeyRevoked { key_id, .. } => {
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    key.revoked = true;
+                }
+            }
+            TenantEvent::CreditsGranted { amount_pico, idempotency_key, reason, at } => {
+                self.granted = self.granted + amount_pico;
+                self.grants.insert(idempotency_key, GrantRecord { amount: amount_pico, reason, at });
+            }
+            TenantEvent::CreditsReserved {
+                request_id,
+                key_id,
+                model,
+                hold_pico,
+                input_rate_pico_per_token,
+                output_rate_pico_per_token,
+                instance_id,
+                expires_at,
+                at,
+                ..
+            } => {
+                self.held = self.held + hold_pico;
+                self.holds.insert(
+                    request_id,
+                    Hold {
+                        key_id,
+                        model,
+                        amount: hold_pico,
+                        input_rate: input_rate_pico_per_token,
+                        output_rate: output_rate_pico_per_token,
+                        instance_id,
+                        expires_at,
+                        at,
+                    },
+                );
+            }
+            TenantEvent::UsageSettled { request_id, cost_pico, hold_pico, .. } => {
+                self.holds.remove(&request_id);
+                self.held = self.held - hold_pico;
+                self.spent = self.spent + cost_pico;
+            }
+            TenantEvent::HoldReleased { request_id, hold_pico, .. } => {
+                self.holds.remove(&request_id);
+                self.held = self.held - hold_pico;
+            }
+        }
+        debug_assert!(self.held >= Credits::ZERO, "held credit can never be negative");
+    }
+}
+
+impl Aggregate for Tenant {
+    const TYPE: &'static str = "Tenant";
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+    type Error = TenantError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _services: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.apply_event(event);
+    }
+}

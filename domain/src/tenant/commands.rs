@@ -1,0 +1,68 @@
+//! What can be asked of a tenant. Commands carry their own timestamps and ids so
+//! that deciding them is deterministic (tests and replays need no clock).
+
+use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::money::Credits;
+use crate::pricing::{ModelPrice, Usage};
+use crate::roles::Role;
+use crate::tenant::events::KeyHash;
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TenantCommand {
+    CreateTenant {
+        tenant_id: TenantId,
+        name: String,
+        initial_credits: Credits,
+        at: DateTime<Utc>,
+    },
+    IssueApiKey {
+        key_id: KeyId,
+        name: String,
+        role: Role,
+        key_hash: KeyHash,
+        at: DateTime<Utc>,
+    },
+    RevokeApiKey {
+        key_id: KeyId,
+        at: DateTime<Utc>,
+    },
+    GrantCredits {
+        amount: Credits,
+        idempotency_key: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Place a hold for one model request before calling the upstream.
+    ReserveCredits {
+        request_id: RequestId,
+        key_id: KeyId,
+        model: ModelId,
+        price: ModelPrice,
+        prompt_bytes: u64,
+        max_tokens: Option<u32>,
+        instance_id: InstanceId,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Charge what the upstream reported and release the rest of the hold.
+    SettleUsage {
+        request_id: RequestId,
+        provider: String,
+        usage: Usage,
+        upstream_latency_ms: u64,
+        at: DateTime<Utc>,
+    },
+    /// The request failed or was abandoned: it costs nothing.
+    ReleaseHold {
+        request_id: RequestId,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Release every hold placed by a hub process that is no longer alive, or whose
+    /// time to live has passed.
+    ReleaseAbandonedHolds {
+        live_instances: Vec<InstanceId>,
+        at: DateTime<Utc>,
+    },
+}

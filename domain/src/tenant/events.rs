@@ -1,0 +1,133 @@
+//! What happened to a tenant. Events are a stored, public schema: never change a
+//! variant's shape in place; add a new version and an upcaster (see docs/events.md).
+
+use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::money::{Credits, Rate};
+use crate::pricing::Usage;
+use crate::roles::Role;
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version written with every event of this schema.
+pub const EVENT_VERSION: &str = "1.0";
+
+/// SHA-256 of a hub API key's secret, hex encoded. The secret itself is never stored;
+/// keys are 256-bit random, so a fast hash is enough (no password stretching needed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    pub fn of_secret(secret: &str) -> Self {
+        Self(hex::encode(Sha256::digest(secret.as_bytes())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TenantEvent {
+    TenantCreated {
+        tenant_id: TenantId,
+        name: String,
+        at: DateTime<Utc>,
+    },
+    ApiKeyIssued {
+        key_id: KeyId,
+        name: String,
+        role: Role,
+        key_hash: KeyHash,
+        at: DateTime<Utc>,
+    },
+    ApiKeyRevoked {
+        key_id: KeyId,
+        at: DateTime<Utc>,
+    },
+    CreditsGranted {
+        amount_pico: Credits,
+        idempotency_key: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    CreditsReserved {
+        request_id: RequestId,
+        key_id: KeyId,
+        model: ModelId,
+        hold_pico: Credits,
+        input_rate_pico_per_token: Rate,
+        output_rate_pico_per_token: Rate,
+        prompt_bytes: u64,
+        max_output_tokens: u32,
+        instance_id: InstanceId,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    UsageSettled {
+        request_id: RequestId,
+        key_id: KeyId,
+        provider: String,
+        model: ModelId,
+        usage: Usage,
+        input_rate_pico_per_token: Rate,
+        output_rate_pico_per_token: Rate,
+        cost_pico: Credits,
+        hold_pico: Credits,
+        /// How far the charge exceeded the hold (the upstream ignored `max_tokens`).
+        overshoot_pico: Credits,
+        upstream_latency_ms: u64,
+        at: DateTime<Utc>,
+    },
+    HoldReleased {
+        request_id: RequestId,
+        hold_pico: Credits,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl TenantEvent {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            TenantEvent::TenantCreated { at, .. }
+            | TenantEvent::ApiKeyIssued { at, .. }
+            | TenantEvent::ApiKeyRevoked { at, .. }
+            | TenantEvent::CreditsGranted { at, .. }
+            | TenantEvent::CreditsReserved { at, .. }
+            | TenantEvent::UsageSettled { at, .. }
+            | TenantEvent::HoldReleased { at, .. } => *at,
+        }
+    }
+
+    /// The model request an event belongs to, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            TenantEvent::CreditsReserved { request_id, .. }
+            | TenantEvent::UsageSettled { request_id, .. }
+            | TenantEvent::HoldReleased { request_id, .. } => Some(*request_id),
+            _ => None,
+        }
+    }
+}
+
+impl DomainEvent for TenantEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TenantEvent::TenantCreated { .. } => "TenantCreated",
+            TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
+            TenantEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+            TenantEvent::CreditsGranted { .. } => "CreditsGranted",
+            TenantEvent::CreditsReserved { .. } => "CreditsReserved",
+            TenantEvent::UsageSettled { .. } => "UsageSettled",
+            TenantEvent::HoldReleased { .. } => "HoldReleased",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_string()
+    }
+}

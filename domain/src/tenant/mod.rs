@@ -1,0 +1,16 @@
+//! The tenant aggregate: the single source of truth for one tenant's keys and credit.
+//!
+//! Every change is a command decided against the tenant's current state
+//! ([`aggregate::Tenant::decide`]) into immutable events; state changes only by
+//! applying events, so replaying the stream reproduces it exactly.
+
+pub mod aggregate;
+pub mod commands;
+pub mod events;
+
+#[cfg(test)]
+mod tests;
+
+pub use aggregate::{Balance, GrantRecord, Hold, KeyRecord, Tenant, TenantError};
+pub use commands::TenantCommand;
+pub use events::{KeyHash, TenantEvent, EVENT_VERSION};
