@@ -1,1 +1,5 @@
-fn main() {}
+//! The `aigne-hub` binary: see `aigne-hub --help`.
+
+fn main() -> std::process::ExitCode {
+    aigne_hub::cli::main()
+}

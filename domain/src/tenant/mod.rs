@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod commands;
 pub mod events;
+pub mod upcast;
 
 #[cfg(test)]
 mod tests;
@@ -14,3 +15,4 @@ mod tests;
 pub use aggregate::{Balance, GrantRecord, Hold, KeyRecord, Tenant, TenantError};
 pub use commands::TenantCommand;
 pub use events::{KeyHash, TenantEvent, EVENT_VERSION};
+pub use upcast::upcasters;

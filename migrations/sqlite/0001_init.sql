@@ -1,0 +1,62 @@
+-- Event log: the sqlite-es layout. SQLite has one writer at a time, so the implicit
+-- rowid (monotonic: events are never deleted) is commit order and serves as the
+-- global position for projections.
+CREATE TABLE IF NOT EXISTS events
+(
+    aggregate_type text                          NOT NULL,
+    aggregate_id   text                          NOT NULL,
+    sequence       integer CHECK (sequence >= 0) NOT NULL,
+    event_type     text                          NOT NULL,
+    event_version  text                          NOT NULL,
+    payload        text                          NOT NULL,
+    metadata       text                          NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS tenant_snapshots
+(
+    tenant_id      text    PRIMARY KEY,
+    schema_version integer NOT NULL,
+    last_sequence  integer NOT NULL,
+    payload        text    NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS providers
+(
+    provider_id       text PRIMARY KEY,
+    name              text NOT NULL UNIQUE,
+    kind              text NOT NULL,
+    base_url          text NOT NULL,
+    secret_ciphertext text NOT NULL,
+    created_at        text NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS model_prices
+(
+    model                   text    PRIMARY KEY,
+    input_pico_per_token    text    NOT NULL,
+    output_pico_per_token   text    NOT NULL,
+    max_output_tokens       integer NOT NULL,
+    version                 integer NOT NULL,
+    updated_at              text    NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS projection_rows
+(
+    projection text NOT NULL,
+    row_key    text NOT NULL,
+    payload    text NOT NULL,
+    PRIMARY KEY (projection, row_key)
+) STRICT;
+CREATE TABLE IF NOT EXISTS projection_checkpoints
+(
+    projection text    PRIMARY KEY,
+    txid       integer NOT NULL,
+    position   integer NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS hub_instances
+(
+    instance_id  text    PRIMARY KEY,
+    last_seen_ms integer NOT NULL
+) STRICT;

@@ -1,0 +1,13 @@
+//! Per-tenant actors: one single writer per tenant stream.
+//!
+//! Every command for a tenant goes through its actor, which holds the tenant's
+//! state in memory, decides commands in arrival order and commits their events
+//! before answering. Requests of different tenants never wait on each other; a
+//! tenant's requests are serialized, which is what makes "never spend credit you
+//! do not have" hold under any concurrency.
+
+pub mod registry;
+pub mod tenant;
+
+pub use registry::TenantRegistry;
+pub use tenant::{Auth, TenantOp, TenantReply};

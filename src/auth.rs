@@ -1,0 +1,113 @@
+//! Hub API keys and the operator token.
+//!
+//! A hub key reads `aih_<tenant id>_<key id>_<secret>`: the ids route the request
+//! to its tenant's actor without any lookup table, and the actor, which holds the
+//! only copy of the key's SHA-256, decides whether it is valid. The secret is 256
+//! random bits and is shown once, when the key is issued.
+
+use crate::error::HubError;
+use actix_web::HttpRequest;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use domain::tenant::KeyHash;
+use domain::{KeyId, TenantId};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+const KEY_PREFIX: &str = "aih";
+/// Longest bearer token looked at; real keys are about 120 bytes.
+pub const BEARER_MAX_BYTES: usize = 512;
+
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A freshly issued key: the full text is returned to the caller once.
+pub struct NewKey {
+    pub key_id: KeyId,
+    pub full_key: String,
+    pub key_hash: KeyHash,
+}
+
+pub fn new_key(tenant_id: TenantId) -> NewKey {
+    let key_id = KeyId::new_random();
+    let secret = random_secret();
+    NewKey {
+        key_id,
+        full_key: format!("{KEY_PREFIX}_{}_{}_{secret}", tenant_id.0.simple(), key_id.0.simple()),
+        key_hash: KeyHash::of_secret(&secret),
+    }
+}
+
+/// A presented key, parsed but not yet checked against its tenant.
+#[derive(Clone, Debug)]
+pub struct PresentedKey {
+    pub tenant_id: TenantId,
+    pub key_id: KeyId,
+    pub key_hash: KeyHash,
+}
+
+pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
+    let mut parts = text.splitn(4, '_');
+    let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(HubError::Unauthenticated);
+    };
+    let tenant_id = Uuid::try_parse(tenant).map_err(|_| HubError::Unauthenticated)?;
+    let key_id = Uuid::try_parse(key).map_err(|_| HubError::Unauthenticated)?;
+    if secret.is_empty() {
+        return Err(HubError::Unauthenticated);
+    }
+    Ok(PresentedKey { tenant_id: TenantId(tenant_id), key_id: KeyId(key_id), key_hash: KeyHash::of_secret(secret) })
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    if value.len() > BEARER_MAX_BYTES {
+        return None;
+    }
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
+    parse_key(bearer(req).ok_or(HubError::Unauthenticated)?)
+}
+
+/// Compares the operator token in constant time (on digests, so lengths leak nothing).
+pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), HubError> {
+    let presented = bearer(req).ok_or(HubError::Unauthenticated)?;
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected_token.as_bytes());
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(HubError::Unauthenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_key_parses_back_to_its_ids_and_hash() {
+        let tenant = TenantId::new_random();
+        let key = new_key(tenant);
+        let parsed = parse_key(&key.full_key).unwrap();
+        assert_eq!(parsed.tenant_id, tenant);
+        assert_eq!(parsed.key_id, key.key_id);
+        assert_eq!(parsed.key_hash, key.key_hash);
+    }
+
+    #[test]
+    fn malformed_keys_are_unauthenticated() {
+        for bad in ["", "sk-123", "aih_x_y_z", "aih__", &format!("aih_{}_{}_", Uuid::nil().simple(), Uuid::nil().simple())] {
+            assert!(matches!(parse_key(bad), Err(HubError::Unauthenticated)), "{bad}");
+        }
+    }
+}

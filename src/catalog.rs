@@ -1,0 +1,94 @@
+//! Providers and model prices, cached in memory for the request path.
+//!
+//! The tables are the truth; each process reloads them after its own writes and
+//! every `catalog_refresh_ms` to pick up other processes' changes. A request reads
+//! one immutable snapshot, so a price change never splits a request in two.
+
+use crate::crypto::{provider_binding, SecretBox};
+use crate::providers::{Provider, ProviderKind};
+use crate::store::{PriceRow, Store, StoreError};
+use domain::{ModelId, ModelPrice, Rate};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone, Debug)]
+pub struct PricedModel {
+    pub model: ModelId,
+    pub price: ModelPrice,
+    pub price_version: i64,
+    pub updated_at: String,
+}
+
+#[derive(Default)]
+pub struct CatalogData {
+    pub providers: BTreeMap<String, Provider>,
+    pub models: BTreeMap<String, PricedModel>,
+}
+
+impl CatalogData {
+    /// A model is callable when it has a price and its provider exists.
+    pub fn route(&self, model: &str) -> Option<(PricedModel, Provider)> {
+        let priced = self.models.get(model)?;
+        let provider = self.providers.get(priced.model.provider())?;
+        Some((priced.clone(), provider.clone()))
+    }
+}
+
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    secrets: Arc<SecretBox>,
+    current: RwLock<Arc<CatalogData>>,
+}
+
+fn price_from_row(row: &PriceRow) -> Option<PricedModel> {
+    let rate = |s: &str| s.parse::<i128>().ok().map(Rate::from_pico_per_token);
+    Some(PricedModel {
+        model: ModelId::parse(&row.model).ok()?,
+        price: ModelPrice {
+            input_rate: rate(&row.input_pico_per_token)?,
+            output_rate: rate(&row.output_pico_per_token)?,
+            max_output_tokens: u32::try_from(row.max_output_tokens).ok()?,
+        },
+        price_version: row.version,
+        updated_at: row.updated_at.clone(),
+    })
+}
+
+impl Catalog {
+    pub fn new(store: Arc<dyn Store>, secrets: Arc<SecretBox>) -> Self {
+        Self { store, secrets, current: RwLock::new(Arc::default()) }
+    }
+
+    pub fn snapshot(&self) -> Arc<CatalogData> {
+        self.current.read().expect("catalog lock poisoned").clone()
+    }
+
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let mut data = CatalogData::default();
+        for row in self.store.list_providers().await? {
+            let Ok(kind) = row.kind.parse::<ProviderKind>() else {
+                tracing::warn!(provider = %row.name, kind = %row.kind, "provider of an unknown kind skipped");
+                continue;
+            };
+            match self.secrets.open(&row.secret_ciphertext, &provider_binding(&row.provider_id, None)) {
+                Ok(api_key) => {
+                    data.providers.insert(
+                        row.name.clone(),
+                        Provider { provider_id: row.provider_id, name: row.name, kind, base_url: row.base_url, api_key },
+                    );
+                }
+                Err(e) => tracing::error!(provider = %row.name, error = %e, "provider credential cannot be opened; provider skipped"),
+            }
+        }
+        for row in self.store.list_prices().await? {
+            match price_from_row(&row) {
+                Some(priced) => {
+                    data.models.insert(row.model.clone(), priced);
+                }
+                None => tracing::error!(model = %row.model, "stored price is malformed; model skipped"),
+            }
+        }
+        *self.current.write().expect("catalog lock poisoned") = Arc::new(data);
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Command line: `serve` (the default) and the operator's operations, each
+//! printing JSON. Operations run in-process against the same store as the server.
+
+use crate::config::{self, Settings, TokenSource};
+use crate::crypto::Secret;
+use crate::startup::{build_hub, Application};
+use clap::{Args, Parser, Subcommand};
+use domain::{Credits, KeyId, Role, TenantId};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "aigne-hub", version, about = "A multi-tenant AI gateway with a replayable credit ledger")]
+struct Cli {
+    /// Directory for the embedded store and generated secrets.
+    #[arg(long, env = "AIGNE_HUB_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+    /// postgres://… for PostgreSQL; unset = embedded SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve(ServeArgs),
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    #[command(subcommand)]
+    Key(KeyCmd),
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+    /// Show a tenant's balance.
+    Balance {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+    #[command(subcommand)]
+    Price(PriceCmd),
+    /// Rebuild every projection from the event log and compare it with the live one.
+    Replay,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    #[arg(long, env = "AIGNE_HUB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Credits granted at creation, as a decimal string.
+        #[arg(long)]
+        initial_credits: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Issue a key (printed once).
+    Issue {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        name: String,
+        /// admin, member, billing or auditor.
+        #[arg(long)]
+        role: Role,
+    },
+    Revoke {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        key_id: KeyId,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCmd {
+    Grant {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        idempotency_key: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProviderCmd {
+    /// Add a provider. The API key is read from AIGNE_HUB_PROVIDER_API_KEY or, if
+    /// unset, from standard input (never from the command line, where `ps` shows it).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        base_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PriceCmd {
+    /// Set a model's price in credits per million tokens.
+    Set {
+        model: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        max_output_tokens: Option<u32>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let mut settings = Settings::from_env_defaults();
+    settings.data_dir = cli.data_dir.clone();
+    settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs { listen: settings.listen.clone() }));
+    let system = actix_web::rt::System::new();
+    match system.block_on(run(settings, command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn print(value: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&value).expect("JSON values always serialize"));
+}
+
+async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(args) = command {
+        settings.listen = args.listen;
+        return serve(settings).await;
+    }
+    let hub = build_hub(&settings).await?;
+    let result = match command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Tenant(TenantCmd::Create { name, initial_credits }) => {
+            let initial = match initial_credits {
+                Some(raw) => Credits::parse(&raw).map_err(|e| anyhow::anyhow!("--initial-credits: {e}"))?,
+                None => Credits::ZERO,
+            };
+            let tenant_id = hub.create_tenant(name, initial).await?;
+            serde_json::json!({"tenant_id": tenant_id.to_string()})
+        }
+        Command::Key(KeyCmd::Issue { tenant, name, role }) => {
+            let (key_id, key) = hub.issue_key(tenant, name, role).await?;
+            serde_json::json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})
+        }
+        Command::Key(KeyCmd::Revoke { tenant, key_id }) => {
+            hub.revoke_key(tenant, key_id).await?;
+            serde_json::json!({"key_id": key_id.to_string(), "revoked": true})
+        }
+        Command::Credits(CreditsCmd::Grant { tenant, amount, idempotency_key, reason }) => {
+            let amount = Credits::parse_positive(&amount).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            let (grant, _) = hub.grant(tenant, amount, idempotency_key.clone(), reason).await?;
+            serde_json::json!({
+                "tenant_id": tenant.to_string(), "idempotency_key": idempotency_key,
+                "amount": grant.amount.to_decimal_string(), "reason": grant.reason, "granted_at": grant.at.to_rfc3339()
+            })
+        }
+        Command::Balance { tenant } => crate::routes::balance_json(tenant, &hub.balance(tenant, None).await?),
+        Command::Provider(ProviderCmd::Add { name, kind, base_url }) => {
+            let api_key = match std::env::var("AIGNE_HUB_PROVIDER_API_KEY") {
+                Ok(key) if !key.is_empty() => key,
+                _ => {
+                    let mut key = String::new();
+                    std::io::stdin().take(crate::crypto::SECRET_MAX_BYTES as u64 + 1).read_to_string(&mut key)?;
+                    key.trim().to_string()
+                }
+            };
+            let provider_id = hub.add_provider(name.clone(), &kind, base_url, Secret::new(api_key)).await?;
+            serde_json::json!({"provider_id": provider_id, "name": name, "kind": kind})
+        }
+        Command::Price(PriceCmd::Set { model, input, output, max_output_tokens }) => {
+            let version = hub.set_price(&model, &input, &output, max_output_tokens).await?;
+            serde_json::json!({"model": model, "input_per_mtok": input, "output_per_mtok": output, "version": version})
+        }
+        Command::Replay => {
+            let report = crate::replay::replay_all(hub.store.as_ref()).await?;
+            let ok = report.all_identical;
+            print(serde_json::to_value(&report)?);
+            hub.tenants.shutdown();
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+    };
+    hub.tenants.shutdown();
+    print(result);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let (_, token_source) = config::operator_token(&settings)?;
+    let app = Application::build(settings.clone()).await?;
+    let address = format!("http://{}", settings.listen.replace("0.0.0.0", "127.0.0.1"));
+    let store = match &settings.database_url {
+        Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
+        None => format!("embedded SQLite in {}", settings.data_dir.display()),
+    };
+    let token_hint = match token_source {
+        TokenSource::Env => "from AIGNE_HUB_OPERATOR_TOKEN".to_string(),
+        TokenSource::File { path, created } => format!("{} {}", if created { "generated into" } else { "read from" }, path.display()),
+    };
+    let token_cmd = match &settings.operator_token {
+        Some(_) => "$AIGNE_HUB_OPERATOR_TOKEN".to_string(),
+        None => format!("$(cat {})", settings.data_dir.join("operator_token").display()),
+    };
+    eprintln!(
+        "aigne-hub listening on {address} (store: {store})\noperator token: {token_hint}\n\nquickstart:\n  TOKEN={token_cmd}\n  curl -s -X POST {address}/admin/v1/providers -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"openai\",\"kind\":\"openai\",\"base_url\":\"https://api.openai.com/v1\",\"api_key\":\"'$OPENAI_API_KEY'\"}}'\n  curl -s -X PUT {address}/admin/v1/prices/openai/gpt-4o-mini -H \"Authorization: Bearer $TOKEN\" -d '{{\"input_per_mtok\":\"0.15\",\"output_per_mtok\":\"0.6\"}}'\n  curl -s -X POST {address}/admin/v1/tenants -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"acme\",\"initial_credits\":\"10\"}}'\n  curl -s -X POST {address}/admin/v1/tenants/<tenant_id>/keys -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"app\",\"role\":\"admin\"}}'\n  curl -s {address}/v1/chat/completions -H \"Authorization: Bearer <key>\" -d '{{\"model\":\"openai/gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n"
+    );
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}

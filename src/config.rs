@@ -1,0 +1,143 @@
+//! Settings: flags and environment variables, each with a default, and the named
+//! limits every queue, body and timeout in the hub obeys.
+
+use crate::crypto::SecretBox;
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Every bound the hub enforces. Defaults are for one hub process on a small
+/// machine; tests shorten the clocks.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body accepted (vision prompts carry base64 images).
+    pub max_request_body_bytes: usize,
+    pub upstream_connect_timeout_ms: u64,
+    /// Until the upstream's response headers arrive.
+    pub upstream_first_byte_timeout_ms: u64,
+    /// Longest silence between two chunks of a stream.
+    pub upstream_idle_timeout_ms: u64,
+    /// Whole upstream exchange, non-streaming.
+    pub upstream_total_timeout_ms: u64,
+    /// A hold not settled by then is released (an abandoned request cannot lock
+    /// credit forever). Longer than any request may take.
+    pub hold_ttl_ms: u64,
+    pub instance_heartbeat_ms: u64,
+    /// A hub process silent for this long is dead: its holds are released.
+    pub instance_stale_after_ms: u64,
+    /// How often the holds of dead processes and expired holds are swept.
+    pub hold_sweep_interval_ms: u64,
+    /// A tenant actor with nothing to do for this long stops (its state is in events).
+    pub tenant_idle_stop_ms: u64,
+    /// Messages a tenant actor queues before callers are told to back off.
+    pub tenant_mailbox_capacity: usize,
+    /// Longest a request waits for its tenant actor (queue + commit).
+    pub tenant_call_timeout_ms: u64,
+    /// How often other processes' provider and price changes are picked up.
+    pub catalog_refresh_ms: u64,
+    /// How often the projector catches up even without a local commit.
+    pub projector_poll_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 8 * 1024 * 1024,
+            upstream_connect_timeout_ms: 5_000,
+            upstream_first_byte_timeout_ms: 120_000,
+            upstream_idle_timeout_ms: 60_000,
+            upstream_total_timeout_ms: 600_000,
+            hold_ttl_ms: 900_000,
+            instance_heartbeat_ms: 1_000,
+            instance_stale_after_ms: 5_000,
+            hold_sweep_interval_ms: 2_000,
+            tenant_idle_stop_ms: 300_000,
+            tenant_mailbox_capacity: 4_096,
+            tenant_call_timeout_ms: 15_000,
+            catalog_refresh_ms: 5_000,
+            projector_poll_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// From `AIGNE_HUB_OPERATOR_TOKEN`; generated into the data dir when unset.
+    pub operator_token: Option<String>,
+    /// From `AIGNE_HUB_MASTER_KEY`; generated into the data dir when unset.
+    pub master_key: Option<String>,
+    /// Number of threads that run tenant actors.
+    pub actor_threads: usize,
+    pub limits: Limits,
+}
+
+impl Settings {
+    pub fn from_env_defaults() -> Self {
+        Self {
+            listen: std::env::var("AIGNE_HUB_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into()),
+            data_dir: std::env::var("AIGNE_HUB_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("./data")),
+            database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
+            operator_token: std::env::var("AIGNE_HUB_OPERATOR_TOKEN").ok().filter(|s| !s.is_empty()),
+            master_key: std::env::var("AIGNE_HUB_MASTER_KEY").ok().filter(|s| !s.is_empty()),
+            actor_threads: 2,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Writes `contents` to a new file readable only by its owner.
+fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads a secret from `file_name` in the data dir, creating it with `generate` on
+/// first start. Returns the secret and whether it was just created.
+fn file_secret(data_dir: &Path, file_name: &str, generate: impl FnOnce() -> String) -> anyhow::Result<(String, PathBuf, bool)> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let path = data_dir.join(file_name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((text.trim().to_string(), path, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = generate();
+            write_private_file(&path, &value)?;
+            Ok((value, path, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Where the operator token came from, for the startup banner.
+pub enum TokenSource {
+    Env,
+    File { path: PathBuf, created: bool },
+}
+
+pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSource)> {
+    if let Some(token) = &settings.operator_token {
+        return Ok((token.clone(), TokenSource::Env));
+    }
+    let (token, path, created) = file_secret(&settings.data_dir, "operator_token", || format!("aho_{}", crate::auth::random_secret()))?;
+    Ok((token, TokenSource::File { path, created }))
+}
+
+pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
+    let text = match &settings.master_key {
+        Some(text) => text.clone(),
+        None => file_secret(&settings.data_dir, "master.key", || hex::encode(SecretBox::generate_master_key()))?.0,
+    };
+    let key = SecretBox::parse_master_key(&text).map_err(|e| anyhow::anyhow!("AIGNE_HUB_MASTER_KEY: {e}"))?;
+    Ok(SecretBox::new(&key)?)
+}

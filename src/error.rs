@@ -1,0 +1,126 @@
+//! Every error a client can see, and its HTTP mapping, in one place.
+//!
+//! Bodies follow OpenAI's shape, `{"error":{"message","type","code"}}`, so the
+//! official SDKs surface them. Messages never contain secrets: provider keys and
+//! hub keys are never formatted into an error.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use domain::tenant::TenantError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("invalid or revoked API key")]
+    Unauthenticated,
+    #[error("this API key's role ({0}) may not do that")]
+    PermissionDenied(&'static str),
+    #[error("insufficient credits: {available} available, {required} required for this request; ask your administrator to add credits")]
+    InsufficientCredits { available: String, required: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the model {0:?} does not exist or has no price; list models with GET /v1/models")]
+    ModelNotFound(String),
+    #[error("request body is larger than the limit of {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("upstream provider error: {0}")]
+    Upstream(String),
+    #[error("the upstream provider rejected the hub's credential; the operator must fix the provider key")]
+    UpstreamCredentialRejected,
+    #[error("the upstream provider did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream rate limit: {0}")]
+    UpstreamRateLimited(String),
+    #[error("service temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HubError {
+    fn kind_and_code(&self) -> (&'static str, &'static str) {
+        match self {
+            HubError::Unauthenticated => ("authentication_error", "invalid_api_key"),
+            HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
+            HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
+            HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            HubError::NotFound(_) => ("invalid_request_error", "not_found"),
+            HubError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            HubError::PayloadTooLarge { .. } => ("invalid_request_error", "payload_too_large"),
+            HubError::Conflict(_) => ("invalid_request_error", "conflict"),
+            HubError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            HubError::Upstream(_) => ("api_error", "upstream_error"),
+            HubError::UpstreamCredentialRejected => ("api_error", "provider_credential_rejected"),
+            HubError::UpstreamTimeout => ("api_error", "upstream_timeout"),
+            HubError::UpstreamRateLimited(_) => ("rate_limit_error", "rate_limited"),
+            HubError::Unavailable(_) => ("api_error", "unavailable"),
+            HubError::Internal(_) => ("api_error", "internal_error"),
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.kind_and_code();
+        json!({"error": {"message": self.to_string(), "type": kind, "code": code}})
+    }
+}
+
+impl ResponseError for HubError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            HubError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            HubError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            HubError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HubError::NotFound(_) | HubError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            HubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::Conflict(_) => StatusCode::CONFLICT,
+            HubError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            HubError::Upstream(_) | HubError::UpstreamCredentialRejected => StatusCode::BAD_GATEWAY,
+            HubError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            HubError::UpstreamRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if matches!(self, HubError::Internal(_) | HubError::Unavailable(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        HttpResponse::build(self.status_code()).json(self.body())
+    }
+}
+
+impl From<TenantError> for HubError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            // A key naming a tenant that does not exist is just an invalid key.
+            TenantError::TenantNotFound | TenantError::Unauthenticated => HubError::Unauthenticated,
+            TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
+            TenantError::InsufficientCredits { available, required } => HubError::InsufficientCredits { available, required },
+            TenantError::InvalidLabel { .. } => HubError::BadRequest(e.to_string()),
+            TenantError::UnknownKey(_) => HubError::NotFound(e.to_string()),
+            TenantError::TenantAlreadyExists
+            | TenantError::KeyAlreadyExists(_)
+            | TenantError::IdempotencyKeyReused(_)
+            | TenantError::HoldAlreadyExists(_)
+            | TenantError::UnknownHold(_) => HubError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for HubError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::DuplicateName(_) => HubError::Conflict(e.to_string()),
+            crate::store::StoreError::Conflict => HubError::Unavailable("too many concurrent writers for this tenant, retry".into()),
+            other => HubError::Unavailable(other.to_string()),
+        }
+    }
+}

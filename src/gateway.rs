@@ -1,0 +1,347 @@
+//! The model request path: authenticate, hold, call upstream, settle, answer.
+//!
+//! One clear path per request (see docs/ARCHITECTURE.md):
+//! 1. the tenant actor checks the key and places a hold (402 if credit is short);
+//! 2. the upstream is called;
+//! 3. on failure the hold is released (the request costs nothing); on success the
+//!    usage the upstream reported is settled;
+//! 4. only after the settlement is committed does the client get the answer (the
+//!    whole JSON, or a stream's final `data: [DONE]`). So a response a client has
+//!    fully received is always billed, even if the hub dies right after.
+
+use crate::actors::TenantOp;
+use crate::auth::{presented_key, PresentedKey};
+use crate::body::{parse_json, read_limited};
+use crate::catalog::PricedModel;
+use crate::error::HubError;
+use crate::hub::Hub;
+use crate::providers::sse::SseParser;
+use crate::providers::{openai, Provider, UpstreamError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use chrono::Utc;
+use domain::tenant::TenantCommand;
+use domain::{Permission, RequestId, Usage};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// Chunks buffered between the upstream reader and a slow client.
+pub const STREAM_BUFFER_CHUNKS: usize = 64;
+
+/// The parts of an OpenAI chat request the hub needs; the rest passes through.
+struct ChatRequest {
+    model: String,
+    stream: bool,
+    max_tokens: Option<u32>,
+    client_wants_usage: bool,
+}
+
+fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
+    let object = request.as_object().ok_or_else(|| HubError::BadRequest("request body must be a JSON object".into()))?;
+    let model = object
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| HubError::BadRequest("`model` is required and must be a string like \"openai/gpt-4o-mini\"".into()))?;
+    match object.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {
+            if messages.iter().any(|m| !m.is_object()) {
+                return Err(HubError::BadRequest("every entry of `messages` must be an object".into()));
+            }
+        }
+        _ => return Err(HubError::BadRequest("`messages` is required and must be a non-empty array".into())),
+    }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(HubError::BadRequest("`stream` must be a boolean".into())),
+    };
+    let mut max_tokens = None;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match object.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .filter(|n| *n >= 1 && *n <= u32::MAX as u64)
+                    .ok_or_else(|| HubError::BadRequest(format!("`{field}` must be a positive integer")))?;
+                max_tokens = Some(max_tokens.map_or(n as u32, |m: u32| m.min(n as u32)));
+            }
+        }
+    }
+    let client_wants_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    Ok(ChatRequest { model: model.to_string(), stream, max_tokens, client_wants_usage })
+}
+
+/// Everything needed to settle or release one request's hold.
+#[derive(Clone)]
+struct Billing {
+    hub: Arc<Hub>,
+    key: PresentedKey,
+    request_id: RequestId,
+    provider: String,
+    prompt_bytes: u64,
+    started: Instant,
+}
+
+impl Billing {
+    async fn settle(&self, usage: Usage) -> Result<(), HubError> {
+        let command = TenantCommand::SettleUsage {
+            request_id: self.request_id,
+            provider: self.provider.clone(),
+            usage,
+            upstream_latency_ms: self.started.elapsed().as_millis() as u64,
+            at: Utc::now(),
+        };
+        self.hub
+            .tenants
+            .call(self.key.tenant_id, TenantOp::Execute { auth: None, command, request_id: Some(self.request_id) })
+            .await
+            .map(|_| ())
+    }
+
+    async fn release(&self, reason: String) {
+        let command = TenantCommand::ReleaseHold { request_id: self.request_id, reason, at: Utc::now() };
+        let op = TenantOp::Execute { auth: None, command, request_id: Some(self.request_id) };
+        if let Err(e) = self.hub.tenants.call(self.key.tenant_id, op).await {
+            // The hold stays until the sweeper releases it at its time to live.
+            tracing::warn!(request_id = %self.request_id, error = %e, "releasing a hold failed");
+        }
+    }
+}
+
+pub async fn chat_completions(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    let hub = hub.into_inner();
+    let key = presented_key(&req)?;
+    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
+    let mut request: Value = parse_json(&body)?;
+    let chat = parse_chat_request(&request)?;
+    let auth = Some(Hub::key_auth(&key, Permission::CallModels));
+
+    let Some((priced, provider)) = hub.catalog.snapshot().route(&chat.model) else {
+        // Check the key first, so an unknown model is never a way to probe keys.
+        hub.tenants.call(key.tenant_id, TenantOp::Read { auth }).await?;
+        return Err(HubError::ModelNotFound(chat.model));
+    };
+
+    let request_id = RequestId::new_random();
+    // The whole body's size bounds the prompt's tokens (a token is at least a byte).
+    let prompt_bytes = body.len() as u64;
+    let reserve = TenantCommand::ReserveCredits {
+        request_id,
+        key_id: key.key_id,
+        model: priced.model.clone(),
+        price: priced.price,
+        prompt_bytes,
+        max_tokens: chat.max_tokens,
+        instance_id: hub.instance_id,
+        expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
+        at: Utc::now(),
+    };
+    let span = tracing::info_span!("chat", tenant_id = %key.tenant_id, %request_id, model = %priced.model);
+    async move {
+        hub.tenants.call(key.tenant_id, TenantOp::Execute { auth, command: reserve, request_id: Some(request_id) }).await?;
+        let billing = Billing { hub: hub.clone(), key, request_id, provider: provider.name.clone(), prompt_bytes, started: Instant::now() };
+        prepare_upstream_request(&mut request, &priced, chat.stream);
+        if chat.stream {
+            stream_chat(billing, provider, request, chat.client_wants_usage).await
+        } else {
+            json_chat(billing, provider, request).await
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn prepare_upstream_request(request: &mut Value, priced: &PricedModel, stream: bool) {
+    request["model"] = Value::String(priced.model.upstream_model().to_string());
+    if stream {
+        // Always ask for usage: billing settles from it. Stripped again below if the
+        // client did not ask.
+        request["stream_options"] = json!({"include_usage": true});
+    }
+}
+
+fn with_request_id(builder: &mut actix_web::HttpResponseBuilder, request_id: RequestId) -> &mut actix_web::HttpResponseBuilder {
+    builder.insert_header(("x-request-id", request_id.to_string()))
+}
+
+async fn json_chat(billing: Billing, provider: Provider, request: Value) -> Result<HttpResponse, HubError> {
+    let outcome = match openai::chat(&billing.hub.upstream, &provider, &request).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let e = e.redacted(&provider.api_key);
+            billing.release(format!("upstream failed: {e}")).await;
+            return Err(e.into());
+        }
+    };
+    let usage = outcome.usage.unwrap_or_else(|| {
+        let text = outcome.body.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
+        Usage::estimate(billing.prompt_bytes, text.len() as u64)
+    });
+    billing.settle(usage).await?;
+    Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
+}
+
+async fn stream_chat(billing: Billing, provider: Provider, request: Value, client_wants_usage: bool) -> Result<HttpResponse, HubError> {
+    let response = match openai::chat_stream(&billing.hub.upstream, &provider, &request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let e = e.redacted(&provider.api_key);
+            billing.release(format!("upstream failed: {e}")).await;
+            return Err(e.into());
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
+    let request_id = billing.request_id;
+    actix_web::rt::spawn(relay_stream(billing, provider, response, tx, client_wants_usage));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx)) });
+    Ok(with_request_id(&mut HttpResponse::Ok(), request_id)
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body))
+}
+
+/// Bytes of generated text in one OpenAI stream chunk (for estimates only).
+fn generated_bytes(chunk: &Value) -> u64 {
+    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else { return 0 };
+    let mut n = 0;
+    for choice in choices {
+        let Some(delta) = choice.get("delta") else { continue };
+        for field in ["content", "reasoning_content", "refusal"] {
+            n += delta.get(field).and_then(Value::as_str).map_or(0, str::len) as u64;
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for call in calls {
+                n += call.pointer("/function/arguments").and_then(Value::as_str).map_or(0, str::len) as u64;
+                n += call.pointer("/function/name").and_then(Value::as_str).map_or(0, str::len) as u64;
+            }
+        }
+    }
+    n
+}
+
+fn sse_frame(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+enum StreamEnd {
+    Done,
+    ClientGone,
+    UpstreamFailed(UpstreamError),
+}
+
+/// Copies the upstream stream to the client, then settles and finishes it.
+async fn relay_stream(billing: Billing, provider: Provider, response: reqwest::Response, tx: mpsc::Sender<Bytes>, client_wants_usage: bool) {
+    let idle = Duration::from_millis(billing.hub.limits.upstream_idle_timeout_ms);
+    let mut upstream = response.bytes_stream();
+    let mut parser = SseParser::default();
+    let mut usage: Option<Usage> = None;
+    let mut output_bytes: u64 = 0;
+
+    let end = 'relay: loop {
+        let chunk = match tokio::time::timeout(idle, upstream.next()).await {
+            Err(_) => break StreamEnd::UpstreamFailed(UpstreamError::Timeout),
+            Ok(None) => break StreamEnd::Done,
+            Ok(Some(Err(e))) => break StreamEnd::UpstreamFailed(crate::providers::transport_error(e)),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if let Err(e) = parser.push(&chunk) {
+            break StreamEnd::UpstreamFailed(e);
+        }
+        loop {
+            let event = match parser.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => break 'relay StreamEnd::UpstreamFailed(e),
+            };
+            if event.data == "[DONE]" {
+                break 'relay StreamEnd::Done;
+            }
+            let Ok(mut chunk) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            if let Some(error) = chunk.get("error") {
+                let message = error.get("message").and_then(Value::as_str).unwrap_or("stream error").to_string();
+                break 'relay StreamEnd::UpstreamFailed(UpstreamError::Status { status: 502, message });
+            }
+            if let Some(reported) = chunk.get("usage").filter(|u| !u.is_null()).and_then(openai::usage_from_openai) {
+                usage = Some(reported);
+            }
+            output_bytes += generated_bytes(&chunk);
+            if !client_wants_usage && chunk.get("usage").is_some() {
+                let has_choices = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+                if !has_choices {
+                    continue;
+                }
+                if let Some(object) = chunk.as_object_mut() {
+                    object.remove("usage");
+                }
+            }
+            if tx.send(sse_frame(&chunk.to_string())).await.is_err() {
+                break 'relay StreamEnd::ClientGone;
+            }
+        }
+    };
+    // Stop reading the upstream now (a client that left should not keep generating).
+    drop(upstream);
+
+    let estimate = || Usage::estimate(billing.prompt_bytes, output_bytes);
+    match end {
+        StreamEnd::Done => {
+            let settled = billing.settle(usage.unwrap_or_else(estimate)).await;
+            let last = match settled {
+                Ok(()) => sse_frame("[DONE]"),
+                Err(e) => sse_frame(&e.body().to_string()),
+            };
+            let _ = tx.send(last).await;
+        }
+        StreamEnd::ClientGone => {
+            tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
+            if let Err(e) = billing.settle(usage.unwrap_or_else(estimate)).await {
+                tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
+            }
+        }
+        StreamEnd::UpstreamFailed(e) => {
+            let e = e.redacted(&provider.api_key);
+            if usage.is_some() || output_bytes > 0 {
+                // The client already received text: bill what it got.
+                if let Err(settle_error) = billing.settle(usage.unwrap_or_else(estimate)).await {
+                    tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
+                }
+            } else {
+                billing.release(format!("upstream failed mid-stream: {e}")).await;
+            }
+            let _ = tx.send(sse_frame(&crate::error::HubError::from(e).body().to_string())).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_validation_names_the_problem() {
+        let err = |v: Value| match parse_chat_request(&v) {
+            Err(HubError::BadRequest(m)) => m,
+            other => panic!("expected BadRequest, got {:?}", other.map(|c| c.model)),
+        };
+        assert!(err(json!({"messages": [{"role": "user", "content": "hi"}]})).contains("`model`"));
+        assert!(err(json!({"model": "a/b", "messages": []})).contains("`messages`"));
+        assert!(err(json!({"model": "a/b", "messages": [{"role": "user"}], "stream": "yes"})).contains("`stream`"));
+        assert!(err(json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": -1})).contains("`max_tokens`"));
+        let ok = parse_chat_request(&json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": 50, "max_completion_tokens": 20})).unwrap();
+        assert_eq!(ok.max_tokens, Some(20));
+    }
+
+    #[test]
+    fn generated_bytes_counts_content_and_tool_arguments() {
+        let chunk = json!({"choices": [{"delta": {"content": "abc", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]});
+        assert_eq!(generated_bytes(&chunk), 6);
+    }
+}

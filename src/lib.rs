@@ -1,0 +1,20 @@
+//! aigne-hub: a multi-tenant AI gateway whose every billing figure is replayable.
+//!
+//! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
+
+pub mod actors;
+pub mod auth;
+pub mod body;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod projector;
+pub mod providers;
+pub mod replay;
+pub mod routes;
+pub mod startup;
+pub mod store;

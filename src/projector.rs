@@ -1,0 +1,69 @@
+//! Keeps the live projections up to date from the event log.
+//!
+//! Woken after every local commit and on a timer (for other processes' commits),
+//! it reads the log after its checkpoint, folds the events into the affected rows
+//! and writes rows and checkpoint in one transaction. Several processes may run
+//! it at once: the checkpoint moves by compare-and-set, so a page is applied once.
+
+use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
+use projections::balances::Balances;
+use projections::{encode_rows, fold, LoggedEvent, Projection};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
+    LoggedEvent { tenant_id: e.tenant_id, sequence: e.sequence, event: &e.event, recorded_at: e.metadata.recorded_at }
+}
+
+#[derive(Clone)]
+pub struct Projector {
+    store: Arc<dyn Store>,
+    pub wake: Arc<Notify>,
+}
+
+impl Projector {
+    pub fn new(store: Arc<dyn Store>, wake: Arc<Notify>) -> Self {
+        Self { store, wake }
+    }
+
+    /// Applies every committed event not yet applied. Returns how many were applied.
+    pub async fn catch_up(&self) -> Result<u64, StoreError> {
+        catch_up_projection::<Balances>(self.store.as_ref(), Balances::NAME).await
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self, poll_ms: u64) {
+        loop {
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "projection catch-up failed; retrying");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(poll_ms), self.wake.notified()).await;
+        }
+    }
+}
+
+/// Brings projection `P`, stored under `name`, up to the end of the log.
+pub async fn catch_up_projection<P: Projection>(store: &dyn Store, name: &str) -> Result<u64, StoreError> {
+    let mut applied = 0;
+    loop {
+        let from = store.projection_checkpoint(name).await?;
+        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
+        let Some(last) = page.last() else { return Ok(applied) };
+        let to: LogPosition = last.log_position;
+        let mut keys: Vec<String> = page.iter().flat_map(|e| P::row_keys(&logged(e))).collect();
+        keys.sort();
+        keys.dedup();
+        let mut rows: BTreeMap<String, P::Row> = BTreeMap::new();
+        for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
+            let row = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
+            rows.insert(key, row);
+        }
+        fold::<P>(&mut rows, page.iter().map(logged));
+        let encoded: Vec<(String, String)> = encode_rows::<P>(&rows).into_iter().collect();
+        if store.commit_projection(name, from, to, &encoded).await? {
+            applied += page.len() as u64;
+        }
+    }
+}

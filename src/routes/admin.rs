@@ -1,0 +1,148 @@
+//! The operator API (`/admin/v1/...`), behind the operator token.
+
+use super::{balance_json, tenant_path};
+use crate::auth::check_operator;
+use crate::body::json_body;
+use crate::crypto::Secret;
+use crate::error::HubError;
+use crate::hub::Hub;
+use actix_web::{web, HttpRequest, HttpResponse};
+use domain::{Credits, KeyId, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Operator bodies are small; this bounds them well below the model-request limit.
+const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
+
+fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
+    check_operator(req, &hub.operator_token)
+}
+
+fn credits(field: &str, raw: &str) -> Result<Credits, HubError> {
+    Credits::parse_positive(raw).map_err(|e| HubError::BadRequest(format!("{field}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+    initial_credits: Option<String>,
+}
+
+pub async fn create_tenant(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let body: CreateTenant = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let initial = match body.initial_credits.as_deref() {
+        None | Some("0") => Credits::ZERO,
+        Some(raw) => credits("initial_credits", raw)?,
+    };
+    let tenant_id = hub.create_tenant(body.name, initial).await?;
+    Ok(HttpResponse::Created().json(json!({"tenant_id": tenant_id.to_string()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueKey {
+    name: String,
+    role: String,
+}
+
+pub async fn issue_key(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let tenant_id = tenant_path(&path)?;
+    let body: IssueKey = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let role: Role = body.role.parse().map_err(HubError::BadRequest)?;
+    let (key_id, key) = hub.issue_key(tenant_id, body.name, role).await?;
+    Ok(HttpResponse::Created().json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
+}
+
+pub async fn revoke_key(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let (tenant, key) = path.into_inner();
+    let tenant_id = tenant_path(&tenant)?;
+    let key_id: KeyId = key.parse().map_err(|_| HubError::NotFound("API key not found".into()))?;
+    hub.revoke_key(tenant_id, key_id).await?;
+    Ok(HttpResponse::Ok().json(json!({"key_id": key_id.to_string(), "revoked": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCredits {
+    amount: String,
+    idempotency_key: String,
+    reason: String,
+}
+
+pub async fn grant_credits(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let tenant_id = tenant_path(&path)?;
+    let body: GrantCredits = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let amount = credits("amount", &body.amount)?;
+    let (grant, _) = hub.grant(tenant_id, amount, body.idempotency_key.clone(), body.reason).await?;
+    // The same body for a repeated idempotency key: the original grant, unchanged.
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": tenant_id.to_string(),
+        "idempotency_key": body.idempotency_key,
+        "amount": grant.amount.to_decimal_string(),
+        "reason": grant.reason,
+        "granted_at": grant.at.to_rfc3339(),
+    })))
+}
+
+pub async fn balance(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let tenant_id = tenant_path(&path)?;
+    let balance = hub.balance(tenant_id, None).await?;
+    Ok(HttpResponse::Ok().json(balance_json(tenant_id, &balance)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddProvider {
+    name: String,
+    kind: String,
+    base_url: String,
+    api_key: String,
+}
+
+pub async fn add_provider(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let body: AddProvider = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let provider_id = hub.add_provider(body.name.clone(), &body.kind, body.base_url.clone(), Secret::new(body.api_key)).await?;
+    Ok(HttpResponse::Created().json(json!({"provider_id": provider_id, "name": body.name, "kind": body.kind})))
+}
+
+pub async fn list_providers(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let data: Vec<_> = hub
+        .catalog
+        .snapshot()
+        .providers
+        .values()
+        .map(|p| json!({"provider_id": p.provider_id, "name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"data": data})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrice {
+    input_per_mtok: String,
+    output_per_mtok: String,
+    max_output_tokens: Option<u32>,
+}
+
+pub async fn set_price(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let model = path.into_inner();
+    let body: SetPrice = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let version = hub.set_price(&model, &body.input_per_mtok, &body.output_per_mtok, body.max_output_tokens).await?;
+    let priced = hub.catalog.snapshot().models.get(&model).cloned().ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "model": model,
+        "input_per_mtok": priced.price.input_rate.to_per_million_string(),
+        "output_per_mtok": priced.price.output_rate.to_per_million_string(),
+        "max_output_tokens": priced.price.max_output_tokens,
+        "version": version,
+    })))
+}

@@ -1,0 +1,15 @@
+//! Tenant-facing billing reads.
+
+use super::balance_json;
+use crate::auth::presented_key;
+use crate::error::HubError;
+use crate::hub::Hub;
+use actix_web::{web, HttpRequest, HttpResponse};
+use domain::Permission;
+
+/// `GET /v1/billing/balance`, for `admin`, `billing` and `auditor` keys.
+pub async fn balance(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+    let key = presented_key(&req)?;
+    let balance = hub.balance(key.tenant_id, Some(Hub::key_auth(&key, Permission::ReadBilling))).await?;
+    Ok(HttpResponse::Ok().json(balance_json(key.tenant_id, &balance)))
+}

@@ -1,0 +1,60 @@
+//! HTTP routes. Handlers are thin: they parse, call [`crate::hub::Hub`] or
+//! [`crate::gateway`], and shape JSON. Errors become HTTP in `crate::error`.
+
+pub mod admin;
+pub mod billing;
+pub mod models;
+
+use crate::error::HubError;
+use actix_web::{web, HttpResponse};
+use domain::tenant::Balance;
+use domain::TenantId;
+use serde_json::json;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
+    cfg.service(web::resource("/healthz").route(web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) })))
+        .service(
+            web::resource("/v1/chat/completions")
+                .route(web::post().to(crate::gateway::chat_completions))
+                .default_service(not_allowed()),
+        )
+        .service(web::resource("/v1/models").route(web::get().to(models::list_models)).default_service(not_allowed()))
+        .service(web::resource("/v1/billing/balance").route(web::get().to(billing::balance)).default_service(not_allowed()))
+        .service(web::resource("/admin/v1/tenants").route(web::post().to(admin::create_tenant)).default_service(not_allowed()))
+        .service(web::resource("/admin/v1/tenants/{tenant_id}/keys").route(web::post().to(admin::issue_key)).default_service(not_allowed()))
+        .service(
+            web::resource("/admin/v1/tenants/{tenant_id}/keys/{key_id}")
+                .route(web::delete().to(admin::revoke_key))
+                .default_service(not_allowed()),
+        )
+        .service(web::resource("/admin/v1/tenants/{tenant_id}/credits").route(web::post().to(admin::grant_credits)).default_service(not_allowed()))
+        .service(web::resource("/admin/v1/tenants/{tenant_id}/balance").route(web::get().to(admin::balance)).default_service(not_allowed()))
+        .service(
+            web::resource("/admin/v1/providers")
+                .route(web::post().to(admin::add_provider))
+                .route(web::get().to(admin::list_providers))
+                .default_service(not_allowed()),
+        )
+        .service(web::resource("/admin/v1/prices/{model:.+}").route(web::put().to(admin::set_price)).default_service(not_allowed()));
+}
+
+/// Unknown paths answer JSON too.
+pub async fn not_found() -> Result<HttpResponse, HubError> {
+    Err(HubError::NotFound("no such endpoint".into()))
+}
+
+pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> serde_json::Value {
+    json!({
+        "tenant_id": tenant_id.to_string(),
+        "granted": balance.granted.to_decimal_string(),
+        "spent": balance.spent.to_decimal_string(),
+        "held": balance.held.to_decimal_string(),
+        "available": balance.available.to_decimal_string(),
+    })
+}
+
+/// A tenant id from a path; anything malformed is simply a tenant that does not exist.
+pub fn tenant_path(raw: &str) -> Result<TenantId, HubError> {
+    raw.parse().map_err(|_| HubError::NotFound("tenant not found".into()))
+}

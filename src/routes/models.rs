@@ -1,0 +1,40 @@
+//! `GET /v1/models`: the models this hub can route, with their prices.
+
+use crate::actors::TenantOp;
+use crate::auth::presented_key;
+use crate::error::HubError;
+use crate::hub::Hub;
+use actix_web::{web, HttpRequest, HttpResponse};
+use domain::Permission;
+use serde_json::json;
+
+pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+    let key = presented_key(&req)?;
+    // Any valid key may list models; a role without model access is still a valid key.
+    match hub.tenants.call(key.tenant_id, TenantOp::Read { auth: Some(Hub::key_auth(&key, Permission::CallModels)) }).await {
+        Ok(_) | Err(HubError::PermissionDenied(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let catalog = hub.catalog.snapshot();
+    let data: Vec<_> = catalog
+        .models
+        .values()
+        .filter(|m| catalog.providers.contains_key(m.model.provider()))
+        .map(|m| {
+            json!({
+                "id": m.model.as_str(),
+                "object": "model",
+                "created": 0,
+                "owned_by": m.model.provider(),
+                "pricing": {
+                    "input_per_mtok": m.price.input_rate.to_per_million_string(),
+                    "output_per_mtok": m.price.output_rate.to_per_million_string(),
+                    "max_output_tokens": m.price.max_output_tokens,
+                    "price_version": m.price_version,
+                    "unit": "credits per million tokens",
+                }
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+}

@@ -1,0 +1,74 @@
+//! Between domain events and the rows cqrs-es repositories store.
+
+use super::{LogPosition, StoreError};
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::tenant::{Tenant, TenantEvent};
+use domain::{InstanceId, RequestId, TenantId};
+use serde::{Deserialize, Serialize};
+
+/// Stored beside every event (cqrs-es's `metadata` column).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub recorded_at: DateTime<Utc>,
+    pub tenant_id: TenantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+    pub instance_id: InstanceId,
+}
+
+/// An event as read back from the global log.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub log_position: LogPosition,
+    pub tenant_id: TenantId,
+    pub sequence: usize,
+    pub event: TenantEvent,
+    pub metadata: EventMetadata,
+}
+
+pub fn serialize(tenant_id: TenantId, sequence: usize, event: &TenantEvent, metadata: &EventMetadata) -> Result<SerializedEvent, StoreError> {
+    let encode = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    Ok(SerializedEvent::new(
+        tenant_id.to_string(),
+        sequence,
+        Tenant::TYPE.to_string(),
+        event.event_type(),
+        event.event_version(),
+        serde_json::to_value(event).map_err(encode)?,
+        serde_json::to_value(metadata).map_err(encode)?,
+    ))
+}
+
+/// Upcasters for older event shapes, applied on every read (live and replay alike).
+fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    domain::tenant::upcasters()
+}
+
+pub fn deserialize(event: SerializedEvent) -> Result<(TenantEvent, EventMetadata), StoreError> {
+    let event = upcasters().iter().fold(event, |e, u| if u.can_upcast(&e.event_type, &e.event_version) { u.upcast(e) } else { e });
+    let sequence = event.sequence;
+    let payload: TenantEvent = serde_json::from_value(event.payload)
+        .map_err(|e| StoreError::Corrupt(format!("event {} #{sequence}: {e}", event.aggregate_id)))?;
+    let metadata: EventMetadata = serde_json::from_value(event.metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata of {} #{sequence}: {e}", event.aggregate_id)))?;
+    Ok((payload, metadata))
+}
+
+/// Folds loaded events onto a state, checking that sequences follow each other.
+pub fn fold(mut state: Tenant, mut version: usize, events: Vec<SerializedEvent>) -> Result<(Tenant, usize, usize), StoreError> {
+    let count = events.len();
+    for serialized in events {
+        if serialized.sequence != version + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "tenant {} has event #{} after #{version}",
+                serialized.aggregate_id, serialized.sequence
+            )));
+        }
+        version = serialized.sequence;
+        let (event, _) = deserialize(serialized)?;
+        state.apply_event(event);
+    }
+    Ok((state, version, count))
+}

@@ -1,0 +1,253 @@
+//! The SQL both stores share. sqlx binds `$N` to the N-th argument on PostgreSQL
+//! and on SQLite alike, so these statements are written once; the macro stamps the
+//! whole `impl Store` for each backend (sqlx's executor traits make a generic function
+//! over both pools harder to read than this).
+
+macro_rules! impl_store {
+    ($store:ty, $kind:literal) => {
+        #[async_trait::async_trait]
+        impl Store for $store {
+        fn kind(&self) -> &'static str {
+            $kind
+        }
+
+        async fn read_log(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+            self.read_log_in_order(after, until, limit).await
+        }
+
+        async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError> {
+            let result = sqlx::query(
+                "INSERT INTO providers (provider_id, name, kind, base_url, secret_ciphertext, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&row.provider_id)
+            .bind(&row.name)
+            .bind(&row.kind)
+            .bind(&row.base_url)
+            .bind(&row.secret_ciphertext)
+            .bind(&row.created_at)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::DuplicateName(row.name.clone())),
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
+            let rows = sqlx::query("SELECT provider_id, name, kind, base_url, secret_ciphertext, created_at FROM providers ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| ProviderRow {
+                    provider_id: r.get("provider_id"),
+                    name: r.get("name"),
+                    kind: r.get("kind"),
+                    base_url: r.get("base_url"),
+                    secret_ciphertext: r.get("secret_ciphertext"),
+                    created_at: r.get("created_at"),
+                })
+                .collect())
+        }
+
+        async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError> {
+            let version: i64 = sqlx::query_scalar(
+                "INSERT INTO model_prices (model, input_pico_per_token, output_pico_per_token, max_output_tokens, version, updated_at)
+                 VALUES ($1, $2, $3, $4, 1, $5)
+                 ON CONFLICT (model) DO UPDATE SET
+                   input_pico_per_token = excluded.input_pico_per_token,
+                   output_pico_per_token = excluded.output_pico_per_token,
+                   max_output_tokens = excluded.max_output_tokens,
+                   version = model_prices.version + 1,
+                   updated_at = excluded.updated_at
+                 RETURNING version",
+            )
+            .bind(&row.model)
+            .bind(&row.input_pico_per_token)
+            .bind(&row.output_pico_per_token)
+            .bind(row.max_output_tokens)
+            .bind(&row.updated_at)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(version)
+        }
+
+        async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT model, input_pico_per_token, output_pico_per_token, max_output_tokens, version, updated_at FROM model_prices ORDER BY model",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| PriceRow {
+                    model: r.get("model"),
+                    input_pico_per_token: r.get("input_pico_per_token"),
+                    output_pico_per_token: r.get("output_pico_per_token"),
+                    max_output_tokens: r.get("max_output_tokens"),
+                    version: r.get("version"),
+                    updated_at: r.get("updated_at"),
+                })
+                .collect())
+        }
+
+        async fn projection_rows(&self, projection: &str) -> Result<Vec<(String, String)>, StoreError> {
+            let rows = sqlx::query("SELECT row_key, payload FROM projection_rows WHERE projection = $1 ORDER BY row_key")
+                .bind(projection)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get("row_key"), r.get("payload"))).collect())
+        }
+
+        async fn projection_rows_by_keys(&self, projection: &str, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+            /// Keys per query; far below either database's limit on bound parameters.
+            const KEYS_PER_QUERY: usize = 500;
+            let mut found = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(KEYS_PER_QUERY) {
+                let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT row_key, payload FROM projection_rows WHERE projection = $1 AND row_key IN ({})",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(projection);
+                for key in chunk {
+                    query = query.bind(key);
+                }
+                let rows = query.fetch_all(&self.pool).await?;
+                found.extend(rows.into_iter().map(|r| (r.get("row_key"), r.get("payload"))));
+            }
+            Ok(found)
+        }
+
+        async fn projection_checkpoint(&self, projection: &str) -> Result<LogPosition, StoreError> {
+            let row = sqlx::query("SELECT txid, position FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|r| LogPosition { txid: r.get("txid"), position: r.get("position") }).unwrap_or_default())
+        }
+
+        async fn commit_projection(&self, projection: &str, from: LogPosition, to: LogPosition, rows: &[(String, String)]) -> Result<bool, StoreError> {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("INSERT INTO projection_checkpoints (projection, txid, position) VALUES ($1, 0, 0) ON CONFLICT (projection) DO NOTHING")
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+            let moved = sqlx::query(
+                "UPDATE projection_checkpoints SET txid = $2, position = $3 WHERE projection = $1 AND txid = $4 AND position = $5",
+            )
+            .bind(projection)
+            .bind(to.txid)
+            .bind(to.position)
+            .bind(from.txid)
+            .bind(from.position)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for (key, payload) in rows {
+                sqlx::query(
+                    "INSERT INTO projection_rows (projection, row_key, payload) VALUES ($1, $2, $3)
+                     ON CONFLICT (projection, row_key) DO UPDATE SET payload = excluded.payload",
+                )
+                .bind(projection)
+                .bind(key)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        async fn clear_projection(&self, projection: &str) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM projection_rows WHERE projection = $1").bind(projection).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1").bind(projection).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn heartbeat(&self, instance_id: InstanceId, now_ms: i64) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO hub_instances (instance_id, last_seen_ms) VALUES ($1, $2)
+                 ON CONFLICT (instance_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+            )
+            .bind(instance_id.to_string())
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn live_instances(&self, seen_since_ms: i64) -> Result<Vec<InstanceId>, StoreError> {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT instance_id FROM hub_instances WHERE last_seen_ms >= $1")
+                .bind(seen_since_ms)
+                .fetch_all(&self.pool)
+                .await?;
+            ids.iter()
+                .map(|s| s.parse().map_err(|_| StoreError::Corrupt(format!("instance id {s:?}"))))
+                .collect()
+        }
+
+        async fn remove_instance(&self, instance_id: InstanceId) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM hub_instances WHERE instance_id = $1").bind(instance_id.to_string()).execute(&self.pool).await?;
+            Ok(())
+        }
+
+        async fn save_snapshot(&self, tenant_id: TenantId, version: usize, state: &Tenant) -> Result<(), StoreError> {
+            let payload = serde_json::to_string(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO tenant_snapshots (tenant_id, schema_version, last_sequence, payload) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tenant_id) DO UPDATE SET schema_version = excluded.schema_version,
+                   last_sequence = excluded.last_sequence, payload = excluded.payload
+                 WHERE tenant_snapshots.last_sequence < excluded.last_sequence
+                    OR tenant_snapshots.schema_version <> excluded.schema_version",
+            )
+            .bind(tenant_id.to_string())
+            .bind(SNAPSHOT_SCHEMA_VERSION)
+            .bind(version as i64)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn load_tenant(&self, tenant_id: TenantId) -> Result<LoadedTenant, StoreError> {
+            let id = tenant_id.to_string();
+            let snapshot = sqlx::query("SELECT last_sequence, payload FROM tenant_snapshots WHERE tenant_id = $1 AND schema_version = $2")
+                .bind(&id)
+                .bind(SNAPSHOT_SCHEMA_VERSION)
+                .fetch_optional(&self.pool)
+                .await?;
+            let (state, version) = match snapshot {
+                Some(row) => {
+                    let payload: String = row.get("payload");
+                    let last_sequence: i64 = row.get("last_sequence");
+                    let state: Tenant = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(format!("snapshot of {id}: {e}")))?;
+                    (state, last_sequence as usize)
+                }
+                None => (Tenant::default(), 0),
+            };
+            let events = self.repo.get_last_events::<Tenant>(&id, version).await?;
+            let (state, version, events_since_snapshot) = codec::fold(state, version, events)?;
+            Ok(LoadedTenant { state, version, events_since_snapshot })
+        }
+
+        async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError> {
+            let serialized = events
+                .iter()
+                .enumerate()
+                .map(|(i, (event, metadata))| codec::serialize(tenant_id, first_sequence + i, event, metadata))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.repo.persist::<Tenant>(&serialized, None).await?;
+            Ok(())
+        }
+        }
+    };
+}
+
+pub(crate) use impl_store;

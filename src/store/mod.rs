@@ -1,0 +1,147 @@
+//! Storage behind one interface: PostgreSQL for production and scale-out, an
+//! embedded SQLite file for `cargo run` on a fresh machine.
+//!
+//! Events go through cqrs-es's `PersistedEventRepository` (postgres-es and
+//! sqlite-es), which gives optimistic concurrency on `(aggregate, sequence)`.
+//! We do not use cqrs-es's aggregate or snapshot stores: in 0.5.0 they apply each
+//! event twice. The tenant actor keeps its aggregate in memory instead and this
+//! module adds what the repositories lack: our own snapshots, a global log position
+//! that is safe to catch up on, and the tables of operator configuration and
+//! projections.
+
+mod codec;
+mod common_sql;
+mod postgres;
+mod sqlite;
+
+pub use codec::{EventMetadata, StoredEvent};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use domain::tenant::{Tenant, TenantEvent};
+use domain::{InstanceId, TenantId};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Largest number of events read from the log in one query (bounds memory).
+pub const LOG_PAGE_MAX_EVENTS: i64 = 5_000;
+/// A snapshot is written after this many new events of a tenant, so that loading a
+/// cold tenant reads at most this many events after the snapshot.
+pub const SNAPSHOT_EVERY_EVENTS: usize = 1_000;
+/// Bumped whenever `Tenant`'s serialized shape changes; older snapshots are ignored
+/// (the tenant is then rebuilt from its events).
+pub const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
+/// Longest wait for a database connection before a request fails with 503.
+pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the same tenant first (optimistic concurrency).
+    #[error("concurrent write to the same tenant")]
+    Conflict,
+    #[error("a provider named {0:?} already exists")]
+    DuplicateName(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<cqrs_es::persist::PersistenceError> for StoreError {
+    fn from(e: cqrs_es::persist::PersistenceError) -> Self {
+        match e {
+            cqrs_es::persist::PersistenceError::OptimisticLockError => StoreError::Conflict,
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+/// A point in the global event log. Ordered: `(txid, position)`. On SQLite `txid` is
+/// always 0 and `position` is the rowid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    pub txid: i64,
+    pub position: i64,
+}
+
+/// A tenant as loaded from the store: its state and the sequence of its last event.
+pub struct LoadedTenant {
+    pub state: Tenant,
+    pub version: usize,
+    pub events_since_snapshot: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderRow {
+    pub provider_id: String,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub secret_ciphertext: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct PriceRow {
+    pub model: String,
+    pub input_pico_per_token: String,
+    pub output_pico_per_token: String,
+    pub max_output_tokens: i64,
+    pub version: i64,
+    pub updated_at: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn kind(&self) -> &'static str;
+
+    /// Loads a tenant from its latest snapshot plus the events after it.
+    async fn load_tenant(&self, tenant_id: TenantId) -> Result<LoadedTenant, StoreError>;
+    /// Appends events numbered from `first_sequence` in one transaction; `Conflict` if
+    /// any of those sequence numbers is taken.
+    async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError>;
+    async fn save_snapshot(&self, tenant_id: TenantId, version: usize, state: &Tenant) -> Result<(), StoreError>;
+    /// Events after `after` in log order, never past an event whose transaction could
+    /// still be in flight, and not past `until`.
+    async fn read_log(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+
+    async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError>;
+    async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
+    /// Sets a model's price; returns the new price version.
+    async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError>;
+    async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError>;
+
+    async fn projection_rows(&self, projection: &str) -> Result<Vec<(String, String)>, StoreError>;
+    async fn projection_rows_by_keys(&self, projection: &str, keys: &[String]) -> Result<Vec<(String, String)>, StoreError>;
+    async fn projection_checkpoint(&self, projection: &str) -> Result<LogPosition, StoreError>;
+    /// Writes rows and moves the checkpoint from `from` to `to` atomically. Returns
+    /// false (and writes nothing) if the checkpoint was no longer `from`: another
+    /// process advanced it.
+    async fn commit_projection(&self, projection: &str, from: LogPosition, to: LogPosition, rows: &[(String, String)]) -> Result<bool, StoreError>;
+    async fn clear_projection(&self, projection: &str) -> Result<(), StoreError>;
+
+    async fn heartbeat(&self, instance_id: InstanceId, now_ms: i64) -> Result<(), StoreError>;
+    async fn live_instances(&self, seen_since_ms: i64) -> Result<Vec<InstanceId>, StoreError>;
+    async fn remove_instance(&self, instance_id: InstanceId) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `database_url`, or the embedded SQLite file in
+/// `data_dir` when there is none, and applies migrations.
+pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Arc::new(PgStore::connect(url).await?)),
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::connect_url(url).await?)),
+        Some(_) => anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:"),
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            Ok(Arc::new(SqliteStore::open_file(&data_dir.join("aigne-hub.sqlite")).await?))
+        }
+    }
+}

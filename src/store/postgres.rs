@@ -1,0 +1,91 @@
+//! The production store: PostgreSQL through postgres-es. Several hub processes may
+//! share one database; optimistic concurrency on each tenant's stream keeps them
+//! honest.
+
+use super::codec::{self, EventMetadata, StoredEvent};
+use super::common_sql::impl_store;
+use super::{LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION};
+use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use domain::tenant::{Tenant, TenantEvent};
+use domain::{InstanceId, TenantId};
+use postgres_es::PostgresEventRepository;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::time::Duration;
+
+/// Connections per hub process; PostgreSQL's default limit is 100 for all of them.
+pub const PG_MAX_CONNECTIONS: u32 = 16;
+
+pub struct PgStore {
+    pool: PgPool,
+    repo: PostgresEventRepository,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS))
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let repo = PostgresEventRepository::new(pool.clone());
+        Ok(Self { pool, repo })
+    }
+}
+
+impl_store!(PgStore, "postgres");
+
+impl PgStore {
+    async fn read_log_in_order(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        // `position` comes from a sequence at insert time, so a reader that simply
+        // followed it could step past a transaction that is still open and later
+        // commits a smaller position, skipping its events forever. Rows whose
+        // transaction id is below the oldest transaction still running are final,
+        // and no new row can ever appear below that line: read only those, in
+        // (txid, position) order.
+        let until = until.unwrap_or(LogPosition { txid: i64::MAX, position: i64::MAX });
+        let rows = sqlx::query(
+            "SELECT txid, position, aggregate_id, sequence, event_type, event_version, payload, metadata
+               FROM events
+              WHERE aggregate_type = 'Tenant'
+                AND (txid, position) > ($1, $2)
+                AND (txid, position) <= ($3, $4)
+                AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+              ORDER BY txid, position
+              LIMIT $5",
+        )
+        .bind(after.txid)
+        .bind(after.position)
+        .bind(until.txid)
+        .bind(until.position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let sequence: i64 = r.get("sequence");
+                let aggregate_id: String = r.get("aggregate_id");
+                let tenant_id: TenantId = aggregate_id.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
+                let serialized = SerializedEvent::new(
+                    aggregate_id,
+                    sequence as usize,
+                    "Tenant".to_string(),
+                    r.get("event_type"),
+                    r.get("event_version"),
+                    r.get("payload"),
+                    r.get("metadata"),
+                );
+                let (event, metadata) = codec::deserialize(serialized)?;
+                Ok(StoredEvent {
+                    log_position: LogPosition { txid: r.get("txid"), position: r.get("position") },
+                    tenant_id,
+                    sequence: sequence as usize,
+                    event,
+                    metadata,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,103 @@
+//! The embedded default store: one SQLite file through sqlite-es, so that
+//! `cargo run` works on a fresh machine with nothing installed.
+
+use super::codec::{self, EventMetadata, StoredEvent};
+use super::common_sql::impl_store;
+use super::{LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION};
+use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use domain::tenant::{Tenant, TenantEvent};
+use domain::{InstanceId, TenantId};
+use sqlite_es::SqliteEventRepository;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite writes one transaction at a time; a few connections serve the readers.
+pub const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// How long a writer waits for SQLite's lock before failing.
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    repo: SqliteEventRepository,
+}
+
+impl SqliteStore {
+    pub async fn open_file(path: &Path) -> anyhow::Result<Self> {
+        Self::connect_options(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
+        Self::connect_options(SqliteConnectOptions::from_str(url)?).await
+    }
+
+    async fn connect_options(options: SqliteConnectOptions) -> anyhow::Result<Self> {
+        // WAL lets readers run beside the writer; FULL sync makes a committed
+        // transaction survive power loss, not only a killed process.
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS))
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the SQLite store: {e}"))?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let repo = SqliteEventRepository::new(pool.clone());
+        Ok(Self { pool, repo })
+    }
+}
+
+impl_store!(SqliteStore, "sqlite");
+
+impl SqliteStore {
+    async fn read_log_in_order(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        // One writer at a time: rowid order is commit order, nothing can appear behind
+        // a position already read.
+        let until = until.map(|u| u.position).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT rowid AS position, aggregate_id, sequence, event_type, event_version, payload, metadata
+               FROM events
+              WHERE aggregate_type = 'Tenant' AND rowid > $1 AND rowid <= $2
+              ORDER BY rowid
+              LIMIT $3",
+        )
+        .bind(after.position)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let sequence: i64 = r.get("sequence");
+                let aggregate_id: String = r.get("aggregate_id");
+                let tenant_id: TenantId = aggregate_id.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
+                let payload: String = r.get("payload");
+                let metadata: String = r.get("metadata");
+                let parse = |s: &str| serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()));
+                let serialized = SerializedEvent::new(
+                    aggregate_id,
+                    sequence as usize,
+                    "Tenant".to_string(),
+                    r.get("event_type"),
+                    r.get("event_version"),
+                    parse(&payload)?,
+                    parse(&metadata)?,
+                );
+                let (event, metadata) = codec::deserialize(serialized)?;
+                Ok(StoredEvent {
+                    log_position: LogPosition { txid: 0, position: r.get("position") },
+                    tenant_id,
+                    sequence: sequence as usize,
+                    event,
+                    metadata,
+                })
+            })
+            .collect()
+    }
+}
