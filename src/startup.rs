@@ -54,6 +54,7 @@ pub struct Application {
     port: u16,
     server: Server,
     hub: Arc<Hub>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -69,9 +70,11 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
-        actix_web::rt::spawn(hub.projector.clone().run(settings.limits.projector_poll_ms));
-        actix_web::rt::spawn(hub.clone().run_maintenance());
-        Ok(Self { port, server, hub })
+        let background = vec![
+            actix_web::rt::spawn(hub.projector.clone().run(settings.limits.projector_poll_ms)),
+            actix_web::rt::spawn(hub.clone().run_maintenance()),
+        ];
+        Ok(Self { port, server, hub, background })
     }
 
     pub fn port(&self) -> u16 {
@@ -90,6 +93,9 @@ impl Application {
     /// lets in-flight requests finish and withdraws this process from the live set.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        for task in &self.background {
+            task.abort();
+        }
         if let Err(e) = self.hub.store.remove_instance(self.hub.instance_id).await {
             tracing::warn!(error = %e, "could not withdraw this process from the live set");
         }

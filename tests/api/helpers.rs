@@ -1,0 +1,195 @@
+//! Spawns the hub on a random port against a fresh database (a new PostgreSQL
+//! database per test, or a new SQLite file), with a mock upstream beside it.
+
+use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
+use aigne_hub::config::{Limits, Settings};
+use aigne_hub::startup::Application;
+use aigne_hub::store::Store;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The server PostgreSQL tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("AIGNE_HUB_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a fresh, uniquely named database; fails the test if PostgreSQL is
+/// unreachable (tests never skip silently).
+pub async fn fresh_pg_database() -> String {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}"));
+    let name = format!("aigne_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap().to_string();
+    format!("{base}/{name}")
+}
+
+pub fn test_limits() -> Limits {
+    Limits {
+        upstream_first_byte_timeout_ms: 1_500,
+        upstream_idle_timeout_ms: 1_500,
+        upstream_total_timeout_ms: 5_000,
+        instance_heartbeat_ms: 200,
+        instance_stale_after_ms: 1_000,
+        hold_sweep_interval_ms: 200,
+        projector_poll_ms: 100,
+        max_request_body_bytes: 256 * 1024,
+        ..Limits::default()
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub operator_token: String,
+    pub client: reqwest::Client,
+    pub mock: MockUpstream,
+    pub settings: Settings,
+    pub store_kind: StoreKind,
+    pub app_handle: actix_web::dev::ServerHandle,
+    pub hub: Arc<aigne_hub::hub::Hub>,
+    pub data_dir: PathBuf,
+    _temp: Arc<tempfile::TempDir>,
+}
+
+pub async fn spawn_app(kind: StoreKind) -> TestApp {
+    let temp = Arc::new(tempfile::tempdir().unwrap());
+    let database_url = match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => Some(fresh_pg_database().await),
+    };
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: temp.path().join("data"),
+        database_url,
+        operator_token: Some(format!("op-{}", uuid::Uuid::new_v4())),
+        master_key: None,
+        actor_threads: 2,
+        limits: test_limits(),
+    };
+    start(settings, kind, MockUpstream::start(), temp).await
+}
+
+async fn start(settings: Settings, kind: StoreKind, mock: MockUpstream, temp: Arc<tempfile::TempDir>) -> TestApp {
+    let app = Application::build(settings.clone()).await.expect("hub starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let app_handle = app.server_handle();
+    let hub = app.hub();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        operator_token: settings.operator_token.clone().unwrap(),
+        client: reqwest::Client::new(),
+        mock,
+        data_dir: settings.data_dir.clone(),
+        settings,
+        store_kind: kind,
+        app_handle,
+        hub,
+        _temp: temp,
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and starts a new one on the same store.
+    pub async fn restart(self) -> TestApp {
+        self.app_handle.stop(true).await;
+        start(self.settings.clone(), self.store_kind, self.mock.clone(), self._temp.clone()).await
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.hub.store.clone()
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut request = self.client.request(method, format!("{}{path}", self.address)).bearer_auth(&self.operator_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn admin_json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let response = self.admin(method, path, body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// Adds the mock as provider `mock` and prices `mock/<model>` for each model.
+    pub async fn setup_provider(&self, models: &[(&str, &str, &str, Option<u32>)]) {
+        self.admin_json(
+            reqwest::Method::POST,
+            "/admin/v1/providers",
+            Some(json!({"name": "mock", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY})),
+        )
+        .await;
+        for (model, input, output, max_output) in models {
+            let mut body = json!({"input_per_mtok": input, "output_per_mtok": output});
+            if let Some(m) = max_output {
+                body["max_output_tokens"] = json!(m);
+            }
+            self.admin_json(reqwest::Method::PUT, &format!("/admin/v1/prices/mock/{model}"), Some(body)).await;
+        }
+    }
+
+    pub async fn create_tenant(&self, initial_credits: &str) -> String {
+        let body = self
+            .admin_json(reqwest::Method::POST, "/admin/v1/tenants", Some(json!({"name": "acme", "initial_credits": initial_credits})))
+            .await;
+        body["tenant_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn issue_key(&self, tenant_id: &str, role: &str) -> String {
+        let body = self
+            .admin_json(reqwest::Method::POST, &format!("/admin/v1/tenants/{tenant_id}/keys"), Some(json!({"name": "app", "role": role})))
+            .await;
+        body["key"].as_str().unwrap().to_string()
+    }
+
+    pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.client.post(format!("{}/v1/chat/completions", self.address)).bearer_auth(key).json(body).send().await.unwrap()
+    }
+
+    pub async fn balance(&self, tenant_id: &str) -> Value {
+        self.admin_json(reqwest::Method::GET, &format!("/admin/v1/tenants/{tenant_id}/balance"), None).await
+    }
+
+    /// Waits until the live projections have applied every committed event.
+    pub async fn projections_caught_up(&self) {
+        self.hub.projector.catch_up().await.unwrap();
+    }
+}
+
+/// A chat request body to the mock.
+pub fn chat_body(model: &str, stream: bool) -> Value {
+    json!({"model": format!("mock/{model}"), "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
+}
+
+/// Runs a test body once per store.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[actix_web::test]
+            async fn sqlite() {
+                ($body)($crate::helpers::StoreKind::Sqlite).await
+            }
+            #[actix_web::test]
+            async fn postgres() {
+                ($body)($crate::helpers::StoreKind::Postgres).await
+            }
+        }
+    };
+}

@@ -1,0 +1,10 @@
+//! HTTP-level tests: every test runs against a fresh PostgreSQL database and a
+//! fresh SQLite file, with a mock upstream on 127.0.0.1.
+
+mod helpers;
+mod mock_openai;
+
+mod billing;
+//mod crash;
+//mod errors;
+//mod secrets;
