@@ -237,6 +237,18 @@ macro_rules! impl_store {
             Ok(LoadedTenant { state, version, events_since_snapshot })
         }
 
+        async fn tenant_events(&self, tenant_id: TenantId, after_sequence: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            let events = self.repo.get_last_events::<Tenant>(&tenant_id.to_string(), after_sequence).await?;
+            events
+                .into_iter()
+                .map(|serialized| {
+                    let sequence = serialized.sequence;
+                    let (event, metadata) = codec::deserialize(serialized)?;
+                    Ok(StoredEvent { log_position: LogPosition::default(), tenant_id, sequence, event, metadata })
+                })
+                .collect()
+        }
+
         async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError> {
             let serialized = events
                 .iter()

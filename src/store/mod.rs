@@ -107,6 +107,9 @@ pub trait Store: Send + Sync {
     /// Appends events numbered from `first_sequence` in one transaction; `Conflict` if
     /// any of those sequence numbers is taken.
     async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError>;
+    /// One tenant's events after `after_sequence`, in sequence order. (Their
+    /// `log_position` is not read and left zero.)
+    async fn tenant_events(&self, tenant_id: TenantId, after_sequence: usize) -> Result<Vec<StoredEvent>, StoreError>;
     async fn save_snapshot(&self, tenant_id: TenantId, version: usize, state: &Tenant) -> Result<(), StoreError>;
     /// Events after `after` in log order, never past an event whose transaction could
     /// still be in flight, and not past `until`.

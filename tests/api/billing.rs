@@ -16,17 +16,9 @@ pub fn mock_answer_cost() -> Credits {
     Credits::from_pico((PROMPT_TOKENS * 1_000_000 + COMPLETION_TOKENS * 2_000_000) as i128)
 }
 
-pub async fn read_all_events(app: &TestApp) -> Vec<aigne_hub::store::StoredEvent> {
-    let store = app.store();
-    let mut all = Vec::new();
-    let mut after = aigne_hub::store::LogPosition::default();
-    loop {
-        let page = store.read_log(after, None, 1000).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.log_position;
-        all.extend(page);
-    }
-    all
+/// Every event of one tenant, straight from its stream.
+pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
+    app.store().tenant_events(tenant.parse().unwrap(), 0).await.unwrap()
 }
 
 async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
@@ -50,7 +42,7 @@ async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
     assert_eq!(balance["held"], "0");
     assert_eq!(balance["available"], "0.999928");
 
-    let events = read_all_events(&app).await;
+    let events = tenant_events(&app, &tenant).await;
     let settled: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.event {
@@ -124,7 +116,7 @@ async fn grant_is_idempotent(kind: StoreKind) {
     assert!(body["error"]["message"].as_str().unwrap().contains("invoice-42"));
     assert_eq!(app.balance(&tenant).await["granted"], "2.5");
 
-    let events = read_all_events(&app).await;
+    let events = tenant_events(&app, &tenant).await;
     assert_eq!(events.iter().filter(|e| matches!(e.event, TenantEvent::CreditsGranted { .. })).count(), 1);
 }
 on_both_stores!(grant_is_idempotent, grant_is_idempotent);

@@ -6,7 +6,6 @@ use aigne_hub::config::{Limits, Settings};
 use aigne_hub::startup::Application;
 use aigne_hub::store::Store;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +56,6 @@ pub struct TestApp {
     pub store_kind: StoreKind,
     pub app_handle: actix_web::dev::ServerHandle,
     pub hub: Arc<aigne_hub::hub::Hub>,
-    pub data_dir: PathBuf,
     _temp: Arc<tempfile::TempDir>,
 }
 
@@ -90,7 +88,6 @@ async fn start(settings: Settings, kind: StoreKind, mock: MockUpstream, temp: Ar
         operator_token: settings.operator_token.clone().unwrap(),
         client: reqwest::Client::new(),
         mock,
-        data_dir: settings.data_dir.clone(),
         settings,
         store_kind: kind,
         app_handle,

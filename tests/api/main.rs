@@ -6,5 +6,5 @@ mod mock_openai;
 
 mod billing;
 //mod crash;
-//mod errors;
+mod errors;
 //mod secrets;

@@ -115,8 +115,13 @@ async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: w
             frames.push((delay_ms, chunk(&model, json!({"content": piece}), Value::Null, include_usage)));
         }
         if model == "die-mid-stream" {
-            let stream = futures_util::stream::iter(frames.into_iter().map(|(_, f)| Ok::<_, std::io::Error>(Bytes::from(f))))
-                .chain(futures_util::stream::once(async { Err(std::io::Error::other("connection reset")) }));
+            // Let the text reach the hub, then break the connection.
+            let stream = futures_util::stream::iter(frames.into_iter().map(|(_, f)| Ok::<_, std::io::Error>(Bytes::from(f)))).chain(
+                futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(std::io::Error::other("connection reset"))
+                }),
+            );
             return HttpResponse::Ok().content_type("text/event-stream").streaming(stream);
         }
         frames.push((0, chunk(&model, json!({}), json!("stop"), include_usage)));
