@@ -3,8 +3,9 @@
 
 mod helpers;
 mod mock_openai;
+mod process;
 
 mod billing;
-//mod crash;
+mod crash;
 mod errors;
-//mod secrets;
+mod secrets;

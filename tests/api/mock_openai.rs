@@ -6,7 +6,7 @@
 //! The model name picks a behaviour: `gpt-mock` answers normally; `fail-503`,
 //! `fail-400` fail; `no-usage` omits usage; `overshoot` reports more output tokens
 //! than `max_tokens`; `exact-hold` reports exactly `max_tokens` output tokens;
-//! `hang` never answers; `slow-stream` streams many chunks slowly; `die-mid-stream`
+//! `hang` never answers; `slow` answers after 100 ms; `slow-stream` streams many chunks slowly; `die-mid-stream`
 //! drops the connection after some text.
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -98,6 +98,7 @@ async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: w
     match model.as_str() {
         "fail-503" => return error(503, "The server is overloaded", "server_error"),
         "fail-400" => return error(400, "Invalid value for 'temperature'", "invalid_request_error"),
+        "slow" => tokio::time::sleep(Duration::from_millis(100)).await,
         "hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return error(500, "hung", "server_error");
