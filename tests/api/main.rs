@@ -8,4 +8,5 @@ mod process;
 mod billing;
 mod crash;
 mod errors;
+mod log_order;
 mod secrets;
