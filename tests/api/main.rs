@@ -6,6 +6,7 @@ mod mock_openai;
 mod process;
 
 mod billing;
+mod cli;
 mod crash;
 mod errors;
 mod log_order;
