@@ -15,7 +15,9 @@ use aigne_hub::store::{self, EventMetadata, Store, SNAPSHOT_EVERY_EVENTS};
 use chrono::Utc;
 use cqrs_es::DomainEvent;
 use domain::tenant::{KeyHash, TenantCommand, TenantEvent};
-use domain::{Credits, InstanceId, KeyId, ModelId, ModelPrice, Rate, RequestId, Role, TenantId, Usage};
+use domain::{
+    Credits, InstanceId, KeyId, ModelId, ModelPrice, Rate, RequestId, Role, TenantId, Usage,
+};
 use std::time::Instant;
 
 /// Rows per INSERT statement while seeding.
@@ -32,9 +34,30 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
     };
     let at = Utc::now();
     let key_id = KeyId::new_random();
-    run(TenantCommand::CreateTenant { tenant_id, name: "big".into(), initial_credits: Credits::from_whole_credits(1_000_000), at }, &mut events);
-    run(TenantCommand::IssueApiKey { key_id, name: "k".into(), role: Role::Member, key_hash: KeyHash::of_secret("s"), at }, &mut events);
-    let price = ModelPrice { input_rate: Rate::from_pico_per_token(1_000_000), output_rate: Rate::from_pico_per_token(2_000_000), max_output_tokens: 100 };
+    run(
+        TenantCommand::CreateTenant {
+            tenant_id,
+            name: "big".into(),
+            initial_credits: Credits::from_whole_credits(1_000_000),
+            at,
+        },
+        &mut events,
+    );
+    run(
+        TenantCommand::IssueApiKey {
+            key_id,
+            name: "k".into(),
+            role: Role::Member,
+            key_hash: KeyHash::of_secret("s"),
+            at,
+        },
+        &mut events,
+    );
+    let price = ModelPrice {
+        input_rate: Rate::from_pico_per_token(1_000_000),
+        output_rate: Rate::from_pico_per_token(2_000_000),
+        max_output_tokens: 100,
+    };
     let model = ModelId::parse("openai/gpt-4o-mini").unwrap();
     let instance_id = InstanceId::new_random();
     while events.len() < count {
@@ -53,15 +76,33 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
             },
             &mut events,
         );
-        let usage = Usage { input_tokens: 20, output_tokens: 30, ..Usage::default() };
-        run(TenantCommand::SettleUsage { request_id, provider: "openai".into(), usage, upstream_latency_ms: 5, at }, &mut events);
+        let usage = Usage {
+            input_tokens: 20,
+            output_tokens: 30,
+            ..Usage::default()
+        };
+        run(
+            TenantCommand::SettleUsage {
+                request_id,
+                provider: "openai".into(),
+                usage,
+                upstream_latency_ms: 5,
+                at,
+            },
+            &mut events,
+        );
     }
     events.truncate(count);
     events
 }
 
 async fn seed(store: &dyn Store, tenant_id: TenantId, events: &[TenantEvent]) {
-    let meta = EventMetadata { recorded_at: Utc::now(), tenant_id, request_id: None, instance_id: InstanceId::new_random() };
+    let meta = EventMetadata {
+        recorded_at: Utc::now(),
+        tenant_id,
+        request_id: None,
+        instance_id: InstanceId::new_random(),
+    };
     let mut next = 1;
     for chunk in events.chunks(SEED_BATCH_EVENTS) {
         let batch: Vec<_> = chunk.iter().map(|e| (e.clone(), meta.clone())).collect();
@@ -76,7 +117,10 @@ async fn measure(label: &str, store: &dyn Store, count: usize) {
     assert!(events.iter().all(|e| !e.event_type().is_empty()));
     let t = Instant::now();
     seed(store, tenant_id, &events).await;
-    println!("{label}: seeded {count} events in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "{label}: seeded {count} events in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let t = Instant::now();
     let full = store.load_tenant(tenant_id).await.unwrap();
@@ -90,12 +134,18 @@ async fn measure(label: &str, store: &dyn Store, count: usize) {
     for e in &events[..count - behind] {
         state.apply_event(e.clone());
     }
-    store.save_snapshot(tenant_id, count - behind, &state).await.unwrap();
+    store
+        .save_snapshot(tenant_id, count - behind, &state)
+        .await
+        .unwrap();
     let t = Instant::now();
     let from_snapshot = store.load_tenant(tenant_id).await.unwrap();
     let snap_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(from_snapshot.version, count);
-    assert_eq!(from_snapshot.state, full.state, "snapshot + tail equals the full fold");
+    assert_eq!(
+        from_snapshot.state, full.state,
+        "snapshot + tail equals the full fold"
+    );
     println!(
         "{label}: cold load of a {count}-event tenant: {full_ms:.0} ms from events alone, {snap_ms:.1} ms from a snapshot + {behind} events (ratio {:.0}x)",
         full_ms / snap_ms
@@ -103,20 +153,33 @@ async fn measure(label: &str, store: &dyn Store, count: usize) {
 }
 
 fn main() {
-    let count: usize = std::env::var("COLD_LOAD_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let count: usize = std::env::var("COLD_LOAD_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let system = actix_web::rt::System::new();
     system.block_on(async move {
-        let admin = std::env::var("AIGNE_HUB_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = std::env::var("AIGNE_HUB_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL reachable");
         let name = format!("aigne_bench_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         {
-            let pg = store::open(Some(&url), std::path::Path::new(".")).await.unwrap();
+            let pg = store::open(Some(&url), std::path::Path::new("."))
+                .await
+                .unwrap();
             measure("postgres", pg.as_ref(), count).await;
         }
-        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
         let dir = tempfile::tempdir().unwrap();
         let sqlite = store::open(None, dir.path()).await.unwrap();
         measure("sqlite", sqlite.as_ref(), count).await;

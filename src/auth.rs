@@ -37,7 +37,11 @@ pub fn new_key(tenant_id: TenantId) -> NewKey {
     let secret = random_secret();
     NewKey {
         key_id,
-        full_key: format!("{KEY_PREFIX}_{}_{}_{secret}", tenant_id.0.simple(), key_id.0.simple()),
+        full_key: format!(
+            "{KEY_PREFIX}_{}_{}_{secret}",
+            tenant_id.0.simple(),
+            key_id.0.simple()
+        ),
         key_hash: KeyHash::of_secret(&secret),
     }
 }
@@ -52,7 +56,9 @@ pub struct PresentedKey {
 
 pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
     let mut parts = text.splitn(4, '_');
-    let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(HubError::Unauthenticated);
     };
     let tenant_id = Uuid::try_parse(tenant).map_err(|_| HubError::Unauthenticated)?;
@@ -60,12 +66,20 @@ pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
     if secret.is_empty() {
         return Err(HubError::Unauthenticated);
     }
-    Ok(PresentedKey { tenant_id: TenantId(tenant_id), key_id: KeyId(key_id), key_hash: KeyHash::of_secret(secret) })
+    Ok(PresentedKey {
+        tenant_id: TenantId(tenant_id),
+        key_id: KeyId(key_id),
+        key_hash: KeyHash::of_secret(secret),
+    })
 }
 
 /// The bearer token of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     if value.len() > BEARER_MAX_BYTES {
         return None;
     }
@@ -82,7 +96,10 @@ pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), Hub
     let presented = bearer(req).ok_or(HubError::Unauthenticated)?;
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected_token.as_bytes());
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     if diff == 0 {
         Ok(())
     } else {
@@ -106,8 +123,17 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_unauthenticated() {
-        for bad in ["", "sk-123", "aih_x_y_z", "aih__", &format!("aih_{}_{}_", Uuid::nil().simple(), Uuid::nil().simple())] {
-            assert!(matches!(parse_key(bad), Err(HubError::Unauthenticated)), "{bad}");
+        for bad in [
+            "",
+            "sk-123",
+            "aih_x_y_z",
+            "aih__",
+            &format!("aih_{}_{}_", Uuid::nil().simple(), Uuid::nil().simple()),
+        ] {
+            assert!(
+                matches!(parse_key(bad), Err(HubError::Unauthenticated)),
+                "{bad}"
+            );
         }
     }
 }

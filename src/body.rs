@@ -8,7 +8,10 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 /// Reads the whole body, refusing (413) past `limit_bytes`.
-pub async fn read_limited(mut payload: web::Payload, limit_bytes: usize) -> Result<bytes::Bytes, HubError> {
+pub async fn read_limited(
+    mut payload: web::Payload,
+    limit_bytes: usize,
+) -> Result<bytes::Bytes, HubError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
@@ -26,12 +29,18 @@ pub async fn read_limited(mut payload: web::Payload, limit_bytes: usize) -> Resu
 /// Parses JSON into `T`; the error names the field or position that is wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
     if body.is_empty() {
-        return Err(HubError::BadRequest("request body is empty; expected a JSON object".into()));
+        return Err(HubError::BadRequest(
+            "request body is empty; expected a JSON object".into(),
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| HubError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| HubError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Reads and parses in one step (operator and billing endpoints: small bodies).
-pub async fn json_body<T: DeserializeOwned>(payload: web::Payload, limit_bytes: usize) -> Result<T, HubError> {
+pub async fn json_body<T: DeserializeOwned>(
+    payload: web::Payload,
+    limit_bytes: usize,
+) -> Result<T, HubError> {
     parse_json(&read_limited(payload, limit_bytes).await?)
 }

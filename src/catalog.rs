@@ -56,7 +56,11 @@ fn price_from_row(row: &PriceRow) -> Option<PricedModel> {
 
 impl Catalog {
     pub fn new(store: Arc<dyn Store>, secrets: Arc<SecretBox>) -> Self {
-        Self { store, secrets, current: RwLock::new(Arc::default()) }
+        Self {
+            store,
+            secrets,
+            current: RwLock::new(Arc::default()),
+        }
     }
 
     pub fn snapshot(&self) -> Arc<CatalogData> {
@@ -70,14 +74,25 @@ impl Catalog {
                 tracing::warn!(provider = %row.name, kind = %row.kind, "provider of an unknown kind skipped");
                 continue;
             };
-            match self.secrets.open(&row.secret_ciphertext, &provider_binding(&row.provider_id, None)) {
+            match self.secrets.open(
+                &row.secret_ciphertext,
+                &provider_binding(&row.provider_id, None),
+            ) {
                 Ok(api_key) => {
                     data.providers.insert(
                         row.name.clone(),
-                        Provider { provider_id: row.provider_id, name: row.name, kind, base_url: row.base_url, api_key },
+                        Provider {
+                            provider_id: row.provider_id,
+                            name: row.name,
+                            kind,
+                            base_url: row.base_url,
+                            api_key,
+                        },
                     );
                 }
-                Err(e) => tracing::error!(provider = %row.name, error = %e, "provider credential cannot be opened; provider skipped"),
+                Err(e) => {
+                    tracing::error!(provider = %row.name, error = %e, "provider credential cannot be opened; provider skipped")
+                }
             }
         }
         for row in self.store.list_prices().await? {
@@ -85,7 +100,9 @@ impl Catalog {
                 Some(priced) => {
                     data.models.insert(row.model.clone(), priced);
                 }
-                None => tracing::error!(model = %row.model, "stored price is malformed; model skipped"),
+                None => {
+                    tracing::error!(model = %row.model, "stored price is malformed; model skipped")
+                }
             }
         }
         *self.current.write().expect("catalog lock poisoned") = Arc::new(data);

@@ -11,10 +11,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "aigne-hub", version, about = "A multi-tenant AI gateway with a replayable credit ledger")]
+#[command(
+    name = "aigne-hub",
+    version,
+    about = "A multi-tenant AI gateway with a replayable credit ledger"
+)]
 struct Cli {
     /// Directory for the embedded store and generated secrets.
-    #[arg(long, env = "AIGNE_HUB_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "AIGNE_HUB_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// postgres://… for PostgreSQL; unset = embedded SQLite in the data dir.
     #[arg(long, env = "DATABASE_URL", global = true)]
@@ -131,7 +140,9 @@ pub fn main() -> ExitCode {
     let mut settings = Settings::from_env_defaults();
     settings.data_dir = cli.data_dir.clone();
     settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs { listen: settings.listen.clone() }));
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
+        listen: settings.listen.clone(),
+    }));
     let system = actix_web::rt::System::new();
     match system.block_on(run(settings, command)) {
         Ok(code) => code,
@@ -143,12 +154,19 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn print(value: serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(&value).expect("JSON values always serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).expect("JSON values always serialize")
+    );
 }
 
 async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCode> {
@@ -159,9 +177,14 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
     let hub = build_hub(&settings).await?;
     let result = match command {
         Command::Serve(_) => unreachable!("handled above"),
-        Command::Tenant(TenantCmd::Create { name, initial_credits }) => {
+        Command::Tenant(TenantCmd::Create {
+            name,
+            initial_credits,
+        }) => {
             let initial = match initial_credits {
-                Some(raw) => Credits::parse(&raw).map_err(|e| anyhow::anyhow!("--initial-credits: {e}"))?,
+                Some(raw) => {
+                    Credits::parse(&raw).map_err(|e| anyhow::anyhow!("--initial-credits: {e}"))?
+                }
                 None => Credits::ZERO,
             };
             let tenant_id = hub.create_tenant(name, initial).await?;
@@ -175,29 +198,54 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             hub.revoke_key(tenant, key_id).await?;
             serde_json::json!({"key_id": key_id.to_string(), "revoked": true})
         }
-        Command::Credits(CreditsCmd::Grant { tenant, amount, idempotency_key, reason }) => {
-            let amount = Credits::parse_positive(&amount).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
-            let (grant, _) = hub.grant(tenant, amount, idempotency_key.clone(), reason).await?;
+        Command::Credits(CreditsCmd::Grant {
+            tenant,
+            amount,
+            idempotency_key,
+            reason,
+        }) => {
+            let amount =
+                Credits::parse_positive(&amount).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            let (grant, _) = hub
+                .grant(tenant, amount, idempotency_key.clone(), reason)
+                .await?;
             serde_json::json!({
                 "tenant_id": tenant.to_string(), "idempotency_key": idempotency_key,
                 "amount": grant.amount.to_decimal_string(), "reason": grant.reason, "granted_at": grant.at.to_rfc3339()
             })
         }
-        Command::Balance { tenant } => crate::routes::balance_json(tenant, &hub.balance(tenant, None).await?),
-        Command::Provider(ProviderCmd::Add { name, kind, base_url }) => {
+        Command::Balance { tenant } => {
+            crate::routes::balance_json(tenant, &hub.balance(tenant, None).await?)
+        }
+        Command::Provider(ProviderCmd::Add {
+            name,
+            kind,
+            base_url,
+        }) => {
             let api_key = match std::env::var("AIGNE_HUB_PROVIDER_API_KEY") {
                 Ok(key) if !key.is_empty() => key,
                 _ => {
                     let mut key = String::new();
-                    std::io::stdin().take(crate::crypto::SECRET_MAX_BYTES as u64 + 1).read_to_string(&mut key)?;
+                    std::io::stdin()
+                        .take(crate::crypto::SECRET_MAX_BYTES as u64 + 1)
+                        .read_to_string(&mut key)?;
                     key.trim().to_string()
                 }
             };
-            let provider_id = hub.add_provider(name.clone(), &kind, base_url, Secret::new(api_key)).await?;
+            let provider_id = hub
+                .add_provider(name.clone(), &kind, base_url, Secret::new(api_key))
+                .await?;
             serde_json::json!({"provider_id": provider_id, "name": name, "kind": kind})
         }
-        Command::Price(PriceCmd::Set { model, input, output, max_output_tokens }) => {
-            let version = hub.set_price(&model, &input, &output, max_output_tokens).await?;
+        Command::Price(PriceCmd::Set {
+            model,
+            input,
+            output,
+            max_output_tokens,
+        }) => {
+            let version = hub
+                .set_price(&model, &input, &output, max_output_tokens)
+                .await?;
             serde_json::json!({"model": model, "input_per_mtok": input, "output_per_mtok": output, "version": version})
         }
         Command::Replay => {
@@ -205,7 +253,11 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             let ok = report.all_identical;
             print(serde_json::to_value(&report)?);
             hub.tenants.shutdown();
-            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
     };
     hub.tenants.shutdown();
@@ -223,11 +275,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let token_hint = match token_source {
         TokenSource::Env => "from AIGNE_HUB_OPERATOR_TOKEN".to_string(),
-        TokenSource::File { path, created } => format!("{} {}", if created { "generated into" } else { "read from" }, path.display()),
+        TokenSource::File { path, created } => format!(
+            "{} {}",
+            if created {
+                "generated into"
+            } else {
+                "read from"
+            },
+            path.display()
+        ),
     };
     let token_cmd = match &settings.operator_token {
         Some(_) => "$AIGNE_HUB_OPERATOR_TOKEN".to_string(),
-        None => format!("$(cat {})", settings.data_dir.join("operator_token").display()),
+        None => format!(
+            "$(cat {})",
+            settings.data_dir.join("operator_token").display()
+        ),
     };
     eprintln!(
         "aigne-hub listening on {address} (store: {store})\noperator token: {token_hint}\n\nquickstart:\n  TOKEN={token_cmd}\n  curl -s -X POST {address}/admin/v1/providers -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"openai\",\"kind\":\"openai\",\"base_url\":\"https://api.openai.com/v1\",\"api_key\":\"'$OPENAI_API_KEY'\"}}'\n  curl -s -X PUT {address}/admin/v1/prices/openai/gpt-4o-mini -H \"Authorization: Bearer $TOKEN\" -d '{{\"input_per_mtok\":\"0.15\",\"output_per_mtok\":\"0.6\"}}'\n  curl -s -X POST {address}/admin/v1/tenants -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"acme\",\"initial_credits\":\"10\"}}'\n  curl -s -X POST {address}/admin/v1/tenants/<tenant_id>/keys -H \"Authorization: Bearer $TOKEN\" -d '{{\"name\":\"app\",\"role\":\"admin\"}}'\n  curl -s {address}/v1/chat/completions -H \"Authorization: Bearer <key>\" -d '{{\"model\":\"openai/gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n"

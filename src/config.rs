@@ -78,10 +78,16 @@ impl Settings {
     pub fn from_env_defaults() -> Self {
         Self {
             listen: std::env::var("AIGNE_HUB_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into()),
-            data_dir: std::env::var("AIGNE_HUB_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("./data")),
+            data_dir: std::env::var("AIGNE_HUB_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("./data")),
             database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
-            operator_token: std::env::var("AIGNE_HUB_OPERATOR_TOKEN").ok().filter(|s| !s.is_empty()),
-            master_key: std::env::var("AIGNE_HUB_MASTER_KEY").ok().filter(|s| !s.is_empty()),
+            operator_token: std::env::var("AIGNE_HUB_OPERATOR_TOKEN")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            master_key: std::env::var("AIGNE_HUB_MASTER_KEY")
+                .ok()
+                .filter(|s| !s.is_empty()),
             actor_threads: 2,
             limits: Limits::default(),
         }
@@ -97,7 +103,9 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     Ok(())
@@ -105,8 +113,13 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 /// Reads a secret from `file_name` in the data dir, creating it with `generate` on
 /// first start. Returns the secret and whether it was just created.
-fn file_secret(data_dir: &Path, file_name: &str, generate: impl FnOnce() -> String) -> anyhow::Result<(String, PathBuf, bool)> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+fn file_secret(
+    data_dir: &Path,
+    file_name: &str,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<(String, PathBuf, bool)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let path = data_dir.join(file_name);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok((text.trim().to_string(), path, false)),
@@ -129,15 +142,23 @@ pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSourc
     if let Some(token) = &settings.operator_token {
         return Ok((token.clone(), TokenSource::Env));
     }
-    let (token, path, created) = file_secret(&settings.data_dir, "operator_token", || format!("aho_{}", crate::auth::random_secret()))?;
+    let (token, path, created) = file_secret(&settings.data_dir, "operator_token", || {
+        format!("aho_{}", crate::auth::random_secret())
+    })?;
     Ok((token, TokenSource::File { path, created }))
 }
 
 pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
     let text = match &settings.master_key {
         Some(text) => text.clone(),
-        None => file_secret(&settings.data_dir, "master.key", || hex::encode(SecretBox::generate_master_key()))?.0,
+        None => {
+            file_secret(&settings.data_dir, "master.key", || {
+                hex::encode(SecretBox::generate_master_key())
+            })?
+            .0
+        }
     };
-    let key = SecretBox::parse_master_key(&text).map_err(|e| anyhow::anyhow!("AIGNE_HUB_MASTER_KEY: {e}"))?;
+    let key = SecretBox::parse_master_key(&text)
+        .map_err(|e| anyhow::anyhow!("AIGNE_HUB_MASTER_KEY: {e}"))?;
     Ok(SecretBox::new(&key)?)
 }

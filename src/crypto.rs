@@ -55,14 +55,17 @@ impl SecretBox {
         if master_key.len() != MASTER_KEY_BYTES {
             return Err(CryptoError::BadMasterKey);
         }
-        let cipher = Aes256SivAead::new_from_slice(master_key).map_err(|_| CryptoError::BadMasterKey)?;
+        let cipher =
+            Aes256SivAead::new_from_slice(master_key).map_err(|_| CryptoError::BadMasterKey)?;
         Ok(Self { cipher })
     }
 
     /// Parses a master key written as hex or base64.
     pub fn parse_master_key(text: &str) -> Result<Vec<u8>, CryptoError> {
         let text = text.trim();
-        let bytes = hex::decode(text).or_else(|_| BASE64.decode(text)).map_err(|_| CryptoError::BadMasterKey)?;
+        let bytes = hex::decode(text)
+            .or_else(|_| BASE64.decode(text))
+            .map_err(|_| CryptoError::BadMasterKey)?;
         if bytes.len() != MASTER_KEY_BYTES {
             return Err(CryptoError::BadMasterKey);
         }
@@ -81,7 +84,13 @@ impl SecretBox {
         rand::thread_rng().fill_bytes(&mut nonce);
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.expose().as_bytes(), aad: associated_data.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.expose().as_bytes(),
+                    aad: associated_data.as_bytes(),
+                },
+            )
             .expect("AES-SIV encryption cannot fail for in-memory input");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -96,15 +105,26 @@ impl SecretBox {
         let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
         let plain = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: associated_data.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: associated_data.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::OpenFailed)?;
-        String::from_utf8(plain).map(Secret).map_err(|_| CryptoError::OpenFailed)
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| CryptoError::OpenFailed)
     }
 }
 
 /// The associated data that binds a provider credential to its row.
 pub fn provider_binding(provider_id: &str, tenant_id: Option<&str>) -> String {
-    format!("aigne-hub/provider-secret/v1;provider={provider_id};tenant={}", tenant_id.unwrap_or("-"))
+    format!(
+        "aigne-hub/provider-secret/v1;provider={provider_id};tenant={}",
+        tenant_id.unwrap_or("-")
+    )
 }
 
 #[cfg(test)]
@@ -117,9 +137,18 @@ mod tests {
         let secret = Secret::new("sk-live-123".into());
         let sealed = b.seal(&secret, &provider_binding("p1", None));
         assert!(!sealed.contains("sk-live-123"));
-        assert_eq!(b.open(&sealed, &provider_binding("p1", None)).unwrap(), secret);
-        assert_eq!(b.open(&sealed, &provider_binding("p2", None)), Err(CryptoError::OpenFailed));
-        assert_eq!(b.open(&sealed, &provider_binding("p1", Some("t1"))), Err(CryptoError::OpenFailed));
+        assert_eq!(
+            b.open(&sealed, &provider_binding("p1", None)).unwrap(),
+            secret
+        );
+        assert_eq!(
+            b.open(&sealed, &provider_binding("p2", None)),
+            Err(CryptoError::OpenFailed)
+        );
+        assert_eq!(
+            b.open(&sealed, &provider_binding("p1", Some("t1"))),
+            Err(CryptoError::OpenFailed)
+        );
         // Random nonces: sealing twice never gives the same text.
         assert_ne!(sealed, b.seal(&secret, &provider_binding("p1", None)));
     }

@@ -103,7 +103,13 @@ impl From<TenantError> for HubError {
             // A key naming a tenant that does not exist is just an invalid key.
             TenantError::TenantNotFound | TenantError::Unauthenticated => HubError::Unauthenticated,
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
-            TenantError::InsufficientCredits { available, required } => HubError::InsufficientCredits { available, required },
+            TenantError::InsufficientCredits {
+                available,
+                required,
+            } => HubError::InsufficientCredits {
+                available,
+                required,
+            },
             TenantError::InvalidLabel { .. } => HubError::BadRequest(e.to_string()),
             TenantError::UnknownKey(_) => HubError::NotFound(e.to_string()),
             TenantError::TenantAlreadyExists
@@ -119,7 +125,9 @@ impl From<crate::store::StoreError> for HubError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::DuplicateName(_) => HubError::Conflict(e.to_string()),
-            crate::store::StoreError::Conflict => HubError::Unavailable("too many concurrent writers for this tenant, retry".into()),
+            crate::store::StoreError::Conflict => {
+                HubError::Unavailable("too many concurrent writers for this tenant, retry".into())
+            }
             other => HubError::Unavailable(other.to_string()),
         }
     }

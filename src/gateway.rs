@@ -41,19 +41,31 @@ struct ChatRequest {
 }
 
 fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
-    let object = request.as_object().ok_or_else(|| HubError::BadRequest("request body must be a JSON object".into()))?;
+    let object = request
+        .as_object()
+        .ok_or_else(|| HubError::BadRequest("request body must be a JSON object".into()))?;
     let model = object
         .get("model")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
-        .ok_or_else(|| HubError::BadRequest("`model` is required and must be a string like \"openai/gpt-4o-mini\"".into()))?;
+        .ok_or_else(|| {
+            HubError::BadRequest(
+                "`model` is required and must be a string like \"openai/gpt-4o-mini\"".into(),
+            )
+        })?;
     match object.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => {
             if messages.iter().any(|m| !m.is_object()) {
-                return Err(HubError::BadRequest("every entry of `messages` must be an object".into()));
+                return Err(HubError::BadRequest(
+                    "every entry of `messages` must be an object".into(),
+                ));
             }
         }
-        _ => return Err(HubError::BadRequest("`messages` is required and must be a non-empty array".into())),
+        _ => {
+            return Err(HubError::BadRequest(
+                "`messages` is required and must be a non-empty array".into(),
+            ))
+        }
     }
     let stream = match object.get("stream") {
         None | Some(Value::Null) => false,
@@ -68,13 +80,23 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
                 let n = v
                     .as_u64()
                     .filter(|n| *n >= 1 && *n <= u32::MAX as u64)
-                    .ok_or_else(|| HubError::BadRequest(format!("`{field}` must be a positive integer")))?;
+                    .ok_or_else(|| {
+                        HubError::BadRequest(format!("`{field}` must be a positive integer"))
+                    })?;
                 max_tokens = Some(max_tokens.map_or(n as u32, |m: u32| m.min(n as u32)));
             }
         }
     }
-    let client_wants_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    Ok(ChatRequest { model: model.to_string(), stream, max_tokens, client_wants_usage })
+    let client_wants_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(ChatRequest {
+        model: model.to_string(),
+        stream,
+        max_tokens,
+        client_wants_usage,
+    })
 }
 
 /// Everything needed to settle or release one request's hold.
@@ -99,14 +121,29 @@ impl Billing {
         };
         self.hub
             .tenants
-            .call(self.key.tenant_id, TenantOp::Execute { auth: None, command, request_id: Some(self.request_id) })
+            .call(
+                self.key.tenant_id,
+                TenantOp::Execute {
+                    auth: None,
+                    command,
+                    request_id: Some(self.request_id),
+                },
+            )
             .await
             .map(|_| ())
     }
 
     async fn release(&self, reason: String) {
-        let command = TenantCommand::ReleaseHold { request_id: self.request_id, reason, at: Utc::now() };
-        let op = TenantOp::Execute { auth: None, command, request_id: Some(self.request_id) };
+        let command = TenantCommand::ReleaseHold {
+            request_id: self.request_id,
+            reason,
+            at: Utc::now(),
+        };
+        let op = TenantOp::Execute {
+            auth: None,
+            command,
+            request_id: Some(self.request_id),
+        };
         if let Err(e) = self.hub.tenants.call(self.key.tenant_id, op).await {
             // The hold stays until the sweeper releases it at its time to live.
             tracing::warn!(request_id = %self.request_id, error = %e, "releasing a hold failed");
@@ -114,7 +151,11 @@ impl Billing {
     }
 }
 
-pub async fn chat_completions(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn chat_completions(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     let hub = hub.into_inner();
     let key = presented_key(&req)?;
     let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
@@ -124,7 +165,9 @@ pub async fn chat_completions(hub: web::Data<Hub>, req: HttpRequest, payload: we
 
     let Some((priced, provider)) = hub.catalog.snapshot().route(&chat.model) else {
         // Check the key first, so an unknown model is never a way to probe keys.
-        hub.tenants.call(key.tenant_id, TenantOp::Read { auth }).await?;
+        hub.tenants
+            .call(key.tenant_id, TenantOp::Read { auth })
+            .await?;
         return Err(HubError::ModelNotFound(chat.model));
     };
 
@@ -142,10 +185,27 @@ pub async fn chat_completions(hub: web::Data<Hub>, req: HttpRequest, payload: we
         expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
         at: Utc::now(),
     };
-    let span = tracing::info_span!("chat", tenant_id = %key.tenant_id, %request_id, model = %priced.model);
+    let span =
+        tracing::info_span!("chat", tenant_id = %key.tenant_id, %request_id, model = %priced.model);
     async move {
-        hub.tenants.call(key.tenant_id, TenantOp::Execute { auth, command: reserve, request_id: Some(request_id) }).await?;
-        let billing = Billing { hub: hub.clone(), key, request_id, provider: provider.name.clone(), prompt_bytes, started: Instant::now() };
+        hub.tenants
+            .call(
+                key.tenant_id,
+                TenantOp::Execute {
+                    auth,
+                    command: reserve,
+                    request_id: Some(request_id),
+                },
+            )
+            .await?;
+        let billing = Billing {
+            hub: hub.clone(),
+            key,
+            request_id,
+            provider: provider.name.clone(),
+            prompt_bytes,
+            started: Instant::now(),
+        };
         prepare_upstream_request(&mut request, &priced, chat.stream);
         if chat.stream {
             stream_chat(billing, provider, request, chat.client_wants_usage).await
@@ -166,11 +226,18 @@ fn prepare_upstream_request(request: &mut Value, priced: &PricedModel, stream: b
     }
 }
 
-fn with_request_id(builder: &mut actix_web::HttpResponseBuilder, request_id: RequestId) -> &mut actix_web::HttpResponseBuilder {
+fn with_request_id(
+    builder: &mut actix_web::HttpResponseBuilder,
+    request_id: RequestId,
+) -> &mut actix_web::HttpResponseBuilder {
     builder.insert_header(("x-request-id", request_id.to_string()))
 }
 
-async fn json_chat(billing: Billing, provider: Provider, request: Value) -> Result<HttpResponse, HubError> {
+async fn json_chat(
+    billing: Billing,
+    provider: Provider,
+    request: Value,
+) -> Result<HttpResponse, HubError> {
     let outcome = match openai::chat(&billing.hub.upstream, &provider, &request).await {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -180,14 +247,23 @@ async fn json_chat(billing: Billing, provider: Provider, request: Value) -> Resu
         }
     };
     let usage = outcome.usage.unwrap_or_else(|| {
-        let text = outcome.body.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
+        let text = outcome
+            .body
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         Usage::estimate(billing.prompt_bytes, text.len() as u64)
     });
     billing.settle(usage).await?;
     Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
 }
 
-async fn stream_chat(billing: Billing, provider: Provider, request: Value, client_wants_usage: bool) -> Result<HttpResponse, HubError> {
+async fn stream_chat(
+    billing: Billing,
+    provider: Provider,
+    request: Value,
+    client_wants_usage: bool,
+) -> Result<HttpResponse, HubError> {
     let response = match openai::chat_stream(&billing.hub.upstream, &provider, &request).await {
         Ok(response) => response,
         Err(e) => {
@@ -198,8 +274,18 @@ async fn stream_chat(billing: Billing, provider: Provider, request: Value, clien
     };
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let request_id = billing.request_id;
-    actix_web::rt::spawn(relay_stream(billing, provider, response, tx, client_wants_usage));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx)) });
+    actix_web::rt::spawn(relay_stream(
+        billing,
+        provider,
+        response,
+        tx,
+        client_wants_usage,
+    ));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
     Ok(with_request_id(&mut HttpResponse::Ok(), request_id)
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
@@ -208,17 +294,27 @@ async fn stream_chat(billing: Billing, provider: Provider, request: Value, clien
 
 /// Bytes of generated text in one OpenAI stream chunk (for estimates only).
 fn generated_bytes(chunk: &Value) -> u64 {
-    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else { return 0 };
+    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
     let mut n = 0;
     for choice in choices {
-        let Some(delta) = choice.get("delta") else { continue };
+        let Some(delta) = choice.get("delta") else {
+            continue;
+        };
         for field in ["content", "reasoning_content", "refusal"] {
             n += delta.get(field).and_then(Value::as_str).map_or(0, str::len) as u64;
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for call in calls {
-                n += call.pointer("/function/arguments").and_then(Value::as_str).map_or(0, str::len) as u64;
-                n += call.pointer("/function/name").and_then(Value::as_str).map_or(0, str::len) as u64;
+                n += call
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .map_or(0, str::len) as u64;
+                n += call
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .map_or(0, str::len) as u64;
             }
         }
     }
@@ -236,7 +332,13 @@ enum StreamEnd {
 }
 
 /// Copies the upstream stream to the client, then settles and finishes it.
-async fn relay_stream(billing: Billing, provider: Provider, response: reqwest::Response, tx: mpsc::Sender<Bytes>, client_wants_usage: bool) {
+async fn relay_stream(
+    billing: Billing,
+    provider: Provider,
+    response: reqwest::Response,
+    tx: mpsc::Sender<Bytes>,
+    client_wants_usage: bool,
+) {
     let idle = Duration::from_millis(billing.hub.limits.upstream_idle_timeout_ms);
     let mut upstream = response.bytes_stream();
     let mut parser = SseParser::default();
@@ -247,7 +349,9 @@ async fn relay_stream(billing: Billing, provider: Provider, response: reqwest::R
         let chunk = match tokio::time::timeout(idle, upstream.next()).await {
             Err(_) => break StreamEnd::UpstreamFailed(UpstreamError::Timeout),
             Ok(None) => break StreamEnd::Done,
-            Ok(Some(Err(e))) => break StreamEnd::UpstreamFailed(crate::providers::transport_error(e)),
+            Ok(Some(Err(e))) => {
+                break StreamEnd::UpstreamFailed(crate::providers::transport_error(e))
+            }
             Ok(Some(Ok(chunk))) => chunk,
         };
         if let Err(e) = parser.push(&chunk) {
@@ -266,15 +370,29 @@ async fn relay_stream(billing: Billing, provider: Provider, response: reqwest::R
                 continue;
             };
             if let Some(error) = chunk.get("error") {
-                let message = error.get("message").and_then(Value::as_str).unwrap_or("stream error").to_string();
-                break 'relay StreamEnd::UpstreamFailed(UpstreamError::Status { status: 502, message });
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stream error")
+                    .to_string();
+                break 'relay StreamEnd::UpstreamFailed(UpstreamError::Status {
+                    status: 502,
+                    message,
+                });
             }
-            if let Some(reported) = chunk.get("usage").filter(|u| !u.is_null()).and_then(openai::usage_from_openai) {
+            if let Some(reported) = chunk
+                .get("usage")
+                .filter(|u| !u.is_null())
+                .and_then(openai::usage_from_openai)
+            {
                 usage = Some(reported);
             }
             output_bytes += generated_bytes(&chunk);
             if !client_wants_usage && chunk.get("usage").is_some() {
-                let has_choices = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+                let has_choices = chunk
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| !c.is_empty());
                 if !has_choices {
                     continue;
                 }
@@ -314,9 +432,15 @@ async fn relay_stream(billing: Billing, provider: Provider, response: reqwest::R
                     tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
                 }
             } else {
-                billing.release(format!("upstream failed mid-stream: {e}")).await;
+                billing
+                    .release(format!("upstream failed mid-stream: {e}"))
+                    .await;
             }
-            let _ = tx.send(sse_frame(&crate::error::HubError::from(e).body().to_string())).await;
+            let _ = tx
+                .send(sse_frame(
+                    &crate::error::HubError::from(e).body().to_string(),
+                ))
+                .await;
         }
     }
 }
@@ -333,8 +457,14 @@ mod tests {
         };
         assert!(err(json!({"messages": [{"role": "user", "content": "hi"}]})).contains("`model`"));
         assert!(err(json!({"model": "a/b", "messages": []})).contains("`messages`"));
-        assert!(err(json!({"model": "a/b", "messages": [{"role": "user"}], "stream": "yes"})).contains("`stream`"));
-        assert!(err(json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": -1})).contains("`max_tokens`"));
+        assert!(
+            err(json!({"model": "a/b", "messages": [{"role": "user"}], "stream": "yes"}))
+                .contains("`stream`")
+        );
+        assert!(
+            err(json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": -1}))
+                .contains("`max_tokens`")
+        );
         let ok = parse_chat_request(&json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": 50, "max_completion_tokens": 20})).unwrap();
         assert_eq!(ok.max_tokens, Some(20));
     }

@@ -40,56 +40,161 @@ pub fn now_ms() -> i64 {
 
 impl Hub {
     pub fn key_auth(key: &PresentedKey, permission: Permission) -> Auth {
-        Auth { key_id: key.key_id, key_hash: key.key_hash.clone(), permission }
+        Auth {
+            key_id: key.key_id,
+            key_hash: key.key_hash.clone(),
+            permission,
+        }
     }
 
-    pub async fn create_tenant(&self, name: String, initial_credits: Credits) -> Result<TenantId, HubError> {
+    pub async fn create_tenant(
+        &self,
+        name: String,
+        initial_credits: Credits,
+    ) -> Result<TenantId, HubError> {
         let tenant_id = TenantId::new_random();
-        let command = TenantCommand::CreateTenant { tenant_id, name, initial_credits, at: Utc::now() };
-        self.tenants.call(tenant_id, TenantOp::Execute { auth: None, command, request_id: None }).await?;
+        let command = TenantCommand::CreateTenant {
+            tenant_id,
+            name,
+            initial_credits,
+            at: Utc::now(),
+        };
+        self.tenants
+            .call(
+                tenant_id,
+                TenantOp::Execute {
+                    auth: None,
+                    command,
+                    request_id: None,
+                },
+            )
+            .await?;
         Ok(tenant_id)
     }
 
     /// Issues a key; the returned text is the only copy of its secret.
-    pub async fn issue_key(&self, tenant_id: TenantId, name: String, role: Role) -> Result<(KeyId, String), HubError> {
+    pub async fn issue_key(
+        &self,
+        tenant_id: TenantId,
+        name: String,
+        role: Role,
+    ) -> Result<(KeyId, String), HubError> {
         let key = new_key(tenant_id);
-        let command = TenantCommand::IssueApiKey { key_id: key.key_id, name, role, key_hash: key.key_hash, at: Utc::now() };
-        self.tenants.call(tenant_id, TenantOp::Execute { auth: None, command, request_id: None }).await?;
+        let command = TenantCommand::IssueApiKey {
+            key_id: key.key_id,
+            name,
+            role,
+            key_hash: key.key_hash,
+            at: Utc::now(),
+        };
+        self.tenants
+            .call(
+                tenant_id,
+                TenantOp::Execute {
+                    auth: None,
+                    command,
+                    request_id: None,
+                },
+            )
+            .await?;
         Ok((key.key_id, key.full_key))
     }
 
     pub async fn revoke_key(&self, tenant_id: TenantId, key_id: KeyId) -> Result<(), HubError> {
-        let command = TenantCommand::RevokeApiKey { key_id, at: Utc::now() };
-        self.tenants.call(tenant_id, TenantOp::Execute { auth: None, command, request_id: None }).await?;
+        let command = TenantCommand::RevokeApiKey {
+            key_id,
+            at: Utc::now(),
+        };
+        self.tenants
+            .call(
+                tenant_id,
+                TenantOp::Execute {
+                    auth: None,
+                    command,
+                    request_id: None,
+                },
+            )
+            .await?;
         Ok(())
     }
 
-    pub async fn grant(&self, tenant_id: TenantId, amount: Credits, idempotency_key: String, reason: String) -> Result<(GrantRecord, TenantReply), HubError> {
-        let command = TenantCommand::GrantCredits { amount, idempotency_key, reason, at: Utc::now() };
-        let reply = self.tenants.call(tenant_id, TenantOp::Execute { auth: None, command, request_id: None }).await?;
-        let grant = reply.grant.clone().ok_or_else(|| HubError::Internal("grant not recorded".into()))?;
+    pub async fn grant(
+        &self,
+        tenant_id: TenantId,
+        amount: Credits,
+        idempotency_key: String,
+        reason: String,
+    ) -> Result<(GrantRecord, TenantReply), HubError> {
+        let command = TenantCommand::GrantCredits {
+            amount,
+            idempotency_key,
+            reason,
+            at: Utc::now(),
+        };
+        let reply = self
+            .tenants
+            .call(
+                tenant_id,
+                TenantOp::Execute {
+                    auth: None,
+                    command,
+                    request_id: None,
+                },
+            )
+            .await?;
+        let grant = reply
+            .grant
+            .clone()
+            .ok_or_else(|| HubError::Internal("grant not recorded".into()))?;
         Ok((grant, reply))
     }
 
-    pub async fn balance(&self, tenant_id: TenantId, auth: Option<Auth>) -> Result<Balance, HubError> {
-        Ok(self.tenants.call(tenant_id, TenantOp::Read { auth }).await?.balance)
+    pub async fn balance(
+        &self,
+        tenant_id: TenantId,
+        auth: Option<Auth>,
+    ) -> Result<Balance, HubError> {
+        Ok(self
+            .tenants
+            .call(tenant_id, TenantOp::Read { auth })
+            .await?
+            .balance)
     }
 
-    pub async fn add_provider(&self, name: String, kind: &str, base_url: String, api_key: Secret) -> Result<String, HubError> {
+    pub async fn add_provider(
+        &self,
+        name: String,
+        kind: &str,
+        base_url: String,
+        api_key: Secret,
+    ) -> Result<String, HubError> {
         let kind: ProviderKind = kind.parse().map_err(HubError::BadRequest)?;
-        let valid_name = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !valid_name {
-            return Err(HubError::BadRequest("provider name must be 1-64 characters of letters, digits, '-', '_' or '.'".into()));
+            return Err(HubError::BadRequest(
+                "provider name must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
+            ));
         }
-        let url = reqwest::Url::parse(&base_url).map_err(|_| HubError::BadRequest("base_url is not a valid URL".into()))?;
+        let url = reqwest::Url::parse(&base_url)
+            .map_err(|_| HubError::BadRequest("base_url is not a valid URL".into()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HubError::BadRequest("base_url must be http or https".into()));
+            return Err(HubError::BadRequest(
+                "base_url must be http or https".into(),
+            ));
         }
         if api_key.expose().is_empty() || api_key.expose().len() > SECRET_MAX_BYTES {
-            return Err(HubError::BadRequest(format!("api_key must be 1 to {SECRET_MAX_BYTES} bytes")));
+            return Err(HubError::BadRequest(format!(
+                "api_key must be 1 to {SECRET_MAX_BYTES} bytes"
+            )));
         }
         let provider_id = uuid::Uuid::new_v4().to_string();
-        let secret_ciphertext = self.secrets.seal(&api_key, &provider_binding(&provider_id, None));
+        let secret_ciphertext = self
+            .secrets
+            .seal(&api_key, &provider_binding(&provider_id, None));
         let row = ProviderRow {
             provider_id: provider_id.clone(),
             name,
@@ -104,13 +209,24 @@ impl Hub {
     }
 
     /// Sets a model's price from decimal strings in credits per million tokens.
-    pub async fn set_price(&self, model: &str, input_per_mtok: &str, output_per_mtok: &str, max_output_tokens: Option<u32>) -> Result<i64, HubError> {
+    pub async fn set_price(
+        &self,
+        model: &str,
+        input_per_mtok: &str,
+        output_per_mtok: &str,
+        max_output_tokens: Option<u32>,
+    ) -> Result<i64, HubError> {
         let model = ModelId::parse(model).map_err(|e| HubError::BadRequest(e.to_string()))?;
-        let input = Rate::parse_per_million(input_per_mtok).map_err(|e| HubError::BadRequest(format!("input_per_mtok: {e}")))?;
-        let output = Rate::parse_per_million(output_per_mtok).map_err(|e| HubError::BadRequest(format!("output_per_mtok: {e}")))?;
-        let max_output_tokens = max_output_tokens.unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
+        let input = Rate::parse_per_million(input_per_mtok)
+            .map_err(|e| HubError::BadRequest(format!("input_per_mtok: {e}")))?;
+        let output = Rate::parse_per_million(output_per_mtok)
+            .map_err(|e| HubError::BadRequest(format!("output_per_mtok: {e}")))?;
+        let max_output_tokens =
+            max_output_tokens.unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
         if max_output_tokens == 0 || max_output_tokens > MAX_OUTPUT_TOKENS_LIMIT {
-            return Err(HubError::BadRequest(format!("max_output_tokens must be 1 to {MAX_OUTPUT_TOKENS_LIMIT}")));
+            return Err(HubError::BadRequest(format!(
+                "max_output_tokens must be 1 to {MAX_OUTPUT_TOKENS_LIMIT}"
+            )));
         }
         let row = PriceRow {
             model: model.to_string(),
@@ -130,16 +246,37 @@ impl Hub {
     pub async fn sweep_holds(&self) -> Result<usize, HubError> {
         let now = now_ms();
         self.store.heartbeat(self.instance_id, now).await?;
-        let live = self.store.live_instances(now - self.limits.instance_stale_after_ms as i64).await?;
+        let live = self
+            .store
+            .live_instances(now - self.limits.instance_stale_after_ms as i64)
+            .await?;
         let mut released = 0;
         for (key, payload) in self.store.projection_rows(Balances::NAME).await? {
-            let Ok(row) = serde_json::from_str::<BalanceRow>(&payload) else { continue };
+            let Ok(row) = serde_json::from_str::<BalanceRow>(&payload) else {
+                continue;
+            };
             if row.open_holds == 0 {
                 continue;
             }
-            let Ok(tenant_id) = key.parse::<TenantId>() else { continue };
-            let command = TenantCommand::ReleaseAbandonedHolds { live_instances: live.clone(), at: Utc::now() };
-            match self.tenants.call(tenant_id, TenantOp::Execute { auth: None, command, request_id: None }).await {
+            let Ok(tenant_id) = key.parse::<TenantId>() else {
+                continue;
+            };
+            let command = TenantCommand::ReleaseAbandonedHolds {
+                live_instances: live.clone(),
+                at: Utc::now(),
+            };
+            match self
+                .tenants
+                .call(
+                    tenant_id,
+                    TenantOp::Execute {
+                        auth: None,
+                        command,
+                        request_id: None,
+                    },
+                )
+                .await
+            {
                 Ok(reply) => released += reply.events_written,
                 Err(e) => tracing::warn!(%tenant_id, error = %e, "hold sweep failed for tenant"),
             }

@@ -14,7 +14,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
-    LoggedEvent { tenant_id: e.tenant_id, sequence: e.sequence, event: &e.event, recorded_at: e.metadata.recorded_at }
+    LoggedEvent {
+        tenant_id: e.tenant_id,
+        sequence: e.sequence,
+        event: &e.event,
+        recorded_at: e.metadata.recorded_at,
+    }
 }
 
 #[derive(Clone)]
@@ -39,25 +44,32 @@ impl Projector {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "projection catch-up failed; retrying");
             }
-            let _ = tokio::time::timeout(Duration::from_millis(poll_ms), self.wake.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(poll_ms), self.wake.notified()).await;
         }
     }
 }
 
 /// Brings projection `P`, stored under `name`, up to the end of the log.
-pub async fn catch_up_projection<P: Projection>(store: &dyn Store, name: &str) -> Result<u64, StoreError> {
+pub async fn catch_up_projection<P: Projection>(
+    store: &dyn Store,
+    name: &str,
+) -> Result<u64, StoreError> {
     let mut applied = 0;
     loop {
         let from = store.projection_checkpoint(name).await?;
         let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
-        let Some(last) = page.last() else { return Ok(applied) };
+        let Some(last) = page.last() else {
+            return Ok(applied);
+        };
         let to: LogPosition = last.log_position;
         let mut keys: Vec<String> = page.iter().flat_map(|e| P::row_keys(&logged(e))).collect();
         keys.sort();
         keys.dedup();
         let mut rows: BTreeMap<String, P::Row> = BTreeMap::new();
         for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
-            let row = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
+            let row = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
             rows.insert(key, row);
         }
         fold::<P>(&mut rows, page.iter().map(logged));

@@ -29,10 +29,16 @@ pub struct ReplayReport {
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
     let balances = replay_projection::<Balances>(store).await?;
     let all_identical = balances.comparison.identical;
-    Ok(ReplayReport { store: store.kind(), projections: vec![balances], all_identical })
+    Ok(ReplayReport {
+        store: store.kind(),
+        projections: vec![balances],
+        all_identical,
+    })
 }
 
-async fn replay_projection<P: Projection>(store: &dyn Store) -> Result<ProjectionReplay, StoreError> {
+async fn replay_projection<P: Projection>(
+    store: &dyn Store,
+) -> Result<ProjectionReplay, StoreError> {
     // Bring the live projection to the end of the log, then rebuild exactly up to
     // the same point, so that writes arriving meanwhile cannot skew the verdict.
     catch_up_projection::<P>(store, P::NAME).await?;
@@ -44,22 +50,32 @@ async fn replay_projection<P: Projection>(store: &dyn Store) -> Result<Projectio
     let mut rebuild = Rebuild::<P>::default();
     let mut after = LogPosition::default();
     loop {
-        let page = store.read_log(after, Some(until), LOG_PAGE_MAX_EVENTS).await?;
+        let page = store
+            .read_log(after, Some(until), LOG_PAGE_MAX_EVENTS)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.log_position;
         rebuild.apply_page(page.iter().map(logged));
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
-    store.commit_projection(&fresh, LogPosition::default(), until, &rows).await?;
+    store
+        .commit_projection(&fresh, LogPosition::default(), until, &rows)
+        .await?;
 
-    let live: BTreeMap<String, String> = store.projection_rows(P::NAME).await?.into_iter().collect();
-    let replayed: BTreeMap<String, String> = store.projection_rows(&fresh).await?.into_iter().collect();
+    let live: BTreeMap<String, String> =
+        store.projection_rows(P::NAME).await?.into_iter().collect();
+    let replayed: BTreeMap<String, String> =
+        store.projection_rows(&fresh).await?.into_iter().collect();
     let events = rebuild.events_applied;
     Ok(ProjectionReplay {
         comparison: compare(P::NAME, &live, &replayed),
         events,
         seconds,
-        events_per_second: if seconds > 0.0 { (events as f64 / seconds) as u64 } else { events },
+        events_per_second: if seconds > 0.0 {
+            (events as f64 / seconds) as u64
+        } else {
+            events
+        },
     })
 }

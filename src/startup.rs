@@ -30,13 +30,20 @@ pub fn install_crypto_provider() {
 /// Builds the hub core (store, actors, catalog). Must run inside an actix System.
 pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
     install_crypto_provider();
-    let store: Arc<dyn Store> = store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+    let store: Arc<dyn Store> =
+        store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
     let secrets = Arc::new(config::master_key(settings)?);
     let (operator_token, _) = config::operator_token(settings)?;
     let wake = Arc::new(Notify::new());
     let instance_id = InstanceId::new_random();
     let hub = Hub {
-        tenants: TenantRegistry::new(store.clone(), instance_id, settings.limits.clone(), settings.actor_threads, wake.clone()),
+        tenants: TenantRegistry::new(
+            store.clone(),
+            instance_id,
+            settings.limits.clone(),
+            settings.actor_threads,
+            wake.clone(),
+        ),
         catalog: Catalog::new(store.clone(), secrets.clone()),
         upstream: Upstream::new(&settings.limits)?,
         projector: Projector::new(store.clone(), wake),
@@ -60,11 +67,15 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let hub = build_hub(&settings).await?;
-        let listener = TcpListener::bind(&settings.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(hub.clone());
         let server = HttpServer::new(move || {
-            App::new().app_data(data.clone()).configure(routes::configure).default_service(web::to(routes::not_found))
+            App::new()
+                .app_data(data.clone())
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
         })
         .workers(HTTP_WORKERS)
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
@@ -74,7 +85,12 @@ impl Application {
             actix_web::rt::spawn(hub.projector.clone().run(settings.limits.projector_poll_ms)),
             actix_web::rt::spawn(hub.clone().run_maintenance()),
         ];
-        Ok(Self { port, server, hub, background })
+        Ok(Self {
+            port,
+            server,
+            hub,
+            background,
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -67,7 +67,9 @@ pub const MODEL_ID_MAX_BYTES: usize = 200;
 impl ModelId {
     pub fn parse(raw: &str) -> Result<Self, InvalidModelId> {
         let bad = || InvalidModelId(raw.chars().take(MODEL_ID_MAX_BYTES).collect());
-        if raw.len() > MODEL_ID_MAX_BYTES || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if raw.len() > MODEL_ID_MAX_BYTES
+            || raw.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad());
         }
         match raw.split_once('/') {

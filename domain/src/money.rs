@@ -24,7 +24,9 @@ pub const MAX_PRICE_PER_MTOK_CREDITS: i128 = 1_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    #[error("{0:?} is not a decimal number (expected digits with an optional fraction, e.g. \"12.5\")")]
+    #[error(
+        "{0:?} is not a decimal number (expected digits with an optional fraction, e.g. \"12.5\")"
+    )]
     NotADecimal(String),
     #[error("{value:?} has more than {max_decimals} decimal places, which is not exact at the ledger's scale")]
     TooPrecise { value: String, max_decimals: usize },
@@ -39,24 +41,41 @@ fn parse_scaled(raw: &str, decimals: usize, max_whole: i128) -> Result<i128, Mon
     let s = raw.trim();
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let digits_ok = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits_ok(whole) || !digits_ok(frac) || (s.contains('.') && frac.is_empty()) {
+    if whole.is_empty()
+        || !digits_ok(whole)
+        || !digits_ok(frac)
+        || (s.contains('.') && frac.is_empty())
+    {
         return Err(MoneyError::NotADecimal(raw.to_string()));
     }
     let frac_trimmed = frac.trim_end_matches('0');
     if frac_trimmed.len() > decimals {
-        return Err(MoneyError::TooPrecise { value: raw.to_string(), max_decimals: decimals });
+        return Err(MoneyError::TooPrecise {
+            value: raw.to_string(),
+            max_decimals: decimals,
+        });
     }
     let whole_trimmed = whole.trim_start_matches('0');
     if whole_trimmed.len() > 20 {
         return Err(MoneyError::OutOfRange(raw.to_string()));
     }
-    let whole_value: i128 = if whole_trimmed.is_empty() { 0 } else { whole_trimmed.parse().map_err(|_| MoneyError::NotADecimal(raw.to_string()))? };
+    let whole_value: i128 = if whole_trimmed.is_empty() {
+        0
+    } else {
+        whole_trimmed
+            .parse()
+            .map_err(|_| MoneyError::NotADecimal(raw.to_string()))?
+    };
     if whole_value > max_whole {
         return Err(MoneyError::OutOfRange(raw.to_string()));
     }
     let mut frac_value: i128 = 0;
     for i in 0..decimals {
-        let digit = frac_trimmed.as_bytes().get(i).map(|b| (b - b'0') as i128).unwrap_or(0);
+        let digit = frac_trimmed
+            .as_bytes()
+            .get(i)
+            .map(|b| (b - b'0') as i128)
+            .unwrap_or(0);
         frac_value = frac_value * 10 + digit;
     }
     Ok(whole_value * 10i128.pow(decimals as u32) + frac_value)
@@ -127,14 +146,22 @@ impl Credits {
 impl Add for Credits {
     type Output = Credits;
     fn add(self, rhs: Self) -> Self {
-        Credits(self.0.checked_add(rhs.0).expect("credit sum overflow: amounts are bounded far below i128"))
+        Credits(
+            self.0
+                .checked_add(rhs.0)
+                .expect("credit sum overflow: amounts are bounded far below i128"),
+        )
     }
 }
 
 impl Sub for Credits {
     type Output = Credits;
     fn sub(self, rhs: Self) -> Self {
-        Credits(self.0.checked_sub(rhs.0).expect("credit difference overflow: amounts are bounded far below i128"))
+        Credits(
+            self.0
+                .checked_sub(rhs.0)
+                .expect("credit difference overflow: amounts are bounded far below i128"),
+        )
     }
 }
 
@@ -162,7 +189,9 @@ impl Serialize for Credits {
 impl<'de> Deserialize<'de> for Credits {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        raw.parse::<i128>().map(Credits).map_err(serde::de::Error::custom)
+        raw.parse::<i128>()
+            .map(Credits)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -193,7 +222,11 @@ impl Rate {
 
     /// The price of `tokens` tokens. Exact: integer times integer.
     pub fn cost_of(self, tokens: u64) -> Credits {
-        Credits(self.0.checked_mul(tokens as i128).expect("rate * tokens overflow: both are bounded"))
+        Credits(
+            self.0
+                .checked_mul(tokens as i128)
+                .expect("rate * tokens overflow: both are bounded"),
+        )
     }
 }
 
@@ -206,7 +239,9 @@ impl Serialize for Rate {
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        raw.parse::<i128>().map(Rate).map_err(serde::de::Error::custom)
+        raw.parse::<i128>()
+            .map(Rate)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -218,21 +253,42 @@ mod tests {
     fn credits_parse_and_print_exactly() {
         assert_eq!(Credits::parse("12.5").unwrap().pico(), 12_500_000_000_000);
         assert_eq!(Credits::parse("0.000000000001").unwrap().pico(), 1);
-        assert_eq!(Credits::parse("007").unwrap(), Credits::from_whole_credits(7));
-        assert_eq!(Credits::from_pico(150_000_000).to_decimal_string(), "0.00015");
-        assert_eq!(Credits::from_pico(-1).to_decimal_string(), "-0.000000000001");
+        assert_eq!(
+            Credits::parse("007").unwrap(),
+            Credits::from_whole_credits(7)
+        );
+        assert_eq!(
+            Credits::from_pico(150_000_000).to_decimal_string(),
+            "0.00015"
+        );
+        assert_eq!(
+            Credits::from_pico(-1).to_decimal_string(),
+            "-0.000000000001"
+        );
         assert_eq!(Credits::ZERO.to_decimal_string(), "0");
         assert_eq!(Credits::from_whole_credits(3).to_decimal_string(), "3");
     }
 
     #[test]
     fn credits_refuse_what_is_not_exact_or_not_a_number() {
-        assert!(matches!(Credits::parse("0.0000000000001"), Err(MoneyError::TooPrecise { .. })));
-        assert_eq!(Credits::parse("1.5000000000000000").unwrap().pico(), 1_500_000_000_000);
+        assert!(matches!(
+            Credits::parse("0.0000000000001"),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert_eq!(
+            Credits::parse("1.5000000000000000").unwrap().pico(),
+            1_500_000_000_000
+        );
         for bad in ["", "-1", "1e3", "1.", ".5", "abc", "1,5", "NaN"] {
-            assert!(matches!(Credits::parse(bad), Err(MoneyError::NotADecimal(_))), "{bad}");
+            assert!(
+                matches!(Credits::parse(bad), Err(MoneyError::NotADecimal(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(Credits::parse("1000000000000001"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(
+            Credits::parse("1000000000000001"),
+            Err(MoneyError::OutOfRange(_))
+        ));
         assert_eq!(Credits::parse_positive("0"), Err(MoneyError::NotPositive));
     }
 
@@ -241,8 +297,16 @@ mod tests {
         let rate = Rate::parse_per_million("0.15").unwrap();
         assert_eq!(rate.pico_per_token(), 150_000);
         assert_eq!(rate.to_per_million_string(), "0.15");
-        assert_eq!(Rate::parse_per_million("0.000001").unwrap().pico_per_token(), 1);
-        assert!(matches!(Rate::parse_per_million("0.0000001"), Err(MoneyError::TooPrecise { .. })));
+        assert_eq!(
+            Rate::parse_per_million("0.000001")
+                .unwrap()
+                .pico_per_token(),
+            1
+        );
+        assert!(matches!(
+            Rate::parse_per_million("0.0000001"),
+            Err(MoneyError::TooPrecise { .. })
+        ));
         // 1000 tokens at 0.15 credits per million tokens = 0.00015 credits.
         assert_eq!(rate.cost_of(1000).to_decimal_string(), "0.00015");
     }

@@ -32,7 +32,9 @@ impl ModelPrice {
     /// upper bound, exact, so no rounding is needed.
     pub fn hold_for(&self, prompt_bytes: u64, requested_max_tokens: Option<u32>) -> Credits {
         let output_tokens = requested_max_tokens.unwrap_or(self.max_output_tokens);
-        self.input_rate.cost_of(prompt_bytes + PROMPT_OVERHEAD_BYTES) + self.output_rate.cost_of(output_tokens as u64)
+        self.input_rate
+            .cost_of(prompt_bytes + PROMPT_OVERHEAD_BYTES)
+            + self.output_rate.cost_of(output_tokens as u64)
     }
 
     /// The charge for reported usage. Cached input tokens are part of `input_tokens`
@@ -88,12 +90,19 @@ mod tests {
         let p = price();
         // (36 + 64) bytes * 150_000 + 1000 tokens * 600_000
         assert_eq!(p.hold_for(36, None).pico(), 100 * 150_000 + 1000 * 600_000);
-        assert_eq!(p.hold_for(36, Some(10)).pico(), 100 * 150_000 + 10 * 600_000);
+        assert_eq!(
+            p.hold_for(36, Some(10)).pico(),
+            100 * 150_000 + 10 * 600_000
+        );
     }
 
     #[test]
     fn cost_is_exact_product_of_usage_and_rates() {
-        let usage = Usage { input_tokens: 12, output_tokens: 7, ..Usage::default() };
+        let usage = Usage {
+            input_tokens: 12,
+            output_tokens: 7,
+            ..Usage::default()
+        };
         assert_eq!(price().cost_of(&usage).pico(), 12 * 150_000 + 7 * 600_000);
     }
 

@@ -48,7 +48,9 @@ impl FromStr for Role {
             "member" => Ok(Role::Member),
             "billing" => Ok(Role::Billing),
             "auditor" => Ok(Role::Auditor),
-            other => Err(format!("unknown role {other:?}: expected admin, member, billing or auditor")),
+            other => Err(format!(
+                "unknown role {other:?}: expected admin, member, billing or auditor"
+            )),
         }
     }
 }

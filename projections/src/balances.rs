@@ -34,12 +34,18 @@ impl Projection for Balances {
         row.last_sequence = event.sequence as u64;
         match event.event {
             TenantEvent::TenantCreated { name, .. } => row.name = name.clone(),
-            TenantEvent::CreditsGranted { amount_pico, .. } => row.granted = row.granted + *amount_pico,
+            TenantEvent::CreditsGranted { amount_pico, .. } => {
+                row.granted = row.granted + *amount_pico
+            }
             TenantEvent::CreditsReserved { hold_pico, .. } => {
                 row.held = row.held + *hold_pico;
                 row.open_holds += 1;
             }
-            TenantEvent::UsageSettled { hold_pico, cost_pico, .. } => {
+            TenantEvent::UsageSettled {
+                hold_pico,
+                cost_pico,
+                ..
+            } => {
                 row.held = row.held - *hold_pico;
                 row.spent = row.spent + *cost_pico;
                 row.open_holds -= 1;

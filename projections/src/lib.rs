@@ -39,7 +39,10 @@ pub trait Projection {
 
 /// Folds events into rows that are already loaded; rows not in `rows` start from
 /// `Default`.
-pub fn fold<'a, P: Projection>(rows: &mut BTreeMap<String, P::Row>, events: impl IntoIterator<Item = LoggedEvent<'a>>) {
+pub fn fold<'a, P: Projection>(
+    rows: &mut BTreeMap<String, P::Row>,
+    events: impl IntoIterator<Item = LoggedEvent<'a>>,
+) {
     for event in events {
         for key in P::row_keys(&event) {
             let row = rows.entry(key.clone()).or_default();
@@ -51,7 +54,12 @@ pub fn fold<'a, P: Projection>(rows: &mut BTreeMap<String, P::Row>, events: impl
 /// Rows as stored: canonical JSON text per key.
 pub fn encode_rows<P: Projection>(rows: &BTreeMap<String, P::Row>) -> BTreeMap<String, String> {
     rows.iter()
-        .map(|(k, v)| (k.clone(), serde_json::to_string(v).expect("projection rows always serialize")))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::to_string(v).expect("projection rows always serialize"),
+            )
+        })
         .collect()
 }
 

@@ -11,7 +11,10 @@ pub struct Rebuild<P: Projection> {
 
 impl<P: Projection> Default for Rebuild<P> {
     fn default() -> Self {
-        Self { rows: BTreeMap::new(), events_applied: 0 }
+        Self {
+            rows: BTreeMap::new(),
+            events_applied: 0,
+        }
     }
 }
 
@@ -43,10 +46,15 @@ pub struct Comparison {
 /// Keys listed in a report at most.
 const DIFFERING_KEYS_SHOWN_MAX: usize = 10;
 
-pub fn compare(projection: &str, live: &BTreeMap<String, String>, replayed: &BTreeMap<String, String>) -> Comparison {
+pub fn compare(
+    projection: &str,
+    live: &BTreeMap<String, String>,
+    replayed: &BTreeMap<String, String>,
+) -> Comparison {
     let live_hash = content_hash(live);
     let replayed_hash = content_hash(replayed);
-    let all_keys: std::collections::BTreeSet<&String> = live.keys().chain(replayed.keys()).collect();
+    let all_keys: std::collections::BTreeSet<&String> =
+        live.keys().chain(replayed.keys()).collect();
     let differing_keys = all_keys
         .into_iter()
         .filter(|k| live.get(*k) != replayed.get(*k))
@@ -76,13 +84,27 @@ mod tests {
     fn rebuild_matches_incremental_fold_and_detects_a_difference() {
         let tenant = TenantId::new_random();
         let events = [
-            TenantEvent::TenantCreated { tenant_id: tenant, name: "t".into(), at: Utc::now() },
-            TenantEvent::CreditsGranted { amount_pico: Credits::from_pico(5), idempotency_key: "k".into(), reason: "r".into(), at: Utc::now() },
+            TenantEvent::TenantCreated {
+                tenant_id: tenant,
+                name: "t".into(),
+                at: Utc::now(),
+            },
+            TenantEvent::CreditsGranted {
+                amount_pico: Credits::from_pico(5),
+                idempotency_key: "k".into(),
+                reason: "r".into(),
+                at: Utc::now(),
+            },
         ];
         let logged: Vec<_> = events
             .iter()
             .enumerate()
-            .map(|(i, e)| LoggedEvent { tenant_id: tenant, sequence: i + 1, event: e, recorded_at: Utc::now() })
+            .map(|(i, e)| LoggedEvent {
+                tenant_id: tenant,
+                sequence: i + 1,
+                event: e,
+                recorded_at: Utc::now(),
+            })
             .collect();
         let mut a = Rebuild::<Balances>::default();
         a.apply_page(logged.clone());

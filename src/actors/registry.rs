@@ -32,8 +32,16 @@ pub struct TenantRegistry {
 
 impl TenantRegistry {
     /// Must run inside an actix `System`: it starts the actor threads.
-    pub fn new(store: Arc<dyn Store>, instance_id: InstanceId, limits: Limits, threads: usize, on_commit: Arc<Notify>) -> Self {
-        let arbiters = (0..threads.max(1)).map(|_| Arbiter::new().handle()).collect();
+    pub fn new(
+        store: Arc<dyn Store>,
+        instance_id: InstanceId,
+        limits: Limits,
+        threads: usize,
+        on_commit: Arc<Notify>,
+    ) -> Self {
+        let arbiters = (0..threads.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
         Self {
             actors: Arc::default(),
             arbiters: Arc::new(arbiters),
@@ -54,10 +62,13 @@ impl TenantRegistry {
             }
         }
         if actors.len() >= LIVE_TENANT_ACTORS_MAX {
-            return Err(HubError::Unavailable("too many active tenants in this process".into()));
+            return Err(HubError::Unavailable(
+                "too many active tenants in this process".into(),
+            ));
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let arbiter = &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let arbiter =
+            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let map = self.actors.clone();
         let on_stop = Box::new(move |tenant_id: TenantId, generation: u64| {
             let mut actors = map.lock().expect("actor map lock poisoned");
@@ -88,10 +99,18 @@ impl TenantRegistry {
         for _ in 0..2 {
             let addr = self.addr_for(tenant_id)?;
             match tokio::time::timeout(timeout, addr.send(Call(op.clone()))).await {
-                Err(_) => return Err(HubError::Unavailable("the tenant is busy; retry shortly".into())),
+                Err(_) => {
+                    return Err(HubError::Unavailable(
+                        "the tenant is busy; retry shortly".into(),
+                    ))
+                }
                 Ok(Ok(answer)) => return answer,
                 Ok(Err(MailboxError::Closed)) => continue,
-                Ok(Err(MailboxError::Timeout)) => return Err(HubError::Unavailable("the tenant is busy; retry shortly".into())),
+                Ok(Err(MailboxError::Timeout)) => {
+                    return Err(HubError::Unavailable(
+                        "the tenant is busy; retry shortly".into(),
+                    ))
+                }
             }
         }
         Err(HubError::Unavailable("tenant actor unavailable".into()))

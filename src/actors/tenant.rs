@@ -11,7 +11,9 @@ use crate::error::HubError;
 use crate::store::{EventMetadata, Store, StoreError, SNAPSHOT_EVERY_EVENTS};
 use actix::prelude::*;
 use chrono::Utc;
-use domain::tenant::{Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent};
+use domain::tenant::{
+    Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent,
+};
 use domain::{InstanceId, KeyId, Permission, RequestId, Role, TenantId};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,7 +38,11 @@ pub struct Auth {
 #[derive(Clone, Debug)]
 pub enum TenantOp {
     /// Decide a command (after checking `auth`, if any) and commit its events.
-    Execute { auth: Option<Auth>, command: TenantCommand, request_id: Option<RequestId> },
+    Execute {
+        auth: Option<Auth>,
+        command: TenantCommand,
+        request_id: Option<RequestId>,
+    },
     /// Read the committed state (after checking `auth`, if any).
     Read { auth: Option<Auth> },
 }
@@ -163,9 +169,17 @@ impl TenantActor {
     }
 
     /// Decides one operation against the current state, applying its events.
-    fn decide(&mut self, op: &TenantOp, events: &mut Vec<(TenantEvent, EventMetadata)>) -> Result<TenantReply, HubError> {
+    fn decide(
+        &mut self,
+        op: &TenantOp,
+        events: &mut Vec<(TenantEvent, EventMetadata)>,
+    ) -> Result<TenantReply, HubError> {
         let (auth, command, request_id) = match op {
-            TenantOp::Execute { auth, command, request_id } => (auth, Some(command), *request_id),
+            TenantOp::Execute {
+                auth,
+                command,
+                request_id,
+            } => (auth, Some(command), *request_id),
             TenantOp::Read { auth } => (auth, None, None),
         };
         let operator = auth.is_none();
@@ -176,17 +190,27 @@ impl TenantActor {
                 e.into()
             }
         };
-        if operator && !self.state.exists() && !matches!(command, Some(TenantCommand::CreateTenant { .. })) {
+        if operator
+            && !self.state.exists()
+            && !matches!(command, Some(TenantCommand::CreateTenant { .. }))
+        {
             return Err(HubError::NotFound("tenant not found".into()));
         }
         let role = match auth {
-            Some(a) => Some(self.state.authorize(a.key_id, &a.key_hash, a.permission).map_err(not_found)?),
+            Some(a) => Some(
+                self.state
+                    .authorize(a.key_id, &a.key_hash, a.permission)
+                    .map_err(not_found)?,
+            ),
             None => None,
         };
         let mut written = 0;
         let mut grant_key = None;
         if let Some(command) = command {
-            if let TenantCommand::GrantCredits { idempotency_key, .. } = command {
+            if let TenantCommand::GrantCredits {
+                idempotency_key, ..
+            } = command
+            {
                 grant_key = Some(idempotency_key.clone());
             }
             let new_events = self.state.decide(command.clone()).map_err(not_found)?;
@@ -291,7 +315,10 @@ impl Actor for TenantActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         ctx.run_interval(Duration::from_millis(IDLE_CHECK_MS), |actor, ctx| {
-            if !actor.busy && actor.pending.is_empty() && actor.last_active.elapsed() >= actor.idle_stop {
+            if !actor.busy
+                && actor.pending.is_empty()
+                && actor.last_active.elapsed() >= actor.idle_stop
+            {
                 ctx.stop();
             }
         });
@@ -312,8 +339,16 @@ impl Handler<Call> for TenantActor {
     fn handle(&mut self, call: Call, ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         let (reply, answer) = oneshot::channel();
-        self.pending.push_back(Pending { op: call.0, reply, conflicts: 0 });
+        self.pending.push_back(Pending {
+            op: call.0,
+            reply,
+            conflicts: 0,
+        });
         self.pump(ctx);
-        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(HubError::Unavailable("tenant actor stopped".into()))) })
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(HubError::Unavailable("tenant actor stopped".into())))
+        })
     }
 }

@@ -63,9 +63,18 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Removes the provider's key from any text the upstream echoed back.
     pub fn redacted(self, key: &Secret) -> Self {
-        let scrub = |s: String| if key.expose().len() >= 8 { s.replace(key.expose(), "***") } else { s };
+        let scrub = |s: String| {
+            if key.expose().len() >= 8 {
+                s.replace(key.expose(), "***")
+            } else {
+                s
+            }
+        };
         match self {
-            UpstreamError::Status { status, message } => UpstreamError::Status { status, message: scrub(message) },
+            UpstreamError::Status { status, message } => UpstreamError::Status {
+                status,
+                message: scrub(message),
+            },
             UpstreamError::Protocol(m) => UpstreamError::Protocol(scrub(m)),
             UpstreamError::Connect(m) => UpstreamError::Connect(scrub(m)),
             other => other,
@@ -78,9 +87,17 @@ impl From<UpstreamError> for crate::error::HubError {
         use crate::error::HubError;
         match e {
             UpstreamError::Timeout => HubError::UpstreamTimeout,
-            UpstreamError::Status { status: 400 | 404 | 422, message } => HubError::BadRequest(format!("the provider refused the request: {message}")),
-            UpstreamError::Status { status: 401 | 403, .. } => HubError::UpstreamCredentialRejected,
-            UpstreamError::Status { status: 429, message } => HubError::UpstreamRateLimited(message),
+            UpstreamError::Status {
+                status: 400 | 404 | 422,
+                message,
+            } => HubError::BadRequest(format!("the provider refused the request: {message}")),
+            UpstreamError::Status {
+                status: 401 | 403, ..
+            } => HubError::UpstreamCredentialRejected,
+            UpstreamError::Status {
+                status: 429,
+                message,
+            } => HubError::UpstreamRateLimited(message),
             other => HubError::Upstream(other.to_string()),
         }
     }
@@ -112,7 +129,10 @@ impl Upstream {
             .connect_timeout(Duration::from_millis(limits.upstream_connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { client, limits: limits.clone() })
+        Ok(Self {
+            client,
+            limits: limits.clone(),
+        })
     }
 
     pub fn client(&self) -> &reqwest::Client {

@@ -14,16 +14,31 @@ use std::time::Duration;
 const ERROR_MESSAGE_MAX_CHARS: usize = 500;
 
 fn endpoint(provider: &Provider) -> String {
-    format!("{}/chat/completions", provider.base_url.trim_end_matches('/'))
+    format!(
+        "{}/chat/completions",
+        provider.base_url.trim_end_matches('/')
+    )
 }
 
 /// Reads usage from an OpenAI `usage` object; `None` if absent or malformed.
 pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
     let input_tokens = usage.get("prompt_tokens")?.as_u64()?;
     let output_tokens = usage.get("completion_tokens")?.as_u64()?;
-    let cached_input_tokens = usage.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0);
-    let reasoning_tokens = usage.pointer("/completion_tokens_details/reasoning_tokens").and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, estimated: false })
+    let cached_input_tokens = usage
+        .pointer("/prompt_tokens_details/cached_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let reasoning_tokens = usage
+        .pointer("/completion_tokens_details/reasoning_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some(Usage {
+        input_tokens,
+        output_tokens,
+        cached_input_tokens,
+        reasoning_tokens,
+        estimated: false,
+    })
 }
 
 async fn error_from_response(response: reqwest::Response) -> UpstreamError {
@@ -31,15 +46,34 @@ async fn error_from_response(response: reqwest::Response) -> UpstreamError {
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or(text);
-    UpstreamError::Status { status, message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect() }
+    UpstreamError::Status {
+        status,
+        message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect(),
+    }
 }
 
-async fn send(upstream: &Upstream, provider: &Provider, body: &Value) -> Result<reqwest::Response, UpstreamError> {
-    let request = upstream.client().post(endpoint(provider)).bearer_auth(provider.api_key.expose()).json(body).send();
+async fn send(
+    upstream: &Upstream,
+    provider: &Provider,
+    body: &Value,
+) -> Result<reqwest::Response, UpstreamError> {
+    let request = upstream
+        .client()
+        .post(endpoint(provider))
+        .bearer_auth(provider.api_key.expose())
+        .json(body)
+        .send();
     let first_byte = Duration::from_millis(upstream.limits.upstream_first_byte_timeout_ms);
-    let response = tokio::time::timeout(first_byte, request).await.map_err(|_| UpstreamError::Timeout)?.map_err(transport_error)?;
+    let response = tokio::time::timeout(first_byte, request)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(transport_error)?;
     if !response.status().is_success() {
         return Err(error_from_response(response).await);
     }
@@ -47,20 +81,31 @@ async fn send(upstream: &Upstream, provider: &Provider, body: &Value) -> Result<
 }
 
 /// A non-streaming completion.
-pub async fn chat(upstream: &Upstream, provider: &Provider, body: &Value) -> Result<ChatOutcome, UpstreamError> {
+pub async fn chat(
+    upstream: &Upstream,
+    provider: &Provider,
+    body: &Value,
+) -> Result<ChatOutcome, UpstreamError> {
     let total = Duration::from_millis(upstream.limits.upstream_total_timeout_ms);
     let exchange = async {
         let response = send(upstream, provider, body).await?;
         let bytes = response.bytes().await.map_err(transport_error)?;
-        let body: Value = serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))?;
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))?;
         let usage = body.get("usage").and_then(usage_from_openai);
         Ok(ChatOutcome { body, usage })
     };
-    tokio::time::timeout(total, exchange).await.map_err(|_| UpstreamError::Timeout)?
+    tokio::time::timeout(total, exchange)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
 }
 
 /// Starts a streaming completion; the caller reads the SSE body.
-pub async fn chat_stream(upstream: &Upstream, provider: &Provider, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+pub async fn chat_stream(
+    upstream: &Upstream,
+    provider: &Provider,
+    body: &Value,
+) -> Result<reqwest::Response, UpstreamError> {
     send(upstream, provider, body).await
 }
 
@@ -77,7 +122,15 @@ mod tests {
             "completion_tokens_details": {"reasoning_tokens": 3}
         }))
         .unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens), (20, 9, 5, 3));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_input_tokens,
+                u.reasoning_tokens
+            ),
+            (20, 9, 5, 3)
+        );
         assert!(usage_from_openai(&json!({"prompt_tokens": 1})).is_none());
     }
 }

@@ -19,7 +19,9 @@ impl SseParser {
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
         self.buffer.extend_from_slice(chunk);
         if self.buffer.len() > SSE_LINE_MAX_BYTES && !self.buffer.contains(&b'\n') {
-            return Err(UpstreamError::Protocol("stream line longer than the limit".into()));
+            return Err(UpstreamError::Protocol(
+                "stream line longer than the limit".into(),
+            ));
         }
         Ok(())
     }
@@ -32,13 +34,17 @@ impl SseParser {
             if line.last() == Some(&b'\r') {
                 line.truncate(line.len() - 1);
             }
-            let line = std::str::from_utf8(&line).map_err(|_| UpstreamError::Protocol("stream is not UTF-8".into()))?;
+            let line = std::str::from_utf8(&line)
+                .map_err(|_| UpstreamError::Protocol("stream is not UTF-8".into()))?;
             if line.is_empty() {
                 if self.data.is_empty() && self.event.is_none() {
                     continue;
                 }
                 let data = std::mem::take(&mut self.data).join("\n");
-                return Ok(Some(SseEvent { event: self.event.take(), data }));
+                return Ok(Some(SseEvent {
+                    event: self.event.take(),
+                    data,
+                }));
             }
             if line.starts_with(':') {
                 continue;
@@ -69,9 +75,22 @@ mod tests {
         let mut p = SseParser::default();
         p.push(b"data: {\"a\":").unwrap();
         assert_eq!(p.next_event().unwrap(), None);
-        p.push(b"1}\r\n\r\n: comment\n\nevent: x\ndata: [DONE]\n\n").unwrap();
-        assert_eq!(p.next_event().unwrap(), Some(SseEvent { event: None, data: "{\"a\":1}".into() }));
-        assert_eq!(p.next_event().unwrap(), Some(SseEvent { event: Some("x".into()), data: "[DONE]".into() }));
+        p.push(b"1}\r\n\r\n: comment\n\nevent: x\ndata: [DONE]\n\n")
+            .unwrap();
+        assert_eq!(
+            p.next_event().unwrap(),
+            Some(SseEvent {
+                event: None,
+                data: "{\"a\":1}".into()
+            })
+        );
+        assert_eq!(
+            p.next_event().unwrap(),
+            Some(SseEvent {
+                event: Some("x".into()),
+                data: "[DONE]".into()
+            })
+        );
         assert_eq!(p.next_event().unwrap(), None);
         assert!(!p.has_partial());
     }

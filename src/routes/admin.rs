@@ -29,7 +29,11 @@ pub struct CreateTenant {
     initial_credits: Option<String>,
 }
 
-pub async fn create_tenant(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn create_tenant(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let body: CreateTenant = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let initial = match body.initial_credits.as_deref() {
@@ -47,20 +51,32 @@ pub struct IssueKey {
     role: String,
 }
 
-pub async fn issue_key(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn issue_key(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
     let body: IssueKey = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let role: Role = body.role.parse().map_err(HubError::BadRequest)?;
     let (key_id, key) = hub.issue_key(tenant_id, body.name, role).await?;
-    Ok(HttpResponse::Created().json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
+    Ok(HttpResponse::Created()
+        .json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
 }
 
-pub async fn revoke_key(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, HubError> {
+pub async fn revoke_key(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let (tenant, key) = path.into_inner();
     let tenant_id = tenant_path(&tenant)?;
-    let key_id: KeyId = key.parse().map_err(|_| HubError::NotFound("API key not found".into()))?;
+    let key_id: KeyId = key
+        .parse()
+        .map_err(|_| HubError::NotFound("API key not found".into()))?;
     hub.revoke_key(tenant_id, key_id).await?;
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id.to_string(), "revoked": true})))
 }
@@ -73,12 +89,19 @@ pub struct GrantCredits {
     reason: String,
 }
 
-pub async fn grant_credits(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn grant_credits(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
     let body: GrantCredits = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let amount = credits("amount", &body.amount)?;
-    let (grant, _) = hub.grant(tenant_id, amount, body.idempotency_key.clone(), body.reason).await?;
+    let (grant, _) = hub
+        .grant(tenant_id, amount, body.idempotency_key.clone(), body.reason)
+        .await?;
     // The same body for a repeated idempotency key: the original grant, unchanged.
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": tenant_id.to_string(),
@@ -89,7 +112,11 @@ pub async fn grant_credits(hub: web::Data<Hub>, req: HttpRequest, path: web::Pat
     })))
 }
 
-pub async fn balance(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, HubError> {
+pub async fn balance(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
     let balance = hub.balance(tenant_id, None).await?;
@@ -105,14 +132,29 @@ pub struct AddProvider {
     api_key: String,
 }
 
-pub async fn add_provider(hub: web::Data<Hub>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn add_provider(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let body: AddProvider = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let provider_id = hub.add_provider(body.name.clone(), &body.kind, body.base_url.clone(), Secret::new(body.api_key)).await?;
-    Ok(HttpResponse::Created().json(json!({"provider_id": provider_id, "name": body.name, "kind": body.kind})))
+    let provider_id = hub
+        .add_provider(
+            body.name.clone(),
+            &body.kind,
+            body.base_url.clone(),
+            Secret::new(body.api_key),
+        )
+        .await?;
+    Ok(HttpResponse::Created()
+        .json(json!({"provider_id": provider_id, "name": body.name, "kind": body.kind})))
 }
 
-pub async fn list_providers(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub async fn list_providers(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let data: Vec<_> = hub
         .catalog
@@ -132,12 +174,30 @@ pub struct SetPrice {
     max_output_tokens: Option<u32>,
 }
 
-pub async fn set_price(hub: web::Data<Hub>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, HubError> {
+pub async fn set_price(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let model = path.into_inner();
     let body: SetPrice = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let version = hub.set_price(&model, &body.input_per_mtok, &body.output_per_mtok, body.max_output_tokens).await?;
-    let priced = hub.catalog.snapshot().models.get(&model).cloned().ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
+    let version = hub
+        .set_price(
+            &model,
+            &body.input_per_mtok,
+            &body.output_per_mtok,
+            body.max_output_tokens,
+        )
+        .await?;
+    let priced = hub
+        .catalog
+        .snapshot()
+        .models
+        .get(&model)
+        .cloned()
+        .ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
     Ok(HttpResponse::Ok().json(json!({
         "model": model,
         "input_per_mtok": priced.price.input_rate.to_per_million_string(),

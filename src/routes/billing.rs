@@ -10,6 +10,11 @@ use domain::Permission;
 /// `GET /v1/billing/balance`, for `admin`, `billing` and `auditor` keys.
 pub async fn balance(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
-    let balance = hub.balance(key.tenant_id, Some(Hub::key_auth(&key, Permission::ReadBilling))).await?;
+    let balance = hub
+        .balance(
+            key.tenant_id,
+            Some(Hub::key_auth(&key, Permission::ReadBilling)),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(balance_json(key.tenant_id, &balance)))
 }

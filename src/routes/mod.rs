@@ -13,30 +13,61 @@ use serde_json::json;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
-    cfg.service(web::resource("/healthz").route(web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) })))
-        .service(
-            web::resource("/v1/chat/completions")
-                .route(web::post().to(crate::gateway::chat_completions))
-                .default_service(not_allowed()),
-        )
-        .service(web::resource("/v1/models").route(web::get().to(models::list_models)).default_service(not_allowed()))
-        .service(web::resource("/v1/billing/balance").route(web::get().to(billing::balance)).default_service(not_allowed()))
-        .service(web::resource("/admin/v1/tenants").route(web::post().to(admin::create_tenant)).default_service(not_allowed()))
-        .service(web::resource("/admin/v1/tenants/{tenant_id}/keys").route(web::post().to(admin::issue_key)).default_service(not_allowed()))
-        .service(
-            web::resource("/admin/v1/tenants/{tenant_id}/keys/{key_id}")
-                .route(web::delete().to(admin::revoke_key))
-                .default_service(not_allowed()),
-        )
-        .service(web::resource("/admin/v1/tenants/{tenant_id}/credits").route(web::post().to(admin::grant_credits)).default_service(not_allowed()))
-        .service(web::resource("/admin/v1/tenants/{tenant_id}/balance").route(web::get().to(admin::balance)).default_service(not_allowed()))
-        .service(
-            web::resource("/admin/v1/providers")
-                .route(web::post().to(admin::add_provider))
-                .route(web::get().to(admin::list_providers))
-                .default_service(not_allowed()),
-        )
-        .service(web::resource("/admin/v1/prices/{model:.+}").route(web::put().to(admin::set_price)).default_service(not_allowed()));
+    cfg.service(
+        web::resource("/healthz")
+            .route(web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) })),
+    )
+    .service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(crate::gateway::chat_completions))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(models::list_models))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/billing/balance")
+            .route(web::get().to(billing::balance))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants")
+            .route(web::post().to(admin::create_tenant))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/keys")
+            .route(web::post().to(admin::issue_key))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/keys/{key_id}")
+            .route(web::delete().to(admin::revoke_key))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/credits")
+            .route(web::post().to(admin::grant_credits))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/balance")
+            .route(web::get().to(admin::balance))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/providers")
+            .route(web::post().to(admin::add_provider))
+            .route(web::get().to(admin::list_providers))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/prices/{model:.+}")
+            .route(web::put().to(admin::set_price))
+            .default_service(not_allowed()),
+    );
 }
 
 /// Unknown paths answer JSON too.
@@ -56,5 +87,6 @@ pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> serde_json::Value
 
 /// A tenant id from a path; anything malformed is simply a tenant that does not exist.
 pub fn tenant_path(raw: &str) -> Result<TenantId, HubError> {
-    raw.parse().map_err(|_| HubError::NotFound("tenant not found".into()))
+    raw.parse()
+        .map_err(|_| HubError::NotFound("tenant not found".into()))
 }

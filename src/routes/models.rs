@@ -11,7 +11,16 @@ use serde_json::json;
 pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     // Any valid key may list models; a role without model access is still a valid key.
-    match hub.tenants.call(key.tenant_id, TenantOp::Read { auth: Some(Hub::key_auth(&key, Permission::CallModels)) }).await {
+    match hub
+        .tenants
+        .call(
+            key.tenant_id,
+            TenantOp::Read {
+                auth: Some(Hub::key_auth(&key, Permission::CallModels)),
+            },
+        )
+        .await
+    {
         Ok(_) | Err(HubError::PermissionDenied(_)) => {}
         Err(e) => return Err(e),
     }

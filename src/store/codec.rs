@@ -28,7 +28,12 @@ pub struct StoredEvent {
     pub metadata: EventMetadata,
 }
 
-pub fn serialize(tenant_id: TenantId, sequence: usize, event: &TenantEvent, metadata: &EventMetadata) -> Result<SerializedEvent, StoreError> {
+pub fn serialize(
+    tenant_id: TenantId,
+    sequence: usize,
+    event: &TenantEvent,
+    metadata: &EventMetadata,
+) -> Result<SerializedEvent, StoreError> {
     let encode = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
     Ok(SerializedEvent::new(
         tenant_id.to_string(),
@@ -47,17 +52,32 @@ fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
 }
 
 pub fn deserialize(event: SerializedEvent) -> Result<(TenantEvent, EventMetadata), StoreError> {
-    let event = upcasters().iter().fold(event, |e, u| if u.can_upcast(&e.event_type, &e.event_version) { u.upcast(e) } else { e });
+    let event = upcasters().iter().fold(event, |e, u| {
+        if u.can_upcast(&e.event_type, &e.event_version) {
+            u.upcast(e)
+        } else {
+            e
+        }
+    });
     let sequence = event.sequence;
-    let payload: TenantEvent = serde_json::from_value(event.payload)
-        .map_err(|e| StoreError::Corrupt(format!("event {} #{sequence}: {e}", event.aggregate_id)))?;
-    let metadata: EventMetadata = serde_json::from_value(event.metadata)
-        .map_err(|e| StoreError::Corrupt(format!("metadata of {} #{sequence}: {e}", event.aggregate_id)))?;
+    let payload: TenantEvent = serde_json::from_value(event.payload).map_err(|e| {
+        StoreError::Corrupt(format!("event {} #{sequence}: {e}", event.aggregate_id))
+    })?;
+    let metadata: EventMetadata = serde_json::from_value(event.metadata).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "metadata of {} #{sequence}: {e}",
+            event.aggregate_id
+        ))
+    })?;
     Ok((payload, metadata))
 }
 
 /// Folds loaded events onto a state, checking that sequences follow each other.
-pub fn fold(mut state: Tenant, mut version: usize, events: Vec<SerializedEvent>) -> Result<(Tenant, usize, usize), StoreError> {
+pub fn fold(
+    mut state: Tenant,
+    mut version: usize,
+    events: Vec<SerializedEvent>,
+) -> Result<(Tenant, usize, usize), StoreError> {
     let count = events.len();
     for serialized in events {
         if serialized.sequence != version + 1 {

@@ -65,7 +65,18 @@ impl From<cqrs_es::persist::PersistenceError> for StoreError {
 
 /// A point in the global event log. Ordered: `(txid, position)`. On SQLite `txid` is
 /// always 0 and `position` is the rowid.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct LogPosition {
     pub txid: i64,
     pub position: i64,
@@ -106,14 +117,33 @@ pub trait Store: Send + Sync {
     async fn load_tenant(&self, tenant_id: TenantId) -> Result<LoadedTenant, StoreError>;
     /// Appends events numbered from `first_sequence` in one transaction; `Conflict` if
     /// any of those sequence numbers is taken.
-    async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError>;
+    async fn append(
+        &self,
+        tenant_id: TenantId,
+        first_sequence: usize,
+        events: &[(TenantEvent, EventMetadata)],
+    ) -> Result<(), StoreError>;
     /// One tenant's events after `after_sequence`, in sequence order. (Their
     /// `log_position` is not read and left zero.)
-    async fn tenant_events(&self, tenant_id: TenantId, after_sequence: usize) -> Result<Vec<StoredEvent>, StoreError>;
-    async fn save_snapshot(&self, tenant_id: TenantId, version: usize, state: &Tenant) -> Result<(), StoreError>;
+    async fn tenant_events(
+        &self,
+        tenant_id: TenantId,
+        after_sequence: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn save_snapshot(
+        &self,
+        tenant_id: TenantId,
+        version: usize,
+        state: &Tenant,
+    ) -> Result<(), StoreError>;
     /// Events after `after` in log order, never past an event whose transaction could
     /// still be in flight, and not past `until`.
-    async fn read_log(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn read_log(
+        &self,
+        after: LogPosition,
+        until: Option<LogPosition>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
@@ -122,12 +152,22 @@ pub trait Store: Send + Sync {
     async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError>;
 
     async fn projection_rows(&self, projection: &str) -> Result<Vec<(String, String)>, StoreError>;
-    async fn projection_rows_by_keys(&self, projection: &str, keys: &[String]) -> Result<Vec<(String, String)>, StoreError>;
+    async fn projection_rows_by_keys(
+        &self,
+        projection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError>;
     async fn projection_checkpoint(&self, projection: &str) -> Result<LogPosition, StoreError>;
     /// Writes rows and moves the checkpoint from `from` to `to` atomically. Returns
     /// false (and writes nothing) if the checkpoint was no longer `from`: another
     /// process advanced it.
-    async fn commit_projection(&self, projection: &str, from: LogPosition, to: LogPosition, rows: &[(String, String)]) -> Result<bool, StoreError>;
+    async fn commit_projection(
+        &self,
+        projection: &str,
+        from: LogPosition,
+        to: LogPosition,
+        rows: &[(String, String)],
+    ) -> Result<bool, StoreError>;
     async fn clear_projection(&self, projection: &str) -> Result<(), StoreError>;
 
     async fn heartbeat(&self, instance_id: InstanceId, now_ms: i64) -> Result<(), StoreError>;
@@ -139,12 +179,20 @@ pub trait Store: Send + Sync {
 /// `data_dir` when there is none, and applies migrations.
 pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     match database_url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(Arc::new(PgStore::connect(url).await?)),
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::connect_url(url).await?)),
-        Some(_) => anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:"),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PgStore::connect(url).await?))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(SqliteStore::connect_url(url).await?))
+        }
+        Some(_) => {
+            anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")
+        }
         None => {
             std::fs::create_dir_all(data_dir)?;
-            Ok(Arc::new(SqliteStore::open_file(&data_dir.join("aigne-hub.sqlite")).await?))
+            Ok(Arc::new(
+                SqliteStore::open_file(&data_dir.join("aigne-hub.sqlite")).await?,
+            ))
         }
     }
 }

@@ -4,7 +4,10 @@
 
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::impl_store;
-use super::{LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION};
+use super::{
+    LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS,
+    SNAPSHOT_SCHEMA_VERSION,
+};
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
 use domain::{InstanceId, TenantId};
@@ -38,14 +41,22 @@ impl PgStore {
 impl_store!(PgStore, "postgres");
 
 impl PgStore {
-    async fn read_log_in_order(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_log_in_order(
+        &self,
+        after: LogPosition,
+        until: Option<LogPosition>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         // `position` comes from a sequence at insert time, so a reader that simply
         // followed it could step past a transaction that is still open and later
         // commits a smaller position, skipping its events forever. Rows whose
         // transaction id is below the oldest transaction still running are final,
         // and no new row can ever appear below that line: read only those, in
         // (txid, position) order.
-        let until = until.unwrap_or(LogPosition { txid: i64::MAX, position: i64::MAX });
+        let until = until.unwrap_or(LogPosition {
+            txid: i64::MAX,
+            position: i64::MAX,
+        });
         let rows = sqlx::query(
             "SELECT txid, position, aggregate_id, sequence, event_type, event_version, payload, metadata
                FROM events
@@ -67,7 +78,9 @@ impl PgStore {
             .map(|r| {
                 let sequence: i64 = r.get("sequence");
                 let aggregate_id: String = r.get("aggregate_id");
-                let tenant_id: TenantId = aggregate_id.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
+                let tenant_id: TenantId = aggregate_id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
                 let serialized = SerializedEvent::new(
                     aggregate_id,
                     sequence as usize,
@@ -79,7 +92,10 @@ impl PgStore {
                 );
                 let (event, metadata) = codec::deserialize(serialized)?;
                 Ok(StoredEvent {
-                    log_position: LogPosition { txid: r.get("txid"), position: r.get("position") },
+                    log_position: LogPosition {
+                        txid: r.get("txid"),
+                        position: r.get("position"),
+                    },
                     tenant_id,
                     sequence: sequence as usize,
                     event,

@@ -3,7 +3,10 @@
 
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::impl_store;
-use super::{LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION};
+use super::{
+    LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS,
+    SNAPSHOT_SCHEMA_VERSION,
+};
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
 use domain::{InstanceId, TenantId};
@@ -56,7 +59,12 @@ impl SqliteStore {
 impl_store!(SqliteStore, "sqlite");
 
 impl SqliteStore {
-    async fn read_log_in_order(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_log_in_order(
+        &self,
+        after: LogPosition,
+        until: Option<LogPosition>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         // One writer at a time: rowid order is commit order, nothing can appear behind
         // a position already read.
         let until = until.map(|u| u.position).unwrap_or(i64::MAX);
@@ -76,10 +84,14 @@ impl SqliteStore {
             .map(|r| {
                 let sequence: i64 = r.get("sequence");
                 let aggregate_id: String = r.get("aggregate_id");
-                let tenant_id: TenantId = aggregate_id.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
+                let tenant_id: TenantId = aggregate_id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("tenant id {aggregate_id:?}")))?;
                 let payload: String = r.get("payload");
                 let metadata: String = r.get("metadata");
-                let parse = |s: &str| serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()));
+                let parse = |s: &str| {
+                    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+                };
                 let serialized = SerializedEvent::new(
                     aggregate_id,
                     sequence as usize,
@@ -91,7 +103,10 @@ impl SqliteStore {
                 );
                 let (event, metadata) = codec::deserialize(serialized)?;
                 Ok(StoredEvent {
-                    log_position: LogPosition { txid: 0, position: r.get("position") },
+                    log_position: LogPosition {
+                        txid: 0,
+                        position: r.get("position"),
+                    },
                     tenant_id,
                     sequence: sequence as usize,
                     event,

@@ -18,7 +18,10 @@ pub fn mock_answer_cost() -> Credits {
 
 /// Every event of one tenant, straight from its stream.
 pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
-    app.store().tenant_events(tenant.parse().unwrap(), 0).await.unwrap()
+    app.store()
+        .tenant_events(tenant.parse().unwrap(), 0)
+        .await
+        .unwrap()
 }
 
 async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
@@ -29,10 +32,20 @@ async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
 
     let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
     assert_eq!(response.status(), 200);
-    let request_id = response.headers().get("x-request-id").expect("x-request-id header").to_str().unwrap().to_string();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
-    assert_eq!(app.mock.requests()[0]["model"], "gpt-mock", "the provider prefix is stripped upstream");
+    assert_eq!(
+        app.mock.requests()[0]["model"],
+        "gpt-mock",
+        "the provider prefix is stripped upstream"
+    );
 
     let cost = mock_answer_cost();
     let balance = app.balance(&tenant).await;
@@ -46,25 +59,47 @@ async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
     let settled: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.event {
-            TenantEvent::UsageSettled { request_id: r, usage, cost_pico, .. } => Some((r.to_string(), *usage, *cost_pico)),
+            TenantEvent::UsageSettled {
+                request_id: r,
+                usage,
+                cost_pico,
+                ..
+            } => Some((r.to_string(), *usage, *cost_pico)),
             _ => None,
         })
         .collect();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].0, request_id);
-    assert_eq!((settled[0].1.input_tokens, settled[0].1.output_tokens, settled[0].1.cached_input_tokens), (PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_TOKENS));
+    assert_eq!(
+        (
+            settled[0].1.input_tokens,
+            settled[0].1.output_tokens,
+            settled[0].1.cached_input_tokens
+        ),
+        (PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_TOKENS)
+    );
     assert!(!settled[0].1.estimated);
     assert_eq!(settled[0].2, cost);
-    let metadata = &events.iter().find(|e| matches!(e.event, TenantEvent::UsageSettled { .. })).unwrap().metadata;
+    let metadata = &events
+        .iter()
+        .find(|e| matches!(e.event, TenantEvent::UsageSettled { .. }))
+        .unwrap()
+        .metadata;
     assert_eq!(metadata.tenant_id.to_string(), tenant);
     assert_eq!(metadata.request_id.unwrap().to_string(), request_id);
 }
-on_both_stores!(non_streaming_chat_is_billed_exactly, non_streaming_chat_is_billed_exactly);
+on_both_stores!(
+    non_streaming_chat_is_billed_exactly,
+    non_streaming_chat_is_billed_exactly
+);
 
 async fn sse_data(response: reqwest::Response) -> Vec<String> {
     let text = response.text().await.unwrap();
     assert!(text.ends_with("\n\n"), "every frame ends with a blank line");
-    text.split("\n\n").filter(|f| !f.is_empty()).map(|f| f.strip_prefix("data: ").expect("data frame").to_string()).collect()
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| f.strip_prefix("data: ").expect("data frame").to_string())
+        .collect()
 }
 
 async fn streaming_chat_is_billed_and_hides_usage_unless_asked(kind: StoreKind) {
@@ -79,11 +114,24 @@ async fn streaming_chat_is_billed_and_hides_usage_unless_asked(kind: StoreKind) 
     assert!(response.headers().contains_key("x-request-id"));
     let frames = sse_data(response).await;
     assert_eq!(frames.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = frames[..frames.len() - 1].iter().map(|f| serde_json::from_str(f).unwrap()).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "Hello there");
-    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "usage stripped when the client did not ask: {chunks:?}");
-    assert_eq!(app.mock.requests()[0]["stream_options"]["include_usage"], true, "usage always requested upstream");
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "usage stripped when the client did not ask: {chunks:?}"
+    );
+    assert_eq!(
+        app.mock.requests()[0]["stream_options"]["include_usage"],
+        true,
+        "usage always requested upstream"
+    );
     let balance = app.balance(&tenant).await;
     assert_eq!(balance["spent"], mock_answer_cost().to_decimal_string());
     assert_eq!(balance["held"], "0");
@@ -96,28 +144,53 @@ async fn streaming_chat_is_billed_and_hides_usage_unless_asked(kind: StoreKind) 
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], PROMPT_TOKENS);
     assert_eq!(usage_chunk["usage"]["completion_tokens"], COMPLETION_TOKENS);
     let balance = app.balance(&tenant).await;
-    assert_eq!(balance["spent"], (mock_answer_cost() + mock_answer_cost()).to_decimal_string());
+    assert_eq!(
+        balance["spent"],
+        (mock_answer_cost() + mock_answer_cost()).to_decimal_string()
+    );
 }
-on_both_stores!(streaming_chat_is_billed_and_hides_usage_unless_asked, streaming_chat_is_billed_and_hides_usage_unless_asked);
+on_both_stores!(
+    streaming_chat_is_billed_and_hides_usage_unless_asked,
+    streaming_chat_is_billed_and_hides_usage_unless_asked
+);
 
 async fn grant_is_idempotent(kind: StoreKind) {
     let app = spawn_app(kind).await;
     let tenant = app.create_tenant("0").await;
     let path = format!("/admin/v1/tenants/{tenant}/credits");
     let grant = json!({"amount": "2.5", "idempotency_key": "invoice-42", "reason": "top-up"});
-    let first = app.admin_json(Method::POST, &path, Some(grant.clone())).await;
-    let second = app.admin_json(Method::POST, &path, Some(grant.clone())).await;
+    let first = app
+        .admin_json(Method::POST, &path, Some(grant.clone()))
+        .await;
+    let second = app
+        .admin_json(Method::POST, &path, Some(grant.clone()))
+        .await;
     assert_eq!(first, second, "a repeat returns the original result");
     assert_eq!(app.balance(&tenant).await["granted"], "2.5");
 
-    let conflicting = app.admin(Method::POST, &path, Some(json!({"amount": "3", "idempotency_key": "invoice-42", "reason": "top-up"}))).await;
+    let conflicting = app
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({"amount": "3", "idempotency_key": "invoice-42", "reason": "top-up"})),
+        )
+        .await;
     assert_eq!(conflicting.status(), 409);
     let body: Value = conflicting.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("invoice-42"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invoice-42"));
     assert_eq!(app.balance(&tenant).await["granted"], "2.5");
 
     let events = tenant_events(&app, &tenant).await;
-    assert_eq!(events.iter().filter(|e| matches!(e.event, TenantEvent::CreditsGranted { .. })).count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.event, TenantEvent::CreditsGranted { .. }))
+            .count(),
+        1
+    );
 }
 on_both_stores!(grant_is_idempotent, grant_is_idempotent);
 
@@ -127,20 +200,37 @@ async fn concurrent_requests_never_overspend(kind: StoreKind) {
     let app = spawn_app(kind).await;
     // Input is free and the mock reports exactly max_tokens output tokens, so each
     // request costs exactly its hold: 100 tokens * 1 credit/Mtok = 0.0001 credits.
-    app.setup_provider(&[("exact-hold", "0", "1", Some(100))]).await;
+    app.setup_provider(&[("exact-hold", "0", "1", Some(100))])
+        .await;
     let tenant = app.create_tenant("0.002").await;
     let key = app.issue_key(&tenant, "member").await;
     let billing_key = app.issue_key(&tenant, "billing").await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
-        let (client, address, key, stop) = (app.client.clone(), app.address.clone(), billing_key.clone(), stop.clone());
+        let (client, address, key, stop) = (
+            app.client.clone(),
+            app.address.clone(),
+            billing_key.clone(),
+            stop.clone(),
+        );
         actix_web::rt::spawn(async move {
             let mut reads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let b: Value = client.get(format!("{address}/v1/billing/balance")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+                let b: Value = client
+                    .get(format!("{address}/v1/billing/balance"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 let available = Credits::parse(b["available"].as_str().unwrap_or("-1"));
-                assert!(available.is_ok(), "available balance must never be negative: {b}");
+                assert!(
+                    available.is_ok(),
+                    "available balance must never be negative: {b}"
+                );
                 reads += 1;
             }
             reads
@@ -149,23 +239,39 @@ async fn concurrent_requests_never_overspend(kind: StoreKind) {
     let mut body = chat_body("exact-hold", false);
     body["max_tokens"] = json!(100);
     let calls = (0..REQUESTS).map(|_| app.chat(&key, &body));
-    let statuses: Vec<u16> = futures_util::future::join_all(calls).await.iter().map(|r| r.status().as_u16()).collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = watcher.await.unwrap();
     assert!(reads > 0);
 
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), AFFORDABLE, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), REQUESTS - AFFORDABLE, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        AFFORDABLE,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 402).count(),
+        REQUESTS - AFFORDABLE,
+        "{statuses:?}"
+    );
     let balance = app.balance(&tenant).await;
     assert_eq!(balance["spent"], "0.002");
     assert_eq!(balance["available"], "0");
     assert_eq!(balance["held"], "0");
 }
-on_both_stores!(concurrent_requests_never_overspend, concurrent_requests_never_overspend);
+on_both_stores!(
+    concurrent_requests_never_overspend,
+    concurrent_requests_never_overspend
+);
 
 async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    app.setup_provider(&[GPT_MOCK, ("fail-503", "1", "2", None)]).await;
+    app.setup_provider(&[GPT_MOCK, ("fail-503", "1", "2", None)])
+        .await;
     let tenant = app.create_tenant("1").await;
     let other = app.create_tenant("3").await;
     let key = app.issue_key(&tenant, "member").await;
@@ -175,19 +281,35 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
         // Read to the end: a client that drops a stream early has left mid-stream.
         response.bytes().await.unwrap();
     }
-    assert_eq!(app.chat(&key, &chat_body("fail-503", false)).await.status(), 502);
-    app.admin_json(Method::POST, &format!("/admin/v1/tenants/{other}/credits"), Some(json!({"amount": "0.5", "idempotency_key": "k", "reason": "bonus"}))).await;
+    assert_eq!(
+        app.chat(&key, &chat_body("fail-503", false)).await.status(),
+        502
+    );
+    app.admin_json(
+        Method::POST,
+        &format!("/admin/v1/tenants/{other}/credits"),
+        Some(json!({"amount": "0.5", "idempotency_key": "k", "reason": "bonus"})),
+    )
+    .await;
     let before = (app.balance(&tenant).await, app.balance(&other).await);
-    assert_eq!(before.0["spent"], (mock_answer_cost() + mock_answer_cost() + mock_answer_cost()).to_decimal_string());
+    assert_eq!(
+        before.0["spent"],
+        (mock_answer_cost() + mock_answer_cost() + mock_answer_cost()).to_decimal_string()
+    );
 
     let app = app.restart().await;
     let after = (app.balance(&tenant).await, app.balance(&other).await);
     assert_eq!(before, after);
     // Prices and providers survive too: the same call still works and costs the same.
-    assert_eq!(app.chat(&key, &chat_body("gpt-mock", false)).await.status(), 200);
+    assert_eq!(
+        app.chat(&key, &chat_body("gpt-mock", false)).await.status(),
+        200
+    );
 
     app.projections_caught_up().await;
-    let report = aigne_hub::replay::replay_all(app.store().as_ref()).await.unwrap();
+    let report = aigne_hub::replay::replay_all(app.store().as_ref())
+        .await
+        .unwrap();
     assert!(report.all_identical, "{report:?}");
     let balances = &report.projections[0];
     assert_eq!(balances.comparison.live_rows, 2);
@@ -195,19 +317,40 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
 
     // The projection row matches the live actor figures.
     let rows = app.store().projection_rows("balances").await.unwrap();
-    let row: Value = serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
+    let row: Value =
+        serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
     let live = app.balance(&tenant).await;
-    assert_eq!(Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap()).to_decimal_string(), live["spent"]);
+    assert_eq!(
+        Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap()).to_decimal_string(),
+        live["spent"]
+    );
 
     // A tampered live projection is caught.
     let checkpoint = app.store().projection_checkpoint("balances").await.unwrap();
     let tampered = row.to_string().replace(row["spent"].as_str().unwrap(), "1");
-    assert!(app.store().commit_projection("balances", checkpoint, checkpoint, &[(tenant.clone(), tampered)]).await.unwrap());
-    let report = aigne_hub::replay::replay_all(app.store().as_ref()).await.unwrap();
+    assert!(app
+        .store()
+        .commit_projection(
+            "balances",
+            checkpoint,
+            checkpoint,
+            &[(tenant.clone(), tampered)]
+        )
+        .await
+        .unwrap());
+    let report = aigne_hub::replay::replay_all(app.store().as_ref())
+        .await
+        .unwrap();
     assert!(!report.all_identical);
-    assert_eq!(report.projections[0].comparison.differing_keys, vec![tenant]);
+    assert_eq!(
+        report.projections[0].comparison.differing_keys,
+        vec![tenant]
+    );
 }
-on_both_stores!(restart_keeps_every_figure_and_replay_equals_live, restart_keeps_every_figure_and_replay_equals_live);
+on_both_stores!(
+    restart_keeps_every_figure_and_replay_equals_live,
+    restart_keeps_every_figure_and_replay_equals_live
+);
 
 async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
     let app = spawn_app(kind).await;
@@ -219,21 +362,55 @@ async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
     let admin = app.issue_key(&tenant, "admin").await;
     let balance = |key: String| {
         let (client, address) = (app.client.clone(), app.address.clone());
-        async move { client.get(format!("{address}/v1/billing/balance")).bearer_auth(key).send().await.unwrap() }
+        async move {
+            client
+                .get(format!("{address}/v1/billing/balance"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(balance(member.clone()).await.status(), 403);
     for key in [billing.clone(), auditor.clone(), admin.clone()] {
         let response = balance(key).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body, json!({"tenant_id": tenant, "granted": "1", "spent": "0", "held": "0", "available": "1"}));
+        assert_eq!(
+            body,
+            json!({"tenant_id": tenant, "granted": "1", "spent": "0", "held": "0", "available": "1"})
+        );
     }
-    assert_eq!(app.chat(&billing, &chat_body("gpt-mock", false)).await.status(), 403);
-    assert_eq!(app.chat(&auditor, &chat_body("gpt-mock", false)).await.status(), 403);
-    assert_eq!(app.chat(&admin, &chat_body("gpt-mock", false)).await.status(), 200);
+    assert_eq!(
+        app.chat(&billing, &chat_body("gpt-mock", false))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.chat(&auditor, &chat_body("gpt-mock", false))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.chat(&admin, &chat_body("gpt-mock", false))
+            .await
+            .status(),
+        200
+    );
 
     // Models are listed for any valid key, with prices.
-    let models: Value = app.client.get(format!("{}/v1/models", app.address)).bearer_auth(&auditor).send().await.unwrap().json().await.unwrap();
+    let models: Value = app
+        .client
+        .get(format!("{}/v1/models", app.address))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"][0]["id"], "mock/gpt-mock");
     assert_eq!(models["data"][0]["pricing"]["input_per_mtok"], "1");
     assert_eq!(models["data"][0]["pricing"]["output_per_mtok"], "2");

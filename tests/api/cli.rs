@@ -9,14 +9,35 @@ use std::io::Write;
 use std::process::Stdio;
 
 fn run(env: &HubEnv, args: &[&str], stdin: Option<&str>) -> Value {
-    let mut child = env.command().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 async fn cli_runs_the_operator_workflow(kind: StoreKind) {
@@ -28,21 +49,76 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     let env = HubEnv::new(temp.path(), database_url);
     let mock = MockUpstream::start();
 
-    let provider = run(&env, &["provider", "add", "--name", "mock", "--kind", "openai", "--base-url", &mock.base_url], Some(&format!("{MOCK_API_KEY}\n")));
+    let provider = run(
+        &env,
+        &[
+            "provider",
+            "add",
+            "--name",
+            "mock",
+            "--kind",
+            "openai",
+            "--base-url",
+            &mock.base_url,
+        ],
+        Some(&format!("{MOCK_API_KEY}\n")),
+    );
     assert_eq!(provider["name"], "mock");
-    let price = run(&env, &["price", "set", "mock/gpt-mock", "--input", "1", "--output", "2"], None);
+    let price = run(
+        &env,
+        &[
+            "price",
+            "set",
+            "mock/gpt-mock",
+            "--input",
+            "1",
+            "--output",
+            "2",
+        ],
+        None,
+    );
     assert_eq!(price["version"], 1);
-    let tenant = run(&env, &["tenant", "create", "--name", "acme"], None)["tenant_id"].as_str().unwrap().to_string();
-    let grant = ["credits", "grant", "--tenant", &tenant, "--amount", "0.5", "--idempotency-key", "inv-1", "--reason", "top-up"];
+    let tenant = run(&env, &["tenant", "create", "--name", "acme"], None)["tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let grant = [
+        "credits",
+        "grant",
+        "--tenant",
+        &tenant,
+        "--amount",
+        "0.5",
+        "--idempotency-key",
+        "inv-1",
+        "--reason",
+        "top-up",
+    ];
     assert_eq!(run(&env, &grant, None)["amount"], "0.5");
-    assert_eq!(run(&env, &grant, None)["amount"], "0.5", "a repeated grant is a no-op");
-    let key = run(&env, &["key", "issue", "--tenant", &tenant, "--name", "app", "--role", "member"], None);
+    assert_eq!(
+        run(&env, &grant, None)["amount"],
+        "0.5",
+        "a repeated grant is a no-op"
+    );
+    let key = run(
+        &env,
+        &[
+            "key", "issue", "--tenant", &tenant, "--name", "app", "--role", "member",
+        ],
+        None,
+    );
     let key = key["key"].as_str().unwrap().to_string();
 
     // The server sees what the CLI wrote, and the provider key the CLI read from stdin works.
     let hub = env.start().await;
     let body = json!({"model": "mock/gpt-mock", "messages": [{"role": "user", "content": "hi"}]});
-    let response = reqwest::Client::new().post(format!("{}/v1/chat/completions", hub.address)).bearer_auth(&key).json(&body).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", hub.address))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     drop(hub);
 
@@ -51,6 +127,14 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     assert_eq!(balance["spent"], "0.000072");
     let report = run(&env, &["replay"], None);
     assert_eq!(report["all_identical"], true);
-    assert!(report["projections"][0]["events_per_second"].as_u64().unwrap() > 0);
+    assert!(
+        report["projections"][0]["events_per_second"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
-crate::on_both_stores!(cli_runs_the_operator_workflow, cli_runs_the_operator_workflow);
+crate::on_both_stores!(
+    cli_runs_the_operator_workflow,
+    cli_runs_the_operator_workflow
+);

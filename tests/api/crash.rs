@@ -15,19 +15,42 @@ use std::time::Duration;
 /// Client loops sending requests while the hub is killed.
 const CLIENTS: usize = 12;
 
-async fn client_loop(address: String, key: String, stream: bool, received: Arc<Mutex<Vec<String>>>) {
+async fn client_loop(
+    address: String,
+    key: String,
+    stream: bool,
+    received: Arc<Mutex<Vec<String>>>,
+) {
     let client = reqwest::Client::new();
     let model = if stream { "mock/gpt-mock" } else { "mock/slow" };
-    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+    let body =
+        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream});
     loop {
-        let Ok(response) = client.post(format!("{address}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await else { return };
+        let Ok(response) = client
+            .post(format!("{address}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+        else {
+            return;
+        };
         if response.status() != 200 {
             return;
         }
-        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
-        let Ok(text) = response.text().await else { return };
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let Ok(text) = response.text().await else {
+            return;
+        };
         // Fully received: the whole JSON, or a stream through its final [DONE].
-        let complete = if stream { text.ends_with("data: [DONE]\n\n") } else { serde_json::from_str::<Value>(&text).is_ok() };
+        let complete = if stream {
+            text.ends_with("data: [DONE]\n\n")
+        } else {
+            serde_json::from_str::<Value>(&text).is_ok()
+        };
         if !complete {
             return;
         }
@@ -44,11 +67,20 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
     let env = HubEnv::new(temp.path(), database_url.clone());
     let mock = MockUpstream::start();
     let mut hub = env.start().await;
-    let (tenant, key) = hub.setup(&env, &mock.base_url, &["gpt-mock", "slow"], "100").await;
+    let (tenant, key) = hub
+        .setup(&env, &mock.base_url, &["gpt-mock", "slow"], "100")
+        .await;
 
     let received = Arc::new(Mutex::new(Vec::new()));
     let loops: Vec<_> = (0..CLIENTS)
-        .map(|i| actix_web::rt::spawn(client_loop(hub.address.clone(), key.clone(), i % 3 == 0, received.clone())))
+        .map(|i| {
+            actix_web::rt::spawn(client_loop(
+                hub.address.clone(),
+                key.clone(),
+                i % 3 == 0,
+                received.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     hub.kill_hard();
@@ -56,7 +88,11 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
         l.await.unwrap();
     }
     let received: Vec<String> = received.lock().unwrap().clone();
-    assert!(received.len() > 20, "the load ran: {} responses", received.len());
+    assert!(
+        received.len() > 20,
+        "the load ran: {} responses",
+        received.len()
+    );
 
     let hub = env.start().await;
     // The dead process's holds are released once it is seen to be gone.
@@ -70,41 +106,72 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
     }
     assert_eq!(balance["held"], "0", "no hold stays open: {balance}");
 
-    let store = aigne_hub::store::open(database_url.as_deref(), &env.data_dir).await.unwrap();
-    let events = store.tenant_events(tenant.parse().unwrap(), 0).await.unwrap();
+    let store = aigne_hub::store::open(database_url.as_deref(), &env.data_dir)
+        .await
+        .unwrap();
+    let events = store
+        .tenant_events(tenant.parse().unwrap(), 0)
+        .await
+        .unwrap();
     let mut settled: HashMap<RequestId, usize> = HashMap::new();
     let mut released: HashMap<RequestId, String> = HashMap::new();
     let mut reserved: HashSet<RequestId> = HashSet::new();
     let mut spent = Credits::ZERO;
     for e in &events {
         match &e.event {
-            TenantEvent::CreditsReserved { request_id, .. } => assert!(reserved.insert(*request_id)),
-            TenantEvent::UsageSettled { request_id, cost_pico, .. } => {
+            TenantEvent::CreditsReserved { request_id, .. } => {
+                assert!(reserved.insert(*request_id))
+            }
+            TenantEvent::UsageSettled {
+                request_id,
+                cost_pico,
+                ..
+            } => {
                 *settled.entry(*request_id).or_default() += 1;
                 spent = spent + *cost_pico;
             }
-            TenantEvent::HoldReleased { request_id, reason, .. } => assert!(released.insert(*request_id, reason.clone()).is_none()),
+            TenantEvent::HoldReleased {
+                request_id, reason, ..
+            } => assert!(released.insert(*request_id, reason.clone()).is_none()),
             _ => {}
         }
     }
     for request_id in &received {
         let id: RequestId = request_id.parse().unwrap();
-        assert_eq!(settled.get(&id), Some(&1), "request {request_id} returned 200 and must be settled exactly once");
+        assert_eq!(
+            settled.get(&id),
+            Some(&1),
+            "request {request_id} returned 200 and must be settled exactly once"
+        );
     }
     for id in &reserved {
-        let outcomes = settled.get(id).copied().unwrap_or(0) + usize::from(released.contains_key(id));
-        assert_eq!(outcomes, 1, "hold {id} must end exactly once (settled or released)");
+        let outcomes =
+            settled.get(id).copied().unwrap_or(0) + usize::from(released.contains_key(id));
+        assert_eq!(
+            outcomes, 1,
+            "hold {id} must end exactly once (settled or released)"
+        );
     }
-    let abandoned = released.values().filter(|r| r.starts_with("abandoned")).count();
-    assert!(abandoned >= 1, "requests in flight at the kill are released as abandoned: {released:?}");
+    let abandoned = released
+        .values()
+        .filter(|r| r.starts_with("abandoned"))
+        .count();
+    assert!(
+        abandoned >= 1,
+        "requests in flight at the kill are released as abandoned: {released:?}"
+    );
     assert_eq!(balance["spent"], spent.to_decimal_string());
     assert_eq!(balance["granted"], "100");
 
     // An auditor's replay of the log agrees with the live projection.
     let output = env.command().arg("replay").output().unwrap();
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("replay output: {output:?}"));
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("replay output: {output:?}"));
     assert!(output.status.success(), "{report}");
     assert_eq!(report["all_identical"], true);
     drop(hub);
 }
-crate::on_both_stores!(sigkill_during_load_loses_no_billing, sigkill_during_load_loses_no_billing);
+crate::on_both_stores!(
+    sigkill_during_load_loses_no_billing,
+    sigkill_during_load_loses_no_billing
+);

@@ -16,7 +16,8 @@ pub enum StoreKind {
 
 /// The server PostgreSQL tests create their databases on.
 pub fn pg_admin_url() -> String {
-    std::env::var("AIGNE_HUB_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("AIGNE_HUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Creates a fresh, uniquely named database; fails the test if PostgreSQL is
@@ -26,9 +27,14 @@ pub async fn fresh_pg_database() -> String {
     let admin = pg_admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}")
+        });
     let name = format!("aigne_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap().to_string();
     format!("{base}/{name}")
 }
@@ -77,8 +83,15 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
     start(settings, kind, MockUpstream::start(), temp).await
 }
 
-async fn start(settings: Settings, kind: StoreKind, mock: MockUpstream, temp: Arc<tempfile::TempDir>) -> TestApp {
-    let app = Application::build(settings.clone()).await.expect("hub starts");
+async fn start(
+    settings: Settings,
+    kind: StoreKind,
+    mock: MockUpstream,
+    temp: Arc<tempfile::TempDir>,
+) -> TestApp {
+    let app = Application::build(settings.clone())
+        .await
+        .expect("hub starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let app_handle = app.server_handle();
     let hub = app.hub();
@@ -100,22 +113,41 @@ impl TestApp {
     /// Stops the server gracefully and starts a new one on the same store.
     pub async fn restart(self) -> TestApp {
         self.app_handle.stop(true).await;
-        start(self.settings.clone(), self.store_kind, self.mock.clone(), self._temp.clone()).await
+        start(
+            self.settings.clone(),
+            self.store_kind,
+            self.mock.clone(),
+            self._temp.clone(),
+        )
+        .await
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
         self.hub.store.clone()
     }
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
-        let mut request = self.client.request(method, format!("{}{path}", self.address)).bearer_auth(&self.operator_token);
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(&self.operator_token);
         if let Some(body) = body {
             request = request.json(&body);
         }
         request.send().await.unwrap()
     }
 
-    pub async fn admin_json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let response = self.admin(method, path, body).await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
@@ -136,30 +168,54 @@ impl TestApp {
             if let Some(m) = max_output {
                 body["max_output_tokens"] = json!(m);
             }
-            self.admin_json(reqwest::Method::PUT, &format!("/admin/v1/prices/mock/{model}"), Some(body)).await;
+            self.admin_json(
+                reqwest::Method::PUT,
+                &format!("/admin/v1/prices/mock/{model}"),
+                Some(body),
+            )
+            .await;
         }
     }
 
     pub async fn create_tenant(&self, initial_credits: &str) -> String {
         let body = self
-            .admin_json(reqwest::Method::POST, "/admin/v1/tenants", Some(json!({"name": "acme", "initial_credits": initial_credits})))
+            .admin_json(
+                reqwest::Method::POST,
+                "/admin/v1/tenants",
+                Some(json!({"name": "acme", "initial_credits": initial_credits})),
+            )
             .await;
         body["tenant_id"].as_str().unwrap().to_string()
     }
 
     pub async fn issue_key(&self, tenant_id: &str, role: &str) -> String {
         let body = self
-            .admin_json(reqwest::Method::POST, &format!("/admin/v1/tenants/{tenant_id}/keys"), Some(json!({"name": "app", "role": role})))
+            .admin_json(
+                reqwest::Method::POST,
+                &format!("/admin/v1/tenants/{tenant_id}/keys"),
+                Some(json!({"name": "app", "role": role})),
+            )
             .await;
         body["key"].as_str().unwrap().to_string()
     }
 
     pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
-        self.client.post(format!("{}/v1/chat/completions", self.address)).bearer_auth(key).json(body).send().await.unwrap()
+        self.client
+            .post(format!("{}/v1/chat/completions", self.address))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn balance(&self, tenant_id: &str) -> Value {
-        self.admin_json(reqwest::Method::GET, &format!("/admin/v1/tenants/{tenant_id}/balance"), None).await
+        self.admin_json(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{tenant_id}/balance"),
+            None,
+        )
+        .await
     }
 
     /// Waits until the live projections have applied every committed event.

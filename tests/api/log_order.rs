@@ -16,7 +16,12 @@ const WRITERS: usize = 8;
 const BATCHES_PER_WRITER: usize = 150;
 
 fn grant(n: usize) -> TenantEvent {
-    TenantEvent::CreditsGranted { amount_pico: Credits::from_pico(1), idempotency_key: format!("g{n}"), reason: "r".into(), at: Utc::now() }
+    TenantEvent::CreditsGranted {
+        amount_pico: Credits::from_pico(1),
+        idempotency_key: format!("g{n}"),
+        reason: "r".into(),
+        at: Utc::now(),
+    }
 }
 
 async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
@@ -25,21 +30,40 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
         StoreKind::Sqlite => None,
         StoreKind::Postgres => Some(fresh_pg_database().await),
     };
-    let store: Arc<dyn Store> = aigne_hub::store::open(url.as_deref(), temp.path()).await.unwrap();
+    let store: Arc<dyn Store> = aigne_hub::store::open(url.as_deref(), temp.path())
+        .await
+        .unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     let mut expected = 0;
     for w in 0..WRITERS {
         let store = store.clone();
         let tenant = TenantId::new_random();
-        expected += 1 + (0..BATCHES_PER_WRITER).map(|b| 1 + (b + w) % 3).sum::<usize>();
+        expected += 1
+            + (0..BATCHES_PER_WRITER)
+                .map(|b| 1 + (b + w) % 3)
+                .sum::<usize>();
         writers.push(tokio::spawn(async move {
-            let meta = EventMetadata { recorded_at: Utc::now(), tenant_id: tenant, request_id: None, instance_id: InstanceId::new_random() };
-            let created = TenantEvent::TenantCreated { tenant_id: tenant, name: "t".into(), at: Utc::now() };
-            store.append(tenant, 1, &[(created, meta.clone())]).await.unwrap();
+            let meta = EventMetadata {
+                recorded_at: Utc::now(),
+                tenant_id: tenant,
+                request_id: None,
+                instance_id: InstanceId::new_random(),
+            };
+            let created = TenantEvent::TenantCreated {
+                tenant_id: tenant,
+                name: "t".into(),
+                at: Utc::now(),
+            };
+            store
+                .append(tenant, 1, &[(created, meta.clone())])
+                .await
+                .unwrap();
             let mut next = 2;
             for b in 0..BATCHES_PER_WRITER {
-                let events: Vec<_> = (0..1 + (b + w) % 3).map(|i| (grant(next + i), meta.clone())).collect();
+                let events: Vec<_> = (0..1 + (b + w) % 3)
+                    .map(|i| (grant(next + i), meta.clone()))
+                    .collect();
                 store.append(tenant, next, &events).await.unwrap();
                 next += events.len();
             }
@@ -73,7 +97,11 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
     let total: usize = seen.values().map(Vec::len).sum();
     assert_eq!(total, expected, "every committed event read exactly once");
     for sequences in seen.values() {
-        assert_eq!(*sequences, (1..=sequences.len()).collect::<Vec<_>>(), "each tenant's events in order, none skipped");
+        assert_eq!(
+            *sequences,
+            (1..=sequences.len()).collect::<Vec<_>>(),
+            "each tenant's events in order, none skipped"
+        );
     }
 }
 

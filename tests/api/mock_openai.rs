@@ -39,14 +39,21 @@ impl MockUpstream {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(MockState::default()));
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).route("/v1/chat/completions", web::post().to(chat)))
-            .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .unwrap()
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/v1/chat/completions", web::post().to(chat))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
         actix_web::rt::spawn(server);
-        Self { base_url: format!("http://127.0.0.1:{port}/v1"), state }
+        Self {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            state,
+        }
     }
 
     pub fn requests(&self) -> Vec<Value> {
@@ -81,15 +88,29 @@ fn chunk(model: &str, delta: Value, finish_reason: Value, include_usage: bool) -
     format!("data: {c}\n\n")
 }
 
-async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: web::Json<Value>) -> HttpResponse {
+async fn chat(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
     let body = body.into_inner();
     state.lock().unwrap().requests.push(body.clone());
-    let authorized = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {MOCK_API_KEY}"));
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {MOCK_API_KEY}"));
     if !authorized {
-        return error(401, "Incorrect API key provided: sk-wro***ong.", "invalid_request_error");
+        return error(
+            401,
+            "Incorrect API key provided: sk-wro***ong.",
+            "invalid_request_error",
+        );
     }
     let model = body["model"].as_str().unwrap_or("").to_string();
-    let max_tokens = body["max_tokens"].as_u64().or(body["max_completion_tokens"].as_u64());
+    let max_tokens = body["max_tokens"]
+        .as_u64()
+        .or(body["max_completion_tokens"].as_u64());
     let completion_tokens = match model.as_str() {
         "overshoot" => 5_000,
         "exact-hold" => max_tokens.expect("exact-hold needs max_tokens"),
@@ -97,7 +118,13 @@ async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: w
     };
     match model.as_str() {
         "fail-503" => return error(503, "The server is overloaded", "server_error"),
-        "fail-400" => return error(400, "Invalid value for 'temperature'", "invalid_request_error"),
+        "fail-400" => {
+            return error(
+                400,
+                "Invalid value for 'temperature'",
+                "invalid_request_error",
+            )
+        }
         "slow" => tokio::time::sleep(Duration::from_millis(100)).await,
         "hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -106,24 +133,48 @@ async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: w
         _ => {}
     }
     if body["stream"].as_bool() == Some(true) {
-        let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-        let mut frames: Vec<(u64, String)> = vec![(0, chunk(&model, json!({"role": "assistant", "content": ""}), Value::Null, include_usage))];
+        let include_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let mut frames: Vec<(u64, String)> = vec![(
+            0,
+            chunk(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                include_usage,
+            ),
+        )];
         let (pieces, delay_ms): (Vec<String>, u64) = match model.as_str() {
             "slow-stream" => ((0..200).map(|i| format!("w{i} ")).collect(), 20),
             _ => (STREAM_TEXT.iter().map(|s| s.to_string()).collect(), 0),
         };
         for piece in pieces {
-            frames.push((delay_ms, chunk(&model, json!({"content": piece}), Value::Null, include_usage)));
+            frames.push((
+                delay_ms,
+                chunk(
+                    &model,
+                    json!({"content": piece}),
+                    Value::Null,
+                    include_usage,
+                ),
+            ));
         }
         if model == "die-mid-stream" {
             // Let the text reach the hub, then break the connection.
-            let stream = futures_util::stream::iter(frames.into_iter().map(|(_, f)| Ok::<_, std::io::Error>(Bytes::from(f)))).chain(
-                futures_util::stream::once(async {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Err(std::io::Error::other("connection reset"))
-                }),
-            );
-            return HttpResponse::Ok().content_type("text/event-stream").streaming(stream);
+            let stream = futures_util::stream::iter(
+                frames
+                    .into_iter()
+                    .map(|(_, f)| Ok::<_, std::io::Error>(Bytes::from(f))),
+            )
+            .chain(futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("connection reset"))
+            }));
+            return HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(stream);
         }
         frames.push((0, chunk(&model, json!({}), json!("stop"), include_usage)));
         if include_usage {
@@ -144,7 +195,9 @@ async fn chat(state: web::Data<Arc<Mutex<MockState>>>, req: HttpRequest, body: w
             }
             Some((Ok::<_, std::io::Error>(Bytes::from(frame)), frames))
         });
-        return HttpResponse::Ok().content_type("text/event-stream").streaming(stream);
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(stream);
     }
     let mut answer = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,

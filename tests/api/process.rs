@@ -20,7 +20,11 @@ pub struct HubProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl HubEnv {
@@ -50,8 +54,12 @@ impl HubEnv {
     /// Starts `aigne-hub serve` and waits until it answers.
     pub async fn start(&self) -> HubProcess {
         let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let child = self
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut child = self
             .command()
             .arg("serve")
             .env("AIGNE_HUB_LISTEN", format!("127.0.0.1:{port}"))
@@ -63,12 +71,22 @@ impl HubEnv {
         let address = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if client.get(format!("{address}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            if client
+                .get(format!("{address}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
                 return HubProcess { child, address };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the hub did not start; log:\n{}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the hub did not start; log:\n{}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        );
     }
 }
 
@@ -79,11 +97,21 @@ impl HubProcess {
     }
 
     pub fn terminate(&mut self) {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         self.child.wait().unwrap();
     }
 
-    pub async fn admin(&self, env: &HubEnv, method: reqwest::Method, path: &str, body: Value) -> Value {
+    pub async fn admin(
+        &self,
+        env: &HubEnv,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Value {
         let response = reqwest::Client::new()
             .request(method, format!("{}{path}", self.address))
             .bearer_auth(&env.operator_token)
@@ -91,27 +119,60 @@ impl HubProcess {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
     /// Provider `mock` at `base_url`, priced models, one tenant with a member key.
-    pub async fn setup(&self, env: &HubEnv, base_url: &str, models: &[&str], credits: &str) -> (String, String) {
+    pub async fn setup(
+        &self,
+        env: &HubEnv,
+        base_url: &str,
+        models: &[&str],
+        credits: &str,
+    ) -> (String, String) {
         use reqwest::Method;
         self.admin(env, Method::POST, "/admin/v1/providers", json!({"name": "mock", "kind": "openai", "base_url": base_url, "api_key": MOCK_API_KEY}))
             .await;
         for model in models {
-            self.admin(env, Method::PUT, &format!("/admin/v1/prices/mock/{model}"), json!({"input_per_mtok": "1", "output_per_mtok": "2"})).await;
+            self.admin(
+                env,
+                Method::PUT,
+                &format!("/admin/v1/prices/mock/{model}"),
+                json!({"input_per_mtok": "1", "output_per_mtok": "2"}),
+            )
+            .await;
         }
-        let tenant = self.admin(env, Method::POST, "/admin/v1/tenants", json!({"name": "t", "initial_credits": credits})).await;
+        let tenant = self
+            .admin(
+                env,
+                Method::POST,
+                "/admin/v1/tenants",
+                json!({"name": "t", "initial_credits": credits}),
+            )
+            .await;
         let tenant = tenant["tenant_id"].as_str().unwrap().to_string();
-        let key = self.admin(env, Method::POST, &format!("/admin/v1/tenants/{tenant}/keys"), json!({"name": "k", "role": "member"})).await;
+        let key = self
+            .admin(
+                env,
+                Method::POST,
+                &format!("/admin/v1/tenants/{tenant}/keys"),
+                json!({"name": "k", "role": "member"}),
+            )
+            .await;
         (tenant, key["key"].as_str().unwrap().to_string())
     }
 
     pub async fn balance(&self, env: &HubEnv, tenant: &str) -> Value {
         let response = reqwest::Client::new()
-            .get(format!("{}/admin/v1/tenants/{tenant}/balance", self.address))
+            .get(format!(
+                "{}/admin/v1/tenants/{tenant}/balance",
+                self.address
+            ))
             .bearer_auth(&env.operator_token)
             .send()
             .await

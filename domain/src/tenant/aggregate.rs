@@ -23,7 +23,10 @@ pub enum TenantError {
     #[error("tenant already exists")]
     TenantAlreadyExists,
     #[error("{field} must be 1 to {max_chars} characters")]
-    InvalidLabel { field: &'static str, max_chars: usize },
+    InvalidLabel {
+        field: &'static str,
+        max_chars: usize,
+    },
     #[error("invalid or revoked API key")]
     Unauthenticated,
     #[error("this API key's role ({role}) may not do that")]
@@ -119,11 +122,21 @@ impl Tenant {
     }
 
     /// Finds the live key with this hash and checks that its role allows `permission`.
-    pub fn authorize(&self, key_id: KeyId, key_hash: &KeyHash, permission: Permission) -> Result<Role, TenantError> {
-        let key = self.keys.get(&key_id).filter(|k| !k.revoked && &k.key_hash == key_hash);
+    pub fn authorize(
+        &self,
+        key_id: KeyId,
+        key_hash: &KeyHash,
+        permission: Permission,
+    ) -> Result<Role, TenantError> {
+        let key = self
+            .keys
+            .get(&key_id)
+            .filter(|k| !k.revoked && &k.key_hash == key_hash);
         let key = key.ok_or(TenantError::Unauthenticated)?;
         if !key.role.allows(permission) {
-            return Err(TenantError::PermissionDenied { role: key.role.as_str() });
+            return Err(TenantError::PermissionDenied {
+                role: key.role.as_str(),
+            });
         }
         Ok(key.role)
     }
@@ -135,12 +148,21 @@ impl Tenant {
             return Err(TenantError::TenantNotFound);
         }
         match command {
-            TenantCommand::CreateTenant { tenant_id, name, initial_credits, at } => {
+            TenantCommand::CreateTenant {
+                tenant_id,
+                name,
+                initial_credits,
+                at,
+            } => {
                 if self.exists() {
                     return Err(TenantError::TenantAlreadyExists);
                 }
                 check_label("name", &name, NAME_MAX_CHARS)?;
-                let mut events = vec![TenantEvent::TenantCreated { tenant_id, name, at }];
+                let mut events = vec![TenantEvent::TenantCreated {
+                    tenant_id,
+                    name,
+                    at,
+                }];
                 if initial_credits > Credits::ZERO {
                     events.push(TenantEvent::CreditsGranted {
                         amount_pico: initial_credits,
@@ -151,19 +173,36 @@ impl Tenant {
                 }
                 Ok(events)
             }
-            TenantCommand::IssueApiKey { key_id, name, role, key_hash, at } => {
+            TenantCommand::IssueApiKey {
+                key_id,
+                name,
+                role,
+                key_hash,
+                at,
+            } => {
                 check_label("name", &name, NAME_MAX_CHARS)?;
                 if self.keys.contains_key(&key_id) {
                     return Err(TenantError::KeyAlreadyExists(key_id));
                 }
-                Ok(vec![TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, at }])
+                Ok(vec![TenantEvent::ApiKeyIssued {
+                    key_id,
+                    name,
+                    role,
+                    key_hash,
+                    at,
+                }])
             }
             TenantCommand::RevokeApiKey { key_id, at } => match self.keys.get(&key_id) {
                 None => Err(TenantError::UnknownKey(key_id)),
                 Some(key) if key.revoked => Ok(vec![]),
                 Some(_) => Ok(vec![TenantEvent::ApiKeyRevoked { key_id, at }]),
             },
-            TenantCommand::GrantCredits { amount, idempotency_key, reason, at } => {
+            TenantCommand::GrantCredits {
+                amount,
+                idempotency_key,
+                reason,
+                at,
+            } => {
                 check_label("idempotency_key", &idempotency_key, LABEL_MAX_CHARS)?;
                 check_label("reason", &reason, LABEL_MAX_CHARS)?;
                 if let Some(previous) = self.grants.get(&idempotency_key) {
@@ -172,7 +211,12 @@ impl Tenant {
                     }
                     return Err(TenantError::IdempotencyKeyReused(idempotency_key));
                 }
-                Ok(vec![TenantEvent::CreditsGranted { amount_pico: amount, idempotency_key, reason, at }])
+                Ok(vec![TenantEvent::CreditsGranted {
+                    amount_pico: amount,
+                    idempotency_key,
+                    reason,
+                    at,
+                }])
             }
             TenantCommand::ReserveCredits {
                 request_id,
@@ -210,9 +254,19 @@ impl Tenant {
                     at,
                 }])
             }
-            TenantCommand::SettleUsage { request_id, provider, usage, upstream_latency_ms, at } => {
-                let hold = self.holds.get(&request_id).ok_or(TenantError::UnknownHold(request_id))?;
-                let cost = hold.input_rate.cost_of(usage.input_tokens) + hold.output_rate.cost_of(usage.output_tokens);
+            TenantCommand::SettleUsage {
+                request_id,
+                provider,
+                usage,
+                upstream_latency_ms,
+                at,
+            } => {
+                let hold = self
+                    .holds
+                    .get(&request_id)
+                    .ok_or(TenantError::UnknownHold(request_id))?;
+                let cost = hold.input_rate.cost_of(usage.input_tokens)
+                    + hold.output_rate.cost_of(usage.output_tokens);
                 let overshoot = (cost - hold.amount).max(Credits::ZERO);
                 Ok(vec![TenantEvent::UsageSettled {
                     request_id,
@@ -229,9 +283,21 @@ impl Tenant {
                     at,
                 }])
             }
-            TenantCommand::ReleaseHold { request_id, reason, at } => {
-                let hold = self.holds.get(&request_id).ok_or(TenantError::UnknownHold(request_id))?;
-                Ok(vec![TenantEvent::HoldReleased { request_id, hold_pico: hold.amount, reason, at }])
+            TenantCommand::ReleaseHold {
+                request_id,
+                reason,
+                at,
+            } => {
+                let hold = self
+                    .holds
+                    .get(&request_id)
+                    .ok_or(TenantError::UnknownHold(request_id))?;
+                Ok(vec![TenantEvent::HoldReleased {
+                    request_id,
+                    hold_pico: hold.amount,
+                    reason,
+                    at,
+                }])
             }
             TenantCommand::ReleaseAbandonedHolds { live_instances, at } => Ok(self
                 .holds
@@ -258,21 +324,49 @@ impl Tenant {
     /// Applies one event. Cannot fail: events are facts.
     pub fn apply_event(&mut self, event: TenantEvent) {
         match event {
-            TenantEvent::TenantCreated { tenant_id, name, .. } => {
+            TenantEvent::TenantCreated {
+                tenant_id, name, ..
+            } => {
                 self.tenant_id = Some(tenant_id);
                 self.name = name;
             }
-            TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, .. } => {
-                self.keys.insert(key_id, KeyRecord { name, role, key_hash, revoked: false });
+            TenantEvent::ApiKeyIssued {
+                key_id,
+                name,
+                role,
+                key_hash,
+                ..
+            } => {
+                self.keys.insert(
+                    key_id,
+                    KeyRecord {
+                        name,
+                        role,
+                        key_hash,
+                        revoked: false,
+                    },
+                );
             }
             TenantEvent::ApiKeyRevoked { key_id, .. } => {
                 if let Some(key) = self.keys.get_mut(&key_id) {
                     key.revoked = true;
                 }
             }
-            TenantEvent::CreditsGranted { amount_pico, idempotency_key, reason, at } => {
+            TenantEvent::CreditsGranted {
+                amount_pico,
+                idempotency_key,
+                reason,
+                at,
+            } => {
                 self.granted = self.granted + amount_pico;
-                self.grants.insert(idempotency_key, GrantRecord { amount: amount_pico, reason, at });
+                self.grants.insert(
+                    idempotency_key,
+                    GrantRecord {
+                        amount: amount_pico,
+                        reason,
+                        at,
+                    },
+                );
             }
             TenantEvent::CreditsReserved {
                 request_id,
@@ -301,17 +395,29 @@ impl Tenant {
                     },
                 );
             }
-            TenantEvent::UsageSettled { request_id, cost_pico, hold_pico, .. } => {
+            TenantEvent::UsageSettled {
+                request_id,
+                cost_pico,
+                hold_pico,
+                ..
+            } => {
                 self.holds.remove(&request_id);
                 self.held = self.held - hold_pico;
                 self.spent = self.spent + cost_pico;
             }
-            TenantEvent::HoldReleased { request_id, hold_pico, .. } => {
+            TenantEvent::HoldReleased {
+                request_id,
+                hold_pico,
+                ..
+            } => {
                 self.holds.remove(&request_id);
                 self.held = self.held - hold_pico;
             }
         }
-        debug_assert!(self.held >= Credits::ZERO, "held credit can never be negative");
+        debug_assert!(
+            self.held >= Credits::ZERO,
+            "held credit can never be negative"
+        );
     }
 }
 
@@ -322,7 +428,12 @@ impl Aggregate for Tenant {
     type Error = TenantError;
     type Services = ();
 
-    async fn handle(&mut self, command: Self::Command, _services: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
         for event in self.decide(command)? {
             sink.write(event, self).await;
         }

@@ -42,10 +42,19 @@ fn price() -> ModelPrice {
 }
 
 fn created() -> TenantEvent {
-    TenantEvent::TenantCreated { tenant_id: tenant_id(), name: "acme".into(), at: at(0) }
+    TenantEvent::TenantCreated {
+        tenant_id: tenant_id(),
+        name: "acme".into(),
+        at: at(0),
+    }
 }
 fn granted(amount: &str, key: &str) -> TenantEvent {
-    TenantEvent::CreditsGranted { amount_pico: credits(amount), idempotency_key: key.into(), reason: "top-up".into(), at: at(1) }
+    TenantEvent::CreditsGranted {
+        amount_pico: credits(amount),
+        idempotency_key: key.into(),
+        reason: "top-up".into(),
+        at: at(1),
+    }
 }
 fn key_issued() -> TenantEvent {
     TenantEvent::ApiKeyIssued {
@@ -56,7 +65,12 @@ fn key_issued() -> TenantEvent {
         at: at(1),
     }
 }
-fn reserve_cmd(n: u128, prompt_bytes: u64, max_tokens: Option<u32>, instance_n: u128) -> TenantCommand {
+fn reserve_cmd(
+    n: u128,
+    prompt_bytes: u64,
+    max_tokens: Option<u32>,
+    instance_n: u128,
+) -> TenantCommand {
     TenantCommand::ReserveCredits {
         request_id: request(n),
         key_id: key_id(),
@@ -91,7 +105,12 @@ fn reserved(n: u128, prompt_bytes: u64, max_tokens: Option<u32>) -> TenantEvent 
 fn create_tenant_with_initial_credits_grants_them() {
     TenantTest::with(())
         .given_no_previous_events()
-        .when(TenantCommand::CreateTenant { tenant_id: tenant_id(), name: "acme".into(), initial_credits: credits("5"), at: at(0) })
+        .when(TenantCommand::CreateTenant {
+            tenant_id: tenant_id(),
+            name: "acme".into(),
+            initial_credits: credits("5"),
+            at: at(0),
+        })
         .then_expect_events(vec![
             created(),
             TenantEvent::CreditsGranted {
@@ -107,7 +126,12 @@ fn create_tenant_with_initial_credits_grants_them() {
 fn create_tenant_twice_is_refused() {
     TenantTest::with(())
         .given(vec![created()])
-        .when(TenantCommand::CreateTenant { tenant_id: tenant_id(), name: "acme".into(), initial_credits: Credits::ZERO, at: at(0) })
+        .when(TenantCommand::CreateTenant {
+            tenant_id: tenant_id(),
+            name: "acme".into(),
+            initial_credits: Credits::ZERO,
+            at: at(0),
+        })
         .then_expect_error(TenantError::TenantAlreadyExists);
 }
 
@@ -115,7 +139,12 @@ fn create_tenant_twice_is_refused() {
 fn commands_on_a_missing_tenant_are_refused() {
     TenantTest::with(())
         .given_no_previous_events()
-        .when(TenantCommand::GrantCredits { amount: credits("1"), idempotency_key: "g".into(), reason: "r".into(), at: at(0) })
+        .when(TenantCommand::GrantCredits {
+            amount: credits("1"),
+            idempotency_key: "g".into(),
+            reason: "r".into(),
+            at: at(0),
+        })
         .then_expect_error(TenantError::TenantNotFound);
 }
 
@@ -123,8 +152,16 @@ fn commands_on_a_missing_tenant_are_refused() {
 fn empty_tenant_name_is_refused() {
     TenantTest::with(())
         .given_no_previous_events()
-        .when(TenantCommand::CreateTenant { tenant_id: tenant_id(), name: "".into(), initial_credits: Credits::ZERO, at: at(0) })
-        .then_expect_error(TenantError::InvalidLabel { field: "name", max_chars: 200 });
+        .when(TenantCommand::CreateTenant {
+            tenant_id: tenant_id(),
+            name: "".into(),
+            initial_credits: Credits::ZERO,
+            at: at(0),
+        })
+        .then_expect_error(TenantError::InvalidLabel {
+            field: "name",
+            max_chars: 200,
+        });
 }
 
 #[test]
@@ -144,8 +181,18 @@ fn issue_key_stores_only_its_hash() {
 #[test]
 fn revoke_key_twice_is_a_no_op() {
     TenantTest::with(())
-        .given(vec![created(), key_issued(), TenantEvent::ApiKeyRevoked { key_id: key_id(), at: at(2) }])
-        .when(TenantCommand::RevokeApiKey { key_id: key_id(), at: at(3) })
+        .given(vec![
+            created(),
+            key_issued(),
+            TenantEvent::ApiKeyRevoked {
+                key_id: key_id(),
+                at: at(2),
+            },
+        ])
+        .when(TenantCommand::RevokeApiKey {
+            key_id: key_id(),
+            at: at(3),
+        })
         .then_expect_events(vec![]);
 }
 
@@ -153,7 +200,10 @@ fn revoke_key_twice_is_a_no_op() {
 fn revoke_unknown_key_is_refused() {
     TenantTest::with(())
         .given(vec![created()])
-        .when(TenantCommand::RevokeApiKey { key_id: key_id(), at: at(3) })
+        .when(TenantCommand::RevokeApiKey {
+            key_id: key_id(),
+            at: at(3),
+        })
         .then_expect_error(TenantError::UnknownKey(key_id()));
 }
 
@@ -164,24 +214,42 @@ fn revoked_key_no_longer_authorizes() {
         tenant.apply_event(e);
     }
     let hash = KeyHash::of_secret("secret");
-    assert_eq!(tenant.authorize(key_id(), &hash, Permission::CallModels), Ok(Role::Member));
+    assert_eq!(
+        tenant.authorize(key_id(), &hash, Permission::CallModels),
+        Ok(Role::Member)
+    );
     assert_eq!(
         tenant.authorize(key_id(), &hash, Permission::ReadBilling),
         Err(TenantError::PermissionDenied { role: "member" })
     );
     assert_eq!(
-        tenant.authorize(key_id(), &KeyHash::of_secret("wrong"), Permission::CallModels),
+        tenant.authorize(
+            key_id(),
+            &KeyHash::of_secret("wrong"),
+            Permission::CallModels
+        ),
         Err(TenantError::Unauthenticated)
     );
-    tenant.apply_event(TenantEvent::ApiKeyRevoked { key_id: key_id(), at: at(2) });
-    assert_eq!(tenant.authorize(key_id(), &hash, Permission::CallModels), Err(TenantError::Unauthenticated));
+    tenant.apply_event(TenantEvent::ApiKeyRevoked {
+        key_id: key_id(),
+        at: at(2),
+    });
+    assert_eq!(
+        tenant.authorize(key_id(), &hash, Permission::CallModels),
+        Err(TenantError::Unauthenticated)
+    );
 }
 
 #[test]
 fn grant_adds_credit() {
     TenantTest::with(())
         .given(vec![created()])
-        .when(TenantCommand::GrantCredits { amount: credits("10"), idempotency_key: "g1".into(), reason: "top-up".into(), at: at(1) })
+        .when(TenantCommand::GrantCredits {
+            amount: credits("10"),
+            idempotency_key: "g1".into(),
+            reason: "top-up".into(),
+            at: at(1),
+        })
         .then_expect_events(vec![granted("10", "g1")]);
 }
 
@@ -189,7 +257,12 @@ fn grant_adds_credit() {
 fn repeated_grant_with_same_body_is_a_no_op() {
     TenantTest::with(())
         .given(vec![created(), granted("10", "g1")])
-        .when(TenantCommand::GrantCredits { amount: credits("10"), idempotency_key: "g1".into(), reason: "top-up".into(), at: at(9) })
+        .when(TenantCommand::GrantCredits {
+            amount: credits("10"),
+            idempotency_key: "g1".into(),
+            reason: "top-up".into(),
+            at: at(9),
+        })
         .then_expect_events(vec![]);
 }
 
@@ -197,7 +270,12 @@ fn repeated_grant_with_same_body_is_a_no_op() {
 fn repeated_grant_with_different_body_is_refused() {
     TenantTest::with(())
         .given(vec![created(), granted("10", "g1")])
-        .when(TenantCommand::GrantCredits { amount: credits("11"), idempotency_key: "g1".into(), reason: "top-up".into(), at: at(9) })
+        .when(TenantCommand::GrantCredits {
+            amount: credits("11"),
+            idempotency_key: "g1".into(),
+            reason: "top-up".into(),
+            at: at(9),
+        })
         .then_expect_error(TenantError::IdempotencyKeyReused("g1".into()));
 }
 
@@ -213,23 +291,43 @@ fn reserve_places_a_hold_of_prompt_bytes_and_output_cap() {
 fn reserve_without_enough_credit_is_refused() {
     // Hold = (36 + 64) bytes * 1 pico-credit/byte*1e6 + 100 tokens * 2e6 = 300_000_000 pico.
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("0.000299999999", "g1")])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("0.000299999999", "g1"),
+        ])
         .when(reserve_cmd(1, 36, None, 0))
-        .then_expect_error(TenantError::InsufficientCredits { available: "0.000299999999".into(), required: "0.0003".into() });
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0.000299999999".into(),
+            required: "0.0003".into(),
+        });
 }
 
 #[test]
 fn reserve_counts_other_open_holds() {
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("0.0005", "g1"), reserved(1, 36, None)])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("0.0005", "g1"),
+            reserved(1, 36, None),
+        ])
         .when(reserve_cmd(2, 36, None, 0))
-        .then_expect_error(TenantError::InsufficientCredits { available: "0.0002".into(), required: "0.0003".into() });
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0.0002".into(),
+            required: "0.0003".into(),
+        });
 }
 
 #[test]
 fn reserve_same_request_twice_is_refused() {
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, None)])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
         .when(reserve_cmd(1, 36, None, 0))
         .then_expect_error(TenantError::HoldAlreadyExists(request(1)));
 }
@@ -238,7 +336,11 @@ fn settle_cmd(n: u128, input: u64, output: u64) -> TenantCommand {
     TenantCommand::SettleUsage {
         request_id: request(n),
         provider: "openai".into(),
-        usage: Usage { input_tokens: input, output_tokens: output, ..Usage::default() },
+        usage: Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        },
         upstream_latency_ms: 12,
         at: at(3),
     }
@@ -252,7 +354,11 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
         key_id: key_id(),
         provider: "openai".into(),
         model: model(),
-        usage: Usage { input_tokens: input, output_tokens: output, ..Usage::default() },
+        usage: Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        },
         input_rate_pico_per_token: p.input_rate,
         output_rate_pico_per_token: p.output_rate,
         cost_pico: cost,
@@ -267,11 +373,22 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
 fn settle_charges_actual_usage_and_releases_the_rest() {
     let hold = price().hold_for(36, None);
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, None)])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
         .when(settle_cmd(1, 9, 20))
         .then_expect_events(vec![settled(1, 9, 20, hold)]);
     let mut tenant = Tenant::default();
-    for e in [created(), key_issued(), granted("1", "g1"), reserved(1, 36, None), settled(1, 9, 20, hold)] {
+    for e in [
+        created(),
+        key_issued(),
+        granted("1", "g1"),
+        reserved(1, 36, None),
+        settled(1, 9, 20, hold),
+    ] {
         tenant.apply_event(e);
     }
     let b = tenant.balance();
@@ -284,12 +401,22 @@ fn settle_charges_actual_usage_and_releases_the_rest() {
 fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
     let hold = price().hold_for(36, Some(10));
     let result = TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, Some(10))])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, Some(10)),
+        ])
         .when(settle_cmd(1, 9, 500))
         .inspect_result()
         .unwrap();
     match &result[..] {
-        [TenantEvent::UsageSettled { cost_pico, overshoot_pico, hold_pico, .. }] => {
+        [TenantEvent::UsageSettled {
+            cost_pico,
+            overshoot_pico,
+            hold_pico,
+            ..
+        }] => {
             assert_eq!(*hold_pico, hold);
             assert_eq!(cost_pico.pico(), 9 * 1_000_000 + 500 * 2_000_000);
             assert_eq!(*overshoot_pico, *cost_pico - hold);
@@ -303,7 +430,13 @@ fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
 fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
     let hold = price().hold_for(36, None);
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, None), settled(1, 9, 20, hold)])
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+            settled(1, 9, 20, hold),
+        ])
         .when(settle_cmd(1, 9, 20))
         .then_expect_error(TenantError::UnknownHold(request(1)));
 }
@@ -312,8 +445,17 @@ fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
 fn failed_request_costs_nothing() {
     let hold = price().hold_for(36, None);
     TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, None)])
-        .when(TenantCommand::ReleaseHold { request_id: request(1), reason: "upstream returned 503".into(), at: at(3) })
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
+        .when(TenantCommand::ReleaseHold {
+            request_id: request(1),
+            reason: "upstream returned 503".into(),
+            at: at(3),
+        })
         .then_expect_events(vec![TenantEvent::HoldReleased {
             request_id: request(1),
             hold_pico: hold,
@@ -326,7 +468,12 @@ fn failed_request_costs_nothing() {
 fn holds_of_dead_processes_and_expired_holds_are_released() {
     let hold = price().hold_for(36, None);
     let mut expired = reserved(3, 36, None);
-    if let TenantEvent::CreditsReserved { expires_at, request_id, .. } = &mut expired {
+    if let TenantEvent::CreditsReserved {
+        expires_at,
+        request_id,
+        ..
+    } = &mut expired
+    {
         *expires_at = at(5);
         *request_id = request(3);
     }
@@ -335,21 +482,42 @@ fn holds_of_dead_processes_and_expired_holds_are_released() {
         *instance_id = instance(7);
     }
     let result = TenantTest::with(())
-        .given(vec![created(), key_issued(), granted("1", "g1"), reserved(1, 36, None), other_instance, expired])
-        .when(TenantCommand::ReleaseAbandonedHolds { live_instances: vec![instance(0)], at: at(10) })
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+            other_instance,
+            expired,
+        ])
+        .when(TenantCommand::ReleaseAbandonedHolds {
+            live_instances: vec![instance(0)],
+            at: at(10),
+        })
         .inspect_result()
         .unwrap();
     let released: Vec<_> = result
         .iter()
         .map(|e| match e {
-            TenantEvent::HoldReleased { request_id, hold_pico, reason, .. } => {
+            TenantEvent::HoldReleased {
+                request_id,
+                hold_pico,
+                reason,
+                ..
+            } => {
                 assert_eq!(*hold_pico, hold);
                 (*request_id, reason.split(':').next().unwrap().to_string())
             }
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(released, vec![(request(2), "abandoned".to_string()), (request(3), "expired".to_string())]);
+    assert_eq!(
+        released,
+        vec![
+            (request(2), "abandoned".to_string()),
+            (request(3), "expired".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -362,7 +530,12 @@ fn ledger_identity_holds_after_every_event() {
         reserved(1, 36, None),
         reserved(2, 36, None),
         settled(1, 9, 20, hold),
-        TenantEvent::HoldReleased { request_id: request(2), hold_pico: hold, reason: "x".into(), at: at(4) },
+        TenantEvent::HoldReleased {
+            request_id: request(2),
+            hold_pico: hold,
+            reason: "x".into(),
+            at: at(4),
+        },
     ];
     let mut tenant = Tenant::default();
     for e in events {
