@@ -37,8 +37,13 @@ struct ChatRequest {
     model: String,
     stream: bool,
     max_tokens: Option<u32>,
+    /// Choices requested (`n`): each may produce up to `max_tokens`.
+    choices: u32,
     client_wants_usage: bool,
 }
+
+/// Most choices one request may ask for (bounds the hold).
+pub const CHOICES_MAX: u64 = 128;
 
 fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
     let object = request
@@ -87,6 +92,15 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
             }
         }
     }
+    let choices = match object.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=CHOICES_MAX).contains(n))
+            .ok_or_else(|| {
+                HubError::BadRequest(format!("`n` must be an integer from 1 to {CHOICES_MAX}"))
+            })? as u32,
+    };
     let client_wants_usage = request
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
@@ -95,6 +109,7 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
         model: model.to_string(),
         stream,
         max_tokens,
+        choices,
         client_wants_usage,
     })
 }
@@ -180,7 +195,12 @@ pub async fn chat_completions(
         model: priced.model.clone(),
         price: priced.price,
         prompt_bytes,
-        max_tokens: chat.max_tokens,
+        // Every choice may produce up to max_tokens.
+        max_tokens: Some(
+            chat.max_tokens
+                .unwrap_or(priced.price.max_output_tokens)
+                .saturating_mul(chat.choices),
+        ),
         instance_id: hub.instance_id,
         expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
         at: Utc::now(),
