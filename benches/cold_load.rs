@@ -16,7 +16,8 @@ use chrono::Utc;
 use cqrs_es::DomainEvent;
 use domain::tenant::{KeyHash, TenantCommand, TenantEvent};
 use domain::{
-    Credits, InstanceId, KeyId, ModelId, ModelPrice, Rate, RequestId, Role, TenantId, Usage,
+    Capability, Credits, Ingress, InstanceId, KeyId, ModelId, ModelPrice, Rate, Rates, RequestId,
+    Role, TenantId, Usage,
 };
 use std::time::Instant;
 
@@ -54,8 +55,10 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
         &mut events,
     );
     let price = ModelPrice {
-        input_rate: Rate::from_pico_per_token(1_000_000),
-        output_rate: Rate::from_pico_per_token(2_000_000),
+        rates: Rates::flat(
+            Rate::from_pico_per_token(1_000_000),
+            Rate::from_pico_per_token(2_000_000),
+        ),
         max_output_tokens: 100,
     };
     let model = ModelId::parse("openai/gpt-4o-mini").unwrap();
@@ -67,7 +70,11 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
                 request_id,
                 key_id,
                 model: model.clone(),
+                capability: Capability::Chat,
+                ingress: Ingress::Openai,
+                app: None,
                 price,
+                price_version: 1,
                 prompt_bytes: 100,
                 max_tokens: None,
                 instance_id,

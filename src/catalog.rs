@@ -7,7 +7,7 @@
 use crate::crypto::{provider_binding, SecretBox};
 use crate::providers::{Provider, ProviderKind};
 use crate::store::{PriceRow, Store, StoreError};
-use domain::{ModelId, ModelPrice, Rate};
+use domain::{ModelId, ModelPrice, Rate, Rates};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -42,11 +42,20 @@ pub struct Catalog {
 
 fn price_from_row(row: &PriceRow) -> Option<PricedModel> {
     let rate = |s: &str| s.parse::<i128>().ok().map(Rate::from_pico_per_token);
+    let input = rate(&row.input_pico_per_token)?;
+    let cache_rate = |s: &Option<String>| match s {
+        None => Some(input),
+        Some(s) => rate(s),
+    };
     Some(PricedModel {
         model: ModelId::parse(&row.model).ok()?,
         price: ModelPrice {
-            input_rate: rate(&row.input_pico_per_token)?,
-            output_rate: rate(&row.output_pico_per_token)?,
+            rates: Rates {
+                input,
+                output: rate(&row.output_pico_per_token)?,
+                cache_read: cache_rate(&row.cache_read_pico_per_token)?,
+                cache_write: cache_rate(&row.cache_write_pico_per_token)?,
+            },
             max_output_tokens: u32::try_from(row.max_output_tokens).ok()?,
         },
         price_version: row.version,

@@ -130,6 +130,10 @@ enum PriceCmd {
         #[arg(long)]
         output: String,
         #[arg(long)]
+        cache_read: Option<String>,
+        #[arg(long)]
+        cache_write: Option<String>,
+        #[arg(long)]
         max_output_tokens: Option<u32>,
     },
 }
@@ -241,12 +245,22 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             model,
             input,
             output,
+            cache_read,
+            cache_write,
             max_output_tokens,
         }) => {
-            let version = hub
-                .set_price(&model, &input, &output, max_output_tokens)
-                .await?;
-            serde_json::json!({"model": model, "input_per_mtok": input, "output_per_mtok": output, "version": version})
+            let spec = crate::hub::PriceSpec {
+                input_per_mtok: input,
+                output_per_mtok: output,
+                cache_read_per_mtok: cache_read,
+                cache_write_per_mtok: cache_write,
+                max_output_tokens,
+            };
+            hub.set_price(&model, &spec).await?;
+            let priced = hub.catalog.snapshot().models.get(&model).cloned();
+            priced
+                .map(|p| crate::routes::models::price_json(&p))
+                .unwrap_or_default()
         }
         Command::Replay => {
             let report = crate::replay::replay_all(hub.store.as_ref()).await?;

@@ -21,7 +21,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
 use domain::tenant::TenantCommand;
-use domain::{Permission, RequestId, Usage};
+use domain::{Capability, Ingress, Permission, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -114,6 +114,26 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
     })
 }
 
+/// Longest calling-app label recorded.
+const CLIENT_APP_MAX_CHARS: usize = 200;
+
+/// The calling app, as AIGNE clients name themselves in `x-aigne-hub-client-did`.
+fn client_app(req: &HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
+        .get("x-aigne-hub-client-did")?
+        .to_str()
+        .ok()?
+        .trim();
+    (!value.is_empty()).then(|| {
+        value
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(CLIENT_APP_MAX_CHARS)
+            .collect()
+    })
+}
+
 /// Everything needed to settle or release one request's hold.
 #[derive(Clone)]
 struct Billing {
@@ -193,7 +213,11 @@ pub async fn chat_completions(
         request_id,
         key_id: key.key_id,
         model: priced.model.clone(),
+        capability: Capability::Chat,
+        ingress: Ingress::Openai,
+        app: client_app(&req),
         price: priced.price,
+        price_version: priced.price_version,
         prompt_bytes,
         // Every choice may produce up to max_tokens.
         max_tokens: Some(

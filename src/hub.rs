@@ -34,6 +34,19 @@ pub struct Hub {
     pub operator_token: String,
 }
 
+/// A price as the operator writes it: decimal strings in credits per million tokens.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    pub input_per_mtok: String,
+    pub output_per_mtok: String,
+    /// Defaults to the input rate.
+    pub cache_read_per_mtok: Option<String>,
+    /// Defaults to the input rate.
+    pub cache_write_per_mtok: Option<String>,
+    pub max_output_tokens: Option<u32>,
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -208,21 +221,24 @@ impl Hub {
         Ok(provider_id)
     }
 
-    /// Sets a model's price from decimal strings in credits per million tokens.
-    pub async fn set_price(
-        &self,
-        model: &str,
-        input_per_mtok: &str,
-        output_per_mtok: &str,
-        max_output_tokens: Option<u32>,
-    ) -> Result<i64, HubError> {
+    /// Sets a model's price; returns the new price version.
+    pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, HubError> {
         let model = ModelId::parse(model).map_err(|e| HubError::BadRequest(e.to_string()))?;
-        let input = Rate::parse_per_million(input_per_mtok)
-            .map_err(|e| HubError::BadRequest(format!("input_per_mtok: {e}")))?;
-        let output = Rate::parse_per_million(output_per_mtok)
-            .map_err(|e| HubError::BadRequest(format!("output_per_mtok: {e}")))?;
-        let max_output_tokens =
-            max_output_tokens.unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
+        let rate = |field: &str, raw: &str| {
+            Rate::parse_per_million(raw).map_err(|e| HubError::BadRequest(format!("{field}: {e}")))
+        };
+        let input = rate("input_per_mtok", &spec.input_per_mtok)?;
+        let output = rate("output_per_mtok", &spec.output_per_mtok)?;
+        let optional = |field: &str, raw: &Option<String>| -> Result<Option<String>, HubError> {
+            raw.as_deref()
+                .map(|r| rate(field, r).map(|r| r.pico_per_token().to_string()))
+                .transpose()
+        };
+        let cache_read = optional("cache_read_per_mtok", &spec.cache_read_per_mtok)?;
+        let cache_write = optional("cache_write_per_mtok", &spec.cache_write_per_mtok)?;
+        let max_output_tokens = spec
+            .max_output_tokens
+            .unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
         if max_output_tokens == 0 || max_output_tokens > MAX_OUTPUT_TOKENS_LIMIT {
             return Err(HubError::BadRequest(format!(
                 "max_output_tokens must be 1 to {MAX_OUTPUT_TOKENS_LIMIT}"
@@ -232,6 +248,8 @@ impl Hub {
             model: model.to_string(),
             input_pico_per_token: input.pico_per_token().to_string(),
             output_pico_per_token: output.pico_per_token().to_string(),
+            cache_read_pico_per_token: cache_read,
+            cache_write_pico_per_token: cache_write,
             max_output_tokens: max_output_tokens as i64,
             version: 0,
             updated_at: Utc::now().to_rfc3339(),

@@ -14,5 +14,5 @@ pub mod tenant;
 
 pub use ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 pub use money::{Credits, MoneyError, Rate};
-pub use pricing::{ModelPrice, Usage};
+pub use pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
 pub use roles::{Permission, Role};

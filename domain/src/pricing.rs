@@ -18,45 +18,83 @@ pub const PROMPT_OVERHEAD_BYTES: u64 = 64;
 /// upstream never reported usage, e.g. the client left mid-stream).
 pub const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
 
-/// What one model costs, per token.
+/// What each kind of token costs, per token. Recorded in every reservation and
+/// settlement, so a charge never depends on a price table that may change later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
+    #[serde(rename = "input_pico_per_token")]
+    pub input: Rate,
+    #[serde(rename = "output_pico_per_token")]
+    pub output: Rate,
+    /// Prompt tokens read from the provider's cache.
+    #[serde(rename = "cache_read_pico_per_token")]
+    pub cache_read: Rate,
+    /// Prompt tokens written to the provider's cache.
+    #[serde(rename = "cache_write_pico_per_token")]
+    pub cache_write: Rate,
+}
+
+impl Rates {
+    /// Rates where cache reads and writes cost the same as input.
+    pub fn flat(input: Rate, output: Rate) -> Self {
+        Rates {
+            input,
+            output,
+            cache_read: input,
+            cache_write: input,
+        }
+    }
+
+    /// The dearest rate any prompt token can be billed at.
+    pub fn max_prompt_rate(&self) -> Rate {
+        self.input.max(self.cache_read).max(self.cache_write)
+    }
+
+    /// The charge for reported usage: each kind of token at its own rate. Exact.
+    pub fn cost_of(&self, usage: &Usage) -> Credits {
+        self.input.cost_of(usage.input_tokens)
+            + self.cache_read.cost_of(usage.cache_read_tokens)
+            + self.cache_write.cost_of(usage.cache_write_tokens)
+            + self.output.cost_of(usage.output_tokens)
+    }
+}
+
+/// What one model costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {
-    pub input_rate: Rate,
-    pub output_rate: Rate,
+    pub rates: Rates,
     pub max_output_tokens: u32,
 }
 
 impl ModelPrice {
-    /// The hold for one request: every prompt byte priced as an input token (a token
-    /// is at least one byte) plus the most output the request may produce. A safe
-    /// upper bound, exact, so no rounding is needed.
+    /// The hold for one request: every prompt byte priced as a prompt token at the
+    /// dearest prompt rate (a token is at least one byte) plus the most output the
+    /// request may produce. A safe upper bound, exact, so no rounding is needed.
     pub fn hold_for(&self, prompt_bytes: u64, requested_max_tokens: Option<u32>) -> Credits {
         let output_tokens = requested_max_tokens.unwrap_or(self.max_output_tokens);
-        self.input_rate
+        self.rates
+            .max_prompt_rate()
             .cost_of(prompt_bytes + PROMPT_OVERHEAD_BYTES)
-            + self.output_rate.cost_of(output_tokens as u64)
-    }
-
-    /// The charge for reported usage. Cached input tokens are part of `input_tokens`
-    /// (OpenAI's convention) and priced at the input rate.
-    pub fn cost_of(&self, usage: &Usage) -> Credits {
-        self.input_rate.cost_of(usage.input_tokens) + self.output_rate.cost_of(usage.output_tokens)
+            + self.rates.output.cost_of(output_tokens as u64)
     }
 }
 
-/// Token usage of one request as the upstream reported it (or as estimated, flagged).
+/// Token usage of one request as the upstream reported it (or as estimated,
+/// flagged), normalized: the prompt is `input_tokens + cache_read_tokens +
+/// cache_write_tokens`, with no kind counted twice, whatever the provider's own
+/// convention (OpenAI counts cached tokens inside `prompt_tokens`; Anthropic does
+/// not).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Prompt tokens neither read from nor written to a cache.
     pub input_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// All generated tokens, reasoning included.
     pub output_tokens: u64,
-    /// Of `input_tokens`, how many were read from the provider's prompt cache.
-    #[serde(default)]
-    pub cached_input_tokens: u64,
-    /// Of `output_tokens`, how many were reasoning tokens.
-    #[serde(default)]
+    /// Of `output_tokens`, how many were reasoning ("thinking") tokens.
     pub reasoning_tokens: u64,
     /// True when the upstream never reported usage and these are estimates from text.
-    #[serde(default)]
     pub estimated: bool,
 }
 
@@ -71,6 +109,31 @@ impl Usage {
             ..Usage::default()
         }
     }
+
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+}
+
+/// What a request asks of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Chat,
+    Embeddings,
+    Images,
+}
+
+/// The wire protocol a request came in with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ingress {
+    /// OpenAI-compatible `/v1/...`.
+    Openai,
+    /// Anthropic Messages `/v1/messages`.
+    Anthropic,
+    /// AIGNE Hub's v2 protocol `/api/v2/...`.
+    AigneV2,
 }
 
 #[cfg(test)]
@@ -79,8 +142,10 @@ mod tests {
 
     fn price() -> ModelPrice {
         ModelPrice {
-            input_rate: Rate::parse_per_million("0.15").unwrap(),
-            output_rate: Rate::parse_per_million("0.6").unwrap(),
+            rates: Rates::flat(
+                Rate::parse_per_million("0.15").unwrap(),
+                Rate::parse_per_million("0.6").unwrap(),
+            ),
             max_output_tokens: 1000,
         }
     }
@@ -97,13 +162,30 @@ mod tests {
     }
 
     #[test]
-    fn cost_is_exact_product_of_usage_and_rates() {
+    fn hold_prices_prompt_bytes_at_the_dearest_prompt_rate() {
+        let mut p = price();
+        p.rates.cache_write = Rate::parse_per_million("0.3").unwrap();
+        assert_eq!(p.hold_for(36, Some(0)).pico(), 100 * 300_000);
+    }
+
+    #[test]
+    fn cost_prices_each_kind_of_token_at_its_own_rate() {
+        let rates = Rates {
+            input: Rate::from_pico_per_token(10),
+            output: Rate::from_pico_per_token(100),
+            cache_read: Rate::from_pico_per_token(1),
+            cache_write: Rate::from_pico_per_token(20),
+        };
         let usage = Usage {
             input_tokens: 12,
+            cache_read_tokens: 5,
+            cache_write_tokens: 3,
             output_tokens: 7,
-            ..Usage::default()
+            reasoning_tokens: 2,
+            estimated: false,
         };
-        assert_eq!(price().cost_of(&usage).pico(), 12 * 150_000 + 7 * 600_000);
+        assert_eq!(rates.cost_of(&usage).pico(), 12 * 10 + 5 + 3 * 20 + 7 * 100);
+        assert_eq!(usage.prompt_tokens(), 20);
     }
 
     #[test]

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS model_prices
     model                   text   PRIMARY KEY,
     input_pico_per_token    text   NOT NULL,
     output_pico_per_token   text   NOT NULL,
+    cache_read_pico_per_token  text,
+    cache_write_pico_per_token text,
     max_output_tokens       bigint NOT NULL,
     version                 bigint NOT NULL,
     updated_at              text   NOT NULL

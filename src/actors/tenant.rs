@@ -35,6 +35,8 @@ pub struct Auth {
     pub permission: Permission,
 }
 
+// Short-lived messages: boxing the command would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TenantOp {
     /// Decide a command (after checking `auth`, if any) and commit its events.

@@ -259,23 +259,53 @@ async fn send_one(
 
 #[derive(Default)]
 struct Recorder {
+    /// Latency of each successful request, microseconds (sorted by `Step::finish`).
     latencies_us: Vec<u64>,
+    /// (due or send time since the step's start, latency), microseconds, for the
+    /// per-second timeline.
+    samples: Vec<(u64, u64)>,
+    /// Open loop only: how late the load generator itself started each request
+    /// after its due time (its own scheduling delay, included in the latency).
+    lag_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
 }
 
 impl Recorder {
-    fn record(&mut self, latency: Duration, outcome: Result<(), String>) {
+    fn record(&mut self, at: Duration, lag: Option<Duration>, latency: Duration, outcome: Result<(), String>) {
+        if let Some(lag) = lag {
+            self.lag_us.push(lag.as_micros() as u64);
+        }
         match outcome {
-            Ok(()) => self.latencies_us.push(latency.as_micros() as u64),
+            Ok(()) => {
+                self.latencies_us.push(latency.as_micros() as u64);
+                self.samples.push((at.as_micros() as u64, latency.as_micros() as u64));
+            }
             Err(kind) => *self.errors.entry(kind).or_default() += 1,
         }
     }
 
     fn merge(&mut self, other: Recorder) {
         self.latencies_us.extend(other.latencies_us);
+        self.samples.extend(other.samples);
+        self.lag_us.extend(other.lag_us);
         for (k, n) in other.errors {
             *self.errors.entry(k).or_default() += n;
         }
+    }
+
+    /// p99 and max latency of the requests due in each second of the step.
+    fn timeline(&self) -> Vec<Value> {
+        let mut seconds: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &(at, latency) in &self.samples {
+            seconds.entry(at / 1_000_000).or_default().push(latency);
+        }
+        seconds
+            .into_iter()
+            .map(|(s, mut v)| {
+                v.sort_unstable();
+                json!({"s": s, "ok": v.len(), "p50_ms": round3(percentile(&v, 0.5)), "p99_ms": round3(percentile(&v, 0.99)), "max_ms": round3(percentile(&v, 1.0))})
+            })
+            .collect()
     }
 }
 
@@ -283,6 +313,8 @@ impl Recorder {
 #[derive(Clone, Copy, Default)]
 struct CpuSample {
     machine_busy: u64,
+    machine_iowait: u64,
+    machine_steal: u64,
     machine_total: u64,
     hub: Option<u64>,
     postgres: u64,
@@ -309,11 +341,12 @@ fn cpu_sample(hub_pid: Option<u32>) -> CpuSample {
                 .skip(1)
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            if v.len() >= 5 {
-                let total: u64 = v.iter().take(8).sum();
-                let idle = v[3] + v[4];
-                sample.machine_total = total;
-                sample.machine_busy = total - idle;
+            // user nice system idle iowait irq softirq steal
+            if v.len() >= 8 {
+                sample.machine_total = v.iter().take(8).sum();
+                sample.machine_busy = v[0] + v[1] + v[2] + v[5] + v[6];
+                sample.machine_iowait = v[4];
+                sample.machine_steal = v[7];
             }
         }
     }
@@ -346,15 +379,17 @@ fn cpu_usage(before: CpuSample, after: CpuSample, wall: Duration, cores: usize) 
     let secs = wall.as_secs_f64().max(1e-9);
     let pct = |ticks: u64| (ticks as f64 / USER_HZ / secs * 1000.0).round() / 10.0;
     let total = after.machine_total.saturating_sub(before.machine_total);
-    let machine = if total > 0 {
-        after.machine_busy.saturating_sub(before.machine_busy) as f64 / total as f64
-            * cores as f64
-            * 100.0
-    } else {
-        0.0
+    let share = |a: u64, b: u64| {
+        if total > 0 {
+            (a.saturating_sub(b) as f64 / total as f64 * cores as f64 * 1000.0).round() / 10.0
+        } else {
+            0.0
+        }
     };
     json!({
-        "machine_pct": (machine * 10.0).round() / 10.0,
+        "machine_pct": share(after.machine_busy, before.machine_busy),
+        "iowait_pct": share(after.machine_iowait, before.machine_iowait),
+        "steal_pct": share(after.machine_steal, before.machine_steal),
         "hub_pct": match (before.hub, after.hub) { (Some(b), Some(a)) => json!(pct(a.saturating_sub(b))), _ => Value::Null },
         "postgres_pct": pct(after.postgres.saturating_sub(before.postgres)),
         "bench_and_mock_pct": pct(after.bench.saturating_sub(before.bench)),
@@ -404,6 +439,10 @@ impl Step {
     }
     fn finish(&mut self) {
         self.recorder.latencies_us.sort_unstable();
+        self.recorder.lag_us.sort_unstable();
+    }
+    fn lag_p99(&self) -> f64 {
+        percentile(&self.recorder.lag_us, 0.99)
     }
     fn to_json(&self) -> Value {
         let n = self.recorder.latencies_us.len();
@@ -428,7 +467,12 @@ impl Step {
                 "p50": round3(self.p(0.50)), "p90": round3(self.p(0.90)), "p99": round3(self.p(0.99)),
                 "p999": round3(self.p(0.999)), "max": round3(self.p(1.0)), "mean": round3(mean),
             },
+            "dispatch_lag_ms": if self.recorder.lag_us.is_empty() { Value::Null } else { json!({
+                "p50": round3(percentile(&self.recorder.lag_us, 0.5)), "p99": round3(self.lag_p99()),
+                "max": round3(percentile(&self.recorder.lag_us, 1.0)),
+            }) },
             "cpu": self.cpu,
+            "per_second": self.recorder.timeline(),
         })
     }
 }
@@ -468,7 +512,7 @@ impl Runner {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let sent_at = Instant::now();
                     let outcome = send_one(&client, &target, i, timeout).await;
-                    recorder.record(sent_at.elapsed(), outcome);
+                    recorder.record(sent_at - start, None, sent_at.elapsed(), outcome);
                 }
                 recorder
             }));
@@ -530,12 +574,13 @@ impl Runner {
                 self.timeout,
             );
             tokio::spawn(async move {
+                let lag = due.elapsed();
                 let outcome = send_one(&client, &target, i, timeout).await;
                 let latency = due.elapsed();
                 recorder
                     .lock()
                     .expect("recorder lock")
-                    .record(latency, outcome);
+                    .record(due - start, Some(lag), latency, outcome);
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -571,7 +616,7 @@ impl Runner {
 
 fn print_header() {
     println!(
-        "{:<7} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6}  {}",
+        "{:<7} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>7}  {}",
         "side",
         "step",
         "achieved",
@@ -583,15 +628,17 @@ fn print_header() {
         "ok",
         "err",
         "drop",
-        "cpu % of a core: machine/hub/pg/bench"
+        "lag p99",
+        "cpu % of one core: busy/iowait/steal | hub/pg/bench+mock"
     );
 }
 
 fn print_row(side: &str, step: &Step) {
     let cpu = &step.cpu;
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
+    let lag = if step.recorder.lag_us.is_empty() { "-".to_string() } else { format!("{:.3}", step.lag_p99()) };
     println!(
-        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6}  {}/{}/{}/{}",
+        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6} {:>7}  {}/{}/{} | {}/{}/{}",
         side,
         step.label,
         step.achieved_rps(),
@@ -603,7 +650,10 @@ fn print_row(side: &str, step: &Step) {
         step.ok(),
         step.errors(),
         step.dropped,
+        lag,
         f(&cpu["machine_pct"]),
+        f(&cpu["iowait_pct"]),
+        f(&cpu["steal_pct"]),
         f(&cpu["hub_pct"]),
         f(&cpu["postgres_pct"]),
         f(&cpu["bench_and_mock_pct"]),

@@ -22,21 +22,17 @@ fn endpoint(provider: &Provider) -> String {
 
 /// Reads usage from an OpenAI `usage` object; `None` if absent or malformed.
 pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
-    let input_tokens = usage.get("prompt_tokens")?.as_u64()?;
+    let prompt_tokens = usage.get("prompt_tokens")?.as_u64()?;
     let output_tokens = usage.get("completion_tokens")?.as_u64()?;
-    let cached_input_tokens = usage
-        .pointer("/prompt_tokens_details/cached_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let reasoning_tokens = usage
-        .pointer("/completion_tokens_details/reasoning_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let detail = |path: &str| usage.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+    // OpenAI counts cached tokens inside prompt_tokens; the ledger keeps them apart.
+    let cache_read_tokens = detail("/prompt_tokens_details/cached_tokens").min(prompt_tokens);
     Some(Usage {
-        input_tokens,
+        input_tokens: prompt_tokens - cache_read_tokens,
+        cache_read_tokens,
+        cache_write_tokens: 0,
         output_tokens,
-        cached_input_tokens,
-        reasoning_tokens,
+        reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens"),
         estimated: false,
     })
 }
@@ -126,10 +122,10 @@ mod tests {
             (
                 u.input_tokens,
                 u.output_tokens,
-                u.cached_input_tokens,
+                u.cache_read_tokens,
                 u.reasoning_tokens
             ),
-            (20, 9, 5, 3)
+            (15, 9, 5, 3)
         );
         assert!(usage_from_openai(&json!({"prompt_tokens": 1})).is_none());
     }

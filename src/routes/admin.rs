@@ -5,7 +5,7 @@ use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::crypto::Secret;
 use crate::error::HubError;
-use crate::hub::Hub;
+use crate::hub::{Hub, PriceSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::{Credits, KeyId, Role};
 use serde::Deserialize;
@@ -166,14 +166,6 @@ pub async fn list_providers(
     Ok(HttpResponse::Ok().json(json!({"data": data})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetPrice {
-    input_per_mtok: String,
-    output_per_mtok: String,
-    max_output_tokens: Option<u32>,
-}
-
 pub async fn set_price(
     hub: web::Data<Hub>,
     req: HttpRequest,
@@ -182,15 +174,8 @@ pub async fn set_price(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let model = path.into_inner();
-    let body: SetPrice = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let version = hub
-        .set_price(
-            &model,
-            &body.input_per_mtok,
-            &body.output_per_mtok,
-            body.max_output_tokens,
-        )
-        .await?;
+    let spec: PriceSpec = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    hub.set_price(&model, &spec).await?;
     let priced = hub
         .catalog
         .snapshot()
@@ -198,11 +183,5 @@ pub async fn set_price(
         .get(&model)
         .cloned()
         .ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "model": model,
-        "input_per_mtok": priced.price.input_rate.to_per_million_string(),
-        "output_per_mtok": priced.price.output_rate.to_per_million_string(),
-        "max_output_tokens": priced.price.max_output_tokens,
-        "version": version,
-    })))
+    Ok(HttpResponse::Ok().json(super::models::price_json(&priced)))
 }

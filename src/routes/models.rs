@@ -2,6 +2,7 @@
 
 use crate::actors::TenantOp;
 use crate::auth::presented_key;
+use crate::catalog::PricedModel;
 use crate::error::HubError;
 use crate::hub::Hub;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,15 +36,24 @@ pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRe
                 "object": "model",
                 "created": 0,
                 "owned_by": m.model.provider(),
-                "pricing": {
-                    "input_per_mtok": m.price.input_rate.to_per_million_string(),
-                    "output_per_mtok": m.price.output_rate.to_per_million_string(),
-                    "max_output_tokens": m.price.max_output_tokens,
-                    "price_version": m.price_version,
-                    "unit": "credits per million tokens",
-                }
+                "pricing": price_json(m),
             })
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+}
+
+/// A model's price as the API shows it: credits per million tokens.
+pub fn price_json(m: &PricedModel) -> serde_json::Value {
+    let rates = &m.price.rates;
+    json!({
+        "model": m.model.as_str(),
+        "input_per_mtok": rates.input.to_per_million_string(),
+        "output_per_mtok": rates.output.to_per_million_string(),
+        "cache_read_per_mtok": rates.cache_read.to_per_million_string(),
+        "cache_write_per_mtok": rates.cache_write.to_per_million_string(),
+        "max_output_tokens": m.price.max_output_tokens,
+        "version": m.price_version,
+        "unit": "credits per million tokens",
+    })
 }

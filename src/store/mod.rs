@@ -104,6 +104,9 @@ pub struct PriceRow {
     pub model: String,
     pub input_pico_per_token: String,
     pub output_pico_per_token: String,
+    /// `None`: cache reads/writes cost the input rate.
+    pub cache_read_pico_per_token: Option<String>,
+    pub cache_write_pico_per_token: Option<String>,
     pub max_output_tokens: i64,
     pub version: i64,
     pub updated_at: String,

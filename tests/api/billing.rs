@@ -74,9 +74,13 @@ async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
         (
             settled[0].1.input_tokens,
             settled[0].1.output_tokens,
-            settled[0].1.cached_input_tokens
+            settled[0].1.cache_read_tokens
         ),
-        (PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_TOKENS)
+        (
+            PROMPT_TOKENS - CACHED_TOKENS,
+            COMPLETION_TOKENS,
+            CACHED_TOKENS
+        )
     );
     assert!(!settled[0].1.estimated);
     assert_eq!(settled[0].2, cost);

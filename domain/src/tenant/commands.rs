@@ -3,7 +3,7 @@
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
-use crate::pricing::{ModelPrice, Usage};
+use crate::pricing::{Capability, Ingress, ModelPrice, Usage};
 use crate::roles::Role;
 use crate::tenant::events::KeyHash;
 use chrono::{DateTime, Utc};
@@ -38,7 +38,12 @@ pub enum TenantCommand {
         request_id: RequestId,
         key_id: KeyId,
         model: ModelId,
+        capability: Capability,
+        ingress: Ingress,
+        /// The calling app (`x-aigne-hub-client-did`), if it said.
+        app: Option<String>,
         price: ModelPrice,
+        price_version: i64,
         prompt_bytes: u64,
         max_tokens: Option<u32>,
         instance_id: InstanceId,

@@ -2,8 +2,8 @@
 //! variant's shape in place; add a new version and an upcaster (see docs/events.md).
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
-use crate::money::{Credits, Rate};
-use crate::pricing::Usage;
+use crate::money::Credits;
+use crate::pricing::{Capability, Ingress, Rates, Usage};
 use crate::roles::Role;
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
@@ -57,9 +57,12 @@ pub enum TenantEvent {
         request_id: RequestId,
         key_id: KeyId,
         model: ModelId,
+        capability: Capability,
+        ingress: Ingress,
+        app: Option<String>,
+        price_version: i64,
+        rates: Rates,
         hold_pico: Credits,
-        input_rate_pico_per_token: Rate,
-        output_rate_pico_per_token: Rate,
         prompt_bytes: u64,
         max_output_tokens: u32,
         instance_id: InstanceId,
@@ -72,8 +75,8 @@ pub enum TenantEvent {
         provider: String,
         model: ModelId,
         usage: Usage,
-        input_rate_pico_per_token: Rate,
-        output_rate_pico_per_token: Rate,
+        price_version: i64,
+        rates: Rates,
         cost_pico: Credits,
         hold_pico: Credits,
         /// How far the charge exceeded the hold (the upstream ignored `max_tokens`).

@@ -3,7 +3,7 @@
 use super::*;
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::{Credits, Rate};
-use crate::pricing::{ModelPrice, Usage};
+use crate::pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::{Permission, Role};
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
@@ -35,8 +35,10 @@ fn credits(s: &str) -> Credits {
 /// 1 credit per million input tokens, 2 per million output tokens, 100 output tokens max.
 fn price() -> ModelPrice {
     ModelPrice {
-        input_rate: Rate::parse_per_million("1").unwrap(),
-        output_rate: Rate::parse_per_million("2").unwrap(),
+        rates: Rates::flat(
+            Rate::parse_per_million("1").unwrap(),
+            Rate::parse_per_million("2").unwrap(),
+        ),
         max_output_tokens: 100,
     }
 }
@@ -75,7 +77,11 @@ fn reserve_cmd(
         request_id: request(n),
         key_id: key_id(),
         model: model(),
+        capability: Capability::Chat,
+        ingress: Ingress::Openai,
+        app: Some("my-app".into()),
         price: price(),
+        price_version: 3,
         prompt_bytes,
         max_tokens,
         instance_id: instance(instance_n),
@@ -90,9 +96,12 @@ fn reserved(n: u128, prompt_bytes: u64, max_tokens: Option<u32>) -> TenantEvent 
         request_id: request(n),
         key_id: key_id(),
         model: model(),
+        capability: Capability::Chat,
+        ingress: Ingress::Openai,
+        app: Some("my-app".into()),
+        price_version: 3,
+        rates: p.rates,
         hold_pico: p.hold_for(prompt_bytes, max_tokens),
-        input_rate_pico_per_token: p.input_rate,
-        output_rate_pico_per_token: p.output_rate,
         prompt_bytes,
         max_output_tokens: max_tokens.unwrap_or(p.max_output_tokens),
         instance_id: instance(0),
@@ -348,7 +357,7 @@ fn settle_cmd(n: u128, input: u64, output: u64) -> TenantCommand {
 
 fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
     let p = price();
-    let cost = p.input_rate.cost_of(input) + p.output_rate.cost_of(output);
+    let cost = p.rates.input.cost_of(input) + p.rates.output.cost_of(output);
     TenantEvent::UsageSettled {
         request_id: request(n),
         key_id: key_id(),
@@ -359,8 +368,8 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
             output_tokens: output,
             ..Usage::default()
         },
-        input_rate_pico_per_token: p.input_rate,
-        output_rate_pico_per_token: p.output_rate,
+        price_version: 3,
+        rates: p.rates,
         cost_pico: cost,
         hold_pico: hold,
         overshoot_pico: (cost - hold).max(Credits::ZERO),
