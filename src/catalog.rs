@@ -5,7 +5,7 @@
 //! one immutable snapshot, so a price change never splits a request in two.
 
 use crate::crypto::{provider_binding, SecretBox};
-use crate::providers::{Provider, ProviderKind};
+use crate::providers::{Credential, Provider, ProviderKind};
 use crate::store::{PriceRow, Store, StoreError};
 use domain::{ModelId, ModelPrice, Rate, Rates};
 use std::collections::BTreeMap;
@@ -83,26 +83,28 @@ impl Catalog {
                 tracing::warn!(provider = %row.name, kind = %row.kind, "provider of an unknown kind skipped");
                 continue;
             };
-            match self.secrets.open(
+            let opened = self.secrets.open(
                 &row.secret_ciphertext,
                 &provider_binding(&row.provider_id, None),
-            ) {
-                Ok(api_key) => {
-                    data.providers.insert(
-                        row.name.clone(),
-                        Provider {
-                            provider_id: row.provider_id,
-                            name: row.name,
-                            kind,
-                            base_url: row.base_url,
-                            api_key,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(provider = %row.name, error = %e, "provider credential cannot be opened; provider skipped")
-                }
-            }
+            );
+            let credential = opened
+                .ok()
+                .and_then(|plain| serde_json::from_str::<Credential>(plain.expose()).ok());
+            let Some(credential) = credential else {
+                tracing::error!(provider = %row.name, "provider credential cannot be opened; provider skipped");
+                continue;
+            };
+            data.providers.insert(
+                row.name.clone(),
+                Provider {
+                    provider_id: row.provider_id,
+                    name: row.name,
+                    kind,
+                    base_url: row.base_url,
+                    region: row.region,
+                    credential,
+                },
+            );
         }
         for row in self.store.list_prices().await? {
             match price_from_row(&row) {

@@ -2,7 +2,6 @@
 //! printing JSON. Operations run in-process against the same store as the server.
 
 use crate::config::{self, Settings, TokenSource};
-use crate::crypto::Secret;
 use crate::startup::{build_hub, Application};
 use clap::{Args, Parser, Subcommand};
 use domain::{Credits, KeyId, Role, TenantId};
@@ -108,15 +107,24 @@ enum CreditsCmd {
 
 #[derive(Subcommand)]
 enum ProviderCmd {
-    /// Add a provider. The API key is read from AIGNE_HUB_PROVIDER_API_KEY or, if
-    /// unset, from standard input (never from the command line, where `ps` shows it).
+    /// Add a provider. The API key (Bedrock: the secret access key) is read from
+    /// AIGNE_HUB_PROVIDER_API_KEY or, if unset, from standard input (never from the
+    /// command line, where `ps` shows it).
     Add {
         #[arg(long)]
         name: String,
+        /// openai, anthropic, bedrock, gemini, deepseek, ollama, openrouter, xai, doubao or poe.
         #[arg(long)]
         kind: String,
+        /// Defaults to the kind's public endpoint.
         #[arg(long)]
-        base_url: String,
+        base_url: Option<String>,
+        /// Bedrock only.
+        #[arg(long)]
+        region: Option<String>,
+        /// Bedrock only.
+        #[arg(long)]
+        access_key_id: Option<String>,
     },
 }
 
@@ -225,8 +233,10 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             name,
             kind,
             base_url,
+            region,
+            access_key_id,
         }) => {
-            let api_key = match std::env::var("AIGNE_HUB_PROVIDER_API_KEY") {
+            let secret = match std::env::var("AIGNE_HUB_PROVIDER_API_KEY") {
                 Ok(key) if !key.is_empty() => key,
                 _ => {
                     let mut key = String::new();
@@ -236,10 +246,18 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                     key.trim().to_string()
                 }
             };
-            let provider_id = hub
-                .add_provider(name.clone(), &kind, base_url, Secret::new(api_key))
-                .await?;
-            serde_json::json!({"provider_id": provider_id, "name": name, "kind": kind})
+            let aws = kind == "bedrock";
+            let spec = crate::hub::ProviderSpec {
+                name,
+                kind,
+                base_url,
+                api_key: (!aws).then(|| secret.clone()),
+                region,
+                access_key_id,
+                secret_access_key: aws.then_some(secret),
+            };
+            let row = hub.add_provider(spec).await?;
+            serde_json::json!({"provider_id": row.provider_id, "name": row.name, "kind": row.kind, "base_url": row.base_url, "region": row.region})
         }
         Command::Price(PriceCmd::Set {
             model,

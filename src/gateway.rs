@@ -15,8 +15,9 @@ use crate::body::{parse_json, read_limited};
 use crate::catalog::PricedModel;
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::providers::sse::SseParser;
-use crate::providers::{openai, Provider, UpstreamError};
+use crate::providers::{
+    api_for, openai_usage_json, ChatStream, Provider, StreamItem, UpstreamCall, UpstreamError,
+};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
@@ -250,7 +251,7 @@ pub async fn chat_completions(
             prompt_bytes,
             started: Instant::now(),
         };
-        prepare_upstream_request(&mut request, &priced, chat.stream);
+        prepare_upstream_request(&mut request, &priced);
         if chat.stream {
             stream_chat(billing, provider, request, chat.client_wants_usage).await
         } else {
@@ -261,12 +262,12 @@ pub async fn chat_completions(
     .await
 }
 
-fn prepare_upstream_request(request: &mut Value, priced: &PricedModel, stream: bool) {
+fn prepare_upstream_request(request: &mut Value, priced: &PricedModel) {
     request["model"] = Value::String(priced.model.upstream_model().to_string());
-    if stream {
-        // Always ask for usage: billing settles from it. Stripped again below if the
-        // client did not ask.
-        request["stream_options"] = json!({"include_usage": true});
+    // The provider module decides how to ask for streamed usage; the client's own
+    // wish is remembered in `client_wants_usage`.
+    if let Some(object) = request.as_object_mut() {
+        object.remove("stream_options");
     }
 }
 
@@ -282,10 +283,14 @@ async fn json_chat(
     provider: Provider,
     request: Value,
 ) -> Result<HttpResponse, HubError> {
-    let outcome = match openai::chat(&billing.hub.upstream, &provider, &request).await {
+    let call = UpstreamCall {
+        http: &billing.hub.upstream,
+        provider: &provider,
+    };
+    let outcome = match api_for(provider.kind).chat(&call, &request).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            let e = e.redacted(&provider.api_key);
+            let e = e.redacted(&provider);
             billing.release(format!("upstream failed: {e}")).await;
             return Err(e.into());
         }
@@ -308,10 +313,14 @@ async fn stream_chat(
     request: Value,
     client_wants_usage: bool,
 ) -> Result<HttpResponse, HubError> {
-    let response = match openai::chat_stream(&billing.hub.upstream, &provider, &request).await {
-        Ok(response) => response,
+    let call = UpstreamCall {
+        http: &billing.hub.upstream,
+        provider: &provider,
+    };
+    let upstream = match api_for(provider.kind).chat_stream(&call, &request).await {
+        Ok(stream) => stream,
         Err(e) => {
-            let e = e.redacted(&provider.api_key);
+            let e = e.redacted(&provider);
             billing.release(format!("upstream failed: {e}")).await;
             return Err(e.into());
         }
@@ -321,7 +330,7 @@ async fn stream_chat(
     actix_web::rt::spawn(relay_stream(
         billing,
         provider,
-        response,
+        upstream,
         tx,
         client_wants_usage,
     ));
@@ -369,83 +378,53 @@ fn sse_frame(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
 
+/// The usage chunk a client that asked for `stream_options.include_usage` gets
+/// last, in OpenAI's shape, whichever provider answered.
+fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
+    let field = |name: &str| {
+        last_chunk
+            .and_then(|c| c.get(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "id": field("id"),
+        "object": "chat.completion.chunk",
+        "created": field("created"),
+        "model": field("model"),
+        "choices": [],
+        "usage": openai_usage_json(usage),
+    })
+}
+
 enum StreamEnd {
     Done,
     ClientGone,
     UpstreamFailed(UpstreamError),
 }
 
-/// Copies the upstream stream to the client, then settles and finishes it.
+/// Copies the provider's stream to the client, then settles and finishes it.
 async fn relay_stream(
     billing: Billing,
     provider: Provider,
-    response: reqwest::Response,
+    mut upstream: ChatStream,
     tx: mpsc::Sender<Bytes>,
     client_wants_usage: bool,
 ) {
-    let idle = Duration::from_millis(billing.hub.limits.upstream_idle_timeout_ms);
-    let mut upstream = response.bytes_stream();
-    let mut parser = SseParser::default();
     let mut usage: Option<Usage> = None;
     let mut output_bytes: u64 = 0;
-
-    let end = 'relay: loop {
-        let chunk = match tokio::time::timeout(idle, upstream.next()).await {
-            Err(_) => break StreamEnd::UpstreamFailed(UpstreamError::Timeout),
-            Ok(None) => break StreamEnd::Done,
-            Ok(Some(Err(e))) => {
-                break StreamEnd::UpstreamFailed(crate::providers::transport_error(e))
-            }
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        if let Err(e) = parser.push(&chunk) {
-            break StreamEnd::UpstreamFailed(e);
-        }
-        loop {
-            let event = match parser.next_event() {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(e) => break 'relay StreamEnd::UpstreamFailed(e),
-            };
-            if event.data == "[DONE]" {
-                break 'relay StreamEnd::Done;
-            }
-            let Ok(mut chunk) = serde_json::from_str::<Value>(&event.data) else {
-                continue;
-            };
-            if let Some(error) = chunk.get("error") {
-                let message = error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("stream error")
-                    .to_string();
-                break 'relay StreamEnd::UpstreamFailed(UpstreamError::Status {
-                    status: 502,
-                    message,
-                });
-            }
-            if let Some(reported) = chunk
-                .get("usage")
-                .filter(|u| !u.is_null())
-                .and_then(openai::usage_from_openai)
-            {
-                usage = Some(reported);
-            }
-            output_bytes += generated_bytes(&chunk);
-            if !client_wants_usage && chunk.get("usage").is_some() {
-                let has_choices = chunk
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| !c.is_empty());
-                if !has_choices {
-                    continue;
+    let mut last_chunk: Option<Value> = None;
+    let end = loop {
+        match upstream.next().await {
+            None => break StreamEnd::Done,
+            Some(Err(e)) => break StreamEnd::UpstreamFailed(e),
+            Some(Ok(StreamItem::Usage(reported))) => usage = Some(reported),
+            Some(Ok(StreamItem::Chunk(chunk))) => {
+                output_bytes += generated_bytes(&chunk);
+                if tx.send(sse_frame(&chunk.to_string())).await.is_err() {
+                    break StreamEnd::ClientGone;
                 }
-                if let Some(object) = chunk.as_object_mut() {
-                    object.remove("usage");
-                }
-            }
-            if tx.send(sse_frame(&chunk.to_string())).await.is_err() {
-                break 'relay StreamEnd::ClientGone;
+                last_chunk = Some(chunk);
             }
         }
     };
@@ -455,8 +434,18 @@ async fn relay_stream(
     let estimate = || Usage::estimate(billing.prompt_bytes, output_bytes);
     match end {
         StreamEnd::Done => {
-            let settled = billing.settle(usage.unwrap_or_else(estimate)).await;
-            let last = match settled {
+            let charged = usage.unwrap_or_else(estimate);
+            if client_wants_usage
+                && tx
+                    .send(sse_frame(
+                        &usage_chunk(last_chunk.as_ref(), &charged).to_string(),
+                    ))
+                    .await
+                    .is_err()
+            {
+                // Left before the end: what was generated is still billed below.
+            }
+            let last = match billing.settle(charged).await {
                 Ok(()) => sse_frame("[DONE]"),
                 Err(e) => sse_frame(&e.body().to_string()),
             };
@@ -469,7 +458,7 @@ async fn relay_stream(
             }
         }
         StreamEnd::UpstreamFailed(e) => {
-            let e = e.redacted(&provider.api_key);
+            let e = e.redacted(&provider);
             if usage.is_some() || output_bytes > 0 {
                 // The client already received text: bill what it got.
                 if let Err(settle_error) = billing.settle(usage.unwrap_or_else(estimate)).await {
@@ -481,9 +470,7 @@ async fn relay_stream(
                     .await;
             }
             let _ = tx
-                .send(sse_frame(
-                    &crate::error::HubError::from(e).body().to_string(),
-                ))
+                .send(sse_frame(&HubError::from(e).body().to_string()))
                 .await;
         }
     }

@@ -11,7 +11,7 @@ use crate::config::Limits;
 use crate::crypto::{provider_binding, Secret, SecretBox, SECRET_MAX_BYTES};
 use crate::error::HubError;
 use crate::projector::Projector;
-use crate::providers::{ProviderKind, Upstream};
+use crate::providers::{Credential, ProviderKind, Upstream};
 use crate::store::{PriceRow, ProviderRow, Store};
 use chrono::Utc;
 use domain::pricing::MAX_OUTPUT_TOKENS_LIMIT;
@@ -32,6 +32,22 @@ pub struct Hub {
     pub instance_id: InstanceId,
     pub limits: Limits,
     pub operator_token: String,
+}
+
+/// A provider as the operator adds it. Which credential fields are needed depends
+/// on the kind: `api_key` for most, `region` + `access_key_id` +
+/// `secret_access_key` for Bedrock. No `Debug`: it holds secrets.
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub kind: String,
+    /// Defaults to the kind's public endpoint.
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
 }
 
 /// A price as the operator writes it: decimal strings in credits per million tokens.
@@ -174,14 +190,16 @@ impl Hub {
             .balance)
     }
 
-    pub async fn add_provider(
-        &self,
-        name: String,
-        kind: &str,
-        base_url: String,
-        api_key: Secret,
-    ) -> Result<String, HubError> {
-        let kind: ProviderKind = kind.parse().map_err(HubError::BadRequest)?;
+    /// Adds a provider; its credential is sealed before it is stored.
+    pub async fn add_provider(&self, spec: ProviderSpec) -> Result<ProviderRow, HubError> {
+        let kind: ProviderKind = spec.kind.parse().map_err(HubError::BadRequest)?;
+        if !kind.is_available() {
+            return Err(HubError::BadRequest(format!(
+                "provider kind {:?} is not supported by this hub yet",
+                kind.as_str()
+            )));
+        }
+        let name = spec.name;
         let valid_name = !name.is_empty()
             && name.len() <= 64
             && name
@@ -192,6 +210,50 @@ impl Hub {
                 "provider name must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
             ));
         }
+        let secret = |field: &str, value: Option<String>| -> Result<Secret, HubError> {
+            match value {
+                Some(v) if !v.is_empty() && v.len() <= SECRET_MAX_BYTES => Ok(Secret::new(v)),
+                _ => Err(HubError::BadRequest(format!(
+                    "{field} is required for a {} provider (1 to {SECRET_MAX_BYTES} bytes)",
+                    kind.as_str()
+                ))),
+            }
+        };
+        let (credential, region) = if kind.uses_aws_credentials() {
+            let region = spec.region.filter(|r| {
+                !r.is_empty()
+                    && r.len() <= 64
+                    && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+            let region = region.ok_or_else(|| {
+                HubError::BadRequest(
+                    "region is required for a bedrock provider (e.g. \"us-east-1\")".into(),
+                )
+            })?;
+            let access_key_id = secret("access_key_id", spec.access_key_id)?
+                .expose()
+                .to_string();
+            (
+                Credential::Aws {
+                    access_key_id,
+                    secret_access_key: secret("secret_access_key", spec.secret_access_key)?,
+                },
+                Some(region),
+            )
+        } else {
+            (
+                Credential::ApiKey {
+                    api_key: secret("api_key", spec.api_key)?,
+                },
+                None,
+            )
+        };
+        let base_url = match (spec.base_url, kind.default_base_url(), &region) {
+            (Some(url), _, _) => url,
+            (None, Some(default), _) => default.to_string(),
+            (None, None, Some(region)) => format!("https://bedrock-runtime.{region}.amazonaws.com"),
+            (None, None, None) => return Err(HubError::BadRequest("base_url is required".into())),
+        };
         let url = reqwest::Url::parse(&base_url)
             .map_err(|_| HubError::BadRequest("base_url is not a valid URL".into()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -199,26 +261,24 @@ impl Hub {
                 "base_url must be http or https".into(),
             ));
         }
-        if api_key.expose().is_empty() || api_key.expose().len() > SECRET_MAX_BYTES {
-            return Err(HubError::BadRequest(format!(
-                "api_key must be 1 to {SECRET_MAX_BYTES} bytes"
-            )));
-        }
         let provider_id = uuid::Uuid::new_v4().to_string();
-        let secret_ciphertext = self
-            .secrets
-            .seal(&api_key, &provider_binding(&provider_id, None));
+        let plaintext = Secret::new(
+            serde_json::to_string(&credential).map_err(|e| HubError::Internal(e.to_string()))?,
+        );
         let row = ProviderRow {
-            provider_id: provider_id.clone(),
+            secret_ciphertext: self
+                .secrets
+                .seal(&plaintext, &provider_binding(&provider_id, None)),
+            provider_id,
             name,
             kind: kind.as_str().to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
-            secret_ciphertext,
+            region,
             created_at: Utc::now().to_rfc3339(),
         };
         self.store.insert_provider(&row).await?;
         self.catalog.refresh().await?;
-        Ok(provider_id)
+        Ok(row)
     }
 
     /// Sets a model's price; returns the new price version.

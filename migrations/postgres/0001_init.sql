@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS providers
     name              text   NOT NULL UNIQUE,
     kind              text   NOT NULL,
     base_url          text   NOT NULL,
+    region            text,
     secret_ciphertext text   NOT NULL,
     created_at        text   NOT NULL
 );

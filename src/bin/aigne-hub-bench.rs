@@ -271,14 +271,21 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn record(&mut self, at: Duration, lag: Option<Duration>, latency: Duration, outcome: Result<(), String>) {
+    fn record(
+        &mut self,
+        at: Duration,
+        lag: Option<Duration>,
+        latency: Duration,
+        outcome: Result<(), String>,
+    ) {
         if let Some(lag) = lag {
             self.lag_us.push(lag.as_micros() as u64);
         }
         match outcome {
             Ok(()) => {
                 self.latencies_us.push(latency.as_micros() as u64);
-                self.samples.push((at.as_micros() as u64, latency.as_micros() as u64));
+                self.samples
+                    .push((at.as_micros() as u64, latency.as_micros() as u64));
             }
             Err(kind) => *self.errors.entry(kind).or_default() += 1,
         }
@@ -386,13 +393,24 @@ fn cpu_usage(before: CpuSample, after: CpuSample, wall: Duration, cores: usize) 
             0.0
         }
     };
+    let machine = share(after.machine_busy, before.machine_busy);
+    let hub = match (before.hub, after.hub) {
+        (Some(b), Some(a)) => Some(pct(a.saturating_sub(b))),
+        _ => None,
+    };
+    let postgres = pct(after.postgres.saturating_sub(before.postgres));
+    let bench = pct(after.bench.saturating_sub(before.bench));
+    // Everything else that ran meanwhile (kernel work such as softirqs, and any
+    // other process on the machine): a large figure means the run was disturbed.
+    let other = ((machine - hub.unwrap_or(0.0) - postgres - bench) * 10.0).round() / 10.0;
     json!({
-        "machine_pct": share(after.machine_busy, before.machine_busy),
+        "machine_pct": machine,
+        "other_pct": other,
         "iowait_pct": share(after.machine_iowait, before.machine_iowait),
         "steal_pct": share(after.machine_steal, before.machine_steal),
-        "hub_pct": match (before.hub, after.hub) { (Some(b), Some(a)) => json!(pct(a.saturating_sub(b))), _ => Value::Null },
-        "postgres_pct": pct(after.postgres.saturating_sub(before.postgres)),
-        "bench_and_mock_pct": pct(after.bench.saturating_sub(before.bench)),
+        "hub_pct": hub,
+        "postgres_pct": postgres,
+        "bench_and_mock_pct": bench,
     })
 }
 
@@ -548,42 +566,79 @@ impl Runner {
 
     /// Open loop: request `i` is due at `start + i / rate`; its latency runs from
     /// then, however late it was actually sent.
+    ///
+    /// The schedule is kept by a dedicated OS thread sleeping with the kernel's
+    /// high-resolution timer (tokio's timer wheel has 1 ms granularity, which
+    /// would add up to ~2 ms of the generator's own lateness to every figure);
+    /// it hands each request to the runtime when due.
     async fn open_loop(&self, label: &str, target: &Target, rate: u32, duration: Duration) -> Step {
         let total = (rate as u64 * duration.as_millis() as u64) / 1000;
         let interval_ns = 1_000_000_000u64 / rate.max(1) as u64;
         let recorder = Arc::new(Mutex::new(Recorder::default()));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut dropped = 0u64;
         let cpu_before = cpu_sample(self.hub_pid);
         let start = Instant::now() + Duration::from_millis(5);
-        for i in 0..total {
-            let due = start + Duration::from_nanos(i * interval_ns);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
-            }
-            if in_flight.load(Ordering::Relaxed) >= self.max_in_flight {
-                dropped += 1;
-                continue;
-            }
-            in_flight.fetch_add(1, Ordering::Relaxed);
-            let (client, target, recorder, in_flight, timeout) = (
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u64>();
+        {
+            let runtime = tokio::runtime::Handle::current();
+            let recorder_for_errors = recorder.clone();
+            let (client, target, recorder, in_flight) = (
                 self.client.clone(),
                 target.clone(),
                 recorder.clone(),
                 in_flight.clone(),
-                self.timeout,
             );
-            tokio::spawn(async move {
-                let lag = due.elapsed();
-                let outcome = send_one(&client, &target, i, timeout).await;
-                let latency = due.elapsed();
-                recorder
+            let (timeout, max_in_flight) = (self.timeout, self.max_in_flight);
+            let spawned = std::thread::Builder::new()
+                .name("bench-dispatch".into())
+                .spawn(move || {
+                    let mut dropped = 0u64;
+                    for i in 0..total {
+                        let due = start + Duration::from_nanos(i * interval_ns);
+                        loop {
+                            let now = Instant::now();
+                            if now >= due {
+                                break;
+                            }
+                            std::thread::sleep(due - now);
+                        }
+                        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                            dropped += 1;
+                            continue;
+                        }
+                        in_flight.fetch_add(1, Ordering::Relaxed);
+                        let (client, target, recorder, in_flight) = (
+                            client.clone(),
+                            target.clone(),
+                            recorder.clone(),
+                            in_flight.clone(),
+                        );
+                        runtime.spawn(async move {
+                            let lag = due.elapsed();
+                            let outcome = send_one(&client, &target, i, timeout).await;
+                            let latency = due.elapsed();
+                            recorder.lock().expect("recorder lock").record(
+                                due - start,
+                                Some(lag),
+                                latency,
+                                outcome,
+                            );
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                    let _ = done_tx.send(dropped);
+                });
+            if spawned.is_err() {
+                *recorder_for_errors
                     .lock()
                     .expect("recorder lock")
-                    .record(due - start, Some(lag), latency, outcome);
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-            });
+                    .errors
+                    .entry("cannot start the dispatcher thread".into())
+                    .or_default() += 1;
+            }
         }
+        // The dispatcher ends by itself after `total` requests (about `duration`).
+        let dropped = done_rx.await.unwrap_or(0);
         // Drain, bounded: every request has its own timeout.
         let drain_deadline = Instant::now() + self.timeout + Duration::from_secs(2);
         while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
@@ -629,16 +684,20 @@ fn print_header() {
         "err",
         "drop",
         "lag p99",
-        "cpu % of one core: busy/iowait/steal | hub/pg/bench+mock"
+        "cpu % of one core: busy/iowait/steal | hub/pg/bench+mock/other"
     );
 }
 
 fn print_row(side: &str, step: &Step) {
     let cpu = &step.cpu;
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0}"));
-    let lag = if step.recorder.lag_us.is_empty() { "-".to_string() } else { format!("{:.3}", step.lag_p99()) };
+    let lag = if step.recorder.lag_us.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.3}", step.lag_p99())
+    };
     println!(
-        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6} {:>7}  {}/{}/{} | {}/{}/{}",
+        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6} {:>7}  {}/{}/{} | {}/{}/{}/{}",
         side,
         step.label,
         step.achieved_rps(),
@@ -657,6 +716,7 @@ fn print_row(side: &str, step: &Step) {
         f(&cpu["hub_pct"]),
         f(&cpu["postgres_pct"]),
         f(&cpu["bench_and_mock_pct"]),
+        f(&cpu["other_pct"]),
     );
     if !step.recorder.errors.is_empty() {
         println!("        errors: {:?}", step.recorder.errors);

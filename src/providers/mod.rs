@@ -1,41 +1,134 @@
-//! Upstream AI providers.
+//! Upstream AI providers behind one trait.
 //!
-//! This gateway speaks to OpenAI-compatible upstreams only
-//! ([`openai`]); every provider module maps its wire format to the shared
-//! [`ChatOutcome`] / [`SseEvent`] shapes and its errors to [`UpstreamError`], so
-//! that billing never depends on which provider answered.
+//! The hub's lingua franca is OpenAI's wire format: the gateway hands every
+//! provider an OpenAI-shaped request (with `model` already the upstream's own
+//! name) and gets back OpenAI-shaped answers plus the usage the provider reported,
+//! normalized (see `domain::Usage`). Each protocol lives in one module; the
+//! OpenAI-compatible providers (OpenAI, DeepSeek, xAI, OpenRouter, Doubao, Poe and
+//! Ollama's compatibility API) share [`openai`], with per-kind quirks there.
+//! Billing never depends on which provider answered.
 
+pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai;
 pub mod sse;
 
 use crate::config::Limits;
 use crate::crypto::Secret;
+use async_trait::async_trait;
 use domain::Usage;
+use futures_util::Stream;
+use serde_json::Value;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The protocol a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The protocol family and defaults of a provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     OpenAi,
+    Anthropic,
+    Bedrock,
+    Gemini,
+    DeepSeek,
+    Ollama,
+    OpenRouter,
+    Xai,
+    Doubao,
+    Poe,
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 10] = [
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Bedrock,
+        ProviderKind::Gemini,
+        ProviderKind::DeepSeek,
+        ProviderKind::Ollama,
+        ProviderKind::OpenRouter,
+        ProviderKind::Xai,
+        ProviderKind::Doubao,
+        ProviderKind::Poe,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::DeepSeek => "deepseek",
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::OpenRouter => "openrouter",
+            ProviderKind::Xai => "xai",
+            ProviderKind::Doubao => "doubao",
+            ProviderKind::Poe => "poe",
         }
+    }
+
+    /// The provider's public endpoint; every kind accepts a `base_url` override.
+    /// Bedrock's depends on the region, so it has none here.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Bedrock => None,
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::DeepSeek => Some("https://api.deepseek.com"),
+            ProviderKind::Ollama => Some("http://127.0.0.1:11434"),
+            ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
+            ProviderKind::Xai => Some("https://api.x.ai/v1"),
+            ProviderKind::Doubao => Some("https://ark.cn-beijing.volces.com/api/v3"),
+            ProviderKind::Poe => Some("https://api.poe.com/v1"),
+        }
+    }
+
+    /// Whether this hub can call the kind yet (a protocol module is done only when
+    /// it passes the conformance suite).
+    pub fn is_available(self) -> bool {
+        match self {
+            ProviderKind::Anthropic => anthropic::AVAILABLE,
+            ProviderKind::Bedrock => bedrock::AVAILABLE,
+            ProviderKind::Gemini => gemini::AVAILABLE,
+            _ => true,
+        }
+    }
+
+    /// Whether the kind authenticates with AWS credentials instead of an API key.
+    pub fn uses_aws_credentials(self) -> bool {
+        self == ProviderKind::Bedrock
     }
 }
 
 impl FromStr for ProviderKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "openai" => Ok(ProviderKind::OpenAi),
-            other => Err(format!("unknown provider kind {other:?}: this hub supports \"openai\" (OpenAI-compatible upstreams)")),
-        }
+        ProviderKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown provider kind {s:?}: expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
+}
+
+/// How the hub authenticates to a provider. Sealed at rest as one JSON document.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Credential {
+    ApiKey {
+        api_key: Secret,
+    },
+    Aws {
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
 }
 
 /// A configured upstream, with its credential decrypted for use.
@@ -45,7 +138,37 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    pub api_key: Secret,
+    /// AWS region (Bedrock).
+    pub region: Option<String>,
+    pub credential: Credential,
+}
+
+impl Provider {
+    /// The API key, for kinds that use one ("" for AWS credentials).
+    pub fn api_key(&self) -> &str {
+        match &self.credential {
+            Credential::ApiKey { api_key } => api_key.expose(),
+            Credential::Aws { .. } => "",
+        }
+    }
+
+    /// Every secret of the credential, to scrub from upstream error text.
+    pub fn secrets(&self) -> Vec<&str> {
+        match &self.credential {
+            Credential::ApiKey { api_key } => vec![api_key.expose()],
+            Credential::Aws {
+                secret_access_key, ..
+            } => vec![secret_access_key.expose()],
+        }
+    }
+
+    pub fn endpoint(&self, path: &str) -> String {
+        format!(
+            "{}/{}",
+            self.base_url.trim_end_matches('/'),
+            path.trim_start_matches('/')
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,17 +181,23 @@ pub enum UpstreamError {
     Status { status: u16, message: String },
     #[error("upstream sent something unexpected: {0}")]
     Protocol(String),
+    #[error("{provider} does not offer {capability}")]
+    Unsupported {
+        provider: &'static str,
+        capability: &'static str,
+    },
 }
 
 impl UpstreamError {
-    /// Removes the provider's key from any text the upstream echoed back.
-    pub fn redacted(self, key: &Secret) -> Self {
-        let scrub = |s: String| {
-            if key.expose().len() >= 8 {
-                s.replace(key.expose(), "***")
-            } else {
-                s
+    /// Removes the provider's secrets from any text the upstream echoed back.
+    pub fn redacted(self, provider: &Provider) -> Self {
+        let scrub = |mut s: String| {
+            for secret in provider.secrets() {
+                if secret.len() >= 8 {
+                    s = s.replace(secret, "***");
+                }
             }
+            s
         };
         match self {
             UpstreamError::Status { status, message } => UpstreamError::Status {
@@ -88,7 +217,7 @@ impl From<UpstreamError> for crate::error::HubError {
         match e {
             UpstreamError::Timeout => HubError::UpstreamTimeout,
             UpstreamError::Status {
-                status: 400 | 404 | 422,
+                status: 400 | 404 | 413 | 422,
                 message,
             } => HubError::BadRequest(format!("the provider refused the request: {message}")),
             UpstreamError::Status {
@@ -98,15 +227,104 @@ impl From<UpstreamError> for crate::error::HubError {
                 status: 429,
                 message,
             } => HubError::UpstreamRateLimited(message),
+            UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
             other => HubError::Upstream(other.to_string()),
         }
     }
 }
 
-/// A non-streaming answer: the upstream's JSON as is, and the usage it reported.
+/// A non-streaming chat answer: an OpenAI `chat.completion` object, and the usage
+/// the provider reported (`None` if it reported none).
 pub struct ChatOutcome {
-    pub body: serde_json::Value,
+    pub body: Value,
     pub usage: Option<Usage>,
+}
+
+/// What a chat stream yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamItem {
+    /// One OpenAI `chat.completion.chunk` object, without `usage`.
+    Chunk(Value),
+    /// The usage so far; cumulative, so the last one wins.
+    Usage(Usage),
+}
+
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamItem, UpstreamError>> + Send>>;
+
+/// An embeddings answer: an OpenAI `list` of `embedding` objects, and usage.
+pub struct EmbeddingsOutcome {
+    pub body: Value,
+    pub usage: Option<Usage>,
+}
+
+/// An image answer: an OpenAI images response (`{"created","data":[…]}`) and how
+/// many images it holds.
+pub struct ImagesOutcome {
+    pub body: Value,
+    pub images: u64,
+}
+
+/// One call to one provider.
+pub struct UpstreamCall<'a> {
+    pub http: &'a Upstream,
+    pub provider: &'a Provider,
+}
+
+/// One provider protocol. Requests arrive in OpenAI's shape with `model` set to the
+/// upstream's model name; answers leave in OpenAI's shape.
+#[async_trait]
+pub trait ProviderApi: Send + Sync {
+    async fn chat(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ChatOutcome, UpstreamError>;
+
+    /// Starts a stream; errors before the first byte come back here, later ones
+    /// inside the stream.
+    async fn chat_stream(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ChatStream, UpstreamError>;
+
+    async fn embeddings(
+        &self,
+        call: &UpstreamCall<'_>,
+        _request: &Value,
+    ) -> Result<EmbeddingsOutcome, UpstreamError> {
+        Err(UpstreamError::Unsupported {
+            provider: call.provider.kind.as_str(),
+            capability: "embeddings",
+        })
+    }
+
+    async fn images(
+        &self,
+        call: &UpstreamCall<'_>,
+        _request: &Value,
+    ) -> Result<ImagesOutcome, UpstreamError> {
+        Err(UpstreamError::Unsupported {
+            provider: call.provider.kind.as_str(),
+            capability: "image generation",
+        })
+    }
+}
+
+/// The protocol implementation of a kind.
+pub fn api_for(kind: ProviderKind) -> &'static dyn ProviderApi {
+    match kind {
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Bedrock => &bedrock::Bedrock,
+        ProviderKind::Gemini => &gemini::Gemini,
+        ProviderKind::OpenAi
+        | ProviderKind::DeepSeek
+        | ProviderKind::Ollama
+        | ProviderKind::OpenRouter
+        | ProviderKind::Xai
+        | ProviderKind::Doubao
+        | ProviderKind::Poe => &openai::OpenAiCompatible,
+    }
 }
 
 /// One server-sent event.
@@ -138,6 +356,62 @@ impl Upstream {
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
+
+    /// Sends a request, waiting at most the first-byte timeout for the response
+    /// headers; a non-2xx answer becomes `UpstreamError::Status` with the message
+    /// `error_message` extracts from the body.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        error_message: fn(&Value) -> Option<String>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let first_byte = Duration::from_millis(self.limits.upstream_first_byte_timeout_ms);
+        let response = tokio::time::timeout(first_byte, request.send())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(transport_error)?;
+        if !response.status().is_success() {
+            return Err(error_from_response(response, error_message).await);
+        }
+        Ok(response)
+    }
+
+    /// Reads a whole JSON body within the total timeout.
+    pub async fn json_body(&self, response: reqwest::Response) -> Result<Value, UpstreamError> {
+        let total = Duration::from_millis(self.limits.upstream_total_timeout_ms);
+        let bytes = tokio::time::timeout(total, response.bytes())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(transport_error)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))
+    }
+}
+
+/// Longest upstream error text passed on to the client.
+const ERROR_MESSAGE_MAX_CHARS: usize = 500;
+
+async fn error_from_response(
+    response: reqwest::Response,
+    error_message: fn(&Value) -> Option<String>,
+) -> UpstreamError {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| error_message(&v))
+        .unwrap_or(text);
+    UpstreamError::Status {
+        status,
+        message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect(),
+    }
+}
+
+/// The `error.message` of an error body (OpenAI's and Anthropic's shape).
+pub fn error_dot_message(body: &Value) -> Option<String> {
+    body.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// Maps a reqwest failure without ever printing the request (headers hold the key).
@@ -149,4 +423,60 @@ pub fn transport_error(e: reqwest::Error) -> UpstreamError {
     } else {
         UpstreamError::Protocol(e.without_url().to_string())
     }
+}
+
+/// Turns a byte stream of server-sent events into events, with the idle timeout
+/// between chunks. Used by every SSE-speaking provider.
+pub fn sse_events(
+    response: reqwest::Response,
+    idle: Duration,
+) -> Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>> {
+    use futures_util::StreamExt;
+    let state = (response.bytes_stream(), sse::SseParser::default(), false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(mut bytes, mut parser, mut ended)| async move {
+            loop {
+                if ended {
+                    return None;
+                }
+                match parser.next_event() {
+                    Ok(Some(event)) => return Some((Ok(event), (bytes, parser, ended))),
+                    Ok(None) => {}
+                    Err(e) => return Some((Err(e), (bytes, parser, true))),
+                }
+                match tokio::time::timeout(idle, bytes.next()).await {
+                    Err(_) => return Some((Err(UpstreamError::Timeout), (bytes, parser, true))),
+                    Ok(None) => {
+                        ended = true;
+                        if parser.has_partial() {
+                            return Some((
+                                Err(UpstreamError::Protocol("stream ended mid-event".into())),
+                                (bytes, parser, ended),
+                            ));
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        return Some((Err(transport_error(e)), (bytes, parser, true)))
+                    }
+                    Ok(Some(Ok(chunk))) => {
+                        if let Err(e) = parser.push(&chunk) {
+                            return Some((Err(e), (bytes, parser, true)));
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// Usage in OpenAI's shape, as the hub reports it to clients.
+pub fn openai_usage_json(usage: &Usage) -> Value {
+    serde_json::json!({
+        "prompt_tokens": usage.prompt_tokens(),
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.prompt_tokens() + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    })
 }

@@ -1,108 +1,218 @@
-//! OpenAI-compatible chat completions (`POST {base_url}/chat/completions`).
+//! The OpenAI wire format, spoken by OpenAI and by the OpenAI-compatible
+//! providers (DeepSeek, xAI, OpenRouter, Doubao/Volcengine Ark, Poe, and Ollama's
+//! compatibility API). One implementation; quirks are per kind below.
 //!
-//! Usage facts this module relies on: `prompt_tokens` includes cached tokens
-//! (`prompt_tokens_details.cached_tokens`), `completion_tokens` includes reasoning
-//! tokens, and a stream reports usage only when asked with
-//! `stream_options.include_usage`, in a final chunk.
+//! Usage facts relied on: `prompt_tokens` includes cached tokens
+//! (`prompt_tokens_details.cached_tokens`; DeepSeek reports
+//! `prompt_cache_hit_tokens`/`prompt_cache_miss_tokens` instead),
+//! `completion_tokens` includes reasoning tokens, and a stream reports usage only
+//! when asked with `stream_options.include_usage`, in a final chunk that may still
+//! carry `choices`.
 
-use super::{transport_error, ChatOutcome, Provider, Upstream, UpstreamError};
+use super::{
+    error_dot_message, sse_events, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome,
+    Provider, ProviderApi, ProviderKind, StreamItem, UpstreamCall, UpstreamError,
+};
+use async_trait::async_trait;
 use domain::Usage;
-use serde_json::Value;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Longest upstream error text passed on to the client.
-const ERROR_MESSAGE_MAX_CHARS: usize = 500;
+pub struct OpenAiCompatible;
 
-fn endpoint(provider: &Provider) -> String {
-    format!(
-        "{}/chat/completions",
-        provider.base_url.trim_end_matches('/')
-    )
-}
-
-/// Reads usage from an OpenAI `usage` object; `None` if absent or malformed.
+/// Reads usage from an OpenAI-style `usage` object; `None` if absent or malformed.
 pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
     let prompt_tokens = usage.get("prompt_tokens")?.as_u64()?;
-    let output_tokens = usage.get("completion_tokens")?.as_u64()?;
-    let detail = |path: &str| usage.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+    let output_tokens = usage
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let detail = |path: &str| usage.pointer(path).and_then(Value::as_u64);
     // OpenAI counts cached tokens inside prompt_tokens; the ledger keeps them apart.
-    let cache_read_tokens = detail("/prompt_tokens_details/cached_tokens").min(prompt_tokens);
+    let cached = detail("/prompt_tokens_details/cached_tokens")
+        .or_else(|| detail("/prompt_cache_hit_tokens"))
+        .unwrap_or(0);
+    let cache_read_tokens = cached.min(prompt_tokens);
     Some(Usage {
         input_tokens: prompt_tokens - cache_read_tokens,
         cache_read_tokens,
         cache_write_tokens: 0,
         output_tokens,
-        reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens"),
+        reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens").unwrap_or(0),
         estimated: false,
     })
 }
 
-async fn error_from_response(response: reqwest::Response) -> UpstreamError {
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or(text);
-    UpstreamError::Status {
-        status,
-        message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect(),
+fn chat_path(kind: ProviderKind) -> &'static str {
+    match kind {
+        // Ollama's base URL is the server root; its OpenAI API lives under /v1.
+        ProviderKind::Ollama => "v1/chat/completions",
+        _ => "chat/completions",
     }
 }
 
-async fn send(
-    upstream: &Upstream,
-    provider: &Provider,
-    body: &Value,
-) -> Result<reqwest::Response, UpstreamError> {
-    let request = upstream
-        .client()
-        .post(endpoint(provider))
-        .bearer_auth(provider.api_key.expose())
-        .json(body)
-        .send();
-    let first_byte = Duration::from_millis(upstream.limits.upstream_first_byte_timeout_ms);
-    let response = tokio::time::timeout(first_byte, request)
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
-        .map_err(transport_error)?;
-    if !response.status().is_success() {
-        return Err(error_from_response(response).await);
+fn post(call: &UpstreamCall<'_>, path: &str, body: &Value) -> reqwest::RequestBuilder {
+    let provider: &Provider = call.provider;
+    let mut request = call.http.client().post(provider.endpoint(path)).json(body);
+    if !provider.api_key().is_empty() {
+        request = request.bearer_auth(provider.api_key());
     }
-    Ok(response)
+    request
 }
 
-/// A non-streaming completion.
-pub async fn chat(
-    upstream: &Upstream,
-    provider: &Provider,
-    body: &Value,
-) -> Result<ChatOutcome, UpstreamError> {
-    let total = Duration::from_millis(upstream.limits.upstream_total_timeout_ms);
-    let exchange = async {
-        let response = send(upstream, provider, body).await?;
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))?;
+/// Turns one streamed OpenAI chunk into stream items: its usage (if any) and the
+/// chunk itself without `usage` (dropped when only usage was left).
+fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
+    if let Some(error) = chunk.get("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("stream error")
+            .to_string();
+        return Err(UpstreamError::Status {
+            status: 502,
+            message,
+        });
+    }
+    let mut items = Vec::with_capacity(2);
+    let usage = chunk.as_object_mut().and_then(|o| o.remove("usage"));
+    if let Some(usage) = usage
+        .as_ref()
+        .filter(|u| !u.is_null())
+        .and_then(usage_from_openai)
+    {
+        items.push(StreamItem::Usage(usage));
+    }
+    let has_choices = chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty());
+    if has_choices {
+        items.insert(0, StreamItem::Chunk(chunk));
+    }
+    Ok(items)
+}
+
+#[async_trait]
+impl ProviderApi for OpenAiCompatible {
+    async fn chat(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ChatOutcome, UpstreamError> {
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let response = call
+                .http
+                .send(
+                    post(call, chat_path(call.provider.kind), request),
+                    error_dot_message,
+                )
+                .await?;
+            let body = call.http.json_body(response).await?;
+            let usage = body.get("usage").and_then(usage_from_openai);
+            Ok(ChatOutcome { body, usage })
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn chat_stream(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ChatStream, UpstreamError> {
+        let mut request = request.clone();
+        request["stream"] = json!(true);
+        // Always ask for usage: billing settles from it.
+        request["stream_options"] = json!({"include_usage": true});
+        let response = call
+            .http
+            .send(
+                post(call, chat_path(call.provider.kind), &request),
+                error_dot_message,
+            )
+            .await?;
+        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
+        let items = sse_events(response, idle)
+            .take_while(|event| std::future::ready(!matches!(event, Ok(e) if e.data == "[DONE]")))
+            .filter_map(|event| async move {
+                match event {
+                    Err(e) => Some(vec![Err(e)]),
+                    Ok(event) => match serde_json::from_str::<Value>(&event.data) {
+                        // Keep-alive or vendor comments that are not JSON carry nothing.
+                        Err(_) => None,
+                        Ok(chunk) => Some(match chunk_items(chunk) {
+                            Ok(items) => items.into_iter().map(Ok).collect(),
+                            Err(e) => vec![Err(e)],
+                        }),
+                    },
+                }
+            })
+            .flat_map(futures_util::stream::iter);
+        Ok(Box::pin(items))
+    }
+
+    async fn embeddings(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<EmbeddingsOutcome, UpstreamError> {
+        let kind = call.provider.kind;
+        if !matches!(
+            kind,
+            ProviderKind::OpenAi
+                | ProviderKind::Ollama
+                | ProviderKind::Doubao
+                | ProviderKind::OpenRouter
+        ) {
+            return Err(UpstreamError::Unsupported {
+                provider: kind.as_str(),
+                capability: "embeddings",
+            });
+        }
+        let path = if kind == ProviderKind::Ollama {
+            "v1/embeddings"
+        } else {
+            "embeddings"
+        };
+        let response = call
+            .http
+            .send(post(call, path, request), error_dot_message)
+            .await?;
+        let body = call.http.json_body(response).await?;
         let usage = body.get("usage").and_then(usage_from_openai);
-        Ok(ChatOutcome { body, usage })
-    };
-    tokio::time::timeout(total, exchange)
-        .await
-        .map_err(|_| UpstreamError::Timeout)?
-}
+        Ok(EmbeddingsOutcome { body, usage })
+    }
 
-/// Starts a streaming completion; the caller reads the SSE body.
-pub async fn chat_stream(
-    upstream: &Upstream,
-    provider: &Provider,
-    body: &Value,
-) -> Result<reqwest::Response, UpstreamError> {
-    send(upstream, provider, body).await
+    async fn images(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ImagesOutcome, UpstreamError> {
+        let kind = call.provider.kind;
+        if !matches!(
+            kind,
+            ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Doubao
+        ) {
+            return Err(UpstreamError::Unsupported {
+                provider: kind.as_str(),
+                capability: "image generation",
+            });
+        }
+        let response = call
+            .http
+            .send(post(call, "images/generations", request), error_dot_message)
+            .await?;
+        let body = call.http.json_body(response).await?;
+        let images = body
+            .get("data")
+            .and_then(Value::as_array)
+            .map_or(0, |d| d.len() as u64);
+        Ok(ImagesOutcome { body, images })
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +237,29 @@ mod tests {
             ),
             (15, 9, 5, 3)
         );
-        assert!(usage_from_openai(&json!({"prompt_tokens": 1})).is_none());
+        assert!(usage_from_openai(&json!({"completion_tokens": 1})).is_none());
+    }
+
+    #[test]
+    fn deepseek_cache_hits_are_cache_reads() {
+        let u = usage_from_openai(&json!({
+            "prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34,
+            "prompt_cache_hit_tokens": 24, "prompt_cache_miss_tokens": 6
+        }))
+        .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.output_tokens),
+            (6, 24, 4)
+        );
+    }
+
+    #[test]
+    fn final_chunk_with_choices_and_usage_yields_both() {
+        let items = chunk_items(json!({"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})).unwrap();
+        assert!(matches!(&items[0], StreamItem::Chunk(c) if c.get("usage").is_none()));
+        assert!(matches!(&items[1], StreamItem::Usage(u) if u.input_tokens == 2));
+        assert!(chunk_items(json!({"choices": [], "usage": null}))
+            .unwrap()
+            .is_empty());
     }
 }

@@ -3,9 +3,8 @@
 use super::{balance_json, tenant_path};
 use crate::auth::check_operator;
 use crate::body::json_body;
-use crate::crypto::Secret;
 use crate::error::HubError;
-use crate::hub::{Hub, PriceSpec};
+use crate::hub::{Hub, PriceSpec, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::{Credits, KeyId, Role};
 use serde::Deserialize;
@@ -123,32 +122,17 @@ pub async fn balance(
     Ok(HttpResponse::Ok().json(balance_json(tenant_id, &balance)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddProvider {
-    name: String,
-    kind: String,
-    base_url: String,
-    api_key: String,
-}
-
 pub async fn add_provider(
     hub: web::Data<Hub>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
-    let body: AddProvider = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let provider_id = hub
-        .add_provider(
-            body.name.clone(),
-            &body.kind,
-            body.base_url.clone(),
-            Secret::new(body.api_key),
-        )
-        .await?;
-    Ok(HttpResponse::Created()
-        .json(json!({"provider_id": provider_id, "name": body.name, "kind": body.kind})))
+    let spec: ProviderSpec = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let row = hub.add_provider(spec).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "provider_id": row.provider_id, "name": row.name, "kind": row.kind, "base_url": row.base_url, "region": row.region,
+    })))
 }
 
 pub async fn list_providers(
@@ -161,7 +145,7 @@ pub async fn list_providers(
         .snapshot()
         .providers
         .values()
-        .map(|p| json!({"provider_id": p.provider_id, "name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url}))
+        .map(|p| json!({"provider_id": p.provider_id, "name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url, "region": p.region}))
         .collect();
     Ok(HttpResponse::Ok().json(json!({"data": data})))
 }

@@ -17,7 +17,7 @@ macro_rules! impl_store {
 
         async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError> {
             let result = sqlx::query(
-                "INSERT INTO providers (provider_id, name, kind, base_url, secret_ciphertext, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO providers (provider_id, name, kind, base_url, secret_ciphertext, created_at, region) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&row.provider_id)
             .bind(&row.name)
@@ -25,6 +25,7 @@ macro_rules! impl_store {
             .bind(&row.base_url)
             .bind(&row.secret_ciphertext)
             .bind(&row.created_at)
+            .bind(&row.region)
             .execute(&self.pool)
             .await;
             match result {
@@ -35,7 +36,7 @@ macro_rules! impl_store {
         }
 
         async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
-            let rows = sqlx::query("SELECT provider_id, name, kind, base_url, secret_ciphertext, created_at FROM providers ORDER BY name")
+            let rows = sqlx::query("SELECT provider_id, name, kind, base_url, region, secret_ciphertext, created_at FROM providers ORDER BY name")
                 .fetch_all(&self.pool)
                 .await?;
             Ok(rows
@@ -45,6 +46,7 @@ macro_rules! impl_store {
                     name: r.get("name"),
                     kind: r.get("kind"),
                     base_url: r.get("base_url"),
+                    region: r.get("region"),
                     secret_ciphertext: r.get("secret_ciphertext"),
                     created_at: r.get("created_at"),
                 })

@@ -95,6 +95,8 @@ pub struct ProviderRow {
     pub name: String,
     pub kind: String,
     pub base_url: String,
+    pub region: Option<String>,
+    /// The sealed credential (JSON inside AES-SIV; see `crypto`).
     pub secret_ciphertext: String,
     pub created_at: String,
 }

@@ -109,6 +109,15 @@ async fn start(
     }
 }
 
+impl Drop for TestApp {
+    /// Stops the server and the actor threads, so that nothing keeps the test's
+    /// database connections open after the test.
+    fn drop(&mut self) {
+        let _ = self.app_handle.stop(false);
+        self.hub.tenants.shutdown();
+    }
+}
+
 impl TestApp {
     /// Stops the server gracefully and starts a new one on the same store.
     pub async fn restart(self) -> TestApp {

@@ -74,18 +74,32 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
         tokio::spawn(async move {
             let mut after = LogPosition::default();
             let mut seen: HashMap<TenantId, Vec<usize>> = HashMap::new();
-            loop {
-                let finished = done.load(Ordering::SeqCst);
+            let mut read = 0;
+            // Events become readable once every older transaction in the cluster has
+            // ended (other tests' too), so keep reading until all arrived or time runs out.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while read < expected && std::time::Instant::now() < deadline {
                 let page = store.read_log(after, None, 50).await.unwrap();
                 for e in &page {
                     assert!(e.log_position > after, "log positions only move forward");
                     after = e.log_position;
                     seen.entry(e.tenant_id).or_default().push(e.sequence);
+                    read += 1;
                 }
-                if page.is_empty() && finished {
-                    return seen;
+                if page.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        if done.load(Ordering::SeqCst) { 20 } else { 1 },
+                    ))
+                    .await;
                 }
             }
+            // Nothing more may arrive after everything was read.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(
+                store.read_log(after, None, 50).await.unwrap().is_empty(),
+                "no event read twice or late"
+            );
+            seen
         })
     };
     for w in writers {

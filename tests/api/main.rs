@@ -4,9 +4,11 @@
 mod helpers;
 mod mock_openai;
 mod process;
+mod providers_openai_family;
 
 mod billing;
 mod cli;
+mod conformance;
 mod crash;
 mod errors;
 mod log_order;

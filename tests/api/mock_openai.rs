@@ -25,6 +25,8 @@ pub const STREAM_TEXT: [&str; 3] = ["Hel", "lo ", "there"];
 #[derive(Default)]
 pub struct MockState {
     pub requests: Vec<Value>,
+    /// Report usage the way DeepSeek does (`prompt_cache_hit_tokens`).
+    pub deepseek_usage: bool,
 }
 
 #[derive(Clone)]
@@ -56,6 +58,13 @@ impl MockUpstream {
         }
     }
 
+    /// The same mock, reporting usage as DeepSeek does.
+    pub fn start_deepseek() -> Self {
+        let mock = Self::start();
+        mock.state.lock().unwrap().deepseek_usage = true;
+        mock
+    }
+
     pub fn requests(&self) -> Vec<Value> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -66,7 +75,16 @@ fn error(status: u16, message: &str, kind: &str) -> HttpResponse {
         .json(json!({"error": {"message": message, "type": kind, "param": null, "code": null}}))
 }
 
-fn usage(completion_tokens: u64) -> Value {
+fn usage(completion_tokens: u64, deepseek: bool) -> Value {
+    if deepseek {
+        return json!({
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": completion_tokens,
+            "total_tokens": PROMPT_TOKENS + completion_tokens,
+            "prompt_cache_hit_tokens": CACHED_TOKENS,
+            "prompt_cache_miss_tokens": PROMPT_TOKENS - CACHED_TOKENS,
+        });
+    }
     json!({
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": completion_tokens,
@@ -107,7 +125,26 @@ async fn chat(
             "invalid_request_error",
         );
     }
-    let model = body["model"].as_str().unwrap_or("").to_string();
+    let deepseek = state.lock().unwrap().deepseek_usage;
+    // Conformance-suite names (see conformance.rs) map onto this mock's behaviours.
+    let model = match body["model"].as_str().unwrap_or("") {
+        "conf-text" => "gpt-mock",
+        "conf-slow" => "slow-stream",
+        "conf-die" => "die-mid-stream",
+        other => other,
+    }
+    .to_string();
+    if let Some(status) = model.strip_prefix("conf-status-") {
+        let status: u16 = status.parse().unwrap();
+        return error(
+            status,
+            &format!("mock {status} message"),
+            "invalid_request_error",
+        );
+    }
+    if model == "conf-tools" {
+        return tool_call_answer(&body, deepseek);
+    }
     let max_tokens = body["max_tokens"]
         .as_u64()
         .or(body["max_completion_tokens"].as_u64());
@@ -183,7 +220,7 @@ async fn chat(
                 "system_fingerprint": "fp_mock", "choices": []
             });
             if model != "no-usage" {
-                last["usage"] = usage(completion_tokens);
+                last["usage"] = usage(completion_tokens, deepseek);
             }
             frames.push((0, format!("data: {last}\n\n")));
         }
@@ -203,7 +240,7 @@ async fn chat(
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
         "system_fingerprint": "fp_mock",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
-        "usage": usage(completion_tokens),
+        "usage": usage(completion_tokens, deepseek),
     });
     if model == "no-usage" {
         answer.as_object_mut().unwrap().remove("usage");
@@ -212,3 +249,51 @@ async fn chat(
 }
 
 use futures_util::StreamExt;
+
+/// `conf-tools`: a call of `get_weather({"city":"Paris"})`, JSON or streamed.
+fn tool_call_answer(body: &Value, deepseek: bool) -> HttpResponse {
+    let arguments = r#"{"city":"Paris"}"#;
+    if body["stream"].as_bool() == Some(true) {
+        let include_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let call_start = json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]});
+        let mut frames = vec![chunk("conf-tools", call_start, Value::Null, include_usage)];
+        for part in [r#"{"city""#, r#":"Paris"}"#] {
+            frames.push(chunk(
+                "conf-tools",
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                Value::Null,
+                include_usage,
+            ));
+        }
+        frames.push(chunk(
+            "conf-tools",
+            json!({}),
+            json!("tool_calls"),
+            include_usage,
+        ));
+        if include_usage {
+            let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "conf-tools",
+                "system_fingerprint": "fp_mock", "choices": [], "usage": usage(COMPLETION_TOKENS, deepseek)});
+            frames.push(format!("data: {last}\n\n"));
+        }
+        frames.push("data: [DONE]\n\n".to_string());
+        let stream = futures_util::stream::iter(
+            frames
+                .into_iter()
+                .map(|f| Ok::<_, std::io::Error>(Bytes::from(f))),
+        );
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(stream);
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": "conf-tools",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+            "tool_calls": [{"id": "call_mock1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+            "logprobs": null, "finish_reason": "tool_calls"}],
+        "usage": usage(COMPLETION_TOKENS, deepseek),
+    }))
+}
