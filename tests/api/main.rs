@@ -2,8 +2,14 @@
 //! fresh SQLite file, with a mock upstream on 127.0.0.1.
 
 mod helpers;
+mod mock_anthropic;
+mod mock_bedrock;
+mod mock_gemini;
 mod mock_openai;
 mod process;
+mod providers_anthropic;
+mod providers_bedrock;
+mod providers_gemini;
 mod providers_openai_family;
 
 mod billing;

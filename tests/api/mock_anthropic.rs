@@ -1,0 +1,1 @@
+//! Mock anthropic upstream for the conformance suite (to be written).

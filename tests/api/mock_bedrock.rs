@@ -1,0 +1,1 @@
+//! Mock bedrock upstream for the conformance suite (to be written).

@@ -1,0 +1,1 @@
+//! Mock gemini upstream for the conformance suite (to be written).

@@ -1,0 +1,1 @@
+//! anthropic through the conformance suite (to be written).

@@ -1,0 +1,1 @@
+//! bedrock through the conformance suite (to be written).

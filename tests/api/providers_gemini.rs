@@ -1,0 +1,1 @@
+//! gemini through the conformance suite (to be written).
