@@ -77,6 +77,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
                 price_version: 1,
                 prompt_bytes: 100,
                 max_tokens: None,
+                images: 0,
                 instance_id,
                 expires_at: at,
                 at,

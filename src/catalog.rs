@@ -55,6 +55,10 @@ fn price_from_row(row: &PriceRow) -> Option<PricedModel> {
                 output: rate(&row.output_pico_per_token)?,
                 cache_read: cache_rate(&row.cache_read_pico_per_token)?,
                 cache_write: cache_rate(&row.cache_write_pico_per_token)?,
+                image: match &row.image_pico_per_image {
+                    None => Rate::default(),
+                    Some(s) => rate(s)?,
+                },
             },
             max_output_tokens: u32::try_from(row.max_output_tokens).ok()?,
         },

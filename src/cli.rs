@@ -141,6 +141,9 @@ enum PriceCmd {
         cache_read: Option<String>,
         #[arg(long)]
         cache_write: Option<String>,
+        /// Credits per generated image.
+        #[arg(long)]
+        per_image: Option<String>,
         #[arg(long)]
         max_output_tokens: Option<u32>,
     },
@@ -265,6 +268,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             output,
             cache_read,
             cache_write,
+            per_image,
             max_output_tokens,
         }) => {
             let spec = crate::hub::PriceSpec {
@@ -272,6 +276,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 output_per_mtok: output,
                 cache_read_per_mtok: cache_read,
                 cache_write_per_mtok: cache_write,
+                per_image,
                 max_output_tokens,
             };
             hub.set_price(&model, &spec).await?;

@@ -187,6 +187,79 @@ impl Billing {
     }
 }
 
+/// A request admitted: key checked, model routed, hold placed.
+struct Admitted {
+    billing: Billing,
+    priced: PricedModel,
+    provider: Provider,
+}
+
+/// What a model request asks for, for its hold.
+struct Ask<'a> {
+    model: &'a str,
+    capability: Capability,
+    prompt_bytes: u64,
+    max_tokens: Option<u32>,
+    images: u32,
+}
+
+/// Checks the key, routes the model and places the hold (401/403/404/402 here).
+async fn admit(
+    hub: &Arc<Hub>,
+    req: &HttpRequest,
+    key: PresentedKey,
+    ask: Ask<'_>,
+) -> Result<Admitted, HubError> {
+    let auth = Some(Hub::key_auth(&key, Permission::CallModels));
+    let Some((priced, provider)) = hub.catalog.snapshot().route(ask.model) else {
+        // Check the key first, so an unknown model is never a way to probe keys.
+        hub.tenants
+            .call(key.tenant_id, TenantOp::Read { auth })
+            .await?;
+        return Err(HubError::ModelNotFound(ask.model.to_string()));
+    };
+    let request_id = RequestId::new_random();
+    let reserve = TenantCommand::ReserveCredits {
+        request_id,
+        key_id: key.key_id,
+        model: priced.model.clone(),
+        capability: ask.capability,
+        ingress: Ingress::Openai,
+        app: client_app(req),
+        price: priced.price,
+        price_version: priced.price_version,
+        prompt_bytes: ask.prompt_bytes,
+        max_tokens: ask.max_tokens,
+        images: ask.images,
+        instance_id: hub.instance_id,
+        expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
+        at: Utc::now(),
+    };
+    hub.tenants
+        .call(
+            key.tenant_id,
+            TenantOp::Execute {
+                auth,
+                command: reserve,
+                request_id: Some(request_id),
+            },
+        )
+        .await?;
+    let billing = Billing {
+        hub: hub.clone(),
+        key,
+        request_id,
+        provider: provider.name.clone(),
+        prompt_bytes: ask.prompt_bytes,
+        started: Instant::now(),
+    };
+    Ok(Admitted {
+        billing,
+        priced,
+        provider,
+    })
+}
+
 pub async fn chat_completions(
     hub: web::Data<Hub>,
     req: HttpRequest,
@@ -197,60 +270,33 @@ pub async fn chat_completions(
     let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
     let mut request: Value = parse_json(&body)?;
     let chat = parse_chat_request(&request)?;
-    let auth = Some(Hub::key_auth(&key, Permission::CallModels));
-
-    let Some((priced, provider)) = hub.catalog.snapshot().route(&chat.model) else {
-        // Check the key first, so an unknown model is never a way to probe keys.
-        hub.tenants
-            .call(key.tenant_id, TenantOp::Read { auth })
-            .await?;
-        return Err(HubError::ModelNotFound(chat.model));
-    };
-
-    let request_id = RequestId::new_random();
-    // The whole body's size bounds the prompt's tokens (a token is at least a byte).
-    let prompt_bytes = body.len() as u64;
-    let reserve = TenantCommand::ReserveCredits {
-        request_id,
-        key_id: key.key_id,
-        model: priced.model.clone(),
-        capability: Capability::Chat,
-        ingress: Ingress::Openai,
-        app: client_app(&req),
-        price: priced.price,
-        price_version: priced.price_version,
-        prompt_bytes,
-        // Every choice may produce up to max_tokens.
-        max_tokens: Some(
-            chat.max_tokens
-                .unwrap_or(priced.price.max_output_tokens)
-                .saturating_mul(chat.choices),
-        ),
-        instance_id: hub.instance_id,
-        expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
-        at: Utc::now(),
-    };
-    let span =
-        tracing::info_span!("chat", tenant_id = %key.tenant_id, %request_id, model = %priced.model);
+    let span = tracing::info_span!("chat", tenant_id = %key.tenant_id, model = %chat.model, request_id = tracing::field::Empty);
     async move {
-        hub.tenants
-            .call(
-                key.tenant_id,
-                TenantOp::Execute {
-                    auth,
-                    command: reserve,
-                    request_id: Some(request_id),
-                },
-            )
-            .await?;
-        let billing = Billing {
-            hub: hub.clone(),
-            key,
-            request_id,
-            provider: provider.name.clone(),
-            prompt_bytes,
-            started: Instant::now(),
+        let ask = Ask {
+            model: &chat.model,
+            capability: Capability::Chat,
+            // The whole body's size bounds the prompt's tokens (a token is at least a byte).
+            prompt_bytes: body.len() as u64,
+            // Every choice may produce up to max_tokens (the model's cap if unset).
+            max_tokens: None,
+            images: 0,
         };
+        let cap = hub
+            .catalog
+            .snapshot()
+            .models
+            .get(&chat.model)
+            .map(|m| m.price.max_output_tokens);
+        let ask = Ask {
+            max_tokens: cap.map(|cap| chat.max_tokens.unwrap_or(cap).saturating_mul(chat.choices)),
+            ..ask
+        };
+        let Admitted {
+            billing,
+            priced,
+            provider,
+        } = admit(&hub, &req, key, ask).await?;
+        tracing::Span::current().record("request_id", tracing::field::display(billing.request_id));
         prepare_upstream_request(&mut request, &priced);
         if chat.stream {
             stream_chat(billing, provider, request, chat.client_wants_usage).await
@@ -260,6 +306,153 @@ pub async fn chat_completions(
     }
     .instrument(span)
     .await
+}
+
+/// `POST /v1/embeddings`: billed by input tokens.
+pub async fn embeddings(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    let hub = hub.into_inner();
+    let key = presented_key(&req)?;
+    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
+    let mut request: Value = parse_json(&body)?;
+    let model = required_model(&request)?;
+    let input_ok = match request.get("input") {
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(items)) => {
+            !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_array())
+        }
+        _ => false,
+    };
+    if !input_ok {
+        return Err(HubError::BadRequest(
+            "`input` is required: a non-empty string or array of strings".into(),
+        ));
+    }
+    let ask = Ask {
+        model: &model,
+        capability: Capability::Embeddings,
+        prompt_bytes: body.len() as u64,
+        max_tokens: Some(0),
+        images: 0,
+    };
+    let Admitted {
+        billing,
+        priced,
+        provider,
+    } = admit(&hub, &req, key, ask).await?;
+    prepare_upstream_request(&mut request, &priced);
+    let call = UpstreamCall {
+        http: &billing.hub.upstream,
+        provider: &provider,
+    };
+    let outcome = match api_for(provider.kind).embeddings(&call, &request).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let e = e.redacted(&provider);
+            billing.release(format!("upstream failed: {e}")).await;
+            return Err(e.into());
+        }
+    };
+    let input_bytes = request
+        .get("input")
+        .map_or(0, |i| i.to_string().len() as u64);
+    let usage = outcome
+        .usage
+        .unwrap_or_else(|| Usage::estimate(input_bytes, 0));
+    billing.settle(usage).await?;
+    Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
+}
+
+/// Most images one request may ask for (bounds the hold).
+pub const IMAGES_PER_REQUEST_MAX: u64 = 10;
+
+/// `POST /v1/images/generations`: billed per image.
+pub async fn images(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    let hub = hub.into_inner();
+    let key = presented_key(&req)?;
+    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
+    let mut request: Value = parse_json(&body)?;
+    let model = required_model(&request)?;
+    if !request
+        .get("prompt")
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(HubError::BadRequest(
+            "`prompt` is required and must be a non-empty string".into(),
+        ));
+    }
+    let n = match request.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=IMAGES_PER_REQUEST_MAX).contains(n))
+            .ok_or_else(|| {
+                HubError::BadRequest(format!(
+                    "`n` must be an integer from 1 to {IMAGES_PER_REQUEST_MAX}"
+                ))
+            })?,
+    };
+    if let Some(format) = request.get("response_format").filter(|f| !f.is_null()) {
+        if !matches!(format.as_str(), Some("url" | "b64_json")) {
+            return Err(HubError::BadRequest(
+                "`response_format` must be \"url\" or \"b64_json\"".into(),
+            ));
+        }
+    }
+    let ask = Ask {
+        model: &model,
+        capability: Capability::Images,
+        prompt_bytes: body.len() as u64,
+        max_tokens: Some(0),
+        images: n as u32,
+    };
+    let Admitted {
+        billing,
+        priced,
+        provider,
+    } = admit(&hub, &req, key, ask).await?;
+    prepare_upstream_request(&mut request, &priced);
+    let call = UpstreamCall {
+        http: &billing.hub.upstream,
+        provider: &provider,
+    };
+    let outcome = match api_for(provider.kind).images(&call, &request).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let e = e.redacted(&provider);
+            billing.release(format!("upstream failed: {e}")).await;
+            return Err(e.into());
+        }
+    };
+    billing
+        .settle(Usage {
+            images: outcome.images,
+            ..Usage::default()
+        })
+        .await?;
+    Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
+}
+
+fn required_model(request: &Value) -> Result<String, HubError> {
+    request
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            HubError::BadRequest(
+                "`model` is required and must be a string like \"openai/text-embedding-3-small\""
+                    .into(),
+            )
+        })
 }
 
 fn prepare_upstream_request(request: &mut Value, priced: &PricedModel) {

@@ -60,6 +60,8 @@ pub struct PriceSpec {
     pub cache_read_per_mtok: Option<String>,
     /// Defaults to the input rate.
     pub cache_write_per_mtok: Option<String>,
+    /// Credits per generated image (image models), e.g. "0.04".
+    pub per_image: Option<String>,
     pub max_output_tokens: Option<u32>,
 }
 
@@ -296,6 +298,15 @@ impl Hub {
         };
         let cache_read = optional("cache_read_per_mtok", &spec.cache_read_per_mtok)?;
         let cache_write = optional("cache_write_per_mtok", &spec.cache_write_per_mtok)?;
+        let per_image = spec
+            .per_image
+            .as_deref()
+            .map(|raw| {
+                Credits::parse(raw)
+                    .map(|c| c.pico().to_string())
+                    .map_err(|e| HubError::BadRequest(format!("per_image: {e}")))
+            })
+            .transpose()?;
         let max_output_tokens = spec
             .max_output_tokens
             .unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
@@ -310,6 +321,7 @@ impl Hub {
             output_pico_per_token: output.pico_per_token().to_string(),
             cache_read_pico_per_token: cache_read,
             cache_write_pico_per_token: cache_write,
+            image_pico_per_image: per_image,
             max_output_tokens: max_output_tokens as i64,
             version: 0,
             updated_at: Utc::now().to_rfc3339(),

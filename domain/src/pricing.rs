@@ -32,6 +32,9 @@ pub struct Rates {
     /// Prompt tokens written to the provider's cache.
     #[serde(rename = "cache_write_pico_per_token")]
     pub cache_write: Rate,
+    /// Per generated image (image models).
+    #[serde(rename = "image_pico_per_image", default)]
+    pub image: Rate,
 }
 
 impl Rates {
@@ -42,6 +45,7 @@ impl Rates {
             output,
             cache_read: input,
             cache_write: input,
+            image: Rate::default(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Rates {
             + self.cache_read.cost_of(usage.cache_read_tokens)
             + self.cache_write.cost_of(usage.cache_write_tokens)
             + self.output.cost_of(usage.output_tokens)
+            + self.image.cost_of(usage.images)
     }
 }
 
@@ -70,12 +75,18 @@ impl ModelPrice {
     /// The hold for one request: every prompt byte priced as a prompt token at the
     /// dearest prompt rate (a token is at least one byte) plus the most output the
     /// request may produce. A safe upper bound, exact, so no rounding is needed.
-    pub fn hold_for(&self, prompt_bytes: u64, requested_max_tokens: Option<u32>) -> Credits {
+    pub fn hold_for(
+        &self,
+        prompt_bytes: u64,
+        requested_max_tokens: Option<u32>,
+        images: u32,
+    ) -> Credits {
         let output_tokens = requested_max_tokens.unwrap_or(self.max_output_tokens);
         self.rates
             .max_prompt_rate()
             .cost_of(prompt_bytes + PROMPT_OVERHEAD_BYTES)
             + self.rates.output.cost_of(output_tokens as u64)
+            + self.rates.image.cost_of(images as u64)
     }
 }
 
@@ -96,6 +107,9 @@ pub struct Usage {
     pub reasoning_tokens: u64,
     /// True when the upstream never reported usage and these are estimates from text.
     pub estimated: bool,
+    /// Images generated (image models).
+    #[serde(default)]
+    pub images: u64,
 }
 
 impl Usage {
@@ -154,9 +168,12 @@ mod tests {
     fn hold_covers_prompt_bytes_and_output_cap() {
         let p = price();
         // (36 + 64) bytes * 150_000 + 1000 tokens * 600_000
-        assert_eq!(p.hold_for(36, None).pico(), 100 * 150_000 + 1000 * 600_000);
         assert_eq!(
-            p.hold_for(36, Some(10)).pico(),
+            p.hold_for(36, None, 0).pico(),
+            100 * 150_000 + 1000 * 600_000
+        );
+        assert_eq!(
+            p.hold_for(36, Some(10), 0).pico(),
             100 * 150_000 + 10 * 600_000
         );
     }
@@ -165,7 +182,7 @@ mod tests {
     fn hold_prices_prompt_bytes_at_the_dearest_prompt_rate() {
         let mut p = price();
         p.rates.cache_write = Rate::parse_per_million("0.3").unwrap();
-        assert_eq!(p.hold_for(36, Some(0)).pico(), 100 * 300_000);
+        assert_eq!(p.hold_for(36, Some(0), 0).pico(), 100 * 300_000);
     }
 
     #[test]
@@ -175,6 +192,7 @@ mod tests {
             output: Rate::from_pico_per_token(100),
             cache_read: Rate::from_pico_per_token(1),
             cache_write: Rate::from_pico_per_token(20),
+            image: Rate::from_pico_per_token(1000),
         };
         let usage = Usage {
             input_tokens: 12,
@@ -183,8 +201,12 @@ mod tests {
             output_tokens: 7,
             reasoning_tokens: 2,
             estimated: false,
+            images: 2,
         };
-        assert_eq!(rates.cost_of(&usage).pico(), 12 * 10 + 5 + 3 * 20 + 7 * 100);
+        assert_eq!(
+            rates.cost_of(&usage).pico(),
+            12 * 10 + 5 + 3 * 20 + 7 * 100 + 2 * 1000
+        );
         assert_eq!(usage.prompt_tokens(), 20);
     }
 

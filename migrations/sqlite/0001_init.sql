@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS model_prices
     output_pico_per_token   text    NOT NULL,
     cache_read_pico_per_token  text,
     cache_write_pico_per_token text,
+    image_pico_per_image       text,
     max_output_tokens       integer NOT NULL,
     version                 integer NOT NULL,
     updated_at              text    NOT NULL

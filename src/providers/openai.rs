@@ -41,6 +41,7 @@ pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
         output_tokens,
         reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens").unwrap_or(0),
         estimated: false,
+        images: 0,
     })
 }
 

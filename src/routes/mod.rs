@@ -23,6 +23,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/v1/embeddings")
+            .route(web::post().to(crate::gateway::embeddings))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/images/generations")
+            .route(web::post().to(crate::gateway::images))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/v1/models")
             .route(web::get().to(models::list_models))
             .default_service(not_allowed()),

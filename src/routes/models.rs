@@ -52,6 +52,7 @@ pub fn price_json(m: &PricedModel) -> serde_json::Value {
         "output_per_mtok": rates.output.to_per_million_string(),
         "cache_read_per_mtok": rates.cache_read.to_per_million_string(),
         "cache_write_per_mtok": rates.cache_write.to_per_million_string(),
+        "per_image": domain::Credits::from_pico(rates.image.pico_per_token()).to_decimal_string(),
         "max_output_tokens": m.price.max_output_tokens,
         "version": m.price_version,
         "unit": "credits per million tokens",

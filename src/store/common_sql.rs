@@ -56,13 +56,14 @@ macro_rules! impl_store {
         async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError> {
             let version: i64 = sqlx::query_scalar(
                 "INSERT INTO model_prices (model, input_pico_per_token, output_pico_per_token, max_output_tokens, version, updated_at,
-                                           cache_read_pico_per_token, cache_write_pico_per_token)
-                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7)
+                                           cache_read_pico_per_token, cache_write_pico_per_token, image_pico_per_image)
+                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)
                  ON CONFLICT (model) DO UPDATE SET
                    input_pico_per_token = excluded.input_pico_per_token,
                    output_pico_per_token = excluded.output_pico_per_token,
                    cache_read_pico_per_token = excluded.cache_read_pico_per_token,
                    cache_write_pico_per_token = excluded.cache_write_pico_per_token,
+                   image_pico_per_image = excluded.image_pico_per_image,
                    max_output_tokens = excluded.max_output_tokens,
                    version = model_prices.version + 1,
                    updated_at = excluded.updated_at
@@ -75,6 +76,7 @@ macro_rules! impl_store {
             .bind(&row.updated_at)
             .bind(&row.cache_read_pico_per_token)
             .bind(&row.cache_write_pico_per_token)
+            .bind(&row.image_pico_per_image)
             .fetch_one(&self.pool)
             .await?;
             Ok(version)
@@ -83,7 +85,7 @@ macro_rules! impl_store {
         async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError> {
             let rows = sqlx::query(
                 "SELECT model, input_pico_per_token, output_pico_per_token, cache_read_pico_per_token, cache_write_pico_per_token,
-                        max_output_tokens, version, updated_at
+                        image_pico_per_image, max_output_tokens, version, updated_at
                    FROM model_prices ORDER BY model",
             )
             .fetch_all(&self.pool)
@@ -96,6 +98,7 @@ macro_rules! impl_store {
                     output_pico_per_token: r.get("output_pico_per_token"),
                     cache_read_pico_per_token: r.get("cache_read_pico_per_token"),
                     cache_write_pico_per_token: r.get("cache_write_pico_per_token"),
+                    image_pico_per_image: r.get("image_pico_per_image"),
                     max_output_tokens: r.get("max_output_tokens"),
                     version: r.get("version"),
                     updated_at: r.get("updated_at"),

@@ -109,6 +109,8 @@ pub struct PriceRow {
     /// `None`: cache reads/writes cost the input rate.
     pub cache_read_pico_per_token: Option<String>,
     pub cache_write_pico_per_token: Option<String>,
+    /// `None`: images are not priced (not an image model).
+    pub image_pico_per_image: Option<String>,
     pub max_output_tokens: i64,
     pub version: i64,
     pub updated_at: String,

@@ -45,6 +45,7 @@ pub fn conformance_rates() -> Rates {
         output: r("2"),
         cache_read: r("0.5"),
         cache_write: r("1.25"),
+        image: Rate::default(),
     }
 }
 

@@ -18,4 +18,5 @@ mod conformance;
 mod crash;
 mod errors;
 mod log_order;
+mod openai_endpoints;
 mod secrets;

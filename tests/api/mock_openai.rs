@@ -45,6 +45,8 @@ impl MockUpstream {
             App::new()
                 .app_data(data.clone())
                 .route("/v1/chat/completions", web::post().to(chat))
+                .route("/v1/embeddings", web::post().to(embeddings))
+                .route("/v1/images/generations", web::post().to(images))
         })
         .workers(1)
         .disable_signals()
@@ -296,4 +298,58 @@ fn tool_call_answer(body: &Value, deepseek: bool) -> HttpResponse {
             "logprobs": null, "finish_reason": "tool_calls"}],
         "usage": usage(COMPLETION_TOKENS, deepseek),
     }))
+}
+
+pub const EMBEDDING_PROMPT_TOKENS: u64 = 8;
+
+fn authorized(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {MOCK_API_KEY}"))
+}
+
+async fn embeddings(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    state.lock().unwrap().requests.push(body.0.clone());
+    if !authorized(&req) {
+        return error(401, "Incorrect API key provided", "invalid_request_error");
+    }
+    let inputs = match &body["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.0023, -0.0093, 0.0158]}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "object": "list", "data": data, "model": body["model"],
+        "usage": {"prompt_tokens": EMBEDDING_PROMPT_TOKENS, "total_tokens": EMBEDDING_PROMPT_TOKENS}
+    }))
+}
+
+async fn images(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    state.lock().unwrap().requests.push(body.0.clone());
+    if !authorized(&req) {
+        return error(401, "Incorrect API key provided", "invalid_request_error");
+    }
+    let n = body["n"].as_u64().unwrap_or(1);
+    let b64 = body["response_format"] == "b64_json";
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            if b64 {
+                json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": "a cat"})
+            } else {
+                json!({"url": format!("https://images.example/{i}.png")})
+            }
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"created": 1_700_000_000, "data": data}))
 }

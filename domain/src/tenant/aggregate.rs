@@ -229,6 +229,7 @@ impl Tenant {
                 price_version,
                 prompt_bytes,
                 max_tokens,
+                images,
                 instance_id,
                 expires_at,
                 at,
@@ -236,7 +237,7 @@ impl Tenant {
                 if self.holds.contains_key(&request_id) {
                     return Err(TenantError::HoldAlreadyExists(request_id));
                 }
-                let hold = price.hold_for(prompt_bytes, max_tokens);
+                let hold = price.hold_for(prompt_bytes, max_tokens, images);
                 let available = self.available();
                 if available < hold {
                     return Err(TenantError::InsufficientCredits {
@@ -256,6 +257,7 @@ impl Tenant {
                     hold_pico: hold,
                     prompt_bytes,
                     max_output_tokens: max_tokens.unwrap_or(price.max_output_tokens),
+                    images_requested: images,
                     instance_id,
                     expires_at,
                     at,

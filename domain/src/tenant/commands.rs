@@ -46,6 +46,8 @@ pub enum TenantCommand {
         price_version: i64,
         prompt_bytes: u64,
         max_tokens: Option<u32>,
+        /// Images the request asks for (image models), 0 otherwise.
+        images: u32,
         instance_id: InstanceId,
         expires_at: DateTime<Utc>,
         at: DateTime<Utc>,

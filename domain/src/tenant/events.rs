@@ -65,6 +65,8 @@ pub enum TenantEvent {
         hold_pico: Credits,
         prompt_bytes: u64,
         max_output_tokens: u32,
+        #[serde(default)]
+        images_requested: u32,
         instance_id: InstanceId,
         expires_at: DateTime<Utc>,
         at: DateTime<Utc>,

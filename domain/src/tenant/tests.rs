@@ -84,6 +84,7 @@ fn reserve_cmd(
         price_version: 3,
         prompt_bytes,
         max_tokens,
+        images: 0,
         instance_id: instance(instance_n),
         expires_at: at(600),
         at: at(2),
@@ -101,9 +102,10 @@ fn reserved(n: u128, prompt_bytes: u64, max_tokens: Option<u32>) -> TenantEvent 
         app: Some("my-app".into()),
         price_version: 3,
         rates: p.rates,
-        hold_pico: p.hold_for(prompt_bytes, max_tokens),
+        hold_pico: p.hold_for(prompt_bytes, max_tokens, 0),
         prompt_bytes,
         max_output_tokens: max_tokens.unwrap_or(p.max_output_tokens),
+        images_requested: 0,
         instance_id: instance(0),
         expires_at: at(600),
         at: at(2),
@@ -380,7 +382,7 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
 
 #[test]
 fn settle_charges_actual_usage_and_releases_the_rest() {
-    let hold = price().hold_for(36, None);
+    let hold = price().hold_for(36, None, 0);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -408,7 +410,7 @@ fn settle_charges_actual_usage_and_releases_the_rest() {
 
 #[test]
 fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
-    let hold = price().hold_for(36, Some(10));
+    let hold = price().hold_for(36, Some(10), 0);
     let result = TenantTest::with(())
         .given(vec![
             created(),
@@ -437,7 +439,7 @@ fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
 
 #[test]
 fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
-    let hold = price().hold_for(36, None);
+    let hold = price().hold_for(36, None, 0);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -452,7 +454,7 @@ fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
 
 #[test]
 fn failed_request_costs_nothing() {
-    let hold = price().hold_for(36, None);
+    let hold = price().hold_for(36, None, 0);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -475,7 +477,7 @@ fn failed_request_costs_nothing() {
 
 #[test]
 fn holds_of_dead_processes_and_expired_holds_are_released() {
-    let hold = price().hold_for(36, None);
+    let hold = price().hold_for(36, None, 0);
     let mut expired = reserved(3, 36, None);
     if let TenantEvent::CreditsReserved {
         expires_at,
@@ -531,7 +533,7 @@ fn holds_of_dead_processes_and_expired_holds_are_released() {
 
 #[test]
 fn ledger_identity_holds_after_every_event() {
-    let hold = price().hold_for(36, None);
+    let hold = price().hold_for(36, None, 0);
     let events = vec![
         created(),
         key_issued(),
