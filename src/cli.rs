@@ -258,6 +258,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 region,
                 access_key_id,
                 secret_access_key: aws.then_some(secret),
+                weight: None,
             };
             let row = hub.add_provider(spec).await?;
             serde_json::json!({"provider_id": row.provider_id, "name": row.name, "kind": row.kind, "base_url": row.base_url, "region": row.region})
@@ -278,6 +279,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 cache_write_per_mtok: cache_write,
                 per_image,
                 max_output_tokens,
+                fallbacks: None,
             };
             hub.set_price(&model, &spec).await?;
             let priced = hub.catalog.snapshot().models.get(&model).cloned();

@@ -37,6 +37,13 @@ pub struct Limits {
     pub catalog_refresh_ms: u64,
     /// How often the projector catches up even without a local commit.
     pub projector_poll_ms: u64,
+    /// Retries of one candidate after a 429, 5xx, connection failure or timeout,
+    /// before the next candidate is tried.
+    pub retries_per_candidate: u32,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// How long a credential that got a 429 is avoided.
+    pub rate_limit_cooldown_ms: u64,
 }
 
 impl Default for Limits {
@@ -56,6 +63,10 @@ impl Default for Limits {
             tenant_call_timeout_ms: 15_000,
             catalog_refresh_ms: 5_000,
             projector_poll_ms: 1_000,
+            retries_per_candidate: 1,
+            retry_base_delay_ms: 100,
+            retry_max_delay_ms: 2_000,
+            rate_limit_cooldown_ms: 10_000,
         }
     }
 }

@@ -132,10 +132,15 @@ impl SecretBox {
     }
 }
 
-/// The associated data that binds a provider credential to its row.
-pub fn provider_binding(provider_id: &str, tenant_id: Option<&str>) -> String {
+/// The associated data that binds a provider credential to its row: its
+/// provider, its own id, and the tenant for a tenant's own credentials.
+pub fn credential_binding(
+    provider_id: &str,
+    credential_id: &str,
+    tenant_id: Option<&str>,
+) -> String {
     format!(
-        "aigne-hub/provider-secret/v1;provider={provider_id};tenant={}",
+        "aigne-hub/provider-secret/v1;provider={provider_id};credential={credential_id};tenant={}",
         tenant_id.unwrap_or("-")
     )
 }
@@ -148,22 +153,26 @@ mod tests {
     fn sealed_secret_opens_only_with_the_same_binding() {
         let b = SecretBox::new(&SecretBox::generate_master_key()).unwrap();
         let secret = Secret::new("sk-live-123".into());
-        let sealed = b.seal(&secret, &provider_binding("p1", None));
+        let sealed = b.seal(&secret, &credential_binding("p1", "c1", None));
         assert!(!sealed.contains("sk-live-123"));
         assert_eq!(
-            b.open(&sealed, &provider_binding("p1", None)).unwrap(),
+            b.open(&sealed, &credential_binding("p1", "c1", None))
+                .unwrap(),
             secret
         );
         assert_eq!(
-            b.open(&sealed, &provider_binding("p2", None)),
+            b.open(&sealed, &credential_binding("p2", "c1", None)),
             Err(CryptoError::OpenFailed)
         );
         assert_eq!(
-            b.open(&sealed, &provider_binding("p1", Some("t1"))),
+            b.open(&sealed, &credential_binding("p1", "c1", Some("t1"))),
             Err(CryptoError::OpenFailed)
         );
         // Random nonces: sealing twice never gives the same text.
-        assert_ne!(sealed, b.seal(&secret, &provider_binding("p1", None)));
+        assert_ne!(
+            sealed,
+            b.seal(&secret, &credential_binding("p1", "c1", None))
+        );
     }
 
     #[test]

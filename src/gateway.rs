@@ -12,17 +12,19 @@
 use crate::actors::TenantOp;
 use crate::auth::{presented_key, PresentedKey};
 use crate::body::{parse_json, read_limited};
-use crate::catalog::PricedModel;
+use crate::catalog::Candidate;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::providers::{
-    api_for, openai_usage_json, ChatStream, Provider, StreamItem, UpstreamCall, UpstreamError,
+    api_for, openai_usage_json, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome,
+    Provider, StreamItem, UpstreamCall, UpstreamError,
 };
+use crate::routing::{backoff, classify, Failure, ATTEMPTS_PER_REQUEST_MAX};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
-use domain::tenant::TenantCommand;
-use domain::{Capability, Ingress, Permission, RequestId, Usage};
+use domain::tenant::{Attempt, TenantCommand};
+use domain::{Capability, Ingress, ModelPrice, Permission, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -141,32 +143,52 @@ struct Billing {
     hub: Arc<Hub>,
     key: PresentedKey,
     request_id: RequestId,
-    provider: String,
     prompt_bytes: u64,
     started: Instant,
 }
 
 impl Billing {
-    async fn settle(&self, usage: Usage) -> Result<(), HubError> {
-        let command = TenantCommand::SettleUsage {
-            request_id: self.request_id,
-            provider: self.provider.clone(),
-            usage,
-            upstream_latency_ms: self.started.elapsed().as_millis() as u64,
-            at: Utc::now(),
+    async fn execute(&self, command: TenantCommand) -> Result<(), HubError> {
+        let op = TenantOp::Execute {
+            auth: None,
+            command,
+            request_id: Some(self.request_id),
         };
         self.hub
             .tenants
-            .call(
-                self.key.tenant_id,
-                TenantOp::Execute {
-                    auth: None,
-                    command,
-                    request_id: Some(self.request_id),
-                },
-            )
+            .call(self.key.tenant_id, op)
             .await
             .map(|_| ())
+    }
+
+    /// Charges `usage` at the rates of the attempt that produced it.
+    async fn settle(&self, attempt: &Attempt, usage: Usage) -> Result<(), HubError> {
+        self.execute(TenantCommand::SettleUsage {
+            request_id: self.request_id,
+            attempt: attempt.clone(),
+            usage,
+            upstream_latency_ms: self.started.elapsed().as_millis() as u64,
+            at: Utc::now(),
+        })
+        .await
+    }
+
+    async fn record_failure(&self, attempt: &Attempt, error: &UpstreamError, latency: Duration) {
+        let status = match error {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
+        };
+        let command = TenantCommand::RecordFailedAttempt {
+            request_id: self.request_id,
+            attempt: attempt.clone(),
+            status,
+            reason: error.to_string(),
+            latency_ms: latency.as_millis() as u64,
+            at: Utc::now(),
+        };
+        if let Err(e) = self.execute(command).await {
+            tracing::warn!(request_id = %self.request_id, error = %e, "recording a failed attempt failed");
+        }
     }
 
     async fn release(&self, reason: String) {
@@ -175,23 +197,17 @@ impl Billing {
             reason,
             at: Utc::now(),
         };
-        let op = TenantOp::Execute {
-            auth: None,
-            command,
-            request_id: Some(self.request_id),
-        };
-        if let Err(e) = self.hub.tenants.call(self.key.tenant_id, op).await {
+        if let Err(e) = self.execute(command).await {
             // The hold stays until the sweeper releases it at its time to live.
             tracing::warn!(request_id = %self.request_id, error = %e, "releasing a hold failed");
         }
     }
 }
 
-/// A request admitted: key checked, model routed, hold placed.
+/// A request admitted: key checked, candidates routed, hold placed.
 struct Admitted {
     billing: Billing,
-    priced: PricedModel,
-    provider: Provider,
+    candidates: Vec<Candidate>,
 }
 
 /// What a model request asks for, for its hold.
@@ -199,8 +215,29 @@ struct Ask<'a> {
     model: &'a str,
     capability: Capability,
     prompt_bytes: u64,
+    /// Output tokens asked for; `None`: the largest cap among the candidates.
     max_tokens: Option<u32>,
+    /// Choices (`n`): each may produce up to the output tokens.
+    choices: u32,
     images: u32,
+}
+
+/// The price a hold is placed at: for every kind of token the dearest rate of any
+/// candidate, and the largest output cap, so a fallback never costs more than held.
+fn hold_price(candidates: &[Candidate]) -> ModelPrice {
+    let mut price = candidates[0].priced.price;
+    for c in &candidates[1..] {
+        let (a, b) = (&mut price.rates, &c.priced.price.rates);
+        a.input = a.input.max(b.input);
+        a.output = a.output.max(b.output);
+        a.cache_read = a.cache_read.max(b.cache_read);
+        a.cache_write = a.cache_write.max(b.cache_write);
+        a.image = a.image.max(b.image);
+        price.max_output_tokens = price
+            .max_output_tokens
+            .max(c.priced.price.max_output_tokens);
+    }
+    price
 }
 
 /// Checks the key, routes the model and places the hold (401/403/404/402 here).
@@ -211,25 +248,32 @@ async fn admit(
     ask: Ask<'_>,
 ) -> Result<Admitted, HubError> {
     let auth = Some(Hub::key_auth(&key, Permission::CallModels));
-    let Some((priced, provider)) = hub.catalog.snapshot().route(ask.model) else {
+    let candidates = hub.catalog.snapshot().candidates(ask.model);
+    if candidates.is_empty() {
         // Check the key first, so an unknown model is never a way to probe keys.
         hub.tenants
             .call(key.tenant_id, TenantOp::Read { auth })
             .await?;
         return Err(HubError::ModelNotFound(ask.model.to_string()));
-    };
+    }
+    let price = hold_price(&candidates);
+    let primary = &candidates[0].priced;
     let request_id = RequestId::new_random();
     let reserve = TenantCommand::ReserveCredits {
         request_id,
         key_id: key.key_id,
-        model: priced.model.clone(),
+        model: primary.model.clone(),
         capability: ask.capability,
         ingress: Ingress::Openai,
         app: client_app(req),
-        price: priced.price,
-        price_version: priced.price_version,
+        price,
+        price_version: primary.price_version,
         prompt_bytes: ask.prompt_bytes,
-        max_tokens: ask.max_tokens,
+        max_tokens: Some(
+            ask.max_tokens
+                .unwrap_or(price.max_output_tokens)
+                .saturating_mul(ask.choices),
+        ),
         images: ask.images,
         instance_id: hub.instance_id,
         expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
@@ -245,19 +289,141 @@ async fn admit(
             },
         )
         .await?;
+    hub.router.earn();
     let billing = Billing {
         hub: hub.clone(),
         key,
         request_id,
-        provider: provider.name.clone(),
         prompt_bytes: ask.prompt_bytes,
         started: Instant::now(),
     };
     Ok(Admitted {
         billing,
-        priced,
-        provider,
+        candidates,
     })
+}
+
+/// The operation a request performs upstream.
+#[derive(Clone, Copy)]
+enum Operation {
+    Chat,
+    ChatStream,
+    Embeddings,
+    Images,
+}
+
+enum Answer {
+    Chat(ChatOutcome),
+    Stream(ChatStream),
+    Embeddings(EmbeddingsOutcome),
+    Images(ImagesOutcome),
+}
+
+async fn perform(
+    operation: Operation,
+    hub: &Hub,
+    provider: &Provider,
+    request: &Value,
+) -> Result<Answer, UpstreamError> {
+    let call = UpstreamCall {
+        http: &hub.upstream,
+        provider,
+    };
+    let api = api_for(provider.kind);
+    Ok(match operation {
+        Operation::Chat => Answer::Chat(api.chat(&call, request).await?),
+        Operation::ChatStream => Answer::Stream(api.chat_stream(&call, request).await?),
+        Operation::Embeddings => Answer::Embeddings(api.embeddings(&call, request).await?),
+        Operation::Images => Answer::Images(api.images(&call, request).await?),
+    })
+}
+
+/// Tries the candidates in order (see `routing`), recording every failed attempt.
+/// On success returns the answer, the attempt that gave it and its provider; on
+/// failure releases the hold and returns the last error.
+async fn attempt(
+    billing: &Billing,
+    candidates: &[Candidate],
+    operation: Operation,
+    request: &Value,
+) -> Result<(Answer, Attempt, Provider), HubError> {
+    let hub = &billing.hub;
+    let limits = &hub.limits;
+    let mut number = 0u32;
+    let mut last_error: Option<UpstreamError> = None;
+    let mut rejected: Vec<String> = Vec::new();
+    'candidates: for candidate in candidates {
+        let mut retry = 0u32;
+        while number < ATTEMPTS_PER_REQUEST_MAX {
+            let Some(provider) = hub.router.pick(&candidate.provider, &rejected) else {
+                last_error.get_or_insert(UpstreamError::Status {
+                    status: 401,
+                    message: "every credential of the provider is disabled".into(),
+                });
+                continue 'candidates;
+            };
+            number += 1;
+            let attempt = Attempt {
+                number,
+                provider: provider.name.clone(),
+                credential_id: provider.credential_id.clone(),
+                model: candidate.priced.model.clone(),
+                price_version: candidate.priced.price_version,
+                rates: candidate.priced.price.rates,
+            };
+            let mut upstream_request = request.clone();
+            upstream_request["model"] =
+                Value::String(candidate.priced.model.upstream_model().to_string());
+            let started = Instant::now();
+            let error = match perform(operation, hub, &provider, &upstream_request).await {
+                Ok(answer) => return Ok((answer, attempt, provider)),
+                Err(e) => e.redacted(&provider),
+            };
+            billing
+                .record_failure(&attempt, &error, started.elapsed())
+                .await;
+            let failure = classify(&error);
+            tracing::warn!(request_id = %billing.request_id, attempt = number, provider = %provider.name, error = %error, "upstream attempt failed");
+            match failure {
+                Failure::Fatal => {
+                    billing.release(format!("upstream failed: {error}")).await;
+                    return Err(error.into());
+                }
+                Failure::CredentialRejected => {
+                    let reason = format!("rejected by the upstream: {error}");
+                    tracing::error!(provider = %provider.name, credential_id = %provider.credential_id, reason = %reason, "provider credential disabled");
+                    if let Err(e) = hub
+                        .set_credential_disabled(&provider.credential_id, Some(&reason))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "disabling a credential failed");
+                    }
+                    rejected.push(provider.credential_id.clone());
+                    last_error = Some(error);
+                    // Another credential of the same candidate, while one is left.
+                    continue;
+                }
+                Failure::RateLimited => hub
+                    .router
+                    .cool_down(&provider.credential_id, limits.rate_limit_cooldown_ms),
+                Failure::Transient => {}
+            }
+            last_error = Some(error);
+            if retry >= limits.retries_per_candidate || !hub.router.take_retry() {
+                continue 'candidates;
+            }
+            tokio::time::sleep(backoff(
+                retry,
+                limits.retry_base_delay_ms,
+                limits.retry_max_delay_ms,
+            ))
+            .await;
+            retry += 1;
+        }
+    }
+    let error = last_error.unwrap_or(UpstreamError::Connect("no candidate could be tried".into()));
+    billing.release(format!("upstream failed: {error}")).await;
+    Err(error.into())
 }
 
 pub async fn chat_completions(
@@ -277,31 +443,45 @@ pub async fn chat_completions(
             capability: Capability::Chat,
             // The whole body's size bounds the prompt's tokens (a token is at least a byte).
             prompt_bytes: body.len() as u64,
-            // Every choice may produce up to max_tokens (the model's cap if unset).
-            max_tokens: None,
+            max_tokens: chat.max_tokens,
+            choices: chat.choices,
             images: 0,
-        };
-        let cap = hub
-            .catalog
-            .snapshot()
-            .models
-            .get(&chat.model)
-            .map(|m| m.price.max_output_tokens);
-        let ask = Ask {
-            max_tokens: cap.map(|cap| chat.max_tokens.unwrap_or(cap).saturating_mul(chat.choices)),
-            ..ask
         };
         let Admitted {
             billing,
-            priced,
-            provider,
+            candidates,
         } = admit(&hub, &req, key, ask).await?;
         tracing::Span::current().record("request_id", tracing::field::display(billing.request_id));
-        prepare_upstream_request(&mut request, &priced);
+        prepare_upstream_request(&mut request);
         if chat.stream {
-            stream_chat(billing, provider, request, chat.client_wants_usage).await
+            let (answer, attempt, provider) =
+                attempt(&billing, &candidates, Operation::ChatStream, &request).await?;
+            let Answer::Stream(upstream) = answer else {
+                unreachable!("a stream operation answers with a stream")
+            };
+            Ok(stream_chat(
+                billing,
+                attempt,
+                provider,
+                upstream,
+                chat.client_wants_usage,
+            ))
         } else {
-            json_chat(billing, provider, request).await
+            let (answer, attempt, _) =
+                attempt(&billing, &candidates, Operation::Chat, &request).await?;
+            let Answer::Chat(outcome) = answer else {
+                unreachable!("a chat operation answers with a chat")
+            };
+            let usage = outcome.usage.unwrap_or_else(|| {
+                let text = outcome
+                    .body
+                    .pointer("/choices/0/message/content")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                Usage::estimate(billing.prompt_bytes, text.len() as u64)
+            });
+            billing.settle(&attempt, usage).await?;
+            Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
         }
     }
     .instrument(span)
@@ -336,25 +516,18 @@ pub async fn embeddings(
         capability: Capability::Embeddings,
         prompt_bytes: body.len() as u64,
         max_tokens: Some(0),
+        choices: 1,
         images: 0,
     };
     let Admitted {
         billing,
-        priced,
-        provider,
+        candidates,
     } = admit(&hub, &req, key, ask).await?;
-    prepare_upstream_request(&mut request, &priced);
-    let call = UpstreamCall {
-        http: &billing.hub.upstream,
-        provider: &provider,
-    };
-    let outcome = match api_for(provider.kind).embeddings(&call, &request).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let e = e.redacted(&provider);
-            billing.release(format!("upstream failed: {e}")).await;
-            return Err(e.into());
-        }
+    prepare_upstream_request(&mut request);
+    let (answer, attempt, _) =
+        attempt(&billing, &candidates, Operation::Embeddings, &request).await?;
+    let Answer::Embeddings(outcome) = answer else {
+        unreachable!("an embeddings operation answers with embeddings")
     };
     let input_bytes = request
         .get("input")
@@ -362,7 +535,7 @@ pub async fn embeddings(
     let usage = outcome
         .usage
         .unwrap_or_else(|| Usage::estimate(input_bytes, 0));
-    billing.settle(usage).await?;
+    billing.settle(&attempt, usage).await?;
     Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
 }
 
@@ -412,31 +585,26 @@ pub async fn images(
         capability: Capability::Images,
         prompt_bytes: body.len() as u64,
         max_tokens: Some(0),
+        choices: 1,
         images: n as u32,
     };
     let Admitted {
         billing,
-        priced,
-        provider,
+        candidates,
     } = admit(&hub, &req, key, ask).await?;
-    prepare_upstream_request(&mut request, &priced);
-    let call = UpstreamCall {
-        http: &billing.hub.upstream,
-        provider: &provider,
-    };
-    let outcome = match api_for(provider.kind).images(&call, &request).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let e = e.redacted(&provider);
-            billing.release(format!("upstream failed: {e}")).await;
-            return Err(e.into());
-        }
+    prepare_upstream_request(&mut request);
+    let (answer, attempt, _) = attempt(&billing, &candidates, Operation::Images, &request).await?;
+    let Answer::Images(outcome) = answer else {
+        unreachable!("an images operation answers with images")
     };
     billing
-        .settle(Usage {
-            images: outcome.images,
-            ..Usage::default()
-        })
+        .settle(
+            &attempt,
+            Usage {
+                images: outcome.images,
+                ..Usage::default()
+            },
+        )
         .await?;
     Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
 }
@@ -455,10 +623,9 @@ fn required_model(request: &Value) -> Result<String, HubError> {
         })
 }
 
-fn prepare_upstream_request(request: &mut Value, priced: &PricedModel) {
-    request["model"] = Value::String(priced.model.upstream_model().to_string());
+fn prepare_upstream_request(request: &mut Value) {
     // The provider module decides how to ask for streamed usage; the client's own
-    // wish is remembered in `client_wants_usage`.
+    // wish is remembered in `client_wants_usage`. `model` is set per attempt.
     if let Some(object) = request.as_object_mut() {
         object.remove("stream_options");
     }
@@ -471,57 +638,18 @@ fn with_request_id(
     builder.insert_header(("x-request-id", request_id.to_string()))
 }
 
-async fn json_chat(
+fn stream_chat(
     billing: Billing,
+    attempt: Attempt,
     provider: Provider,
-    request: Value,
-) -> Result<HttpResponse, HubError> {
-    let call = UpstreamCall {
-        http: &billing.hub.upstream,
-        provider: &provider,
-    };
-    let outcome = match api_for(provider.kind).chat(&call, &request).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let e = e.redacted(&provider);
-            billing.release(format!("upstream failed: {e}")).await;
-            return Err(e.into());
-        }
-    };
-    let usage = outcome.usage.unwrap_or_else(|| {
-        let text = outcome
-            .body
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        Usage::estimate(billing.prompt_bytes, text.len() as u64)
-    });
-    billing.settle(usage).await?;
-    Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
-}
-
-async fn stream_chat(
-    billing: Billing,
-    provider: Provider,
-    request: Value,
+    upstream: ChatStream,
     client_wants_usage: bool,
-) -> Result<HttpResponse, HubError> {
-    let call = UpstreamCall {
-        http: &billing.hub.upstream,
-        provider: &provider,
-    };
-    let upstream = match api_for(provider.kind).chat_stream(&call, &request).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            let e = e.redacted(&provider);
-            billing.release(format!("upstream failed: {e}")).await;
-            return Err(e.into());
-        }
-    };
+) -> HttpResponse {
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let request_id = billing.request_id;
     actix_web::rt::spawn(relay_stream(
         billing,
+        attempt,
         provider,
         upstream,
         tx,
@@ -532,10 +660,10 @@ async fn stream_chat(
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
-    Ok(with_request_id(&mut HttpResponse::Ok(), request_id)
+    with_request_id(&mut HttpResponse::Ok(), request_id)
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
-        .streaming(body))
+        .streaming(body)
 }
 
 /// Bytes of generated text in one OpenAI stream chunk (for estimates only).
@@ -599,6 +727,7 @@ enum StreamEnd {
 /// Copies the provider's stream to the client, then settles and finishes it.
 async fn relay_stream(
     billing: Billing,
+    attempt: Attempt,
     provider: Provider,
     mut upstream: ChatStream,
     tx: mpsc::Sender<Bytes>,
@@ -638,7 +767,7 @@ async fn relay_stream(
             {
                 // Left before the end: what was generated is still billed below.
             }
-            let last = match billing.settle(charged).await {
+            let last = match billing.settle(&attempt, charged).await {
                 Ok(()) => sse_frame("[DONE]"),
                 Err(e) => sse_frame(&e.body().to_string()),
             };
@@ -646,7 +775,10 @@ async fn relay_stream(
         }
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
-            if let Err(e) = billing.settle(usage.unwrap_or_else(estimate)).await {
+            if let Err(e) = billing
+                .settle(&attempt, usage.unwrap_or_else(estimate))
+                .await
+            {
                 tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
             }
         }
@@ -654,7 +786,10 @@ async fn relay_stream(
             let e = e.redacted(&provider);
             if usage.is_some() || output_bytes > 0 {
                 // The client already received text: bill what it got.
-                if let Err(settle_error) = billing.settle(usage.unwrap_or_else(estimate)).await {
+                if let Err(settle_error) = billing
+                    .settle(&attempt, usage.unwrap_or_else(estimate))
+                    .await
+                {
                     tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
                 }
             } else {

@@ -8,11 +8,11 @@ use crate::actors::{Auth, TenantOp, TenantRegistry, TenantReply};
 use crate::auth::{new_key, PresentedKey};
 use crate::catalog::Catalog;
 use crate::config::Limits;
-use crate::crypto::{provider_binding, Secret, SecretBox, SECRET_MAX_BYTES};
+use crate::crypto::{credential_binding, Secret, SecretBox, SECRET_MAX_BYTES};
 use crate::error::HubError;
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
-use crate::store::{PriceRow, ProviderRow, Store};
+use crate::store::{CredentialRow, PriceRow, ProviderRow, Store};
 use chrono::Utc;
 use domain::pricing::MAX_OUTPUT_TOKENS_LIMIT;
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
@@ -27,6 +27,7 @@ pub struct Hub {
     pub tenants: TenantRegistry,
     pub catalog: Catalog,
     pub upstream: Upstream,
+    pub router: crate::routing::Router,
     pub secrets: Arc<SecretBox>,
     pub projector: Projector,
     pub instance_id: InstanceId,
@@ -48,6 +49,50 @@ pub struct ProviderSpec {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// Share of requests in rotation once the provider has several credentials.
+    pub weight: Option<u32>,
+}
+
+/// Another credential for an existing provider. No `Debug`: it holds secrets.
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    pub api_key: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub weight: Option<u32>,
+}
+
+/// Largest rotation weight of a credential.
+pub const CREDENTIAL_WEIGHT_MAX: u32 = 1_000;
+
+/// Checks a credential's fields for a kind of provider.
+fn parse_credential(
+    kind: ProviderKind,
+    api_key: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+) -> Result<Credential, HubError> {
+    let secret = |field: &str, value: Option<String>| -> Result<Secret, HubError> {
+        match value {
+            Some(v) if !v.is_empty() && v.len() <= SECRET_MAX_BYTES => Ok(Secret::new(v)),
+            _ => Err(HubError::BadRequest(format!(
+                "{field} is required for a {} provider (1 to {SECRET_MAX_BYTES} bytes)",
+                kind.as_str()
+            ))),
+        }
+    };
+    if kind.uses_aws_credentials() {
+        let access_key_id = secret("access_key_id", access_key_id)?.expose().to_string();
+        Ok(Credential::Aws {
+            access_key_id,
+            secret_access_key: secret("secret_access_key", secret_access_key)?,
+        })
+    } else {
+        Ok(Credential::ApiKey {
+            api_key: secret("api_key", api_key)?,
+        })
+    }
 }
 
 /// A price as the operator writes it: decimal strings in credits per million tokens.
@@ -62,6 +107,8 @@ pub struct PriceSpec {
     pub cache_write_per_mtok: Option<String>,
     /// Credits per generated image (image models), e.g. "0.04".
     pub per_image: Option<String>,
+    /// Model ids to try, in order, when this one fails (429, 5xx, timeouts).
+    pub fallbacks: Option<Vec<String>>,
     pub max_output_tokens: Option<u32>,
 }
 
@@ -212,43 +259,25 @@ impl Hub {
                 "provider name must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
             ));
         }
-        let secret = |field: &str, value: Option<String>| -> Result<Secret, HubError> {
-            match value {
-                Some(v) if !v.is_empty() && v.len() <= SECRET_MAX_BYTES => Ok(Secret::new(v)),
-                _ => Err(HubError::BadRequest(format!(
-                    "{field} is required for a {} provider (1 to {SECRET_MAX_BYTES} bytes)",
-                    kind.as_str()
-                ))),
-            }
-        };
-        let (credential, region) = if kind.uses_aws_credentials() {
+        let credential = parse_credential(
+            kind,
+            spec.api_key,
+            spec.access_key_id,
+            spec.secret_access_key,
+        )?;
+        let region = if kind.uses_aws_credentials() {
             let region = spec.region.filter(|r| {
                 !r.is_empty()
                     && r.len() <= 64
                     && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             });
-            let region = region.ok_or_else(|| {
+            Some(region.ok_or_else(|| {
                 HubError::BadRequest(
                     "region is required for a bedrock provider (e.g. \"us-east-1\")".into(),
                 )
-            })?;
-            let access_key_id = secret("access_key_id", spec.access_key_id)?
-                .expose()
-                .to_string();
-            (
-                Credential::Aws {
-                    access_key_id,
-                    secret_access_key: secret("secret_access_key", spec.secret_access_key)?,
-                },
-                Some(region),
-            )
+            })?)
         } else {
-            (
-                Credential::ApiKey {
-                    api_key: secret("api_key", spec.api_key)?,
-                },
-                None,
-            )
+            None
         };
         let base_url = match (spec.base_url, kind.default_base_url(), &region) {
             (Some(url), _, _) => url,
@@ -263,24 +292,92 @@ impl Hub {
                 "base_url must be http or https".into(),
             ));
         }
-        let provider_id = uuid::Uuid::new_v4().to_string();
-        let plaintext = Secret::new(
-            serde_json::to_string(&credential).map_err(|e| HubError::Internal(e.to_string()))?,
-        );
         let row = ProviderRow {
-            secret_ciphertext: self
-                .secrets
-                .seal(&plaintext, &provider_binding(&provider_id, None)),
-            provider_id,
+            provider_id: uuid::Uuid::new_v4().to_string(),
             name,
             kind: kind.as_str().to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
             region,
             created_at: Utc::now().to_rfc3339(),
         };
-        self.store.insert_provider(&row).await?;
+        let credential =
+            self.seal_credential(&row.provider_id, &credential, spec.weight.unwrap_or(1))?;
+        self.store.insert_provider(&row, &credential).await?;
         self.catalog.refresh().await?;
         Ok(row)
+    }
+
+    /// Adds another credential to a provider (rotation by weight).
+    pub async fn add_credential(
+        &self,
+        provider_name: &str,
+        spec: CredentialSpec,
+    ) -> Result<String, HubError> {
+        let provider = self
+            .catalog
+            .snapshot()
+            .providers
+            .get(provider_name)
+            .cloned()
+            .ok_or_else(|| HubError::NotFound(format!("provider {provider_name:?} not found")))?;
+        let credential = parse_credential(
+            provider.kind,
+            spec.api_key,
+            spec.access_key_id,
+            spec.secret_access_key,
+        )?;
+        let row =
+            self.seal_credential(&provider.provider_id, &credential, spec.weight.unwrap_or(1))?;
+        self.store.insert_credential(&row).await?;
+        self.catalog.refresh().await?;
+        Ok(row.credential_id)
+    }
+
+    /// Disables a credential the upstream rejected, or re-enables one (`None`).
+    pub async fn set_credential_disabled(
+        &self,
+        credential_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), HubError> {
+        if !self
+            .store
+            .set_credential_disabled(credential_id, reason)
+            .await?
+        {
+            return Err(HubError::NotFound(format!(
+                "credential {credential_id:?} not found"
+            )));
+        }
+        self.catalog.refresh().await?;
+        Ok(())
+    }
+
+    fn seal_credential(
+        &self,
+        provider_id: &str,
+        credential: &Credential,
+        weight: u32,
+    ) -> Result<CredentialRow, HubError> {
+        if weight == 0 || weight > CREDENTIAL_WEIGHT_MAX {
+            return Err(HubError::BadRequest(format!(
+                "weight must be 1 to {CREDENTIAL_WEIGHT_MAX}"
+            )));
+        }
+        let credential_id = uuid::Uuid::new_v4().to_string();
+        let plaintext = Secret::new(
+            serde_json::to_string(credential).map_err(|e| HubError::Internal(e.to_string()))?,
+        );
+        Ok(CredentialRow {
+            secret_ciphertext: self.secrets.seal(
+                &plaintext,
+                &credential_binding(provider_id, &credential_id, None),
+            ),
+            credential_id,
+            provider_id: provider_id.to_string(),
+            weight: weight as i64,
+            disabled_reason: None,
+            created_at: Utc::now().to_rfc3339(),
+        })
     }
 
     /// Sets a model's price; returns the new price version.
@@ -307,6 +404,27 @@ impl Hub {
                     .map_err(|e| HubError::BadRequest(format!("per_image: {e}")))
             })
             .transpose()?;
+        let fallbacks = match &spec.fallbacks {
+            None => None,
+            Some(list) if list.len() > crate::catalog::FALLBACKS_MAX => {
+                return Err(HubError::BadRequest(format!(
+                    "at most {} fallbacks",
+                    crate::catalog::FALLBACKS_MAX
+                )))
+            }
+            Some(list) => {
+                for fallback in list {
+                    let id = ModelId::parse(fallback)
+                        .map_err(|e| HubError::BadRequest(format!("fallbacks: {e}")))?;
+                    if id == model {
+                        return Err(HubError::BadRequest(
+                            "a model cannot be its own fallback".into(),
+                        ));
+                    }
+                }
+                Some(list.clone())
+            }
+        };
         let max_output_tokens = spec
             .max_output_tokens
             .unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
@@ -322,6 +440,7 @@ impl Hub {
             cache_read_pico_per_token: cache_read,
             cache_write_pico_per_token: cache_write,
             image_pico_per_image: per_image,
+            fallbacks: fallbacks.map(|f| serde_json::to_string(&f).expect("strings serialize")),
             max_output_tokens: max_output_tokens as i64,
             version: 0,
             updated_at: Utc::now().to_rfc3339(),

@@ -16,5 +16,6 @@ pub mod projector;
 pub mod providers;
 pub mod replay;
 pub mod routes;
+pub mod routing;
 pub mod startup;
 pub mod store;

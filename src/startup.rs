@@ -46,6 +46,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         ),
         catalog: Catalog::new(store.clone(), secrets.clone()),
         upstream: Upstream::new(&settings.limits)?,
+        router: crate::routing::Router::default(),
         projector: Projector::new(store.clone(), wake),
         secrets,
         instance_id,

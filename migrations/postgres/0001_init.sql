@@ -33,8 +33,19 @@ CREATE TABLE IF NOT EXISTS providers
     kind              text   NOT NULL,
     base_url          text   NOT NULL,
     region            text,
-    secret_ciphertext text   NOT NULL,
     created_at        text   NOT NULL
+);
+
+-- Credentials of a provider, used in weighted rotation. A credential the upstream
+-- rejects (401/403) is disabled with the reason.
+CREATE TABLE IF NOT EXISTS provider_credentials
+(
+    credential_id     text    PRIMARY KEY,
+    provider_id       text    NOT NULL REFERENCES providers (provider_id),
+    weight            bigint  NOT NULL,
+    secret_ciphertext text    NOT NULL,
+    disabled_reason   text,
+    created_at        text    NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS model_prices
@@ -45,6 +56,8 @@ CREATE TABLE IF NOT EXISTS model_prices
     cache_read_pico_per_token  text,
     cache_write_pico_per_token text,
     image_pico_per_image       text,
+    -- JSON array of model ids tried, in order, when this one fails.
+    fallbacks                  text,
     max_output_tokens       bigint NOT NULL,
     version                 bigint NOT NULL,
     updated_at              text   NOT NULL

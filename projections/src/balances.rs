@@ -56,7 +56,9 @@ impl Projection for Balances {
                 row.open_holds -= 1;
                 row.requests_released += 1;
             }
-            TenantEvent::ApiKeyIssued { .. } | TenantEvent::ApiKeyRevoked { .. } => {}
+            TenantEvent::ApiKeyIssued { .. }
+            | TenantEvent::ApiKeyRevoked { .. }
+            | TenantEvent::UpstreamAttempted { .. } => {}
         }
         row.available = row.granted - row.spent - row.held;
     }

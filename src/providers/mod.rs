@@ -140,6 +140,8 @@ pub struct Provider {
     pub base_url: String,
     /// AWS region (Bedrock).
     pub region: Option<String>,
+    /// Which of the provider's credentials this call uses.
+    pub credential_id: String,
     pub credential: Credential,
 }
 

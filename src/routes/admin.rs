@@ -4,7 +4,7 @@ use super::{balance_json, tenant_path};
 use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::error::HubError;
-use crate::hub::{Hub, PriceSpec, ProviderSpec};
+use crate::hub::{CredentialSpec, Hub, PriceSpec, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::{Credits, KeyId, Role};
 use serde::Deserialize;
@@ -145,7 +145,14 @@ pub async fn list_providers(
         .snapshot()
         .providers
         .values()
-        .map(|p| json!({"provider_id": p.provider_id, "name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url, "region": p.region}))
+        .map(|p| {
+            let credentials: Vec<_> = p
+                .credentials
+                .iter()
+                .map(|c| json!({"credential_id": c.credential_id, "weight": c.weight, "disabled_reason": c.disabled_reason}))
+                .collect();
+            json!({"provider_id": p.provider_id, "name": p.name, "kind": p.kind.as_str(), "base_url": p.base_url, "region": p.region, "credentials": credentials})
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"data": data})))
 }
@@ -168,4 +175,40 @@ pub async fn set_price(
         .cloned()
         .ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
     Ok(HttpResponse::Ok().json(super::models::price_json(&priced)))
+}
+
+/// `POST /admin/v1/providers/{name}/credentials`: another credential for rotation.
+pub async fn add_credential(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let spec: CredentialSpec = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let credential_id = hub.add_credential(&path, spec).await?;
+    Ok(HttpResponse::Created()
+        .json(json!({"credential_id": credential_id, "provider": path.into_inner()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialState {
+    enabled: bool,
+}
+
+/// `PUT /admin/v1/credentials/{id}` `{"enabled": true}`: re-enables a credential the
+/// upstream had rejected (after the operator fixed it), or disables one.
+pub async fn set_credential_state(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let state: CredentialState = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let reason = (!state.enabled).then_some("disabled by the operator");
+    hub.set_credential_disabled(&path, reason).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"credential_id": path.into_inner(), "enabled": state.enabled})))
 }

@@ -33,6 +33,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/admin/v1/providers/{name}/credentials")
+            .route(web::post().to(admin::add_credential))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/credentials/{credential_id}")
+            .route(web::put().to(admin::set_credential_state))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/v1/models")
             .route(web::get().to(models::list_models))
             .default_service(not_allowed()),

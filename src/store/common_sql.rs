@@ -15,28 +15,81 @@ macro_rules! impl_store {
             self.read_log_in_order(after, until, limit).await
         }
 
-        async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError> {
+        async fn insert_provider(&self, row: &ProviderRow, credential: &CredentialRow) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await?;
             let result = sqlx::query(
-                "INSERT INTO providers (provider_id, name, kind, base_url, secret_ciphertext, created_at, region) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO providers (provider_id, name, kind, base_url, created_at, region) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&row.provider_id)
             .bind(&row.name)
             .bind(&row.kind)
             .bind(&row.base_url)
-            .bind(&row.secret_ciphertext)
             .bind(&row.created_at)
             .bind(&row.region)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
             match result {
-                Ok(_) => Ok(()),
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::DuplicateName(row.name.clone())),
-                Err(e) => Err(e.into()),
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::DuplicateName(row.name.clone())),
+                Err(e) => return Err(e.into()),
             }
+            sqlx::query(INSERT_CREDENTIAL)
+                .bind(&credential.credential_id)
+                .bind(&credential.provider_id)
+                .bind(credential.weight)
+                .bind(&credential.secret_ciphertext)
+                .bind(&credential.disabled_reason)
+                .bind(&credential.created_at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn insert_credential(&self, credential: &CredentialRow) -> Result<(), StoreError> {
+            sqlx::query(INSERT_CREDENTIAL)
+                .bind(&credential.credential_id)
+                .bind(&credential.provider_id)
+                .bind(credential.weight)
+                .bind(&credential.secret_ciphertext)
+                .bind(&credential.disabled_reason)
+                .bind(&credential.created_at)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn list_credentials(&self) -> Result<Vec<CredentialRow>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT credential_id, provider_id, weight, secret_ciphertext, disabled_reason, created_at
+                   FROM provider_credentials ORDER BY created_at, credential_id",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| CredentialRow {
+                    credential_id: r.get("credential_id"),
+                    provider_id: r.get("provider_id"),
+                    weight: r.get("weight"),
+                    secret_ciphertext: r.get("secret_ciphertext"),
+                    disabled_reason: r.get("disabled_reason"),
+                    created_at: r.get("created_at"),
+                })
+                .collect())
+        }
+
+        async fn set_credential_disabled(&self, credential_id: &str, reason: Option<&str>) -> Result<bool, StoreError> {
+            let done = sqlx::query("UPDATE provider_credentials SET disabled_reason = $2 WHERE credential_id = $1")
+                .bind(credential_id)
+                .bind(reason)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
         }
 
         async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
-            let rows = sqlx::query("SELECT provider_id, name, kind, base_url, region, secret_ciphertext, created_at FROM providers ORDER BY name")
+            let rows = sqlx::query("SELECT provider_id, name, kind, base_url, region, created_at FROM providers ORDER BY name")
                 .fetch_all(&self.pool)
                 .await?;
             Ok(rows
@@ -47,7 +100,6 @@ macro_rules! impl_store {
                     kind: r.get("kind"),
                     base_url: r.get("base_url"),
                     region: r.get("region"),
-                    secret_ciphertext: r.get("secret_ciphertext"),
                     created_at: r.get("created_at"),
                 })
                 .collect())
@@ -56,14 +108,15 @@ macro_rules! impl_store {
         async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError> {
             let version: i64 = sqlx::query_scalar(
                 "INSERT INTO model_prices (model, input_pico_per_token, output_pico_per_token, max_output_tokens, version, updated_at,
-                                           cache_read_pico_per_token, cache_write_pico_per_token, image_pico_per_image)
-                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)
+                                           cache_read_pico_per_token, cache_write_pico_per_token, image_pico_per_image, fallbacks)
+                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9)
                  ON CONFLICT (model) DO UPDATE SET
                    input_pico_per_token = excluded.input_pico_per_token,
                    output_pico_per_token = excluded.output_pico_per_token,
                    cache_read_pico_per_token = excluded.cache_read_pico_per_token,
                    cache_write_pico_per_token = excluded.cache_write_pico_per_token,
                    image_pico_per_image = excluded.image_pico_per_image,
+                   fallbacks = excluded.fallbacks,
                    max_output_tokens = excluded.max_output_tokens,
                    version = model_prices.version + 1,
                    updated_at = excluded.updated_at
@@ -77,6 +130,7 @@ macro_rules! impl_store {
             .bind(&row.cache_read_pico_per_token)
             .bind(&row.cache_write_pico_per_token)
             .bind(&row.image_pico_per_image)
+            .bind(&row.fallbacks)
             .fetch_one(&self.pool)
             .await?;
             Ok(version)
@@ -85,7 +139,7 @@ macro_rules! impl_store {
         async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError> {
             let rows = sqlx::query(
                 "SELECT model, input_pico_per_token, output_pico_per_token, cache_read_pico_per_token, cache_write_pico_per_token,
-                        image_pico_per_image, max_output_tokens, version, updated_at
+                        image_pico_per_image, fallbacks, max_output_tokens, version, updated_at
                    FROM model_prices ORDER BY model",
             )
             .fetch_all(&self.pool)
@@ -99,6 +153,7 @@ macro_rules! impl_store {
                     cache_read_pico_per_token: r.get("cache_read_pico_per_token"),
                     cache_write_pico_per_token: r.get("cache_write_pico_per_token"),
                     image_pico_per_image: r.get("image_pico_per_image"),
+                    fallbacks: r.get("fallbacks"),
                     max_output_tokens: r.get("max_output_tokens"),
                     version: r.get("version"),
                     updated_at: r.get("updated_at"),
@@ -277,3 +332,7 @@ macro_rules! impl_store {
 }
 
 pub(crate) use impl_store;
+
+pub(crate) const INSERT_CREDENTIAL: &str =
+    "INSERT INTO provider_credentials (credential_id, provider_id, weight, secret_ciphertext, disabled_reason, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6)";

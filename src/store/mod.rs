@@ -96,8 +96,19 @@ pub struct ProviderRow {
     pub kind: String,
     pub base_url: String,
     pub region: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CredentialRow {
+    pub credential_id: String,
+    pub provider_id: String,
+    /// Share of requests in weighted rotation.
+    pub weight: i64,
     /// The sealed credential (JSON inside AES-SIV; see `crypto`).
     pub secret_ciphertext: String,
+    /// Set when the upstream rejected it (401/403); it is then skipped.
+    pub disabled_reason: Option<String>,
     pub created_at: String,
 }
 
@@ -111,6 +122,8 @@ pub struct PriceRow {
     pub cache_write_pico_per_token: Option<String>,
     /// `None`: images are not priced (not an image model).
     pub image_pico_per_image: Option<String>,
+    /// JSON array of fallback model ids, tried in order.
+    pub fallbacks: Option<String>,
     pub max_output_tokens: i64,
     pub version: i64,
     pub updated_at: String,
@@ -152,8 +165,21 @@ pub trait Store: Send + Sync {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    async fn insert_provider(&self, row: &ProviderRow) -> Result<(), StoreError>;
+    /// Inserts a provider with its first credential, atomically.
+    async fn insert_provider(
+        &self,
+        row: &ProviderRow,
+        credential: &CredentialRow,
+    ) -> Result<(), StoreError>;
     async fn list_providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
+    async fn insert_credential(&self, credential: &CredentialRow) -> Result<(), StoreError>;
+    async fn list_credentials(&self) -> Result<Vec<CredentialRow>, StoreError>;
+    /// Disables (`Some(reason)`) or re-enables (`None`) a credential; false if unknown.
+    async fn set_credential_disabled(
+        &self,
+        credential_id: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Sets a model's price; returns the new price version.
     async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError>;
     async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError>;

@@ -2,10 +2,10 @@
 //! `cargo run` works on a fresh machine with nothing installed.
 
 use super::codec::{self, EventMetadata, StoredEvent};
-use super::common_sql::impl_store;
+use super::common_sql::{impl_store, INSERT_CREDENTIAL};
 use super::{
-    LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError, DB_ACQUIRE_TIMEOUT_MS,
-    SNAPSHOT_SCHEMA_VERSION,
+    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError,
+    DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
 };
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};

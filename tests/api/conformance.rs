@@ -347,9 +347,10 @@ pub async fn upstream_dying_mid_stream(s: Setup) {
 pub async fn upstream_errors_map_and_cost_nothing(s: Setup) {
     for (upstream, hub, code) in [
         (400, 400, "invalid_request"),
-        (401, 502, "provider_credential_rejected"),
         (429, 429, "rate_limited"),
         (500, 502, "upstream_error"),
+        // Last: a rejected credential is disabled, so later calls could not reach the mock.
+        (401, 502, "provider_credential_rejected"),
     ] {
         for stream in [false, true] {
             let response = s

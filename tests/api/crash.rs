@@ -82,7 +82,12 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the load run until enough requests completed (bounded: a slow machine
+    // must not hang the test), then kill the hub while others are in flight.
+    let load_started = std::time::Instant::now();
+    while received.lock().unwrap().len() < 30 && load_started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     hub.kill_hard();
     for l in loops {
         l.await.unwrap();

@@ -49,6 +49,7 @@ pub fn test_limits() -> Limits {
         hold_sweep_interval_ms: 200,
         projector_poll_ms: 100,
         max_request_body_bytes: 256 * 1024,
+        retry_base_delay_ms: 20,
         ..Limits::default()
     }
 }

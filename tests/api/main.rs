@@ -11,6 +11,7 @@ mod providers_anthropic;
 mod providers_bedrock;
 mod providers_gemini;
 mod providers_openai_family;
+mod routing;
 
 mod billing;
 mod cli;

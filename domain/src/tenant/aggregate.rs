@@ -4,7 +4,7 @@ use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::roles::{Permission, Role};
 use crate::tenant::commands::TenantCommand;
-use crate::tenant::events::{KeyHash, TenantEvent};
+use crate::tenant::events::{AttemptOutcome, KeyHash, TenantEvent};
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -265,7 +265,7 @@ impl Tenant {
             }
             TenantCommand::SettleUsage {
                 request_id,
-                provider,
+                attempt,
                 usage,
                 upstream_latency_ms,
                 at,
@@ -274,20 +274,58 @@ impl Tenant {
                     .holds
                     .get(&request_id)
                     .ok_or(TenantError::UnknownHold(request_id))?;
-                let cost = hold.rates.cost_of(&usage);
+                let cost = attempt.rates.cost_of(&usage);
                 let overshoot = (cost - hold.amount).max(Credits::ZERO);
-                Ok(vec![TenantEvent::UsageSettled {
+                Ok(vec![
+                    TenantEvent::UpstreamAttempted {
+                        request_id,
+                        attempt: attempt.number,
+                        provider: attempt.provider.clone(),
+                        credential_id: attempt.credential_id,
+                        model: attempt.model.clone(),
+                        outcome: AttemptOutcome::Succeeded,
+                        usage: Some(usage),
+                        cost_pico: cost,
+                        latency_ms: upstream_latency_ms,
+                        at,
+                    },
+                    TenantEvent::UsageSettled {
+                        request_id,
+                        key_id: hold.key_id,
+                        provider: attempt.provider,
+                        model: attempt.model,
+                        usage,
+                        price_version: attempt.price_version,
+                        rates: attempt.rates,
+                        cost_pico: cost,
+                        hold_pico: hold.amount,
+                        overshoot_pico: overshoot,
+                        upstream_latency_ms,
+                        at,
+                    },
+                ])
+            }
+            TenantCommand::RecordFailedAttempt {
+                request_id,
+                attempt,
+                status,
+                reason,
+                latency_ms,
+                at,
+            } => {
+                if !self.holds.contains_key(&request_id) {
+                    return Err(TenantError::UnknownHold(request_id));
+                }
+                Ok(vec![TenantEvent::UpstreamAttempted {
                     request_id,
-                    key_id: hold.key_id,
-                    provider,
-                    model: hold.model.clone(),
-                    usage,
-                    price_version: hold.price_version,
-                    rates: hold.rates,
-                    cost_pico: cost,
-                    hold_pico: hold.amount,
-                    overshoot_pico: overshoot,
-                    upstream_latency_ms,
+                    attempt: attempt.number,
+                    provider: attempt.provider,
+                    credential_id: attempt.credential_id,
+                    model: attempt.model,
+                    outcome: AttemptOutcome::Failed { status, reason },
+                    usage: None,
+                    cost_pico: Credits::ZERO,
+                    latency_ms,
                     at,
                 }])
             }
@@ -413,6 +451,8 @@ impl Tenant {
                 self.held = self.held - hold_pico;
                 self.spent = self.spent + cost_pico;
             }
+            // Informational: the charge is in UsageSettled.
+            TenantEvent::UpstreamAttempted { .. } => {}
             TenantEvent::HoldReleased {
                 request_id,
                 hold_pico,

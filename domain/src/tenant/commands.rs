@@ -3,10 +3,22 @@
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
-use crate::pricing::{Capability, Ingress, ModelPrice, Usage};
+use crate::pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
 use crate::tenant::events::KeyHash;
 use chrono::{DateTime, Utc};
+
+/// One try of one upstream for a request: which candidate, which credential.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    /// 1 for the first try of a request, counting every retry and fallback.
+    pub number: u32,
+    pub provider: String,
+    pub credential_id: String,
+    pub model: ModelId,
+    pub price_version: i64,
+    pub rates: Rates,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TenantCommand {
@@ -53,11 +65,22 @@ pub enum TenantCommand {
         at: DateTime<Utc>,
     },
     /// Charge what the upstream reported and release the rest of the hold.
+    /// The attempt `attempt` answered: charge its usage at its own model's rates
+    /// (a fallback may differ from the model the hold was placed for).
     SettleUsage {
         request_id: RequestId,
-        provider: String,
+        attempt: Attempt,
         usage: Usage,
         upstream_latency_ms: u64,
+        at: DateTime<Utc>,
+    },
+    /// An upstream attempt failed; the request may go on with another one.
+    RecordFailedAttempt {
+        request_id: RequestId,
+        attempt: Attempt,
+        status: Option<u16>,
+        reason: String,
+        latency_ms: u64,
         at: DateTime<Utc>,
     },
     /// The request failed or was abandoned: it costs nothing.

@@ -29,6 +29,14 @@ impl KeyHash {
     }
 }
 
+/// How an upstream attempt ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed { status: Option<u16>, reason: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TenantEvent {
     TenantCreated {
@@ -86,6 +94,22 @@ pub enum TenantEvent {
         upstream_latency_ms: u64,
         at: DateTime<Utc>,
     },
+    /// One try of an upstream. Grouped by `request_id`; the charge of a request is
+    /// its `UsageSettled`, never the sum of its attempts.
+    UpstreamAttempted {
+        request_id: RequestId,
+        attempt: u32,
+        provider: String,
+        credential_id: String,
+        model: ModelId,
+        outcome: AttemptOutcome,
+        usage: Option<Usage>,
+        /// What this attempt is charged: the settlement's cost when it succeeded,
+        /// zero when it failed.
+        cost_pico: Credits,
+        latency_ms: u64,
+        at: DateTime<Utc>,
+    },
     HoldReleased {
         request_id: RequestId,
         hold_pico: Credits,
@@ -103,6 +127,7 @@ impl TenantEvent {
             | TenantEvent::CreditsGranted { at, .. }
             | TenantEvent::CreditsReserved { at, .. }
             | TenantEvent::UsageSettled { at, .. }
+            | TenantEvent::UpstreamAttempted { at, .. }
             | TenantEvent::HoldReleased { at, .. } => *at,
         }
     }
@@ -112,6 +137,7 @@ impl TenantEvent {
         match self {
             TenantEvent::CreditsReserved { request_id, .. }
             | TenantEvent::UsageSettled { request_id, .. }
+            | TenantEvent::UpstreamAttempted { request_id, .. }
             | TenantEvent::HoldReleased { request_id, .. } => Some(*request_id),
             _ => None,
         }
@@ -127,6 +153,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::CreditsGranted { .. } => "CreditsGranted",
             TenantEvent::CreditsReserved { .. } => "CreditsReserved",
             TenantEvent::UsageSettled { .. } => "UsageSettled",
+            TenantEvent::UpstreamAttempted { .. } => "UpstreamAttempted",
             TenantEvent::HoldReleased { .. } => "HoldReleased",
         }
         .to_string()

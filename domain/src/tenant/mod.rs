@@ -13,6 +13,6 @@ pub mod upcast;
 mod tests;
 
 pub use aggregate::{Balance, GrantRecord, Hold, KeyRecord, Tenant, TenantError};
-pub use commands::TenantCommand;
-pub use events::{KeyHash, TenantEvent, EVENT_VERSION};
+pub use commands::{Attempt, TenantCommand};
+pub use events::{AttemptOutcome, KeyHash, TenantEvent, EVENT_VERSION};
 pub use upcast::upcasters;

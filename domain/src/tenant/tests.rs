@@ -343,10 +343,41 @@ fn reserve_same_request_twice_is_refused() {
         .then_expect_error(TenantError::HoldAlreadyExists(request(1)));
 }
 
+fn attempt() -> Attempt {
+    Attempt {
+        number: 1,
+        provider: "openai".into(),
+        credential_id: "cred-1".into(),
+        model: model(),
+        price_version: 3,
+        rates: price().rates,
+    }
+}
+
+fn attempted_ok(n: u128, input: u64, output: u64) -> TenantEvent {
+    let p = price();
+    TenantEvent::UpstreamAttempted {
+        request_id: request(n),
+        attempt: 1,
+        provider: "openai".into(),
+        credential_id: "cred-1".into(),
+        model: model(),
+        outcome: AttemptOutcome::Succeeded,
+        usage: Some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        }),
+        cost_pico: p.rates.input.cost_of(input) + p.rates.output.cost_of(output),
+        latency_ms: 12,
+        at: at(3),
+    }
+}
+
 fn settle_cmd(n: u128, input: u64, output: u64) -> TenantCommand {
     TenantCommand::SettleUsage {
         request_id: request(n),
-        provider: "openai".into(),
+        attempt: attempt(),
         usage: Usage {
             input_tokens: input,
             output_tokens: output,
@@ -391,7 +422,7 @@ fn settle_charges_actual_usage_and_releases_the_rest() {
             reserved(1, 36, None),
         ])
         .when(settle_cmd(1, 9, 20))
-        .then_expect_events(vec![settled(1, 9, 20, hold)]);
+        .then_expect_events(vec![attempted_ok(1, 9, 20), settled(1, 9, 20, hold)]);
     let mut tenant = Tenant::default();
     for e in [
         created(),
@@ -422,7 +453,7 @@ fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
         .inspect_result()
         .unwrap();
     match &result[..] {
-        [TenantEvent::UsageSettled {
+        [TenantEvent::UpstreamAttempted { .. }, TenantEvent::UsageSettled {
             cost_pico,
             overshoot_pico,
             hold_pico,
@@ -556,4 +587,113 @@ fn ledger_identity_holds_after_every_event() {
         assert!(b.held >= Credits::ZERO);
     }
     assert!(tenant.holds.is_empty());
+}
+
+#[test]
+fn settle_by_a_fallback_model_charges_that_models_rates() {
+    let hold = price().hold_for(36, None, 0);
+    let fallback = ModelId::parse("other/model-b").unwrap();
+    let dearer = Rates::flat(
+        Rate::parse_per_million("3").unwrap(),
+        Rate::parse_per_million("4").unwrap(),
+    );
+    let attempt = Attempt {
+        number: 3,
+        provider: "other".into(),
+        credential_id: "c9".into(),
+        model: fallback.clone(),
+        price_version: 7,
+        rates: dearer,
+    };
+    let result = TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
+        .when(TenantCommand::SettleUsage {
+            request_id: request(1),
+            attempt,
+            usage: Usage {
+                input_tokens: 9,
+                output_tokens: 20,
+                ..Usage::default()
+            },
+            upstream_latency_ms: 5,
+            at: at(3),
+        })
+        .inspect_result()
+        .unwrap();
+    match &result[..] {
+        [TenantEvent::UpstreamAttempted {
+            attempt: 3,
+            provider,
+            outcome: AttemptOutcome::Succeeded,
+            ..
+        }, TenantEvent::UsageSettled {
+            model,
+            rates,
+            price_version,
+            cost_pico,
+            hold_pico,
+            ..
+        }] => {
+            assert_eq!(provider, "other");
+            assert_eq!(model, &fallback);
+            assert_eq!((*rates, *price_version), (dearer, 7));
+            assert_eq!(cost_pico.pico(), 9 * 3_000_000 + 20 * 4_000_000);
+            assert_eq!(*hold_pico, hold);
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+}
+
+#[test]
+fn failed_attempt_is_recorded_at_zero_cost() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
+        .when(TenantCommand::RecordFailedAttempt {
+            request_id: request(1),
+            attempt: attempt(),
+            status: Some(503),
+            reason: "overloaded".into(),
+            latency_ms: 4,
+            at: at(3),
+        })
+        .then_expect_events(vec![TenantEvent::UpstreamAttempted {
+            request_id: request(1),
+            attempt: 1,
+            provider: "openai".into(),
+            credential_id: "cred-1".into(),
+            model: model(),
+            outcome: AttemptOutcome::Failed {
+                status: Some(503),
+                reason: "overloaded".into(),
+            },
+            usage: None,
+            cost_pico: Credits::ZERO,
+            latency_ms: 4,
+            at: at(3),
+        }]);
+}
+
+#[test]
+fn failed_attempt_without_an_open_hold_is_refused() {
+    TenantTest::with(())
+        .given(vec![created(), key_issued(), granted("1", "g1")])
+        .when(TenantCommand::RecordFailedAttempt {
+            request_id: request(1),
+            attempt: attempt(),
+            status: None,
+            reason: "connect".into(),
+            latency_ms: 4,
+            at: at(3),
+        })
+        .then_expect_error(TenantError::UnknownHold(request(1)));
 }
