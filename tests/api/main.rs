@@ -20,4 +20,5 @@ mod crash;
 mod errors;
 mod log_order;
 mod openai_endpoints;
+mod openai_sdk;
 mod secrets;
