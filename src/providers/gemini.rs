@@ -1,36 +1,1559 @@
-//! Gemini protocol: not implemented yet, so the kind is refused when a provider is
-//! added (see `ProviderKind::is_available`).
+//! The Google Gemini API (`generativelanguage.googleapis.com/v1beta`): chat through
+//! `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`, and
+//! embeddings through `:batchEmbedContents`. The API key travels in the
+//! `x-goog-api-key` header, never in the URL.
+//!
+//! Requests arrive in OpenAI's shape and are translated here (`openai_to_gemini_*`);
+//! answers go back in OpenAI's shape (`gemini_to_openai_*`).
+//!
+//! Usage facts relied on (`usageMetadata`): `promptTokenCount` includes
+//! `cachedContentTokenCount`; `toolUsePromptTokenCount` (the results of built-in
+//! tools fed back to the model) is prompt-side and counted in neither
+//! `promptTokenCount` nor `candidatesTokenCount`; `candidatesTokenCount` excludes
+//! `thoughtsTokenCount`. Fields that are zero are omitted (proto3 JSON). In a stream
+//! every chunk carries the usage so far (cumulative), so the last one wins.
+//! A stream has no `[DONE]`: it just ends after the chunk with a `finishReason`.
 
-use super::{ChatOutcome, ChatStream, ProviderApi, UpstreamCall, UpstreamError};
+use super::{
+    error_dot_message, openai_usage_json, sse_events, ChatOutcome, ChatStream, EmbeddingsOutcome,
+    ProviderApi, StreamItem, UpstreamCall, UpstreamError,
+};
 use async_trait::async_trait;
-use serde_json::Value;
+use base64::Engine;
+use domain::Usage;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = false;
+pub const AVAILABLE: bool = true;
 
 pub struct Gemini;
+
+fn unsupported(capability: &'static str) -> UpstreamError {
+    UpstreamError::Unsupported {
+        provider: "gemini",
+        capability,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage
+
+/// Normalizes a Gemini `usageMetadata` object; `None` if absent or without a
+/// prompt count.
+pub fn usage_from_gemini(meta: &Value) -> Option<Usage> {
+    let count = |name: &str| meta.get(name).and_then(Value::as_u64).unwrap_or(0);
+    let prompt = meta.get("promptTokenCount")?.as_u64()?;
+    // The prompt count includes the cached tokens; the ledger keeps them apart.
+    let cached = count("cachedContentTokenCount").min(prompt);
+    let thoughts = count("thoughtsTokenCount");
+    Some(Usage {
+        input_tokens: prompt - cached + count("toolUsePromptTokenCount"),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+        output_tokens: count("candidatesTokenCount") + thoughts,
+        reasoning_tokens: thoughts,
+        ..Usage::default()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints and errors
+
+/// The model's resource collection and id: `models/x` or `tunedModels/x`; a bare
+/// name is a base model.
+fn gemini_resource(model: &str) -> (&'static str, &str) {
+    match model.strip_prefix("tunedModels/") {
+        Some(name) => ("tunedModels", name),
+        None => ("models", model.strip_prefix("models/").unwrap_or(model)),
+    }
+}
+
+/// `models/{model}:{action}`, the model percent-encoded so that it can never
+/// change the rest of the URL.
+fn gemini_model_path(model: &str, action: &str) -> String {
+    let (collection, name) = gemini_resource(model);
+    let mut encoded = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{collection}/{encoded}:{action}")
+}
+
+fn upstream_model(request: &Value) -> Result<&str, UpstreamError> {
+    request
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| unsupported("requests without a model"))
+}
+
+/// Appended to an error message when Google names the API key as the problem (it
+/// answers 400 INVALID_ARGUMENT for a bad key, which is the hub's fault, not the
+/// client's).
+const KEY_REJECTED_MARK: &str = "[API key rejected]";
+
+/// The message of a Google error body (`{"error":{"code","message","status"}}`,
+/// sometimes wrapped in an array).
+fn gemini_error_message(body: &Value) -> Option<String> {
+    let body = body.as_array().and_then(|a| a.first()).unwrap_or(body);
+    let message = error_dot_message(body)?;
+    let key_rejected = body
+        .pointer("/error/details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+        .any(|reason| matches!(reason, "API_KEY_INVALID" | "API_KEY_EXPIRED"));
+    Some(if key_rejected {
+        format!("{message} {KEY_REJECTED_MARK}")
+    } else {
+        message
+    })
+}
+
+/// A bad API key is a rejected credential whatever status Google used.
+fn credential_rejected_as_401(e: UpstreamError) -> UpstreamError {
+    match e {
+        UpstreamError::Status { message, .. } if message.ends_with(KEY_REJECTED_MARK) => {
+            UpstreamError::Status {
+                status: 401,
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
+/// An error object inside a 200 answer or a stream.
+fn gemini_error_status(error: &Value) -> UpstreamError {
+    let status = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .filter(|c| (400..=599).contains(c))
+        .unwrap_or(502) as u16;
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("stream error")
+        .to_string();
+    UpstreamError::Status { status, message }
+}
+
+async fn send(
+    call: &UpstreamCall<'_>,
+    path: &str,
+    query: &[(&str, &str)],
+    body: &Value,
+) -> Result<reqwest::Response, UpstreamError> {
+    let mut key =
+        reqwest::header::HeaderValue::from_str(call.provider.api_key()).map_err(|_| {
+            UpstreamError::Status {
+                status: 401,
+                message: "the provider's API key is not a valid header value".into(),
+            }
+        })?;
+    key.set_sensitive(true);
+    let request = call
+        .http
+        .client()
+        .post(call.provider.endpoint(path))
+        .query(query)
+        .header("x-goog-api-key", key)
+        .json(body);
+    call.http
+        .send(request, gemini_error_message)
+        .await
+        .map_err(credential_rejected_as_401)
+}
+
+// ---------------------------------------------------------------------------
+// Requests: OpenAI -> Gemini
+
+/// Translates an OpenAI chat request into a Gemini `GenerateContentRequest`.
+pub fn openai_to_gemini_request(request: &Value) -> Result<Value, UpstreamError> {
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let (system, contents) = openai_messages_to_gemini(messages)?;
+    let mut body = Map::new();
+    if !system.is_empty() {
+        body.insert("systemInstruction".into(), json!({ "parts": system }));
+    }
+    body.insert("contents".into(), Value::Array(contents));
+    if let Some(tools) = openai_tools_to_gemini(request.get("tools"))? {
+        body.insert("tools".into(), tools);
+        if let Some(config) = request
+            .get("tool_choice")
+            .and_then(openai_tool_choice_to_gemini)
+        {
+            body.insert("toolConfig".into(), config);
+        }
+    }
+    let config = openai_to_gemini_generation_config(request);
+    if !config.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(config));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Appends parts to the last content if it has the same role (Gemini wants turns
+/// to alternate), else starts a new content.
+fn push_gemini_content(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+    if let Some(last) = contents.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last["parts"].as_array_mut() {
+                existing.extend(parts);
+                return;
+            }
+        }
+    }
+    contents.push(json!({ "role": role, "parts": parts }));
+}
+
+/// System instruction parts and `contents` from OpenAI messages.
+fn openai_messages_to_gemini(
+    messages: &[Value],
+) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+    let mut system = Vec::new();
+    let mut contents = Vec::new();
+    // Tool call id -> function name, for the tool results that answer them.
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for message in messages {
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
+        let content = message.get("content").unwrap_or(&Value::Null);
+        let (gemini_role, parts) = match role {
+            "system" | "developer" => {
+                system.extend(
+                    openai_text_of(content)?
+                        .into_iter()
+                        .map(|text| json!({ "text": text })),
+                );
+                continue;
+            }
+            "user" => ("user", openai_user_content_to_gemini_parts(content)?),
+            "assistant" => (
+                "model",
+                openai_assistant_to_gemini_parts(message, &mut call_names)?,
+            ),
+            "tool" => {
+                let name = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| call_names.get(id))
+                    .map(String::as_str)
+                    .or_else(|| message.get("name").and_then(Value::as_str))
+                    .ok_or_else(|| {
+                        unsupported("tool results whose tool_call_id matches no earlier tool call")
+                    })?;
+                (
+                    "user",
+                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                )
+            }
+            // The deprecated function-calling messages.
+            "function" => {
+                let name = message
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| unsupported("function results without a name"))?;
+                (
+                    "user",
+                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                )
+            }
+            _ => {
+                return Err(unsupported(
+                    "messages with roles other than system, developer, user, assistant and tool",
+                ))
+            }
+        };
+        if !parts.is_empty() {
+            push_gemini_content(&mut contents, gemini_role, parts);
+        }
+    }
+    Ok((system, contents))
+}
+
+/// The texts of a content that may only hold text (a string, or text parts).
+fn openai_text_of(content: &Value) -> Result<Vec<String>, UpstreamError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|p| !matches!(p.get("type").and_then(Value::as_str), Some("refusal")))
+            .map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") | None => p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| unsupported("text parts without text")),
+                Some(_) => Err(unsupported(
+                    "content parts other than text in system, assistant or tool messages",
+                )),
+            })
+            .filter(|t| !matches!(t, Ok(t) if t.is_empty()))
+            .collect(),
+        _ => Err(unsupported(
+            "message content that is neither text nor parts",
+        )),
+    }
+}
+
+fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+    let Value::Array(parts) = content else {
+        return Ok(openai_text_of(content)?
+            .into_iter()
+            .map(|text| json!({ "text": text }))
+            .collect());
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| unsupported("text parts without text"))?;
+                if !text.is_empty() {
+                    out.push(json!({ "text": text }));
+                }
+            }
+            Some("image_url") => {
+                let image = part.get("image_url").unwrap_or(&Value::Null);
+                let url = image
+                    .get("url")
+                    .or(Some(image))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| unsupported("image_url parts without a url"))?;
+                out.push(openai_url_to_gemini_part(url)?);
+            }
+            Some("input_audio") => {
+                let audio = part.get("input_audio").unwrap_or(&Value::Null);
+                let (Some(data), Some(format)) = (
+                    audio.get("data").and_then(Value::as_str),
+                    audio.get("format").and_then(Value::as_str),
+                ) else {
+                    return Err(unsupported("input_audio parts without data and format"));
+                };
+                let mime_type = match format {
+                    "mp3" => "audio/mp3".to_string(),
+                    other => format!("audio/{other}"),
+                };
+                out.push(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+            }
+            Some("file") => {
+                let data = part
+                    .pointer("/file/file_data")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| unsupported("file parts other than inline file_data"))?;
+                out.push(openai_url_to_gemini_part(data)?);
+            }
+            _ => {
+                return Err(unsupported(
+                    "content parts other than text, image_url, input_audio and file",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A data URL becomes `inlineData`; an http(s) or gs:// URL becomes `fileData`.
+fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or_else(|| unsupported("malformed data: URLs"))?;
+        let mime_type = meta
+            .strip_suffix(";base64")
+            .ok_or_else(|| unsupported("data: URLs that are not base64"))?;
+        let mime_type = if mime_type.is_empty() {
+            "application/octet-stream"
+        } else {
+            mime_type
+        };
+        return Ok(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+    }
+    let lower = url.to_ascii_lowercase();
+    if !["http://", "https://", "gs://"]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+    {
+        return Err(unsupported(
+            "media URLs other than data:, http(s):// and gs:// URLs",
+        ));
+    }
+    let mut file = json!({ "fileUri": url });
+    if let Some(mime_type) = mime_type_from_extension(&lower) {
+        file["mimeType"] = json!(mime_type);
+    }
+    Ok(json!({ "fileData": file }))
+}
+
+fn mime_type_from_extension(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let extension = path.rsplit_once('.')?.1;
+    Some(match extension {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "pdf" => "application/pdf",
+        "mp3" => "audio/mp3",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        _ => return None,
+    })
+}
+
+/// An assistant message: its text, then one `functionCall` part per tool call.
+fn openai_assistant_to_gemini_parts(
+    message: &Value,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Vec<Value>, UpstreamError> {
+    let mut parts: Vec<Value> = openai_text_of(message.get("content").unwrap_or(&Value::Null))?
+        .into_iter()
+        .map(|text| json!({ "text": text }))
+        .collect();
+    let legacy_call = message
+        .get("function_call")
+        .map(|f| json!({ "function": f }));
+    let calls = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(legacy_call.as_ref());
+    for call in calls {
+        let function = call.get("function").unwrap_or(&Value::Null);
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unsupported("tool calls without a function name"))?;
+        let args = match function.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::String(s)) if s.trim().is_empty() => json!({}),
+            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| unsupported("tool call arguments that are not a JSON object"))?,
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return Err(unsupported(
+                    "tool call arguments that are not a JSON object",
+                ))
+            }
+        };
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            call_names.insert(id.to_string(), name.to_string());
+        }
+        let mut part = json!({ "functionCall": { "name": name, "args": args } });
+        // Gemini's thought signature, as Google's own OpenAI layer carries it.
+        if let Some(signature) = call
+            .pointer("/extra_content/google/thought_signature")
+            .and_then(Value::as_str)
+        {
+            part["thoughtSignature"] = json!(signature);
+        }
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// A tool result: a JSON object is the response as is; anything else is its
+/// `output` (Google's documented convention).
+fn openai_tool_result_to_gemini_part(name: &str, content: &Value) -> Result<Value, UpstreamError> {
+    let text = openai_text_of(content)?.concat();
+    let response = match serde_json::from_str::<Value>(&text) {
+        Ok(object @ Value::Object(_)) => object,
+        Ok(other) => json!({ "output": other }),
+        Err(_) => json!({ "output": text }),
+    };
+    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+}
+
+fn openai_tools_to_gemini(tools: Option<&Value>) -> Result<Option<Value>, UpstreamError> {
+    let Some(tools) = tools.and_then(Value::as_array).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let mut declarations = Vec::with_capacity(tools.len());
+    for tool in tools {
+        if tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function")
+            != "function"
+        {
+            return Err(unsupported("tools other than functions"));
+        }
+        let function = tool.get("function").unwrap_or(tool);
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unsupported("function tools without a name"))?;
+        let mut declaration = json!({ "name": name });
+        if let Some(description) = function.get("description").and_then(Value::as_str) {
+            declaration["description"] = json!(description);
+        }
+        if let Some(parameters) = function.get("parameters").filter(|p| p.is_object()) {
+            let schema = openai_schema_to_gemini(parameters);
+            // Gemini refuses an object schema without properties; no parameters is the
+            // same thing.
+            let empty_object = schema
+                .get("type")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase)
+                == Some("object".into())
+                && schema
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .is_none_or(Map::is_empty);
+            if !empty_object {
+                declaration["parameters"] = schema;
+            }
+        }
+        declarations.push(declaration);
+    }
+    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+}
+
+fn openai_tool_choice_to_gemini(choice: &Value) -> Option<Value> {
+    let config = match choice {
+        Value::String(mode) => match mode.as_str() {
+            "auto" => json!({ "mode": "AUTO" }),
+            "none" => json!({ "mode": "NONE" }),
+            "required" => json!({ "mode": "ANY" }),
+            _ => return None,
+        },
+        Value::Object(_) => {
+            let name = choice.pointer("/function/name").and_then(Value::as_str)?;
+            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+        }
+        _ => return None,
+    };
+    Some(json!({ "functionCallingConfig": config }))
+}
+
+/// The keywords of Gemini's `Schema` (an OpenAPI subset).
+const GEMINI_SCHEMA_FIELDS: [&str; 22] = [
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+    "items",
+    "minimum",
+    "maximum",
+];
+
+/// Turns a JSON Schema (as OpenAI tools and response formats carry) into Gemini's
+/// `Schema`: keywords Gemini does not know (`additionalProperties`, `$schema`,
+/// `strict`, ...) are dropped, `"type": [T, "null"]` becomes `nullable`, `oneOf`
+/// becomes `anyOf` and `const` a one-value `enum`. `$ref` is not resolved.
+fn openai_schema_to_gemini(schema: &Value) -> Value {
+    let Some(object) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (key, value) in object {
+        match key.as_str() {
+            "type" => match value {
+                Value::Array(types) => {
+                    let concrete: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+                    if concrete.len() < types.len() {
+                        out.insert("nullable".into(), json!(true));
+                    }
+                    match concrete.as_slice() {
+                        [] => {}
+                        [one] => {
+                            out.insert("type".into(), (*one).clone());
+                        }
+                        many => {
+                            let any_of: Vec<Value> =
+                                many.iter().map(|t| json!({ "type": t })).collect();
+                            out.insert("anyOf".into(), Value::Array(any_of));
+                        }
+                    }
+                }
+                other => {
+                    out.insert("type".into(), other.clone());
+                }
+            },
+            "properties" => {
+                if let Some(properties) = value.as_object() {
+                    let converted: Map<String, Value> = properties
+                        .iter()
+                        .map(|(name, s)| (name.clone(), openai_schema_to_gemini(s)))
+                        .collect();
+                    out.insert("properties".into(), Value::Object(converted));
+                }
+            }
+            "items" => {
+                out.insert("items".into(), openai_schema_to_gemini(value));
+            }
+            "anyOf" | "oneOf" => {
+                if let Some(options) = value.as_array() {
+                    let converted = options.iter().map(openai_schema_to_gemini).collect();
+                    out.insert("anyOf".into(), Value::Array(converted));
+                }
+            }
+            "const" => {
+                out.entry("enum").or_insert_with(|| json!([value]));
+            }
+            known if GEMINI_SCHEMA_FIELDS.contains(&known) => {
+                out.insert(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+    Value::Object(out)
+}
+
+/// `generationConfig` from the OpenAI sampling and output options.
+fn openai_to_gemini_generation_config(request: &Value) -> Map<String, Value> {
+    let field = |name: &str| request.get(name).filter(|v| !v.is_null());
+    let mut config = Map::new();
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .filter_map(|f| field(f).and_then(Value::as_u64))
+        .min();
+    if let Some(max) = max_tokens {
+        config.insert("maxOutputTokens".into(), json!(max));
+    }
+    for (openai, gemini) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("n", "candidateCount"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ] {
+        if let Some(value) = field(openai) {
+            config.insert(gemini.into(), value.clone());
+        }
+    }
+    match field("stop") {
+        Some(Value::String(s)) => {
+            config.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(stops)) if !stops.is_empty() => {
+            config.insert("stopSequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    if let Some(format) = field("response_format") {
+        match format.get("type").and_then(Value::as_str) {
+            Some("json_object") => {
+                config.insert("responseMimeType".into(), json!("application/json"));
+            }
+            Some("json_schema") => {
+                config.insert("responseMimeType".into(), json!("application/json"));
+                if let Some(schema) = format.pointer("/json_schema/schema") {
+                    config.insert("responseSchema".into(), openai_schema_to_gemini(schema));
+                }
+            }
+            _ => {}
+        }
+    }
+    config
+}
+
+// ---------------------------------------------------------------------------
+// Responses: Gemini -> OpenAI
+
+fn gemini_finish_reason_to_openai(reason: &str, called_tools: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "IMAGE_SAFETY"
+        | "IMAGE_PROHIBITED_CONTENT" => "content_filter",
+        _ if called_tools => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// What the parts of one candidate (or one streamed piece of it) say.
+#[derive(Default)]
+struct OpenAiPieces {
+    content: String,
+    reasoning: String,
+    /// OpenAI tool calls, each with its `index` within the candidate.
+    tool_calls: Vec<Value>,
+}
+
+/// Reads Gemini parts; `calls_so_far` numbers the tool calls of the candidate.
+fn gemini_parts_to_openai(parts: &[Value], calls_so_far: &mut usize) -> OpenAiPieces {
+    let mut pieces = OpenAiPieces::default();
+    for part in parts {
+        if let Some(call) = part.get("functionCall") {
+            let index = *calls_so_far;
+            *calls_so_far += 1;
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map_or_else(|| format!("call_{index}"), str::to_string);
+            let arguments = call.get("args").cloned().unwrap_or_else(|| json!({}));
+            let mut tool_call = json!({
+                "index": index,
+                "id": id,
+                "type": "function",
+                "function": {
+                    "name": call.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    "arguments": arguments.to_string(),
+                },
+            });
+            if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str) {
+                tool_call["extra_content"] =
+                    json!({ "google": { "thought_signature": signature } });
+            }
+            pieces.tool_calls.push(tool_call);
+        } else if let Some(text) = part.get("text").and_then(Value::as_str) {
+            if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                pieces.reasoning.push_str(text);
+            } else {
+                pieces.content.push_str(text);
+            }
+        }
+    }
+    pieces
+}
+
+fn candidate_parts(candidate: &Value) -> &[Value] {
+    candidate
+        .pointer("/content/parts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn candidate_index(candidate: &Value, position: usize) -> u64 {
+    candidate
+        .get("index")
+        .and_then(Value::as_u64)
+        .unwrap_or(position as u64)
+}
+
+fn openai_completion_id(answer: &Value) -> String {
+    match answer.get("responseId").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
+        _ => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+fn answer_model(answer: &Value, model: &str) -> String {
+    answer
+        .get("modelVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(model)
+        .to_string()
+}
+
+fn prompt_blocked(answer: &Value) -> bool {
+    answer.pointer("/promptFeedback/blockReason").is_some()
+}
+
+/// Translates a `GenerateContentResponse` into an OpenAI `chat.completion`.
+pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
+    let candidates = answer
+        .get("candidates")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut choices: Vec<Value> = candidates
+        .iter()
+        .enumerate()
+        .map(|(position, candidate)| {
+            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut 0);
+            let called_tools = !pieces.tool_calls.is_empty();
+            let mut message = json!({
+                "role": "assistant",
+                "content": if called_tools && pieces.content.is_empty() {
+                    Value::Null
+                } else {
+                    json!(pieces.content)
+                },
+            });
+            if !pieces.reasoning.is_empty() {
+                message["reasoning_content"] = json!(pieces.reasoning);
+            }
+            if called_tools {
+                let calls: Vec<Value> = pieces
+                    .tool_calls
+                    .into_iter()
+                    .map(|mut c| {
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("index");
+                        }
+                        c
+                    })
+                    .collect();
+                message["tool_calls"] = Value::Array(calls);
+            }
+            let finish_reason = candidate
+                .get("finishReason")
+                .and_then(Value::as_str)
+                .map_or(if called_tools { "tool_calls" } else { "stop" }, |r| {
+                    gemini_finish_reason_to_openai(r, called_tools)
+                });
+            json!({
+                "index": candidate_index(candidate, position),
+                "message": message,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            })
+        })
+        .collect();
+    if choices.is_empty() {
+        // No candidates: the prompt itself was blocked (`promptFeedback.blockReason`).
+        let finish_reason = if prompt_blocked(answer) {
+            "content_filter"
+        } else {
+            "stop"
+        };
+        choices.push(json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": "" },
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }));
+    }
+    let usage = answer.get("usageMetadata").and_then(usage_from_gemini);
+    let mut body = json!({
+        "id": openai_completion_id(answer),
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": answer_model(answer, model),
+        "choices": choices,
+    });
+    if let Some(usage) = &usage {
+        body["usage"] = openai_usage_json(usage);
+    }
+    ChatOutcome { body, usage }
+}
+
+#[derive(Default)]
+struct StreamCandidate {
+    role_sent: bool,
+    tool_calls: usize,
+}
+
+/// Turns streamed `GenerateContentResponse` chunks into OpenAI
+/// `chat.completion.chunk` objects and usage items.
+struct GeminiStreamTranslator {
+    id: Option<String>,
+    created: i64,
+    model: String,
+    candidates: HashMap<u64, StreamCandidate>,
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+impl GeminiStreamTranslator {
+    fn new(model: &str) -> Self {
+        Self {
+            id: None,
+            created: chrono::Utc::now().timestamp(),
+            model: model.to_string(),
+            candidates: HashMap::new(),
+            usage: None,
+            finished: false,
+        }
+    }
+
+    fn openai_chunk(&self, index: u64, delta: Map<String, Value>, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        })
+    }
+
+    fn gemini_chunk_to_openai(&mut self, chunk: &Value) -> Result<Vec<StreamItem>, UpstreamError> {
+        if let Some(error) = chunk.get("error") {
+            return Err(gemini_error_status(error));
+        }
+        if self.id.is_none() {
+            self.id = Some(openai_completion_id(chunk));
+        }
+        if let Some(model) = chunk.get("modelVersion").and_then(Value::as_str) {
+            self.model = model.to_string();
+        }
+        let mut items = Vec::new();
+        let candidates = chunk
+            .get("candidates")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (position, candidate) in candidates.iter().enumerate() {
+            let index = candidate_index(candidate, position);
+            let state = self.candidates.entry(index).or_default();
+            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut state.tool_calls);
+            let finish = candidate
+                .get("finishReason")
+                .and_then(Value::as_str)
+                .map(|r| gemini_finish_reason_to_openai(r, state.tool_calls > 0));
+            let mut delta = Map::new();
+            if !pieces.content.is_empty() {
+                delta.insert("content".into(), json!(pieces.content));
+            }
+            if !pieces.reasoning.is_empty() {
+                delta.insert("reasoning_content".into(), json!(pieces.reasoning));
+            }
+            if !pieces.tool_calls.is_empty() {
+                delta.insert("tool_calls".into(), Value::Array(pieces.tool_calls));
+            }
+            if delta.is_empty() && finish.is_none() {
+                continue;
+            }
+            if !state.role_sent {
+                state.role_sent = true;
+                delta.insert("role".into(), json!("assistant"));
+            }
+            self.finished |= finish.is_some();
+            items.push(StreamItem::Chunk(self.openai_chunk(index, delta, finish)));
+        }
+        if candidates.is_empty() && prompt_blocked(chunk) {
+            self.finished = true;
+            let mut delta = Map::new();
+            delta.insert("role".into(), json!("assistant"));
+            items.push(StreamItem::Chunk(self.openai_chunk(
+                0,
+                delta,
+                Some("content_filter"),
+            )));
+        }
+        // Cumulative: the newest replaces the last, never adds to it.
+        if let Some(usage) = chunk.get("usageMetadata").and_then(usage_from_gemini) {
+            if self.usage != Some(usage) {
+                self.usage = Some(usage);
+                items.push(StreamItem::Usage(usage));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A stream that ends before any `finishReason` was cut short, not complete.
+    fn end(&self) -> Option<UpstreamError> {
+        (!self.finished)
+            .then(|| UpstreamError::Protocol("the stream ended before the model finished".into()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Embeddings
+
+fn openai_embedding_inputs(request: &Value) -> Result<Vec<String>, UpstreamError> {
+    match request.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| unsupported("embeddings of token arrays"))
+            })
+            .collect(),
+        _ => Err(unsupported("embeddings without a text input")),
+    }
+}
+
+/// A `BatchEmbedContentsRequest` with one request per input.
+fn openai_to_gemini_embed_request(model: &str, inputs: &[String], request: &Value) -> Value {
+    let (collection, name) = gemini_resource(model);
+    let dimensions = request.get("dimensions").and_then(Value::as_u64);
+    let requests: Vec<Value> = inputs
+        .iter()
+        .map(|text| {
+            let mut one = json!({
+                "model": format!("{collection}/{name}"),
+                "content": { "parts": [{ "text": text }] },
+            });
+            if let Some(d) = dimensions {
+                one["outputDimensionality"] = json!(d);
+            }
+            one
+        })
+        .collect();
+    json!({ "requests": requests })
+}
+
+/// An OpenAI embeddings `list` from a `BatchEmbedContentsResponse`.
+fn gemini_to_openai_embeddings(
+    answer: &Value,
+    model: &str,
+    inputs: &[String],
+    base64: bool,
+) -> Result<Value, UpstreamError> {
+    let embeddings = answer
+        .get("embeddings")
+        .and_then(Value::as_array)
+        .filter(|e| e.len() == inputs.len())
+        .ok_or_else(|| {
+            UpstreamError::Protocol(
+                "batchEmbedContents answered the wrong number of embeddings".into(),
+            )
+        })?;
+    let mut data = Vec::with_capacity(embeddings.len());
+    for (index, embedding) in embeddings.iter().enumerate() {
+        let values = embedding
+            .get("values")
+            .and_then(Value::as_array)
+            .ok_or_else(|| UpstreamError::Protocol("an embedding without values".into()))?;
+        let vector = if base64 {
+            let mut bytes = Vec::with_capacity(values.len() * 4);
+            for v in values {
+                bytes.extend_from_slice(&(v.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+            }
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            Value::Array(values.clone())
+        };
+        data.push(json!({ "object": "embedding", "index": index, "embedding": vector }));
+    }
+    // Gemini's embed API reports no token usage. The body carries an estimate (the
+    // hub's bytes-per-token rule) so that it has OpenAI's shape; the outcome's usage
+    // is `None`, so the gateway bills an estimate flagged as such.
+    let bytes: u64 = inputs.iter().map(|s| s.len() as u64).sum();
+    let estimated = Usage::estimate(bytes, 0).input_tokens;
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": estimated, "total_tokens": estimated },
+    }))
+}
+
+// ---------------------------------------------------------------------------
 
 #[async_trait]
 impl ProviderApi for Gemini {
     async fn chat(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatOutcome, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let model = upstream_model(request)?;
+        let body = openai_to_gemini_request(request)?;
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let path = gemini_model_path(model, "generateContent");
+            let response = send(call, &path, &[], &body).await?;
+            let answer = call.http.json_body(response).await?;
+            if let Some(error) = answer.get("error") {
+                return Err(gemini_error_status(error));
+            }
+            Ok(gemini_to_openai_response(&answer, model))
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
     async fn chat_stream(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let model = upstream_model(request)?;
+        let body = openai_to_gemini_request(request)?;
+        let path = gemini_model_path(model, "streamGenerateContent");
+        let response = send(call, &path, &[("alt", "sse")], &body).await?;
+        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
+        let state = (
+            sse_events(response, idle),
+            GeminiStreamTranslator::new(model),
+            false,
+        );
+        let items =
+            futures_util::stream::unfold(state, |(mut events, mut translator, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let event = match events.next().await {
+                        None => {
+                            let cut_short = translator.end()?;
+                            return Some((vec![Err(cut_short)], (events, translator, true)));
+                        }
+                        Some(Err(e)) => return Some((vec![Err(e)], (events, translator, true))),
+                        Some(Ok(event)) => event,
+                    };
+                    // Keep-alives or anything else that is not JSON carries nothing.
+                    let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                        continue;
+                    };
+                    match translator.gemini_chunk_to_openai(&chunk) {
+                        Ok(items) if items.is_empty() => continue,
+                        Ok(items) => {
+                            let items = items.into_iter().map(Ok).collect();
+                            return Some((items, (events, translator, false)));
+                        }
+                        Err(e) => return Some((vec![Err(e)], (events, translator, true))),
+                    }
+                }
+            })
+            .flat_map(futures_util::stream::iter);
+        Ok(Box::pin(items))
+    }
+
+    async fn embeddings(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<EmbeddingsOutcome, UpstreamError> {
+        let model = upstream_model(request)?;
+        let inputs = openai_embedding_inputs(request)?;
+        let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let body = openai_to_gemini_embed_request(model, &inputs, request);
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let path = gemini_model_path(model, "batchEmbedContents");
+            let response = send(call, &path, &[], &body).await?;
+            let answer = call.http.json_body(response).await?;
+            let body = gemini_to_openai_embeddings(&answer, model, &inputs, base64)?;
+            // No usage: Gemini's embed API does not report any (see above).
+            Ok(EmbeddingsOutcome { body, usage: None })
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn usage(input: u64, cache_read: u64, output: u64, reasoning: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            cache_read_tokens: cache_read,
+            output_tokens: output,
+            reasoning_tokens: reasoning,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn usage_separates_cache_and_counts_tool_use_prompt_as_input_and_thoughts_as_output() {
+        let u = usage_from_gemini(&json!({
+            "promptTokenCount": 40, "cachedContentTokenCount": 16, "toolUsePromptTokenCount": 6,
+            "candidatesTokenCount": 9, "thoughtsTokenCount": 5, "totalTokenCount": 60
+        }))
+        .unwrap();
+        assert_eq!(u, usage(30, 16, 14, 5));
+        assert_eq!(
+            u.prompt_tokens() + u.output_tokens,
+            60,
+            "matches totalTokenCount"
+        );
+        // Zero fields are omitted on the wire.
+        assert_eq!(
+            usage_from_gemini(&json!({"promptTokenCount": 7, "totalTokenCount": 7})).unwrap(),
+            usage(7, 0, 0, 0)
+        );
+        assert!(usage_from_gemini(&json!({"candidatesTokenCount": 3})).is_none());
+        assert!(usage_from_gemini(&json!({})).is_none());
+    }
+
+    #[test]
+    fn system_messages_become_the_system_instruction_and_roles_map() {
+        let body = openai_to_gemini_request(&json!({
+            "model": "gemini-2.5-flash",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Bonjour"},
+                {"role": "user", "content": [{"type": "text", "text": "Again"}]},
+                {"role": "user", "content": "and again"},
+            ],
+            "stream": true,
+        }))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "systemInstruction": {"parts": [{"text": "Be brief."}, {"text": "Answer in French."}]},
+                "contents": [
+                    {"role": "user", "parts": [{"text": "Hi"}]},
+                    {"role": "model", "parts": [{"text": "Bonjour"}]},
+                    {"role": "user", "parts": [{"text": "Again"}, {"text": "and again"}]},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn images_audio_and_files_become_inline_or_file_data() {
+        let body = openai_to_gemini_request(&json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ", "detail": "high"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a/cat.PNG?x=1"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/photo"}},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+        ]}]}))
+        .unwrap();
+        assert_eq!(
+            body["contents"][0]["parts"],
+            json!([
+                {"text": "What is this?"},
+                {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AAQ"}},
+                {"fileData": {"fileUri": "https://example.com/a/cat.PNG?x=1", "mimeType": "image/png"}},
+                {"fileData": {"fileUri": "https://example.com/photo"}},
+                {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+                {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}},
+            ])
+        );
+        for bad in [
+            "data:image/png,rawbytes",
+            "ftp://example.com/x.png",
+            "file:///etc/passwd",
+        ] {
+            let result =
+                openai_to_gemini_request(&json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": bad}}]}]}));
+            assert!(
+                matches!(result, Err(UpstreamError::Unsupported { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tools_tool_choice_calls_and_results_translate() {
+        let request = json!({
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+                     "extra_content": {"google": {"thought_signature": "sig=="}}},
+                    {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": ""}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_a", "content": "{\"c\": 21}"},
+                {"role": "tool", "tool_call_id": "call_b", "content": [{"type": "text", "text": "noon"}]},
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                    "parameters": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                        "properties": {"city": {"type": "string"}, "unit": {"type": ["string", "null"], "enum": ["c", "f"]},
+                            "days": {"type": "array", "items": {"type": "integer", "minimum": 1, "exclusiveMaximum": 8}}},
+                        "required": ["city"], "additionalProperties": false},
+                    "strict": true}},
+                {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+            ],
+            "tool_choice": "required",
+            "parallel_tool_calls": true,
+        });
+        let body = openai_to_gemini_request(&request).unwrap();
+        assert_eq!(
+            body["contents"],
+            json!([
+                {"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]},
+                {"role": "model", "parts": [
+                    {"text": "Checking."},
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": "sig=="},
+                    {"functionCall": {"name": "get_time", "args": {}}},
+                ]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "get_weather", "response": {"c": 21}}},
+                    {"functionResponse": {"name": "get_time", "response": {"output": "noon"}}},
+                ]},
+            ])
+        );
+        assert_eq!(
+            body["tools"],
+            json!([{"functionDeclarations": [
+                {"name": "get_weather", "description": "Weather", "parameters": {"type": "object",
+                    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "nullable": true, "enum": ["c", "f"]},
+                        "days": {"type": "array", "items": {"type": "integer", "minimum": 1}}},
+                    "required": ["city"]}},
+                {"name": "get_time"},
+            ]}])
+        );
+        assert_eq!(
+            body["toolConfig"],
+            json!({"functionCallingConfig": {"mode": "ANY"}})
+        );
+        for (choice, mode) in [("auto", "AUTO"), ("none", "NONE")] {
+            let mut r = request.clone();
+            r["tool_choice"] = json!(choice);
+            let body = openai_to_gemini_request(&r).unwrap();
+            assert_eq!(body["toolConfig"]["functionCallingConfig"]["mode"], mode);
+        }
+
+        // A tool result must answer an earlier call.
+        let orphan =
+            json!({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
+        assert!(matches!(
+            openai_to_gemini_request(&orphan),
+            Err(UpstreamError::Unsupported { .. })
+        ));
+        let bad_args = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]});
+        assert!(openai_to_gemini_request(&bad_args).is_err());
+    }
+
+    #[test]
+    fn generation_config_maps_sampling_stop_and_response_format() {
+        let body = openai_to_gemini_request(&json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 300, "max_completion_tokens": 200, "temperature": 0.7, "top_p": 0.95,
+            "n": 2, "seed": 7, "presence_penalty": 0.1, "frequency_penalty": 0.2, "stop": "STOP!",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+                "schema": {"type": "object", "properties": {"a": {"type": "string", "const": "z"}}, "additionalProperties": false}}},
+            "user": "u-1", "stream_options": null,
+        }))
+        .unwrap();
+        assert_eq!(
+            body["generationConfig"],
+            json!({
+                "maxOutputTokens": 200, "temperature": 0.7, "topP": 0.95, "candidateCount": 2, "seed": 7,
+                "presencePenalty": 0.1, "frequencyPenalty": 0.2, "stopSequences": ["STOP!"],
+                "responseMimeType": "application/json",
+                "responseSchema": {"type": "object", "properties": {"a": {"type": "string", "enum": ["z"]}}},
+            })
+        );
+        let body =
+            openai_to_gemini_request(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+                .unwrap();
+        assert!(body.get("generationConfig").is_none());
+        assert!(body.get("systemInstruction").is_none());
+    }
+
+    #[test]
+    fn model_paths_are_encoded_and_accept_prefixed_names() {
+        assert_eq!(
+            gemini_model_path("gemini-2.5-flash", "generateContent"),
+            "models/gemini-2.5-flash:generateContent"
+        );
+        assert_eq!(
+            gemini_model_path("models/gemini-2.5-pro", "streamGenerateContent"),
+            "models/gemini-2.5-pro:streamGenerateContent"
+        );
+        assert_eq!(
+            gemini_model_path("tunedModels/my-model", "generateContent"),
+            "tunedModels/my-model:generateContent"
+        );
+        assert_eq!(
+            gemini_model_path("x?key=1#/../y", "generateContent"),
+            "models/x%3Fkey%3D1%23%2F..%2Fy:generateContent"
+        );
+    }
+
+    #[test]
+    fn responses_map_text_thoughts_tool_calls_finish_reasons_and_usage() {
+        let outcome = gemini_to_openai_response(
+            &json!({
+                "candidates": [{"content": {"role": "model", "parts": [
+                    {"text": "thinking...", "thought": true},
+                    {"text": "Hello "}, {"text": "there"},
+                ]}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 10, "cachedContentTokenCount": 4, "candidatesTokenCount": 3, "thoughtsTokenCount": 2, "totalTokenCount": 15},
+                "modelVersion": "gemini-2.5-flash", "responseId": "abc",
+            }),
+            "gemini-2.5-flash",
+        );
+        let body = &outcome.body;
+        assert_eq!(body["id"], "chatcmpl-abc");
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["model"], "gemini-2.5-flash");
+        assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
+        assert_eq!(
+            body["choices"][0]["message"]["reasoning_content"],
+            "thinking..."
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        assert_eq!(outcome.usage, Some(usage(6, 4, 5, 2)));
+        assert_eq!(body["usage"]["prompt_tokens"], 10);
+        assert_eq!(body["usage"]["completion_tokens"], 5);
+        assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(
+            body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            2
+        );
+
+        let outcome = gemini_to_openai_response(
+            &json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "a", "args": {"x": 1}}, "thoughtSignature": "s1"},
+                {"functionCall": {"name": "b", "args": {}}},
+            ]}, "finishReason": "STOP"}]}),
+            "m",
+        );
+        let message = &outcome.body["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null);
+        assert_eq!(
+            message["tool_calls"],
+            json!([
+                {"id": "call_0", "type": "function", "function": {"name": "a", "arguments": "{\"x\":1}"},
+                 "extra_content": {"google": {"thought_signature": "s1"}}},
+                {"id": "call_1", "type": "function", "function": {"name": "b", "arguments": "{}"}},
+            ])
+        );
+        assert_eq!(outcome.body["choices"][0]["finish_reason"], "tool_calls");
+        assert!(outcome.usage.is_none() && outcome.body.get("usage").is_none());
+
+        for (reason, expected) in [
+            ("MAX_TOKENS", "length"),
+            ("SAFETY", "content_filter"),
+            ("RECITATION", "content_filter"),
+            ("BLOCKLIST", "content_filter"),
+            ("PROHIBITED_CONTENT", "content_filter"),
+            ("SPII", "content_filter"),
+            ("OTHER", "stop"),
+        ] {
+            let outcome = gemini_to_openai_response(
+                &json!({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": reason}]}),
+                "m",
+            );
+            assert_eq!(
+                outcome.body["choices"][0]["finish_reason"], expected,
+                "{reason}"
+            );
+        }
+        let blocked = gemini_to_openai_response(
+            &json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}}),
+            "m",
+        );
+        assert_eq!(
+            blocked.body["choices"][0]["finish_reason"],
+            "content_filter"
+        );
+        assert_eq!(blocked.usage, Some(usage(8, 0, 0, 0)));
+    }
+
+    fn chunks(items: &[StreamItem]) -> Vec<&Value> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Chunk(c) => Some(c),
+                StreamItem::Usage(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stream_chunks_translate_and_cumulative_usage_replaces() {
+        let mut t = GeminiStreamTranslator::new("gemini-2.5-flash");
+        let meta = |candidates: u64| json!({"promptTokenCount": 10, "cachedContentTokenCount": 2, "candidatesTokenCount": candidates, "thoughtsTokenCount": 4});
+        let first = t
+            .gemini_chunk_to_openai(&json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}, "index": 0}],
+                "usageMetadata": meta(1), "responseId": "r1", "modelVersion": "gemini-2.5-flash"}))
+            .unwrap();
+        assert_eq!(
+            first,
+            vec![
+                StreamItem::Chunk(
+                    json!({"id": "chatcmpl-r1", "object": "chat.completion.chunk", "created": t.created,
+                    "model": "gemini-2.5-flash",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "logprobs": null, "finish_reason": null}]})
+                ),
+                StreamItem::Usage(usage(8, 2, 5, 4)),
+            ]
+        );
+        // The same usage again is not repeated; a grown one replaces it.
+        let same = t
+            .gemini_chunk_to_openai(&json!({"candidates": [{"content": {"parts": [{"text": "lo"}]}}], "usageMetadata": meta(1)}))
+            .unwrap();
+        assert_eq!(same.len(), 1);
+        assert_eq!(
+            chunks(&same)[0]["choices"][0]["delta"],
+            json!({"content": "lo"})
+        );
+        assert!(t.end().is_some(), "no finish reason yet");
+        let last = t
+            .gemini_chunk_to_openai(&json!({"candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP"}], "usageMetadata": meta(3)}))
+            .unwrap();
+        assert_eq!(chunks(&last)[0]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks(&last)[0]["id"], "chatcmpl-r1");
+        assert_eq!(last.last(), Some(&StreamItem::Usage(usage(8, 2, 7, 4))));
+        assert!(t.end().is_none());
+    }
+
+    #[test]
+    fn streamed_function_calls_are_whole_tool_call_deltas() {
+        let mut t = GeminiStreamTranslator::new("m");
+        let items = t
+            .gemini_chunk_to_openai(&json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]}, "finishReason": "STOP", "index": 0}]}))
+            .unwrap();
+        let choice = &chunks(&items)[0]["choices"][0];
+        assert_eq!(
+            choice["delta"]["tool_calls"],
+            json!([{"index": 0, "id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}])
+        );
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(chunks(&items)[0].get("usage").is_none());
+    }
+
+    #[test]
+    fn an_error_inside_the_stream_is_a_status_error() {
+        let mut t = GeminiStreamTranslator::new("m");
+        let e = t
+            .gemini_chunk_to_openai(&json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}))
+            .unwrap_err();
+        assert!(
+            matches!(e, UpstreamError::Status { status: 503, ref message } if message == "The model is overloaded.")
+        );
+        let e = t
+            .gemini_chunk_to_openai(&json!({"error": {"message": "boom"}}))
+            .unwrap_err();
+        assert!(matches!(e, UpstreamError::Status { status: 502, .. }));
+    }
+
+    #[test]
+    fn error_bodies_name_a_rejected_key() {
+        let body = json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}});
+        let message = gemini_error_message(&body).unwrap();
+        let e = credential_rejected_as_401(UpstreamError::Status {
+            status: 400,
+            message,
+        });
+        assert!(matches!(e, UpstreamError::Status { status: 401, .. }));
+        let plain = json!([{"error": {"code": 400, "message": "mock 400 message", "status": "INVALID_ARGUMENT"}}]);
+        assert_eq!(
+            gemini_error_message(&plain).as_deref(),
+            Some("mock 400 message")
+        );
     }
 }
