@@ -121,7 +121,7 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
 const CLIENT_APP_MAX_CHARS: usize = 200;
 
 /// The calling app, as AIGNE clients name themselves in `x-aigne-hub-client-did`.
-fn client_app(req: &HttpRequest) -> Option<String> {
+pub(crate) fn client_app(req: &HttpRequest) -> Option<String> {
     let value = req
         .headers()
         .get("x-aigne-hub-client-did")?
@@ -139,12 +139,12 @@ fn client_app(req: &HttpRequest) -> Option<String> {
 
 /// Everything needed to settle or release one request's hold.
 #[derive(Clone)]
-struct Billing {
-    hub: Arc<Hub>,
-    key: PresentedKey,
-    request_id: RequestId,
-    prompt_bytes: u64,
-    started: Instant,
+pub(crate) struct Billing {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) key: PresentedKey,
+    pub(crate) request_id: RequestId,
+    pub(crate) prompt_bytes: u64,
+    pub(crate) started: Instant,
 }
 
 impl Billing {
@@ -162,7 +162,7 @@ impl Billing {
     }
 
     /// Charges `usage` at the rates of the attempt that produced it.
-    async fn settle(&self, attempt: &Attempt, usage: Usage) -> Result<(), HubError> {
+    pub(crate) async fn settle(&self, attempt: &Attempt, usage: Usage) -> Result<(), HubError> {
         self.execute(TenantCommand::SettleUsage {
             request_id: self.request_id,
             attempt: attempt.clone(),
@@ -191,7 +191,7 @@ impl Billing {
         }
     }
 
-    async fn release(&self, reason: String) {
+    pub(crate) async fn release(&self, reason: String) {
         let command = TenantCommand::ReleaseHold {
             request_id: self.request_id,
             reason,
@@ -205,21 +205,23 @@ impl Billing {
 }
 
 /// A request admitted: key checked, candidates routed, hold placed.
-struct Admitted {
-    billing: Billing,
-    candidates: Vec<Candidate>,
+pub(crate) struct Admitted {
+    pub(crate) billing: Billing,
+    pub(crate) candidates: Vec<Candidate>,
 }
 
 /// What a model request asks for, for its hold.
-struct Ask<'a> {
-    model: &'a str,
-    capability: Capability,
-    prompt_bytes: u64,
+pub(crate) struct Ask<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) capability: Capability,
+    /// The wire protocol the request came in with (recorded in the reservation).
+    pub(crate) ingress: Ingress,
+    pub(crate) prompt_bytes: u64,
     /// Output tokens asked for; `None`: the largest cap among the candidates.
-    max_tokens: Option<u32>,
+    pub(crate) max_tokens: Option<u32>,
     /// Choices (`n`): each may produce up to the output tokens.
-    choices: u32,
-    images: u32,
+    pub(crate) choices: u32,
+    pub(crate) images: u32,
 }
 
 /// The price a hold is placed at: for every kind of token the dearest rate of any
@@ -264,7 +266,7 @@ async fn admit(
         key_id: key.key_id,
         model: primary.model.clone(),
         capability: ask.capability,
-        ingress: Ingress::Openai,
+        ingress: ask.ingress,
         app: client_app(req),
         price,
         price_version: primary.price_version,
@@ -305,14 +307,14 @@ async fn admit(
 
 /// The operation a request performs upstream.
 #[derive(Clone, Copy)]
-enum Operation {
+pub(crate) enum Operation {
     Chat,
     ChatStream,
     Embeddings,
     Images,
 }
 
-enum Answer {
+pub(crate) enum Answer {
     Chat(ChatOutcome),
     Stream(ChatStream),
     Embeddings(EmbeddingsOutcome),
@@ -441,6 +443,7 @@ pub async fn chat_completions(
         let ask = Ask {
             model: &chat.model,
             capability: Capability::Chat,
+            ingress: Ingress::Openai,
             // The whole body's size bounds the prompt's tokens (a token is at least a byte).
             prompt_bytes: body.len() as u64,
             max_tokens: chat.max_tokens,
@@ -514,6 +517,7 @@ pub async fn embeddings(
     let ask = Ask {
         model: &model,
         capability: Capability::Embeddings,
+        ingress: Ingress::Openai,
         prompt_bytes: body.len() as u64,
         max_tokens: Some(0),
         choices: 1,
@@ -583,6 +587,7 @@ pub async fn images(
     let ask = Ask {
         model: &model,
         capability: Capability::Images,
+        ingress: Ingress::Openai,
         prompt_bytes: body.len() as u64,
         max_tokens: Some(0),
         choices: 1,
@@ -631,7 +636,7 @@ fn prepare_upstream_request(request: &mut Value) {
     }
 }
 
-fn with_request_id(
+pub(crate) fn with_request_id(
     builder: &mut actix_web::HttpResponseBuilder,
     request_id: RequestId,
 ) -> &mut actix_web::HttpResponseBuilder {
@@ -667,7 +672,7 @@ fn stream_chat(
 }
 
 /// Bytes of generated text in one OpenAI stream chunk (for estimates only).
-fn generated_bytes(chunk: &Value) -> u64 {
+pub(crate) fn generated_bytes(chunk: &Value) -> u64 {
     let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
         return 0;
     };
