@@ -1,36 +1,1253 @@
-//! Anthropic protocol: not implemented yet, so the kind is refused when a provider is
-//! added (see `ProviderKind::is_available`).
+//! The Anthropic Messages API (`POST {base_url}/v1/messages`).
+//!
+//! Requests arrive in OpenAI's chat format and are translated to Anthropic's
+//! (`openai_to_anthropic_request`); answers are translated back to OpenAI's
+//! `chat.completion` object (`anthropic_to_openai_response`) or, for streams, to
+//! `chat.completion.chunk` objects (`AnthropicToOpenAiStream`).
+//!
+//! Usage facts relied on: Anthropic's `usage.input_tokens` EXCLUDES the prompt
+//! tokens written to (`cache_creation_input_tokens`) and read from
+//! (`cache_read_input_tokens`) the cache, so the three map one to one onto the
+//! normalized `Usage`; `output_tokens` includes thinking tokens, which Anthropic
+//! does not count apart (so `reasoning_tokens` stays 0). In a stream,
+//! `message_start` carries the input and cache counts (and an initial
+//! `output_tokens`), and `message_delta` carries the CUMULATIVE `output_tokens`
+//! (newer API versions repeat the input and cache counts there too): every field is
+//! merged by taking its latest reported value, never by adding.
 
-use super::{ChatOutcome, ChatStream, ProviderApi, UpstreamCall, UpstreamError};
+use super::{
+    error_dot_message, openai_usage_json, sse_events, ChatOutcome, ChatStream, ProviderApi,
+    SseEvent, StreamItem, UpstreamCall, UpstreamError,
+};
 use async_trait::async_trait;
-use serde_json::Value;
+use domain::Usage;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::time::Duration;
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = false;
+pub const AVAILABLE: bool = true;
+
+/// The API version this module speaks (sent as `anthropic-version`).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Output cap sent when the request names none (Anthropic requires `max_tokens`).
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 pub struct Anthropic;
+
+/// A request the translation cannot express in Anthropic's format.
+fn bad_request(message: impl Into<String>) -> UpstreamError {
+    UpstreamError::Status {
+        status: 400,
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI request → Anthropic request
+// ---------------------------------------------------------------------------
+
+/// Translates an OpenAI chat request (with `model` already the upstream's name)
+/// into an Anthropic Messages request. Does not set `stream`.
+pub fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamError> {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("`model` is required"))?;
+    let openai_messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_request("`messages` is required"))?;
+    if request
+        .get("n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
+        return Err(bad_request(
+            "Anthropic returns a single choice: `n` must be 1",
+        ));
+    }
+
+    let mut system: Vec<Value> = Vec::new();
+    let mut messages: Vec<(String, Vec<Value>)> = Vec::new();
+    for message in openai_messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        match role {
+            "system" | "developer" => {
+                system.extend(openai_to_anthropic_content(message.get("content"), true)?);
+            }
+            "user" => {
+                let blocks = openai_to_anthropic_content(message.get("content"), false)?;
+                push_message(&mut messages, "user", blocks);
+            }
+            "assistant" => {
+                let blocks = openai_to_anthropic_assistant_blocks(message)?;
+                push_message(&mut messages, "assistant", blocks);
+            }
+            "tool" => {
+                // Tool results go back as a user turn; consecutive results (and a user
+                // message right after them) merge into one turn, results first.
+                let block = openai_to_anthropic_tool_result(message)?;
+                push_message(&mut messages, "user", vec![block]);
+            }
+            other => {
+                return Err(bad_request(format!(
+                    "message role {other:?} is not supported by Anthropic"
+                )))
+            }
+        }
+    }
+
+    // `response_format` has no equivalent in the Messages API: best effort, the
+    // wanted format is asked for in the system prompt (the answer is not validated).
+    if let Some(instruction) = response_format_instruction(request.get("response_format")) {
+        system.push(json!({"type": "text", "text": instruction}));
+    }
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert(
+        "messages".into(),
+        Value::Array(
+            messages
+                .into_iter()
+                .map(|(role, blocks)| json!({"role": role, "content": collapse_blocks(blocks)}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        let plain = system
+            .iter()
+            .all(|b| b.as_object().is_some_and(|o| o.len() == 2));
+        let value = if plain {
+            let texts: Vec<&str> = system
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect();
+            json!(texts.join("\n\n"))
+        } else {
+            // Keeps `cache_control` markers a client put on system parts.
+            Value::Array(system)
+        };
+        out.insert("system".into(), value);
+    }
+    out.insert("max_tokens".into(), json!(requested_max_tokens(request)?));
+    if let Some(t) = request.get("temperature").and_then(Value::as_f64) {
+        // OpenAI accepts 0..=2, Anthropic 0..=1.
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
+        out.insert("top_p".into(), p.clone());
+    }
+    // Not OpenAI, but accepted by several OpenAI-compatible gateways.
+    if let Some(k) = request.get("top_k").filter(|v| v.is_number()) {
+        out.insert("top_k".into(), k.clone());
+    }
+    match request.get("stop") {
+        Some(Value::String(s)) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(list)) if !list.is_empty() => {
+            out.insert("stop_sequences".into(), Value::Array(list.clone()));
+        }
+        _ => {}
+    }
+    if let Some(user) = request.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    // Extended thinking, in Anthropic's own shape, passes through when asked for.
+    if let Some(thinking) = request.get("thinking").filter(|v| v.is_object()) {
+        out.insert("thinking".into(), thinking.clone());
+    }
+
+    let tools = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty());
+    if let Some(tools) = tools {
+        out.insert(
+            "tools".into(),
+            Value::Array(
+                tools
+                    .iter()
+                    .map(openai_to_anthropic_tool)
+                    .collect::<Result<_, _>>()?,
+            ),
+        );
+    }
+    let parallel = request.get("parallel_tool_calls").and_then(Value::as_bool);
+    if let Some(choice) = openai_to_anthropic_tool_choice(request.get("tool_choice"), parallel)? {
+        if tools.is_some() {
+            out.insert("tool_choice".into(), choice);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// `max_completion_tokens` / `max_tokens` (the smaller when both are given, as the
+/// hold assumes), else [`DEFAULT_MAX_TOKENS`].
+fn requested_max_tokens(request: &Value) -> Result<u64, UpstreamError> {
+    let mut max = None;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match request.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad_request(format!("`{field}` must be a positive integer")))?;
+                max = Some(max.map_or(n, |m: u64| m.min(n)));
+            }
+        }
+    }
+    Ok(max.unwrap_or(DEFAULT_MAX_TOKENS))
+}
+
+/// Appends a turn, merging it into the previous one when the role is the same
+/// (Anthropic wants user and assistant turns to alternate).
+fn push_message(messages: &mut Vec<(String, Vec<Value>)>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match messages.last_mut() {
+        Some((last_role, last_blocks)) if last_role == role => last_blocks.extend(blocks),
+        _ => messages.push((role.to_string(), blocks)),
+    }
+}
+
+/// A turn of one plain text block is sent as a string, the shortest form.
+fn collapse_blocks(mut blocks: Vec<Value>) -> Value {
+    let single_plain_text = blocks.len() == 1
+        && blocks[0]["type"] == "text"
+        && blocks[0].as_object().is_some_and(|o| o.len() == 2);
+    if single_plain_text {
+        blocks.pop().unwrap()["text"].take()
+    } else {
+        Value::Array(blocks)
+    }
+}
+
+/// Content of a system or user message (a string or an array of parts) as
+/// Anthropic content blocks. Empty text is dropped (Anthropic refuses it).
+fn openai_to_anthropic_content(
+    content: Option<&Value>,
+    text_only: bool,
+) -> Result<Vec<Value>, UpstreamError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::Array(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for part in parts {
+                if let Some(block) = openai_to_anthropic_part(part, text_only)? {
+                    blocks.push(block);
+                }
+            }
+            Ok(blocks)
+        }
+        Some(_) => Err(bad_request(
+            "message `content` must be a string or an array of parts",
+        )),
+    }
+}
+
+/// One OpenAI content part as an Anthropic block (`None` for empty text).
+fn openai_to_anthropic_part(part: &Value, text_only: bool) -> Result<Option<Value>, UpstreamError> {
+    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let mut block = match kind {
+        "text" | "refusal" => {
+            let text = part
+                .get(kind)
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request(format!("a `{kind}` part needs `{kind}`")))?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            json!({"type": "text", "text": text})
+        }
+        "image_url" if !text_only => {
+            let url = part
+                .pointer("/image_url/url")
+                .or_else(|| part.get("image_url").filter(|v| v.is_string()))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request("an `image_url` part needs `image_url.url`"))?;
+            json!({"type": "image", "source": image_source(url)?})
+        }
+        "file" if !text_only => {
+            // PDFs as base64 data URLs become `document` blocks.
+            let data = part
+                .pointer("/file/file_data")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    bad_request("only `file` parts with `file_data` are supported for Anthropic")
+                })?;
+            let (media_type, data) = parse_data_url(data)
+                .ok_or_else(|| bad_request("`file.file_data` must be a base64 data URL"))?;
+            json!({"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}})
+        }
+        other => {
+            return Err(bad_request(format!(
+                "content part type {other:?} is not supported here by Anthropic"
+            )))
+        }
+    };
+    if let Some(cache_control) = part.get("cache_control") {
+        block["cache_control"] = cache_control.clone();
+    }
+    Ok(Some(block))
+}
+
+/// `data:<media type>;base64,<data>` → (media type, data).
+fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some((media_type, data))
+}
+
+/// An image URL as an Anthropic image `source`: data URLs inline as base64, web
+/// URLs by reference.
+fn image_source(url: &str) -> Result<Value, UpstreamError> {
+    if url.starts_with("data:") {
+        let (media_type, data) = parse_data_url(url)
+            .ok_or_else(|| bad_request("image data URLs must be base64 encoded"))?;
+        Ok(json!({"type": "base64", "media_type": media_type, "data": data}))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(json!({"type": "url", "url": url}))
+    } else {
+        Err(bad_request("an image URL must be an http(s) or data URL"))
+    }
+}
+
+/// An assistant message: its text, then its tool calls as `tool_use` blocks.
+fn openai_to_anthropic_assistant_blocks(message: &Value) -> Result<Vec<Value>, UpstreamError> {
+    let mut blocks = openai_to_anthropic_content(message.get("content"), true)?;
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let id = call
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_request("a tool call needs an `id`"))?;
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_request("a tool call needs `function.name`"))?;
+        let arguments = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        // Anthropic wants the input as an object; arguments that are not a JSON
+        // object (or empty) are sent as an empty input.
+        let input = serde_json::from_str::<Value>(arguments)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+    }
+    Ok(blocks)
+}
+
+/// A `role: "tool"` message as a `tool_result` block.
+fn openai_to_anthropic_tool_result(message: &Value) -> Result<Value, UpstreamError> {
+    let id = message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("a tool message needs `tool_call_id`"))?;
+    let content = match message.get("content") {
+        Some(Value::String(s)) => json!(s),
+        Some(Value::Array(_)) => {
+            Value::Array(openai_to_anthropic_content(message.get("content"), false)?)
+        }
+        _ => json!(""),
+    };
+    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
+}
+
+/// An OpenAI function tool as an Anthropic tool.
+fn openai_to_anthropic_tool(tool: &Value) -> Result<Value, UpstreamError> {
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(bad_request(
+            "only `function` tools are supported for Anthropic",
+        ));
+    }
+    let function = tool
+        .get("function")
+        .ok_or_else(|| bad_request("a tool needs `function`"))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("a tool needs `function.name`"))?;
+    let mut out = json!({"name": name});
+    if let Some(description) = function.get("description").and_then(Value::as_str) {
+        out["description"] = json!(description);
+    }
+    out["input_schema"] = function
+        .get("parameters")
+        .filter(|p| p.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    if let Some(cache_control) = tool.get("cache_control") {
+        out["cache_control"] = cache_control.clone();
+    }
+    Ok(out)
+}
+
+/// OpenAI `tool_choice` (and `parallel_tool_calls`) as Anthropic `tool_choice`.
+fn openai_to_anthropic_tool_choice(
+    choice: Option<&Value>,
+    parallel_tool_calls: Option<bool>,
+) -> Result<Option<Value>, UpstreamError> {
+    let mut out = match choice {
+        None | Some(Value::Null) => {
+            if parallel_tool_calls == Some(false) {
+                json!({"type": "auto"})
+            } else {
+                return Ok(None);
+            }
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "none" => return Ok(Some(json!({"type": "none"}))),
+            "required" => json!({"type": "any"}),
+            other => return Err(bad_request(format!("unknown `tool_choice` {other:?}"))),
+        },
+        Some(object) => {
+            let name = object
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request("`tool_choice` needs `function.name`"))?;
+            json!({"type": "tool", "name": name})
+        }
+    };
+    if parallel_tool_calls == Some(false) {
+        out["disable_parallel_tool_use"] = json!(true);
+    }
+    Ok(Some(out))
+}
+
+/// The system instruction standing in for `response_format` (best effort: the
+/// Messages API has no JSON mode).
+fn response_format_instruction(format: Option<&Value>) -> Option<String> {
+    let format = format?;
+    match format.get("type").and_then(Value::as_str)? {
+        "json_object" => Some(
+            "Respond only with a single valid JSON object, without any other text or code fences."
+                .to_string(),
+        ),
+        "json_schema" => {
+            let schema = format.pointer("/json_schema/schema");
+            let mut text = String::from(
+                "Respond only with a single valid JSON value, without any other text or code fences",
+            );
+            match schema {
+                Some(schema) => {
+                    text.push_str(", conforming to this JSON schema:\n");
+                    text.push_str(&schema.to_string());
+                }
+                None => text.push('.'),
+            }
+            Some(text)
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic response → OpenAI response
+// ---------------------------------------------------------------------------
+
+/// Normalized usage from an Anthropic `usage` object; `None` if it has no counts.
+pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
+    let merged = UsageMerge::default().merged_with(usage);
+    merged.any().then(|| merged.usage())
+}
+
+/// An Anthropic `stop_reason` as an OpenAI `finish_reason`.
+pub fn anthropic_to_openai_finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and any newer reason.
+        _ => "stop",
+    }
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// An Anthropic message as an OpenAI `chat.completion` (with `usage` when the
+/// message reported it).
+pub fn anthropic_to_openai_response(body: &Value) -> Result<Value, UpstreamError> {
+    let blocks = body
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| UpstreamError::Protocol("message without `content`".into()))?;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("thinking") => {
+                reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""))
+            }
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
+                },
+            })),
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant"});
+    message["content"] = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let finish_reason = body
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .map(anthropic_to_openai_finish_reason);
+    let mut out = json!({
+        "id": body.get("id").cloned().unwrap_or(Value::Null),
+        "object": "chat.completion",
+        "created": now_unix(),
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    });
+    if let Some(usage) = body.get("usage").and_then(usage_from_anthropic) {
+        out["usage"] = openai_usage_json(&usage);
+    }
+    Ok(out)
+}
+
+/// The status an in-stream `error` event stands for, from its `error.type`.
+fn status_of_error_type(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "api_error" => 500,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        _ => 502,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic stream → OpenAI chunks
+// ---------------------------------------------------------------------------
+
+/// Usage reported piecewise in a stream: each field keeps its latest value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageMerge {
+    input_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
+    cache_read_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl UsageMerge {
+    /// Takes every count `usage` reports (replacing, never adding: Anthropic's
+    /// counts are cumulative); absent or null fields keep their previous value.
+    pub fn merged_with(mut self, usage: &Value) -> Self {
+        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+        self.input_tokens = field("input_tokens").or(self.input_tokens);
+        self.cache_write_tokens = field("cache_creation_input_tokens").or(self.cache_write_tokens);
+        self.cache_read_tokens = field("cache_read_input_tokens").or(self.cache_read_tokens);
+        self.output_tokens = field("output_tokens").or(self.output_tokens);
+        self
+    }
+
+    fn any(&self) -> bool {
+        self.input_tokens.is_some()
+            || self.cache_write_tokens.is_some()
+            || self.cache_read_tokens.is_some()
+            || self.output_tokens.is_some()
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.unwrap_or(0),
+            cache_read_tokens: self.cache_read_tokens.unwrap_or(0),
+            cache_write_tokens: self.cache_write_tokens.unwrap_or(0),
+            output_tokens: self.output_tokens.unwrap_or(0),
+            // Anthropic counts thinking inside output_tokens without a breakdown.
+            ..Usage::default()
+        }
+    }
+}
+
+/// A streamed tool call: its OpenAI index, and whether any argument text was sent.
+struct ToolBlock {
+    index: usize,
+    sent_arguments: bool,
+}
+
+/// Translates Anthropic stream events, one at a time, into OpenAI stream items.
+pub struct AnthropicToOpenAiStream {
+    id: Value,
+    model: Value,
+    created: i64,
+    usage: UsageMerge,
+    last_usage: Option<Usage>,
+    /// Tool-use blocks by Anthropic content-block index.
+    tools: HashMap<u64, ToolBlock>,
+    /// Whether `message_stop` arrived (the stream is complete).
+    pub finished: bool,
+}
+
+impl Default for AnthropicToOpenAiStream {
+    fn default() -> Self {
+        Self {
+            id: Value::Null,
+            model: Value::Null,
+            created: now_unix(),
+            usage: UsageMerge::default(),
+            last_usage: None,
+            tools: HashMap::new(),
+            finished: false,
+        }
+    }
+}
+
+impl AnthropicToOpenAiStream {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> StreamItem {
+        StreamItem::Chunk(json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }))
+    }
+
+    fn merge_usage(&mut self, usage: Option<&Value>, items: &mut Vec<StreamItem>) {
+        let Some(usage) = usage.filter(|u| u.is_object()) else {
+            return;
+        };
+        self.usage = self.usage.merged_with(usage);
+        if !self.usage.any() {
+            return;
+        }
+        let merged = self.usage.usage();
+        if self.last_usage != Some(merged) {
+            self.last_usage = Some(merged);
+            items.push(StreamItem::Usage(merged));
+        }
+    }
+
+    /// The items one event yields. `event` is the SSE event name; the payload's own
+    /// `type` decides (they are the same in Anthropic's streams).
+    pub fn on_event(
+        &mut self,
+        event: Option<&str>,
+        data: &Value,
+    ) -> Result<Vec<StreamItem>, UpstreamError> {
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event)
+            .unwrap_or("");
+        let mut items = Vec::new();
+        match kind {
+            "message_start" => {
+                let message = data.get("message").unwrap_or(&Value::Null);
+                self.id = message.get("id").cloned().unwrap_or(Value::Null);
+                self.model = message.get("model").cloned().unwrap_or(Value::Null);
+                items.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                self.merge_usage(message.get("usage"), &mut items);
+            }
+            "content_block_start" => {
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let text = block.get("text").and_then(Value::as_str).unwrap_or("");
+                        if !text.is_empty() {
+                            items.push(self.chunk(json!({"content": text}), None));
+                        }
+                    }
+                    Some("tool_use") => {
+                        let tool_index = self.tools.len();
+                        self.tools.insert(
+                            index,
+                            ToolBlock {
+                                index: tool_index,
+                                sent_arguments: false,
+                            },
+                        );
+                        items.push(self.chunk(
+                            json!({"tool_calls": [{
+                                "index": tool_index,
+                                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                                "type": "function",
+                                "function": {
+                                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                                    "arguments": "",
+                                },
+                            }]}),
+                            None,
+                        ));
+                    }
+                    Some("thinking") => {
+                        let text = block.get("thinking").and_then(Value::as_str).unwrap_or("");
+                        if !text.is_empty() {
+                            items.push(self.chunk(json!({"reasoning_content": text}), None));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                let text_of = |field: &str| delta.get(field).and_then(Value::as_str).unwrap_or("");
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") if !text_of("text").is_empty() => {
+                        items.push(self.chunk(json!({"content": text_of("text")}), None));
+                    }
+                    Some("thinking_delta") if !text_of("thinking").is_empty() => {
+                        items.push(
+                            self.chunk(json!({"reasoning_content": text_of("thinking")}), None),
+                        );
+                    }
+                    Some("input_json_delta") if !text_of("partial_json").is_empty() => {
+                        let tool = self.tools.get_mut(&index).ok_or_else(|| {
+                            UpstreamError::Protocol(
+                                "input_json_delta outside a tool_use block".into(),
+                            )
+                        })?;
+                        tool.sent_arguments = true;
+                        let tool_index = tool.index;
+                        items.push(self.chunk(
+                            json!({"tool_calls": [{
+                                "index": tool_index,
+                                "function": {"arguments": text_of("partial_json")},
+                            }]}),
+                            None,
+                        ));
+                    }
+                    // signature_delta, citations_delta, empty deltas: nothing to pass on.
+                    _ => {}
+                }
+            }
+            "content_block_stop" => {
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                // A tool called without input streams no JSON at all: give the client
+                // arguments it can parse.
+                if let Some(tool) = self.tools.get_mut(&index) {
+                    if !tool.sent_arguments {
+                        tool.sent_arguments = true;
+                        let tool_index = tool.index;
+                        items.push(self.chunk(
+                            json!({"tool_calls": [{"index": tool_index, "function": {"arguments": "{}"}}]}),
+                            None,
+                        ));
+                    }
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    items.push(
+                        self.chunk(json!({}), Some(anthropic_to_openai_finish_reason(reason))),
+                    );
+                }
+                self.merge_usage(data.get("usage"), &mut items);
+            }
+            "message_stop" => self.finished = true,
+            "error" => {
+                let error = data.get("error").unwrap_or(&Value::Null);
+                let status =
+                    status_of_error_type(error.get("type").and_then(Value::as_str).unwrap_or(""));
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stream error")
+                    .to_string();
+                return Err(UpstreamError::Status { status, message });
+            }
+            // `ping`, and event types added later, carry nothing for the client.
+            _ => {}
+        }
+        Ok(items)
+    }
+}
+
+type SseStream = Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>>;
+
+struct StreamState {
+    events: SseStream,
+    translator: AnthropicToOpenAiStream,
+    pending: VecDeque<Result<StreamItem, UpstreamError>>,
+    ended: bool,
+}
+
+/// OpenAI stream items from Anthropic's events; ends after `message_stop`, and with
+/// an error if the upstream stops before it (a cut stream must not look complete).
+fn anthropic_to_openai_stream(events: SseStream) -> ChatStream {
+    let state = StreamState {
+        events,
+        translator: AnthropicToOpenAiStream::default(),
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.pending.pop_front() {
+                return Some((item, s));
+            }
+            if s.ended {
+                return None;
+            }
+            match s.events.next().await {
+                None => {
+                    s.ended = true;
+                    return Some((
+                        Err(UpstreamError::Protocol(
+                            "stream ended before message_stop".into(),
+                        )),
+                        s,
+                    ));
+                }
+                Some(Err(e)) => {
+                    s.ended = true;
+                    return Some((Err(e), s));
+                }
+                Some(Ok(event)) => {
+                    // Anthropic's payloads are all JSON; anything else carries nothing.
+                    let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                        continue;
+                    };
+                    match s.translator.on_event(event.event.as_deref(), &data) {
+                        Ok(items) => s.pending.extend(items.into_iter().map(Ok)),
+                        Err(e) => {
+                            s.ended = true;
+                            s.pending.push_back(Err(e));
+                        }
+                    }
+                    if s.translator.finished {
+                        s.ended = true;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// The provider
+// ---------------------------------------------------------------------------
+
+fn post(call: &UpstreamCall<'_>, body: &Value) -> reqwest::RequestBuilder {
+    let provider = call.provider;
+    // The base URL is the server root; tolerate one configured with `/v1`.
+    let path = if provider.base_url.trim_end_matches('/').ends_with("/v1") {
+        "messages"
+    } else {
+        "v1/messages"
+    };
+    call.http
+        .client()
+        .post(provider.endpoint(path))
+        .header("x-api-key", provider.api_key())
+        .header("anthropic-version", ANTHROPIC_VERSION)
+        .json(body)
+}
 
 #[async_trait]
 impl ProviderApi for Anthropic {
     async fn chat(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatOutcome, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let body = openai_to_anthropic_request(request)?;
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let response = call.http.send(post(call, &body), error_dot_message).await?;
+            let answer = call.http.json_body(response).await?;
+            let usage = answer.get("usage").and_then(usage_from_anthropic);
+            let body = anthropic_to_openai_response(&answer)?;
+            Ok(ChatOutcome { body, usage })
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
     async fn chat_stream(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let mut body = openai_to_anthropic_request(request)?;
+        body["stream"] = json!(true);
+        let response = call.http.send(post(call, &body), error_dot_message).await?;
+        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
+        Ok(anthropic_to_openai_stream(sse_events(response, idle)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(request: Value) -> Value {
+        openai_to_anthropic_request(&request).unwrap()
+    }
+
+    #[test]
+    fn system_messages_become_top_level_system_and_defaults_apply() {
+        let out = translate(json!({
+            "model": "claude-x",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Be kind."}]},
+                {"role": "user", "content": "Say hello"},
+            ],
+            "temperature": 1.7,
+            "top_p": 0.9,
+            "stop": "END",
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "model": "claude-x",
+                "system": "Be brief.\n\nBe kind.",
+                "messages": [{"role": "user", "content": "Say hello"}],
+                "max_tokens": DEFAULT_MAX_TOKENS,
+                "temperature": 1.0,
+                "top_p": 0.9,
+                "stop_sequences": ["END"],
+            })
+        );
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 300, "max_completion_tokens": 200, "stop": ["a", "b"]}),
+        );
+        assert_eq!(out["max_tokens"], 200);
+        assert_eq!(out["stop_sequences"], json!(["a", "b"]));
+        assert!(out.get("system").is_none());
+    }
+
+    #[test]
+    fn tools_and_tool_choice_map() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "now"}}]);
+        let request = |choice: Value| {
+            translate(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "tools": tools, "tool_choice": choice}),
+            )
+        };
+        let out = request(json!("auto"));
+        assert_eq!(
+            out["tools"],
+            json!([
+                {"name": "get_weather", "description": "Weather",
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                {"name": "now", "input_schema": {"type": "object", "properties": {}}},
+            ])
+        );
+        assert_eq!(out["tool_choice"], json!({"type": "auto"}));
+        assert_eq!(
+            request(json!("none"))["tool_choice"],
+            json!({"type": "none"})
+        );
+        assert_eq!(
+            request(json!("required"))["tool_choice"],
+            json!({"type": "any"})
+        );
+        assert_eq!(
+            request(json!({"type": "function", "function": {"name": "now"}}))["tool_choice"],
+            json!({"type": "tool", "name": "now"})
+        );
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": tools, "parallel_tool_calls": false}),
+        );
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+    }
+
+    #[test]
+    fn tool_calls_and_results_round_trip_as_blocks() {
+        let out = translate(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "21C"}]},
+            {"role": "user", "content": "Thanks"},
+        ]}));
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Rome"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "21C"}]},
+                    {"type": "text", "text": "Thanks"},
+                ]},
+            ])
+        );
+    }
+
+    #[test]
+    fn images_become_base64_or_url_sources() {
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "high"}},
+            ]}]}),
+        );
+        assert_eq!(
+            out["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+            ])
+        );
+        let bad = openai_to_anthropic_request(
+            &json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}),
+        );
+        assert!(matches!(
+            bad,
+            Err(UpstreamError::Status { status: 400, .. })
+        ));
+    }
+
+    #[test]
+    fn response_format_becomes_a_system_instruction() {
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object"}}),
+        );
+        let system = out["system"].as_str().unwrap();
+        assert!(
+            system.starts_with("S\n\n") && system.contains("JSON object"),
+            "{system}"
+        );
+    }
+
+    #[test]
+    fn response_maps_text_tools_finish_and_usage() {
+        let out = anthropic_to_openai_response(&json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "Let me check."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 5, "output_tokens": 7},
+        }))
+        .unwrap();
+        assert_eq!(out["object"], "chat.completion");
+        assert_eq!(out["id"], "msg_1");
+        let message = &out["choices"][0]["message"];
+        assert_eq!(message["content"], "Let me check.");
+        assert_eq!(message["tool_calls"][0]["id"], "toolu_1");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(out["usage"]["prompt_tokens"], 18);
+        assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+        for (reason, mapped) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+        ] {
+            assert_eq!(anthropic_to_openai_finish_reason(reason), mapped);
+        }
+    }
+
+    #[test]
+    fn usage_excludes_cache_tokens_from_input() {
+        let u = usage_from_anthropic(
+            &json!({"input_tokens": 10, "cache_creation_input_tokens": 3,
+            "cache_read_input_tokens": 5, "output_tokens": 7}),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cache_write_tokens,
+                u.cache_read_tokens,
+                u.output_tokens
+            ),
+            (10, 3, 5, 7)
+        );
+        assert!(usage_from_anthropic(&json!({})).is_none());
+    }
+
+    fn usages(items: &[StreamItem]) -> Vec<Usage> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Usage(u) => Some(*u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stream_usage_is_merged_not_added() {
+        let mut t = AnthropicToOpenAiStream::default();
+        let start = t
+            .on_event(
+                Some("message_start"),
+                &json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x",
+                "usage": {"input_tokens": 10, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 5, "output_tokens": 1}}}),
+            )
+            .unwrap();
+        assert_eq!(usages(&start)[0].output_tokens, 1);
+        // Cumulative output: the latest value wins.
+        let delta = |usage: Value| json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": usage});
+        let items = t
+            .on_event(None, &delta(json!({"output_tokens": 20})))
+            .unwrap();
+        assert_eq!(
+            usages(&items),
+            vec![Usage {
+                input_tokens: 10,
+                cache_write_tokens: 3,
+                cache_read_tokens: 5,
+                output_tokens: 20,
+                ..Usage::default()
+            }]
+        );
+        // Repeated fields (newer API versions) replace; nulls keep; no change, no item.
+        let items = t
+            .on_event(
+                None,
+                &delta(json!({"input_tokens": 10, "cache_read_input_tokens": null, "output_tokens": 20})),
+            )
+            .unwrap();
+        assert!(usages(&items).is_empty());
+        let items = t
+            .on_event(
+                None,
+                &delta(json!({"input_tokens": 11, "output_tokens": 25})),
+            )
+            .unwrap();
+        assert_eq!(
+            usages(&items)[0],
+            Usage {
+                input_tokens: 11,
+                cache_write_tokens: 3,
+                cache_read_tokens: 5,
+                output_tokens: 25,
+                ..Usage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn stream_tool_calls_become_openai_deltas() {
+        let mut t = AnthropicToOpenAiStream::default();
+        let mut chunks = Vec::new();
+        for event in [
+            json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 4, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_2", "name": "now", "input": {}}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            json!({"type": "ping"}),
+            json!({"type": "message_stop"}),
+        ] {
+            for item in t.on_event(None, &event).unwrap() {
+                if let StreamItem::Chunk(c) = item {
+                    assert_eq!(c["object"], "chat.completion.chunk");
+                    assert_eq!(c["id"], "msg_1");
+                    assert!(c.get("usage").is_none());
+                    chunks.push(c["choices"][0].clone());
+                }
+            }
+        }
+        assert!(t.finished);
+        assert_eq!(chunks[0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["delta"]["content"], "Hi");
+        assert_eq!(
+            chunks[2]["delta"]["tool_calls"][0],
+            json!({"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}})
+        );
+        assert_eq!(
+            chunks[3]["delta"]["tool_calls"][0],
+            json!({"index": 0, "function": {"arguments": "{\"city\":"}})
+        );
+        assert_eq!(chunks[5]["delta"]["tool_calls"][0]["index"], 1);
+        assert_eq!(
+            chunks[6]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "{}"
+        );
+        assert_eq!(chunks[7]["finish_reason"], "tool_calls");
+        assert_eq!(chunks.len(), 8);
+    }
+
+    #[test]
+    fn stream_error_event_maps_its_type() {
+        let mut t = AnthropicToOpenAiStream::default();
+        let e = t
+            .on_event(
+                Some("error"),
+                &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, UpstreamError::Status { status: 529, ref message } if message == "Overloaded")
+        );
+        let e = t
+            .on_event(
+                None,
+                &json!({"type": "error", "error": {"type": "weird", "message": "?"}}),
+            )
+            .unwrap_err();
+        assert!(matches!(e, UpstreamError::Status { status: 502, .. }));
     }
 }
