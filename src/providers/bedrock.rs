@@ -1,36 +1,913 @@
-//! Bedrock protocol: not implemented yet, so the kind is refused when a provider is
-//! added (see `ProviderKind::is_available`).
+//! Amazon Bedrock, through its Converse API (`POST /model/{modelId}/converse`) and
+//! ConverseStream API (`POST /model/{modelId}/converse-stream`), every request
+//! signed with AWS Signature Version 4 (service `bedrock`, the provider's region).
+//!
+//! Requests arrive in OpenAI's chat shape and are translated to Converse: system
+//! messages become `system` blocks, `tool` messages become `toolResult` blocks of a
+//! user message, assistant `tool_calls` become `toolUse` blocks, consecutive
+//! messages of one role are merged (Converse requires alternating roles). Answers
+//! are translated back to `chat.completion` / `chat.completion.chunk` objects.
+//!
+//! Usage facts relied on: Bedrock reports camelCase `inputTokens`, `outputTokens`,
+//! `totalTokens` and, with prompt caching, `cacheReadInputTokens` and
+//! `cacheWriteInputTokens`; `inputTokens` does not include the cache fields, so it
+//! is the normalized `input_tokens` as is. A stream reports usage once, in its
+//! final `metadata` event.
+//!
+//! A ConverseStream body is not SSE but AWS event-stream binary framing
+//! (`application/vnd.amazon.eventstream`): each message is a prelude (total length,
+//! headers length, prelude CRC32), headers (`:message-type`, `:event-type`,
+//! `:exception-type`, `:content-type`), a JSON payload and a message CRC32.
+//!
+//! Embeddings and image generation keep the trait's defaults: on Bedrock they go
+//! through InvokeModel with a per-model body (Titan, Cohere, Stability, …), a
+//! separate API from Converse that this module does not speak.
 
-use super::{ChatOutcome, ChatStream, ProviderApi, UpstreamCall, UpstreamError};
+use super::{
+    transport_error, ChatOutcome, ChatStream, Credential, ProviderApi, StreamItem, UpstreamCall,
+    UpstreamError,
+};
 use async_trait::async_trait;
-use serde_json::Value;
+use aws_smithy_types::event_stream::Message;
+use bytes::{Bytes, BytesMut};
+use domain::Usage;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = false;
+pub const AVAILABLE: bool = true;
+
+/// The SigV4 signing name of the Bedrock runtime.
+pub const SIGNING_SERVICE: &str = "bedrock";
+
+/// Largest event-stream message accepted (the format's own limit is 16 MiB), which
+/// bounds what the hub buffers for one upstream stream.
+pub const EVENT_STREAM_MESSAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Prelude (12 bytes) plus message CRC (4 bytes): the smallest valid message.
+const EVENT_STREAM_MESSAGE_MIN_BYTES: usize = 16;
+const EVENT_STREAM_PRELUDE_BYTES: usize = 12;
 
 pub struct Bedrock;
+
+/// The request path of Converse (or ConverseStream) for a model id, with the id
+/// percent-encoded as one path segment (ids hold `:`, ARNs hold `/` too).
+pub fn converse_path(model_id: &str, stream: bool) -> String {
+    let action = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    format!("model/{}/{action}", encode_path_segment(model_id))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The message of a Bedrock error body (`{"message": "..."}`; some AWS front
+/// ends capitalize it).
+pub fn bedrock_error_message(body: &Value) -> Option<String> {
+    body.get("message")
+        .or_else(|| body.get("Message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// The SigV4 headers (`x-amz-date`, `authorization`) for one request whose other
+/// signed headers are `headers` (`host` is taken from the URL and signed too).
+pub fn sigv4_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    access_key_id: &str,
+    secret_access_key: &str,
+    region: &str,
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, UpstreamError> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    let signing_error = |e: &dyn std::fmt::Display| {
+        UpstreamError::Protocol(format!("could not sign the Bedrock request: {e}"))
+    };
+    let identity = aws_credential_types::Credentials::new(
+        access_key_id,
+        secret_access_key,
+        None,
+        None,
+        "aigne-hub",
+    )
+    .into();
+    // Default settings: the canonical URI is percent-encoded once more, as every
+    // AWS service but S3 expects (so `%3A` in a model id is signed as `%253A`).
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(SIGNING_SERVICE)
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| signing_error(&e))?
+        .into();
+    let request = SignableRequest::new(
+        "POST",
+        url,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| signing_error(&e))?;
+    let (instructions, _signature) = sign(request, &params)
+        .map_err(|e| signing_error(&e))?
+        .into_parts();
+    Ok(instructions
+        .headers()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect())
+}
+
+/// A signed `POST` of `body` (JSON) to `path` under the provider's base URL.
+fn signed_post(
+    call: &UpstreamCall<'_>,
+    path: &str,
+    body: &Value,
+    accept: &str,
+) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    let provider = call.provider;
+    let Credential::Aws {
+        access_key_id,
+        secret_access_key,
+    } = &provider.credential
+    else {
+        return Err(UpstreamError::Protocol(
+            "a bedrock provider needs AWS credentials".into(),
+        ));
+    };
+    let region = provider
+        .region
+        .as_deref()
+        .ok_or_else(|| UpstreamError::Protocol("a bedrock provider needs a region".into()))?;
+    let url = provider.endpoint(path);
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request is not serializable: {e}")))?;
+    let headers = [("content-type", "application/json"), ("accept", accept)];
+    let signed = sigv4_headers(
+        &url,
+        &headers,
+        &bytes,
+        access_key_id,
+        secret_access_key.expose(),
+        region,
+        SystemTime::now(),
+    )?;
+    let mut request = call.http.client().post(url);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    Ok(request.body(bytes))
+}
+
+fn unsupported(capability: &'static str) -> UpstreamError {
+    UpstreamError::Unsupported {
+        provider: "bedrock",
+        capability,
+    }
+}
+
+/// The text of an OpenAI message `content` that may only hold text: a string, or
+/// an array of `{"type":"text","text":…}` parts (joined).
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// A base64 `data:` URL as a Converse image block.
+fn image_block(url: &str) -> Result<Value, UpstreamError> {
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| unsupported("images by URL (send a base64 data: URL)"))?;
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| unsupported("images by URL (send a base64 data: URL)"))?;
+    let mime = meta
+        .strip_suffix(";base64")
+        .ok_or_else(|| unsupported("images by URL (send a base64 data: URL)"))?;
+    let format = match mime.to_ascii_lowercase().as_str() {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpeg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => return Err(unsupported("images other than PNG, JPEG, GIF or WebP")),
+    };
+    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+}
+
+/// Converse content blocks of a user or assistant message's `content`.
+fn content_blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+    let mut blocks = Vec::new();
+    match content {
+        Value::Null => {}
+        Value::String(s) => {
+            if !s.is_empty() {
+                blocks.push(json!({"text": s}));
+            }
+        }
+        Value::Array(parts) => {
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+                        if !text.is_empty() {
+                            blocks.push(json!({"text": text}));
+                        }
+                    }
+                    Some("image_url") => {
+                        let url = part
+                            .pointer("/image_url/url")
+                            .or_else(|| part.get("image_url"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        blocks.push(image_block(url)?);
+                    }
+                    _ => return Err(unsupported("message parts other than text and images")),
+                }
+            }
+        }
+        _ => {
+            return Err(unsupported(
+                "message content that is not a string or an array",
+            ))
+        }
+    }
+    Ok(blocks)
+}
+
+/// A tool result's content: a JSON object is passed as `json`, anything else as
+/// `text`.
+fn tool_result_content(content: &Value) -> Value {
+    let text = text_of(content);
+    match serde_json::from_str::<Value>(&text) {
+        Ok(object @ Value::Object(_)) => json!([{"json": object}]),
+        _ => json!([{"text": text}]),
+    }
+}
+
+/// `tool_calls` of an assistant message as `toolUse` blocks.
+fn tool_use_blocks(tool_calls: &Value) -> Result<Vec<Value>, UpstreamError> {
+    let mut blocks = Vec::new();
+    for call in tool_calls.as_array().into_iter().flatten() {
+        let arguments = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let input = if arguments.trim().is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(object @ Value::Object(_)) => object,
+                _ => {
+                    return Err(unsupported(
+                        "tool call arguments that are not a JSON object",
+                    ))
+                }
+            }
+        };
+        blocks.push(json!({"toolUse": {
+            "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or(""),
+            "name": call.pointer("/function/name").and_then(Value::as_str).unwrap_or(""),
+            "input": input,
+        }}));
+    }
+    Ok(blocks)
+}
+
+/// `toolConfig` from OpenAI `tools` and `tool_choice`; `None` when there are no
+/// tools or the choice is `"none"`.
+fn tool_config(request: &Value) -> Option<Value> {
+    let tools = request.get("tools")?.as_array()?;
+    if tools.is_empty() {
+        return None;
+    }
+    let choice = match request.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => return None,
+            "required" => Some(json!({"any": {}})),
+            _ => Some(json!({"auto": {}})),
+        },
+        Some(object) => object
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(|name| json!({"tool": {"name": name}})),
+    };
+    let specs: Vec<Value> = tools
+        .iter()
+        .filter_map(|tool| tool.get("function"))
+        .map(|function| {
+            let mut spec = Map::new();
+            spec.insert(
+                "name".into(),
+                function.get("name").cloned().unwrap_or(json!("")),
+            );
+            if let Some(description) = function.get("description").filter(|d| d.is_string()) {
+                spec.insert("description".into(), description.clone());
+            }
+            let schema = function
+                .get("parameters")
+                .filter(|p| p.is_object())
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            spec.insert("inputSchema".into(), json!({"json": schema}));
+            json!({"toolSpec": spec})
+        })
+        .collect();
+    let mut config = json!({"tools": specs});
+    if let Some(choice) = choice {
+        config["toolChoice"] = choice;
+    }
+    Some(config)
+}
+
+/// An OpenAI chat request as a Converse (or ConverseStream) request body; the
+/// model id goes in the path, not the body.
+pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamError> {
+    let mut system = Vec::new();
+    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for message in request
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let content = message.get("content").unwrap_or(&Value::Null);
+        let (role, blocks) = match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => {
+                let text = text_of(content);
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+                continue;
+            }
+            Some("user") => ("user", content_blocks(content)?),
+            Some("assistant") => {
+                let mut blocks = content_blocks(content)?;
+                blocks.extend(tool_use_blocks(
+                    message.get("tool_calls").unwrap_or(&Value::Null),
+                )?);
+                ("assistant", blocks)
+            }
+            Some("tool") => {
+                let block = json!({"toolResult": {
+                    "toolUseId": message.get("tool_call_id").and_then(Value::as_str).unwrap_or(""),
+                    "content": tool_result_content(content),
+                }});
+                ("user", vec![block])
+            }
+            _ => {
+                return Err(unsupported(
+                    "messages of roles other than system, developer, user, assistant and tool",
+                ))
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        // Converse requires alternating roles: consecutive tool results (and a user
+        // message after them) become one user message.
+        match messages.last_mut() {
+            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
+            _ => messages.push((role, blocks)),
+        }
+    }
+    let mut body = Map::new();
+    body.insert(
+        "messages".into(),
+        Value::Array(
+            messages
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        body.insert("system".into(), Value::Array(system));
+    }
+    let mut inference = Map::new();
+    if let Some(max) = request
+        .get("max_completion_tokens")
+        .filter(|v| v.is_u64())
+        .or_else(|| request.get("max_tokens").filter(|v| v.is_u64()))
+    {
+        inference.insert("maxTokens".into(), max.clone());
+    }
+    if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
+        inference.insert("temperature".into(), t.clone());
+    }
+    if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
+        inference.insert("topP".into(), p.clone());
+    }
+    match request.get("stop") {
+        Some(Value::String(s)) => {
+            inference.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(stops)) if !stops.is_empty() => {
+            inference.insert("stopSequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    if !inference.is_empty() {
+        body.insert("inferenceConfig".into(), Value::Object(inference));
+    }
+    if let Some(config) = tool_config(request) {
+        body.insert("toolConfig".into(), config);
+    }
+    Ok(Value::Object(body))
+}
+
+/// A Converse `stopReason` as an OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Reads a Converse `usage` object; `None` if absent or malformed.
+pub fn usage_from_converse(usage: &Value) -> Option<Usage> {
+    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+    Some(Usage {
+        input_tokens: field("inputTokens")?,
+        cache_read_tokens: field("cacheReadInputTokens").unwrap_or(0),
+        cache_write_tokens: field("cacheWriteInputTokens").unwrap_or(0),
+        output_tokens: field("outputTokens").unwrap_or(0),
+        ..Usage::default()
+    })
+}
+
+fn now_seconds() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A Converse response as an OpenAI `chat.completion`, with its usage.
+pub fn converse_to_openai_response(
+    body: &Value,
+    model: &str,
+    id: &str,
+) -> Result<ChatOutcome, UpstreamError> {
+    let content = body
+        .pointer("/output/message/content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| UpstreamError::Protocol("Converse answer without output.message".into()))?;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    for block in content {
+        if let Some(t) = block.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        } else if let Some(tool_use) = block.get("toolUse") {
+            let input = tool_use.get("input").cloned().unwrap_or(json!({}));
+            tool_calls.push(json!({
+                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                "type": "function",
+                "function": {
+                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                    "arguments": input.to_string(),
+                },
+            }));
+        } else if let Some(t) = block
+            .pointer("/reasoningContent/reasoningText/text")
+            .and_then(Value::as_str)
+        {
+            reasoning.push_str(t);
+        }
+    }
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
+    });
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let stop_reason = body
+        .get("stopReason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
+    let usage = body.get("usage").and_then(usage_from_converse);
+    let mut answer = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now_seconds(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stop_reason)}],
+    });
+    if let Some(usage) = &usage {
+        answer["usage"] = super::openai_usage_json(usage);
+    }
+    Ok(ChatOutcome {
+        body: answer,
+        usage,
+    })
+}
+
+/// An incremental decoder of AWS event-stream messages: bytes are pushed as they
+/// arrive, whole messages (CRC-checked) come out. It buffers at most one
+/// unfinished message of at most [`EVENT_STREAM_MESSAGE_MAX_BYTES`] plus the
+/// last chunk.
+#[derive(Default)]
+pub struct EventStreamParser {
+    buffer: BytesMut,
+}
+
+impl EventStreamParser {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
+        self.buffer.extend_from_slice(chunk);
+        self.leading_message_len().map(|_| ())
+    }
+
+    /// The total length the prelude of the next message announces, once known.
+    fn leading_message_len(&self) -> Result<Option<usize>, UpstreamError> {
+        if self.buffer.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ]) as usize;
+        if !(EVENT_STREAM_MESSAGE_MIN_BYTES..=EVENT_STREAM_MESSAGE_MAX_BYTES).contains(&len) {
+            return Err(UpstreamError::Protocol(format!(
+                "event-stream message of {len} bytes is out of bounds"
+            )));
+        }
+        Ok(Some(len))
+    }
+
+    /// The next complete message in what was pushed so far, if any.
+    pub fn next_message(&mut self) -> Result<Option<Message>, UpstreamError> {
+        if self.buffer.len() < EVENT_STREAM_PRELUDE_BYTES {
+            return Ok(None);
+        }
+        let Some(len) = self.leading_message_len()? else {
+            return Ok(None);
+        };
+        if self.buffer.len() < len {
+            return Ok(None);
+        }
+        let frame: Bytes = self.buffer.split_to(len).freeze();
+        aws_smithy_eventstream::frame::read_message_from(frame)
+            .map(Some)
+            .map_err(|e| UpstreamError::Protocol(format!("bad event-stream message: {e}")))
+    }
+
+    /// Whether bytes of an unfinished message remain.
+    pub fn has_partial(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+}
+
+/// The string value of an event-stream header.
+pub fn event_header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| h.value().as_string().ok())
+        .map(|s| s.as_str())
+}
+
+/// The HTTP status Bedrock documents for a ConverseStream exception.
+fn exception_status(exception_type: &str) -> u16 {
+    match exception_type {
+        "validationException" => 400,
+        "accessDeniedException" => 403,
+        "resourceNotFoundException" => 404,
+        "modelTimeoutException" => 408,
+        "modelStreamErrorException" => 424,
+        "throttlingException" => 429,
+        "internalServerException" => 500,
+        "serviceUnavailableException" | "modelNotReadyException" => 503,
+        _ => 502,
+    }
+}
+
+/// Turns ConverseStream events into OpenAI stream items, one message at a time.
+pub struct ConverseStreamTranslator {
+    id: String,
+    model: String,
+    created: i64,
+    /// Converse `contentBlockIndex` of each tool call → its OpenAI tool call index.
+    tool_indices: HashMap<u64, u64>,
+    stopped: bool,
+}
+
+impl ConverseStreamTranslator {
+    pub fn new(id: &str, model: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            model: model.to_string(),
+            created: now_seconds(),
+            tool_indices: HashMap::new(),
+            stopped: false,
+        }
+    }
+
+    /// Whether `messageStop` arrived (a stream ending before it was cut short).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Value) -> StreamItem {
+        StreamItem::Chunk(json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }))
+    }
+
+    /// The stream items one event-stream message stands for; an exception is an
+    /// error.
+    pub fn items_for(&mut self, message: &Message) -> Result<Vec<StreamItem>, UpstreamError> {
+        let payload = || -> Result<Value, UpstreamError> {
+            serde_json::from_slice(message.payload()).map_err(|e| {
+                UpstreamError::Protocol(format!("event-stream payload is not JSON: {e}"))
+            })
+        };
+        match event_header(message, ":message-type").unwrap_or("event") {
+            "event" => {}
+            "exception" => {
+                let kind = event_header(message, ":exception-type").unwrap_or("exception");
+                let message_text = payload()
+                    .ok()
+                    .and_then(|p| bedrock_error_message(&p))
+                    .unwrap_or_else(|| kind.to_string());
+                return Err(UpstreamError::Status {
+                    status: exception_status(kind),
+                    message: format!("{kind}: {message_text}"),
+                });
+            }
+            _ => {
+                let code = event_header(message, ":error-code").unwrap_or("error");
+                let text = event_header(message, ":error-message").unwrap_or("stream error");
+                return Err(UpstreamError::Status {
+                    status: 502,
+                    message: format!("{code}: {text}"),
+                });
+            }
+        }
+        let event_type = event_header(message, ":event-type").unwrap_or("");
+        let items = match event_type {
+            "messageStart" => {
+                vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
+            }
+            "contentBlockStart" => {
+                let event = payload()?;
+                match event.pointer("/start/toolUse") {
+                    Some(tool_use) => {
+                        let block = event
+                            .get("contentBlockIndex")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
+                        let index = self.tool_indices.len() as u64;
+                        self.tool_indices.insert(block, index);
+                        vec![self.chunk(
+                            json!({"tool_calls": [{
+                                "index": index,
+                                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                                "type": "function",
+                                "function": {
+                                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                                    "arguments": "",
+                                },
+                            }]}),
+                            Value::Null,
+                        )]
+                    }
+                    None => Vec::new(),
+                }
+            }
+            "contentBlockDelta" => {
+                let event = payload()?;
+                let delta = event.get("delta").unwrap_or(&Value::Null);
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    vec![self.chunk(json!({"content": text}), Value::Null)]
+                } else if let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str)
+                {
+                    let block = event
+                        .get("contentBlockIndex")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    let index = self.tool_indices.get(&block).copied().ok_or_else(|| {
+                        UpstreamError::Protocol("tool input for a block that never started".into())
+                    })?;
+                    vec![self.chunk(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
+                        Value::Null,
+                    )]
+                } else if let Some(text) = delta
+                    .pointer("/reasoningContent/text")
+                    .and_then(Value::as_str)
+                {
+                    vec![self.chunk(json!({"reasoning_content": text}), Value::Null)]
+                } else {
+                    Vec::new()
+                }
+            }
+            "messageStop" => {
+                let event = payload()?;
+                self.stopped = true;
+                let reason = event
+                    .get("stopReason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                vec![self.chunk(json!({}), json!(finish_reason(reason)))]
+            }
+            "metadata" => payload()?
+                .get("usage")
+                .and_then(usage_from_converse)
+                .map(StreamItem::Usage)
+                .into_iter()
+                .collect(),
+            // contentBlockStop and events added later carry nothing to relay.
+            _ => Vec::new(),
+        };
+        Ok(items)
+    }
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+struct StreamState {
+    bytes: ByteStream,
+    parser: EventStreamParser,
+    translator: ConverseStreamTranslator,
+    pending: VecDeque<StreamItem>,
+    done: bool,
+}
+
+impl StreamState {
+    fn fail(mut self, e: UpstreamError) -> Option<(Result<StreamItem, UpstreamError>, Self)> {
+        self.done = true;
+        self.pending.clear();
+        Some((Err(e), self))
+    }
+}
+
+/// Decodes a ConverseStream body into OpenAI stream items, waiting at most `idle`
+/// between chunks.
+pub fn converse_stream(
+    bytes: ByteStream,
+    translator: ConverseStreamTranslator,
+    idle: Duration,
+) -> ChatStream {
+    let state = StreamState {
+        bytes,
+        parser: EventStreamParser::default(),
+        translator,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |mut state| async move {
+            loop {
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((Ok(item), state));
+                }
+                if state.done {
+                    return None;
+                }
+                match state.parser.next_message() {
+                    Err(e) => return state.fail(e),
+                    Ok(Some(message)) => match state.translator.items_for(&message) {
+                        Ok(items) => {
+                            state.pending.extend(items);
+                            continue;
+                        }
+                        Err(e) => return state.fail(e),
+                    },
+                    Ok(None) => {}
+                }
+                match tokio::time::timeout(idle, state.bytes.next()).await {
+                    Err(_) => return state.fail(UpstreamError::Timeout),
+                    Ok(None) => {
+                        if state.parser.has_partial() {
+                            return state
+                                .fail(UpstreamError::Protocol("stream ended mid-message".into()));
+                        }
+                        if !state.translator.stopped() {
+                            return state.fail(UpstreamError::Protocol(
+                                "stream ended before messageStop".into(),
+                            ));
+                        }
+                        state.done = true;
+                    }
+                    Ok(Some(Err(e))) => return state.fail(transport_error(e)),
+                    Ok(Some(Ok(chunk))) => {
+                        if let Err(e) = state.parser.push(&chunk) {
+                            return state.fail(e);
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+fn model_of(request: &Value) -> Result<&str, UpstreamError> {
+    request
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| UpstreamError::Protocol("request without a model".into()))
+}
+
+/// An OpenAI-style id from Bedrock's request id (a fresh one if it sent none).
+fn completion_id(response: &reqwest::Response) -> String {
+    let request_id = response
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    format!("chatcmpl-{request_id}")
+}
 
 #[async_trait]
 impl ProviderApi for Bedrock {
     async fn chat(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatOutcome, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let model = model_of(request)?;
+        let converse = openai_to_converse_request(request)?;
+        let post = signed_post(
+            call,
+            &converse_path(model, false),
+            &converse,
+            "application/json",
+        )?;
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let response = call.http.send(post, bedrock_error_message).await?;
+            let id = completion_id(&response);
+            let body = call.http.json_body(response).await?;
+            converse_to_openai_response(&body, model, &id)
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
     async fn chat_stream(
         &self,
         call: &UpstreamCall<'_>,
-        _request: &Value,
+        request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        Err(UpstreamError::Unsupported {
-            provider: call.provider.kind.as_str(),
-            capability: "chat (not implemented yet)",
-        })
+        let model = model_of(request)?;
+        let converse = openai_to_converse_request(request)?;
+        let post = signed_post(
+            call,
+            &converse_path(model, true),
+            &converse,
+            "application/vnd.amazon.eventstream",
+        )?;
+        let response = call.http.send(post, bedrock_error_message).await?;
+        let translator = ConverseStreamTranslator::new(&completion_id(&response), model);
+        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
+        Ok(converse_stream(
+            Box::pin(response.bytes_stream()),
+            translator,
+            idle,
+        ))
     }
 }
