@@ -243,7 +243,7 @@ fn hold_price(candidates: &[Candidate]) -> ModelPrice {
 }
 
 /// Checks the key, routes the model and places the hold (401/403/404/402 here).
-async fn admit(
+pub(crate) async fn admit(
     hub: &Arc<Hub>,
     req: &HttpRequest,
     key: PresentedKey,
@@ -343,7 +343,7 @@ async fn perform(
 /// Tries the candidates in order (see `routing`), recording every failed attempt.
 /// On success returns the answer, the attempt that gave it and its provider; on
 /// failure releases the hold and returns the last error.
-async fn attempt(
+pub(crate) async fn attempt(
     billing: &Billing,
     candidates: &[Candidate],
     operation: Operation,
@@ -723,6 +723,23 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
     })
 }
 
+/// What a stream that did not finish is charged: the provider's own figures where
+/// it reported them (some report input at the start, output only at the end), but
+/// never fewer output tokens than the text that already reached the client.
+fn partial_usage(reported: Option<Usage>, prompt_bytes: u64, output_bytes: u64) -> Usage {
+    let estimate = Usage::estimate(prompt_bytes, output_bytes);
+    match reported {
+        None => estimate,
+        Some(mut usage) => {
+            if estimate.output_tokens > usage.output_tokens {
+                usage.output_tokens = estimate.output_tokens;
+                usage.estimated = true;
+            }
+            usage
+        }
+    }
+}
+
 enum StreamEnd {
     Done,
     ClientGone,
@@ -781,7 +798,7 @@ async fn relay_stream(
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
             if let Err(e) = billing
-                .settle(&attempt, usage.unwrap_or_else(estimate))
+                .settle(&attempt, partial_usage(usage, billing.prompt_bytes, output_bytes))
                 .await
             {
                 tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
@@ -792,7 +809,7 @@ async fn relay_stream(
             if usage.is_some() || output_bytes > 0 {
                 // The client already received text: bill what it got.
                 if let Err(settle_error) = billing
-                    .settle(&attempt, usage.unwrap_or_else(estimate))
+                    .settle(&attempt, partial_usage(usage, billing.prompt_bytes, output_bytes))
                     .await
                 {
                     tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
@@ -831,6 +848,16 @@ mod tests {
         );
         let ok = parse_chat_request(&json!({"model": "a/b", "messages": [{"role": "user"}], "max_tokens": 50, "max_completion_tokens": 20})).unwrap();
         assert_eq!(ok.max_tokens, Some(20));
+    }
+
+    #[test]
+    fn an_unfinished_stream_is_charged_at_least_the_text_sent() {
+        let reported = Usage { input_tokens: 20, output_tokens: 1, ..Usage::default() };
+        let charged = partial_usage(Some(reported), 100, 400);
+        assert_eq!((charged.input_tokens, charged.output_tokens, charged.estimated), (20, 100, true));
+        let reported = Usage { input_tokens: 20, output_tokens: 500, ..Usage::default() };
+        assert_eq!(partial_usage(Some(reported), 100, 400), reported);
+        assert_eq!(partial_usage(None, 8, 4), Usage::estimate(8, 4));
     }
 
     #[test]
