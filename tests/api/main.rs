@@ -12,6 +12,7 @@ mod providers_bedrock;
 mod providers_gemini;
 mod providers_openai_family;
 mod routing;
+mod scale_out;
 
 mod billing;
 mod cli;
