@@ -44,6 +44,17 @@ pub struct Limits {
     pub retry_max_delay_ms: u64,
     /// How long a credential that got a 429 is avoided.
     pub rate_limit_cooldown_ms: u64,
+    /// Longest an AIGNE v2 model call (`/api/v2/...`) waits for its answer before
+    /// the hub sends status 200 and the headers, the body following when ready.
+    /// Must stay well below the AIGNE client's 60 s header timeout, past which it
+    /// sends the same call again (and it would be generated and billed again).
+    pub aigne_headers_after_ms: u64,
+    /// How long a generated image stays fetchable at its `/api/v2/images/{id}` URL.
+    pub generated_image_ttl_ms: u64,
+    /// Bytes of generated images kept in memory for their URLs (oldest dropped first).
+    pub generated_images_max_bytes: usize,
+    /// Generated images kept in memory for their URLs (oldest dropped first).
+    pub generated_images_max_count: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +78,10 @@ impl Default for Limits {
             retry_base_delay_ms: 100,
             retry_max_delay_ms: 2_000,
             rate_limit_cooldown_ms: 10_000,
+            aigne_headers_after_ms: 10_000,
+            generated_image_ttl_ms: 3_600_000,
+            generated_images_max_bytes: 256 * 1024 * 1024,
+            generated_images_max_count: 1_000,
         }
     }
 }
@@ -83,6 +98,42 @@ pub struct Settings {
     /// Number of threads that run tenant actors.
     pub actor_threads: usize,
     pub limits: Limits,
+    /// The AIGNE Hub v2 protocol (`/api/v2/...`, see docs/aigne.md).
+    pub aigne: AigneSettings,
+}
+
+/// Settings of the AIGNE Hub v2 protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AigneSettings {
+    /// `usage.creditPrefix` in answers and `/api/user/info`: `"$"`, `"€"` or `"¥"`
+    /// (the only values the AIGNE client accepts), or `None` for no prefix
+    /// (`AIGNE_HUB_CREDIT_PREFIX`, empty for none).
+    pub credit_prefix: Option<String>,
+    /// The hub's public origin, for the absolute URLs of generated images
+    /// (`AIGNE_HUB_PUBLIC_URL`); unset: the scheme and host the request came to.
+    pub public_url: Option<String>,
+}
+
+impl Default for AigneSettings {
+    fn default() -> Self {
+        Self {
+            credit_prefix: Some("$".into()),
+            public_url: None,
+        }
+    }
+}
+
+impl AigneSettings {
+    pub fn from_env() -> Self {
+        let mut settings = Self::default();
+        if let Ok(prefix) = std::env::var("AIGNE_HUB_CREDIT_PREFIX") {
+            settings.credit_prefix = Some(prefix).filter(|p| !p.is_empty());
+        }
+        settings.public_url = std::env::var("AIGNE_HUB_PUBLIC_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        settings
+    }
 }
 
 impl Settings {
@@ -101,6 +152,7 @@ impl Settings {
                 .filter(|s| !s.is_empty()),
             actor_threads: 2,
             limits: Limits::default(),
+            aigne: AigneSettings::from_env(),
         }
     }
 }

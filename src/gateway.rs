@@ -726,7 +726,11 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
 /// What a stream that did not finish is charged: the provider's own figures where
 /// it reported them (some report input at the start, output only at the end), but
 /// never fewer output tokens than the text that already reached the client.
-fn partial_usage(reported: Option<Usage>, prompt_bytes: u64, output_bytes: u64) -> Usage {
+pub(crate) fn partial_usage(
+    reported: Option<Usage>,
+    prompt_bytes: u64,
+    output_bytes: u64,
+) -> Usage {
     let estimate = Usage::estimate(prompt_bytes, output_bytes);
     match reported {
         None => estimate,

@@ -33,6 +33,8 @@ pub struct Hub {
     pub instance_id: InstanceId,
     pub limits: Limits,
     pub operator_token: String,
+    /// The AIGNE Hub v2 protocol's settings and generated images.
+    pub aigne: crate::aigne::AigneState,
 }
 
 /// A provider as the operator adds it. Which credential fields are needed depends

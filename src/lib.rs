@@ -3,6 +3,7 @@
 //! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
 
 pub mod actors;
+pub mod aigne;
 pub mod auth;
 pub mod body;
 pub mod catalog;

@@ -52,6 +52,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         instance_id,
         limits: settings.limits.clone(),
         operator_token,
+        aigne: crate::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,
     };
     hub.catalog.refresh().await?;

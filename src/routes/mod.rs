@@ -12,6 +12,8 @@ use domain::TenantId;
 use serde_json::json;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).
+    crate::aigne::configure(cfg);
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
     cfg.service(
         web::resource("/healthz")

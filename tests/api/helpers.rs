@@ -80,6 +80,7 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
         master_key: None,
         actor_threads: 2,
         limits: test_limits(),
+        aigne: Default::default(),
     };
     start(settings, kind, MockUpstream::start(), temp).await
 }

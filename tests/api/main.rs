@@ -14,6 +14,8 @@ mod providers_openai_family;
 mod routing;
 mod scale_out;
 
+mod aigne;
+mod aigne_client;
 mod billing;
 mod cli;
 mod conformance;
