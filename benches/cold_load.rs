@@ -14,7 +14,7 @@
 use aigne_hub::store::{self, EventMetadata, Store, SNAPSHOT_EVERY_EVENTS};
 use chrono::Utc;
 use cqrs_es::DomainEvent;
-use domain::tenant::{KeyHash, TenantCommand, TenantEvent};
+use domain::tenant::{Attempt, KeyHash, TenantCommand, TenantEvent};
 use domain::{
     Capability, Credits, Ingress, InstanceId, KeyId, ModelId, ModelPrice, Rate, Rates, RequestId,
     Role, TenantId, Usage,
@@ -92,7 +92,14 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
         run(
             TenantCommand::SettleUsage {
                 request_id,
-                provider: "openai".into(),
+                attempt: Attempt {
+                    number: 1,
+                    provider: "openai".into(),
+                    credential_id: "c1".into(),
+                    model: model.clone(),
+                    price_version: 1,
+                    rates: price.rates,
+                },
                 usage,
                 upstream_latency_ms: 5,
                 at,
