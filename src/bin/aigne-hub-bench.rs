@@ -39,6 +39,9 @@ const MODEL: &str = "bench-model";
 /// Prices set for the model, in credits per million tokens.
 const INPUT_PER_MTOK: &str = "1";
 const OUTPUT_PER_MTOK: &str = "2";
+/// CPU (percent of one core) used by other work during a step above which the
+/// step is reported as disturbed.
+const DISTURBED_OTHER_CPU_PCT: f64 = 30.0;
 /// Pause between two measured steps, so one step's tail does not overlap the next.
 const PAUSE_BETWEEN_STEPS: Duration = Duration::from_secs(1);
 
@@ -321,6 +324,7 @@ impl Recorder {
 struct CpuSample {
     machine_busy: u64,
     machine_iowait: u64,
+    machine_irq: u64,
     machine_steal: u64,
     machine_total: u64,
     hub: Option<u64>,
@@ -353,6 +357,7 @@ fn cpu_sample(hub_pid: Option<u32>) -> CpuSample {
                 sample.machine_total = v.iter().take(8).sum();
                 sample.machine_busy = v[0] + v[1] + v[2] + v[5] + v[6];
                 sample.machine_iowait = v[4];
+                sample.machine_irq = v[5] + v[6];
                 sample.machine_steal = v[7];
             }
         }
@@ -400,13 +405,16 @@ fn cpu_usage(before: CpuSample, after: CpuSample, wall: Duration, cores: usize) 
     };
     let postgres = pct(after.postgres.saturating_sub(before.postgres));
     let bench = pct(after.bench.saturating_sub(before.bench));
-    // Everything else that ran meanwhile (kernel work such as softirqs, and any
-    // other process on the machine): a large figure means the run was disturbed.
-    let other = ((machine - hub.unwrap_or(0.0) - postgres - bench) * 10.0).round() / 10.0;
+    // Everything else that ran meanwhile (any other process on the machine): a
+    // large figure means the run was disturbed. Interrupt and softirq time (the
+    // kernel's loopback network work) is reported apart, as `irq_pct`.
+    let irq = share(after.machine_irq, before.machine_irq);
+    let other = ((machine - irq - hub.unwrap_or(0.0) - postgres - bench) * 10.0).round() / 10.0;
     json!({
         "machine_pct": machine,
         "other_pct": other,
         "iowait_pct": share(after.machine_iowait, before.machine_iowait),
+        "irq_pct": irq,
         "steal_pct": share(after.machine_steal, before.machine_steal),
         "hub_pct": hub,
         "postgres_pct": postgres,
@@ -684,7 +692,7 @@ fn print_header() {
         "err",
         "drop",
         "lag p99",
-        "cpu % of one core: busy/iowait/steal | hub/pg/bench+mock/other"
+        "cpu % of one core: busy/iowait/steal | irq/hub/pg/bench+mock/other"
     );
 }
 
@@ -697,7 +705,7 @@ fn print_row(side: &str, step: &Step) {
         format!("{:.3}", step.lag_p99())
     };
     println!(
-        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6} {:>7}  {}/{}/{} | {}/{}/{}/{}",
+        "{:<7} {:<16} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8} {:>6} {:>6} {:>7}  {}/{}/{} | {}/{}/{}/{}/{}",
         side,
         step.label,
         step.achieved_rps(),
@@ -713,6 +721,7 @@ fn print_row(side: &str, step: &Step) {
         f(&cpu["machine_pct"]),
         f(&cpu["iowait_pct"]),
         f(&cpu["steal_pct"]),
+        f(&cpu["irq_pct"]),
         f(&cpu["hub_pct"]),
         f(&cpu["postgres_pct"]),
         f(&cpu["bench_and_mock_pct"]),
@@ -1149,9 +1158,27 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         mock.refused.load(Ordering::Relaxed)
     );
 
+    // CPU time used by neither the hub, PostgreSQL nor this process: another
+    // workload competed with the step, and its figures are pessimistic.
+    let mut disturbed = Vec::new();
+    for (name, side) in [("direct", &direct_side), ("hub", &hub_side)] {
+        for step in side.rates.iter().chain(side.saturation.iter()) {
+            let other = step.cpu["other_pct"].as_f64().unwrap_or(0.0);
+            if other > DISTURBED_OTHER_CPU_PCT {
+                disturbed.push(json!({"side": name, "step": step.label, "other_cpu_pct": other}));
+            }
+        }
+    }
+    if !disturbed.is_empty() {
+        println!(
+            "warning: {} step(s) ran while other work used more than {DISTURBED_OTHER_CPU_PCT}% of a core (\"disturbed_steps\" below); rerun on an idle machine",
+            disturbed.len()
+        );
+    }
+
     Ok(json!({
         "date": chrono::Utc::now().to_rfc3339(),
-        "machine": {"cores": cores},
+        "machine": {"cores": cores, "disturbed_steps": disturbed},
         "config": {
             "hub": args.hub, "duration_s": args.duration, "warmup_s": args.warmup, "rates": args.rates,
             "concurrency": args.concurrency, "tenants": setup.tenants.len(), "max_in_flight": args.max_in_flight,
