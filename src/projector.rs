@@ -51,6 +51,11 @@ impl Projector {
 }
 
 /// Brings projection `P`, stored under `name`, up to the end of the log.
+///
+/// Rows are read after the checkpoint, so when another process advances the
+/// checkpoint in between, this attempt may fold a page onto rows that already
+/// hold it; the compare-and-set commit then fails and the page is redone from the
+/// new checkpoint. Folds must therefore never panic on such a doomed attempt.
 pub async fn catch_up_projection<P: Projection>(
     store: &dyn Store,
     name: &str,
