@@ -802,7 +802,10 @@ async fn relay_stream(
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
             if let Err(e) = billing
-                .settle(&attempt, partial_usage(usage, billing.prompt_bytes, output_bytes))
+                .settle(
+                    &attempt,
+                    partial_usage(usage, billing.prompt_bytes, output_bytes),
+                )
                 .await
             {
                 tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
@@ -813,7 +816,10 @@ async fn relay_stream(
             if usage.is_some() || output_bytes > 0 {
                 // The client already received text: bill what it got.
                 if let Err(settle_error) = billing
-                    .settle(&attempt, partial_usage(usage, billing.prompt_bytes, output_bytes))
+                    .settle(
+                        &attempt,
+                        partial_usage(usage, billing.prompt_bytes, output_bytes),
+                    )
                     .await
                 {
                     tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
@@ -856,10 +862,25 @@ mod tests {
 
     #[test]
     fn an_unfinished_stream_is_charged_at_least_the_text_sent() {
-        let reported = Usage { input_tokens: 20, output_tokens: 1, ..Usage::default() };
+        let reported = Usage {
+            input_tokens: 20,
+            output_tokens: 1,
+            ..Usage::default()
+        };
         let charged = partial_usage(Some(reported), 100, 400);
-        assert_eq!((charged.input_tokens, charged.output_tokens, charged.estimated), (20, 100, true));
-        let reported = Usage { input_tokens: 20, output_tokens: 500, ..Usage::default() };
+        assert_eq!(
+            (
+                charged.input_tokens,
+                charged.output_tokens,
+                charged.estimated
+            ),
+            (20, 100, true)
+        );
+        let reported = Usage {
+            input_tokens: 20,
+            output_tokens: 500,
+            ..Usage::default()
+        };
         assert_eq!(partial_usage(Some(reported), 100, 400), reported);
         assert_eq!(partial_usage(None, 8, 4), Usage::estimate(8, 4));
     }

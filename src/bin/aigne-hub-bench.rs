@@ -97,6 +97,11 @@ struct Args {
     /// PID of the hub process, to report its CPU use per step (Linux /proc).
     #[arg(long)]
     hub_pid: Option<u32>,
+    /// The hub's PostgreSQL database: its backends' CPU use is reported as
+    /// PostgreSQL's (other databases' backends count as other work). Unset: every
+    /// PostgreSQL process counts.
+    #[arg(long)]
+    pg_database: Option<String>,
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -343,7 +348,22 @@ fn proc_ticks(stat: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-fn cpu_sample(hub_pid: Option<u32>) -> CpuSample {
+/// Whether a PostgreSQL process counts as the hub's: a backend of the hub's
+/// database, or a background process (WAL writer, checkpointer...) shared by all.
+/// Backends of other databases count as other work.
+fn hub_postgres_process(cmdline: &str, database: Option<&str>) -> bool {
+    let Some(database) = database else {
+        return true;
+    };
+    if cmdline.split_whitespace().any(|word| word == database) {
+        return true;
+    }
+    let client_backend =
+        cmdline.contains("127.0.0.1(") || cmdline.contains("[local]") || cmdline.contains("::1(");
+    !client_backend
+}
+
+fn cpu_sample(hub_pid: Option<u32>, pg_database: Option<&str>) -> CpuSample {
     let mut sample = CpuSample::default();
     if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
         if let Some(line) = stat.lines().next() {
@@ -379,7 +399,11 @@ fn cpu_sample(hub_pid: Option<u32>) -> CpuSample {
                 continue;
             };
             if stat.contains("(postgres)") {
-                sample.postgres += proc_ticks(&stat).unwrap_or(0);
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if hub_postgres_process(&cmdline, pg_database) {
+                    sample.postgres += proc_ticks(&stat).unwrap_or(0);
+                }
             }
         }
     }
@@ -508,6 +532,7 @@ struct Runner {
     timeout: Duration,
     max_in_flight: usize,
     hub_pid: Option<u32>,
+    pg_database: Option<String>,
     cores: usize,
 }
 
@@ -520,7 +545,7 @@ impl Runner {
         concurrency: usize,
         duration: Duration,
     ) -> Step {
-        let cpu_before = cpu_sample(self.hub_pid);
+        let cpu_before = cpu_sample(self.hub_pid, self.pg_database.as_deref());
         let start = Instant::now();
         let end = start + duration;
         let next = Arc::new(AtomicU64::new(0));
@@ -556,7 +581,12 @@ impl Runner {
             }
         }
         let wall = start.elapsed();
-        let cpu = cpu_usage(cpu_before, cpu_sample(self.hub_pid), wall, self.cores);
+        let cpu = cpu_usage(
+            cpu_before,
+            cpu_sample(self.hub_pid, self.pg_database.as_deref()),
+            wall,
+            self.cores,
+        );
         let mut step = Step {
             label: label.to_string(),
             offered_rps: None,
@@ -584,7 +614,7 @@ impl Runner {
         let interval_ns = 1_000_000_000u64 / rate.max(1) as u64;
         let recorder = Arc::new(Mutex::new(Recorder::default()));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let cpu_before = cpu_sample(self.hub_pid);
+        let cpu_before = cpu_sample(self.hub_pid, self.pg_database.as_deref());
         let start = Instant::now() + Duration::from_millis(5);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u64>();
         {
@@ -655,7 +685,7 @@ impl Runner {
         let wall = start.elapsed().max(duration);
         let cpu = cpu_usage(
             cpu_before,
-            cpu_sample(self.hub_pid),
+            cpu_sample(self.hub_pid, self.pg_database.as_deref()),
             start.elapsed(),
             self.cores,
         );
@@ -1006,6 +1036,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         timeout: Duration::from_millis(args.request_timeout_ms),
         max_in_flight: args.max_in_flight.max(1),
         hub_pid: args.hub_pid,
+        pg_database: args.pg_database.clone(),
         cores,
     };
 

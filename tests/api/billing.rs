@@ -312,13 +312,17 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
 
     // On PostgreSQL the log becomes readable once every older transaction in the
     // cluster has ended (other tests' too): wait until the projection has both tenants.
-    let mut report = aigne_hub::replay::replay_all(app.store().as_ref()).await.unwrap();
+    let mut report = aigne_hub::replay::replay_all(app.store().as_ref())
+        .await
+        .unwrap();
     for _ in 0..200 {
         if report.projections[0].comparison.live_rows == 2 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        report = aigne_hub::replay::replay_all(app.store().as_ref()).await.unwrap();
+        report = aigne_hub::replay::replay_all(app.store().as_ref())
+            .await
+            .unwrap();
     }
     assert!(report.all_identical, "{report:?}");
     let balances = &report.projections[0];
