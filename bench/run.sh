@@ -124,7 +124,8 @@ echo
 
 SUMMARY="$DATA_DIR/summary.json"
 bench_args=(--hub "http://127.0.0.1:$PORT" --duration "$DURATION" --warmup "$WARMUP" --rates "$RATES"
-            --concurrency "$CONCURRENCY" --tenants "$TENANTS" --hub-pid "$HUB_PID" --json-out "$SUMMARY")
+            --concurrency "$CONCURRENCY" --tenants "$TENANTS" --hub-pid "$HUB_PID" --pg-database "$DB"
+            --json-out "$SUMMARY")
 
 # PostgreSQL's WAL counters are cluster-wide: other activity on the server
 # (e.g. a test suite) during the run inflates them.
