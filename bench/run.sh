@@ -42,6 +42,8 @@ export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
 random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
+# The source the binaries are built from (taken before the build).
+REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- 2>/dev/null || echo ' (+ local changes)')"
 if [[ "${AIGNE_BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release --bins
 fi
@@ -85,11 +87,28 @@ trap 'exit 130' INT TERM
 
 pg_version=$(psql_admin -c "SHOW server_version")
 echo "== aigne-hub benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "   commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ local changes)'), $(nproc) cores, PostgreSQL $pg_version" \
-     "(fsync=$(psql_admin -c 'SHOW fsync'), synchronous_commit=$(psql_admin -c 'SHOW synchronous_commit'))"
+echo "   commit $REV$([[ "${AIGNE_BENCH_SKIP_BUILD:-0}" == 1 ]] && echo ' (build skipped: binaries may be older)'), $(nproc) cores, PostgreSQL $pg_version" \
+     "(fsync=$(psql_admin -c 'SHOW fsync'), synchronous_commit=$(psql_admin -c 'SHOW synchronous_commit')," \
+     "autovacuum=$(psql_admin -c 'SHOW autovacuum'))"
 
 psql_admin -c "CREATE DATABASE $DB"
 DB_CREATED=1
+
+# How long one durable single-row commit takes on this server right now (the
+# hub's latency floor depends on it; virtual disks vary a lot over time).
+commit_latency() {
+  command -v pgbench >/dev/null || { echo "n/a (no pgbench)"; return; }
+  local probe="$DATA_DIR/commit_probe.sql"
+  echo 'INSERT INTO bench_commit_probe VALUES (1);' >"$probe"
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -qAt -c "CREATE TABLE IF NOT EXISTS bench_commit_probe (x int)" >/dev/null
+  pgbench -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -n -f "$probe" -c 1 -T 3 "$DB" 2>/dev/null \
+    | awk -F' = ' '/latency average/ { printf "%s (pgbench, 1 client, 3 s)", $2; found = 1 } END { if (!found) printf "n/a" }'
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -qAt -c "DROP TABLE IF EXISTS bench_commit_probe" >/dev/null
+}
+echo "   PostgreSQL single-row commit latency before the run: $(commit_latency)"
+db_stats_sql="SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database WHERE datname = '$DB'"
+sleep 0.5  # the probe's backend publishes its statistics as it exits
+db_before=$(psql_admin -F' ' -c "$db_stats_sql")
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -140,18 +159,23 @@ set -e
 stop_hub
 sleep 1
 wal_after=$(psql_admin -F' ' -c "SELECT wal_bytes, wal_sync FROM pg_stat_wal")
-db_stats=$(psql_admin -F' ' -c "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database WHERE datname = '$DB'")
+db_after=$(psql_admin -F' ' -c "$db_stats_sql")
+commit_after=$(commit_latency)
 billed=0
 if [[ -s "$SUMMARY" ]] && command -v jq >/dev/null; then
   billed=$(jq -r '.billing.requests_billed // 0 | floor' "$SUMMARY")
 fi
 read -r wal_bytes0 wal_sync0 <<<"$wal_before"
 read -r wal_bytes1 wal_sync1 <<<"$wal_after"
-read -r commits inserted updated deleted <<<"$db_stats"
+read -r commits0 inserted0 updated0 deleted0 <<<"$db_before"
+read -r commits1 inserted1 updated1 deleted1 <<<"$db_after"
+commits=$(( commits1 - commits0 )) inserted=$(( inserted1 - inserted0 ))
+updated=$(( updated1 - updated0 )) deleted=$(( deleted1 - deleted0 ))
 echo
 echo "PostgreSQL during the run (database $DB, whole run incl. setup and warm-up):"
 echo "  commits $commits, rows inserted $inserted, updated $updated, deleted $deleted;" \
      "WAL (cluster-wide) $(( wal_bytes1 - wal_bytes0 )) bytes, $(( wal_sync1 - wal_sync0 )) syncs"
+echo "  single-row commit latency after the run: $commit_after"
 if [[ "$billed" -gt 0 ]]; then
   awk -v n="$billed" -v c="$commits" -v i="$inserted" -v u="$updated" -v wb="$(( wal_bytes1 - wal_bytes0 ))" -v ws="$(( wal_sync1 - wal_sync0 ))" \
     'BEGIN { printf "  per billed hub request (%d): %.2f commits, %.2f rows inserted, %.2f updated, %.0f WAL bytes, %.3f WAL syncs\n", n, c/n, i/n, u/n, wb/n, ws/n }'

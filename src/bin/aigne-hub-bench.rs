@@ -709,7 +709,8 @@ impl Runner {
 
 fn print_header() {
     println!(
-        "{:<7} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>7}  {}",
+        "{:<7} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>7}  \
+         cpu % of one core: busy/iowait/steal | irq/hub/pg/bench+mock/other",
         "side",
         "step",
         "achieved",
@@ -722,7 +723,6 @@ fn print_header() {
         "err",
         "drop",
         "lag p99",
-        "cpu % of one core: busy/iowait/steal | irq/hub/pg/bench+mock/other"
     );
 }
 
@@ -1017,7 +1017,7 @@ fn side_json(side: &Side) -> Value {
 
 async fn run(args: Args) -> anyhow::Result<Value> {
     check_loopback(&args.hub)?;
-    if args.rates.iter().any(|&r| r == 0) {
+    if args.rates.contains(&0) {
         anyhow::bail!("--rates must all be positive");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
