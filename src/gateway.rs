@@ -191,6 +191,35 @@ impl Billing {
         }
     }
 
+    /// Closes the books on a stream that did not finish. Whatever reached the
+    /// client is charged (the provider's figures, but at least the text sent); a
+    /// stream that failed before any text costs nothing.
+    pub(crate) async fn close_unfinished(
+        &self,
+        attempt: &Attempt,
+        usage: Option<Usage>,
+        output_bytes: u64,
+        failure: Option<&UpstreamError>,
+    ) {
+        match failure {
+            Some(e) if usage.is_none() && output_bytes == 0 => {
+                self.release(format!("upstream failed mid-stream: {e}"))
+                    .await
+            }
+            _ => {
+                if let Err(e) = self
+                    .settle(
+                        attempt,
+                        partial_usage(usage, self.prompt_bytes, output_bytes),
+                    )
+                    .await
+                {
+                    tracing::warn!(request_id = %self.request_id, error = %e, "settling an unfinished stream failed");
+                }
+            }
+        }
+    }
+
     pub(crate) async fn release(&self, reason: String) {
         let command = TenantCommand::ReleaseHold {
             request_id: self.request_id,
@@ -726,11 +755,7 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
 /// What a stream that did not finish is charged: the provider's own figures where
 /// it reported them (some report input at the start, output only at the end), but
 /// never fewer output tokens than the text that already reached the client.
-pub(crate) fn partial_usage(
-    reported: Option<Usage>,
-    prompt_bytes: u64,
-    output_bytes: u64,
-) -> Usage {
+fn partial_usage(reported: Option<Usage>, prompt_bytes: u64, output_bytes: u64) -> Usage {
     let estimate = Usage::estimate(prompt_bytes, output_bytes);
     match reported {
         None => estimate,
@@ -801,34 +826,15 @@ async fn relay_stream(
         }
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
-            if let Err(e) = billing
-                .settle(
-                    &attempt,
-                    partial_usage(usage, billing.prompt_bytes, output_bytes),
-                )
-                .await
-            {
-                tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
-            }
+            billing
+                .close_unfinished(&attempt, usage, output_bytes, None)
+                .await;
         }
         StreamEnd::UpstreamFailed(e) => {
             let e = e.redacted(&provider);
-            if usage.is_some() || output_bytes > 0 {
-                // The client already received text: bill what it got.
-                if let Err(settle_error) = billing
-                    .settle(
-                        &attempt,
-                        partial_usage(usage, billing.prompt_bytes, output_bytes),
-                    )
-                    .await
-                {
-                    tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
-                }
-            } else {
-                billing
-                    .release(format!("upstream failed mid-stream: {e}"))
-                    .await;
-            }
+            billing
+                .close_unfinished(&attempt, usage, output_bytes, Some(&e))
+                .await;
             let _ = tx
                 .send(sse_frame(&HubError::from(e).body().to_string()))
                 .await;

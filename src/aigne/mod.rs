@@ -25,8 +25,8 @@ use crate::catalog::PricedModel;
 use crate::config::{AigneSettings, Limits};
 use crate::error::HubError;
 use crate::gateway::{
-    self, generated_bytes, partial_usage, with_request_id, Admitted, Answer, Ask, Billing,
-    Operation, IMAGES_PER_REQUEST_MAX, STREAM_BUFFER_CHUNKS,
+    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation,
+    IMAGES_PER_REQUEST_MAX, STREAM_BUFFER_CHUNKS,
 };
 use crate::hub::Hub;
 use crate::providers::{ChatStream, Provider, ProviderKind, StreamItem};
@@ -802,34 +802,15 @@ async fn relay(
         }
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
-            if let Err(e) = billing
-                .settle(
-                    &attempt,
-                    partial_usage(usage, billing.prompt_bytes, output_bytes),
-                )
-                .await
-            {
-                tracing::warn!(request_id = %billing.request_id, error = %e, "settling an abandoned stream failed");
-            }
+            billing
+                .close_unfinished(&attempt, usage, output_bytes, None)
+                .await;
         }
         StreamEnd::UpstreamFailed(e) => {
             let e = e.redacted(&provider);
-            if usage.is_some() || output_bytes > 0 {
-                // The client already received text: bill what it got.
-                if let Err(settle_error) = billing
-                    .settle(
-                        &attempt,
-                        partial_usage(usage, billing.prompt_bytes, output_bytes),
-                    )
-                    .await
-                {
-                    tracing::warn!(request_id = %billing.request_id, error = %settle_error, "settling a failed stream failed");
-                }
-            } else {
-                billing
-                    .release(format!("upstream failed mid-stream: {e}"))
-                    .await;
-            }
+            billing
+                .close_unfinished(&attempt, usage, output_bytes, Some(&e))
+                .await;
             let _ = tx.send(error_event(&HubError::from(e))).await;
         }
     }
