@@ -16,6 +16,9 @@
 #   AIGNE_BENCH_SKIP_BUILD=1 do not run cargo build
 #   AIGNE_BENCH_PG_HOST / AIGNE_BENCH_PG_PORT / AIGNE_BENCH_PG_USER
 #                            PostgreSQL server (default 127.0.0.1 / 5432 / postgres)
+#   AIGNE_BENCH_PG_SSLMODE   sslmode of the hub's database connection (default
+#                            disable: the database is on loopback, where TLS only
+#                            costs CPU; set "prefer" to measure with it)
 # Extra arguments are passed to aigne-hub-bench (see `aigne-hub-bench --help`).
 set -euo pipefail
 
@@ -30,6 +33,7 @@ JSON_OUT=${AIGNE_BENCH_JSON_OUT:-}
 PG_HOST=${AIGNE_BENCH_PG_HOST:-127.0.0.1}
 PG_PORT=${AIGNE_BENCH_PG_PORT:-5432}
 PG_USER=${AIGNE_BENCH_PG_USER:-postgres}
+PG_SSLMODE=${AIGNE_BENCH_PG_SSLMODE:-disable}
 
 case "$PG_HOST" in
   127.0.0.1|localhost|::1) ;;
@@ -87,7 +91,7 @@ trap 'exit 130' INT TERM
 
 pg_version=$(psql_admin -c "SHOW server_version")
 echo "== aigne-hub benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "   commit $REV$([[ "${AIGNE_BENCH_SKIP_BUILD:-0}" == 1 ]] && echo ' (build skipped: binaries may be older)'), $(nproc) cores, PostgreSQL $pg_version" \
+echo "   commit $REV$([[ "${AIGNE_BENCH_SKIP_BUILD:-0}" == 1 ]] && echo ' (build skipped: binaries may be older)'), $(nproc) cores, PostgreSQL $pg_version (hub connection sslmode=$PG_SSLMODE)" \
      "(fsync=$(psql_admin -c 'SHOW fsync'), synchronous_commit=$(psql_admin -c 'SHOW synchronous_commit')," \
      "autovacuum=$(psql_admin -c 'SHOW autovacuum'))"
 
@@ -116,7 +120,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for attempt in 1 2 3 4 5; do
   PORT=$(( 20000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 40000 ))
   port_in_use "$PORT" && continue
-  DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB" \
+  DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB?sslmode=$PG_SSLMODE" \
   AIGNE_HUB_LISTEN="127.0.0.1:$PORT" \
   AIGNE_HUB_OPERATOR_TOKEN="$TOKEN" \
   AIGNE_HUB_DATA_DIR="$DATA_DIR/data" \

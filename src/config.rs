@@ -37,6 +37,10 @@ pub struct Limits {
     pub catalog_refresh_ms: u64,
     /// How often the projector catches up even without a local commit.
     pub projector_poll_ms: u64,
+    /// After a local commit wakes the projector, it waits this long so the commits
+    /// arriving meanwhile are folded in one pass (one read, one write) instead of
+    /// one pass each: under load that is most of the projector's cost.
+    pub projector_batch_delay_ms: u64,
     /// Retries of one candidate after a 429, 5xx, connection failure or timeout,
     /// before the next candidate is tried.
     pub retries_per_candidate: u32,
@@ -74,6 +78,7 @@ impl Default for Limits {
             tenant_call_timeout_ms: 15_000,
             catalog_refresh_ms: 5_000,
             projector_poll_ms: 1_000,
+            projector_batch_delay_ms: 20,
             retries_per_candidate: 1,
             retry_base_delay_ms: 100,
             retry_max_delay_ms: 2_000,
@@ -95,8 +100,10 @@ pub struct Settings {
     pub operator_token: Option<String>,
     /// From `AIGNE_HUB_MASTER_KEY`; generated into the data dir when unset.
     pub master_key: Option<String>,
-    /// Number of threads that run tenant actors.
+    /// Threads that run tenant actors (`AIGNE_HUB_ACTOR_THREADS`).
     pub actor_threads: usize,
+    /// Threads that serve HTTP (`AIGNE_HUB_HTTP_WORKERS`).
+    pub http_workers: usize,
     pub limits: Limits,
     /// The AIGNE Hub v2 protocol (`/api/v2/...`, see docs/aigne.md).
     pub aigne: AigneSettings,
@@ -150,11 +157,21 @@ impl Settings {
             master_key: std::env::var("AIGNE_HUB_MASTER_KEY")
                 .ok()
                 .filter(|s| !s.is_empty()),
-            actor_threads: 2,
+            actor_threads: env_count("AIGNE_HUB_ACTOR_THREADS", 2),
+            http_workers: env_count("AIGNE_HUB_HTTP_WORKERS", 2),
             limits: Limits::default(),
             aigne: AigneSettings::from_env(),
         }
     }
+}
+
+/// A thread count from the environment: a whole number from 1 to 64, else `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(default)
 }
 
 /// Writes `contents` to a new file readable only by its owner.

@@ -586,10 +586,10 @@ pub async fn images(
     let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
     let mut request: Value = parse_json(&body)?;
     let model = required_model(&request)?;
-    if !request
+    if request
         .get("prompt")
         .and_then(Value::as_str)
-        .is_some_and(|p| !p.is_empty())
+        .is_none_or(str::is_empty)
     {
         return Err(HubError::BadRequest(
             "`prompt` is required and must be a non-empty string".into(),

@@ -1,7 +1,7 @@
 //! Keeps the live projections up to date from the event log.
 //!
-//! Woken after every local commit and on a timer (for other processes' commits),
-//! it reads the log after its checkpoint, folds the events into the affected rows
+//! Woken after local commits (batched: it waits a moment after a wake-up so one
+//! pass covers many commits) and on a timer (for other processes' commits), it reads the log after its checkpoint, folds the events into the affected rows
 //! and writes rows and checkpoint in one transaction. Several processes may run
 //! it at once: the checkpoint moves by compare-and-set, so a page is applied once.
 
@@ -39,13 +39,18 @@ impl Projector {
     }
 
     /// Runs until the process ends.
-    pub async fn run(self, poll_ms: u64) {
+    pub async fn run(self, poll_ms: u64, batch_delay_ms: u64) {
         loop {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "projection catch-up failed; retrying");
             }
-            let _ =
-                tokio::time::timeout(Duration::from_millis(poll_ms), self.wake.notified()).await;
+            let poll = Duration::from_millis(poll_ms);
+            if tokio::time::timeout(poll, self.wake.notified())
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(batch_delay_ms)).await;
+            }
         }
     }
 }

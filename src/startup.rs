@@ -18,8 +18,6 @@ use tokio::sync::Notify;
 
 /// Seconds in-flight requests get to finish on shutdown.
 pub const SHUTDOWN_GRACE_SECS: u64 = 30;
-/// HTTP worker threads (one per core on the reference machine).
-pub const HTTP_WORKERS: usize = 2;
 
 /// Two rustls crypto providers are compiled in with this dependency set; TLS
 /// builders panic unless one is chosen before first use.
@@ -79,12 +77,15 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
-        .workers(HTTP_WORKERS)
+        .workers(settings.http_workers)
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
         let background = vec![
-            actix_web::rt::spawn(hub.projector.clone().run(settings.limits.projector_poll_ms)),
+            actix_web::rt::spawn(hub.projector.clone().run(
+                settings.limits.projector_poll_ms,
+                settings.limits.projector_batch_delay_ms,
+            )),
             actix_web::rt::spawn(hub.clone().run_maintenance()),
         ];
         Ok(Self {

@@ -198,11 +198,10 @@ macro_rules! impl_store {
         }
 
         async fn commit_projection(&self, projection: &str, from: LogPosition, to: LogPosition, rows: &[(String, String)]) -> Result<bool, StoreError> {
+            /// Rows per upsert statement; far below either database's limit on bound parameters.
+            const ROWS_PER_STATEMENT: usize = 400;
             let mut tx = self.pool.begin().await?;
-            sqlx::query("INSERT INTO projection_checkpoints (projection, txid, position) VALUES ($1, 0, 0) ON CONFLICT (projection) DO NOTHING")
-                .bind(projection)
-                .execute(&mut *tx)
-                .await?;
+            Self::relax_projection_durability(&mut tx).await?;
             let moved = sqlx::query(
                 "UPDATE projection_checkpoints SET txid = $2, position = $3 WHERE projection = $1 AND txid = $4 AND position = $5",
             )
@@ -212,21 +211,39 @@ macro_rules! impl_store {
             .bind(from.txid)
             .bind(from.position)
             .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() != 1 {
+            .await?
+            .rows_affected();
+            // A projection's first page: its checkpoint row does not exist yet. The
+            // insert races with other processes' first pages; one of them wins.
+            let moved = if moved == 0 && from == LogPosition::default() {
+                sqlx::query("INSERT INTO projection_checkpoints (projection, txid, position) VALUES ($1, $2, $3) ON CONFLICT (projection) DO NOTHING")
+                    .bind(projection)
+                    .bind(to.txid)
+                    .bind(to.position)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                moved
+            };
+            if moved != 1 {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            for (key, payload) in rows {
-                sqlx::query(
-                    "INSERT INTO projection_rows (projection, row_key, payload) VALUES ($1, $2, $3)
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO projection_rows (projection, row_key, payload) VALUES {}
                      ON CONFLICT (projection, row_key) DO UPDATE SET payload = excluded.payload",
-                )
-                .bind(projection)
-                .bind(key)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(projection);
+                for (key, payload) in chunk {
+                    query = query.bind(key).bind(payload);
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(true)

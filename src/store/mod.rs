@@ -15,7 +15,7 @@ mod postgres;
 mod sqlite;
 
 pub use codec::{EventMetadata, StoredEvent};
-pub use postgres::PgStore;
+pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

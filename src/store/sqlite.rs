@@ -28,6 +28,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Prepares a projection commit (see `commit_projection`).
+    async fn relax_projection_durability(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), StoreError> {
+        // SQLite's durability is set per connection; projections commit like the rest.
+        let _ = tx;
+        Ok(())
+    }
+
     pub async fn open_file(path: &Path) -> anyhow::Result<Self> {
         Self::connect_options(SqliteConnectOptions::new().filename(path)).await
     }

@@ -79,6 +79,7 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
         operator_token: Some(format!("op-{}", uuid::Uuid::new_v4())),
         master_key: None,
         actor_threads: 2,
+        http_workers: 2,
         limits: test_limits(),
         aigne: Default::default(),
     };

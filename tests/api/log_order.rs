@@ -128,3 +128,47 @@ async fn concurrent_writers_never_make_a_reader_skip_postgres() {
 async fn concurrent_writers_never_make_a_reader_skip_sqlite() {
     concurrent_writers_never_make_a_reader_skip(StoreKind::Sqlite).await
 }
+
+/// The projector reads the log after every batch of commits, so its query must stay
+/// cheap as the log grows — also on a table PostgreSQL has never analyzed
+/// (autovacuum off, or a burst of inserts since the last ANALYZE). With only
+/// `(txid, position)` indexed, such a table got a plan that ANDed in every
+/// `'Tenant'` entry of the primary key: a cost that grew with the log.
+#[tokio::test]
+async fn log_read_walks_its_own_index_without_statistics() {
+    use sqlx::Connection;
+    let url = fresh_pg_database().await;
+    let temp = tempfile::tempdir().unwrap();
+    let store = aigne_hub::store::open(Some(&url), temp.path())
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let tenant = TenantId::new_random();
+        let meta = EventMetadata {
+            recorded_at: Utc::now(),
+            tenant_id: tenant,
+            request_id: None,
+            instance_id: InstanceId::new_random(),
+        };
+        let events: Vec<_> = (1..=1_000).map(|n| (grant(n), meta.clone())).collect();
+        store.append(tenant, 1, &events).await.unwrap();
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (FORMAT TEXT) {}",
+        aigne_hub::store::PG_READ_LOG_SQL
+    ))
+    .bind(0i64)
+    .bind(0i64)
+    .bind(i64::MAX)
+    .bind(i64::MAX)
+    .bind(50i64)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("events_log_order_by_type") && !plan.contains("events_pkey"),
+        "unexpected plan for the log read:\n{plan}"
+    );
+}
