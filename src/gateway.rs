@@ -341,6 +341,10 @@ pub(crate) enum Operation {
     ChatStream,
     Embeddings,
     Images,
+    /// Anthropic Messages (`/v1/messages`, `crate::messages`): passed through to
+    /// Anthropic, translated for the other kinds.
+    Messages,
+    MessagesStream,
 }
 
 pub(crate) enum Answer {
@@ -348,6 +352,8 @@ pub(crate) enum Answer {
     Stream(ChatStream),
     Embeddings(EmbeddingsOutcome),
     Images(ImagesOutcome),
+    Messages(crate::messages::MessagesReply),
+    MessagesStream(crate::messages::MessagesEvents),
 }
 
 async fn perform(
@@ -366,6 +372,10 @@ async fn perform(
         Operation::ChatStream => Answer::Stream(api.chat_stream(&call, request).await?),
         Operation::Embeddings => Answer::Embeddings(api.embeddings(&call, request).await?),
         Operation::Images => Answer::Images(api.images(&call, request).await?),
+        Operation::Messages => Answer::Messages(crate::messages::perform(&call, request).await?),
+        Operation::MessagesStream => {
+            Answer::MessagesStream(crate::messages::perform_stream(&call, request).await?)
+        }
     })
 }
 

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod messages;
 pub mod projector;
 pub mod providers;
 pub mod replay;

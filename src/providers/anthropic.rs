@@ -14,10 +14,15 @@
 //! `output_tokens`), and `message_delta` carries the CUMULATIVE `output_tokens`
 //! (newer API versions repeat the input and cache counts there too): every field is
 //! merged by taking its latest reported value, never by adding.
+//!
+//! The hub's own Anthropic ingress (`POST /v1/messages`, `crate::messages`) does
+//! not translate at all when the upstream is Anthropic: `messages_passthrough`
+//! and `messages_passthrough_stream` send the client's body as it is and hand the
+//! answer back as it came, reading only the usage.
 
 use super::{
-    error_dot_message, openai_usage_json, sse_events, ChatOutcome, ChatStream, ProviderApi,
-    SseEvent, StreamItem, UpstreamCall, UpstreamError,
+    error_dot_message, openai_usage_json, sse_events, transport_error, ChatOutcome, ChatStream,
+    ProviderApi, SseEvent, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
@@ -913,6 +918,164 @@ impl ProviderApi for Anthropic {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Pass-through: Anthropic in, Anthropic out (the `/v1/messages` ingress)
+// ---------------------------------------------------------------------------
+
+/// An Anthropic Messages answer exactly as the upstream sent it, and its usage.
+pub struct MessagesOutcome {
+    /// The upstream's JSON body, byte for byte.
+    pub body: bytes::Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// What a passed-through stream yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessagesItem {
+    /// One upstream event as it came; `message_stop` is the last.
+    Event(SseEvent),
+    /// The usage so far (merged, see [`UsageMerge`]): the last one wins.
+    Usage(Usage),
+}
+
+pub type MessagesStream = Pin<Box<dyn Stream<Item = Result<MessagesItem, UpstreamError>> + Send>>;
+
+/// Sends an Anthropic Messages request as it is (the caller has set `model` to
+/// the upstream's name; its `stream` is absent or false) and returns the answer
+/// untouched, with the usage read from it.
+pub async fn messages_passthrough(
+    call: &UpstreamCall<'_>,
+    request: &Value,
+) -> Result<MessagesOutcome, UpstreamError> {
+    let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+    let exchange = async {
+        let response = call
+            .http
+            .send(post(call, request), error_dot_message)
+            .await?;
+        let body = response.bytes().await.map_err(transport_error)?;
+        let answer: Value = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))?;
+        if !answer.is_object() {
+            return Err(UpstreamError::Protocol(
+                "response is not a message object".into(),
+            ));
+        }
+        let usage = answer.get("usage").and_then(usage_from_anthropic);
+        Ok(MessagesOutcome { body, usage })
+    };
+    tokio::time::timeout(total, exchange)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
+
+/// Sends an Anthropic Messages request with `"stream": true` as it is and returns
+/// its events untouched, with the usage merged from `message_start` and
+/// `message_delta`. An `error` event becomes the stream's error; a stream that
+/// stops before `message_stop` ends with an error (a cut stream must not look
+/// complete).
+pub async fn messages_passthrough_stream(
+    call: &UpstreamCall<'_>,
+    request: &Value,
+) -> Result<MessagesStream, UpstreamError> {
+    let response = call
+        .http
+        .send(post(call, request), error_dot_message)
+        .await?;
+    let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
+    let state = (
+        sse_events(response, idle),
+        PassthroughUsage::default(),
+        VecDeque::<Result<MessagesItem, UpstreamError>>::new(),
+        false,
+    );
+    Ok(Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut events, mut reader, mut pending, mut ended)| async move {
+            loop {
+                if let Some(item) = pending.pop_front() {
+                    return Some((item, (events, reader, pending, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match events.next().await {
+                    None => {
+                        ended = true;
+                        pending.push_back(Err(UpstreamError::Protocol(
+                            "stream ended before message_stop".into(),
+                        )));
+                    }
+                    Some(Err(e)) => {
+                        ended = true;
+                        pending.push_back(Err(e));
+                    }
+                    Some(Ok(event)) => match reader.on_event(event) {
+                        Ok((items, finished)) => {
+                            pending.extend(items.into_iter().map(Ok));
+                            ended = finished;
+                        }
+                        Err(e) => {
+                            ended = true;
+                            pending.push_back(Err(e));
+                        }
+                    },
+                }
+            }
+        },
+    )))
+}
+
+/// Reads the usage (and the end, and errors) of a passed-through stream.
+#[derive(Default)]
+struct PassthroughUsage {
+    usage: UsageMerge,
+    last: Option<Usage>,
+}
+
+impl PassthroughUsage {
+    /// The items one event yields (a usage change first, then the event itself)
+    /// and whether it was the last (`message_stop`).
+    fn on_event(&mut self, event: SseEvent) -> Result<(Vec<MessagesItem>, bool), UpstreamError> {
+        let data = serde_json::from_str::<Value>(&event.data).unwrap_or(Value::Null);
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event.event.as_deref())
+            .unwrap_or("")
+            .to_string();
+        let usage = match kind.as_str() {
+            "message_start" => data.pointer("/message/usage"),
+            "message_delta" => data.get("usage"),
+            "error" => {
+                let error = data.get("error").unwrap_or(&Value::Null);
+                return Err(UpstreamError::Status {
+                    status: status_of_error_type(
+                        error.get("type").and_then(Value::as_str).unwrap_or(""),
+                    ),
+                    message: error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("stream error")
+                        .to_string(),
+                });
+            }
+            _ => None,
+        };
+        let mut items = Vec::new();
+        if let Some(usage) = usage.filter(|u| u.is_object()) {
+            self.usage = self.usage.merged_with(usage);
+            let merged = self.usage.usage();
+            if self.usage.any() && self.last != Some(merged) {
+                self.last = Some(merged);
+                items.push(MessagesItem::Usage(merged));
+            }
+        }
+        items.push(MessagesItem::Event(event));
+        Ok((items, kind == "message_stop"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,6 +1391,61 @@ mod tests {
         );
         assert_eq!(chunks[7]["finish_reason"], "tool_calls");
         assert_eq!(chunks.len(), 8);
+    }
+
+    #[test]
+    fn passthrough_reads_usage_and_keeps_events_as_they_came() {
+        let mut r = PassthroughUsage::default();
+        let event = |name: &str, data: &str| SseEvent {
+            event: Some(name.into()),
+            data: data.into(),
+        };
+        let start = event(
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":1}}}"#,
+        );
+        let (items, done) = r.on_event(start.clone()).unwrap();
+        let usage = Usage {
+            input_tokens: 10,
+            cache_write_tokens: 3,
+            cache_read_tokens: 5,
+            output_tokens: 1,
+            ..Usage::default()
+        };
+        assert_eq!(
+            items,
+            vec![MessagesItem::Usage(usage), MessagesItem::Event(start)]
+        );
+        assert!(!done);
+        let ping = event("ping", r#"{"type": "ping"}"#);
+        assert_eq!(
+            r.on_event(ping.clone()).unwrap().0,
+            vec![MessagesItem::Event(ping)]
+        );
+        let delta = event(
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":30}}"#,
+        );
+        let (items, _) = r.on_event(delta).unwrap();
+        assert_eq!(
+            items[0],
+            MessagesItem::Usage(Usage {
+                output_tokens: 30,
+                ..usage
+            })
+        );
+        let (items, done) = r
+            .on_event(event("message_stop", r#"{"type":"message_stop"}"#))
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(done);
+        let e = r
+            .on_event(event(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            ))
+            .unwrap_err();
+        assert!(matches!(e, UpstreamError::Status { status: 529, .. }));
     }
 
     #[test]

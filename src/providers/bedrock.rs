@@ -19,19 +19,32 @@
 //! headers length, prelude CRC32), headers (`:message-type`, `:event-type`,
 //! `:exception-type`, `:content-type`), a JSON payload and a message CRC32.
 //!
-//! Embeddings and image generation keep the trait's defaults: on Bedrock they go
-//! through InvokeModel with a per-model body (Titan, Cohere, Stability, …), a
-//! separate API from Converse that this module does not speak.
+//! Embeddings and image generation go through InvokeModel
+//! (`POST /model/{modelId}/invoke`, signed the same way), whose body is the
+//! model's own format, chosen by model id (an inference-profile prefix such as
+//! `us.` is allowed):
+//!
+//! - `amazon.titan-embed-*`: Titan Text Embeddings, one call per input
+//!   (`{"inputText","dimensions"?,"normalize"?}` → `{"embedding","inputTextTokenCount"}`);
+//!   the token counts are summed, exact.
+//! - `cohere.embed-*`: Cohere Embed, up to 96 texts per call
+//!   (`{"texts","input_type"}` → `{"embeddings","id","response_type","texts"}`). The
+//!   body reports no tokens; the `x-amzn-bedrock-input-token-count` response
+//!   header is used when present, else the usage is estimated and flagged so.
+//! - `amazon.titan-image-generator-*`, `amazon.nova-canvas-*`: `TEXT_IMAGE`
+//!   (`{"taskType","textToImageParams","imageGenerationConfig"}` → `{"images":[base64]}`).
+//!   Bedrock returns no URLs: `response_format: "url"` gets `data:` URLs.
 
 use super::{
-    transport_error, ChatOutcome, ChatStream, Credential, ProviderApi, StreamItem, UpstreamCall,
-    UpstreamError,
+    embedding_texts, embedding_vector, embeddings_list, image_item, image_size, images_answer,
+    transport_error, wants_base64_embeddings, ChatOutcome, ChatStream, Credential,
+    EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -861,6 +874,308 @@ fn completion_id(response: &reqwest::Response) -> String {
     format!("chatcmpl-{request_id}")
 }
 
+// ---------------------------------------------------------------------------
+// InvokeModel: embeddings and images
+
+/// The request path of InvokeModel for a model id (one encoded path segment).
+pub fn invoke_path(model_id: &str) -> String {
+    format!("model/{}/invoke", encode_path_segment(model_id))
+}
+
+/// The model id without a cross-region inference profile prefix (`us.`, `eu.`, …),
+/// which names where the call may run, not the model's body format.
+fn base_model_id(model_id: &str) -> &str {
+    const PROFILE_PREFIXES: [&str; 8] = [
+        "us.", "us-gov.", "eu.", "apac.", "jp.", "au.", "ca.", "global.",
+    ];
+    PROFILE_PREFIXES
+        .iter()
+        .find_map(|prefix| model_id.strip_prefix(prefix))
+        .unwrap_or(model_id)
+}
+
+/// The InvokeModel body family of an embeddings model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingFamily {
+    /// `amazon.titan-embed-*`: one text per call.
+    Titan,
+    /// `cohere.embed-*`: up to [`COHERE_TEXTS_PER_CALL`] texts per call.
+    Cohere,
+}
+
+/// The family of an embeddings model id; `None` for models this module cannot
+/// embed with.
+pub fn embedding_family(model_id: &str) -> Option<EmbeddingFamily> {
+    let id = base_model_id(model_id);
+    if id.starts_with("amazon.titan-embed") {
+        Some(EmbeddingFamily::Titan)
+    } else if id.starts_with("cohere.embed") {
+        Some(EmbeddingFamily::Cohere)
+    } else {
+        None
+    }
+}
+
+/// Texts one Cohere Embed call may carry (Bedrock's documented maximum).
+pub const COHERE_TEXTS_PER_CALL: usize = 96;
+
+/// Titan embedding calls in flight at once for one request.
+const TITAN_CONCURRENT_CALLS: usize = 4;
+
+/// The Titan Embeddings body for one text. Titan Text Embeddings V2 takes
+/// `dimensions` (256, 512 or 1024) and `normalize`; the multimodal model takes
+/// `embeddingConfig.outputEmbeddingLength` instead.
+pub fn titan_embed_request(model_id: &str, text: &str, request: &Value) -> Value {
+    let mut body = json!({"inputText": text});
+    let dimensions = request.get("dimensions").filter(|d| d.is_u64());
+    if base_model_id(model_id).starts_with("amazon.titan-embed-image") {
+        if let Some(d) = dimensions {
+            body["embeddingConfig"] = json!({"outputEmbeddingLength": d});
+        }
+        return body;
+    }
+    if let Some(d) = dimensions {
+        body["dimensions"] = d.clone();
+    }
+    // Not an OpenAI field: passed on when a client sends it.
+    if let Some(normalize) = request.get("normalize").filter(|n| n.is_boolean()) {
+        body["normalize"] = normalize.clone();
+    }
+    body
+}
+
+/// The Cohere Embed body for a batch of texts. `input_type` defaults to
+/// `search_document` (Cohere requires one; a client may send its own, as may it
+/// `truncate`); `dimensions` becomes `output_dimension`, which only Embed v4 has.
+pub fn cohere_embed_request(
+    model_id: &str,
+    texts: &[String],
+    request: &Value,
+) -> Result<Value, UpstreamError> {
+    let input_type = request
+        .get("input_type")
+        .and_then(Value::as_str)
+        .unwrap_or("search_document");
+    let mut body = json!({"texts": texts, "input_type": input_type});
+    if let Some(truncate) = request.get("truncate").filter(|t| t.is_string()) {
+        body["truncate"] = truncate.clone();
+    }
+    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
+        if !base_model_id(model_id).starts_with("cohere.embed-v4") {
+            return Err(unsupported(
+                "`dimensions` with Cohere Embed models before v4",
+            ));
+        }
+        body["output_dimension"] = d.clone();
+    }
+    Ok(body)
+}
+
+/// The float vectors of a Cohere Embed answer: `embeddings` is a list of vectors
+/// (`embeddings_floats`) or, when types were asked for, `{"float": [...]}`
+/// (`embeddings_by_type`).
+fn cohere_vectors(answer: &Value, texts: usize) -> Result<&Vec<Value>, UpstreamError> {
+    let embeddings = answer.get("embeddings");
+    embeddings
+        .and_then(Value::as_array)
+        .or_else(|| {
+            embeddings
+                .and_then(|e| e.get("float"))
+                .and_then(Value::as_array)
+        })
+        .filter(|v| v.len() == texts)
+        .ok_or_else(|| {
+            UpstreamError::Protocol("Cohere Embed answered the wrong number of embeddings".into())
+        })
+}
+
+/// The vector of a Titan Embeddings answer (`embedding`, or the float entry of
+/// `embeddingsByType`).
+fn titan_vector(answer: &Value) -> Result<&Vec<Value>, UpstreamError> {
+    answer
+        .get("embedding")
+        .and_then(Value::as_array)
+        .or_else(|| {
+            answer
+                .pointer("/embeddingsByType/float")
+                .and_then(Value::as_array)
+        })
+        .ok_or_else(|| UpstreamError::Protocol("Titan Embeddings answered no embedding".into()))
+}
+
+/// The input tokens InvokeModel reports in a response header (not part of the
+/// body format of every model).
+fn header_input_tokens(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("x-amzn-bedrock-input-token-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn estimated_tokens(texts: &[String]) -> u64 {
+    Usage::estimate(texts.iter().map(|t| t.len() as u64).sum(), 0).input_tokens
+}
+
+/// One signed InvokeModel call: the response's header token count and its body.
+async fn invoke(
+    call: &UpstreamCall<'_>,
+    model_id: &str,
+    body: &Value,
+) -> Result<(Option<u64>, Value), UpstreamError> {
+    let post = signed_post(call, &invoke_path(model_id), body, "application/json")?;
+    let response = call.http.send(post, bedrock_error_message).await?;
+    let tokens = header_input_tokens(&response);
+    Ok((tokens, call.http.json_body(response).await?))
+}
+
+/// Vectors (in input order) and usage of an embeddings request.
+async fn embed(
+    call: &UpstreamCall<'_>,
+    model_id: &str,
+    family: EmbeddingFamily,
+    texts: &[String],
+    request: &Value,
+) -> Result<(Vec<Vec<Value>>, Usage), UpstreamError> {
+    let mut usage = Usage::default();
+    let mut vectors = Vec::with_capacity(texts.len());
+    match family {
+        EmbeddingFamily::Titan => {
+            let bodies: Vec<Value> = texts
+                .iter()
+                .map(|text| titan_embed_request(model_id, text, request))
+                .collect();
+            // Built up front, so that the stream holds futures, not a closure
+            // over borrowed texts.
+            let calls: Vec<_> = bodies
+                .iter()
+                .map(|body| invoke(call, model_id, body))
+                .collect();
+            // The first failure ends the request (the gateway may retry it whole).
+            let answers: Vec<(Option<u64>, Value)> = futures_util::stream::iter(calls)
+                .buffered(TITAN_CONCURRENT_CALLS)
+                .try_collect()
+                .await?;
+            for (text, (_, answer)) in texts.iter().zip(answers) {
+                vectors.push(titan_vector(&answer)?.clone());
+                match answer.get("inputTextTokenCount").and_then(Value::as_u64) {
+                    Some(tokens) => usage.input_tokens += tokens,
+                    None => {
+                        usage.input_tokens += estimated_tokens(std::slice::from_ref(text));
+                        usage.estimated = true;
+                    }
+                }
+            }
+        }
+        EmbeddingFamily::Cohere => {
+            for batch in texts.chunks(COHERE_TEXTS_PER_CALL) {
+                let body = cohere_embed_request(model_id, batch, request)?;
+                let (header_tokens, answer) = invoke(call, model_id, &body).await?;
+                for vector in cohere_vectors(&answer, batch.len())? {
+                    vectors.push(vector.as_array().cloned().ok_or_else(|| {
+                        UpstreamError::Protocol(
+                            "Cohere Embed answered a malformed embedding".into(),
+                        )
+                    })?);
+                }
+                // The body has no token count; the header, when Bedrock sends it,
+                // is exact. Otherwise estimate, flagged.
+                match header_tokens {
+                    Some(tokens) => usage.input_tokens += tokens,
+                    None => {
+                        usage.input_tokens += estimated_tokens(batch);
+                        usage.estimated = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok((vectors, usage))
+}
+
+/// Whether a model generates images from text with the Titan Image Generator /
+/// Nova Canvas body.
+pub fn is_text_image_model(model_id: &str) -> bool {
+    let id = base_model_id(model_id);
+    id.starts_with("amazon.titan-image-generator") || id.starts_with("amazon.nova-canvas")
+}
+
+/// An OpenAI images request as a Titan Image Generator / Nova Canvas
+/// `TEXT_IMAGE` body: `n` → `numberOfImages`, `size` → `width`/`height`,
+/// `quality` `hd`/`high` → `premium`, `standard`/`medium`/`low` → `standard`.
+pub fn openai_to_text_image_request(request: &Value) -> Result<Value, UpstreamError> {
+    let prompt = request
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| unsupported("image requests without a prompt"))?;
+    let mut config = Map::new();
+    config.insert(
+        "numberOfImages".into(),
+        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
+    );
+    if let Some((width, height)) = image_size(request, "bedrock")? {
+        config.insert("width".into(), json!(width));
+        config.insert("height".into(), json!(height));
+    }
+    match request.get("quality").and_then(Value::as_str) {
+        None | Some("auto") => {}
+        Some("hd" | "high") => {
+            config.insert("quality".into(), json!("premium"));
+        }
+        Some("standard" | "medium" | "low") => {
+            config.insert("quality".into(), json!("standard"));
+        }
+        Some(_) => return Err(unsupported("image qualities other than standard and hd")),
+    }
+    Ok(json!({
+        "taskType": "TEXT_IMAGE",
+        "textToImageParams": {"text": prompt},
+        "imageGenerationConfig": config,
+    }))
+}
+
+/// The MIME type of base64 image data, from its first bytes (JPEG or PNG, what
+/// these models produce).
+fn base64_image_mime(b64: &str) -> &'static str {
+    if b64.starts_with("/9j/") {
+        "image/jpeg"
+    } else {
+        "image/png"
+    }
+}
+
+/// An OpenAI images answer from a `TEXT_IMAGE` answer (`{"images":[base64…]}`);
+/// an answer with an `error` and no images is the upstream refusing.
+pub fn text_image_to_openai(
+    answer: &Value,
+    request: &Value,
+) -> Result<ImagesOutcome, UpstreamError> {
+    let images = answer
+        .get("images")
+        .and_then(Value::as_array)
+        .filter(|i| !i.is_empty());
+    let Some(images) = images else {
+        return Err(match answer.get("error").and_then(Value::as_str) {
+            Some(message) if !message.is_empty() => UpstreamError::Status {
+                status: 400,
+                message: message.to_string(),
+            },
+            _ => UpstreamError::Protocol("InvokeModel answered no images".into()),
+        });
+    };
+    let data = images
+        .iter()
+        .map(|image| {
+            let b64 = image
+                .as_str()
+                .ok_or_else(|| UpstreamError::Protocol("an image that is not base64".into()))?;
+            Ok(image_item(request, b64, base64_image_mime(b64)))
+        })
+        .collect::<Result<Vec<_>, UpstreamError>>()?;
+    Ok(images_answer(data))
+}
+
 #[async_trait]
 impl ProviderApi for Bedrock {
     async fn chat(
@@ -909,5 +1224,52 @@ impl ProviderApi for Bedrock {
             translator,
             idle,
         ))
+    }
+    async fn embeddings(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<EmbeddingsOutcome, UpstreamError> {
+        let model = model_of(request)?;
+        let family = embedding_family(model).ok_or_else(|| {
+            unsupported("embeddings with models other than amazon.titan-embed-* and cohere.embed-*")
+        })?;
+        let texts = embedding_texts(request, "bedrock")?;
+        let base64 = wants_base64_embeddings(request);
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let (vectors, usage) =
+            tokio::time::timeout(total, embed(call, model, family, &texts, request))
+                .await
+                .map_err(|_| UpstreamError::Timeout)??;
+        let vectors = vectors
+            .iter()
+            .map(|v| embedding_vector(v, base64))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                UpstreamError::Protocol("an embedding value that is not a number".into())
+            })?;
+        Ok(EmbeddingsOutcome {
+            body: embeddings_list(model, vectors, usage.input_tokens),
+            usage: Some(usage),
+        })
+    }
+
+    async fn images(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ImagesOutcome, UpstreamError> {
+        let model = model_of(request)?;
+        if !is_text_image_model(model) {
+            return Err(unsupported(
+                "image generation with models other than amazon.titan-image-generator-* and amazon.nova-canvas-*",
+            ));
+        }
+        let body = openai_to_text_image_request(request)?;
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let (_, answer) = tokio::time::timeout(total, invoke(call, model, &body))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        text_image_to_openai(&answer, request)
     }
 }

@@ -1,7 +1,10 @@
 //! The Google Gemini API (`generativelanguage.googleapis.com/v1beta`): chat through
-//! `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`, and
-//! embeddings through `:batchEmbedContents`. The API key travels in the
-//! `x-goog-api-key` header, never in the URL.
+//! `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`,
+//! embeddings through `:batchEmbedContents`, and images through Imagen's
+//! `:predict` (`{"instances":[{"prompt"}],"parameters":{"sampleCount"}}` →
+//! `{"predictions":[{"bytesBase64Encoded","mimeType"}]}`; Imagen returns bytes
+//! only, so `response_format: "url"` gets `data:` URLs). The API key travels in
+//! the `x-goog-api-key` header, never in the URL.
 //!
 //! Requests arrive in OpenAI's shape and are translated here (`openai_to_gemini_*`);
 //! answers go back in OpenAI's shape (`gemini_to_openai_*`).
@@ -15,8 +18,9 @@
 //! A stream has no `[DONE]`: it just ends after the chunk with a `finishReason`.
 
 use super::{
-    error_dot_message, openai_usage_json, sse_events, ChatOutcome, ChatStream, EmbeddingsOutcome,
-    ProviderApi, StreamItem, UpstreamCall, UpstreamError,
+    error_dot_message, image_item, image_size, images_answer, openai_usage_json, sse_events,
+    ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem,
+    UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use base64::Engine;
@@ -1061,6 +1065,96 @@ fn gemini_to_openai_embeddings(
 }
 
 // ---------------------------------------------------------------------------
+// Images (Imagen)
+
+/// Imagen's aspect ratios, as width:height.
+const IMAGEN_ASPECT_RATIOS: [(u32, u32); 5] = [(1, 1), (3, 4), (4, 3), (9, 16), (16, 9)];
+
+/// The Imagen aspect ratio of a size: the one within 5% of it (so 1792x1024 is
+/// 16:9); sizes near none of them are refused.
+fn imagen_aspect_ratio(width: u32, height: u32) -> Result<String, UpstreamError> {
+    IMAGEN_ASPECT_RATIOS
+        .iter()
+        .find(|(rw, rh)| {
+            // |w/h - rw/rh| <= 5% of rw/rh, in integers.
+            let (lhs, rhs) = (width as u64 * *rh as u64, height as u64 * *rw as u64);
+            lhs.abs_diff(rhs) * 20 <= rhs
+        })
+        .map(|(rw, rh)| format!("{rw}:{rh}"))
+        .ok_or_else(|| {
+            unsupported("image sizes whose aspect ratio is not 1:1, 3:4, 4:3, 9:16 or 16:9")
+        })
+}
+
+/// An OpenAI images request as an Imagen `predict` body: `n` → `sampleCount`,
+/// `size` → `aspectRatio`.
+pub fn openai_to_imagen_request(request: &Value) -> Result<Value, UpstreamError> {
+    let prompt = request
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| unsupported("image requests without a prompt"))?;
+    let mut parameters = Map::new();
+    parameters.insert(
+        "sampleCount".into(),
+        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
+    );
+    if let Some((width, height)) = image_size(request, "gemini")? {
+        parameters.insert(
+            "aspectRatio".into(),
+            json!(imagen_aspect_ratio(width, height)?),
+        );
+    }
+    Ok(json!({ "instances": [{ "prompt": prompt }], "parameters": parameters }))
+}
+
+/// An OpenAI images answer from an Imagen `predict` answer. Predictions without
+/// bytes (filtered by Google's safety filters) are left out, so only images
+/// returned are billed; an answer with none is a refusal.
+pub fn imagen_to_openai(answer: &Value, request: &Value) -> Result<ImagesOutcome, UpstreamError> {
+    let predictions = answer
+        .get("predictions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut data = Vec::with_capacity(predictions.len());
+    let mut filtered = None;
+    for prediction in predictions {
+        match prediction.get("bytesBase64Encoded").and_then(Value::as_str) {
+            Some(b64) => {
+                let mime_type = prediction
+                    .get("mimeType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("image/png");
+                let mut item = image_item(request, b64, mime_type);
+                // The prompt as rewritten, when Imagen enhanced it.
+                if let Some(prompt) = prediction.get("prompt").filter(|p| p.is_string()) {
+                    item["revised_prompt"] = prompt.clone();
+                }
+                data.push(item);
+            }
+            None => {
+                filtered = filtered.or_else(|| {
+                    prediction
+                        .get("raiFilteredReason")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+            }
+        }
+    }
+    if data.is_empty() {
+        return Err(UpstreamError::Status {
+            status: 400,
+            message: filtered.unwrap_or_else(|| {
+                "Imagen returned no image (the prompt or every image was filtered)".into()
+            }),
+        });
+    }
+    Ok(images_answer(data))
+}
+
+// ---------------------------------------------------------------------------
 
 #[async_trait]
 impl ProviderApi for Gemini {
@@ -1150,6 +1244,28 @@ impl ProviderApi for Gemini {
             let body = gemini_to_openai_embeddings(&answer, model, &inputs, base64)?;
             // No usage: Gemini's embed API does not report any (see above).
             Ok(EmbeddingsOutcome { body, usage: None })
+        };
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn images(
+        &self,
+        call: &UpstreamCall<'_>,
+        request: &Value,
+    ) -> Result<ImagesOutcome, UpstreamError> {
+        let model = upstream_model(request)?;
+        let body = openai_to_imagen_request(request)?;
+        let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+        let exchange = async {
+            let path = gemini_model_path(model, "predict");
+            let response = send(call, &path, &[], &body).await?;
+            let answer = call.http.json_body(response).await?;
+            if let Some(error) = answer.get("error") {
+                return Err(gemini_error_status(error));
+            }
+            imagen_to_openai(&answer, request)
         };
         tokio::time::timeout(total, exchange)
             .await

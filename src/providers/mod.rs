@@ -482,3 +482,120 @@ pub fn openai_usage_json(usage: &Usage) -> Value {
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     })
 }
+
+// ---------------------------------------------------------------------------
+// OpenAI shapes for embeddings and images, shared by the protocols that
+// translate from a native format (Bedrock InvokeModel, Gemini Imagen, Ollama's
+// native API).
+
+/// The texts of an OpenAI embeddings request's `input` (a string or an array of
+/// strings); token arrays have no equivalent in the native APIs and are refused.
+pub fn embedding_texts(
+    request: &Value,
+    provider: &'static str,
+) -> Result<Vec<String>, UpstreamError> {
+    let unsupported = |capability| UpstreamError::Unsupported {
+        provider,
+        capability,
+    };
+    match request.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| unsupported("embeddings of token arrays"))
+            })
+            .collect(),
+        _ => Err(unsupported("embeddings without a text input")),
+    }
+}
+
+/// Whether an embeddings request asks for `encoding_format: "base64"`.
+pub fn wants_base64_embeddings(request: &Value) -> bool {
+    request.get("encoding_format").and_then(Value::as_str) == Some("base64")
+}
+
+/// One OpenAI `embedding` value: the numbers as they are, or, for
+/// `encoding_format: "base64"`, little-endian f32s in base64 (as OpenAI encodes
+/// them). `None` if a value is not a number.
+pub fn embedding_vector(values: &[Value], base64: bool) -> Option<Value> {
+    if !values.iter().all(Value::is_number) {
+        return None;
+    }
+    if !base64 {
+        return Some(Value::Array(values.to_vec()));
+    }
+    use base64::Engine;
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&(v.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+    }
+    Some(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    ))
+}
+
+/// An OpenAI embeddings `list` of `vectors` (in input order) with the prompt
+/// tokens they cost.
+pub fn embeddings_list(model: &str, vectors: Vec<Value>, prompt_tokens: u64) -> Value {
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| {
+            serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
+}
+
+/// One OpenAI `data` item of an images answer from base64 image bytes: with
+/// `response_format: "url"`, a `data:` URL (upstreams that only return bytes
+/// have no URL to give); otherwise (`"b64_json"` or absent) `b64_json`.
+pub fn image_item(request: &Value, b64: &str, mime_type: &str) -> Value {
+    if request.get("response_format").and_then(Value::as_str) == Some("url") {
+        serde_json::json!({"url": format!("data:{mime_type};base64,{b64}")})
+    } else {
+        serde_json::json!({"b64_json": b64})
+    }
+}
+
+/// An OpenAI images answer holding `data`.
+pub fn images_answer(data: Vec<Value>) -> ImagesOutcome {
+    let images = data.len() as u64;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ImagesOutcome {
+        body: serde_json::json!({"created": created, "data": data}),
+        images,
+    }
+}
+
+/// `size` (`"WIDTHxHEIGHT"`) of an OpenAI images request; `None` when absent or
+/// `"auto"`, an error when it is not of that form.
+pub fn image_size(
+    request: &Value,
+    provider: &'static str,
+) -> Result<Option<(u32, u32)>, UpstreamError> {
+    let size = match request.get("size") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s == "auto" => return Ok(None),
+        Some(size) => size,
+    };
+    size.as_str()
+        .and_then(|s| s.split_once('x'))
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .map(Some)
+        .ok_or(UpstreamError::Unsupported {
+            provider,
+            capability: "image sizes other than \"WIDTHxHEIGHT\" or \"auto\"",
+        })
+}

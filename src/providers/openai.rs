@@ -2,6 +2,11 @@
 //! providers (DeepSeek, xAI, OpenRouter, Doubao/Volcengine Ark, Poe, and Ollama's
 //! compatibility API). One implementation; quirks are per kind below.
 //!
+//! One exception: Ollama's embeddings go to its native `POST {base}/api/embed`
+//! (`{"model","input":[…]}` → `{"model","embeddings":[[…]],"prompt_eval_count"}`),
+//! since its OpenAI-compatible `/v1/embeddings` reports no token usage and the
+//! native API does (`prompt_eval_count`).
+//!
 //! Usage facts relied on: `prompt_tokens` includes cached tokens
 //! (`prompt_tokens_details.cached_tokens`; DeepSeek reports
 //! `prompt_cache_hit_tokens`/`prompt_cache_miss_tokens` instead),
@@ -10,8 +15,9 @@
 //! carry `choices`.
 
 use super::{
-    error_dot_message, sse_events, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome,
-    Provider, ProviderApi, ProviderKind, StreamItem, UpstreamCall, UpstreamError,
+    embedding_texts, embedding_vector, embeddings_list, error_dot_message, sse_events,
+    wants_base64_embeddings, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, Provider,
+    ProviderApi, ProviderKind, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
@@ -95,6 +101,86 @@ fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
     Ok(items)
 }
 
+/// The message of an Ollama error body: `{"error": "…"}` (a string), or OpenAI's
+/// shape from proxies in front of it.
+fn ollama_error_message(body: &Value) -> Option<String> {
+    body.get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| error_dot_message(body))
+}
+
+/// The native `/api/embed` body for an OpenAI embeddings request; Ollama's own
+/// options (`truncate`, `keep_alive`, `options`) and `dimensions` pass through.
+pub fn ollama_embed_request(request: &Value, texts: &[String]) -> Value {
+    let mut body =
+        json!({"model": request.get("model").cloned().unwrap_or(Value::Null), "input": texts});
+    for field in ["dimensions", "truncate", "keep_alive", "options"] {
+        if let Some(value) = request.get(field).filter(|v| !v.is_null()) {
+            body[field] = value.clone();
+        }
+    }
+    body
+}
+
+/// An OpenAI embeddings answer from Ollama's `/api/embed` answer for `texts`; its
+/// `prompt_eval_count` is the usage (an estimate from the texts, flagged, if it
+/// is missing).
+pub fn ollama_embed_to_openai(
+    answer: &Value,
+    model: &str,
+    texts: &[String],
+    base64: bool,
+) -> Result<EmbeddingsOutcome, UpstreamError> {
+    let inputs = texts.len();
+    let vectors = answer
+        .get("embeddings")
+        .and_then(Value::as_array)
+        .filter(|e| e.len() == inputs)
+        .ok_or_else(|| {
+            UpstreamError::Protocol("/api/embed answered the wrong number of embeddings".into())
+        })?
+        .iter()
+        .map(|v| v.as_array().and_then(|v| embedding_vector(v, base64)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            UpstreamError::Protocol("/api/embed answered a malformed embedding".into())
+        })?;
+    let usage = match answer.get("prompt_eval_count").and_then(Value::as_u64) {
+        Some(tokens) => Usage {
+            input_tokens: tokens,
+            ..Usage::default()
+        },
+        None => Usage::estimate(texts.iter().map(|t| t.len() as u64).sum(), 0),
+    };
+    let model = answer.get("model").and_then(Value::as_str).unwrap_or(model);
+    Ok(EmbeddingsOutcome {
+        body: embeddings_list(model, vectors, usage.input_tokens),
+        usage: Some(usage),
+    })
+}
+
+async fn ollama_embeddings(
+    call: &UpstreamCall<'_>,
+    request: &Value,
+) -> Result<EmbeddingsOutcome, UpstreamError> {
+    let texts = embedding_texts(request, "ollama")?;
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+    let body = ollama_embed_request(request, &texts);
+    let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
+    let exchange = async {
+        let response = call
+            .http
+            .send(post(call, "api/embed", &body), ollama_error_message)
+            .await?;
+        let answer = call.http.json_body(response).await?;
+        ollama_embed_to_openai(&answer, model, &texts, wants_base64_embeddings(request))
+    };
+    tokio::time::timeout(total, exchange)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
+
 #[async_trait]
 impl ProviderApi for OpenAiCompatible {
     async fn chat(
@@ -174,14 +260,12 @@ impl ProviderApi for OpenAiCompatible {
                 capability: "embeddings",
             });
         }
-        let path = if kind == ProviderKind::Ollama {
-            "v1/embeddings"
-        } else {
-            "embeddings"
-        };
+        if kind == ProviderKind::Ollama {
+            return ollama_embeddings(call, request).await;
+        }
         let response = call
             .http
-            .send(post(call, path, request), error_dot_message)
+            .send(post(call, "embeddings", request), error_dot_message)
             .await?;
         let body = call.http.json_body(response).await?;
         let usage = body.get("usage").and_then(usage_from_openai);

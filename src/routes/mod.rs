@@ -14,6 +14,7 @@ use serde_json::json;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).
     crate::aigne::configure(cfg);
+    crate::messages::configure(cfg); // Anthropic Messages `/v1/messages`.
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
     cfg.service(
         web::resource("/healthz")

@@ -16,6 +16,17 @@
 //! `bad-crc` (a frame with a corrupted CRC after some text), `stream-exception`
 //! (a `throttlingException` after some text) and `no-stop` (a clean end without
 //! `messageStop`). Any other id answers like `conf-text`.
+//!
+//! `POST /model/{modelId}/invoke` (InvokeModel) speaks each model's own body,
+//! chosen by model id as Bedrock does, and refuses fields the model does not
+//! know: `amazon.titan-embed-*` (Titan Text Embeddings: `{"inputText",
+//! "dimensions"?,"normalize"?}` → `{"embedding","inputTextTokenCount",
+//! "embeddingsByType"}`, token count [`titan_token_count`]), `cohere.embed-*`
+//! (`{"texts","input_type",…}` → `{"embeddings","id","response_type","texts"}`,
+//! no token count unless [`MockBedrock::send_token_count_headers`]), and
+//! `amazon.titan-image-generator-*` / `amazon.nova-canvas-*` (`TEXT_IMAGE` →
+//! `{"images":[base64 PNG…]}`). An id containing `conf-status-<N>` fails with
+//! status N and "mock N message".
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -57,6 +68,8 @@ pub struct MockState {
     pub requests: Vec<Recorded>,
     /// Why each request refused for its signature was refused.
     pub rejections: Vec<String>,
+    /// Send `x-amzn-bedrock-input-token-count` on Cohere Embed answers too.
+    pub cohere_token_header: bool,
 }
 
 #[derive(Clone)]
@@ -94,6 +107,11 @@ impl MockBedrock {
 
     pub fn rejections(&self) -> Vec<String> {
         self.state.lock().unwrap().rejections.clone()
+    }
+
+    /// From now on, Cohere Embed answers carry the input token count header.
+    pub fn send_token_count_headers(&self) {
+        self.state.lock().unwrap().cohere_token_header = true;
     }
 }
 
@@ -306,6 +324,17 @@ async fn handle(
     let route = path
         .strip_prefix("/model/")
         .and_then(|rest| rest.rsplit_once('/'));
+    if let Some((id, "invoke")) = route {
+        if req.method() != "POST" {
+            return error(404, "UnknownOperationException", "Unknown operation");
+        }
+        let Some(model_id) =
+            percent_decode(id).filter(|m| !m.contains('/') || m.starts_with("arn:"))
+        else {
+            return error(400, "ValidationException", "malformed model identifier");
+        };
+        return invoke_model(&state, &req, &path, &model_id, &body);
+    }
     let (model_id, stream) = match route {
         Some((id, "converse")) if req.method() == "POST" => (id, false),
         Some((id, "converse-stream")) if req.method() == "POST" => (id, true),
@@ -566,4 +595,288 @@ fn converse_stream(model_id: &str) -> HttpResponse {
                 .collect(),
         )),
     }
+}
+
+// ---------------------------------------------------------------------------
+// InvokeModel
+
+/// A 1x1 PNG, as the image models' base64 output.
+pub const PNG_1X1_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+/// The `inputTextTokenCount` the mock reports for a Titan input: three per
+/// whitespace-separated word, plus two (deliberately unlike the hub's
+/// bytes-per-token estimate).
+pub fn titan_token_count(text: &str) -> u64 {
+    text.split_whitespace().count() as u64 * 3 + 2
+}
+
+/// The input token count header of a Cohere Embed answer, when sent.
+pub fn cohere_token_count(texts: &[&str]) -> u64 {
+    texts.iter().map(|t| t.len() as u64 + 1).sum()
+}
+
+/// A deterministic vector for a text: its length, then a fixed pattern.
+pub fn mock_vector(text: &str, dimensions: usize) -> Vec<f64> {
+    let pattern = [0.5, -0.25, 0.125];
+    let mut values = vec![text.len() as f64];
+    values.extend((1..dimensions).map(|i| pattern[(i - 1) % pattern.len()]));
+    values
+}
+
+fn unknown_key(body: &Value, known: &[&str]) -> Result<(), String> {
+    let object = body.as_object().ok_or("body is not a JSON object")?;
+    match object.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(format!("extraneous key [{key}] is not permitted")),
+        None => Ok(()),
+    }
+}
+
+fn invoke_model(
+    state: &Arc<Mutex<MockState>>,
+    req: &HttpRequest,
+    path: &str,
+    model_id: &str,
+    raw: &[u8],
+) -> HttpResponse {
+    if req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        != Some("application/json")
+    {
+        return error(
+            400,
+            "ValidationException",
+            "The provided Content-Type is not supported",
+        );
+    }
+    let body: Value = match serde_json::from_slice(raw) {
+        Ok(v) => v,
+        Err(_) => {
+            return error(
+                400,
+                "ValidationException",
+                "Malformed input request, please reformat your input and try again.",
+            )
+        }
+    };
+    state.lock().unwrap().requests.push(Recorded {
+        path: path.to_string(),
+        model_id: model_id.to_string(),
+        stream: false,
+        body: body.clone(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+    });
+    if let Some((_, status)) = model_id.split_once("conf-status-") {
+        let status: u16 = status.parse().unwrap();
+        return error(
+            status,
+            error_type_for(status),
+            &format!("mock {status} message"),
+        );
+    }
+    let id = model_id
+        .split_once('.')
+        .filter(|(prefix, _)| matches!(*prefix, "us" | "eu" | "apac" | "global"))
+        .map_or(model_id, |(_, rest)| rest);
+    let answer = if id.starts_with("amazon.titan-embed-text") {
+        titan_embed(id, &body)
+    } else if id.starts_with("cohere.embed") {
+        let header = state.lock().unwrap().cohere_token_header;
+        return match cohere_embed(id, &body) {
+            Ok((answer, tokens)) => {
+                let mut response = HttpResponse::Ok();
+                response.insert_header(("x-amzn-RequestId", "mock-invoke-1"));
+                if header {
+                    response
+                        .insert_header(("x-amzn-bedrock-input-token-count", tokens.to_string()));
+                }
+                response.json(answer)
+            }
+            Err(message) => error(400, "ValidationException", &message),
+        };
+    } else if id.starts_with("amazon.titan-image-generator") || id.starts_with("amazon.nova-canvas")
+    {
+        text_image(id, &body)
+    } else {
+        Err(format!(
+            "The provided model identifier {model_id} is invalid or does not support InvokeModel in this mock."
+        ))
+    };
+    match answer {
+        Ok((answer, tokens)) => {
+            let mut response = HttpResponse::Ok();
+            response.insert_header(("x-amzn-RequestId", "mock-invoke-1"));
+            if let Some(tokens) = tokens {
+                response.insert_header(("x-amzn-bedrock-input-token-count", tokens.to_string()));
+            }
+            response.json(answer)
+        }
+        Err(message) => error(400, "ValidationException", &message),
+    }
+}
+
+/// Titan Text Embeddings (G1 takes `inputText` only; V2 also `dimensions`
+/// 256/512/1024, `normalize`, `embeddingTypes`).
+fn titan_embed(id: &str, body: &Value) -> Result<(Value, Option<u64>), String> {
+    let v2 = id.starts_with("amazon.titan-embed-text-v2");
+    let known: &[&str] = if v2 {
+        &["inputText", "dimensions", "normalize", "embeddingTypes"]
+    } else {
+        &["inputText"]
+    };
+    unknown_key(body, known)?;
+    let text = body["inputText"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or("inputText is required and must be a non-empty string")?;
+    let dimensions = match &body["dimensions"] {
+        Value::Null => 1024,
+        d => match d.as_u64() {
+            Some(d @ (256 | 512 | 1024)) => d as usize,
+            _ => return Err("dimensions must be one of 256, 512, 1024".into()),
+        },
+    };
+    if !body["normalize"].is_null() && !body["normalize"].is_boolean() {
+        return Err("normalize must be a boolean".into());
+    }
+    let vector = mock_vector(text, if v2 { dimensions } else { 1536 });
+    let tokens = titan_token_count(text);
+    let mut answer = json!({"embedding": vector, "inputTextTokenCount": tokens});
+    if v2 {
+        answer["embeddingsByType"] = json!({"float": vector});
+    }
+    Ok((answer, Some(tokens)))
+}
+
+/// Cohere Embed v3 (`texts`, `input_type` required, `truncate`,
+/// `embedding_types`) and v4 (also `output_dimension`, `max_tokens`).
+fn cohere_embed(id: &str, body: &Value) -> Result<(Value, u64), String> {
+    let v4 = id.starts_with("cohere.embed-v4");
+    let mut known = vec![
+        "texts",
+        "images",
+        "input_type",
+        "truncate",
+        "embedding_types",
+    ];
+    if v4 {
+        known.extend(["inputs", "output_dimension", "max_tokens"]);
+    }
+    unknown_key(body, &known)?;
+    let input_type = body["input_type"]
+        .as_str()
+        .ok_or("input_type is required")?;
+    if !matches!(
+        input_type,
+        "search_document" | "search_query" | "classification" | "clustering" | "image"
+    ) {
+        return Err(format!("invalid input_type {input_type}"));
+    }
+    let texts: Vec<&str> = body["texts"]
+        .as_array()
+        .ok_or("texts is required")?
+        .iter()
+        .map(|t| t.as_str().ok_or("texts must be strings"))
+        .collect::<Result<_, _>>()?;
+    if texts.is_empty() || texts.len() > 96 {
+        return Err("texts must hold 1 to 96 strings".into());
+    }
+    if texts.iter().any(|t| t.chars().count() > 2048) {
+        return Err("a text is longer than 2048 characters".into());
+    }
+    let dimensions = if v4 {
+        body["output_dimension"].as_u64().unwrap_or(1536) as usize
+    } else {
+        1024
+    };
+    let vectors: Vec<Vec<f64>> = texts.iter().map(|t| mock_vector(t, dimensions)).collect();
+    let answer = if v4 {
+        json!({"id": "mock-cohere-embed-1", "embeddings": {"float": vectors}, "response_type": "embeddings_by_type", "texts": texts})
+    } else {
+        json!({"id": "mock-cohere-embed-1", "embeddings": vectors, "response_type": "embeddings_floats", "texts": texts})
+    };
+    Ok((answer, cohere_token_count(&texts)))
+}
+
+/// Titan Image Generator / Nova Canvas, `TEXT_IMAGE` only.
+fn text_image(id: &str, body: &Value) -> Result<(Value, Option<u64>), String> {
+    unknown_key(
+        body,
+        &["taskType", "textToImageParams", "imageGenerationConfig"],
+    )?;
+    if body["taskType"] != "TEXT_IMAGE" {
+        return Err("this mock only generates images from text (taskType TEXT_IMAGE)".into());
+    }
+    let params = &body["textToImageParams"];
+    unknown_key(
+        params,
+        &[
+            "text",
+            "negativeText",
+            "style",
+            "conditionImage",
+            "controlMode",
+            "controlStrength",
+        ],
+    )?;
+    let max_prompt = if id.starts_with("amazon.nova-canvas") {
+        1024
+    } else {
+        512
+    };
+    let text = params["text"].as_str().unwrap_or("");
+    if text.is_empty() || text.chars().count() > max_prompt {
+        return Err(format!(
+            "textToImageParams.text must hold 1 to {max_prompt} characters"
+        ));
+    }
+    let config = &body["imageGenerationConfig"];
+    let n = if config.is_null() {
+        1
+    } else {
+        unknown_key(
+            config,
+            &[
+                "numberOfImages",
+                "width",
+                "height",
+                "quality",
+                "cfgScale",
+                "seed",
+            ],
+        )?;
+        if !config["quality"].is_null()
+            && !matches!(config["quality"].as_str(), Some("standard" | "premium"))
+        {
+            return Err("quality must be standard or premium".into());
+        }
+        for side in ["width", "height"] {
+            if let Some(v) = config.get(side) {
+                if !v
+                    .as_u64()
+                    .is_some_and(|v| (256..=4096).contains(&v) && v % 16 == 0)
+                {
+                    return Err(format!("{side} must be a multiple of 16 from 256 to 4096"));
+                }
+            }
+        }
+        if config.get("width").is_some() != config.get("height").is_some() {
+            return Err("width and height go together".into());
+        }
+        match &config["numberOfImages"] {
+            Value::Null => 1,
+            v => v
+                .as_u64()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or("numberOfImages must be from 1 to 5")?,
+        }
+    };
+    let images: Vec<&str> = (0..n).map(|_| PNG_1X1_BASE64).collect();
+    Ok((json!({"images": images, "error": null}), None))
 }

@@ -16,6 +16,12 @@
 //! `conf-die` (some text, then the connection breaks), `conf-status-<N>` (fails
 //! with status N, "mock N message"); also `conf-cut-short` (a stream that ends
 //! cleanly before any `finishReason`). Any model embeds.
+//!
+//! `:predict` is Imagen: `{"instances":[{"prompt"}],"parameters":{"sampleCount",…}}`
+//! answers `{"predictions":[{"bytesBase64Encoded","mimeType"}]}` (`sampleCount`
+//! 1 to 4). `conf-filtered` leaves one image out as Google's filters do (a
+//! prediction with `raiFilteredReason` only, when `includeRaiReason` is set);
+//! `conf-all-filtered` answers `{}`.
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
@@ -416,6 +422,7 @@ async fn handle(
         "generateContent" => generate(model, &body, false, ""),
         "streamGenerateContent" => generate(model, &body, true, req.query_string()),
         "batchEmbedContents" => embed(model, &body),
+        "predict" => predict(model, &body),
         _ => error(404, "The requested URL was not found on this server."),
     }
 }
@@ -549,4 +556,86 @@ fn embed(model: &str, body: &Value) -> HttpResponse {
         embeddings.push(json!({ "values": values }));
     }
     HttpResponse::Ok().json(json!({ "embeddings": embeddings }))
+}
+
+/// A 1x1 PNG, as Imagen's base64 output.
+pub const IMAGEN_PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+/// The reason the mock gives for a filtered image.
+pub const RAI_FILTERED_REASON: &str = "Your current safety filter threshold filtered out 1 generated images. You will not be charged for blocked images.";
+
+/// Imagen `predict`: validates the request as the API does (unknown fields,
+/// one instance with a prompt, `sampleCount` 1 to 4, known aspect ratios).
+fn predict(model: &str, body: &Value) -> HttpResponse {
+    if let Err(refused) = unknown_fields(body, &["instances", "parameters"], "") {
+        return bad_request(refused);
+    }
+    if let Some(status) = model.strip_prefix("conf-status-") {
+        let status: u16 = status.parse().unwrap();
+        return error(status, &format!("mock {status} message"));
+    }
+    let Some([instance]) = body["instances"].as_array().map(Vec::as_slice) else {
+        return bad_request("instances must hold exactly one instance");
+    };
+    if let Err(refused) = unknown_fields(instance, &["prompt"], "instances[0]") {
+        return bad_request(refused);
+    }
+    if instance["prompt"].as_str().is_none_or(str::is_empty) {
+        return bad_request("instances[0].prompt is required");
+    }
+    let parameters = &body["parameters"];
+    let checked = if parameters.is_null() {
+        Ok(())
+    } else {
+        unknown_fields(
+            parameters,
+            &[
+                "sampleCount",
+                "aspectRatio",
+                "personGeneration",
+                "imageSize",
+                "outputOptions",
+                "enhancePrompt",
+                "includeRaiReason",
+                "includeSafetyAttributes",
+                "safetySetting",
+                "addWatermark",
+                "seed",
+                "language",
+            ],
+            "parameters",
+        )
+    };
+    if let Err(refused) = checked {
+        return bad_request(refused);
+    }
+    let count = match &parameters["sampleCount"] {
+        Value::Null => 4,
+        v => match v.as_u64().filter(|n| (1..=4).contains(n)) {
+            Some(n) => n,
+            None => return bad_request("sampleCount must be from 1 to 4"),
+        },
+    };
+    if !parameters["aspectRatio"].is_null()
+        && !matches!(
+            parameters["aspectRatio"].as_str(),
+            Some("1:1" | "3:4" | "4:3" | "9:16" | "16:9")
+        )
+    {
+        return bad_request("aspectRatio must be one of 1:1, 3:4, 4:3, 9:16, 16:9");
+    }
+    if model == "conf-all-filtered" {
+        return HttpResponse::Ok().json(json!({}));
+    }
+    let mut predictions: Vec<Value> = (0..count)
+        .map(|_| json!({"bytesBase64Encoded": IMAGEN_PNG_BASE64, "mimeType": "image/png"}))
+        .collect();
+    if model == "conf-filtered" {
+        predictions.pop();
+        if parameters["includeRaiReason"] == true {
+            predictions.push(json!({"raiFilteredReason": RAI_FILTERED_REASON}));
+        }
+    }
+    HttpResponse::Ok().json(json!({ "predictions": predictions }))
 }

@@ -8,6 +8,14 @@
 //! than `max_tokens`; `exact-hold` reports exactly `max_tokens` output tokens;
 //! `hang` never answers; `slow` answers after 100 ms; `slow-stream` streams many chunks slowly; `die-mid-stream`
 //! drops the connection after some text.
+//!
+//! Also, under other roots, the per-provider variants the hub reaches with a
+//! provider's own base URL: Ollama's native `POST /api/embed`
+//! (`{"model","input"}` → `{"model","embeddings","total_duration",
+//! "load_duration","prompt_eval_count"}`, errors `{"error":"…"}`), OpenRouter's
+//! `POST /api/v1/embeddings` and Volcengine Ark's (Doubao) `POST /api/v3/embeddings`
+//! and `POST /api/v3/images/generations`, each in its provider's answer shape. A
+//! model named `conf-status-<N>` fails with status N and "mock N message".
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
@@ -27,6 +35,8 @@ pub struct MockState {
     pub requests: Vec<Value>,
     /// Report usage the way DeepSeek does (`prompt_cache_hit_tokens`).
     pub deepseek_usage: bool,
+    /// The paths of the requests to the per-provider routes (`/api/...`).
+    pub paths: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -47,6 +57,10 @@ impl MockUpstream {
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
+                .route("/api/embed", web::post().to(ollama_embed))
+                .route("/api/v1/embeddings", web::post().to(openrouter_embeddings))
+                .route("/api/v3/embeddings", web::post().to(ark_embeddings))
+                .route("/api/v3/images/generations", web::post().to(ark_images))
         })
         .workers(1)
         .disable_signals()
@@ -69,6 +83,16 @@ impl MockUpstream {
 
     pub fn requests(&self) -> Vec<Value> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The paths of the requests to the per-provider routes, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.state.lock().unwrap().paths.clone()
+    }
+
+    /// The server root (Ollama's base URL), without `/v1`.
+    pub fn root_url(&self) -> String {
+        self.base_url.trim_end_matches("/v1").to_string()
     }
 }
 
@@ -352,4 +376,226 @@ async fn images(
         })
         .collect();
     HttpResponse::Ok().json(json!({"created": 1_700_000_000, "data": data}))
+}
+
+// ---------------------------------------------------------------------------
+// Per-provider routes
+
+/// Records a request to a per-provider route; `Some` is the answer when the
+/// model asks for a failure (`conf-status-<N>`) or the key is wrong.
+fn record(
+    state: &Arc<Mutex<MockState>>,
+    req: &HttpRequest,
+    body: &Value,
+    error_body: fn(u16, &str) -> HttpResponse,
+) -> Option<HttpResponse> {
+    {
+        let mut state = state.lock().unwrap();
+        state.requests.push(body.clone());
+        state.paths.push(req.path().to_string());
+    }
+    if !authorized(req) {
+        return Some(error_body(401, "Incorrect API key provided"));
+    }
+    if let Some(status) = body["model"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("conf-status-"))
+    {
+        let status: u16 = status.parse().unwrap();
+        return Some(error_body(status, &format!("mock {status} message")));
+    }
+    None
+}
+
+fn openai_error(status: u16, message: &str) -> HttpResponse {
+    error(status, message, "invalid_request_error")
+}
+
+/// The `prompt_eval_count` Ollama's mock reports: two per input plus one per
+/// whitespace-separated word.
+pub fn ollama_prompt_eval_count(texts: &[&str]) -> u64 {
+    texts
+        .iter()
+        .map(|t| t.split_whitespace().count() as u64 + 2)
+        .sum()
+}
+
+fn ollama_error(status: u16, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(json!({ "error": message }))
+}
+
+/// Ollama's native `POST /api/embed`. Ollama needs no key, but one sent must be
+/// the mock's (as behind an authenticating proxy).
+async fn ollama_embed(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return ollama_error(400, "invalid character in JSON");
+    };
+    {
+        let mut state = state.lock().unwrap();
+        state.requests.push(body.clone());
+        state.paths.push(req.path().to_string());
+    }
+    if req.headers().contains_key("authorization") && !authorized(&req) {
+        return ollama_error(401, "unauthorized");
+    }
+    let known = [
+        "model",
+        "input",
+        "truncate",
+        "options",
+        "keep_alive",
+        "dimensions",
+    ];
+    if let Some(key) = body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+    {
+        return ollama_error(400, &format!("this mock refuses the unknown field {key:?}"));
+    }
+    let Some(model) = body["model"].as_str().filter(|m| !m.is_empty()) else {
+        return ollama_error(400, "model is required");
+    };
+    if let Some(status) = model.strip_prefix("conf-status-") {
+        let status: u16 = status.parse().unwrap();
+        return ollama_error(status, &format!("mock {status} message"));
+    }
+    if model == "not-pulled" {
+        return ollama_error(
+            404,
+            &format!("model \"{model}\" not found, try pulling it first"),
+        );
+    }
+    let texts: Vec<&str> = match &body["input"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => match items.iter().map(Value::as_str).collect::<Option<_>>() {
+            Some(texts) => texts,
+            None => return ollama_error(400, "invalid input type"),
+        },
+        _ => return ollama_error(400, "invalid input type"),
+    };
+    let dimensions = body["dimensions"].as_u64().unwrap_or(768) as usize;
+    let embeddings: Vec<Vec<f64>> = texts
+        .iter()
+        .map(|t| {
+            let mut v = vec![t.len() as f64];
+            v.extend((1..dimensions).map(|i| if i % 2 == 0 { 0.25 } else { -0.5 }));
+            v
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "model": model,
+        "embeddings": embeddings,
+        "total_duration": 14_143_917,
+        "load_duration": 1_019_500,
+        "prompt_eval_count": ollama_prompt_eval_count(&texts),
+    }))
+}
+
+/// OpenRouter's embeddings usage (it also reports the cost in USD).
+pub const OPENROUTER_EMBEDDING_PROMPT_TOKENS: u64 = 21;
+
+/// OpenRouter's `POST /api/v1/embeddings`.
+async fn openrouter_embeddings(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    if let Some(answer) = record(&state, &req, &body, openai_error) {
+        return answer;
+    }
+    let inputs = body["input"].as_array().map_or(1, Vec::len);
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "embedding": [0.0023, -0.0093, 0.0158], "index": i}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "id": "gen-emb-1700000000-mock",
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": OPENROUTER_EMBEDDING_PROMPT_TOKENS, "total_tokens": OPENROUTER_EMBEDDING_PROMPT_TOKENS, "cost": 0.00000042},
+    }))
+}
+
+/// Ark's embeddings usage.
+pub const ARK_EMBEDDING_PROMPT_TOKENS: u64 = 17;
+
+fn ark_error(status: u16, message: &str) -> HttpResponse {
+    let code = match status {
+        400 => "InvalidParameter",
+        401 => "AuthenticationError",
+        429 => "RateLimitExceeded.EndpointRPMExceeded",
+        _ => "InternalServiceError",
+    };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(
+        json!({"error": {"code": code, "message": message, "param": "", "type": "BadRequest"}}),
+    )
+}
+
+/// Volcengine Ark's `POST /api/v3/embeddings` (Doubao embedding models).
+async fn ark_embeddings(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    if let Some(answer) = record(&state, &req, &body, ark_error) {
+        return answer;
+    }
+    let inputs = body["input"].as_array().map_or(1, Vec::len);
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"embedding": [0.0312, -0.0176, 0.0044], "index": i, "object": "embedding"}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "created": 1_700_000_000,
+        "data": data,
+        "id": "021700000000000mockarkembedding",
+        "model": body["model"],
+        "object": "list",
+        "usage": {"prompt_tokens": ARK_EMBEDDING_PROMPT_TOKENS, "total_tokens": ARK_EMBEDDING_PROMPT_TOKENS},
+    }))
+}
+
+/// Volcengine Ark's `POST /api/v3/images/generations` (Seedream): one image per
+/// call, `usage.generated_images` beside the data.
+async fn ark_images(
+    state: web::Data<Arc<Mutex<MockState>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    if let Some(answer) = record(&state, &req, &body, ark_error) {
+        return answer;
+    }
+    let known = [
+        "model",
+        "prompt",
+        "response_format",
+        "size",
+        "seed",
+        "guidance_scale",
+        "watermark",
+    ];
+    if let Some(key) = body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+    {
+        return ark_error(
+            400,
+            &format!("The parameter `{key}` specified in the request is not valid"),
+        );
+    }
+    let item = if body["response_format"] == "b64_json" {
+        json!({"b64_json": "iVBORw0KGgo=", "size": "1024x1024"})
+    } else {
+        json!({"url": "https://ark-content-generation-cn-beijing.tos-cn-beijing.volces.com/mock/0.jpeg", "size": "1024x1024"})
+    };
+    HttpResponse::Ok().json(json!({
+        "model": body["model"],
+        "created": 1_700_000_000,
+        "data": [item],
+        "usage": {"generated_images": 1, "output_tokens": 4096, "total_tokens": 4096},
+    }))
 }

@@ -786,3 +786,188 @@ on_both_stores!(
         assert!(last["error"]["message"].is_string(), "{last}");
     }
 );
+
+// ---------------------------------------------------------------------------
+// InvokeModel: embeddings and images (through the hub: provider_capabilities.rs)
+
+mod invoke_model {
+    use super::*;
+    use aigne_hub::crypto::Secret;
+    use aigne_hub::providers::bedrock::{
+        cohere_embed_request, embedding_family, invoke_path, is_text_image_model,
+        openai_to_text_image_request, text_image_to_openai, titan_embed_request, EmbeddingFamily,
+    };
+    use aigne_hub::providers::{
+        api_for, Credential, Provider, ProviderKind, Upstream, UpstreamCall,
+    };
+
+    #[test]
+    fn the_body_family_follows_the_model_id() {
+        use EmbeddingFamily::*;
+        for (id, family) in [
+            ("amazon.titan-embed-text-v2:0", Some(Titan)),
+            ("amazon.titan-embed-text-v1", Some(Titan)),
+            ("cohere.embed-english-v3", Some(Cohere)),
+            ("us.cohere.embed-v4:0", Some(Cohere)),
+            ("meta.llama3-8b-instruct-v1:0", None),
+            ("amazon.nova-canvas-v1:0", None),
+        ] {
+            assert_eq!(embedding_family(id), family, "{id}");
+        }
+        assert!(is_text_image_model("amazon.titan-image-generator-v2:0"));
+        assert!(is_text_image_model("amazon.nova-canvas-v1:0"));
+        assert!(!is_text_image_model("stability.sd3-5-large-v1:0"));
+        assert_eq!(
+            invoke_path("cohere.embed-v4:0"),
+            "model/cohere.embed-v4%3A0/invoke"
+        );
+    }
+
+    #[test]
+    fn embedding_requests_translate_per_family() {
+        let request = json!({"model": "m", "input": ["x"], "dimensions": 512, "normalize": false, "encoding_format": "float"});
+        assert_eq!(
+            titan_embed_request("amazon.titan-embed-text-v2:0", "hello", &request),
+            json!({"inputText": "hello", "dimensions": 512, "normalize": false})
+        );
+        assert_eq!(
+            titan_embed_request("amazon.titan-embed-image-v1", "hello", &request),
+            json!({"inputText": "hello", "embeddingConfig": {"outputEmbeddingLength": 512}})
+        );
+        let texts = vec!["a".to_string(), "b".to_string()];
+        let plain = json!({"model": "m", "input": ["a", "b"]});
+        assert_eq!(
+            cohere_embed_request("cohere.embed-english-v3", &texts, &plain).unwrap(),
+            json!({"texts": ["a", "b"], "input_type": "search_document"})
+        );
+        let asked = json!({"model": "m", "input": ["a"], "input_type": "classification", "truncate": "END", "dimensions": 256});
+        assert_eq!(
+            cohere_embed_request("cohere.embed-v4:0", &texts, &asked).unwrap(),
+            json!({"texts": ["a", "b"], "input_type": "classification", "truncate": "END", "output_dimension": 256})
+        );
+        assert!(matches!(
+            cohere_embed_request("cohere.embed-english-v3", &texts, &asked),
+            Err(UpstreamError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn image_requests_translate_to_text_image() {
+        let body = openai_to_text_image_request(&json!({
+            "model": "m", "prompt": "a cat", "n": 3, "size": "1024x576", "quality": "standard",
+            "response_format": "url", "style": "vivid", "user": "u1"
+        }))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({"taskType": "TEXT_IMAGE", "textToImageParams": {"text": "a cat"},
+                "imageGenerationConfig": {"numberOfImages": 3, "width": 1024, "height": 576, "quality": "standard"}})
+        );
+        let body = openai_to_text_image_request(
+            &json!({"prompt": "a cat", "size": "auto", "quality": "high"}),
+        )
+        .unwrap();
+        assert_eq!(
+            body["imageGenerationConfig"],
+            json!({"numberOfImages": 1, "quality": "premium"})
+        );
+        for bad in [
+            json!({"prompt": "a cat", "size": "big"}),
+            json!({"prompt": "a cat", "quality": "ultra"}),
+            json!({"prompt": ""}),
+        ] {
+            assert!(
+                matches!(
+                    openai_to_text_image_request(&bad),
+                    Err(UpstreamError::Unsupported { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_answers_become_openai_images() {
+        let jpeg = "/9j/4AAQSkZJRg==";
+        let outcome = text_image_to_openai(
+            &json!({"images": [jpeg, PNG_1X1_BASE64]}),
+            &json!({"response_format": "url"}),
+        )
+        .unwrap();
+        assert_eq!(outcome.images, 2);
+        assert_eq!(
+            outcome.body["data"],
+            json!([
+                {"url": format!("data:image/jpeg;base64,{jpeg}")},
+                {"url": format!("data:image/png;base64,{PNG_1X1_BASE64}")},
+            ])
+        );
+        // A refusal inside a 200 answer is the upstream refusing the request.
+        match text_image_to_openai(
+            &json!({"images": [], "error": "This request has been blocked by our content filters."}),
+            &json!({}),
+        ) {
+            Err(UpstreamError::Status { status, message }) => {
+                assert_eq!(status, 400);
+                assert!(message.contains("content filters"));
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|o| o.body)),
+        }
+        assert!(matches!(
+            text_image_to_openai(&json!({}), &json!({})),
+            Err(UpstreamError::Protocol(_))
+        ));
+    }
+
+    #[actix_web::test]
+    async fn cohere_embed_v4_answers_by_type_and_token_arrays_are_refused() {
+        let mock = MockBedrock::start();
+        let http = Upstream::new(&test_limits()).unwrap();
+        let provider = Provider {
+            provider_id: "prov-bedrock".into(),
+            name: "bedrock".into(),
+            kind: ProviderKind::Bedrock,
+            base_url: mock.base_url.clone(),
+            region: Some(MOCK_REGION.into()),
+            credential_id: "cred-bedrock".into(),
+            credential: Credential::Aws {
+                access_key_id: MOCK_ACCESS_KEY_ID.into(),
+                secret_access_key: Secret::new(MOCK_SECRET_ACCESS_KEY.into()),
+            },
+        };
+        let call = UpstreamCall {
+            http: &http,
+            provider: &provider,
+        };
+        let api = api_for(ProviderKind::Bedrock);
+        let outcome = api
+            .embeddings(
+                &call,
+                &json!({"model": "cohere.embed-v4:0", "input": ["hello", "hi"], "dimensions": 4}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.body["data"],
+            json!([
+                {"object": "embedding", "index": 0, "embedding": [5.0, 0.5, -0.25, 0.125]},
+                {"object": "embedding", "index": 1, "embedding": [2.0, 0.5, -0.25, 0.125]},
+            ])
+        );
+        let usage = outcome.usage.unwrap();
+        assert!(usage.estimated, "no header: estimated");
+        assert_eq!(usage.input_tokens, 2, "7 bytes at 4 bytes a token");
+        assert_eq!(
+            mock.requests()[0].body,
+            json!({"texts": ["hello", "hi"], "input_type": "search_document", "output_dimension": 4})
+        );
+        let refused = api
+            .embeddings(
+                &call,
+                &json!({"model": "amazon.titan-embed-text-v2:0", "input": [[1, 2, 3]]}),
+            )
+            .await;
+        assert!(matches!(refused, Err(UpstreamError::Unsupported { .. })));
+        assert_eq!(mock.requests().len(), 1, "refused before any call");
+    }
+}

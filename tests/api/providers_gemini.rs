@@ -341,3 +341,75 @@ async fn upstream_error_bodies_pass_googles_message_on() {
         Ok(_) => panic!("expected a status error, got an answer"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Imagen (through the hub: provider_capabilities.rs)
+
+mod imagen {
+    use super::*;
+    use aigne_hub::providers::gemini::{imagen_to_openai, openai_to_imagen_request};
+
+    #[test]
+    fn sizes_become_aspect_ratios() {
+        for (size, ratio) in [
+            ("1024x1024", Some("1:1")),
+            ("1792x1024", Some("16:9")),
+            ("1024x1792", Some("9:16")),
+            ("768x1024", Some("3:4")),
+            ("1024x768", Some("4:3")),
+            ("auto", None),
+        ] {
+            let body = openai_to_imagen_request(&json!({"prompt": "a cat", "n": 4, "size": size}))
+                .unwrap();
+            let mut parameters = json!({"sampleCount": 4});
+            if let Some(ratio) = ratio {
+                parameters["aspectRatio"] = json!(ratio);
+            }
+            assert_eq!(
+                body,
+                json!({"instances": [{"prompt": "a cat"}], "parameters": parameters}),
+                "{size}"
+            );
+        }
+        for bad in [
+            json!({"prompt": "a cat", "size": "1536x1024"}),
+            json!({"prompt": "a cat", "size": "1024"}),
+            json!({"prompt": ""}),
+        ] {
+            assert!(
+                matches!(
+                    openai_to_imagen_request(&bad),
+                    Err(UpstreamError::Unsupported { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn predictions_become_images_and_filtered_ones_are_left_out() {
+        let answer = json!({"predictions": [
+            {"bytesBase64Encoded": "/9j/AAAA", "mimeType": "image/jpeg", "prompt": "a fluffy cat"},
+            {"raiFilteredReason": "filtered"},
+            {"bytesBase64Encoded": "iVBORw0KGgo=", "mimeType": "image/png"},
+        ]});
+        let outcome = imagen_to_openai(&answer, &json!({"response_format": "url"})).unwrap();
+        assert_eq!(outcome.images, 2);
+        assert_eq!(
+            outcome.body["data"],
+            json!([
+                {"url": "data:image/jpeg;base64,/9j/AAAA", "revised_prompt": "a fluffy cat"},
+                {"url": "data:image/png;base64,iVBORw0KGgo="},
+            ])
+        );
+        match imagen_to_openai(
+            &json!({"predictions": [{"raiFilteredReason": "blocked: unsafe"}]}),
+            &json!({}),
+        ) {
+            Err(UpstreamError::Status { status, message }) => {
+                assert_eq!((status, message.as_str()), (400, "blocked: unsafe"))
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|o| o.body)),
+        }
+    }
+}

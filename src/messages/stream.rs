@@ -1,0 +1,335 @@
+//! Anthropic's named server-sent events, and the translation of an OpenAI chunk
+//! stream into them (for upstreams that do not speak Anthropic's protocol).
+//!
+//! The events follow Anthropic's order: `message_start`, `ping`, then per content
+//! block `content_block_start`, `content_block_delta`…, `content_block_stop`, then
+//! `message_delta` (stop reason and the whole usage) and `message_stop`.
+
+use super::convert::{anthropic_usage_json, openai_to_anthropic_stop_reason};
+use bytes::Bytes;
+use domain::Usage;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// One event as Anthropic frames it: `event: <name>`, `data: <json>`, blank line.
+pub fn event_frame(name: Option<&str>, data: &str) -> Bytes {
+    let mut frame = name.map_or_else(String::new, |n| format!("event: {n}\n"));
+    // A data field with line breaks is sent as several `data:` lines.
+    for line in data.split('\n') {
+        frame.push_str("data: ");
+        frame.push_str(line);
+        frame.push('\n');
+    }
+    frame.push('\n');
+    Bytes::from(frame)
+}
+
+/// An event whose name is its `type`.
+pub fn typed_frame(data: &Value) -> Bytes {
+    event_frame(data.get("type").and_then(Value::as_str), &data.to_string())
+}
+
+/// Bytes of generated text in one Anthropic stream event (for estimates only).
+pub fn anthropic_event_output_bytes(data: &str) -> u64 {
+    let Ok(event) = serde_json::from_str::<Value>(data) else {
+        return 0;
+    };
+    let Some(delta) = event.get("delta") else {
+        return 0;
+    };
+    ["text", "thinking", "partial_json"]
+        .iter()
+        .filter_map(|f| delta.get(*f).and_then(Value::as_str))
+        .map(|s| s.len() as u64)
+        .sum()
+}
+
+/// The content block being streamed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    /// A tool call, by its OpenAI `index`.
+    Tool(u64),
+}
+
+/// Translates OpenAI `chat.completion.chunk`s, one at a time, into Anthropic events.
+pub struct OpenAiToAnthropicStream {
+    id: String,
+    model: String,
+    /// The open block and its Anthropic index.
+    open: Option<(Block, u64)>,
+    next_index: u64,
+    /// Tool calls seen: OpenAI index → (call id, Anthropic block index).
+    tools: HashMap<u64, (Option<String>, u64)>,
+    finish_reason: Option<String>,
+}
+
+impl OpenAiToAnthropicStream {
+    pub fn new(id: String, model: String) -> Self {
+        Self {
+            id,
+            model,
+            open: None,
+            next_index: 0,
+            tools: HashMap::new(),
+            finish_reason: None,
+        }
+    }
+
+    /// `message_start` and a `ping`, sent before the upstream's first chunk. The
+    /// usage is not known yet: it comes, whole, in `message_delta`.
+    pub fn start(&self) -> Vec<Value> {
+        vec![
+            json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }}),
+            json!({"type": "ping"}),
+        ]
+    }
+
+    fn close(&mut self, events: &mut Vec<Value>) {
+        if let Some((_, index)) = self.open.take() {
+            events.push(json!({"type": "content_block_stop", "index": index}));
+        }
+    }
+
+    /// Opens `block` (closing the open one) unless it is open; returns its index.
+    fn open(&mut self, block: Block, content_block: Value, events: &mut Vec<Value>) -> u64 {
+        if let Some((open, index)) = self.open {
+            if open == block {
+                return index;
+            }
+        }
+        self.close(events);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some((block, index));
+        events.push(
+            json!({"type": "content_block_start", "index": index, "content_block": content_block}),
+        );
+        index
+    }
+
+    /// The events of one chunk (only its first choice: Anthropic has one).
+    pub fn on_chunk(&mut self, chunk: &Value) -> Vec<Value> {
+        let mut events = Vec::new();
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            return events;
+        };
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        let text = |field: &str| {
+            delta
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+        };
+        if let Some(thinking) = text("reasoning_content") {
+            let index = self.open(
+                Block::Thinking,
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                &mut events,
+            );
+            events.push(json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "thinking_delta", "thinking": thinking}}));
+        }
+        if let Some(content) = text("content") {
+            let index = self.open(
+                Block::Text,
+                json!({"type": "text", "text": ""}),
+                &mut events,
+            );
+            events.push(json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": content}}));
+        }
+        for (position, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let openai_index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|i| !i.is_empty());
+            // A new call: an index not seen yet, or a new id at a known index.
+            let known = self
+                .tools
+                .get(&openai_index)
+                .filter(|(known_id, _)| id.is_none() || known_id.as_deref() == id);
+            let index = match known {
+                Some((_, index)) => *index,
+                None => {
+                    let name = call
+                        .pointer("/function/name")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let id = id.map_or_else(
+                        || format!("toolu_{}_{openai_index}", self.id),
+                        str::to_string,
+                    );
+                    // A new id at the index of the open call: that call is over.
+                    if self
+                        .open
+                        .is_some_and(|(b, _)| b == Block::Tool(openai_index))
+                    {
+                        self.close(&mut events);
+                    }
+                    let index = self.open(
+                        Block::Tool(openai_index),
+                        json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                        &mut events,
+                    );
+                    self.tools.insert(openai_index, (Some(id), index));
+                    index
+                }
+            };
+            if let Some(arguments) = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+            {
+                events.push(json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": arguments}}));
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_string());
+        }
+        events
+    }
+
+    /// After the upstream's last chunk: the open block's stop and `message_delta`
+    /// with the stop reason and the usage charged. `message_stop` follows once the
+    /// charge is committed ([`message_stop`]).
+    pub fn finish(&mut self, usage: &Usage) -> Vec<Value> {
+        let mut events = Vec::new();
+        self.close(&mut events);
+        events.push(json!({
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": openai_to_anthropic_stop_reason(self.finish_reason.as_deref()),
+                "stop_sequence": null,
+            },
+            "usage": anthropic_usage_json(usage),
+        }));
+        events
+    }
+}
+
+pub fn message_stop() -> Value {
+    json!({"type": "message_stop"})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish_reason: Value) -> Value {
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    }
+
+    #[test]
+    fn text_then_tool_calls_become_blocks() {
+        let mut t = OpenAiToAnthropicStream::new("msg_1".into(), "gpt-x".into());
+        let mut events = t.start();
+        for c in [
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"reasoning_content": "hm"}), Value::Null),
+            chunk(json!({"content": "Hel"}), Value::Null),
+            chunk(json!({"content": "lo"}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"arguments": "\"Paris\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+        ] {
+            events.extend(t.on_chunk(&c));
+        }
+        events.extend(t.finish(&Usage {
+            input_tokens: 8,
+            output_tokens: 30,
+            ..Usage::default()
+        }));
+        events.push(message_stop());
+        let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(events[2]["content_block"]["type"], "thinking");
+        assert_eq!(events[5]["index"], 1);
+        assert_eq!(
+            events[6]["delta"],
+            json!({"type": "text_delta", "text": "Hel"})
+        );
+        assert_eq!(
+            events[9]["content_block"],
+            json!({"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}})
+        );
+        assert_eq!(events[11]["delta"]["partial_json"], "\"Paris\"}");
+        assert_eq!(events[13]["index"], 3);
+        assert_eq!(events[13]["content_block"]["name"], "now");
+        assert_eq!(
+            events[16],
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"input_tokens": 8, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 30}})
+        );
+    }
+
+    #[test]
+    fn frames_are_named_and_output_is_counted() {
+        assert_eq!(
+            typed_frame(&json!({"type": "ping"})),
+            Bytes::from("event: ping\ndata: {\"type\":\"ping\"}\n\n")
+        );
+        assert_eq!(
+            event_frame(Some("x"), "a\nb"),
+            Bytes::from("event: x\ndata: a\ndata: b\n\n")
+        );
+        assert_eq!(
+            anthropic_event_output_bytes(
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abc"}}"#
+            ),
+            3
+        );
+    }
+}
