@@ -102,6 +102,10 @@ enum CreditsCmd {
         idempotency_key: String,
         #[arg(long)]
         reason: String,
+        /// RFC 3339 time (e.g. 2026-07-01T00:00:00Z) when what is left of the
+        /// grant expires; unset: never.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
 }
 
@@ -218,20 +222,29 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             amount,
             idempotency_key,
             reason,
+            expires_at,
         }) => {
             let amount =
                 Credits::parse_positive(&amount).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            let expires_at = expires_at
+                .as_deref()
+                .map(|raw| crate::routes::admin::parse_time("--expires-at", raw))
+                .transpose()?;
             let (grant, _) = hub
-                .grant(tenant, amount, idempotency_key.clone(), reason)
+                .grant(tenant, amount, idempotency_key.clone(), reason, expires_at)
                 .await?;
             serde_json::json!({
                 "tenant_id": tenant.to_string(), "idempotency_key": idempotency_key,
-                "amount": grant.amount.to_decimal_string(), "reason": grant.reason, "granted_at": grant.at.to_rfc3339()
+                "amount": grant.amount.to_decimal_string(), "reason": grant.reason,
+                "expires_at": grant.expires_at.map(|t| t.to_rfc3339()), "granted_at": grant.at.to_rfc3339()
             })
         }
-        Command::Balance { tenant } => {
-            crate::routes::balance_json(tenant, &hub.balance(tenant, None).await?)
-        }
+        Command::Balance { tenant } => crate::routes::billing::balance_body(
+            tenant,
+            &hub.balance(tenant, None).await?,
+            chrono::Utc::now(),
+            hub.limits.expiring_soon_window_secs,
+        ),
         Command::Provider(ProviderCmd::Add {
             name,
             kind,

@@ -59,6 +59,92 @@ pub struct Limits {
     pub generated_images_max_bytes: usize,
     /// Generated images kept in memory for their URLs (oldest dropped first).
     pub generated_images_max_count: usize,
+    /// How often lots past their expiry are expired (`ExpireCredits`, at most
+    /// `hub::EXPIRY_TENANTS_PER_PASS` tenants a pass). A reservation expires due
+    /// lots itself, so this only bounds how long a balance shows them.
+    pub credit_expiry_interval_ms: u64,
+    /// `expiring_soon` in balances: credit of lots expiring within this many
+    /// seconds of the reading time (`AIGNE_HUB_EXPIRING_SOON_DAYS`).
+    pub expiring_soon_window_secs: u64,
+    /// Payment webhooks (`POST /webhooks/payments`). Kept with the limits because
+    /// they are the settings the hub carries (`Hub::limits`).
+    pub webhooks: WebhookSettings,
+}
+
+/// Default of [`Limits::expiring_soon_window_secs`]: 7 days.
+pub const EXPIRING_SOON_WINDOW_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// Default of [`WebhookSettings::tolerance_secs`]: how far a webhook's signed
+/// timestamp may be from the hub's clock, either way, before it is refused as stale
+/// (a captured delivery cannot be replayed later than this).
+pub const WEBHOOK_TOLERANCE_SECS_DEFAULT: u64 = 300;
+
+/// Payment webhook verification (docs/billing.md, "Payment webhooks").
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// HMAC-SHA256 keys, from `AIGNE_HUB_WEBHOOK_SECRET`: one secret, or several
+    /// separated by commas while one is rotated out; a signature made with any of
+    /// them is accepted. None: the endpoint answers 503.
+    pub secrets: Vec<String>,
+    /// `AIGNE_HUB_WEBHOOK_TOLERANCE_SECS`.
+    pub tolerance_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            tolerance_secs: WEBHOOK_TOLERANCE_SECS_DEFAULT,
+        }
+    }
+}
+
+/// Never shows a secret, only how many there are.
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+impl WebhookSettings {
+    /// Splits `AIGNE_HUB_WEBHOOK_SECRET`'s value: comma-separated, blanks around
+    /// each secret and empty entries ignored.
+    pub fn parse_secrets(raw: &str) -> Vec<String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn from_env() -> Self {
+        let mut settings = Self::default();
+        if let Ok(raw) = std::env::var("AIGNE_HUB_WEBHOOK_SECRET") {
+            settings.secrets = Self::parse_secrets(&raw);
+        }
+        if let Some(secs) = env_number("AIGNE_HUB_WEBHOOK_TOLERANCE_SECS") {
+            settings.tolerance_secs = secs;
+        }
+        settings
+    }
+}
+
+/// A whole number from the environment; unset is `None`, and so is a value that
+/// is not a number (with a warning: the default applies).
+fn env_number(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
+    match raw.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!("{name}={raw:?} is not a whole number; using the default");
+            None
+        }
+    }
 }
 
 impl Default for Limits {
@@ -87,6 +173,9 @@ impl Default for Limits {
             generated_image_ttl_ms: 3_600_000,
             generated_images_max_bytes: 256 * 1024 * 1024,
             generated_images_max_count: 1_000,
+            credit_expiry_interval_ms: 10_000,
+            expiring_soon_window_secs: EXPIRING_SOON_WINDOW_SECS_DEFAULT,
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -159,7 +248,13 @@ impl Settings {
                 .filter(|s| !s.is_empty()),
             actor_threads: env_count("AIGNE_HUB_ACTOR_THREADS", 2),
             http_workers: env_count("AIGNE_HUB_HTTP_WORKERS", 2),
-            limits: Limits::default(),
+            limits: Limits {
+                webhooks: WebhookSettings::from_env(),
+                expiring_soon_window_secs: env_number("AIGNE_HUB_EXPIRING_SOON_DAYS")
+                    .map(|days| days.saturating_mul(24 * 3600))
+                    .unwrap_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT),
+                ..Limits::default()
+            },
             aigne: AigneSettings::from_env(),
         }
     }

@@ -97,6 +97,55 @@ impl ResponseError for HubError {
     }
 }
 
+/// Errors of the payment webhook endpoint (`POST /webhooks/payments`): its own
+/// two, and every hub error. Its own are a separate type so that code matching
+/// every `HubError` (other protocols' error shapes) needs no arm for them.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The `AIGNE-Hub-Signature` header is missing, malformed or stale, or no
+    /// signature in it matches a configured secret.
+    #[error("webhook signature rejected: {0}")]
+    InvalidSignature(&'static str),
+    #[error("payment webhooks are not configured on this hub: set AIGNE_HUB_WEBHOOK_SECRET")]
+    NotConfigured,
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+impl WebhookError {
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = match self {
+            WebhookError::InvalidSignature(_) => ("authentication_error", "invalid_signature"),
+            WebhookError::NotConfigured => ("api_error", "webhooks_not_configured"),
+            WebhookError::Hub(e) => return e.body(),
+        };
+        json!({"error": {"message": self.to_string(), "type": kind, "code": code}})
+    }
+}
+
+impl ResponseError for WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebhookError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            WebhookError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Hub(e) => e.status_code(),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            WebhookError::Hub(e) => e.error_response(),
+            WebhookError::NotConfigured => {
+                tracing::warn!("a payment webhook arrived but AIGNE_HUB_WEBHOOK_SECRET is not set");
+                HttpResponse::build(self.status_code()).json(self.body())
+            }
+            WebhookError::InvalidSignature(_) => {
+                HttpResponse::build(self.status_code()).json(self.body())
+            }
+        }
+    }
+}
+
 impl From<TenantError> for HubError {
     fn from(e: TenantError) -> Self {
         match e {
@@ -110,13 +159,20 @@ impl From<TenantError> for HubError {
                 available,
                 required,
             },
-            TenantError::InvalidLabel { .. } => HubError::BadRequest(e.to_string()),
+            TenantError::InvalidLabel { .. }
+            | TenantError::ExpiryNotInFuture
+            | TenantError::ReservedIdempotencyKey(_) => HubError::BadRequest(e.to_string()),
             TenantError::UnknownKey(_) => HubError::NotFound(e.to_string()),
             TenantError::TenantAlreadyExists
             | TenantError::KeyAlreadyExists(_)
             | TenantError::IdempotencyKeyReused(_)
             | TenantError::HoldAlreadyExists(_)
-            | TenantError::UnknownHold(_) => HubError::Conflict(e.to_string()),
+            | TenantError::UnknownHold(_)
+            // A payment event id is permanent: another body under it is a conflict.
+            | TenantError::PaymentEventReused(_)
+            | TenantError::PaymentAmountMismatch(_)
+            // A refund that arrived before its payment: the sender retries later.
+            | TenantError::UnknownPayment(_) => HubError::Conflict(e.to_string()),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::error::HubError;
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
 use crate::store::{CredentialRow, PriceRow, ProviderRow, Store};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::pricing::MAX_OUTPUT_TOKENS_LIMIT;
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, ModelId, Permission, Rate, Role, TenantId};
@@ -114,6 +114,19 @@ pub struct PriceSpec {
     pub max_output_tokens: Option<u32>,
 }
 
+/// Tenants given an `ExpireCredits` in one expiry pass at most, so that a pass
+/// stays short however many lots fall due at once.
+pub const EXPIRY_TENANTS_PER_PASS: usize = 256;
+
+/// Aborts a background task when dropped (with the task that started it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -204,11 +217,13 @@ impl Hub {
         amount: Credits,
         idempotency_key: String,
         reason: String,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<(GrantRecord, TenantReply), HubError> {
         let command = TenantCommand::GrantCredits {
             amount,
             idempotency_key,
             reason,
+            expires_at,
             at: Utc::now(),
         };
         let reply = self
@@ -495,8 +510,78 @@ impl Hub {
         Ok(released)
     }
 
-    /// Heartbeat and hold sweep, until the process ends.
+    /// Expires the lots past their expiry: an `ExpireCredits` for each tenant with
+    /// a lot due, at most [`EXPIRY_TENANTS_PER_PASS`] tenants (earliest expiry
+    /// first; the rest wait for the next pass). Returns the `CreditsExpired` events
+    /// written.
+    ///
+    /// The tenants come from the balances projection, whose rows keep each
+    /// tenant's expiring lots: one read of the table, like the hold sweep, and no
+    /// tenant is loaded unless one of its lots is due. The projection may trail the
+    /// log by a moment, which is harmless both ways: a lot granted just now is
+    /// seen by a later pass (and a reservation expires due lots itself), and a
+    /// tenant whose lots were just expired gets a command that decides nothing.
+    pub async fn expire_due_credits(&self) -> Result<usize, HubError> {
+        let now = Utc::now();
+        let mut due: Vec<(DateTime<Utc>, TenantId)> = Vec::new();
+        for (key, payload) in self.store.projection_rows(Balances::NAME).await? {
+            // Rows without expiring lots do not even name the field: skip them unparsed.
+            if !payload.contains("\"lots\"") {
+                continue;
+            }
+            let Ok(row) = serde_json::from_str::<BalanceRow>(&payload) else {
+                continue;
+            };
+            let (Some(next), Ok(tenant_id)) = (row.next_expiry(), key.parse::<TenantId>()) else {
+                continue;
+            };
+            if next <= now {
+                due.push((next, tenant_id));
+            }
+        }
+        due.sort();
+        due.truncate(EXPIRY_TENANTS_PER_PASS);
+        let mut expired = 0;
+        for (_, tenant_id) in due {
+            let command = TenantCommand::ExpireCredits { at: Utc::now() };
+            match self
+                .tenants
+                .call(
+                    tenant_id,
+                    TenantOp::Execute {
+                        auth: None,
+                        command,
+                        request_id: None,
+                    },
+                )
+                .await
+            {
+                Ok(reply) => expired += reply.events_written,
+                Err(e) => tracing::warn!(%tenant_id, error = %e, "credit expiry failed for tenant"),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// An expiry pass every `credit_expiry_interval_ms`, until the process ends.
+    async fn run_credit_expiry(self: Arc<Self>) {
+        let every = Duration::from_millis(self.limits.credit_expiry_interval_ms);
+        loop {
+            tokio::time::sleep(every).await;
+            match self.expire_due_credits().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(lots = n, "expired credit past its expiry"),
+                Err(e) => tracing::warn!(error = %e, "credit expiry pass failed"),
+            }
+        }
+    }
+
+    /// Heartbeat, hold sweep and credit expiry, until the process ends.
     pub async fn run_maintenance(self: Arc<Self>) {
+        // Expiry runs in its own task, stopped with this one: a long pass must never
+        // delay a heartbeat (a process that misses them looks dead, and its holds
+        // are released).
+        let _expiry = AbortOnDrop(actix_web::rt::spawn(self.clone().run_credit_expiry()));
         let sweep_every = Duration::from_millis(self.limits.hold_sweep_interval_ms);
         let heartbeat_every = Duration::from_millis(self.limits.instance_heartbeat_ms);
         let mut last_sweep = std::time::Instant::now() - sweep_every;

@@ -141,6 +141,10 @@ impl Credits {
     pub fn max(self, other: Self) -> Self {
         Self(self.0.max(other.0))
     }
+
+    pub fn min(self, other: Self) -> Self {
+        Self(self.0.min(other.0))
+    }
 }
 
 impl Add for Credits {

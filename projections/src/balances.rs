@@ -1,7 +1,14 @@
-//! Balances per tenant: granted, spent, held, available, open holds.
+//! Balances per tenant: granted, spent, expired, revoked, held, available, open
+//! holds, and the lots that expire.
+//!
+//! Fields added after the first version are skipped while they are empty, so a
+//! row of a tenant that never had an expiring grant or a refund serializes byte
+//! for byte as before, and rows written by the older fold still compare equal to
+//! a replay.
 
 use crate::{LoggedEvent, Projection};
-use domain::tenant::TenantEvent;
+use chrono::{DateTime, Utc};
+use domain::tenant::{ExpiringLots, TenantEvent};
 use domain::Credits;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +26,37 @@ pub struct BalanceRow {
     pub requests_settled: u64,
     pub requests_released: u64,
     pub last_sequence: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expired: Credits,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revoked: Credits,
+    /// What is left of each grant that expires, earliest expiry first. Figures that
+    /// depend on the reading time (credit expiring within a window) are computed
+    /// from these when read, never stored, so a replay always equals the live row.
+    #[serde(default, skip_serializing_if = "ExpiringLots::is_empty")]
+    pub lots: ExpiringLots,
+}
+
+fn is_zero(c: &Credits) -> bool {
+    *c == Credits::ZERO
+}
+
+impl BalanceRow {
+    /// `granted − spent − expired − revoked`: credit left, held or not.
+    pub fn position(&self) -> Credits {
+        self.granted - self.spent - self.expired - self.revoked
+    }
+
+    /// When the tenant's next lot expires: the expiry pass looks for rows where
+    /// this has passed.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.lots.next_expiry()
+    }
+
+    /// Credit of lots expiring at or before `until`.
+    pub fn expiring_by(&self, until: DateTime<Utc>) -> Credits {
+        self.lots.expiring_by(until)
+    }
 }
 
 impl Projection for Balances {
@@ -32,10 +70,19 @@ impl Projection for Balances {
     fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         row.tenant_id = key.to_string();
         row.last_sequence = event.sequence as u64;
+        // The same lot rules as the aggregate's (domain::tenant::ledger).
+        let position = row.position();
+        row.lots.apply(event.event, position);
         match event.event {
             TenantEvent::TenantCreated { name, .. } => row.name = name.clone(),
             TenantEvent::CreditsGranted { amount_pico, .. } => {
                 row.granted = row.granted + *amount_pico
+            }
+            TenantEvent::CreditsExpired { amount_pico, .. } => {
+                row.expired = row.expired + *amount_pico
+            }
+            TenantEvent::CreditsRevoked { amount_pico, .. } => {
+                row.revoked = row.revoked + *amount_pico
             }
             TenantEvent::CreditsReserved { hold_pico, .. } => {
                 row.held = row.held + *hold_pico;
@@ -62,7 +109,7 @@ impl Projection for Balances {
             | TenantEvent::ApiKeyRevoked { .. }
             | TenantEvent::UpstreamAttempted { .. } => {}
         }
-        row.available = row.granted - row.spent - row.held;
+        row.available = row.position() - row.held;
     }
 }
 
@@ -95,5 +142,123 @@ mod tests {
             }],
         );
         assert_eq!(rows[&tenant.to_string()].open_holds, 0);
+    }
+
+    fn fold_all(tenant: TenantId, events: &[TenantEvent]) -> BalanceRow {
+        let mut rows: BTreeMap<String, BalanceRow> = BTreeMap::new();
+        fold::<Balances>(
+            &mut rows,
+            events.iter().enumerate().map(|(i, event)| LoggedEvent {
+                tenant_id: tenant,
+                sequence: i + 1,
+                event,
+                recorded_at: Utc::now(),
+            }),
+        );
+        rows.remove(&tenant.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_row_without_expiry_or_refund_keeps_its_former_shape() {
+        let tenant = TenantId::new_random();
+        let row = fold_all(
+            tenant,
+            &[TenantEvent::CreditsGranted {
+                amount_pico: Credits::from_pico(5),
+                idempotency_key: "k".into(),
+                reason: "r".into(),
+                expires_at: None,
+                payment: None,
+                at: Utc::now(),
+            }],
+        );
+        // Byte for byte what the fold wrote before lots, expiry and refunds existed.
+        assert_eq!(
+            serde_json::to_string(&row).unwrap(),
+            format!(
+                r#"{{"tenant_id":"{tenant}","name":"","granted":"5","spent":"0","held":"0","available":"5","open_holds":0,"requests_settled":0,"requests_released":0,"last_sequence":1}}"#
+            )
+        );
+        // And a row written before these fields existed still reads.
+        let old = r#"{"tenant_id":"t","name":"n","granted":"5","spent":"0","held":"0","available":"5","open_holds":0,"requests_settled":0,"requests_released":0,"last_sequence":1}"#;
+        let read: BalanceRow = serde_json::from_str(old).unwrap();
+        assert_eq!(read.expired, Credits::ZERO);
+        assert!(read.lots.is_empty());
+    }
+
+    #[test]
+    fn the_row_follows_the_aggregate_through_expiry_and_refunds() {
+        use chrono::TimeZone;
+        use domain::tenant::{PaymentRef, Tenant, TenantCommand};
+        let t = |s: i64| Utc.timestamp_opt(1_767_225_600 + s, 0).unwrap();
+        let tenant_id = TenantId::new_random();
+        let mut tenant = Tenant::default();
+        let mut events = Vec::new();
+        let credits = |s: &str| Credits::parse(s).unwrap();
+        let commands = vec![
+            TenantCommand::CreateTenant {
+                tenant_id,
+                name: "acme".into(),
+                initial_credits: credits("1"),
+                at: t(0),
+            },
+            TenantCommand::GrantCredits {
+                amount: credits("2"),
+                idempotency_key: "promo".into(),
+                reason: "promo".into(),
+                expires_at: Some(t(100)),
+                at: t(1),
+            },
+            TenantCommand::RecordPayment {
+                payment_event_id: "evt_1".into(),
+                payment_id: Some("pay_1".into()),
+                amount: credits("3"),
+                at: t(2),
+            },
+            TenantCommand::RefundPayment {
+                payment_event_id: "evt_2".into(),
+                payment_id: "pay_1".into(),
+                amount: credits("5"),
+                at: t(3),
+            },
+            TenantCommand::ExpireCredits { at: t(100) },
+        ];
+        for command in commands {
+            for event in tenant.decide(command).unwrap() {
+                tenant.apply_event(event.clone());
+                events.push(event);
+            }
+        }
+        assert!(events.iter().any(|e| matches!(
+            e,
+            TenantEvent::CreditsGranted {
+                payment: Some(PaymentRef { .. }),
+                ..
+            }
+        )));
+        let row = fold_all(tenant_id, &events);
+        let b = tenant.balance();
+        assert_eq!(
+            (
+                row.granted,
+                row.spent,
+                row.expired,
+                row.revoked,
+                row.held,
+                row.available
+            ),
+            (
+                b.granted,
+                b.spent,
+                b.expired,
+                b.revoked,
+                b.held,
+                b.available
+            )
+        );
+        assert_eq!(row.lots, tenant.lots);
+        assert_eq!(row.expired, credits("2"));
+        assert_eq!(row.revoked, credits("3"));
+        assert_eq!(row.available, credits("1"));
     }
 }

@@ -93,6 +93,8 @@ mod tests {
                 amount_pico: Credits::from_pico(5),
                 idempotency_key: "k".into(),
                 reason: "r".into(),
+                expires_at: None,
+                payment: None,
                 at: Utc::now(),
             },
         ];

@@ -1,11 +1,13 @@
 //! The operator API (`/admin/v1/...`), behind the operator token.
 
-use super::{balance_json, tenant_path};
+use super::billing::balance_body;
+use super::tenant_path;
 use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::error::HubError;
 use crate::hub::{CredentialSpec, Hub, PriceSpec, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
 use domain::{Credits, KeyId, Role};
 use serde::Deserialize;
 use serde_json::json;
@@ -86,6 +88,19 @@ pub struct GrantCredits {
     amount: String,
     idempotency_key: String,
     reason: String,
+    /// RFC 3339; what is left of the grant then expires. Absent or null: never.
+    expires_at: Option<String>,
+}
+
+/// Parses an RFC 3339 time (`2026-07-01T00:00:00Z`, any offset).
+pub fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, HubError> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            HubError::BadRequest(format!(
+                "{field}: {raw:?} is not an RFC 3339 time such as \"2026-07-01T00:00:00Z\" ({e})"
+            ))
+        })
 }
 
 pub async fn grant_credits(
@@ -98,8 +113,19 @@ pub async fn grant_credits(
     let tenant_id = tenant_path(&path)?;
     let body: GrantCredits = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let amount = credits("amount", &body.amount)?;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|raw| parse_time("expires_at", raw))
+        .transpose()?;
     let (grant, _) = hub
-        .grant(tenant_id, amount, body.idempotency_key.clone(), body.reason)
+        .grant(
+            tenant_id,
+            amount,
+            body.idempotency_key.clone(),
+            body.reason,
+            expires_at,
+        )
         .await?;
     // The same body for a repeated idempotency key: the original grant, unchanged.
     Ok(HttpResponse::Ok().json(json!({
@@ -107,6 +133,7 @@ pub async fn grant_credits(
         "idempotency_key": body.idempotency_key,
         "amount": grant.amount.to_decimal_string(),
         "reason": grant.reason,
+        "expires_at": grant.expires_at.map(|t| t.to_rfc3339()),
         "granted_at": grant.at.to_rfc3339(),
     })))
 }
@@ -119,7 +146,12 @@ pub async fn balance(
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
     let balance = hub.balance(tenant_id, None).await?;
-    Ok(HttpResponse::Ok().json(balance_json(tenant_id, &balance)))
+    Ok(HttpResponse::Ok().json(balance_body(
+        tenant_id,
+        &balance,
+        Utc::now(),
+        hub.limits.expiring_soon_window_secs,
+    )))
 }
 
 pub async fn add_provider(

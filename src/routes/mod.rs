@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod billing;
 pub mod models;
+pub mod webhooks;
 
 use crate::error::HubError;
 use actix_web::{web, HttpResponse};
@@ -14,6 +15,7 @@ use serde_json::json;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).
     crate::aigne::configure(cfg);
+    webhooks::configure(cfg);
     crate::messages::configure(cfg); // Anthropic Messages `/v1/messages`.
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
     cfg.service(

@@ -401,7 +401,7 @@ async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
         let body: Value = response.json().await.unwrap();
         assert_eq!(
             body,
-            json!({"tenant_id": tenant, "granted": "1", "spent": "0", "held": "0", "available": "1"})
+            json!({"tenant_id": tenant, "granted": "1", "spent": "0", "expired": "0", "revoked": "0", "held": "0", "available": "1", "expiring_soon": "0"})
         );
     }
     assert_eq!(

@@ -67,12 +67,18 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(kind: StoreKind) -> TestApp {
+    spawn_app_with(kind, |_| {}).await
+}
+
+/// Like [`spawn_app`], with settings changed by `edit` first (webhook secrets,
+/// shorter clocks).
+pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -> TestApp {
     let temp = Arc::new(tempfile::tempdir().unwrap());
     let database_url = match kind {
         StoreKind::Sqlite => None,
         StoreKind::Postgres => Some(fresh_pg_database().await),
     };
-    let settings = Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: temp.path().join("data"),
         database_url,
@@ -83,6 +89,7 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
         limits: test_limits(),
         aigne: Default::default(),
     };
+    edit(&mut settings);
     start(settings, kind, MockUpstream::start(), temp).await
 }
 

@@ -20,6 +20,8 @@ fn grant(n: usize) -> TenantEvent {
         amount_pico: Credits::from_pico(1),
         idempotency_key: format!("g{n}"),
         reason: "r".into(),
+        expires_at: None,
+        payment: None,
         at: Utc::now(),
     }
 }
@@ -139,9 +141,7 @@ async fn log_read_walks_its_own_index_without_statistics() {
     use sqlx::Connection;
     let url = fresh_pg_database().await;
     let temp = tempfile::tempdir().unwrap();
-    let store = aigne_hub::store::open(Some(&url), temp.path())
-        .await
-        .unwrap();
+    let store = aigne_hub::store::open(Some(&url), temp.path()).await.unwrap();
     for _ in 0..4 {
         let tenant = TenantId::new_random();
         let meta = EventMetadata {

@@ -27,3 +27,4 @@ mod messages;
 mod openai_endpoints;
 mod openai_sdk;
 mod secrets;
+mod webhooks;

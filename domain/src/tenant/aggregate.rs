@@ -4,7 +4,8 @@ use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::roles::{Permission, Role};
 use crate::tenant::commands::TenantCommand;
-use crate::tenant::events::{AttemptOutcome, KeyHash, TenantEvent};
+use crate::tenant::events::{AttemptOutcome, KeyHash, PaymentRef, TenantEvent};
+use crate::tenant::ledger::ExpiringLots;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -15,6 +16,9 @@ use std::collections::BTreeMap;
 pub const NAME_MAX_CHARS: usize = 200;
 /// Longest idempotency key or reason accepted.
 pub const LABEL_MAX_CHARS: usize = 200;
+/// Idempotency keys of grants made by payment webhooks start with this; operators'
+/// grants may not use it, so the two never collide in the log.
+pub const PAYMENT_KEY_PREFIX: &str = "payment:";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
@@ -43,6 +47,16 @@ pub enum TenantError {
     HoldAlreadyExists(RequestId),
     #[error("request {0} has no open hold")]
     UnknownHold(RequestId),
+    #[error("expires_at must be later than the time of the grant")]
+    ExpiryNotInFuture,
+    #[error("idempotency key {0:?} is reserved: keys starting with \"payment:\" belong to payment webhooks")]
+    ReservedIdempotencyKey(String),
+    #[error("payment event {0:?} was already received with a different body")]
+    PaymentEventReused(String),
+    #[error("payment {0:?} was already credited with a different amount")]
+    PaymentAmountMismatch(String),
+    #[error("payment {0:?} was never credited to this tenant; a refund must follow its payment")]
+    UnknownPayment(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +71,36 @@ pub struct KeyRecord {
 pub struct GrantRecord {
     pub amount: Credits,
     pub reason: String,
+    /// `None`: never expires (and every grant from before grants could expire).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// What a payment webhook event said, kept forever under its id so that a
+/// redelivery is recognised however late it comes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentEventRecord {
+    pub kind: PaymentEventKind,
+    pub payment_id: String,
+    /// The amount the event named (for a refund: what it asked for).
+    pub amount: Credits,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentEventKind {
+    Succeeded,
+    Refunded,
+}
+
+/// A payment credited to the tenant, by payment id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub amount: Credits,
+    /// Revoked so far by refunds; never more than `amount`.
+    pub revoked: Credits,
+    pub payment_event_id: String,
     pub at: DateTime<Utc>,
 }
 
@@ -72,13 +116,29 @@ pub struct Hold {
     pub at: DateTime<Utc>,
 }
 
-/// A tenant's credit position. `available = granted - spent - held`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A tenant's credit position:
+/// `available = granted − spent − expired − revoked − held`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
     pub granted: Credits,
     pub spent: Credits,
+    #[serde(default)]
+    pub expired: Credits,
+    #[serde(default)]
+    pub revoked: Credits,
     pub held: Credits,
     pub available: Credits,
+    /// The lots that will expire. Which of them expire "soon" depends on when the
+    /// balance is read, so readers compute it then ([`Balance::expiring_by`]).
+    #[serde(default)]
+    pub expiring: ExpiringLots,
+}
+
+impl Balance {
+    /// Credit of lots that expire at or before `until` and are not expired yet.
+    pub fn expiring_by(&self, until: DateTime<Utc>) -> Credits {
+        self.expiring.expiring_by(until)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -91,8 +151,24 @@ pub struct Tenant {
     pub held: Credits,
     pub holds: BTreeMap<RequestId, Hold>,
     /// Every grant by idempotency key: a key is permanent, so a retried grant is
-    /// recognised however late it arrives.
+    /// recognised however late it arrives. (Payments are kept apart, below.)
     pub grants: BTreeMap<String, GrantRecord>,
+    // Added with expiring grants and payments. Snapshots written before have none of
+    // these fields; their defaults are exactly right for them (no lot could expire,
+    // nothing was revoked, no payment was received), so they still load.
+    #[serde(default)]
+    pub expired: Credits,
+    #[serde(default)]
+    pub revoked: Credits,
+    /// Lots that expire and still hold credit (see `ledger.rs`).
+    #[serde(default)]
+    pub lots: ExpiringLots,
+    /// Payments credited, by payment id.
+    #[serde(default)]
+    pub payments: BTreeMap<String, PaymentRecord>,
+    /// Every payment webhook event received, by event id: permanent idempotency.
+    #[serde(default)]
+    pub payment_events: BTreeMap<String, PaymentEventRecord>,
 }
 
 fn check_label(field: &'static str, value: &str, max_chars: usize) -> Result<(), TenantError> {
@@ -112,13 +188,33 @@ impl Tenant {
         Balance {
             granted: self.granted,
             spent: self.spent,
+            expired: self.expired,
+            revoked: self.revoked,
             held: self.held,
             available: self.available(),
+            expiring: self.lots.clone(),
         }
     }
 
+    /// Credit not spent, expired or revoked, held or not. Negative: a debt.
+    pub fn position(&self) -> Credits {
+        self.granted - self.spent - self.expired - self.revoked
+    }
+
     pub fn available(&self) -> Credits {
-        self.granted - self.spent - self.held
+        self.position() - self.held
+    }
+
+    /// One `CreditsExpired` per lot due at `at`, for what is left of it.
+    fn expiry_events(&self, at: DateTime<Utc>) -> Vec<TenantEvent> {
+        self.lots
+            .due(at)
+            .map(|lot| TenantEvent::CreditsExpired {
+                grant_id: lot.grant_id.clone(),
+                amount_pico: lot.remaining,
+                at,
+            })
+            .collect()
     }
 
     /// Finds the live key with this hash and checks that its role allows `permission`.
@@ -168,6 +264,8 @@ impl Tenant {
                         amount_pico: initial_credits,
                         idempotency_key: "initial-credits".to_string(),
                         reason: "initial credits".to_string(),
+                        expires_at: None,
+                        payment: None,
                         at,
                     });
                 }
@@ -201,20 +299,102 @@ impl Tenant {
                 amount,
                 idempotency_key,
                 reason,
+                expires_at,
                 at,
             } => {
                 check_label("idempotency_key", &idempotency_key, LABEL_MAX_CHARS)?;
                 check_label("reason", &reason, LABEL_MAX_CHARS)?;
+                // A repeat is judged before the expiry: retrying a grant whose expiry
+                // has passed meanwhile is still the same grant.
                 if let Some(previous) = self.grants.get(&idempotency_key) {
-                    if previous.amount == amount && previous.reason == reason {
+                    if previous.amount == amount
+                        && previous.reason == reason
+                        && previous.expires_at == expires_at
+                    {
                         return Ok(vec![]);
                     }
                     return Err(TenantError::IdempotencyKeyReused(idempotency_key));
+                }
+                if idempotency_key.starts_with(PAYMENT_KEY_PREFIX) {
+                    return Err(TenantError::ReservedIdempotencyKey(idempotency_key));
+                }
+                if expires_at.is_some_and(|expires_at| expires_at <= at) {
+                    return Err(TenantError::ExpiryNotInFuture);
                 }
                 Ok(vec![TenantEvent::CreditsGranted {
                     amount_pico: amount,
                     idempotency_key,
                     reason,
+                    expires_at,
+                    payment: None,
+                    at,
+                }])
+            }
+            TenantCommand::ExpireCredits { at } => Ok(self.expiry_events(at)),
+            TenantCommand::RecordPayment {
+                payment_event_id,
+                payment_id,
+                amount,
+                at,
+            } => {
+                check_label("id", &payment_event_id, LABEL_MAX_CHARS)?;
+                let payment_id = payment_id.unwrap_or_else(|| payment_event_id.clone());
+                check_label("payment_id", &payment_id, LABEL_MAX_CHARS)?;
+                if let Some(previous) = self.payment_events.get(&payment_event_id) {
+                    if previous.kind == PaymentEventKind::Succeeded
+                        && previous.payment_id == payment_id
+                        && previous.amount == amount
+                    {
+                        return Ok(vec![]);
+                    }
+                    return Err(TenantError::PaymentEventReused(payment_event_id));
+                }
+                // The same payment told by another event: credited once.
+                if let Some(payment) = self.payments.get(&payment_id) {
+                    if payment.amount == amount {
+                        return Ok(vec![]);
+                    }
+                    return Err(TenantError::PaymentAmountMismatch(payment_id));
+                }
+                Ok(vec![TenantEvent::CreditsGranted {
+                    amount_pico: amount,
+                    idempotency_key: format!("{PAYMENT_KEY_PREFIX}{payment_event_id}"),
+                    reason: format!("payment {payment_id}"),
+                    expires_at: None,
+                    payment: Some(PaymentRef {
+                        payment_event_id,
+                        payment_id,
+                    }),
+                    at,
+                }])
+            }
+            TenantCommand::RefundPayment {
+                payment_event_id,
+                payment_id,
+                amount,
+                at,
+            } => {
+                check_label("id", &payment_event_id, LABEL_MAX_CHARS)?;
+                check_label("payment_id", &payment_id, LABEL_MAX_CHARS)?;
+                if let Some(previous) = self.payment_events.get(&payment_event_id) {
+                    if previous.kind == PaymentEventKind::Refunded
+                        && previous.payment_id == payment_id
+                        && previous.amount == amount
+                    {
+                        return Ok(vec![]);
+                    }
+                    return Err(TenantError::PaymentEventReused(payment_event_id));
+                }
+                let payment = self
+                    .payments
+                    .get(&payment_id)
+                    .ok_or_else(|| TenantError::UnknownPayment(payment_id.clone()))?;
+                let revocable = (payment.amount - payment.revoked).max(Credits::ZERO);
+                Ok(vec![TenantEvent::CreditsRevoked {
+                    payment_event_id,
+                    payment_id,
+                    requested_pico: amount,
+                    amount_pico: amount.min(revocable),
                     at,
                 }])
             }
@@ -238,14 +418,21 @@ impl Tenant {
                     return Err(TenantError::HoldAlreadyExists(request_id));
                 }
                 let hold = price.hold_for(prompt_bytes, max_tokens, images);
-                let available = self.available();
+                // Lots past their expiry expire now, whether or not the expiry pass
+                // got to them yet: a hold never rests on expired credit.
+                let mut events = self.expiry_events(at);
+                let due = events.iter().fold(Credits::ZERO, |sum, e| match e {
+                    TenantEvent::CreditsExpired { amount_pico, .. } => sum + *amount_pico,
+                    _ => sum,
+                });
+                let available = self.available() - due;
                 if available < hold {
                     return Err(TenantError::InsufficientCredits {
                         available: available.max(Credits::ZERO).to_decimal_string(),
                         required: hold.to_decimal_string(),
                     });
                 }
-                Ok(vec![TenantEvent::CreditsReserved {
+                events.push(TenantEvent::CreditsReserved {
                     request_id,
                     key_id,
                     model,
@@ -261,7 +448,8 @@ impl Tenant {
                     instance_id,
                     expires_at,
                     at,
-                }])
+                });
+                Ok(events)
             }
             TenantCommand::SettleUsage {
                 request_id,
@@ -369,6 +557,8 @@ impl Tenant {
 
     /// Applies one event. Cannot fail: events are facts.
     pub fn apply_event(&mut self, event: TenantEvent) {
+        let position = self.position();
+        self.lots.apply(&event, position);
         match event {
             TenantEvent::TenantCreated {
                 tenant_id, name, ..
@@ -402,15 +592,67 @@ impl Tenant {
                 amount_pico,
                 idempotency_key,
                 reason,
+                expires_at,
+                payment,
                 at,
             } => {
                 self.granted = self.granted + amount_pico;
-                self.grants.insert(
-                    idempotency_key,
-                    GrantRecord {
-                        amount: amount_pico,
-                        reason,
-                        at,
+                match payment {
+                    Some(PaymentRef {
+                        payment_event_id,
+                        payment_id,
+                    }) => {
+                        self.payment_events.insert(
+                            payment_event_id.clone(),
+                            PaymentEventRecord {
+                                kind: PaymentEventKind::Succeeded,
+                                payment_id: payment_id.clone(),
+                                amount: amount_pico,
+                            },
+                        );
+                        self.payments.insert(
+                            payment_id,
+                            PaymentRecord {
+                                amount: amount_pico,
+                                revoked: Credits::ZERO,
+                                payment_event_id,
+                                at,
+                            },
+                        );
+                    }
+                    None => {
+                        self.grants.insert(
+                            idempotency_key,
+                            GrantRecord {
+                                amount: amount_pico,
+                                reason,
+                                expires_at,
+                                at,
+                            },
+                        );
+                    }
+                }
+            }
+            TenantEvent::CreditsExpired { amount_pico, .. } => {
+                self.expired = self.expired + amount_pico;
+            }
+            TenantEvent::CreditsRevoked {
+                payment_event_id,
+                payment_id,
+                requested_pico,
+                amount_pico,
+                ..
+            } => {
+                self.revoked = self.revoked + amount_pico;
+                if let Some(payment) = self.payments.get_mut(&payment_id) {
+                    payment.revoked = payment.revoked + amount_pico;
+                }
+                self.payment_events.insert(
+                    payment_event_id,
+                    PaymentEventRecord {
+                        kind: PaymentEventKind::Refunded,
+                        payment_id,
+                        amount: requested_pico,
                     },
                 );
             }
@@ -465,6 +707,10 @@ impl Tenant {
         debug_assert!(
             self.held >= Credits::ZERO,
             "held credit can never be negative"
+        );
+        debug_assert!(
+            self.lots.total() <= self.position().max(Credits::ZERO),
+            "expiring lots never hold more than the credit left"
         );
     }
 }

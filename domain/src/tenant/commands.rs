@@ -43,6 +43,31 @@ pub enum TenantCommand {
         amount: Credits,
         idempotency_key: String,
         reason: String,
+        /// What is left of the grant at this time expires; `None`: never. Must be
+        /// later than `at`.
+        expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// Expire what is left of every lot whose expiry is at or before `at`.
+    ExpireCredits {
+        at: DateTime<Utc>,
+    },
+    /// A payment succeeded (webhook `payment.succeeded`): grant its amount, once per
+    /// webhook event id and once per payment, forever.
+    RecordPayment {
+        payment_event_id: String,
+        /// Defaults to `payment_event_id`.
+        payment_id: Option<String>,
+        amount: Credits,
+        at: DateTime<Utc>,
+    },
+    /// A payment was refunded (webhook `payment.refunded`): revoke that much credit,
+    /// at most what of the payment was not revoked yet, even if the balance goes
+    /// negative.
+    RefundPayment {
+        payment_event_id: String,
+        payment_id: String,
+        amount: Credits,
         at: DateTime<Utc>,
     },
     /// Place a hold for one model request before calling the upstream.

@@ -1,5 +1,5 @@
 //! What happened to a tenant. Events are a stored, public schema: never change a
-//! variant's shape in place; add a new version and an upcaster (see docs/events.md).
+//! variant's shape in place; raise its version and add an upcaster (`upcast.rs`).
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
@@ -10,8 +10,21 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Version written with every event of this schema.
+/// Version written with every event whose shape never changed.
 pub const EVENT_VERSION: &str = "1.0";
+/// Version of `CreditsGranted`. 2.0 added `expires_at` and `payment`; 1.0 events
+/// are upcast on read (see `upcast.rs`).
+pub const CREDITS_GRANTED_VERSION: &str = "2.0";
+
+/// The payment webhook event a grant came from (`payment.succeeded`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRef {
+    /// The webhook event's `id`: a permanent idempotency key.
+    pub payment_event_id: String,
+    /// The payment's id (the event's `payment_id`, or its `id` when it had none);
+    /// refunds name it.
+    pub payment_id: String,
+}
 
 /// SHA-256 of a hub API key's secret, hex encoded. The secret itself is never stored;
 /// keys are 256-bit random, so a fast hash is enough (no password stretching needed).
@@ -55,10 +68,39 @@ pub enum TenantEvent {
         key_id: KeyId,
         at: DateTime<Utc>,
     },
+    /// Version 2.0 (see [`CREDITS_GRANTED_VERSION`]). The grant is a lot of credit;
+    /// what is left of it at `expires_at` expires.
     CreditsGranted {
         amount_pico: Credits,
         idempotency_key: String,
         reason: String,
+        /// `None`: never expires. Always written (`null`); 1.0 events are upcast.
+        expires_at: Option<DateTime<Utc>>,
+        /// Set when a payment webhook granted this credit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment: Option<PaymentRef>,
+        at: DateTime<Utc>,
+    },
+    /// What was left of a lot at its expiry. `at` is the clock of the command that
+    /// noticed (at or after the lot's expiry); replay never reads a clock.
+    CreditsExpired {
+        /// The expired grant's idempotency key.
+        grant_id: String,
+        amount_pico: Credits,
+        at: DateTime<Utc>,
+    },
+    /// Credit taken back because a payment was refunded. May exceed what is
+    /// available: the balance then goes negative.
+    CreditsRevoked {
+        /// The refund's webhook event `id`: a permanent idempotency key.
+        payment_event_id: String,
+        /// The payment refunded.
+        payment_id: String,
+        /// What the refund asked for.
+        requested_pico: Credits,
+        /// What was revoked: the request, capped at what of the payment was not
+        /// revoked yet.
+        amount_pico: Credits,
         at: DateTime<Utc>,
     },
     CreditsReserved {
@@ -125,6 +167,8 @@ impl TenantEvent {
             | TenantEvent::ApiKeyIssued { at, .. }
             | TenantEvent::ApiKeyRevoked { at, .. }
             | TenantEvent::CreditsGranted { at, .. }
+            | TenantEvent::CreditsExpired { at, .. }
+            | TenantEvent::CreditsRevoked { at, .. }
             | TenantEvent::CreditsReserved { at, .. }
             | TenantEvent::UsageSettled { at, .. }
             | TenantEvent::UpstreamAttempted { at, .. }
@@ -151,6 +195,8 @@ impl DomainEvent for TenantEvent {
             TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
             TenantEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
             TenantEvent::CreditsGranted { .. } => "CreditsGranted",
+            TenantEvent::CreditsExpired { .. } => "CreditsExpired",
+            TenantEvent::CreditsRevoked { .. } => "CreditsRevoked",
             TenantEvent::CreditsReserved { .. } => "CreditsReserved",
             TenantEvent::UsageSettled { .. } => "UsageSettled",
             TenantEvent::UpstreamAttempted { .. } => "UpstreamAttempted",
@@ -160,6 +206,10 @@ impl DomainEvent for TenantEvent {
     }
 
     fn event_version(&self) -> String {
-        EVENT_VERSION.to_string()
+        match self {
+            TenantEvent::CreditsGranted { .. } => CREDITS_GRANTED_VERSION,
+            _ => EVENT_VERSION,
+        }
+        .to_string()
     }
 }

@@ -7,12 +7,19 @@
 pub mod aggregate;
 pub mod commands;
 pub mod events;
+pub mod ledger;
 pub mod upcast;
 
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{Balance, GrantRecord, Hold, KeyRecord, Tenant, TenantError};
+pub use aggregate::{
+    Balance, GrantRecord, Hold, KeyRecord, PaymentEventKind, PaymentEventRecord, PaymentRecord,
+    Tenant, TenantError, PAYMENT_KEY_PREFIX,
+};
 pub use commands::{Attempt, TenantCommand};
-pub use events::{AttemptOutcome, KeyHash, TenantEvent, EVENT_VERSION};
+pub use events::{
+    AttemptOutcome, KeyHash, PaymentRef, TenantEvent, CREDITS_GRANTED_VERSION, EVENT_VERSION,
+};
+pub use ledger::{ExpiringLot, ExpiringLots};
 pub use upcast::upcasters;

@@ -55,6 +55,8 @@ fn granted(amount: &str, key: &str) -> TenantEvent {
         amount_pico: credits(amount),
         idempotency_key: key.into(),
         reason: "top-up".into(),
+        expires_at: None,
+        payment: None,
         at: at(1),
     }
 }
@@ -128,6 +130,8 @@ fn create_tenant_with_initial_credits_grants_them() {
                 amount_pico: credits("5"),
                 idempotency_key: "initial-credits".into(),
                 reason: "initial credits".into(),
+                expires_at: None,
+                payment: None,
                 at: at(0),
             },
         ]);
@@ -154,6 +158,7 @@ fn commands_on_a_missing_tenant_are_refused() {
             amount: credits("1"),
             idempotency_key: "g".into(),
             reason: "r".into(),
+            expires_at: None,
             at: at(0),
         })
         .then_expect_error(TenantError::TenantNotFound);
@@ -259,6 +264,7 @@ fn grant_adds_credit() {
             amount: credits("10"),
             idempotency_key: "g1".into(),
             reason: "top-up".into(),
+            expires_at: None,
             at: at(1),
         })
         .then_expect_events(vec![granted("10", "g1")]);
@@ -272,6 +278,7 @@ fn repeated_grant_with_same_body_is_a_no_op() {
             amount: credits("10"),
             idempotency_key: "g1".into(),
             reason: "top-up".into(),
+            expires_at: None,
             at: at(9),
         })
         .then_expect_events(vec![]);
@@ -285,6 +292,7 @@ fn repeated_grant_with_different_body_is_refused() {
             amount: credits("11"),
             idempotency_key: "g1".into(),
             reason: "top-up".into(),
+            expires_at: None,
             at: at(9),
         })
         .then_expect_error(TenantError::IdempotencyKeyReused("g1".into()));
@@ -696,4 +704,667 @@ fn failed_attempt_without_an_open_hold_is_refused() {
             at: at(3),
         })
         .then_expect_error(TenantError::UnknownHold(request(1)));
+}
+
+// ---------------------------------------------------------------------------
+// Credit lifecycle: expiring lots, burn order, expiry, payments and refunds.
+// ---------------------------------------------------------------------------
+
+/// A grant of `amount` at `at(1)` that expires at `at(expires)`.
+fn granted_expiring(amount: &str, key: &str, expires: i64) -> TenantEvent {
+    TenantEvent::CreditsGranted {
+        amount_pico: credits(amount),
+        idempotency_key: key.into(),
+        reason: "promo".into(),
+        expires_at: Some(at(expires)),
+        payment: None,
+        at: at(1),
+    }
+}
+
+fn grant_cmd(amount: &str, key: &str, expires_at: Option<i64>, now: i64) -> TenantCommand {
+    TenantCommand::GrantCredits {
+        amount: credits(amount),
+        idempotency_key: key.into(),
+        reason: "promo".into(),
+        expires_at: expires_at.map(at),
+        at: at(now),
+    }
+}
+
+fn expired_event(key: &str, amount: &str, when: i64) -> TenantEvent {
+    TenantEvent::CreditsExpired {
+        grant_id: key.into(),
+        amount_pico: credits(amount),
+        at: at(when),
+    }
+}
+
+/// A settlement charging exactly `amount` credits (output tokens at 2 per million).
+fn spent(n: u128, amount: &str) -> TenantEvent {
+    let output = (credits(amount).pico() / 2_000_000) as u64;
+    assert_eq!(
+        Credits::from_pico(output as i128 * 2_000_000),
+        credits(amount)
+    );
+    settled(n, 0, output, price().hold_for(36, None, 0))
+}
+
+fn paid(event_id: &str, payment_id: &str, amount: &str) -> TenantEvent {
+    TenantEvent::CreditsGranted {
+        amount_pico: credits(amount),
+        idempotency_key: format!("payment:{event_id}"),
+        reason: format!("payment {payment_id}"),
+        expires_at: None,
+        payment: Some(PaymentRef {
+            payment_event_id: event_id.into(),
+            payment_id: payment_id.into(),
+        }),
+        at: at(1),
+    }
+}
+
+fn pay_cmd(event_id: &str, payment_id: Option<&str>, amount: &str) -> TenantCommand {
+    TenantCommand::RecordPayment {
+        payment_event_id: event_id.into(),
+        payment_id: payment_id.map(Into::into),
+        amount: credits(amount),
+        at: at(1),
+    }
+}
+
+fn refund_cmd(event_id: &str, payment_id: &str, amount: &str) -> TenantCommand {
+    TenantCommand::RefundPayment {
+        payment_event_id: event_id.into(),
+        payment_id: payment_id.into(),
+        amount: credits(amount),
+        at: at(5),
+    }
+}
+
+fn revoked(event_id: &str, payment_id: &str, requested: &str, amount: &str) -> TenantEvent {
+    TenantEvent::CreditsRevoked {
+        payment_event_id: event_id.into(),
+        payment_id: payment_id.into(),
+        requested_pico: credits(requested),
+        amount_pico: credits(amount),
+        at: at(5),
+    }
+}
+
+fn state_after(events: Vec<TenantEvent>) -> Tenant {
+    let mut tenant = Tenant::default();
+    for e in events {
+        tenant.apply_event(e);
+    }
+    tenant
+}
+
+fn assert_ledger_identity(b: &Balance) {
+    assert_eq!(
+        b.granted - b.spent - b.expired - b.revoked - b.held,
+        b.available,
+        "{b:?}"
+    );
+}
+
+#[test]
+fn grant_with_expiry_records_it() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(grant_cmd("2", "promo-1", Some(100), 1))
+        .then_expect_events(vec![granted_expiring("2", "promo-1", 100)]);
+}
+
+#[test]
+fn grant_expiring_at_or_before_its_own_time_is_refused() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(grant_cmd("2", "promo-1", Some(1), 1))
+        .then_expect_error(TenantError::ExpiryNotInFuture);
+}
+
+#[test]
+fn repeated_grant_with_another_expiry_is_refused_and_a_late_retry_is_a_no_op() {
+    TenantTest::with(())
+        .given(vec![created(), granted_expiring("2", "promo-1", 100)])
+        .when(grant_cmd("2", "promo-1", Some(200), 9))
+        .then_expect_error(TenantError::IdempotencyKeyReused("promo-1".into()));
+    // Retried after the expiry has passed: still the same grant, not an error.
+    TenantTest::with(())
+        .given(vec![created(), granted_expiring("2", "promo-1", 100)])
+        .when(grant_cmd("2", "promo-1", Some(100), 500))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn operator_grants_may_not_use_the_payment_key_prefix() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(grant_cmd("1", "payment:evt_1", None, 1))
+        .then_expect_error(TenantError::ReservedIdempotencyKey("payment:evt_1".into()));
+}
+
+#[test]
+fn spending_burns_the_earliest_expiry_first_and_lots_without_expiry_last() {
+    // Lots: A never expires, B expires at 1000, C at 500. Spending 1.5 burns all
+    // of C, then half of B; A is untouched. So at 2000 only B's half expires.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "A"),
+            granted_expiring("1", "B", 1000),
+            granted_expiring("1", "C", 500),
+            reserved(1, 36, None),
+            spent(1, "1.5"),
+        ])
+        .when(TenantCommand::ExpireCredits { at: at(2000) })
+        .then_expect_events(vec![expired_event("B", "0.5", 2000)]);
+}
+
+#[test]
+fn among_lots_expiring_together_the_older_burns_first() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted_expiring("1", "older", 100),
+            granted_expiring("1", "newer", 100),
+            reserved(1, 36, None),
+            spent(1, "0.25"),
+        ])
+        .when(TenantCommand::ExpireCredits { at: at(100) })
+        .then_expect_events(vec![
+            expired_event("older", "0.75", 100),
+            expired_event("newer", "1", 100),
+        ]);
+}
+
+#[test]
+fn expiry_emits_what_is_left_of_each_due_lot_with_the_commands_clock() {
+    let given = || {
+        vec![
+            created(),
+            granted("1", "forever"),
+            granted_expiring("2", "promo", 100),
+        ]
+    };
+    TenantTest::with(())
+        .given(given())
+        .when(TenantCommand::ExpireCredits { at: at(99) })
+        .then_expect_events(vec![]);
+    TenantTest::with(())
+        .given(given())
+        .when(TenantCommand::ExpireCredits { at: at(100) })
+        .then_expect_events(vec![expired_event("promo", "2", 100)]);
+    // Once expired, nothing is left to expire.
+    TenantTest::with(())
+        .given([given(), vec![expired_event("promo", "2", 100)]].concat())
+        .when(TenantCommand::ExpireCredits { at: at(300) })
+        .then_expect_events(vec![]);
+    let tenant = state_after([given(), vec![expired_event("promo", "2", 100)]].concat());
+    let b = tenant.balance();
+    assert_eq!(
+        (b.granted, b.expired, b.available),
+        (credits("3"), credits("2"), credits("1"))
+    );
+    assert_ledger_identity(&b);
+}
+
+#[test]
+fn a_partly_spent_lot_expires_only_what_is_left() {
+    let history = vec![
+        created(),
+        key_issued(),
+        granted_expiring("1", "promo", 100),
+        reserved(1, 36, None),
+        spent(1, "0.25"),
+    ];
+    TenantTest::with(())
+        .given(history.clone())
+        .when(TenantCommand::ExpireCredits { at: at(150) })
+        .then_expect_events(vec![expired_event("promo", "0.75", 150)]);
+    let tenant = state_after([history, vec![expired_event("promo", "0.75", 150)]].concat());
+    let b = tenant.balance();
+    assert_eq!(b.spent, credits("0.25"));
+    assert_eq!(b.expired, credits("0.75"));
+    assert_eq!(b.available, Credits::ZERO);
+    assert!(b.expiring.is_empty());
+    assert_ledger_identity(&b);
+}
+
+#[test]
+fn a_reservation_expires_due_lots_first_and_never_rests_on_them() {
+    // The lot expired at 2, the reservation comes at 2: the expiry pass has not run.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted_expiring("1", "promo", 2),
+        ])
+        .when(reserve_cmd(1, 36, None, 0))
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0".into(),
+            required: "0.0003".into(),
+        });
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "forever"),
+            granted_expiring("1", "promo", 2),
+        ])
+        .when(reserve_cmd(1, 36, None, 0))
+        .then_expect_events(vec![expired_event("promo", "1", 2), reserved(1, 36, None)]);
+}
+
+#[test]
+fn expiring_soon_is_what_is_left_of_lots_expiring_by_the_reading_time() {
+    let tenant = state_after(vec![
+        created(),
+        key_issued(),
+        granted("5", "forever"),
+        granted_expiring("1", "soon", 100),
+        granted_expiring("2", "later", 10_000),
+        reserved(1, 36, None),
+        spent(1, "0.5"),
+    ]);
+    let b = tenant.balance();
+    assert_eq!(b.expiring_by(at(50)), Credits::ZERO);
+    assert_eq!(b.expiring_by(at(100)), credits("0.5"));
+    assert_eq!(b.expiring_by(at(10_000)), credits("2.5"));
+    assert_ledger_identity(&b);
+}
+
+#[test]
+fn a_debt_is_paid_by_the_next_grant_before_its_lot_can_expire() {
+    // Spending beyond every lot (an overshoot) leaves a debt of 0.5.
+    let history = vec![
+        created(),
+        key_issued(),
+        granted("1", "g1"),
+        reserved(1, 36, None),
+        spent(1, "1.5"),
+        granted_expiring("2", "promo", 100),
+    ];
+    TenantTest::with(())
+        .given(history.clone())
+        .when(TenantCommand::ExpireCredits { at: at(100) })
+        .then_expect_events(vec![expired_event("promo", "1.5", 100)]);
+    let tenant = state_after([history, vec![expired_event("promo", "1.5", 100)]].concat());
+    assert_eq!(tenant.balance().available, Credits::ZERO);
+    assert_ledger_identity(&tenant.balance());
+}
+
+#[test]
+fn a_payment_grants_its_amount() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(pay_cmd("evt_1", Some("pay_1"), "10"))
+        .then_expect_events(vec![paid("evt_1", "pay_1", "10")]);
+    // Without a payment id, the event id names the payment.
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(pay_cmd("evt_1", None, "10"))
+        .then_expect_events(vec![paid("evt_1", "evt_1", "10")]);
+}
+
+#[test]
+fn a_duplicate_payment_event_grants_nothing() {
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_1", Some("pay_1"), "10"))
+        .then_expect_events(vec![]);
+    // However late: other events in between change nothing.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            paid("evt_1", "pay_1", "10"),
+            granted("1", "g1"),
+            revoked("evt_2", "pay_1", "10", "10"),
+        ])
+        .when(pay_cmd("evt_1", Some("pay_1"), "10"))
+        .then_expect_events(vec![]);
+    // The same payment told by another event is credited once too.
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_9", Some("pay_1"), "10"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_payment_event_id_with_a_different_body_is_refused() {
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_1", Some("pay_1"), "11"))
+        .then_expect_error(TenantError::PaymentEventReused("evt_1".into()));
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_1", Some("pay_2"), "10"))
+        .then_expect_error(TenantError::PaymentEventReused("evt_1".into()));
+    // A refund may not reuse a payment's event id either.
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(refund_cmd("evt_1", "pay_1", "10"))
+        .then_expect_error(TenantError::PaymentEventReused("evt_1".into()));
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_9", Some("pay_1"), "3"))
+        .then_expect_error(TenantError::PaymentAmountMismatch("pay_1".into()));
+}
+
+#[test]
+fn a_refund_revokes_its_amount() {
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(refund_cmd("evt_2", "pay_1", "4"))
+        .then_expect_events(vec![revoked("evt_2", "pay_1", "4", "4")]);
+    let tenant = state_after(vec![
+        created(),
+        paid("evt_1", "pay_1", "10"),
+        revoked("evt_2", "pay_1", "4", "4"),
+    ]);
+    let b = tenant.balance();
+    assert_eq!((b.revoked, b.available), (credits("4"), credits("6")));
+    assert_ledger_identity(&b);
+}
+
+#[test]
+fn refunds_revoke_at_most_what_is_left_of_the_payment() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            paid("evt_1", "pay_1", "10"),
+            revoked("evt_2", "pay_1", "4", "4"),
+        ])
+        .when(refund_cmd("evt_3", "pay_1", "10"))
+        .then_expect_events(vec![revoked("evt_3", "pay_1", "10", "6")]);
+}
+
+#[test]
+fn a_duplicate_refund_revokes_nothing_and_an_unknown_payment_is_refused() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            paid("evt_1", "pay_1", "10"),
+            revoked("evt_2", "pay_1", "4", "4"),
+        ])
+        .when(refund_cmd("evt_2", "pay_1", "4"))
+        .then_expect_events(vec![]);
+    TenantTest::with(())
+        .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(refund_cmd("evt_2", "pay_other", "4"))
+        .then_expect_error(TenantError::UnknownPayment("pay_other".into()));
+}
+
+#[test]
+fn a_refund_beyond_the_balance_makes_it_negative_and_reserving_then_fails() {
+    let history = vec![
+        created(),
+        key_issued(),
+        paid("evt_1", "pay_1", "1"),
+        reserved(1, 36, None),
+        spent(1, "0.8"),
+    ];
+    TenantTest::with(())
+        .given(history.clone())
+        .when(refund_cmd("evt_2", "pay_1", "1"))
+        .then_expect_events(vec![revoked("evt_2", "pay_1", "1", "1")]);
+    let after = [history, vec![revoked("evt_2", "pay_1", "1", "1")]].concat();
+    let b = state_after(after.clone()).balance();
+    assert_eq!(b.available, -credits("0.8"));
+    assert_ledger_identity(&b);
+    TenantTest::with(())
+        .given(after)
+        .when(reserve_cmd(2, 36, None, 0))
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0".into(),
+            required: "0.0003".into(),
+        });
+}
+
+#[test]
+fn a_revocation_takes_credit_without_expiry_first() {
+    // A refund must not be paid with promotional credit that would expire anyway.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            granted_expiring("1", "promo", 100),
+            paid("evt_1", "pay_1", "1"),
+            revoked("evt_2", "pay_1", "1", "1"),
+        ])
+        .when(TenantCommand::ExpireCredits { at: at(100) })
+        .then_expect_events(vec![expired_event("promo", "1", 100)]);
+    // Past the credit without expiry, it burns expiring lots in the spending order.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted_expiring("1", "promo", 100),
+            paid("evt_1", "pay_1", "1"),
+            reserved(1, 36, None),
+            spent(1, "0.5"),
+            revoked("evt_2", "pay_1", "1", "1"),
+        ])
+        .when(TenantCommand::ExpireCredits { at: at(100) })
+        .then_expect_events(vec![expired_event("promo", "0.5", 100)]);
+}
+
+mod ledger_properties {
+    //! Whatever the order of grants, holds, settlements, releases, expiries,
+    //! payments and refunds, the ledger neither creates nor destroys credit.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Grant { units: u32, expires_in: Option<i64> },
+        Reserve { max_tokens: u32 },
+        Settle { pick: usize, output: u64 },
+        Release { pick: usize },
+        Expire,
+        Pay { units: u32 },
+        Redeliver { pick: usize },
+        Refund { pick: usize, units: u32 },
+        Wait { secs: i64 },
+    }
+
+    /// One unit: 0.0001 credit, a few holds' worth.
+    fn units(n: u32) -> Credits {
+        Credits::from_pico(n as i128 * 100_000_000)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u32..60, proptest::option::of(0i64..40))
+                .prop_map(|(units, expires_in)| Op::Grant { units, expires_in }),
+            (1u32..1000).prop_map(|max_tokens| Op::Reserve { max_tokens }),
+            (any::<usize>(), 0u64..3000).prop_map(|(pick, output)| Op::Settle { pick, output }),
+            any::<usize>().prop_map(|pick| Op::Release { pick }),
+            Just(Op::Expire),
+            (1u32..60).prop_map(|units| Op::Pay { units }),
+            any::<usize>().prop_map(|pick| Op::Redeliver { pick }),
+            (any::<usize>(), 1u32..80).prop_map(|(pick, units)| Op::Refund { pick, units }),
+            (1i64..20).prop_map(|secs| Op::Wait { secs }),
+        ]
+    }
+
+    /// Totals recomputed from the events alone, independently of the aggregate.
+    #[derive(Default)]
+    struct Sums {
+        granted: Credits,
+        spent: Credits,
+        expired: Credits,
+        revoked: Credits,
+        grant_amounts: BTreeMap<String, Credits>,
+        expired_per_grant: BTreeMap<String, Credits>,
+    }
+
+    impl Sums {
+        fn add(&mut self, event: &TenantEvent) {
+            match event {
+                TenantEvent::CreditsGranted {
+                    amount_pico,
+                    idempotency_key,
+                    ..
+                } => {
+                    self.granted = self.granted + *amount_pico;
+                    self.grant_amounts
+                        .insert(idempotency_key.clone(), *amount_pico);
+                }
+                TenantEvent::UsageSettled { cost_pico, .. } => self.spent = self.spent + *cost_pico,
+                TenantEvent::CreditsExpired {
+                    grant_id,
+                    amount_pico,
+                    ..
+                } => {
+                    self.expired = self.expired + *amount_pico;
+                    assert!(
+                        self.expired_per_grant
+                            .insert(grant_id.clone(), *amount_pico)
+                            .is_none(),
+                        "a lot expires once"
+                    );
+                    assert!(*amount_pico > Credits::ZERO);
+                    assert!(*amount_pico <= self.grant_amounts[grant_id]);
+                }
+                TenantEvent::CreditsRevoked { amount_pico, .. } => {
+                    self.revoked = self.revoked + *amount_pico
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn check(tenant: &Tenant, sums: &Sums) {
+        let b = tenant.balance();
+        assert_ledger_identity(&b);
+        assert_eq!(b.granted, sums.granted);
+        assert_eq!(b.spent, sums.spent);
+        assert_eq!(b.expired, sums.expired);
+        assert_eq!(b.revoked, sums.revoked);
+        let held = tenant
+            .holds
+            .values()
+            .fold(Credits::ZERO, |sum, h| sum + h.amount);
+        assert_eq!(b.held, held);
+        assert!(b.held >= Credits::ZERO);
+        // Expiring lots never hold more than the credit left, and only what is left.
+        assert!(tenant.lots.total() <= tenant.position().max(Credits::ZERO));
+        let lots: Vec<_> = tenant.lots.iter().collect();
+        assert!(lots.iter().all(|l| l.remaining > Credits::ZERO));
+        assert!(lots.windows(2).all(|w| w[0].expires_at <= w[1].expires_at));
+        for lot in lots {
+            assert!(lot.remaining <= tenant.grants[&lot.grant_id].amount);
+        }
+        for payment in tenant.payments.values() {
+            assert!(payment.revoked <= payment.amount);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_ledger_never_creates_or_destroys_credit(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut tenant = Tenant::default();
+            let mut sums = Sums::default();
+            let mut log = Vec::new();
+            let mut deliveries: Vec<TenantCommand> = Vec::new();
+            let mut now = 1;
+            let mut next = 0u128;
+            let run = |tenant: &mut Tenant, sums: &mut Sums, log: &mut Vec<TenantEvent>, command: TenantCommand| {
+                let events = tenant.decide(command).unwrap_or_default();
+                for event in events {
+                    sums.add(&event);
+                    log.push(event.clone());
+                    tenant.apply_event(event);
+                    check(tenant, sums);
+                }
+            };
+            for e in [created(), key_issued()] {
+                tenant.apply_event(e);
+            }
+            for op in ops {
+                now += 1;
+                next += 1;
+                let command = match op {
+                    Op::Grant { units: n, expires_in } => TenantCommand::GrantCredits {
+                        amount: units(n),
+                        idempotency_key: format!("g{next}"),
+                        reason: "r".into(),
+                        expires_at: expires_in.map(|d| at(now + d)),
+                        at: at(now),
+                    },
+                    Op::Reserve { max_tokens } => {
+                        let mut command = reserve_cmd(next, 36, Some(max_tokens), 0);
+                        if let TenantCommand::ReserveCredits { at: when, .. } = &mut command {
+                            *when = at(now);
+                        }
+                        command
+                    }
+                    Op::Settle { pick, output } => {
+                        let Some(request_id) = tenant.holds.keys().nth(pick % tenant.holds.len().max(1)).copied() else { continue };
+                        TenantCommand::SettleUsage {
+                            request_id,
+                            attempt: attempt(),
+                            usage: Usage { input_tokens: 10, output_tokens: output, ..Usage::default() },
+                            upstream_latency_ms: 1,
+                            at: at(now),
+                        }
+                    }
+                    Op::Release { pick } => {
+                        let Some(request_id) = tenant.holds.keys().nth(pick % tenant.holds.len().max(1)).copied() else { continue };
+                        TenantCommand::ReleaseHold { request_id, reason: "x".into(), at: at(now) }
+                    }
+                    Op::Expire => TenantCommand::ExpireCredits { at: at(now) },
+                    Op::Pay { units: n } => {
+                        let command = TenantCommand::RecordPayment {
+                            payment_event_id: format!("evt{next}"),
+                            payment_id: Some(format!("pay{next}")),
+                            amount: units(n),
+                            at: at(now),
+                        };
+                        deliveries.push(command.clone());
+                        command
+                    }
+                    Op::Redeliver { pick } => {
+                        let Some(command) = deliveries.get(pick % deliveries.len().max(1)).cloned() else { continue };
+                        // A redelivery, however late, changes nothing.
+                        prop_assert_eq!(tenant.decide(command), Ok(vec![]));
+                        continue;
+                    }
+                    Op::Refund { pick, units: n } => {
+                        let Some(payment_id) = tenant.payments.keys().nth(pick % tenant.payments.len().max(1)).cloned() else { continue };
+                        let command = TenantCommand::RefundPayment {
+                            payment_event_id: format!("evt{next}"),
+                            payment_id,
+                            amount: units(n),
+                            at: at(now),
+                        };
+                        deliveries.push(command.clone());
+                        command
+                    }
+                    Op::Wait { secs } => {
+                        now += secs;
+                        continue;
+                    }
+                };
+                run(&mut tenant, &mut sums, &mut log, command);
+            }
+            // Replaying the log rebuilds the same state, and so does a snapshot.
+            let mut replayed = Tenant::default();
+            for e in [created(), key_issued()].into_iter().chain(log) {
+                replayed.apply_event(e);
+            }
+            prop_assert_eq!(&replayed, &tenant);
+            let snapshot: Tenant = serde_json::from_str(&serde_json::to_string(&tenant).unwrap()).unwrap();
+            prop_assert_eq!(&snapshot, &tenant);
+            // In the end every expiring lot expires: what is left is credit without expiry.
+            run(&mut tenant, &mut sums, &mut Vec::new(), TenantCommand::ExpireCredits { at: at(now + 1000) });
+            prop_assert!(tenant.lots.is_empty());
+        }
+    }
 }

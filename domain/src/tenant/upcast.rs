@@ -4,10 +4,155 @@
 //! `event_version` goes up, and an upcaster registered here converts the older
 //! payload; live loading, projections and replay all read through this list, so
 //! they agree. Every upcaster comes with a test that replays the old shape.
+//!
+//! Payloads are serde's external tagging of [`TenantEvent`](super::TenantEvent):
+//! `{"CreditsGranted": {"amount_pico": "…", …}}`.
 
-use cqrs_es::persist::EventUpcaster;
+use crate::tenant::events::CREDITS_GRANTED_VERSION;
+use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
+use serde_json::Value;
 
-/// All upcasters, oldest first. Version 1.0 is the first schema: none yet.
+/// All upcasters, oldest first.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    Vec::new()
+    vec![Box::new(SemanticVersionEventUpcaster::new(
+        "CreditsGranted",
+        CREDITS_GRANTED_VERSION,
+        Box::new(credits_granted_1_to_2),
+    ))]
+}
+
+/// `CreditsGranted` 1.0 → 2.0: grants before 2.0 never expire (`expires_at: null`)
+/// and none came from a payment (`payment` absent).
+fn credits_granted_1_to_2(mut payload: Value) -> Value {
+    if let Some(Value::Object(fields)) = payload.get_mut("CreditsGranted") {
+        fields.entry("expires_at").or_insert(Value::Null);
+    }
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Credits;
+    use crate::tenant::{Tenant, TenantEvent};
+    use chrono::{TimeZone, Utc};
+    use cqrs_es::persist::{SemanticVersion, SerializedEvent};
+    use cqrs_es::DomainEvent;
+    use serde_json::json;
+
+    /// A `CreditsGranted` exactly as version 1.0 wrote it.
+    fn stored_v1() -> SerializedEvent {
+        SerializedEvent::new(
+            "00000000-0000-0000-0000-000000000001".into(),
+            2,
+            "Tenant".into(),
+            "CreditsGranted".into(),
+            "1.0".into(),
+            json!({"CreditsGranted": {
+                "amount_pico": "2500000000000",
+                "idempotency_key": "inv-1",
+                "reason": "top-up",
+                "at": "2026-01-01T00:00:00Z"
+            }}),
+            json!({}),
+        )
+    }
+
+    /// What the store does on every read (`src/store/codec.rs`).
+    fn read(event: SerializedEvent) -> SerializedEvent {
+        upcasters().iter().fold(event, |e, u| {
+            if u.can_upcast(&e.event_type, &e.event_version) {
+                u.upcast(e)
+            } else {
+                e
+            }
+        })
+    }
+
+    #[test]
+    fn credits_granted_1_0_replays_as_a_grant_that_never_expires() {
+        let upcast = read(stored_v1());
+        // The upcaster writes the version as "2.0.0": the same version as "2.0".
+        assert_eq!(
+            upcast.event_version.parse::<SemanticVersion>(),
+            CREDITS_GRANTED_VERSION.parse::<SemanticVersion>()
+        );
+        // The payload now has the 2.0 shape: an explicit "never expires".
+        assert_eq!(upcast.payload["CreditsGranted"]["expires_at"], Value::Null);
+        assert!(upcast.payload["CreditsGranted"]
+            .as_object()
+            .unwrap()
+            .contains_key("expires_at"));
+        let event: TenantEvent = serde_json::from_value(upcast.payload).unwrap();
+        let expected = TenantEvent::CreditsGranted {
+            amount_pico: Credits::parse("2.5").unwrap(),
+            idempotency_key: "inv-1".into(),
+            reason: "top-up".into(),
+            expires_at: None,
+            payment: None,
+            at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        };
+        assert_eq!(event, expected);
+        assert_eq!(event.event_version(), CREDITS_GRANTED_VERSION);
+
+        // Replayed, it is a lot without expiry: nothing of it ever expires.
+        let mut tenant = Tenant::default();
+        tenant.apply_event(event);
+        assert_eq!(tenant.balance().available, Credits::parse("2.5").unwrap());
+        assert!(tenant.lots.is_empty());
+        assert_eq!(tenant.grants["inv-1"].expires_at, None);
+    }
+
+    #[test]
+    fn current_events_and_other_types_are_left_alone() {
+        let current = TenantEvent::CreditsGranted {
+            amount_pico: Credits::from_pico(1),
+            idempotency_key: "k".into(),
+            reason: "r".into(),
+            expires_at: Some(Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()),
+            payment: None,
+            at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        };
+        let stored = SerializedEvent::new(
+            "t".into(),
+            1,
+            "Tenant".into(),
+            current.event_type(),
+            current.event_version(),
+            serde_json::to_value(&current).unwrap(),
+            json!({}),
+        );
+        let read_back = read(stored.clone());
+        assert_eq!(read_back, stored);
+        assert_eq!(
+            serde_json::from_value::<TenantEvent>(read_back.payload).unwrap(),
+            current
+        );
+
+        let mut other = stored_v1();
+        other.event_type = "ApiKeyRevoked".into();
+        assert_eq!(read(other.clone()), other);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_lots_and_payments_still_loads() {
+        // The tenant state as snapshots stored it before this version.
+        let old = json!({
+            "tenant_id": "00000000-0000-0000-0000-000000000001",
+            "name": "acme",
+            "keys": {},
+            "granted": "5000000000000",
+            "spent": "1000000000000",
+            "held": "0",
+            "holds": {},
+            "grants": {"g1": {"amount": "5000000000000", "reason": "top-up", "at": "2026-01-01T00:00:00Z"}}
+        });
+        let tenant: Tenant = serde_json::from_value(old).unwrap();
+        let balance = tenant.balance();
+        assert_eq!(balance.available, Credits::parse("4").unwrap());
+        assert_eq!(balance.expired, Credits::ZERO);
+        assert_eq!(balance.revoked, Credits::ZERO);
+        assert!(tenant.lots.is_empty() && tenant.payments.is_empty());
+        assert_eq!(tenant.grants["g1"].expires_at, None);
+    }
 }
