@@ -141,7 +141,9 @@ async fn log_read_walks_its_own_index_without_statistics() {
     use sqlx::Connection;
     let url = fresh_pg_database().await;
     let temp = tempfile::tempdir().unwrap();
-    let store = aigne_hub::store::open(Some(&url), temp.path()).await.unwrap();
+    let store = aigne_hub::store::open(Some(&url), temp.path())
+        .await
+        .unwrap();
     for _ in 0..4 {
         let tenant = TenantId::new_random();
         let meta = EventMetadata {
