@@ -117,6 +117,8 @@ async fn seed(store: &dyn Store, tenant_id: TenantId, events: &[TenantEvent]) {
         tenant_id,
         request_id: None,
         instance_id: InstanceId::new_random(),
+        prev_hash: None,
+        hash: None,
     };
     let mut next = 1;
     for chunk in events.chunks(SEED_BATCH_EVENTS) {

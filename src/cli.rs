@@ -52,6 +52,22 @@ enum Command {
     Price(PriceCmd),
     /// Rebuild every projection from the event log and compare it with the live one.
     Replay,
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain of every tenant's events (or one tenant's) and
+    /// report the first broken sequence; exits non-zero if any chain is broken.
+    /// With --export, checks a file from `GET /v1/audit/events` offline (no
+    /// database) and recomputes that tenant's balance from it.
+    Verify {
+        #[arg(long, conflicts_with = "export")]
+        tenant: Option<TenantId>,
+        #[arg(long)]
+        export: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Args, Default)]
@@ -193,6 +209,22 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
         settings.listen = args.listen;
         return serve(settings).await;
     }
+    if let Command::Audit(AuditCmd::Verify {
+        export: Some(path), ..
+    }) = &command
+    {
+        // Offline: no store is opened, nothing but the file is read.
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let check = crate::audit::verify_export(&text)?;
+        let ok = check.chain.first_break.is_none();
+        print(serde_json::to_value(&check)?);
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let hub = build_hub(&settings).await?;
     let result = match command {
         Command::Serve(_) => unreachable!("handled above"),
@@ -299,6 +331,17 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
+        }
+        Command::Audit(AuditCmd::Verify { tenant, .. }) => {
+            let reports = crate::audit::verify_store(hub.store.as_ref(), tenant).await?;
+            let ok = reports.iter().all(|r| r.first_break.is_none());
+            print(serde_json::json!({"ok": ok, "tenants": reports}));
+            hub.tenants.shutdown();
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Command::Replay => {
             let report = crate::replay::replay_all(hub.store.as_ref()).await?;

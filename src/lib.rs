@@ -4,6 +4,7 @@
 
 pub mod actors;
 pub mod aigne;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod catalog;

@@ -20,6 +20,8 @@ pub enum Role {
 pub enum Permission {
     CallModels,
     ReadBilling,
+    /// Export the event log with its hashes (`/v1/audit/events`).
+    ReadAudit,
 }
 
 impl Role {
@@ -27,6 +29,7 @@ impl Role {
         match permission {
             Permission::CallModels => matches!(self, Role::Admin | Role::Member),
             Permission::ReadBilling => matches!(self, Role::Admin | Role::Billing | Role::Auditor),
+            Permission::ReadAudit => matches!(self, Role::Admin | Role::Auditor),
         }
     }
 

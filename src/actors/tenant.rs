@@ -83,6 +83,8 @@ pub struct TenantActor {
     state: Tenant,
     version: usize,
     events_since_snapshot: usize,
+    /// The hash of the last committed event: the next one links to it.
+    chain_head: Option<String>,
     loaded: bool,
     busy: bool,
     pending: VecDeque<Pending>,
@@ -113,6 +115,7 @@ impl TenantActor {
             state: Tenant::default(),
             version: 0,
             events_since_snapshot: 0,
+            chain_head: None,
             loaded: false,
             busy: false,
             pending: VecDeque::new(),
@@ -155,6 +158,7 @@ impl TenantActor {
             match result {
                 Ok(loaded) => {
                     actor.state = loaded.state;
+                    actor.chain_head = loaded.chain_head;
                     actor.version = loaded.version;
                     actor.events_since_snapshot = loaded.events_since_snapshot;
                     actor.loaded = true;
@@ -224,6 +228,9 @@ impl TenantActor {
                     tenant_id: self.tenant_id,
                     request_id: event.request_id().or(request_id),
                     instance_id: self.instance_id,
+                    // Filled in at commit, when the chain's order is final.
+                    prev_hash: None,
+                    hash: None,
                 };
                 events.push((event, metadata));
                 written += 1;
@@ -249,11 +256,18 @@ impl TenantActor {
         let tenant_id = self.tenant_id;
         let first_sequence = self.version + 1;
         let count = events.len();
-        let append = async move { store.append(tenant_id, first_sequence, &events).await };
+        let head = self.chain_head.clone();
+        let append = async move {
+            let mut events = events;
+            let head = crate::store::chain(tenant_id, first_sequence, head, &mut events)?;
+            store.append(tenant_id, first_sequence, &events).await?;
+            Ok::<_, StoreError>(head)
+        };
         ctx.spawn(append.into_actor(self).map(move |result, actor, ctx| {
             actor.busy = false;
             match result {
-                Ok(()) => {
+                Ok(head) => {
+                    actor.chain_head = head;
                     actor.version += count;
                     actor.events_since_snapshot += count;
                     for (pending, outcome) in outcomes {

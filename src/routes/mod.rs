@@ -2,6 +2,7 @@
 //! [`crate::gateway`], and shape JSON. Errors become HTTP in `crate::error`.
 
 pub mod admin;
+pub mod audit;
 pub mod billing;
 pub mod models;
 pub mod webhooks;
@@ -50,6 +51,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/models")
             .route(web::get().to(models::list_models))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/audit/events")
+            .route(web::get().to(audit::events))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/audit/events")
+            .route(web::get().to(audit::admin_events))
             .default_service(not_allowed()),
     )
     .service(

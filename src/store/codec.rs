@@ -1,6 +1,7 @@
 //! Between domain events and the rows cqrs-es repositories store.
 
 use super::{LogPosition, StoreError};
+use crate::audit::RawEvent;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -16,6 +17,12 @@ pub struct EventMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
     pub instance_id: InstanceId,
+    /// The hash chain (see `crate::audit`): the tenant's previous event's hash,
+    /// and this event's. Absent on events written before the chain existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// An event as read back from the global log.
@@ -46,6 +53,43 @@ pub fn serialize(
     ))
 }
 
+/// The stored form of an event, as the audit chain sees it.
+pub fn raw(event: SerializedEvent) -> RawEvent {
+    RawEvent {
+        tenant_id: event.aggregate_id,
+        sequence: event.sequence,
+        event_type: event.event_type,
+        event_version: event.event_version,
+        payload: event.payload,
+        metadata: event.metadata,
+    }
+}
+
+/// Links new events into their tenant's hash chain, continuing from `head` (the
+/// hash of the tenant's last event). Fills each metadata's `prev_hash` and `hash`
+/// and returns the new head.
+pub fn chain(
+    tenant_id: TenantId,
+    first_sequence: usize,
+    head: Option<String>,
+    events: &mut [(TenantEvent, EventMetadata)],
+) -> Result<Option<String>, StoreError> {
+    let mut head = head;
+    for (i, (event, metadata)) in events.iter_mut().enumerate() {
+        metadata.prev_hash = None;
+        metadata.hash = None;
+        let mut stored = raw(serialize(tenant_id, first_sequence + i, event, metadata)?);
+        let hash = crate::audit::link(head.as_deref(), &mut stored);
+        metadata.prev_hash = Some(
+            head.take()
+                .unwrap_or_else(|| crate::audit::GENESIS_HASH.to_string()),
+        );
+        metadata.hash = Some(hash.clone());
+        head = Some(hash);
+    }
+    Ok(head)
+}
+
 /// Upcasters for older event shapes, applied on every read (live and replay alike).
 fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     domain::tenant::upcasters()
@@ -73,12 +117,18 @@ pub fn deserialize(event: SerializedEvent) -> Result<(TenantEvent, EventMetadata
 }
 
 /// Folds loaded events onto a state, checking that sequences follow each other.
+/// Returns the state, its version, the events folded and the last one's chain hash.
 pub fn fold(
     mut state: Tenant,
     mut version: usize,
     events: Vec<SerializedEvent>,
-) -> Result<(Tenant, usize, usize), StoreError> {
+) -> Result<(Tenant, usize, usize, Option<String>), StoreError> {
     let count = events.len();
+    let head = events
+        .last()
+        .and_then(|e| e.metadata.get("hash"))
+        .and_then(|h| h.as_str())
+        .map(str::to_string);
     for serialized in events {
         if serialized.sequence != version + 1 {
             return Err(StoreError::Corrupt(format!(
@@ -90,5 +140,5 @@ pub fn fold(
         let (event, _) = deserialize(serialized)?;
         state.apply_event(event);
     }
-    Ok((state, version, count))
+    Ok((state, version, count, head))
 }

@@ -319,8 +319,21 @@ macro_rules! impl_store {
                 None => (Tenant::default(), 0),
             };
             let events = self.repo.get_last_events::<Tenant>(&id, version).await?;
-            let (state, version, events_since_snapshot) = codec::fold(state, version, events)?;
-            Ok(LoadedTenant { state, version, events_since_snapshot })
+            let (state, version, events_since_snapshot, head) = codec::fold(state, version, events)?;
+            // Nothing after the snapshot: the chain's head is the snapshot's last event.
+            let chain_head = match head {
+                Some(head) => Some(head),
+                None if version > 0 => self
+                    .repo
+                    .get_last_events::<Tenant>(&id, version - 1)
+                    .await?
+                    .last()
+                    .and_then(|e| e.metadata.get("hash"))
+                    .and_then(|h| h.as_str())
+                    .map(str::to_string),
+                None => None,
+            };
+            Ok(LoadedTenant { state, version, events_since_snapshot, chain_head })
         }
 
         async fn tenant_events(&self, tenant_id: TenantId, after_sequence: usize) -> Result<Vec<StoredEvent>, StoreError> {
@@ -332,6 +345,20 @@ macro_rules! impl_store {
                     let (event, metadata) = codec::deserialize(serialized)?;
                     Ok(StoredEvent { log_position: LogPosition::default(), tenant_id, sequence, event, metadata })
                 })
+                .collect()
+        }
+
+        async fn raw_tenant_events(&self, tenant_id: TenantId, after_sequence: usize, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
+            let events = self.repo.get_last_events::<Tenant>(&tenant_id.to_string(), after_sequence).await?;
+            Ok(events.into_iter().take(limit).map(codec::raw).collect())
+        }
+
+        async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError> {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = 'Tenant' ORDER BY aggregate_id")
+                .fetch_all(&self.pool)
+                .await?;
+            ids.iter()
+                .map(|s| s.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {s:?}"))))
                 .collect()
         }
 

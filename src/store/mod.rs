@@ -14,7 +14,7 @@ mod common_sql;
 mod postgres;
 mod sqlite;
 
-pub use codec::{EventMetadata, StoredEvent};
+pub use codec::{chain, deserialize as decode, EventMetadata, StoredEvent};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
 pub use sqlite::SqliteStore;
 
@@ -87,6 +87,8 @@ pub struct LoadedTenant {
     pub state: Tenant,
     pub version: usize,
     pub events_since_snapshot: usize,
+    /// The hash of the tenant's last event (`None` before the first chained one).
+    pub chain_head: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +145,16 @@ pub trait Store: Send + Sync {
         first_sequence: usize,
         events: &[(TenantEvent, EventMetadata)],
     ) -> Result<(), StoreError>;
+    /// Up to `limit` of a tenant's events after `after_sequence` exactly as stored
+    /// (payload and metadata JSON), in sequence order: what the audit chain covers.
+    async fn raw_tenant_events(
+        &self,
+        tenant_id: TenantId,
+        after_sequence: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::RawEvent>, StoreError>;
+    /// Every tenant with at least one event.
+    async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError>;
     /// One tenant's events after `after_sequence`, in sequence order. (Their
     /// `log_position` is not read and left zero.)
     async fn tenant_events(

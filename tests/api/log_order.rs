@@ -51,6 +51,8 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
                 tenant_id: tenant,
                 request_id: None,
                 instance_id: InstanceId::new_random(),
+                prev_hash: None,
+                hash: None,
             };
             let created = TenantEvent::TenantCreated {
                 tenant_id: tenant,
@@ -151,6 +153,8 @@ async fn log_read_walks_its_own_index_without_statistics() {
             tenant_id: tenant,
             request_id: None,
             instance_id: InstanceId::new_random(),
+            prev_hash: None,
+            hash: None,
         };
         let events: Vec<_> = (1..=1_000).map(|n| (grant(n), meta.clone())).collect();
         store.append(tenant, 1, &events).await.unwrap();

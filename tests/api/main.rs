@@ -17,6 +17,7 @@ mod scale_out;
 
 mod aigne;
 mod aigne_client;
+mod audit;
 mod billing;
 mod cli;
 mod conformance;
