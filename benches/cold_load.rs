@@ -80,6 +80,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
                 images: 0,
                 instance_id,
                 expires_at: at,
+                enforce_credit: true,
                 at,
             },
             &mut events,

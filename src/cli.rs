@@ -173,6 +173,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let mut settings = Settings::from_env_defaults();
+    settings.mode = match crate::config::DeploymentMode::from_env() {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
+            return ExitCode::FAILURE;
+        }
+    };
     settings.data_dir = cli.data_dir.clone();
     settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs {

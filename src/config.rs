@@ -182,6 +182,8 @@ impl Default for Limits {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// `AIGNE_HUB_MODE`: `service_provider` (default) or `enterprise`.
+    pub mode: DeploymentMode,
     pub listen: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
@@ -232,9 +234,45 @@ impl AigneSettings {
     }
 }
 
+/// How credit is treated (see docs/billing.md, "Deployment modes").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeploymentMode {
+    /// Reselling: credit is enforced, a request that cannot be covered gets 402.
+    #[default]
+    ServiceProvider,
+    /// Self-hosted for one's own teams: costs are tracked the same way, but no
+    /// request is refused for want of credit (balances may go negative).
+    Enterprise,
+}
+
+impl DeploymentMode {
+    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        match raw.trim() {
+            "service_provider" => Ok(Self::ServiceProvider),
+            "enterprise" => Ok(Self::Enterprise),
+            other => anyhow::bail!(
+                "AIGNE_HUB_MODE must be `service_provider` or `enterprise`, not {other:?}"
+            ),
+        }
+    }
+
+    /// From `AIGNE_HUB_MODE`; unset or empty is `service_provider`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("AIGNE_HUB_MODE") {
+            Ok(raw) if !raw.trim().is_empty() => Self::parse(&raw),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    pub fn enforces_credit(self) -> bool {
+        self == Self::ServiceProvider
+    }
+}
+
 impl Settings {
     pub fn from_env_defaults() -> Self {
         Self {
+            mode: DeploymentMode::default(),
             listen: std::env::var("AIGNE_HUB_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into()),
             data_dir: std::env::var("AIGNE_HUB_DATA_DIR")
                 .map(PathBuf::from)

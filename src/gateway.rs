@@ -308,6 +308,7 @@ pub(crate) async fn admit(
         images: ask.images,
         instance_id: hub.instance_id,
         expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
+        enforce_credit: hub.mode.enforces_credit(),
         at: Utc::now(),
     };
     hub.tenants

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Hub {
+    pub mode: crate::config::DeploymentMode,
     pub store: Arc<dyn Store>,
     pub tenants: TenantRegistry,
     pub catalog: Catalog,

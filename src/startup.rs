@@ -49,6 +49,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         secrets,
         instance_id,
         limits: settings.limits.clone(),
+        mode: settings.mode,
         operator_token,
         aigne: crate::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,

@@ -439,3 +439,32 @@ async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
     assert_eq!(models["data"][0]["pricing"]["output_per_mtok"], "2");
 }
 on_both_stores!(roles_limit_what_a_key_can_do, roles_limit_what_a_key_can_do);
+
+/// `AIGNE_HUB_MODE=enterprise`: the same ledger and figures, but no request is
+/// refused for want of credit (a team's costs are tracked, not capped).
+async fn enterprise_mode_tracks_costs_without_refusing(kind: StoreKind) {
+    let app = spawn_app_with(kind, |s| {
+        s.mode = aigne_hub::config::DeploymentMode::Enterprise
+    })
+    .await;
+    app.setup_provider(&[GPT_MOCK]).await;
+    let tenant = app.create_tenant("0").await;
+    let key = app.issue_key(&tenant, "member").await;
+    for _ in 0..2 {
+        let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
+        assert_eq!(response.status(), 200);
+    }
+    let balance = app.balance(&tenant).await;
+    let spent = mock_answer_cost() + mock_answer_cost();
+    assert_eq!(balance["spent"], spent.to_decimal_string());
+    assert_eq!(balance["held"], "0");
+    assert_eq!(
+        balance["available"],
+        (Credits::ZERO - spent).to_decimal_string(),
+        "{balance}"
+    );
+}
+on_both_stores!(
+    enterprise_mode_tracks_costs_without_refusing,
+    enterprise_mode_tracks_costs_without_refusing
+);

@@ -88,6 +88,7 @@ pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -
         http_workers: 2,
         limits: test_limits(),
         aigne: Default::default(),
+        mode: Default::default(),
     };
     edit(&mut settings);
     start(settings, kind, MockUpstream::start(), temp).await

@@ -412,6 +412,7 @@ impl Tenant {
                 images,
                 instance_id,
                 expires_at,
+                enforce_credit,
                 at,
             } => {
                 if self.holds.contains_key(&request_id) {
@@ -426,7 +427,7 @@ impl Tenant {
                     _ => sum,
                 });
                 let available = self.available() - due;
-                if available < hold {
+                if enforce_credit && available < hold {
                     return Err(TenantError::InsufficientCredits {
                         available: available.max(Credits::ZERO).to_decimal_string(),
                         required: hold.to_decimal_string(),

@@ -87,6 +87,9 @@ pub enum TenantCommand {
         images: u32,
         instance_id: InstanceId,
         expires_at: DateTime<Utc>,
+        /// `false` in the `enterprise` deployment mode: the hold is recorded (costs
+        /// are tracked the same way) but never refused for want of credit.
+        enforce_credit: bool,
         at: DateTime<Utc>,
     },
     /// Charge what the upstream reported and release the rest of the hold.

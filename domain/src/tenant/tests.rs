@@ -89,6 +89,7 @@ fn reserve_cmd(
         images: 0,
         instance_id: instance(instance_n),
         expires_at: at(600),
+        enforce_credit: true,
         at: at(2),
     }
 }
@@ -320,6 +321,26 @@ fn reserve_without_enough_credit_is_refused() {
             available: "0.000299999999".into(),
             required: "0.0003".into(),
         });
+}
+
+#[test]
+fn enterprise_mode_places_the_hold_without_enough_credit() {
+    // Same shortfall as above; costs are tracked, nothing is refused.
+    let mut command = reserve_cmd(1, 36, None, 0);
+    if let TenantCommand::ReserveCredits { enforce_credit, .. } = &mut command {
+        *enforce_credit = false;
+    }
+    let history = vec![created(), key_issued(), granted("0.000299999999", "g1")];
+    TenantTest::with(())
+        .given(history.clone())
+        .when(command)
+        .then_expect_events(vec![reserved(1, 36, None)]);
+    let tenant = state_after([history, vec![reserved(1, 36, None)]].concat());
+    assert_eq!(
+        tenant.balance().available,
+        Credits::parse_positive("0.000299999999").unwrap()
+            - Credits::parse_positive("0.0003").unwrap()
+    );
 }
 
 #[test]
