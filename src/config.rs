@@ -41,6 +41,10 @@ pub struct Limits {
     /// arriving meanwhile are folded in one pass (one read, one write) instead of
     /// one pass each: under load that is most of the projector's cost.
     pub projector_batch_delay_ms: u64,
+    /// Ends a stream whose running cost would pass what the tenant could pay
+    /// (`AIGNE_HUB_STREAM_CREDIT_CUTOFF`, on by default; only in the
+    /// `service_provider` mode, see docs/billing.md "Mid-stream enforcement").
+    pub stream_credit_cutoff: bool,
     /// Retries of one candidate after a 429, 5xx, connection failure or timeout,
     /// before the next candidate is tried.
     pub retries_per_candidate: u32,
@@ -165,6 +169,7 @@ impl Default for Limits {
             catalog_refresh_ms: 5_000,
             projector_poll_ms: 1_000,
             projector_batch_delay_ms: 20,
+            stream_credit_cutoff: true,
             retries_per_candidate: 1,
             retry_base_delay_ms: 100,
             retry_max_delay_ms: 2_000,
@@ -288,6 +293,7 @@ impl Settings {
             http_workers: env_count("AIGNE_HUB_HTTP_WORKERS", 2),
             limits: Limits {
                 webhooks: WebhookSettings::from_env(),
+                stream_credit_cutoff: env_switch("AIGNE_HUB_STREAM_CREDIT_CUTOFF", true),
                 expiring_soon_window_secs: env_number("AIGNE_HUB_EXPIRING_SOON_DAYS")
                     .map(|days| days.saturating_mul(24 * 3600))
                     .unwrap_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT),
@@ -295,6 +301,16 @@ impl Settings {
             },
             aigne: AigneSettings::from_env(),
         }
+    }
+}
+
+/// An on/off setting from the environment (`on`/`off`, `true`/`false`, `1`/`0`);
+/// anything else is `default`.
+fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("on" | "true" | "1") => true,
+        Ok("off" | "false" | "0") => false,
+        _ => default,
     }
 }
 

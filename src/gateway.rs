@@ -24,7 +24,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
 use domain::tenant::{Attempt, TenantCommand};
-use domain::{Capability, Ingress, ModelPrice, Permission, RequestId, Usage};
+use domain::{Capability, Credits, Ingress, ModelPrice, Permission, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -145,6 +145,9 @@ pub(crate) struct Billing {
     pub(crate) request_id: RequestId,
     pub(crate) prompt_bytes: u64,
     pub(crate) started: Instant,
+    /// The most this request may cost: its hold plus what the tenant had left
+    /// after placing it (as of admission). `None`: no mid-stream cutoff.
+    pub(crate) spend_limit: Option<Credits>,
 }
 
 impl Billing {
@@ -220,6 +223,22 @@ impl Billing {
         }
     }
 
+    /// Whether a stream that has generated `output_bytes` would cost more than the
+    /// request may spend: the provider's figures so far where it gave them, at
+    /// least the generated text's estimate.
+    pub(crate) fn would_overspend(
+        &self,
+        attempt: &Attempt,
+        reported: Option<&Usage>,
+        output_bytes: u64,
+    ) -> bool {
+        let Some(limit) = self.spend_limit else {
+            return false;
+        };
+        let running = partial_usage(reported.cloned(), self.prompt_bytes, output_bytes);
+        attempt.rates.cost_of(&running) > limit
+    }
+
     pub(crate) async fn release(&self, reason: String) {
         let command = TenantCommand::ReleaseHold {
             request_id: self.request_id,
@@ -290,6 +309,10 @@ pub(crate) async fn admit(
     let price = hold_price(&candidates);
     let primary = &candidates[0].priced;
     let request_id = RequestId::new_random();
+    let max_tokens = ask
+        .max_tokens
+        .unwrap_or(price.max_output_tokens)
+        .saturating_mul(ask.choices);
     let reserve = TenantCommand::ReserveCredits {
         request_id,
         key_id: key.key_id,
@@ -300,18 +323,16 @@ pub(crate) async fn admit(
         price,
         price_version: primary.price_version,
         prompt_bytes: ask.prompt_bytes,
-        max_tokens: Some(
-            ask.max_tokens
-                .unwrap_or(price.max_output_tokens)
-                .saturating_mul(ask.choices),
-        ),
+        max_tokens: Some(max_tokens),
         images: ask.images,
         instance_id: hub.instance_id,
         expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
         enforce_credit: hub.mode.enforces_credit(),
         at: Utc::now(),
     };
-    hub.tenants
+    let hold = price.hold_for(ask.prompt_bytes, Some(max_tokens), ask.images);
+    let reply = hub
+        .tenants
         .call(
             key.tenant_id,
             TenantOp::Execute {
@@ -322,12 +343,15 @@ pub(crate) async fn admit(
         )
         .await?;
     hub.router.earn();
+    let spend_limit = (hub.mode.enforces_credit() && hub.limits.stream_credit_cutoff)
+        .then(|| reply.balance.available + hold);
     let billing = Billing {
         hub: hub.clone(),
         key,
         request_id,
         prompt_bytes: ask.prompt_bytes,
         started: Instant::now(),
+        spend_limit,
     };
     Ok(Admitted {
         billing,
@@ -763,6 +787,29 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
     })
 }
 
+/// The chunk that ends a stream the tenant's credit cannot pay for: a normal
+/// `finish_reason: "length"` (what clients already handle for a token cap) and,
+/// beside it, why.
+fn credit_exhausted_chunk(last_chunk: Option<&Value>) -> Value {
+    let field = |name: &str| {
+        last_chunk
+            .and_then(|c| c.get(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "id": field("id"),
+        "object": "chat.completion.chunk",
+        "created": field("created"),
+        "model": field("model"),
+        "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}],
+        "aigne_hub": {
+            "stopped": "insufficient_credits",
+            "message": "the stream was ended because the tenant's available credit would not cover more output; what was delivered is billed",
+        },
+    })
+}
+
 /// What a stream that did not finish is charged: the provider's own figures where
 /// it reported them (some report input at the start, output only at the end), but
 /// never fewer output tokens than the text that already reached the client.
@@ -781,6 +828,8 @@ fn partial_usage(reported: Option<Usage>, prompt_bytes: u64, output_bytes: u64) 
 }
 
 enum StreamEnd {
+    /// The next chunk would have cost more than the tenant can pay.
+    CreditExhausted,
     Done,
     ClientGone,
     UpstreamFailed(UpstreamError),
@@ -804,7 +853,11 @@ async fn relay_stream(
             Some(Err(e)) => break StreamEnd::UpstreamFailed(e),
             Some(Ok(StreamItem::Usage(reported))) => usage = Some(reported),
             Some(Ok(StreamItem::Chunk(chunk))) => {
-                output_bytes += generated_bytes(&chunk);
+                let after = output_bytes + generated_bytes(&chunk);
+                if billing.would_overspend(&attempt, usage.as_ref(), after) {
+                    break StreamEnd::CreditExhausted;
+                }
+                output_bytes = after;
                 if tx.send(sse_frame(&chunk.to_string())).await.is_err() {
                     break StreamEnd::ClientGone;
                 }
@@ -834,6 +887,20 @@ async fn relay_stream(
                 Err(e) => sse_frame(&e.body().to_string()),
             };
             let _ = tx.send(last).await;
+        }
+        StreamEnd::CreditExhausted => {
+            tracing::info!(request_id = %billing.request_id, "stream ended: the tenant's credit would not cover more");
+            let charged = partial_usage(usage, billing.prompt_bytes, output_bytes);
+            let mut last = credit_exhausted_chunk(last_chunk.as_ref());
+            if client_wants_usage {
+                last["usage"] = openai_usage_json(&charged);
+            }
+            let _ = tx.send(sse_frame(&last.to_string())).await;
+            let end = match billing.settle(&attempt, charged).await {
+                Ok(()) => sse_frame("[DONE]"),
+                Err(e) => sse_frame(&e.body().to_string()),
+            };
+            let _ = tx.send(end).await;
         }
         StreamEnd::ClientGone => {
             tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");

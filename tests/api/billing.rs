@@ -468,3 +468,77 @@ on_both_stores!(
     enterprise_mode_tracks_costs_without_refusing,
     enterprise_mode_tracks_costs_without_refusing
 );
+
+/// Text deltas and the last chunk of an SSE body that ended with `[DONE]`.
+fn stream_text_and_last_chunk(body: &str) -> (String, Value) {
+    let frames: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(frames.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (text, chunks.last().cloned().unwrap())
+}
+
+/// An upstream that ignores `max_tokens` cannot make a stream cost more than the
+/// tenant can pay: the hub ends it with `finish_reason: "length"` and bills what
+/// was delivered. In the enterprise mode the same stream runs to its end.
+async fn a_stream_ends_when_the_credit_would_run_out(kind: StoreKind) {
+    // 0.001 credit per output token; input nearly free. The mock streams
+    // "Hel" + "lo " + "there" whatever max_tokens says.
+    let dear = ("gpt-dear", "0.000001", "1000", Some(1000));
+    let mut body = chat_body("gpt-dear", true);
+    body["max_tokens"] = json!(1);
+
+    let app = spawn_app(kind).await;
+    app.setup_provider(&[dear]).await;
+    // Covers the hold (one output token) and half a token more.
+    let tenant = app.create_tenant("0.0015").await;
+    let key = app.issue_key(&tenant, "member").await;
+    let response = app.chat(&key, &body).await;
+    assert_eq!(response.status(), 200);
+    let (text, last) = stream_text_and_last_chunk(&response.text().await.unwrap());
+    assert_eq!(text, "Hel", "the chunk that would overspend is not sent");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["aigne_hub"]["stopped"], "insufficient_credits");
+    let settled = tenant_events(&app, &tenant)
+        .await
+        .into_iter()
+        .find_map(|e| match e.event {
+            TenantEvent::UsageSettled { usage, cost_pico, .. } => Some((usage, cost_pico)),
+            _ => None,
+        })
+        .expect("the delivered part is settled");
+    assert_eq!(settled.0.output_tokens, 1, "3 bytes delivered: one token");
+    assert!(settled.0.estimated);
+    let balance = app.balance(&tenant).await;
+    assert_eq!(balance["held"], "0");
+    assert_eq!(balance["spent"], settled.1.to_decimal_string());
+    assert!(
+        !balance["available"].as_str().unwrap().starts_with('-'),
+        "never below zero: {balance}"
+    );
+
+    let enterprise = spawn_app_with(kind, |s| {
+        s.mode = aigne_hub::config::DeploymentMode::Enterprise
+    })
+    .await;
+    enterprise.setup_provider(&[dear]).await;
+    let tenant = enterprise.create_tenant("0.0015").await;
+    let key = enterprise.issue_key(&tenant, "member").await;
+    let response = enterprise.chat(&key, &body).await;
+    let (text, last) = stream_text_and_last_chunk(&response.text().await.unwrap());
+    assert_eq!(text, "Hello there");
+    assert_ne!(last["choices"][0]["finish_reason"], "length");
+}
+on_both_stores!(
+    a_stream_ends_when_the_credit_would_run_out,
+    a_stream_ends_when_the_credit_would_run_out
+);
