@@ -285,3 +285,69 @@ on_both_stores!(
     the_chain_continues_across_a_restart,
     the_chain_continues_across_a_restart
 );
+
+/// A tenant loaded from a snapshot with no event after it still knows its
+/// chain's head (it is read from the snapshot's last event), so the next event
+/// links to the right one.
+async fn the_chain_head_survives_a_snapshot_with_nothing_after_it(kind: StoreKind) {
+    use aigne_hub::store::{chain, EventMetadata};
+    use chrono::Utc;
+    use domain::tenant::TenantEvent;
+    use domain::{Credits, InstanceId};
+
+    let temp = tempfile::tempdir().unwrap();
+    let url = match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => Some(fresh_pg_database().await),
+    };
+    let store = aigne_hub::store::open(url.as_deref(), temp.path())
+        .await
+        .unwrap();
+    let tenant = TenantId::new_random();
+    let meta = EventMetadata {
+        recorded_at: Utc::now(),
+        tenant_id: tenant,
+        request_id: None,
+        instance_id: InstanceId::new_random(),
+        prev_hash: None,
+        hash: None,
+    };
+    let mut events = vec![(
+        TenantEvent::TenantCreated {
+            tenant_id: tenant,
+            name: "t".into(),
+            at: Utc::now(),
+        },
+        meta.clone(),
+    )];
+    for n in 0..2 {
+        events.push((
+            TenantEvent::CreditsGranted {
+                amount_pico: Credits::from_pico(1),
+                idempotency_key: format!("g{n}"),
+                reason: "r".into(),
+                expires_at: None,
+                payment: None,
+                at: Utc::now(),
+            },
+            meta.clone(),
+        ));
+    }
+    let head = chain(tenant, 1, None, &mut events).unwrap();
+    store.append(tenant, 1, &events).await.unwrap();
+    let loaded = store.load_tenant(tenant).await.unwrap();
+    store.save_snapshot(tenant, 3, &loaded.state).await.unwrap();
+
+    let reloaded = store.load_tenant(tenant).await.unwrap();
+    assert_eq!(reloaded.version, 3);
+    assert_eq!(
+        reloaded.events_since_snapshot, 0,
+        "loaded from the snapshot"
+    );
+    assert_eq!(reloaded.chain_head, head);
+    assert!(head.is_some());
+}
+on_both_stores!(
+    the_chain_head_survives_a_snapshot_with_nothing_after_it,
+    the_chain_head_survives_a_snapshot_with_nothing_after_it
+);
