@@ -307,7 +307,10 @@ impl Settings {
 /// An on/off setting from the environment (`on`/`off`, `true`/`false`, `1`/`0`);
 /// anything else is `default`.
 fn env_switch(name: &str, default: bool) -> bool {
-    match std::env::var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+    match std::env::var(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         Ok("on" | "true" | "1") => true,
         Ok("off" | "false" | "0") => false,
         _ => default,

@@ -6,6 +6,7 @@
 //! it at once: the checkpoint moves by compare-and-set, so a page is applied once.
 
 use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
+use projections::analytics;
 use projections::balances::Balances;
 use projections::{encode_rows, fold, LoggedEvent, Projection};
 use std::collections::BTreeMap;
@@ -33,9 +34,13 @@ impl Projector {
         Self { store, wake }
     }
 
-    /// Applies every committed event not yet applied. Returns how many were applied.
+    /// Applies every committed event not yet applied to each projection (balances,
+    /// then usage analytics, each under its own checkpoint). Returns how many events
+    /// the projection that was furthest behind applied.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
-        catch_up_projection::<Balances>(self.store.as_ref(), Balances::NAME).await
+        let balances = catch_up_projection::<Balances>(self.store.as_ref(), Balances::NAME).await?;
+        let analytics = catch_up_analytics(self.store.as_ref()).await?;
+        Ok(balances.max(analytics))
     }
 
     /// Runs until the process ends.
@@ -84,6 +89,39 @@ pub async fn catch_up_projection<P: Projection>(
         }
         fold::<P>(&mut rows, page.iter().map(logged));
         let encoded: Vec<(String, String)> = encode_rows::<P>(&rows).into_iter().collect();
+        if store.commit_projection(name, from, to, &encoded).await? {
+            applied += page.len() as u64;
+        }
+    }
+}
+
+/// Brings the usage analytics projection (`projections::analytics`) up to the end
+/// of the log, like [`catch_up_projection`] but with that projection's own fold,
+/// which joins a request's settlement to its reservation across two rows.
+pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
+    let name = analytics::NAME;
+    let mut applied = 0;
+    loop {
+        let from = store.projection_checkpoint(name).await?;
+        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
+        let Some(last) = page.last() else {
+            return Ok(applied);
+        };
+        let to: LogPosition = last.log_position;
+        let mut keys: Vec<String> = page
+            .iter()
+            .flat_map(|e| analytics::row_keys(&logged(e)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut rows: BTreeMap<String, analytics::AnalyticsRow> = BTreeMap::new();
+        for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
+            let row = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
+            rows.insert(key, row);
+        }
+        analytics::fold(&mut rows, page.iter().map(logged));
+        let encoded: Vec<(String, String)> = analytics::encode_rows(&rows).into_iter().collect();
         if store.commit_projection(name, from, to, &encoded).await? {
             applied += page.len() as u64;
         }

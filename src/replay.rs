@@ -1,8 +1,9 @@
 //! `aigne-hub replay`: rebuild every projection from the event log alone into fresh
 //! tables and prove it equals the live one.
 
-use crate::projector::{catch_up_projection, logged};
+use crate::projector::{catch_up_analytics, catch_up_projection, logged};
 use crate::store::{LogPosition, Store, StoreError, LOG_PAGE_MAX_EVENTS};
+use projections::analytics;
 use projections::balances::Balances;
 use projections::replay::{compare, Comparison, Rebuild};
 use projections::Projection;
@@ -28,10 +29,12 @@ pub struct ReplayReport {
 
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
     let balances = replay_projection::<Balances>(store).await?;
-    let all_identical = balances.comparison.identical;
+    let analytics = replay_analytics(store).await?;
+    let all_identical = balances.comparison.identical && analytics.comparison.identical;
     Ok(ReplayReport {
         store: store.kind(),
-        projections: vec![balances],
+        // Balances first: callers index it as the first projection.
+        projections: vec![balances, analytics],
         all_identical,
     })
 }
@@ -63,13 +66,48 @@ async fn replay_projection<P: Projection>(
         .commit_projection(&fresh, LogPosition::default(), until, &rows)
         .await?;
 
-    let live: BTreeMap<String, String> =
-        store.projection_rows(P::NAME).await?.into_iter().collect();
+    finish(P::NAME, store, &fresh, rebuild.events_applied, seconds).await
+}
+
+/// Like [`replay_projection`], for the usage analytics projection and its own fold.
+async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreError> {
+    let name = analytics::NAME;
+    catch_up_analytics(store).await?;
+    let until = store.projection_checkpoint(name).await?;
+    let fresh = format!("{name}@replay");
+    store.clear_projection(&fresh).await?;
+
+    let started = Instant::now();
+    let mut rebuild = analytics::Rebuild::default();
+    let mut after = LogPosition::default();
+    loop {
+        let page = store
+            .read_log(after, Some(until), LOG_PAGE_MAX_EVENTS)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.log_position;
+        rebuild.apply_page(page.iter().map(logged));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
+    store
+        .commit_projection(&fresh, LogPosition::default(), until, &rows)
+        .await?;
+    finish(name, store, &fresh, rebuild.events_applied, seconds).await
+}
+
+async fn finish(
+    name: &str,
+    store: &dyn Store,
+    fresh: &str,
+    events: u64,
+    seconds: f64,
+) -> Result<ProjectionReplay, StoreError> {
+    let live: BTreeMap<String, String> = store.projection_rows(name).await?.into_iter().collect();
     let replayed: BTreeMap<String, String> =
-        store.projection_rows(&fresh).await?.into_iter().collect();
-    let events = rebuild.events_applied;
+        store.projection_rows(fresh).await?.into_iter().collect();
     Ok(ProjectionReplay {
-        comparison: compare(P::NAME, &live, &replayed),
+        comparison: compare(name, &live, &replayed),
         events,
         seconds,
         events_per_second: if seconds > 0.0 {

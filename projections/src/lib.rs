@@ -6,6 +6,7 @@
 //! comparing [`content_hash`]es. This crate holds the folds and the replay
 //! routine; reading the log and storing rows is the server's job.
 
+pub mod analytics;
 pub mod balances;
 pub mod replay;
 

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod audit;
 pub mod billing;
+pub mod explain;
 pub mod models;
+pub mod usage;
 pub mod webhooks;
 
 use crate::error::HubError;
@@ -66,6 +68,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/billing/balance")
             .route(web::get().to(billing::balance))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/billing/usage")
+            .route(web::get().to(usage::usage))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/usage")
+            .route(web::get().to(usage::admin_usage))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/billing/requests/{request_id}")
+            .route(web::get().to(explain::request))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/requests/{request_id}")
+            .route(web::get().to(explain::admin_request))
             .default_service(not_allowed()),
     )
     .service(

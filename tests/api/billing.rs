@@ -512,7 +512,9 @@ async fn a_stream_ends_when_the_credit_would_run_out(kind: StoreKind) {
         .await
         .into_iter()
         .find_map(|e| match e.event {
-            TenantEvent::UsageSettled { usage, cost_pico, .. } => Some((usage, cost_pico)),
+            TenantEvent::UsageSettled {
+                usage, cost_pico, ..
+            } => Some((usage, cost_pico)),
             _ => None,
         })
         .expect("the delivered part is settled");
