@@ -17,7 +17,7 @@ use crate::error::HubError;
 use crate::hub::Hub;
 use crate::providers::{
     api_for, openai_usage_json, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome,
-    Provider, StreamItem, UpstreamCall, UpstreamError,
+    Provider, ProviderKind, StreamItem, UpstreamCall, UpstreamError,
 };
 use crate::routing::{backoff, classify, Failure, ATTEMPTS_PER_REQUEST_MAX};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -404,6 +404,25 @@ async fn perform(
     })
 }
 
+/// A chat request that names no output cap gets the model's configured one: the
+/// hold was placed for at most that many tokens, and without it upstreams apply
+/// their own default (Anthropic needs one; others may write far more).
+fn cap_output_tokens(request: &mut Value, kind: ProviderKind, max_output_tokens: u32) {
+    let named = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|f| request.get(*f).is_some_and(|v| !v.is_null()));
+    if named {
+        return;
+    }
+    // OpenAI's reasoning models refuse `max_tokens`; the compatible APIs know only it.
+    let field = if kind == ProviderKind::OpenAi {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    request[field] = Value::from(max_output_tokens);
+}
+
 /// Tries the candidates in order (see `routing`), recording every failed attempt.
 /// On success returns the answer, the attempt that gave it and its provider; on
 /// failure releases the hold and returns the last error.
@@ -440,6 +459,13 @@ pub(crate) async fn attempt(
             let mut upstream_request = request.clone();
             upstream_request["model"] =
                 Value::String(candidate.priced.model.upstream_model().to_string());
+            if matches!(operation, Operation::Chat | Operation::ChatStream) {
+                cap_output_tokens(
+                    &mut upstream_request,
+                    provider.kind,
+                    candidate.priced.price.max_output_tokens,
+                );
+            }
             let started = Instant::now();
             let error = match perform(operation, hub, &provider, &upstream_request).await {
                 Ok(answer) => return Ok((answer, attempt, provider)),
@@ -967,6 +993,21 @@ mod tests {
         };
         assert_eq!(partial_usage(Some(reported), 100, 400), reported);
         assert_eq!(partial_usage(None, 8, 4), Usage::estimate(8, 4));
+    }
+
+    #[test]
+    fn a_chat_request_without_a_cap_gets_the_models_cap() {
+        let mut request = json!({"model": "m", "messages": []});
+        cap_output_tokens(&mut request, ProviderKind::Anthropic, 1000);
+        assert_eq!(request["max_tokens"], 1000);
+        let mut request = json!({"model": "m", "messages": []});
+        cap_output_tokens(&mut request, ProviderKind::OpenAi, 1000);
+        assert_eq!(request["max_completion_tokens"], 1000);
+        assert!(request.get("max_tokens").is_none());
+        let mut request = json!({"model": "m", "max_tokens": 5});
+        cap_output_tokens(&mut request, ProviderKind::DeepSeek, 1000);
+        assert_eq!(request["max_tokens"], 5, "the client's own cap stays");
+        assert!(request.get("max_completion_tokens").is_none());
     }
 
     #[test]

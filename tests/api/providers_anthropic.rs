@@ -143,7 +143,9 @@ async fn hub_sends_translated_requests_with_anthropic_headers() {
         })
     );
 
-    // Streams ask for it; a request without a cap gets Anthropic's required one.
+    // Streams ask for it; a request without a cap gets the model's configured
+    // output cap (1000 in the conformance price book), which Anthropic requires
+    // and the hold assumed.
     let mut body = json!({"model": "conf/conf-text", "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
     let response = s.app.chat(&s.key, &body).await;
@@ -152,7 +154,7 @@ async fn hub_sends_translated_requests_with_anthropic_headers() {
     let sent = mock.requests().pop().unwrap().body;
     assert_eq!(
         (sent["stream"].clone(), sent["max_tokens"].clone()),
-        (json!(true), json!(4096))
+        (json!(true), json!(1000))
     );
     assert!(sent.get("stream_options").is_none());
 
