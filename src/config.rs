@@ -73,6 +73,12 @@ pub struct Limits {
     /// Payment webhooks (`POST /webhooks/payments`). Kept with the limits because
     /// they are the settings the hub carries (`Hub::limits`).
     pub webhooks: WebhookSettings,
+    /// Day of the month (1–28, UTC) billing periods start on
+    /// (`AIGNE_HUB_INVOICE_ANCHOR_DAY`; docs/billing.md, "Invoices").
+    pub invoice_anchor_day: u32,
+    /// How long after a period's end its invoice stays a draft
+    /// (`AIGNE_HUB_INVOICE_GRACE_HOURS`; at most 27 days).
+    pub invoice_grace_secs: i64,
 }
 
 /// Default of [`Limits::expiring_soon_window_secs`]: 7 days.
@@ -181,6 +187,8 @@ impl Default for Limits {
             credit_expiry_interval_ms: 10_000,
             expiring_soon_window_secs: EXPIRING_SOON_WINDOW_SECS_DEFAULT,
             webhooks: WebhookSettings::default(),
+            invoice_anchor_day: projections::invoices::ANCHOR_DAY_DEFAULT,
+            invoice_grace_secs: projections::invoices::GRACE_SECS_DEFAULT,
         }
     }
 }
@@ -203,6 +211,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The AIGNE Hub v2 protocol (`/api/v2/...`, see docs/aigne.md).
     pub aigne: AigneSettings,
+    /// Low-balance notifications (`AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL`, `_SECRET`).
+    pub notify: crate::notify::NotifySettings,
 }
 
 /// Settings of the AIGNE Hub v2 protocol.
@@ -297,9 +307,19 @@ impl Settings {
                 expiring_soon_window_secs: env_number("AIGNE_HUB_EXPIRING_SOON_DAYS")
                     .map(|days| days.saturating_mul(24 * 3600))
                     .unwrap_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT),
+                invoice_anchor_day: env_number("AIGNE_HUB_INVOICE_ANCHOR_DAY")
+                    .map(|day| day.clamp(1, 28) as u32)
+                    .unwrap_or(projections::invoices::ANCHOR_DAY_DEFAULT),
+                invoice_grace_secs: env_number("AIGNE_HUB_INVOICE_GRACE_HOURS")
+                    .map(|hours| {
+                        (hours.saturating_mul(3600) as i64)
+                            .clamp(0, projections::invoices::GRACE_SECS_MAX)
+                    })
+                    .unwrap_or(projections::invoices::GRACE_SECS_DEFAULT),
                 ..Limits::default()
             },
             aigne: AigneSettings::from_env(),
+            notify: crate::notify::NotifySettings::from_env(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod hub;
 pub mod messages;
+pub mod notify;
 pub mod projector;
 pub mod providers;
 pub mod replay;

@@ -8,9 +8,10 @@
 use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
 use projections::analytics;
 use projections::balances::Balances;
+use projections::invoices;
 use projections::{encode_rows, fold, LoggedEvent, Projection};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -35,12 +36,13 @@ impl Projector {
     }
 
     /// Applies every committed event not yet applied to each projection (balances,
-    /// then usage analytics, each under its own checkpoint). Returns how many events
-    /// the projection that was furthest behind applied.
+    /// usage analytics, then invoices, each under its own checkpoint). Returns how
+    /// many events the projection that was furthest behind applied.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
         let balances = catch_up_projection::<Balances>(self.store.as_ref(), Balances::NAME).await?;
         let analytics = catch_up_analytics(self.store.as_ref()).await?;
-        Ok(balances.max(analytics))
+        let invoices = catch_up_invoices(self.store.as_ref(), &invoice_settings()).await?;
+        Ok(balances.max(analytics).max(invoices))
     }
 
     /// Runs until the process ends.
@@ -123,6 +125,57 @@ pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
         analytics::fold(&mut rows, page.iter().map(logged));
         let encoded: Vec<(String, String)> = analytics::encode_rows(&rows).into_iter().collect();
         if store.commit_projection(name, from, to, &encoded).await? {
+            applied += page.len() as u64;
+        }
+    }
+}
+
+/// How this process cuts billing periods: `Limits::invoice_anchor_day` and
+/// `Limits::invoice_grace_secs` as read from the environment
+/// (`AIGNE_HUB_INVOICE_ANCHOR_DAY`, `AIGNE_HUB_INVOICE_GRACE_HOURS`) at first use.
+/// The projector, replay and the invoice routes all use this one value, so what
+/// is stored and what is read are cut the same way; the settings are part of the
+/// projection's stored name (`projections::invoices`), so other settings build
+/// another projection from the start of the log.
+pub fn invoice_settings() -> invoices::Settings {
+    static SETTINGS: OnceLock<invoices::Settings> = OnceLock::new();
+    *SETTINGS.get_or_init(|| {
+        let limits = crate::config::Settings::from_env_defaults().limits;
+        invoices::Settings::new(limits.invoice_anchor_day, limits.invoice_grace_secs)
+    })
+}
+
+/// Brings the invoices projection (`projections::invoices`, cut with `settings`)
+/// up to the end of the log, like [`catch_up_analytics`]: its fold joins a
+/// settlement to its reservation's `at` across rows.
+pub async fn catch_up_invoices(
+    store: &dyn Store,
+    settings: &invoices::Settings,
+) -> Result<u64, StoreError> {
+    let name = settings.projection_name();
+    let mut applied = 0;
+    loop {
+        let from = store.projection_checkpoint(&name).await?;
+        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
+        let Some(last) = page.last() else {
+            return Ok(applied);
+        };
+        let to: LogPosition = last.log_position;
+        let mut keys: Vec<String> = page
+            .iter()
+            .flat_map(|e| invoices::row_keys(settings, &logged(e)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut rows: BTreeMap<String, invoices::InvoiceRow> = BTreeMap::new();
+        for (key, payload) in store.projection_rows_by_keys(&name, &keys).await? {
+            let row = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
+            rows.insert(key, row);
+        }
+        invoices::fold(settings, &mut rows, page.iter().map(logged));
+        let encoded: Vec<(String, String)> = invoices::encode_rows(&rows).into_iter().collect();
+        if store.commit_projection(&name, from, to, &encoded).await? {
             applied += page.len() as u64;
         }
     }

@@ -1,10 +1,13 @@
 //! `aigne-hub replay`: rebuild every projection from the event log alone into fresh
 //! tables and prove it equals the live one.
 
-use crate::projector::{catch_up_analytics, catch_up_projection, logged};
+use crate::projector::{
+    catch_up_analytics, catch_up_invoices, catch_up_projection, invoice_settings, logged,
+};
 use crate::store::{LogPosition, Store, StoreError, LOG_PAGE_MAX_EVENTS};
 use projections::analytics;
 use projections::balances::Balances;
+use projections::invoices;
 use projections::replay::{compare, Comparison, Rebuild};
 use projections::Projection;
 use serde::Serialize;
@@ -30,11 +33,14 @@ pub struct ReplayReport {
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
     let balances = replay_projection::<Balances>(store).await?;
     let analytics = replay_analytics(store).await?;
-    let all_identical = balances.comparison.identical && analytics.comparison.identical;
+    let invoices = replay_invoices(store, &invoice_settings()).await?;
+    let all_identical = balances.comparison.identical
+        && analytics.comparison.identical
+        && invoices.comparison.identical;
     Ok(ReplayReport {
         store: store.kind(),
-        // Balances first: callers index it as the first projection.
-        projections: vec![balances, analytics],
+        // Balances first, then analytics: callers index them by position.
+        projections: vec![balances, analytics, invoices],
         all_identical,
     })
 }
@@ -94,6 +100,37 @@ async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreEr
         .commit_projection(&fresh, LogPosition::default(), until, &rows)
         .await?;
     finish(name, store, &fresh, rebuild.events_applied, seconds).await
+}
+
+/// Like [`replay_analytics`], for the invoices projection cut with `settings`
+/// (reported under its stored name, which carries the settings).
+pub async fn replay_invoices(
+    store: &dyn Store,
+    settings: &invoices::Settings,
+) -> Result<ProjectionReplay, StoreError> {
+    let name = settings.projection_name();
+    catch_up_invoices(store, settings).await?;
+    let until = store.projection_checkpoint(&name).await?;
+    let fresh = format!("{name}@replay");
+    store.clear_projection(&fresh).await?;
+
+    let started = Instant::now();
+    let mut rebuild = invoices::Rebuild::new(*settings);
+    let mut after = LogPosition::default();
+    loop {
+        let page = store
+            .read_log(after, Some(until), LOG_PAGE_MAX_EVENTS)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.log_position;
+        rebuild.apply_page(page.iter().map(logged));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
+    store
+        .commit_projection(&fresh, LogPosition::default(), until, &rows)
+        .await?;
+    finish(&name, store, &fresh, rebuild.events_applied, seconds).await
 }
 
 async fn finish(

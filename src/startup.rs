@@ -5,6 +5,7 @@ use crate::actors::TenantRegistry;
 use crate::catalog::Catalog;
 use crate::config::{self, Settings};
 use crate::hub::Hub;
+use crate::notify::Notifier;
 use crate::projector::Projector;
 use crate::providers::Upstream;
 use crate::routes;
@@ -67,7 +68,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Checked before anything starts: a URL without a secret is an error.
+        settings.notify.target()?;
         let hub = build_hub(&settings).await?;
+        let notifier = Notifier::new(hub.store.clone(), &settings.notify)?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -82,13 +86,17 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
-        let background = vec![
+        let mut background = vec![
             actix_web::rt::spawn(hub.projector.clone().run(
                 settings.limits.projector_poll_ms,
                 settings.limits.projector_batch_delay_ms,
             )),
             actix_web::rt::spawn(hub.clone().run_maintenance()),
         ];
+        // Low-balance notifications: only when a receiver is configured.
+        if let Some(notifier) = notifier {
+            background.push(actix_web::rt::spawn(notifier.run()));
+        }
         Ok(Self {
             port,
             server,

@@ -107,7 +107,9 @@ impl Projection for Balances {
             }
             TenantEvent::ApiKeyIssued { .. }
             | TenantEvent::ApiKeyRevoked { .. }
-            | TenantEvent::UpstreamAttempted { .. } => {}
+            | TenantEvent::UpstreamAttempted { .. }
+            | TenantEvent::LowBalanceThresholdSet { .. }
+            | TenantEvent::LowBalanceCrossed { .. } => {}
         }
         row.available = row.position() - row.held;
     }

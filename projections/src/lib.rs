@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod balances;
+pub mod invoices;
 pub mod replay;
 
 use chrono::{DateTime, Utc};

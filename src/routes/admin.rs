@@ -2,12 +2,14 @@
 
 use super::billing::balance_body;
 use super::tenant_path;
+use crate::actors::TenantOp;
 use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::error::HubError;
 use crate::hub::{CredentialSpec, Hub, PriceSpec, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
+use domain::tenant::TenantCommand;
 use domain::{Credits, KeyId, Role};
 use serde::Deserialize;
 use serde_json::json;
@@ -152,6 +154,61 @@ pub async fn balance(
         Utc::now(),
         hub.limits.expiring_soon_window_secs,
     )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowBalanceThreshold {
+    /// Credits, a decimal string, zero or more; `null` (or absent): no notification.
+    threshold: Option<String>,
+}
+
+/// `PUT /admin/v1/tenants/{id}/low_balance` `{"threshold": "5"}`: a low-balance
+/// notification is sent when the tenant's available credit falls below it
+/// (docs/billing.md, "Low-balance notifications"); `null` turns it off.
+pub async fn set_low_balance(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let tenant_id = tenant_path(&path)?;
+    let body: LowBalanceThreshold = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let threshold = body
+        .threshold
+        .as_deref()
+        .map(|raw| {
+            Credits::parse(raw)
+                .ok()
+                .filter(|t| *t >= Credits::ZERO)
+                .ok_or_else(|| {
+                    HubError::BadRequest(format!(
+                        "threshold: {raw:?} is not a number of credits, zero or more, such as \"5\""
+                    ))
+                })
+        })
+        .transpose()?;
+    let command = TenantCommand::SetLowBalanceThreshold {
+        threshold,
+        at: Utc::now(),
+    };
+    let reply = hub
+        .tenants
+        .call(
+            tenant_id,
+            TenantOp::Execute {
+                auth: None,
+                command,
+                request_id: None,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": tenant_id.to_string(),
+        "threshold": threshold.map(Credits::to_decimal_string),
+        "available": reply.balance.available.to_decimal_string(),
+    })))
 }
 
 pub async fn add_provider(

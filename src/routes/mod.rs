@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod billing;
 pub mod explain;
+pub mod invoices;
 pub mod models;
 pub mod usage;
 pub mod webhooks;
@@ -81,6 +82,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/v1/billing/invoices")
+            .route(web::get().to(invoices::list))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/billing/invoices/{invoice_id}")
+            .route(web::get().to(invoices::get))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/invoices")
+            .route(web::get().to(invoices::admin_list))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/invoices/{invoice_id}")
+            .route(web::get().to(invoices::admin_get))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/v1/billing/requests/{request_id}")
             .route(web::get().to(explain::request))
             .default_service(not_allowed()),
@@ -108,6 +129,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/credits")
             .route(web::post().to(admin::grant_credits))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/low_balance")
+            .route(web::put().to(admin::set_low_balance))
             .default_service(not_allowed()),
     )
     .service(

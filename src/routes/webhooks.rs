@@ -111,11 +111,7 @@ pub fn verify_signature(
         ));
     }
     for secret in &settings.secrets {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-            .expect("HMAC accepts keys of any length");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
+        let mac = signature_mac(secret, timestamp, body);
         // `verify_slice` compares in constant time.
         if signatures
             .iter()
@@ -127,6 +123,26 @@ pub fn verify_signature(
     Err(WebhookError::InvalidSignature(
         "no v1 signature matches a configured secret",
     ))
+}
+
+/// `HMAC-SHA256(secret, t + "." + body)`, the `v1` scheme of `AIGNE-Hub-Signature`,
+/// before finalization.
+fn signature_mac(secret: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// An `AIGNE-Hub-Signature` header value, `t=<timestamp>,v1=<hex>`, for `body`
+/// signed with `secret` at `timestamp` (unix seconds). The hub signs its outbound
+/// webhooks (low-balance notifications) with it.
+pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let t = timestamp.to_string();
+    let v1 = hex::encode(signature_mac(secret, &t, body).finalize().into_bytes());
+    format!("t={t},v1={v1}")
 }
 
 /// `POST /webhooks/payments`.
@@ -246,6 +262,21 @@ mod tests {
         assert!(kind(verify_signature(Some(&header), b"{}", &s, now)).is_err());
         let header = format!("t=1767225601,v1={good}");
         assert!(kind(verify_signature(Some(&header), body, &s, now)).is_err());
+    }
+
+    #[test]
+    fn signature_header_is_accepted_by_verify_signature() {
+        let body = br#"{"id":"x"}"#;
+        let header = signature_header("k", 1_767_225_600, body);
+        assert_eq!(
+            header,
+            format!("t=1767225600,v1={}", sign("k", "1767225600", body))
+        );
+        let s = settings(&["k"]);
+        assert_eq!(
+            kind(verify_signature(Some(&header), body, &s, 1_767_225_600)),
+            Ok(())
+        );
     }
 
     #[test]

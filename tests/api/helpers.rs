@@ -89,6 +89,7 @@ pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -
         limits: test_limits(),
         aigne: Default::default(),
         mode: Default::default(),
+        notify: Default::default(),
     };
     edit(&mut settings);
     start(settings, kind, MockUpstream::start(), temp).await

@@ -169,6 +169,10 @@ pub struct Tenant {
     /// Every payment webhook event received, by event id: permanent idempotency.
     #[serde(default)]
     pub payment_events: BTreeMap<String, PaymentEventRecord>,
+    /// `LowBalanceCrossed` is appended when a command takes `available` from at or
+    /// above this to below it. `None` (and every snapshot from before): never.
+    #[serde(default)]
+    pub low_balance_threshold: Option<Credits>,
 }
 
 fn check_label(field: &'static str, value: &str, max_chars: usize) -> Result<(), TenantError> {
@@ -239,7 +243,30 @@ impl Tenant {
 
     /// Decides a command: the events it produces, or why it is refused. Pure: the
     /// state is not changed here (see [`Tenant::apply_event`]).
+    ///
+    /// When the command's events take `available` from at or above the low-balance
+    /// threshold to below it, `LowBalanceCrossed` follows them (with the command's
+    /// clock): one per crossing; it re-arms once `available` is back at or above.
     pub fn decide(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
+        let at = command.at();
+        let mut events = self.decide_command(command)?;
+        if let Some(threshold) = self.low_balance_threshold {
+            let before = self.available();
+            let after = events
+                .iter()
+                .fold(before, |available, e| available + available_delta(e));
+            if before >= threshold && after < threshold {
+                events.push(TenantEvent::LowBalanceCrossed {
+                    threshold_pico: threshold,
+                    available_pico: after,
+                    at,
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    fn decide_command(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
         if !self.exists() && !matches!(command, TenantCommand::CreateTenant { .. }) {
             return Err(TenantError::TenantNotFound);
         }
@@ -553,6 +580,15 @@ impl Tenant {
                     })
                 })
                 .collect()),
+            TenantCommand::SetLowBalanceThreshold { threshold, at } => {
+                if self.low_balance_threshold == threshold {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TenantEvent::LowBalanceThresholdSet {
+                    threshold_pico: threshold,
+                    at,
+                }])
+            }
         }
     }
 
@@ -704,6 +740,11 @@ impl Tenant {
                 self.holds.remove(&request_id);
                 self.held = self.held - hold_pico;
             }
+            TenantEvent::LowBalanceThresholdSet { threshold_pico, .. } => {
+                self.low_balance_threshold = threshold_pico;
+            }
+            // A notification: changes no credit.
+            TenantEvent::LowBalanceCrossed { .. } => {}
         }
         debug_assert!(
             self.held >= Credits::ZERO,
@@ -713,6 +754,28 @@ impl Tenant {
             self.lots.total() <= self.position().max(Credits::ZERO),
             "expiring lots never hold more than the credit left"
         );
+    }
+}
+
+/// How an event changes `available` (`granted − spent − expired − revoked − held`).
+pub fn available_delta(event: &TenantEvent) -> Credits {
+    match event {
+        TenantEvent::CreditsGranted { amount_pico, .. } => *amount_pico,
+        TenantEvent::CreditsExpired { amount_pico, .. }
+        | TenantEvent::CreditsRevoked { amount_pico, .. } => -*amount_pico,
+        TenantEvent::CreditsReserved { hold_pico, .. } => -*hold_pico,
+        TenantEvent::UsageSettled {
+            cost_pico,
+            hold_pico,
+            ..
+        } => *hold_pico - *cost_pico,
+        TenantEvent::HoldReleased { hold_pico, .. } => *hold_pico,
+        TenantEvent::TenantCreated { .. }
+        | TenantEvent::ApiKeyIssued { .. }
+        | TenantEvent::ApiKeyRevoked { .. }
+        | TenantEvent::UpstreamAttempted { .. }
+        | TenantEvent::LowBalanceThresholdSet { .. }
+        | TenantEvent::LowBalanceCrossed { .. } => Credits::ZERO,
     }
 }
 

@@ -123,4 +123,30 @@ pub enum TenantCommand {
         live_instances: Vec<InstanceId>,
         at: DateTime<Utc>,
     },
+    /// Notify when the available credit falls below `threshold` (`None`: never).
+    SetLowBalanceThreshold {
+        threshold: Option<Credits>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl TenantCommand {
+    /// The command's own clock.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            TenantCommand::CreateTenant { at, .. }
+            | TenantCommand::IssueApiKey { at, .. }
+            | TenantCommand::RevokeApiKey { at, .. }
+            | TenantCommand::GrantCredits { at, .. }
+            | TenantCommand::ExpireCredits { at }
+            | TenantCommand::RecordPayment { at, .. }
+            | TenantCommand::RefundPayment { at, .. }
+            | TenantCommand::ReserveCredits { at, .. }
+            | TenantCommand::SettleUsage { at, .. }
+            | TenantCommand::RecordFailedAttempt { at, .. }
+            | TenantCommand::ReleaseHold { at, .. }
+            | TenantCommand::ReleaseAbandonedHolds { at, .. }
+            | TenantCommand::SetLowBalanceThreshold { at, .. } => *at,
+        }
+    }
 }

@@ -158,6 +158,20 @@ pub enum TenantEvent {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// The low-balance threshold (`None`: no notification).
+    LowBalanceThresholdSet {
+        threshold_pico: Option<Credits>,
+        at: DateTime<Utc>,
+    },
+    /// The events of one command moved `available` from at or above the threshold
+    /// to below it. Appended after them by the same command (its clock); the
+    /// low-balance webhook delivers it (docs/billing.md, "Low-balance
+    /// notifications").
+    LowBalanceCrossed {
+        threshold_pico: Credits,
+        available_pico: Credits,
+        at: DateTime<Utc>,
+    },
 }
 
 impl TenantEvent {
@@ -172,7 +186,9 @@ impl TenantEvent {
             | TenantEvent::CreditsReserved { at, .. }
             | TenantEvent::UsageSettled { at, .. }
             | TenantEvent::UpstreamAttempted { at, .. }
-            | TenantEvent::HoldReleased { at, .. } => *at,
+            | TenantEvent::HoldReleased { at, .. }
+            | TenantEvent::LowBalanceThresholdSet { at, .. }
+            | TenantEvent::LowBalanceCrossed { at, .. } => *at,
         }
     }
 
@@ -201,6 +217,8 @@ impl DomainEvent for TenantEvent {
             TenantEvent::UsageSettled { .. } => "UsageSettled",
             TenantEvent::UpstreamAttempted { .. } => "UpstreamAttempted",
             TenantEvent::HoldReleased { .. } => "HoldReleased",
+            TenantEvent::LowBalanceThresholdSet { .. } => "LowBalanceThresholdSet",
+            TenantEvent::LowBalanceCrossed { .. } => "LowBalanceCrossed",
         }
         .to_string()
     }

@@ -1172,6 +1172,233 @@ fn a_revocation_takes_credit_without_expiry_first() {
         .then_expect_events(vec![expired_event("promo", "0.5", 100)]);
 }
 
+// Low-balance notifications.
+
+fn threshold_set(threshold: Option<&str>) -> TenantEvent {
+    TenantEvent::LowBalanceThresholdSet {
+        threshold_pico: threshold.map(credits),
+        at: at(1),
+    }
+}
+
+fn threshold_cmd(threshold: Option<&str>) -> TenantCommand {
+    TenantCommand::SetLowBalanceThreshold {
+        threshold: threshold.map(credits),
+        at: at(1),
+    }
+}
+
+fn crossed(threshold: &str, available: Credits, when: i64) -> TenantEvent {
+    TenantEvent::LowBalanceCrossed {
+        threshold_pico: credits(threshold),
+        available_pico: available,
+        at: at(when),
+    }
+}
+
+/// The hold `reserve_cmd(_, 36, None, _)` places: 0.0003.
+fn hold() -> Credits {
+    price().hold_for(36, None, 0)
+}
+
+#[test]
+fn setting_the_threshold_records_it_and_repeating_it_is_a_no_op() {
+    TenantTest::with(())
+        .given(vec![created(), granted("1", "g1")])
+        .when(threshold_cmd(Some("0.5")))
+        .then_expect_events(vec![threshold_set(Some("0.5"))]);
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            granted("1", "g1"),
+            threshold_set(Some("0.5")),
+        ])
+        .when(threshold_cmd(Some("0.5")))
+        .then_expect_events(vec![]);
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            granted("1", "g1"),
+            threshold_set(Some("0.5")),
+        ])
+        .when(threshold_cmd(None))
+        .then_expect_events(vec![threshold_set(None)]);
+    let tenant = state_after(vec![created(), threshold_set(Some("0.5"))]);
+    assert_eq!(tenant.low_balance_threshold, Some(credits("0.5")));
+}
+
+#[test]
+fn a_settlement_that_takes_available_below_the_threshold_is_followed_by_a_crossing() {
+    // 1 granted, 0.0003 held; the settlement costs 0.12 (60 000 output tokens).
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("0.9")),
+            reserved(1, 36, None),
+        ])
+        .when(settle_cmd(1, 0, 60_000))
+        .then_expect_events(vec![
+            attempted_ok(1, 0, 60_000),
+            settled(1, 0, 60_000, hold()),
+            crossed("0.9", credits("0.88"), 3),
+        ]);
+}
+
+#[test]
+fn a_reservation_crosses_too_since_holds_reduce_available() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("1")),
+        ])
+        .when(reserve_cmd(1, 36, None, 0))
+        .then_expect_events(vec![
+            reserved(1, 36, None),
+            crossed("1", credits("1") - hold(), 2),
+        ]);
+}
+
+#[test]
+fn no_second_crossing_while_still_below() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("1")),
+            reserved(1, 36, None),
+            crossed("1", credits("1") - hold(), 2),
+        ])
+        .when(reserve_cmd(2, 36, None, 0))
+        .then_expect_events(vec![reserved(2, 36, None)]);
+}
+
+#[test]
+fn a_grant_back_above_the_threshold_re_arms_it() {
+    let below = vec![
+        created(),
+        key_issued(),
+        granted("1", "g1"),
+        threshold_set(Some("1")),
+        reserved(1, 36, None),
+        crossed("1", credits("1") - hold(), 2),
+    ];
+    // The grant itself crosses nothing (it goes up).
+    TenantTest::with(())
+        .given(below.clone())
+        .when(grant_cmd("0.0005", "g2", None, 1))
+        .then_expect_events(vec![TenantEvent::CreditsGranted {
+            amount_pico: credits("0.0005"),
+            idempotency_key: "g2".into(),
+            reason: "promo".into(),
+            expires_at: None,
+            payment: None,
+            at: at(1),
+        }]);
+    // Available is 1.0002 now: the next hold crosses again.
+    let mut rearmed = below;
+    rearmed.push(TenantEvent::CreditsGranted {
+        amount_pico: credits("0.0005"),
+        idempotency_key: "g2".into(),
+        reason: "promo".into(),
+        expires_at: None,
+        payment: None,
+        at: at(1),
+    });
+    TenantTest::with(())
+        .given(rearmed)
+        .when(reserve_cmd(2, 36, None, 0))
+        .then_expect_events(vec![
+            reserved(2, 36, None),
+            crossed("1", credits("1.0005") - hold() - hold(), 2),
+        ]);
+}
+
+#[test]
+fn without_a_threshold_nothing_is_notified() {
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+        ])
+        .when(settle_cmd(1, 0, 60_000))
+        .then_expect_events(vec![
+            attempted_ok(1, 0, 60_000),
+            settled(1, 0, 60_000, hold()),
+        ]);
+    // Nor once it is removed.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("0.9")),
+            threshold_set(None),
+            reserved(1, 36, None),
+        ])
+        .when(settle_cmd(1, 0, 60_000))
+        .then_expect_events(vec![
+            attempted_ok(1, 0, 60_000),
+            settled(1, 0, 60_000, hold()),
+        ]);
+}
+
+#[test]
+fn a_threshold_set_below_available_is_crossed_later_and_one_set_above_is_not_a_crossing() {
+    TenantTest::with(())
+        .given(vec![created(), key_issued(), granted("1", "g1")])
+        .when(threshold_cmd(Some("0.5")))
+        .then_expect_events(vec![threshold_set(Some("0.5"))]);
+    // 0.6 spent: 1 − 0.6 = 0.4 < 0.5.
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("0.5")),
+            reserved(1, 36, None),
+        ])
+        .when(settle_cmd(1, 0, 300_000))
+        .then_expect_events(vec![
+            attempted_ok(1, 0, 300_000),
+            settled(1, 0, 300_000, hold()),
+            crossed("0.5", credits("0.4"), 3),
+        ]);
+    // Setting a threshold above what is available moves no credit: no crossing
+    // (and none until available has been back at or above it).
+    TenantTest::with(())
+        .given(vec![created(), key_issued(), granted("1", "g1")])
+        .when(threshold_cmd(Some("2")))
+        .then_expect_events(vec![threshold_set(Some("2"))]);
+    TenantTest::with(())
+        .given(vec![
+            created(),
+            key_issued(),
+            granted("1", "g1"),
+            threshold_set(Some("2")),
+        ])
+        .when(reserve_cmd(1, 36, None, 0))
+        .then_expect_events(vec![reserved(1, 36, None)]);
+}
+
+#[test]
+fn snapshots_from_before_thresholds_load_without_one() {
+    let tenant = state_after(vec![created(), granted("1", "g1")]);
+    let mut json = serde_json::to_value(&tenant).unwrap();
+    json.as_object_mut()
+        .unwrap()
+        .remove("low_balance_threshold");
+    let loaded: Tenant = serde_json::from_value(json).unwrap();
+    assert_eq!(loaded, tenant);
+    assert_eq!(loaded.low_balance_threshold, None);
+}
+
 mod ledger_properties {
     //! Whatever the order of grants, holds, settlements, releases, expiries,
     //! payments and refunds, the ledger neither creates nor destroys credit.
@@ -1191,6 +1418,7 @@ mod ledger_properties {
         Redeliver { pick: usize },
         Refund { pick: usize, units: u32 },
         Wait { secs: i64 },
+        Threshold { units: Option<u32> },
     }
 
     /// One unit: 0.0001 credit, a few holds' worth.
@@ -1210,6 +1438,7 @@ mod ledger_properties {
             any::<usize>().prop_map(|pick| Op::Redeliver { pick }),
             (any::<usize>(), 1u32..80).prop_map(|(pick, units)| Op::Refund { pick, units }),
             (1i64..20).prop_map(|secs| Op::Wait { secs }),
+            proptest::option::of(0u32..80).prop_map(|units| Op::Threshold { units }),
         ]
     }
 
@@ -1297,13 +1526,27 @@ mod ledger_properties {
             let mut now = 1;
             let mut next = 0u128;
             let run = |tenant: &mut Tenant, sums: &mut Sums, log: &mut Vec<TenantEvent>, command: TenantCommand| {
+                let before = tenant.available();
+                let threshold = tenant.low_balance_threshold;
                 let events = tenant.decide(command).unwrap_or_default();
+                let crossings = events
+                    .iter()
+                    .filter(|e| matches!(e, TenantEvent::LowBalanceCrossed { .. }))
+                    .count();
                 for event in events {
                     sums.add(&event);
                     log.push(event.clone());
+                    let available = tenant.available();
+                    let delta = aggregate::available_delta(&event);
                     tenant.apply_event(event);
+                    // The crossing is decided from these deltas: they must agree.
+                    assert_eq!(tenant.available(), available + delta);
                     check(tenant, sums);
                 }
+                // One crossing exactly when the command went from >= to < threshold.
+                let crossed = threshold
+                    .is_some_and(|t| before >= t && tenant.available() < t);
+                assert_eq!(crossings, usize::from(crossed));
             };
             for e in [created(), key_issued()] {
                 tenant.apply_event(e);
@@ -1372,6 +1615,10 @@ mod ledger_properties {
                         now += secs;
                         continue;
                     }
+                    Op::Threshold { units: n } => TenantCommand::SetLowBalanceThreshold {
+                        threshold: n.map(units),
+                        at: at(now),
+                    },
                 };
                 run(&mut tenant, &mut sums, &mut log, command);
             }
