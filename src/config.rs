@@ -146,6 +146,11 @@ impl WebhookSettings {
 
 /// A whole number from the environment; unset is `None`, and so is a value that
 /// is not a number (with a warning: the default applies).
+/// See `Limits::projector_batch_delay_ms`.
+pub const PROJECTOR_BATCH_DELAY_MS_DEFAULT: u64 = 100;
+/// Projections (balance reads of other processes, analytics) lag by up to this.
+pub const PROJECTOR_BATCH_DELAY_MS_MAX: u64 = 5_000;
+
 fn env_number(name: &str) -> Option<u64> {
     let raw = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
     match raw.trim().parse() {
@@ -174,7 +179,7 @@ impl Default for Limits {
             tenant_call_timeout_ms: 15_000,
             catalog_refresh_ms: 5_000,
             projector_poll_ms: 1_000,
-            projector_batch_delay_ms: 20,
+            projector_batch_delay_ms: PROJECTOR_BATCH_DELAY_MS_DEFAULT,
             stream_credit_cutoff: true,
             retries_per_candidate: 1,
             retry_base_delay_ms: 100,
@@ -304,6 +309,9 @@ impl Settings {
             limits: Limits {
                 webhooks: WebhookSettings::from_env(),
                 stream_credit_cutoff: env_switch("AIGNE_HUB_STREAM_CREDIT_CUTOFF", true),
+                projector_batch_delay_ms: env_number("AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS")
+                    .map(|ms| ms.min(PROJECTOR_BATCH_DELAY_MS_MAX))
+                    .unwrap_or(PROJECTOR_BATCH_DELAY_MS_DEFAULT),
                 expiring_soon_window_secs: env_number("AIGNE_HUB_EXPIRING_SOON_DAYS")
                     .map(|days| days.saturating_mul(24 * 3600))
                     .unwrap_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT),
