@@ -26,19 +26,73 @@ pub struct ProjectionReplay {
 #[derive(Debug, Serialize)]
 pub struct ReplayReport {
     pub store: &'static str,
+    /// The same log read and decoded with nothing folded, in the same run: the
+    /// yardstick for each projection's `events_per_second`.
+    pub raw_read: RawRead,
     pub projections: Vec<ProjectionReplay>,
     pub all_identical: bool,
 }
 
+#[derive(Debug, Serialize)]
+pub struct RawRead {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: u64,
+}
+
+/// Reads and decodes the whole log once, folding nothing.
+async fn raw_read(store: &dyn Store) -> Result<RawRead, StoreError> {
+    let started = Instant::now();
+    let mut after = LogPosition::default();
+    let mut events = 0u64;
+    loop {
+        let page = store.read_log(after, None, LOG_PAGE_MAX_EVENTS).await?;
+        let Some(last) = page.last() else { break };
+        after = last.log_position;
+        events += page.len() as u64;
+        progress("read", events);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RawRead {
+        events,
+        seconds,
+        events_per_second: per_second(events, seconds),
+    })
+}
+
+/// Events per second, whole (a rate, so the one place a float is fine).
+fn per_second(events: u64, seconds: f64) -> u64 {
+    if seconds > 0.0 {
+        (events as f64 / seconds) as u64
+    } else {
+        events
+    }
+}
+
+/// A progress line on a terminal (stderr), overwritten in place; nothing when
+/// stderr is a file or a pipe, so scripts get clean output.
+fn progress(what: &str, events: u64) {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let end = if what == "done" { "\n" } else { "" };
+        let _ = write!(err, "\r{what}: {events} events{end}");
+        let _ = err.flush();
+    }
+}
+
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
+    let raw_read = raw_read(store).await?;
     let balances = replay_projection::<Balances>(store).await?;
     let analytics = replay_analytics(store).await?;
     let invoices = replay_invoices(store, &invoice_settings()).await?;
     let all_identical = balances.comparison.identical
         && analytics.comparison.identical
         && invoices.comparison.identical;
+    progress("done", raw_read.events);
     Ok(ReplayReport {
         store: store.kind(),
+        raw_read,
         // Balances first, then analytics: callers index them by position.
         projections: vec![balances, analytics, invoices],
         all_identical,
@@ -65,6 +119,7 @@ async fn replay_projection<P: Projection>(
         let Some(last) = page.last() else { break };
         after = last.log_position;
         rebuild.apply_page(page.iter().map(logged));
+        progress(P::NAME, rebuild.events_applied);
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
@@ -93,6 +148,7 @@ async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreEr
         let Some(last) = page.last() else { break };
         after = last.log_position;
         rebuild.apply_page(page.iter().map(logged));
+        progress(analytics::NAME, rebuild.events_applied);
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
@@ -124,6 +180,7 @@ pub async fn replay_invoices(
         let Some(last) = page.last() else { break };
         after = last.log_position;
         rebuild.apply_page(page.iter().map(logged));
+        progress("invoices", rebuild.events_applied);
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
@@ -147,10 +204,6 @@ async fn finish(
         comparison: compare(name, &live, &replayed),
         events,
         seconds,
-        events_per_second: if seconds > 0.0 {
-            (events as f64 / seconds) as u64
-        } else {
-            events
-        },
+        events_per_second: per_second(events, seconds),
     })
 }

@@ -127,6 +127,12 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     assert_eq!(balance["spent"], "0.000072");
     let report = run(&env, &["replay"], None);
     assert_eq!(report["all_identical"], true);
+    // The raw read-and-decode rate of the same events, measured in the same run.
+    assert_eq!(
+        report["raw_read"]["events"],
+        report["projections"][0]["events"]
+    );
+    assert!(report["raw_read"]["events_per_second"].as_u64().unwrap() > 0);
     assert!(
         report["projections"][0]["events_per_second"]
             .as_u64()
