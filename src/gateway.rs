@@ -797,6 +797,14 @@ fn sse_frame(data: &str) -> Bytes {
 /// The usage chunk a client that asked for `stream_options.include_usage` gets
 /// last, in OpenAI's shape, whichever provider answered.
 fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
+    let mut chunk = chunk_like(last_chunk, json!([]));
+    chunk["usage"] = openai_usage_json(usage);
+    chunk
+}
+
+/// A chunk the hub adds to a stream, with the id, created time and model of the
+/// upstream's last chunk.
+fn chunk_like(last_chunk: Option<&Value>, choices: Value) -> Value {
     let field = |name: &str| {
         last_chunk
             .and_then(|c| c.get(name))
@@ -808,8 +816,7 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
         "object": "chat.completion.chunk",
         "created": field("created"),
         "model": field("model"),
-        "choices": [],
-        "usage": openai_usage_json(usage),
+        "choices": choices,
     })
 }
 
@@ -817,23 +824,15 @@ fn usage_chunk(last_chunk: Option<&Value>, usage: &Usage) -> Value {
 /// `finish_reason: "length"` (what clients already handle for a token cap) and,
 /// beside it, why.
 fn credit_exhausted_chunk(last_chunk: Option<&Value>) -> Value {
-    let field = |name: &str| {
-        last_chunk
-            .and_then(|c| c.get(name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    json!({
-        "id": field("id"),
-        "object": "chat.completion.chunk",
-        "created": field("created"),
-        "model": field("model"),
-        "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}],
-        "aigne_hub": {
-            "stopped": "insufficient_credits",
-            "message": "the stream was ended because the tenant's available credit would not cover more output; what was delivered is billed",
-        },
-    })
+    let mut chunk = chunk_like(
+        last_chunk,
+        json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}]),
+    );
+    chunk["aigne_hub"] = json!({
+        "stopped": "insufficient_credits",
+        "message": "the stream was ended because the tenant's available credit would not cover more output; what was delivered is billed",
+    });
+    chunk
 }
 
 /// What a stream that did not finish is charged: the provider's own figures where

@@ -62,15 +62,19 @@ impl Projector {
     }
 }
 
-/// Brings projection `P`, stored under `name`, up to the end of the log.
+/// Brings one projection, stored under `name`, up to the end of the log:
+/// `fold_page` folds a page onto the rows it touches (read by `row_keys`) and
+/// returns them encoded.
 ///
 /// Rows are read after the checkpoint, so when another process advances the
 /// checkpoint in between, this attempt may fold a page onto rows that already
 /// hold it; the compare-and-set commit then fails and the page is redone from the
 /// new checkpoint. Folds must therefore never panic on such a doomed attempt.
-pub async fn catch_up_projection<P: Projection>(
+async fn catch_up_rows<R: serde::de::DeserializeOwned>(
     store: &dyn Store,
     name: &str,
+    row_keys: impl Fn(&LoggedEvent<'_>) -> Vec<String>,
+    fold_page: impl Fn(&mut BTreeMap<String, R>, &[StoredEvent]) -> BTreeMap<String, String>,
 ) -> Result<u64, StoreError> {
     let mut applied = 0;
     loop {
@@ -80,54 +84,43 @@ pub async fn catch_up_projection<P: Projection>(
             return Ok(applied);
         };
         let to: LogPosition = last.log_position;
-        let mut keys: Vec<String> = page.iter().flat_map(|e| P::row_keys(&logged(e))).collect();
+        let mut keys: Vec<String> = page.iter().flat_map(|e| row_keys(&logged(e))).collect();
         keys.sort();
         keys.dedup();
-        let mut rows: BTreeMap<String, P::Row> = BTreeMap::new();
+        let mut rows: BTreeMap<String, R> = BTreeMap::new();
         for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
             let row = serde_json::from_str(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
             rows.insert(key, row);
         }
-        fold::<P>(&mut rows, page.iter().map(logged));
-        let encoded: Vec<(String, String)> = encode_rows::<P>(&rows).into_iter().collect();
+        let encoded: Vec<(String, String)> = fold_page(&mut rows, &page).into_iter().collect();
         if store.commit_projection(name, from, to, &encoded).await? {
             applied += page.len() as u64;
         }
     }
 }
 
+/// Brings projection `P`, stored under `name`, up to the end of the log.
+pub async fn catch_up_projection<P: Projection>(
+    store: &dyn Store,
+    name: &str,
+) -> Result<u64, StoreError> {
+    catch_up_rows(store, name, P::row_keys, |rows, page| {
+        fold::<P>(rows, page.iter().map(logged));
+        encode_rows::<P>(rows)
+    })
+    .await
+}
+
 /// Brings the usage analytics projection (`projections::analytics`) up to the end
-/// of the log, like [`catch_up_projection`] but with that projection's own fold,
-/// which joins a request's settlement to its reservation across two rows.
+/// of the log; its own fold joins a request's settlement to its reservation
+/// across two rows.
 pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
-    let name = analytics::NAME;
-    let mut applied = 0;
-    loop {
-        let from = store.projection_checkpoint(name).await?;
-        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
-        let Some(last) = page.last() else {
-            return Ok(applied);
-        };
-        let to: LogPosition = last.log_position;
-        let mut keys: Vec<String> = page
-            .iter()
-            .flat_map(|e| analytics::row_keys(&logged(e)))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let mut rows: BTreeMap<String, analytics::AnalyticsRow> = BTreeMap::new();
-        for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
-            let row = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
-            rows.insert(key, row);
-        }
-        analytics::fold(&mut rows, page.iter().map(logged));
-        let encoded: Vec<(String, String)> = analytics::encode_rows(&rows).into_iter().collect();
-        if store.commit_projection(name, from, to, &encoded).await? {
-            applied += page.len() as u64;
-        }
-    }
+    catch_up_rows(store, analytics::NAME, analytics::row_keys, |rows, page| {
+        analytics::fold(rows, page.iter().map(logged));
+        analytics::encode_rows(rows)
+    })
+    .await
 }
 
 /// How this process cuts billing periods: `Limits::invoice_anchor_day` and
@@ -146,37 +139,21 @@ pub fn invoice_settings() -> invoices::Settings {
 }
 
 /// Brings the invoices projection (`projections::invoices`, cut with `settings`)
-/// up to the end of the log, like [`catch_up_analytics`]: its fold joins a
-/// settlement to its reservation's `at` across rows.
+/// up to the end of the log; its fold joins a settlement to its reservation's
+/// `at` across rows.
 pub async fn catch_up_invoices(
     store: &dyn Store,
     settings: &invoices::Settings,
 ) -> Result<u64, StoreError> {
     let name = settings.projection_name();
-    let mut applied = 0;
-    loop {
-        let from = store.projection_checkpoint(&name).await?;
-        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
-        let Some(last) = page.last() else {
-            return Ok(applied);
-        };
-        let to: LogPosition = last.log_position;
-        let mut keys: Vec<String> = page
-            .iter()
-            .flat_map(|e| invoices::row_keys(settings, &logged(e)))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let mut rows: BTreeMap<String, invoices::InvoiceRow> = BTreeMap::new();
-        for (key, payload) in store.projection_rows_by_keys(&name, &keys).await? {
-            let row = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
-            rows.insert(key, row);
-        }
-        invoices::fold(settings, &mut rows, page.iter().map(logged));
-        let encoded: Vec<(String, String)> = invoices::encode_rows(&rows).into_iter().collect();
-        if store.commit_projection(&name, from, to, &encoded).await? {
-            applied += page.len() as u64;
-        }
-    }
+    catch_up_rows(
+        store,
+        &name,
+        |e| invoices::row_keys(settings, e),
+        |rows, page| {
+            invoices::fold(settings, rows, page.iter().map(logged));
+            invoices::encode_rows(rows)
+        },
+    )
+    .await
 }
