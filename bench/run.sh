@@ -14,6 +14,10 @@
 #   AIGNE_BENCH_TENANTS      tenants (one key each)              (default 8)
 #   AIGNE_BENCH_JSON_OUT     also write the JSON summary here    (default: not written)
 #   AIGNE_BENCH_SKIP_BUILD=1 do not run cargo build
+#   AIGNE_BENCH_HUB_RUST_LOG the hub's RUST_LOG (default warn; e.g.
+#                            warn,aigne_hub::projector=debug prints the projector's
+#                            per-pass figures every 5 s)
+#   AIGNE_BENCH_HUB_LOG_OUT  also copy the hub's log to this file
 #   AIGNE_BENCH_PG_HOST / AIGNE_BENCH_PG_PORT / AIGNE_BENCH_PG_USER
 #                            PostgreSQL server (default 127.0.0.1 / 5432 / postgres)
 #   AIGNE_BENCH_PG_SSLMODE   sslmode of the hub's database connection (default
@@ -124,7 +128,7 @@ for attempt in 1 2 3 4 5; do
   AIGNE_HUB_LISTEN="127.0.0.1:$PORT" \
   AIGNE_HUB_OPERATOR_TOKEN="$TOKEN" \
   AIGNE_HUB_DATA_DIR="$DATA_DIR/data" \
-  RUST_LOG=warn \
+  RUST_LOG="${AIGNE_BENCH_HUB_RUST_LOG:-warn}" \
     "$BIN/aigne-hub" serve >"$DATA_DIR/hub.log" 2>&1 &
   HUB_PID=$!
   healthy=0
@@ -185,6 +189,7 @@ if [[ "$billed" -gt 0 ]]; then
     'BEGIN { printf "  per billed hub request (%d): %.2f commits, %.2f rows inserted, %.2f updated, %.0f WAL bytes, %.3f WAL syncs\n", n, c/n, i/n, u/n, wb/n, ws/n }'
 fi
 [[ -n "$JSON_OUT" && -s "$SUMMARY" ]] && cp "$SUMMARY" "$JSON_OUT"
+[[ -n "${AIGNE_BENCH_HUB_LOG_OUT:-}" ]] && cp "$DATA_DIR/hub.log" "$AIGNE_BENCH_HUB_LOG_OUT"
 
 warnings=$(grep -cE 'WARN|ERROR' "$DATA_DIR/hub.log" || true)
 echo

@@ -5,13 +5,16 @@
 //! and writes rows and checkpoint in one transaction. Several processes may run
 //! it at once: the checkpoint moves by compare-and-set, so a page is applied once.
 
-use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
+use crate::store::{
+    LogPosition, ProjectionCommit, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS,
+};
 use projections::analytics;
 use projections::balances::Balances;
 use projections::invoices;
-use projections::{encode_rows, fold, LoggedEvent, Projection};
+use projections::{fold, LoggedEvent, Projection};
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -28,21 +31,39 @@ pub fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
 pub struct Projector {
     store: Arc<dyn Store>,
     pub wake: Arc<Notify>,
+    /// The projections' common checkpoint as this process last committed or
+    /// read it: the next pass starts there without reading the checkpoints
+    /// (if another process moved them, its commit fails and it reads them).
+    checkpoint: Arc<Mutex<Option<LogPosition>>>,
 }
 
 impl Projector {
     pub fn new(store: Arc<dyn Store>, wake: Arc<Notify>) -> Self {
-        Self { store, wake }
+        Self {
+            store,
+            wake,
+            checkpoint: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// Applies every committed event not yet applied to each projection (balances,
-    /// usage analytics, then invoices, each under its own checkpoint). Returns how
-    /// many events the projection that was furthest behind applied.
+    /// usage analytics and invoices, each under its own checkpoint, folded from one
+    /// log read and committed in one transaction: see `catch_up_together`).
+    /// Returns how many events the projection that was furthest behind applied.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
-        let balances = catch_up_projection::<Balances>(self.store.as_ref(), Balances::NAME).await?;
-        let analytics = catch_up_analytics(self.store.as_ref()).await?;
-        let invoices = catch_up_invoices(self.store.as_ref(), &invoice_settings()).await?;
-        Ok(balances.max(analytics).max(invoices))
+        let known = *self.checkpoint.lock().expect("checkpoint lock");
+        let result = catch_up_together(
+            self.store.as_ref(),
+            &live_projections(invoice_settings()),
+            known,
+        )
+        .await;
+        let (applied, checkpoint) = match result {
+            Ok((applied, checkpoint)) => (Ok(applied), checkpoint),
+            Err(e) => (Err(e), None),
+        };
+        *self.checkpoint.lock().expect("checkpoint lock") = checkpoint;
+        applied
     }
 
     /// Runs until the process ends.
@@ -62,40 +83,267 @@ impl Projector {
     }
 }
 
-/// Brings one projection, stored under `name`, up to the end of the log:
-/// `fold_page` folds a page onto the rows it touches (read by `row_keys`) and
-/// returns them encoded.
+/// One projection as the projector drives it: which rows a page touches, and
+/// how a page is folded onto them.
+trait RowProjection: Send + Sync {
+    /// Stored name (row namespace and checkpoint).
+    fn name(&self) -> &str;
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String>;
+    /// Decodes `loaded` (the stored rows of the page's keys), folds `page` onto
+    /// them and returns, encoded, only the rows whose stored text changes (rows
+    /// not stored yet included), so that a pass writes what it changed and no
+    /// more.
+    fn fold_page(
+        &self,
+        loaded: Vec<(String, String)>,
+        page: &[StoredEvent],
+    ) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// A [`RowProjection`] from a row type `R`, its row keys and its fold.
+struct Rows<R, K, F> {
+    name: String,
+    keys: K,
+    fold: F,
+    row: std::marker::PhantomData<fn() -> R>,
+}
+
+fn rows<R, K, F>(name: impl Into<String>, keys: K, fold: F) -> Rows<R, K, F>
+where
+    K: Fn(&LoggedEvent<'_>) -> Vec<String>,
+    F: Fn(&mut BTreeMap<String, R>, &[StoredEvent]),
+{
+    Rows {
+        name: name.into(),
+        keys,
+        fold,
+        row: std::marker::PhantomData,
+    }
+}
+
+impl<R, K, F> RowProjection for Rows<R, K, F>
+where
+    R: serde::Serialize + serde::de::DeserializeOwned,
+    K: Fn(&LoggedEvent<'_>) -> Vec<String> + Send + Sync,
+    F: Fn(&mut BTreeMap<String, R>, &[StoredEvent]) + Send + Sync,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
+        (self.keys)(event)
+    }
+
+    fn fold_page(
+        &self,
+        loaded: Vec<(String, String)>,
+        page: &[StoredEvent],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let started = std::time::Instant::now();
+        let mut rows: BTreeMap<String, R> = BTreeMap::new();
+        let mut stored: BTreeMap<String, String> = BTreeMap::new();
+        for (key, payload) in loaded {
+            let row = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("{} row {key}: {e}", self.name)))?;
+            rows.insert(key.clone(), row);
+            stored.insert(key, payload);
+        }
+        let decoded = std::time::Instant::now();
+        (self.fold)(&mut rows, page);
+        let folded = std::time::Instant::now();
+        let mut changed = Vec::new();
+        for (key, row) in &rows {
+            let text = serde_json::to_string(row).expect("projection rows always serialize");
+            if stored.get(key) != Some(&text) {
+                changed.push((key.clone(), text));
+            }
+        }
+        let stats = &STATS;
+        stats.add(&stats.decode_ns, decoded - started);
+        stats.add(&stats.fold_ns, folded - decoded);
+        stats.add(&stats.encode_ns, folded.elapsed());
+        stats.rows_touched.fetch_add(rows.len() as u64, Relaxed);
+        Ok(changed)
+    }
+}
+
+/// Balances, analytics and invoices (cut with `settings`), in that order.
+fn live_projections(settings: invoices::Settings) -> Vec<Box<dyn RowProjection>> {
+    vec![
+        Box::new(balances_rows()),
+        Box::new(analytics_rows()),
+        Box::new(invoices_rows(settings)),
+    ]
+}
+
+fn balances_rows() -> impl RowProjection {
+    rows(
+        Balances::NAME,
+        Balances::row_keys,
+        |rows, page: &[StoredEvent]| fold::<Balances>(rows, page.iter().map(logged)),
+    )
+}
+
+fn analytics_rows() -> impl RowProjection {
+    rows(
+        analytics::NAME,
+        analytics::row_keys,
+        |rows, page: &[StoredEvent]| analytics::fold(rows, page.iter().map(logged)),
+    )
+}
+
+fn invoices_rows(settings: invoices::Settings) -> impl RowProjection {
+    rows(
+        settings.projection_name(),
+        move |e: &LoggedEvent<'_>| invoices::row_keys(&settings, e),
+        move |rows, page: &[StoredEvent]| invoices::fold(&settings, rows, page.iter().map(logged)),
+    )
+}
+
+/// The sorted, distinct keys of the rows `page` touches in `projection`.
+fn page_keys(projection: &dyn RowProjection, page: &[StoredEvent]) -> Vec<String> {
+    let mut keys: Vec<String> = page
+        .iter()
+        .flat_map(|e| projection.row_keys(&logged(e)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Brings `projections` up to the end of the log together: one log read per
+/// page, folded into each projection, and one transaction that moves every
+/// checkpoint with the rows that changed. Projections whose checkpoints differ
+/// (one added later, or another process's pass in between) are first brought
+/// to the furthest one separately. `known`: where every checkpoint was last
+/// seen, if known (then they are not read unless a commit fails). Returns how
+/// many events the projection that was furthest behind applied, and the common
+/// checkpoint reached.
 ///
-/// Rows are read after the checkpoint, so when another process advances the
+/// Rows are read after the checkpoint, so when another process advances a
 /// checkpoint in between, this attempt may fold a page onto rows that already
 /// hold it; the compare-and-set commit then fails and the page is redone from the
 /// new checkpoint. Folds must therefore never panic on such a doomed attempt.
-async fn catch_up_rows<R: serde::de::DeserializeOwned>(
+async fn catch_up_together(
     store: &dyn Store,
-    name: &str,
-    row_keys: impl Fn(&LoggedEvent<'_>) -> Vec<String>,
-    fold_page: impl Fn(&mut BTreeMap<String, R>, &[StoredEvent]) -> BTreeMap<String, String>,
+    projections: &[Box<dyn RowProjection>],
+    mut known: Option<LogPosition>,
+) -> Result<(u64, Option<LogPosition>), StoreError> {
+    let mut applied = 0;
+    let mut behind = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let mut from = Vec::with_capacity(projections.len());
+        let hint = known.take();
+        for p in projections {
+            from.push(match hint {
+                Some(hint) => hint,
+                None => store.projection_checkpoint(p.name()).await?,
+            });
+        }
+        let Some(newest) = from.iter().max().copied() else {
+            return Ok((0, None));
+        };
+        if from.iter().any(|f| *f != newest) {
+            for (p, f) in projections.iter().zip(&from) {
+                if *f < newest {
+                    behind = behind.max(catch_up_one(store, p.as_ref(), Some(newest)).await?);
+                }
+            }
+            continue;
+        }
+        let checkpoints_read = std::time::Instant::now();
+        let page = store.read_log(newest, None, LOG_PAGE_MAX_EVENTS).await?;
+        let log_read = std::time::Instant::now();
+        let Some(last) = page.last() else {
+            return Ok((applied + behind, Some(newest)));
+        };
+        let to: LogPosition = last.log_position;
+        let mut changed = Vec::with_capacity(projections.len());
+        let mut load = Duration::ZERO;
+        for p in projections {
+            let keys = page_keys(p.as_ref(), &page);
+            let loading = std::time::Instant::now();
+            let loaded = if keys.is_empty() {
+                Vec::new()
+            } else {
+                store.projection_rows_by_keys(p.name(), &keys).await?
+            };
+            load += loading.elapsed();
+            STATS.rows_loaded.fetch_add(loaded.len() as u64, Relaxed);
+            changed.push(p.fold_page(loaded, &page)?);
+        }
+        let commits: Vec<ProjectionCommit<'_>> = projections
+            .iter()
+            .zip(&changed)
+            .map(|(p, rows)| ProjectionCommit {
+                projection: p.name(),
+                from: newest,
+                to,
+                rows,
+            })
+            .collect();
+        let committing = std::time::Instant::now();
+        let committed = store.commit_projections(&commits).await?;
+        let stats = &STATS;
+        stats.add(&stats.checkpoint_ns, checkpoints_read - started);
+        stats.add(&stats.read_log_ns, log_read - checkpoints_read);
+        stats.add(&stats.load_ns, load);
+        stats.add(&stats.commit_ns, committing.elapsed());
+        stats.add(&stats.pass_ns, started.elapsed());
+        stats.passes.fetch_add(1, Relaxed);
+        stats.events.fetch_add(page.len() as u64, Relaxed);
+        for rows in &changed {
+            stats.rows_written.fetch_add(rows.len() as u64, Relaxed);
+            let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+            stats.bytes_written.fetch_add(bytes as u64, Relaxed);
+        }
+        stats.maybe_report();
+        if !committed {
+            stats.lost_races.fetch_add(1, Relaxed);
+            continue;
+        }
+        applied += page.len() as u64;
+        known = Some(to);
+        if page.len() < LOG_PAGE_MAX_EVENTS as usize {
+            // The end of the log as of the read: done. Events committed since
+            // are the next pass's (after the batch delay), rather than chasing
+            // the log's tail with one small pass after another under load.
+            return Ok((applied + behind, known));
+        }
+    }
+}
+
+/// Brings one projection up to the end of the log, or to `until`. Returns how
+/// many events it applied.
+async fn catch_up_one(
+    store: &dyn Store,
+    projection: &dyn RowProjection,
+    until: Option<LogPosition>,
 ) -> Result<u64, StoreError> {
+    let name = projection.name();
     let mut applied = 0;
     loop {
         let from = store.projection_checkpoint(name).await?;
-        let page = store.read_log(from, None, LOG_PAGE_MAX_EVENTS).await?;
+        let page = store.read_log(from, until, LOG_PAGE_MAX_EVENTS).await?;
         let Some(last) = page.last() else {
             return Ok(applied);
         };
         let to: LogPosition = last.log_position;
-        let mut keys: Vec<String> = page.iter().flat_map(|e| row_keys(&logged(e))).collect();
-        keys.sort();
-        keys.dedup();
-        let mut rows: BTreeMap<String, R> = BTreeMap::new();
-        for (key, payload) in store.projection_rows_by_keys(name, &keys).await? {
-            let row = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("{name} row {key}: {e}")))?;
-            rows.insert(key, row);
-        }
-        let encoded: Vec<(String, String)> = fold_page(&mut rows, &page).into_iter().collect();
-        if store.commit_projection(name, from, to, &encoded).await? {
+        let keys = page_keys(projection, &page);
+        let loaded = if keys.is_empty() {
+            Vec::new()
+        } else {
+            store.projection_rows_by_keys(name, &keys).await?
+        };
+        let changed = projection.fold_page(loaded, &page)?;
+        if store.commit_projection(name, from, to, &changed).await? {
             applied += page.len() as u64;
+            if page.len() < LOG_PAGE_MAX_EVENTS as usize {
+                // The end of the log as of the read (see `catch_up_together`).
+                return Ok(applied);
+            }
         }
     }
 }
@@ -105,22 +353,17 @@ pub async fn catch_up_projection<P: Projection>(
     store: &dyn Store,
     name: &str,
 ) -> Result<u64, StoreError> {
-    catch_up_rows(store, name, P::row_keys, |rows, page| {
-        fold::<P>(rows, page.iter().map(logged));
-        encode_rows::<P>(rows)
-    })
-    .await
+    let projection = rows(name, P::row_keys, |rows, page: &[StoredEvent]| {
+        fold::<P>(rows, page.iter().map(logged))
+    });
+    catch_up_one(store, &projection, None).await
 }
 
 /// Brings the usage analytics projection (`projections::analytics`) up to the end
 /// of the log; its own fold joins a request's settlement to its reservation
 /// across two rows.
 pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
-    catch_up_rows(store, analytics::NAME, analytics::row_keys, |rows, page| {
-        analytics::fold(rows, page.iter().map(logged));
-        analytics::encode_rows(rows)
-    })
-    .await
+    catch_up_one(store, &analytics_rows(), None).await
 }
 
 /// How this process cuts billing periods: `Limits::invoice_anchor_day` and
@@ -145,15 +388,94 @@ pub async fn catch_up_invoices(
     store: &dyn Store,
     settings: &invoices::Settings,
 ) -> Result<u64, StoreError> {
-    let name = settings.projection_name();
-    catch_up_rows(
-        store,
-        &name,
-        |e| invoices::row_keys(settings, e),
-        |rows, page| {
-            invoices::fold(settings, rows, page.iter().map(logged));
-            invoices::encode_rows(rows)
-        },
-    )
-    .await
+    catch_up_one(store, &invoices_rows(*settings), None).await
+}
+
+/// What the projector did, summed since the last report (debug log of
+/// `aigne_hub::projector`, at most every [`STATS_REPORT_EVERY`]).
+struct Stats {
+    passes: AtomicU64,
+    events: AtomicU64,
+    lost_races: AtomicU64,
+    rows_loaded: AtomicU64,
+    rows_touched: AtomicU64,
+    rows_written: AtomicU64,
+    bytes_written: AtomicU64,
+    pass_ns: AtomicU64,
+    checkpoint_ns: AtomicU64,
+    read_log_ns: AtomicU64,
+    load_ns: AtomicU64,
+    decode_ns: AtomicU64,
+    fold_ns: AtomicU64,
+    encode_ns: AtomicU64,
+    commit_ns: AtomicU64,
+    last_report_ms: AtomicU64,
+}
+
+const STATS_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+static STATS: Stats = Stats {
+    passes: AtomicU64::new(0),
+    events: AtomicU64::new(0),
+    lost_races: AtomicU64::new(0),
+    rows_loaded: AtomicU64::new(0),
+    rows_touched: AtomicU64::new(0),
+    rows_written: AtomicU64::new(0),
+    bytes_written: AtomicU64::new(0),
+    pass_ns: AtomicU64::new(0),
+    checkpoint_ns: AtomicU64::new(0),
+    read_log_ns: AtomicU64::new(0),
+    load_ns: AtomicU64::new(0),
+    decode_ns: AtomicU64::new(0),
+    fold_ns: AtomicU64::new(0),
+    encode_ns: AtomicU64::new(0),
+    commit_ns: AtomicU64::new(0),
+    last_report_ms: AtomicU64::new(0),
+};
+
+impl Stats {
+    fn add(&self, counter: &AtomicU64, d: Duration) {
+        counter.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    fn maybe_report(&self) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+        let now_ms = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        let last = self.last_report_ms.load(Relaxed);
+        if now_ms < last + STATS_REPORT_EVERY.as_millis() as u64
+            || self
+                .last_report_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let take = |c: &AtomicU64| c.swap(0, Relaxed);
+        let passes = take(&self.passes).max(1);
+        let us = |c: &AtomicU64| take(c) / passes / 1_000;
+        tracing::debug!(
+            passes,
+            events_per_pass = take(&self.events) / passes,
+            lost_races = take(&self.lost_races),
+            rows_loaded_per_pass = take(&self.rows_loaded) / passes,
+            rows_touched_per_pass = take(&self.rows_touched) / passes,
+            rows_written_per_pass = take(&self.rows_written) / passes,
+            bytes_written_per_pass = take(&self.bytes_written) / passes,
+            pass_us = us(&self.pass_ns),
+            checkpoints_us = us(&self.checkpoint_ns),
+            read_log_us = us(&self.read_log_ns),
+            load_us = us(&self.load_ns),
+            decode_us = us(&self.decode_ns),
+            fold_us = us(&self.fold_ns),
+            encode_us = us(&self.encode_ns),
+            commit_us = us(&self.commit_ns),
+            "projector passes (averages per pass)"
+        );
+    }
 }

@@ -198,50 +198,63 @@ macro_rules! impl_store {
         }
 
         async fn commit_projection(&self, projection: &str, from: LogPosition, to: LogPosition, rows: &[(String, String)]) -> Result<bool, StoreError> {
+            self.commit_projections(&[ProjectionCommit { projection, from, to, rows }]).await
+        }
+
+        async fn commit_projections(&self, commits: &[ProjectionCommit<'_>]) -> Result<bool, StoreError> {
             /// Rows per upsert statement; far below either database's limit on bound parameters.
-            const ROWS_PER_STATEMENT: usize = 400;
+            const ROWS_PER_STATEMENT: usize = 300;
             let mut tx = self.pool.begin().await?;
             Self::relax_projection_durability(&mut tx).await?;
-            let moved = sqlx::query(
-                "UPDATE projection_checkpoints SET txid = $2, position = $3 WHERE projection = $1 AND txid = $4 AND position = $5",
-            )
-            .bind(projection)
-            .bind(to.txid)
-            .bind(to.position)
-            .bind(from.txid)
-            .bind(from.position)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            // A projection's first page: its checkpoint row does not exist yet. The
-            // insert races with other processes' first pages; one of them wins.
-            let moved = if moved == 0 && from == LogPosition::default() {
-                sqlx::query("INSERT INTO projection_checkpoints (projection, txid, position) VALUES ($1, $2, $3) ON CONFLICT (projection) DO NOTHING")
-                    .bind(projection)
-                    .bind(to.txid)
-                    .bind(to.position)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-            } else {
-                moved
-            };
-            if moved != 1 {
-                tx.rollback().await?;
-                return Ok(false);
+            for commit in commits {
+                let (projection, from, to) = (commit.projection, commit.from, commit.to);
+                let moved = sqlx::query(
+                    "UPDATE projection_checkpoints SET txid = $2, position = $3 WHERE projection = $1 AND txid = $4 AND position = $5",
+                )
+                .bind(projection)
+                .bind(to.txid)
+                .bind(to.position)
+                .bind(from.txid)
+                .bind(from.position)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // A projection's first page: its checkpoint row does not exist yet. The
+                // insert races with other processes' first pages; one of them wins.
+                let moved = if moved == 0 && from == LogPosition::default() {
+                    sqlx::query("INSERT INTO projection_checkpoints (projection, txid, position) VALUES ($1, $2, $3) ON CONFLICT (projection) DO NOTHING")
+                        .bind(projection)
+                        .bind(to.txid)
+                        .bind(to.position)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                } else {
+                    moved
+                };
+                if moved != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
             }
+            // Every projection's rows in as few statements as possible: one upsert
+            // per `ROWS_PER_STATEMENT` rows, whichever projection they belong to.
+            let rows: Vec<(&str, &String, &String)> = commits
+                .iter()
+                .flat_map(|c| c.rows.iter().map(move |(key, payload)| (c.projection, key, payload)))
+                .collect();
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                     .collect();
                 let sql = format!(
                     "INSERT INTO projection_rows (projection, row_key, payload) VALUES {}
                      ON CONFLICT (projection, row_key) DO UPDATE SET payload = excluded.payload",
                     values.join(", ")
                 );
-                let mut query = sqlx::query(&sql).bind(projection);
-                for (key, payload) in chunk {
-                    query = query.bind(key).bind(payload);
+                let mut query = sqlx::query(&sql);
+                for (projection, key, payload) in chunk {
+                    query = query.bind(*projection).bind(*key).bind(*payload);
                 }
                 query.execute(&mut *tx).await?;
             }
@@ -368,7 +381,7 @@ macro_rules! impl_store {
                 .enumerate()
                 .map(|(i, (event, metadata))| codec::serialize(tenant_id, first_sequence + i, event, metadata))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.repo.persist::<Tenant>(&serialized, None).await?;
+            self.persist_tenant_events(&serialized).await?;
             Ok(())
         }
         }

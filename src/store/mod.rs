@@ -2,7 +2,9 @@
 //! embedded SQLite file for `cargo run` on a fresh machine.
 //!
 //! Events go through cqrs-es's `PersistedEventRepository` (postgres-es and
-//! sqlite-es), which gives optimistic concurrency on `(aggregate, sequence)`.
+//! sqlite-es), which gives optimistic concurrency on `(aggregate, sequence)`;
+//! on PostgreSQL a tenant's events are appended with one multi-row `INSERT` of
+//! our own (same table, same rows, same conflict), one round trip per commit.
 //! We do not use cqrs-es's aggregate or snapshot stores: in 0.5.0 they apply each
 //! event twice. The tenant actor keeps its aggregate in memory instead and this
 //! module adds what the repositories lack: our own snapshots, a global log position
@@ -131,6 +133,16 @@ pub struct PriceRow {
     pub updated_at: String,
 }
 
+/// One projection's part of [`Store::commit_projections`]: move its checkpoint
+/// from `from` to `to` and upsert `rows` (key, payload).
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectionCommit<'a> {
+    pub projection: &'a str,
+    pub from: LogPosition,
+    pub to: LogPosition,
+    pub rows: &'a [(String, String)],
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn kind(&self) -> &'static str;
@@ -212,6 +224,12 @@ pub trait Store: Send + Sync {
         from: LogPosition,
         to: LogPosition,
         rows: &[(String, String)],
+    ) -> Result<bool, StoreError>;
+    /// [`Store::commit_projection`] for several projections in one transaction:
+    /// every checkpoint moves, with its rows, or nothing is written (false).
+    async fn commit_projections(
+        &self,
+        commits: &[ProjectionCommit<'_>],
     ) -> Result<bool, StoreError>;
     async fn clear_projection(&self, projection: &str) -> Result<(), StoreError>;
 

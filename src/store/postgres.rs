@@ -5,8 +5,8 @@
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::{impl_store, INSERT_CREDENTIAL};
 use super::{
-    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError,
-    DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
+    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow, Store,
+    StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
 };
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
@@ -25,6 +25,54 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Appends a tenant's serialized events (`append`): one multi-row `INSERT`,
+    /// atomic on its own, instead of postgres-es's `BEGIN`, one `INSERT` per
+    /// event and `COMMIT` — the same rows (the table fills `position` in row
+    /// order and one `txid` for all), in one round trip. A taken sequence number
+    /// is a unique violation: `Conflict`, as with postgres-es.
+    async fn persist_tenant_events(&self, events: &[SerializedEvent]) -> Result<(), StoreError> {
+        /// Columns bound per event.
+        const COLUMNS: usize = 7;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<String> = (0..events.len())
+            .map(|i| {
+                let n = i * COLUMNS;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for event in events {
+            query = query
+                .bind(<Tenant as cqrs_es::Aggregate>::TYPE)
+                .bind(event.aggregate_id.as_str())
+                .bind(event.sequence as i64)
+                .bind(&event.event_type)
+                .bind(&event.event_version)
+                .bind(&event.payload)
+                .bind(&event.metadata);
+        }
+        match query.execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Prepares a projection commit (see `commit_projection`).
     async fn relax_projection_durability(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

@@ -4,8 +4,8 @@
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::{impl_store, INSERT_CREDENTIAL};
 use super::{
-    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProviderRow, Store, StoreError,
-    DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
+    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow, Store,
+    StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
 };
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
@@ -28,6 +28,12 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Appends a tenant's serialized events in one transaction (`append`).
+    async fn persist_tenant_events(&self, events: &[SerializedEvent]) -> Result<(), StoreError> {
+        self.repo.persist::<Tenant>(events, None).await?;
+        Ok(())
+    }
+
     /// Prepares a projection commit (see `commit_projection`).
     async fn relax_projection_durability(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
