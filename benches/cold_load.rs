@@ -100,6 +100,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
                     model: model.clone(),
                     price_version: 1,
                     rates: price.rates,
+                    terms: domain::ChargeTerms::sold_directly(price.rates),
                 },
                 usage,
                 upstream_latency_ms: 5,

@@ -285,6 +285,11 @@ pub struct ExportCheck {
     /// The tenant's figures recomputed from the exported events alone (only when
     /// the chain is intact).
     pub balance: Option<Value>,
+    /// The tenant's invoices recomputed from the exported events alone, as
+    /// `GET /v1/billing/invoices` shows them at the time of the last event
+    /// (invoice settings from the environment, like the hub's; only when the
+    /// chain is intact).
+    pub invoices: Option<Value>,
 }
 
 /// Verifies an exported file without a database: the chain, then the balance
@@ -322,9 +327,11 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
         return Ok(ExportCheck {
             chain,
             balance: None,
+            invoices: None,
         });
     }
     let mut state = domain::tenant::Tenant::default();
+    let mut decoded_events = Vec::with_capacity(events.len());
     for event in &events {
         let serialized = cqrs_es::persist::SerializedEvent::new(
             event.tenant_id.clone(),
@@ -335,29 +342,51 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
             event.payload.clone(),
             event.metadata.clone(),
         );
-        let (decoded, _) =
+        let (decoded, metadata) =
             crate::store::decode(serialized).map_err(|e| ExportError::Unreadable {
                 sequence: event.sequence,
                 reason: e.to_string(),
             })?;
-        state.apply_event(decoded);
+        state.apply_event(decoded.clone());
+        decoded_events.push((event.sequence, decoded, metadata.recorded_at));
     }
     let tenant_id: domain::TenantId = tenant.parse().map_err(|_| ExportError::Unreadable {
         sequence: 0,
         reason: format!("tenant id {tenant:?}"),
     })?;
-    // `expiring_soon` is relative to a reading time: the time of the last event,
-    // so the figure is the same whenever the export is checked.
-    let as_of = state_clock(&events);
+    // `expiring_soon` and invoice states are relative to a reading time: the
+    // business time of the last event, so the figures are the same whenever the
+    // export is checked.
+    let as_of = decoded_events
+        .last()
+        .map(|(_, event, _)| event.at())
+        .unwrap_or_else(|| state_clock(&events));
     let balance = crate::routes::billing::balance_body(
         tenant_id,
         &state.balance(),
         as_of,
         crate::config::Limits::default().expiring_soon_window_secs,
     );
+    let logged =
+        decoded_events
+            .iter()
+            .map(|(sequence, event, recorded_at)| projections::LoggedEvent {
+                tenant_id,
+                sequence: *sequence,
+                event,
+                recorded_at: *recorded_at,
+            });
+    let mut rows = std::collections::BTreeMap::new();
+    projections::invoices::fold(&crate::projector::invoice_settings(), &mut rows, logged);
+    let mut invoices: Vec<projections::invoices::InvoiceView> = rows
+        .values()
+        .filter_map(|row| projections::invoices::view(tenant_id, row, as_of))
+        .collect();
+    invoices.sort_by(|a, b| b.period_start.cmp(&a.period_start));
     Ok(ExportCheck {
         chain,
         balance: Some(balance),
+        invoices: Some(serde_json::to_value(invoices).unwrap_or(Value::Null)),
     })
 }
 

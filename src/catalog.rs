@@ -1,24 +1,32 @@
 //! Providers, their credentials and model prices, cached in memory for the
 //! request path.
 //!
-//! The tables are the truth; each process reloads them after its own writes and
-//! every `catalog_refresh_ms` to pick up other processes' changes. A request reads
-//! one immutable snapshot, so a price change never splits a request in two.
+//! Providers and credentials come from their tables; prices from the price book's
+//! events (`domain::price_book`). Each process reloads them after its own writes
+//! and every `catalog_refresh_ms` to pick up other processes' changes. A request
+//! reads one immutable snapshot, so a price change never splits a request in two.
 
 use crate::crypto::{credential_binding, SecretBox};
 use crate::providers::{Credential, Provider, ProviderKind};
 use crate::store::{PriceRow, Store, StoreError};
-use domain::{ModelId, ModelPrice, Rate, Rates};
+use domain::price_book::{ImagePrice, ModelPriceSpec, PriceBook};
+use domain::{ChargeTerms, ModelId, ModelPrice, Rate, Rates, TenantId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 /// Fallback candidates a model may list at most (bounds a request's attempts).
-pub const FALLBACKS_MAX: usize = 4;
+pub const FALLBACKS_MAX: usize = domain::price_book::FALLBACKS_MAX;
 
+/// A model with its price. In [`CatalogData::models`] the price is the one a
+/// tenant without a margin or plan of its own pays; [`CatalogData::candidates_for`]
+/// prices each model for the tenant asking.
 #[derive(Clone, Debug)]
 pub struct PricedModel {
     pub model: ModelId,
+    /// Sell rates and output cap.
     pub price: ModelPrice,
+    /// The provider's cost rates and the margin that led to `price`.
+    pub terms: ChargeTerms,
     pub price_version: i64,
     pub updated_at: String,
     /// Model ids tried in order when this one fails.
@@ -67,13 +75,53 @@ pub struct Candidate {
     pub provider: ProviderEntry,
 }
 
+/// How a request is priced: for which tenant, which image variant, and whether
+/// at the provider's cost (the `enterprise` mode).
+#[derive(Clone, Copy, Debug)]
+pub struct PriceFor<'a> {
+    pub tenant_id: TenantId,
+    pub image_size: Option<&'a str>,
+    pub image_quality: Option<&'a str>,
+    pub at_cost: bool,
+}
+
 #[derive(Default)]
 pub struct CatalogData {
     pub providers: BTreeMap<String, ProviderEntry>,
     pub models: BTreeMap<String, PricedModel>,
+    /// Every price, margin and plan, with their history.
+    pub book: PriceBook,
 }
 
 impl CatalogData {
+    /// Like [`Self::candidates`], each priced for `who`.
+    pub fn candidates_for(&self, model: &str, who: PriceFor<'_>) -> Vec<Candidate> {
+        let mut candidates = self.candidates(model);
+        for c in &mut candidates {
+            if let Some(priced) = self.priced_for(&c.priced.model, who) {
+                c.priced = priced;
+            }
+        }
+        candidates
+    }
+
+    /// A model as `who` pays for it.
+    pub fn priced_for(&self, model: &ModelId, who: PriceFor<'_>) -> Option<PricedModel> {
+        let base = self.models.get(model.as_str())?;
+        let quote = self.book.quote(
+            model,
+            Some(who.tenant_id),
+            (who.image_size, who.image_quality),
+            who.at_cost,
+        )?;
+        Some(PricedModel {
+            price: quote.price,
+            terms: quote.terms(),
+            price_version: quote.price_version,
+            ..base.clone()
+        })
+    }
+
     /// The model and then its fallbacks, each that has a price and a provider.
     /// Empty when the model itself cannot be served.
     pub fn candidates(&self, model: &str) -> Vec<Candidate> {
@@ -105,30 +153,30 @@ pub struct Catalog {
     current: RwLock<Arc<CatalogData>>,
 }
 
-fn price_from_row(row: &PriceRow) -> Option<PricedModel> {
+/// A row of the price table the hub kept before the price book, as a price book
+/// spec: its rates were sold directly, so they are both the cost and the sell rates.
+pub fn spec_from_row(row: &PriceRow) -> Option<ModelPriceSpec> {
     let rate = |s: &str| s.parse::<i128>().ok().map(Rate::from_pico_per_token);
     let input = rate(&row.input_pico_per_token)?;
     let cache_rate = |s: &Option<String>| match s {
         None => Some(input),
         Some(s) => rate(s),
     };
-    Some(PricedModel {
-        model: ModelId::parse(&row.model).ok()?,
-        price: ModelPrice {
-            rates: Rates {
-                input,
-                output: rate(&row.output_pico_per_token)?,
-                cache_read: cache_rate(&row.cache_read_pico_per_token)?,
-                cache_write: cache_rate(&row.cache_write_pico_per_token)?,
-                image: match &row.image_pico_per_image {
-                    None => Rate::default(),
-                    Some(s) => rate(s)?,
-                },
-            },
-            max_output_tokens: u32::try_from(row.max_output_tokens).ok()?,
+    let rates = Rates {
+        input,
+        output: rate(&row.output_pico_per_token)?,
+        cache_read: cache_rate(&row.cache_read_pico_per_token)?,
+        cache_write: cache_rate(&row.cache_write_pico_per_token)?,
+        image: match &row.image_pico_per_image {
+            None => Rate::default(),
+            Some(s) => rate(s)?,
         },
-        price_version: row.version,
-        updated_at: row.updated_at.clone(),
+    };
+    Some(ModelPriceSpec {
+        cost: rates,
+        sell: Some(rates),
+        images: Vec::<ImagePrice>::new(),
+        max_output_tokens: u32::try_from(row.max_output_tokens).ok()?,
         fallbacks: match &row.fallbacks {
             None => Vec::new(),
             Some(json) => serde_json::from_str(json).ok()?,
@@ -190,15 +238,28 @@ impl Catalog {
             });
         }
         data.providers = by_id.into_values().map(|p| (p.name.clone(), p)).collect();
-        for row in self.store.list_prices().await? {
-            match price_from_row(&row) {
-                Some(priced) => {
-                    data.models.insert(row.model.clone(), priced);
-                }
-                None => {
-                    tracing::error!(model = %row.model, "stored price is malformed; model skipped")
-                }
-            }
+        for (_, event) in self.store.price_book_events().await? {
+            data.book.apply_event(event);
+        }
+        for (model, versions) in &data.book.models {
+            let Some(current) = versions.last() else {
+                continue;
+            };
+            // What a tenant with no margin or plan of its own pays.
+            let Some(quote) = data.book.quote(model, None, (None, None), false) else {
+                continue;
+            };
+            data.models.insert(
+                model.to_string(),
+                PricedModel {
+                    model: model.clone(),
+                    price: quote.price,
+                    terms: quote.terms(),
+                    price_version: current.version,
+                    updated_at: current.at.to_rfc3339(),
+                    fallbacks: current.spec.fallbacks.clone(),
+                },
+            );
         }
         *self.current.write().expect("catalog lock poisoned") = Arc::new(data);
         Ok(())

@@ -180,6 +180,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    settings.limits.initial_credits = match crate::config::initial_credits_from_env() {
+        Ok(credits) => credits,
+        Err(e) => {
+            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
+            return ExitCode::FAILURE;
+        }
+    };
     settings.data_dir = cli.data_dir.clone();
     settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
@@ -243,7 +250,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 Some(raw) => {
                     Credits::parse(&raw).map_err(|e| anyhow::anyhow!("--initial-credits: {e}"))?
                 }
-                None => Credits::ZERO,
+                None => hub.limits.initial_credits,
             };
             let tenant_id = hub.create_tenant(name, initial).await?;
             serde_json::json!({"tenant_id": tenant_id.to_string()})
@@ -281,7 +288,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
         Command::Balance { tenant } => crate::routes::billing::balance_body(
             tenant,
             &hub.balance(tenant, None).await?,
-            chrono::Utc::now(),
+            hub.clock.now(),
             hub.limits.expiring_soon_window_secs,
         ),
         Command::Provider(ProviderCmd::Add {
@@ -331,7 +338,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 cache_write_per_mtok: cache_write,
                 per_image,
                 max_output_tokens,
-                fallbacks: None,
+                ..Default::default()
             };
             hub.set_price(&model, &spec).await?;
             let priced = hub.catalog.snapshot().models.get(&model).cloned();

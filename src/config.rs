@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 /// machine; tests shorten the clocks.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Credit a new tenant starts with when its creation names none
+    /// (`AIGNE_HUB_INITIAL_CREDITS`, zero by default).
+    pub initial_credits: domain::Credits,
     /// Largest request body accepted (vision prompts carry base64 images).
     pub max_request_body_bytes: usize,
     pub upstream_connect_timeout_ms: u64,
@@ -165,6 +168,7 @@ fn env_number(name: &str) -> Option<u64> {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            initial_credits: domain::Credits::ZERO,
             max_request_body_bytes: 8 * 1024 * 1024,
             upstream_connect_timeout_ms: 5_000,
             upstream_first_byte_timeout_ms: 120_000,
@@ -284,8 +288,31 @@ impl DeploymentMode {
         }
     }
 
+    /// The `enterprise` mode tracks what requests cost the operator: it charges
+    /// the price book's cost rates, with no margin.
+    pub fn charges_at_cost(self) -> bool {
+        self == Self::Enterprise
+    }
+
     pub fn enforces_credit(self) -> bool {
         self == Self::ServiceProvider
+    }
+}
+
+/// `AIGNE_HUB_INITIAL_CREDITS`: credits (decimal string) a tenant created without
+/// `initial_credits` starts with; zero when unset. A malformed value stops the hub.
+pub fn initial_credits_from_env() -> anyhow::Result<domain::Credits> {
+    match std::env::var("AIGNE_HUB_INITIAL_CREDITS") {
+        Ok(raw) if !raw.trim().is_empty() => {
+            let credits = domain::Credits::parse(raw.trim())
+                .map_err(|e| anyhow::anyhow!("AIGNE_HUB_INITIAL_CREDITS: {e}"))?;
+            anyhow::ensure!(
+                !credits.is_negative(),
+                "AIGNE_HUB_INITIAL_CREDITS cannot be negative"
+            );
+            Ok(credits)
+        }
+        _ => Ok(domain::Credits::ZERO),
     }
 }
 

@@ -12,7 +12,7 @@
 use crate::actors::TenantOp;
 use crate::auth::{presented_key, PresentedKey};
 use crate::body::{parse_json, read_limited};
-use crate::catalog::Candidate;
+use crate::catalog::{Candidate, PriceFor};
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::providers::{
@@ -22,7 +22,6 @@ use crate::providers::{
 use crate::routing::{backoff, classify, Failure, ATTEMPTS_PER_REQUEST_MAX};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use chrono::Utc;
 use domain::tenant::{Attempt, TenantCommand};
 use domain::{Capability, Credits, Ingress, ModelPrice, Permission, RequestId, Usage};
 use futures_util::StreamExt;
@@ -171,7 +170,7 @@ impl Billing {
             attempt: attempt.clone(),
             usage,
             upstream_latency_ms: self.started.elapsed().as_millis() as u64,
-            at: Utc::now(),
+            at: self.hub.clock.now(),
         })
         .await
     }
@@ -187,7 +186,7 @@ impl Billing {
             status,
             reason: error.to_string(),
             latency_ms: latency.as_millis() as u64,
-            at: Utc::now(),
+            at: self.hub.clock.now(),
         };
         if let Err(e) = self.execute(command).await {
             tracing::warn!(request_id = %self.request_id, error = %e, "recording a failed attempt failed");
@@ -243,7 +242,7 @@ impl Billing {
         let command = TenantCommand::ReleaseHold {
             request_id: self.request_id,
             reason,
-            at: Utc::now(),
+            at: self.hub.clock.now(),
         };
         if let Err(e) = self.execute(command).await {
             // The hold stays until the sweeper releases it at its time to live.
@@ -297,8 +296,25 @@ pub(crate) async fn admit(
     key: PresentedKey,
     ask: Ask<'_>,
 ) -> Result<Admitted, HubError> {
+    admit_image_variant(hub, req, key, ask, (None, None)).await
+}
+
+/// [`admit`] for an image request, priced by its size and quality.
+pub(crate) async fn admit_image_variant(
+    hub: &Arc<Hub>,
+    req: &HttpRequest,
+    key: PresentedKey,
+    ask: Ask<'_>,
+    (image_size, image_quality): (Option<&str>, Option<&str>),
+) -> Result<Admitted, HubError> {
     let auth = Some(Hub::key_auth(&key, Permission::CallModels));
-    let candidates = hub.catalog.snapshot().candidates(ask.model);
+    let who = PriceFor {
+        tenant_id: key.tenant_id,
+        image_size,
+        image_quality,
+        at_cost: hub.mode.charges_at_cost(),
+    };
+    let candidates = hub.catalog.snapshot().candidates_for(ask.model, who);
     if candidates.is_empty() {
         // Check the key first, so an unknown model is never a way to probe keys.
         hub.tenants
@@ -326,9 +342,9 @@ pub(crate) async fn admit(
         max_tokens: Some(max_tokens),
         images: ask.images,
         instance_id: hub.instance_id,
-        expires_at: Utc::now() + Duration::from_millis(hub.limits.hold_ttl_ms),
+        expires_at: hub.clock.now() + Duration::from_millis(hub.limits.hold_ttl_ms),
         enforce_credit: hub.mode.enforces_credit(),
-        at: Utc::now(),
+        at: hub.clock.now(),
     };
     let hold = price.hold_for(ask.prompt_bytes, Some(max_tokens), ask.images);
     let reply = hub
@@ -455,6 +471,7 @@ pub(crate) async fn attempt(
                 model: candidate.priced.model.clone(),
                 price_version: candidate.priced.price_version,
                 rates: candidate.priced.price.rates,
+                terms: candidate.priced.terms,
             };
             let mut upstream_request = request.clone();
             upstream_request["model"] =
@@ -683,10 +700,17 @@ pub async fn images(
         choices: 1,
         images: n as u32,
     };
+    let variant = |field: &str| {
+        request
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let (size, quality) = (variant("size"), variant("quality"));
     let Admitted {
         billing,
         candidates,
-    } = admit(&hub, &req, key, ask).await?;
+    } = admit_image_variant(&hub, &req, key, ask, (size.as_deref(), quality.as_deref())).await?;
     prepare_upstream_request(&mut request);
     let (answer, attempt, _) = attempt(&billing, &candidates, Operation::Images, &request).await?;
     let Answer::Images(outcome) = answer else {
@@ -823,7 +847,7 @@ fn chunk_like(last_chunk: Option<&Value>, choices: Value) -> Value {
 /// The chunk that ends a stream the tenant's credit cannot pay for: a normal
 /// `finish_reason: "length"` (what clients already handle for a token cap) and,
 /// beside it, why.
-fn credit_exhausted_chunk(last_chunk: Option<&Value>) -> Value {
+pub(crate) fn credit_exhausted_chunk(last_chunk: Option<&Value>) -> Value {
     let mut chunk = chunk_like(
         last_chunk,
         json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}]),
@@ -838,7 +862,11 @@ fn credit_exhausted_chunk(last_chunk: Option<&Value>) -> Value {
 /// What a stream that did not finish is charged: the provider's own figures where
 /// it reported them (some report input at the start, output only at the end), but
 /// never fewer output tokens than the text that already reached the client.
-fn partial_usage(reported: Option<Usage>, prompt_bytes: u64, output_bytes: u64) -> Usage {
+pub(crate) fn partial_usage(
+    reported: Option<Usage>,
+    prompt_bytes: u64,
+    output_bytes: u64,
+) -> Usage {
     let estimate = Usage::estimate(prompt_bytes, output_bytes);
     match reported {
         None => estimate,

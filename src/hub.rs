@@ -12,11 +12,10 @@ use crate::crypto::{credential_binding, Secret, SecretBox, SECRET_MAX_BYTES};
 use crate::error::HubError;
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
-use crate::store::{CredentialRow, PriceRow, ProviderRow, Store};
+use crate::store::{CredentialRow, ProviderRow, Store};
 use chrono::{DateTime, Utc};
-use domain::pricing::MAX_OUTPUT_TOKENS_LIMIT;
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
-use domain::{Credits, InstanceId, KeyId, ModelId, Permission, Rate, Role, TenantId};
+use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use projections::Projection;
 use std::sync::Arc;
@@ -36,6 +35,8 @@ pub struct Hub {
     pub operator_token: String,
     /// The AIGNE Hub v2 protocol's settings and generated images.
     pub aigne: crate::aigne::AigneState,
+    /// Business time (see `clock`): wall time in production, movable in tests.
+    pub clock: crate::clock::Clock,
 }
 
 /// A provider as the operator adds it. Which credential fields are needed depends
@@ -98,22 +99,7 @@ fn parse_credential(
     }
 }
 
-/// A price as the operator writes it: decimal strings in credits per million tokens.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceSpec {
-    pub input_per_mtok: String,
-    pub output_per_mtok: String,
-    /// Defaults to the input rate.
-    pub cache_read_per_mtok: Option<String>,
-    /// Defaults to the input rate.
-    pub cache_write_per_mtok: Option<String>,
-    /// Credits per generated image (image models), e.g. "0.04".
-    pub per_image: Option<String>,
-    /// Model ids to try, in order, when this one fails (429, 5xx, timeouts).
-    pub fallbacks: Option<Vec<String>>,
-    pub max_output_tokens: Option<u32>,
-}
+pub use crate::prices::PriceSpec;
 
 /// Tenants given an `ExpireCredits` in one expiry pass at most, so that a pass
 /// stays short however many lots fall due at once.
@@ -151,7 +137,7 @@ impl Hub {
             tenant_id,
             name,
             initial_credits,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.tenants
             .call(
@@ -179,7 +165,7 @@ impl Hub {
             name,
             role,
             key_hash: key.key_hash,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.tenants
             .call(
@@ -197,7 +183,7 @@ impl Hub {
     pub async fn revoke_key(&self, tenant_id: TenantId, key_id: KeyId) -> Result<(), HubError> {
         let command = TenantCommand::RevokeApiKey {
             key_id,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.tenants
             .call(
@@ -225,7 +211,7 @@ impl Hub {
             idempotency_key,
             reason,
             expires_at,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         let reply = self
             .tenants
@@ -398,76 +384,6 @@ impl Hub {
         })
     }
 
-    /// Sets a model's price; returns the new price version.
-    pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, HubError> {
-        let model = ModelId::parse(model).map_err(|e| HubError::BadRequest(e.to_string()))?;
-        let rate = |field: &str, raw: &str| {
-            Rate::parse_per_million(raw).map_err(|e| HubError::BadRequest(format!("{field}: {e}")))
-        };
-        let input = rate("input_per_mtok", &spec.input_per_mtok)?;
-        let output = rate("output_per_mtok", &spec.output_per_mtok)?;
-        let optional = |field: &str, raw: &Option<String>| -> Result<Option<String>, HubError> {
-            raw.as_deref()
-                .map(|r| rate(field, r).map(|r| r.pico_per_token().to_string()))
-                .transpose()
-        };
-        let cache_read = optional("cache_read_per_mtok", &spec.cache_read_per_mtok)?;
-        let cache_write = optional("cache_write_per_mtok", &spec.cache_write_per_mtok)?;
-        let per_image = spec
-            .per_image
-            .as_deref()
-            .map(|raw| {
-                Credits::parse(raw)
-                    .map(|c| c.pico().to_string())
-                    .map_err(|e| HubError::BadRequest(format!("per_image: {e}")))
-            })
-            .transpose()?;
-        let fallbacks = match &spec.fallbacks {
-            None => None,
-            Some(list) if list.len() > crate::catalog::FALLBACKS_MAX => {
-                return Err(HubError::BadRequest(format!(
-                    "at most {} fallbacks",
-                    crate::catalog::FALLBACKS_MAX
-                )))
-            }
-            Some(list) => {
-                for fallback in list {
-                    let id = ModelId::parse(fallback)
-                        .map_err(|e| HubError::BadRequest(format!("fallbacks: {e}")))?;
-                    if id == model {
-                        return Err(HubError::BadRequest(
-                            "a model cannot be its own fallback".into(),
-                        ));
-                    }
-                }
-                Some(list.clone())
-            }
-        };
-        let max_output_tokens = spec
-            .max_output_tokens
-            .unwrap_or(domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS);
-        if max_output_tokens == 0 || max_output_tokens > MAX_OUTPUT_TOKENS_LIMIT {
-            return Err(HubError::BadRequest(format!(
-                "max_output_tokens must be 1 to {MAX_OUTPUT_TOKENS_LIMIT}"
-            )));
-        }
-        let row = PriceRow {
-            model: model.to_string(),
-            input_pico_per_token: input.pico_per_token().to_string(),
-            output_pico_per_token: output.pico_per_token().to_string(),
-            cache_read_pico_per_token: cache_read,
-            cache_write_pico_per_token: cache_write,
-            image_pico_per_image: per_image,
-            fallbacks: fallbacks.map(|f| serde_json::to_string(&f).expect("strings serialize")),
-            max_output_tokens: max_output_tokens as i64,
-            version: 0,
-            updated_at: Utc::now().to_rfc3339(),
-        };
-        let version = self.store.upsert_price(&row).await?;
-        self.catalog.refresh().await?;
-        Ok(version)
-    }
-
     /// Beats this process's heartbeat, then releases holds left by dead processes
     /// and holds past their time to live.
     pub async fn sweep_holds(&self) -> Result<usize, HubError> {
@@ -490,7 +406,7 @@ impl Hub {
             };
             let command = TenantCommand::ReleaseAbandonedHolds {
                 live_instances: live.clone(),
-                at: Utc::now(),
+                at: self.clock.now(),
             };
             match self
                 .tenants
@@ -523,7 +439,7 @@ impl Hub {
     /// seen by a later pass (and a reservation expires due lots itself), and a
     /// tenant whose lots were just expired gets a command that decides nothing.
     pub async fn expire_due_credits(&self) -> Result<usize, HubError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut due: Vec<(DateTime<Utc>, TenantId)> = Vec::new();
         for (key, payload) in self.store.projection_rows(Balances::NAME).await? {
             // Rows without expiring lots do not even name the field: skip them unparsed.
@@ -544,7 +460,9 @@ impl Hub {
         due.truncate(EXPIRY_TENANTS_PER_PASS);
         let mut expired = 0;
         for (_, tenant_id) in due {
-            let command = TenantCommand::ExpireCredits { at: Utc::now() };
+            let command = TenantCommand::ExpireCredits {
+                at: self.clock.now(),
+            };
             match self
                 .tenants
                 .call(

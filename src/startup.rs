@@ -54,7 +54,15 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         operator_token,
         aigne: crate::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,
+        clock: Default::default(),
     };
+    let imported = hub.import_price_table().await?;
+    if imported > 0 {
+        tracing::info!(
+            imported,
+            "the old price table was moved into the price book"
+        );
+    }
     hub.catalog.refresh().await?;
     Ok(Arc::new(hub))
 }

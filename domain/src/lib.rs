@@ -8,11 +8,12 @@
 
 pub mod ids;
 pub mod money;
+pub mod price_book;
 pub mod pricing;
 pub mod roles;
 pub mod tenant;
 
 pub use ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 pub use money::{Credits, MoneyError, Rate};
-pub use pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
+pub use pricing::{Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, Rates, Usage};
 pub use roles::{Permission, Role};

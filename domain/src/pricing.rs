@@ -64,6 +64,47 @@ impl Rates {
     }
 }
 
+/// Where a charge's margin came from (recorded so a charge explains itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarginSource {
+    /// The tenant's own margin.
+    Tenant,
+    /// The margin of the tenant's plan.
+    Plan,
+    /// The price book's default margin.
+    Default,
+    /// No margin set anywhere: sold at cost.
+    None,
+    /// The sell rates were given directly; no margin was applied.
+    DirectSellPrice,
+    /// The `enterprise` mode charges the provider's cost.
+    AtCost,
+}
+
+/// What a charge was made at besides its sell rates: the provider's cost rates and
+/// the margin between them. Recorded in every settlement, so analytics can show
+/// provider cost and margin without a price table that may have changed since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeTerms {
+    pub cost_rates: Rates,
+    /// The margin applied to the cost; `None` when the sell rates were given directly.
+    pub margin_bps: Option<u32>,
+    pub margin_source: MarginSource,
+}
+
+impl ChargeTerms {
+    /// Sell rates given directly, whose cost is taken to be the same: how every
+    /// charge was made before the price book had cost rates.
+    pub fn sold_directly(rates: Rates) -> Self {
+        ChargeTerms {
+            cost_rates: rates,
+            margin_bps: None,
+            margin_source: MarginSource::DirectSellPrice,
+        }
+    }
+}
+
 /// What one model costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {

@@ -44,7 +44,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Stable name of the projection, also its checkpoint and row namespace.
-pub const NAME: &str = "analytics";
+/// The projection's name carries its row layout's version: a new layout is a new
+/// projection, rebuilt from the log, never old rows read in a new shape.
+/// (v2: `provider_cost`.)
+pub const NAME: &str = "analytics_v2";
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a
 /// last bucket counts everything slower. Never change them in place: rows
@@ -112,6 +115,9 @@ pub struct Counters {
     pub images: u64,
     /// Sum of settled costs, pico-credits.
     pub amount: Credits,
+    /// What those requests cost the operator (usage at the price book's cost
+    /// rates), pico-credits. `amount − provider_cost` is the margin.
+    pub provider_cost: Credits,
     /// Upstream latency of settled requests, counts per [`LATENCY_BUCKET_BOUNDS_MS`]
     /// bucket (the last one: slower than every bound).
     pub latency_buckets: Vec<u64>,
@@ -132,6 +138,7 @@ impl Default for Counters {
             reasoning_tokens: 0,
             images: 0,
             amount: Credits::ZERO,
+            provider_cost: Credits::ZERO,
             latency_buckets: vec![0; LATENCY_BUCKETS],
             latency_max_ms: 0,
         }
@@ -151,6 +158,7 @@ impl Counters {
         self.reasoning_tokens += other.reasoning_tokens;
         self.images += other.images;
         self.amount = self.amount + other.amount;
+        self.provider_cost = self.provider_cost + other.provider_cost;
         for (i, n) in other.latency_buckets.iter().enumerate() {
             if let Some(mine) = self.latency_buckets.get_mut(i) {
                 *mine += n;
@@ -306,6 +314,7 @@ pub fn fold<'a>(
                 model,
                 usage,
                 cost_pico,
+                provider_cost_pico,
                 upstream_latency_ms,
                 at,
                 ..
@@ -333,6 +342,7 @@ pub fn fold<'a>(
                 c.reasoning_tokens += usage.reasoning_tokens;
                 c.images += usage.images;
                 c.amount = c.amount + *cost_pico;
+                c.provider_cost = c.provider_cost + *provider_cost_pico;
                 c.record_latency(*upstream_latency_ms);
             }
             TenantEvent::HoldReleased { request_id, at, .. } => {
@@ -455,7 +465,9 @@ mod tests {
             },
             price_version: 1,
             rates: Rates::default(),
+            terms: domain::ChargeTerms::sold_directly(Rates::default()),
             cost_pico: Credits::from_pico(cost),
+            provider_cost_pico: Credits::from_pico(cost),
             hold_pico: Credits::from_pico(100),
             overshoot_pico: Credits::ZERO,
             upstream_latency_ms: latency,

@@ -744,6 +744,8 @@ async fn stream_chat(
 }
 
 enum StreamEnd {
+    /// The next chunk would have cost more than the tenant can pay.
+    CreditExhausted,
     Done,
     ClientGone,
     UpstreamFailed(crate::providers::UpstreamError),
@@ -752,7 +754,10 @@ enum StreamEnd {
 /// Copies the provider's stream to the client as AIGNE deltas, then settles and
 /// sends the final frame (model, tool calls, JSON output and the complete usage
 /// with the charge) — settled before it is sent, so a fully received answer is
-/// always billed. No `[DONE]`: the client does not expect one.
+/// always billed. No `[DONE]`: the client does not expect one. A chunk the
+/// tenant's credit cannot pay for is not sent: the stream ends there with the
+/// same final frame, saying why in `aigne_hub` (docs/billing.md, "Mid-stream
+/// enforcement").
 async fn relay(
     hub: Arc<Hub>,
     billing: Billing,
@@ -770,7 +775,11 @@ async fn relay(
             Some(Err(e)) => break StreamEnd::UpstreamFailed(e),
             Some(Ok(StreamItem::Usage(reported))) => usage = Some(reported),
             Some(Ok(StreamItem::Chunk(chunk))) => {
-                output_bytes += generated_bytes(&chunk);
+                let after = output_bytes + generated_bytes(&chunk);
+                if billing.would_overspend(&attempt, usage.as_ref(), after) {
+                    break StreamEnd::CreditExhausted;
+                }
+                output_bytes = after;
                 for frame in acc.push(&chunk) {
                     if tx.send(data_frame(&frame)).await.is_err() {
                         break 'relay StreamEnd::ClientGone;
@@ -781,15 +790,25 @@ async fn relay(
     };
     drop(upstream);
     match end {
-        StreamEnd::Done => {
-            let charged =
-                usage.unwrap_or_else(|| Usage::estimate(billing.prompt_bytes, output_bytes));
+        StreamEnd::Done | StreamEnd::CreditExhausted => {
+            let exhausted = matches!(end, StreamEnd::CreditExhausted);
+            let charged = if exhausted {
+                tracing::info!(request_id = %billing.request_id, "stream ended: the tenant's credit would not cover more");
+                gateway::partial_usage(usage, billing.prompt_bytes, output_bytes)
+            } else {
+                usage.unwrap_or_else(|| Usage::estimate(billing.prompt_bytes, output_bytes))
+            };
             if let Err(e) = billing.settle(&attempt, charged).await {
                 let _ = tx.send(error_event(&e)).await;
                 return;
             }
             let (frames, mut parts) = acc.finish();
             finish_output(&hub.aigne, &mut parts, &attempt, &charged);
+            if exhausted {
+                // The chat cutoff's own words, so that every ingress says it alike.
+                let mut note = gateway::credit_exhausted_chunk(None);
+                parts.insert("aigne_hub".into(), note["aigne_hub"].take());
+            }
             for frame in frames
                 .iter()
                 .chain(std::iter::once(&json!({"delta": {"json": parts}})))
@@ -905,10 +924,19 @@ pub async fn image(
         choices: 1,
         images: n as u32,
     };
+    // Priced by size and quality like `/v1/images/generations` (docs/billing.md).
+    let variant = |field: &str| {
+        request
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let (size, quality) = (variant("size"), variant("quality"));
     let Admitted {
         billing,
         candidates,
-    } = gateway::admit(&hub, &req, key, ask).await?;
+    } = gateway::admit_image_variant(&hub, &req, key, ask, (size.as_deref(), quality.as_deref()))
+        .await?;
     let request_id = billing.request_id;
     let base = public_base(&hub.aigne, &req);
     let state = hub.clone();

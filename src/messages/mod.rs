@@ -36,7 +36,7 @@ use domain::tenant::Attempt;
 use domain::{Capability, Ingress, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use stream::{anthropic_event_output_bytes, event_frame, typed_frame, OpenAiToAnthropicStream};
+use stream::{event_frame, event_output_bytes, typed_frame, OpenAiToAnthropicStream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -401,6 +401,9 @@ enum Source {
     Anthropic {
         events: MessagesStream,
         message_stop: Option<Bytes>,
+        /// The index of the content block started and not yet stopped, which a
+        /// stream cut short must close.
+        open_block: Option<u64>,
     },
     /// OpenAI chunks, translated.
     Translated {
@@ -409,47 +412,82 @@ enum Source {
     },
 }
 
-fn is_message_stop(event: &crate::providers::SseEvent) -> bool {
-    match event.event.as_deref() {
-        Some(name) => name == "message_stop",
-        None => serde_json::from_str::<Value>(&event.data)
-            .is_ok_and(|d| d.get("type").and_then(Value::as_str) == Some("message_stop")),
-    }
+/// An event's type: its `type` field, else its SSE name.
+fn event_type<'a>(event: &'a crate::providers::SseEvent, data: &'a Value) -> &'a str {
+    data.get("type")
+        .and_then(Value::as_str)
+        .or(event.event.as_deref())
+        .unwrap_or("")
+}
+
+/// What the upstream's next item gives the client.
+enum Relayed {
+    Frames(Vec<Bytes>),
+    /// The next delta would have cost more than the tenant can pay: it was read
+    /// but not passed on.
+    CreditExhausted,
 }
 
 impl Source {
     /// The next frames for the client (`None` at the end), noting usage and the
-    /// bytes of generated text on the way.
+    /// bytes of generated text on the way. Each delta is priced before it is
+    /// passed on (`Billing::would_overspend`), as on `/v1/chat/completions`.
     async fn next(
         &mut self,
+        billing: &Billing,
+        attempt: &Attempt,
         usage: &mut Option<Usage>,
         output_bytes: &mut u64,
-    ) -> Option<Result<Vec<Bytes>, UpstreamError>> {
+    ) -> Option<Result<Relayed, UpstreamError>> {
         loop {
             match self {
                 Source::Anthropic {
                     events,
                     message_stop,
+                    open_block,
                 } => match events.next().await? {
                     Err(e) => return Some(Err(e)),
                     Ok(MessagesItem::Usage(reported)) => *usage = Some(reported),
                     Ok(MessagesItem::Event(event)) => {
-                        *output_bytes += anthropic_event_output_bytes(&event.data);
-                        let frame = event_frame(event.event.as_deref(), &event.data);
-                        if is_message_stop(&event) {
-                            *message_stop = Some(frame);
-                            continue;
+                        let data = serde_json::from_str::<Value>(&event.data).unwrap_or_default();
+                        match event_type(&event, &data) {
+                            "content_block_delta" => {
+                                let after = *output_bytes + event_output_bytes(&data);
+                                if billing.would_overspend(attempt, usage.as_ref(), after) {
+                                    return Some(Ok(Relayed::CreditExhausted));
+                                }
+                                *output_bytes = after;
+                            }
+                            "content_block_start" => {
+                                *open_block = data.get("index").and_then(Value::as_u64);
+                            }
+                            "content_block_stop" => *open_block = None,
+                            "message_stop" => {
+                                *message_stop =
+                                    Some(event_frame(event.event.as_deref(), &event.data));
+                                continue;
+                            }
+                            _ => {}
                         }
-                        return Some(Ok(vec![frame]));
+                        let frame = event_frame(event.event.as_deref(), &event.data);
+                        return Some(Ok(Relayed::Frames(vec![frame])));
                     }
                 },
                 Source::Translated { chunks, translator } => match chunks.next().await? {
                     Err(e) => return Some(Err(e)),
                     Ok(StreamItem::Usage(reported)) => *usage = Some(reported),
                     Ok(StreamItem::Chunk(chunk)) => {
-                        *output_bytes += generated_bytes(&chunk);
+                        let after = *output_bytes + generated_bytes(&chunk);
+                        // Checked before the translator sees the chunk, so that the
+                        // blocks it believes open are those the client saw open.
+                        if billing.would_overspend(attempt, usage.as_ref(), after) {
+                            return Some(Ok(Relayed::CreditExhausted));
+                        }
+                        *output_bytes = after;
                         let events = translator.on_chunk(&chunk);
-                        return Some(Ok(events.iter().map(typed_frame).collect()));
+                        return Some(Ok(Relayed::Frames(
+                            events.iter().map(typed_frame).collect(),
+                        )));
                     }
                 },
             }
@@ -458,6 +496,8 @@ impl Source {
 }
 
 enum StreamEnd {
+    /// The next delta would have cost more than the tenant can pay.
+    CreditExhausted,
     Done,
     ClientGone,
     UpstreamFailed(UpstreamError),
@@ -465,7 +505,8 @@ enum StreamEnd {
 
 /// Copies the upstream's stream to the client as Anthropic events, then settles
 /// and sends `message_stop` (settled before it is sent, so a stream a client has
-/// fully received is always billed).
+/// fully received is always billed). A stream the tenant's credit cannot pay for
+/// is ended early, as if by `max_tokens` (docs/billing.md, "Mid-stream enforcement").
 async fn relay(
     billing: Billing,
     attempt: Attempt,
@@ -479,6 +520,7 @@ async fn relay(
         MessagesEvents::Anthropic(events) => Source::Anthropic {
             events,
             message_stop: None,
+            open_block: None,
         },
         MessagesEvents::Translated(chunks) => Source::Translated {
             chunks,
@@ -501,10 +543,14 @@ async fn relay(
             }
         }
         loop {
-            let frames = match source.next(&mut usage, &mut output_bytes).await {
+            let frames = match source
+                .next(&billing, &attempt, &mut usage, &mut output_bytes)
+                .await
+            {
                 None => break StreamEnd::Done,
                 Some(Err(e)) => break StreamEnd::UpstreamFailed(e),
-                Some(Ok(frames)) => frames,
+                Some(Ok(Relayed::CreditExhausted)) => break StreamEnd::CreditExhausted,
+                Some(Ok(Relayed::Frames(frames))) => frames,
             };
             for frame in frames {
                 if tx.send(frame).await.is_err() {
@@ -514,17 +560,18 @@ async fn relay(
         }
     };
     // Stop reading the upstream now (a client that left should not keep generating).
-    let (held_stop, translator) = match source {
+    let (held_stop, open_block, translator) = match source {
         Source::Anthropic {
             events,
             message_stop,
+            open_block,
         } => {
             drop(events);
-            (message_stop, None)
+            (message_stop, open_block, None)
         }
         Source::Translated { chunks, translator } => {
             drop(chunks);
-            (None, Some(translator))
+            (None, None, Some(translator))
         }
     };
 
@@ -540,6 +587,23 @@ async fn relay(
             }
             let last = match billing.settle(&attempt, charged).await {
                 Ok(()) => held_stop.unwrap_or_else(|| typed_frame(&stream::message_stop())),
+                Err(e) => error_frame(&e),
+            };
+            let _ = tx.send(last).await;
+        }
+        StreamEnd::CreditExhausted => {
+            tracing::info!(request_id = %billing.request_id, "stream ended: the tenant's credit would not cover more");
+            let charged = gateway::partial_usage(usage, billing.prompt_bytes, output_bytes);
+            let closing = match translator {
+                Some(mut translator) => translator.credit_exhausted(&charged),
+                None => stream::credit_exhausted_events(open_block, &charged),
+            };
+            for event in closing {
+                // A client leaving now is still billed for what it got below.
+                let _ = tx.send(typed_frame(&event)).await;
+            }
+            let last = match billing.settle(&attempt, charged).await {
+                Ok(()) => typed_frame(&stream::message_stop()),
                 Err(e) => error_frame(&e),
             };
             let _ = tx.send(last).await;

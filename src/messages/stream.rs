@@ -31,9 +31,11 @@ pub fn typed_frame(data: &Value) -> Bytes {
 
 /// Bytes of generated text in one Anthropic stream event (for estimates only).
 pub fn anthropic_event_output_bytes(data: &str) -> u64 {
-    let Ok(event) = serde_json::from_str::<Value>(data) else {
-        return 0;
-    };
+    serde_json::from_str::<Value>(data).map_or(0, |event| event_output_bytes(&event))
+}
+
+/// [`anthropic_event_output_bytes`] of an event already parsed.
+pub fn event_output_bytes(event: &Value) -> u64 {
     let Some(delta) = event.get("delta") else {
         return 0;
     };
@@ -222,10 +224,36 @@ impl OpenAiToAnthropicStream {
         }));
         events
     }
+
+    /// Ends the translation early, the tenant's credit being spent (see
+    /// [`credit_exhausted_events`]); the upstream's last chunk was not passed in.
+    pub fn credit_exhausted(&mut self, usage: &Usage) -> Vec<Value> {
+        credit_exhausted_events(self.open.take().map(|(_, index)| index), usage)
+    }
 }
 
 pub fn message_stop() -> Value {
     json!({"type": "message_stop"})
+}
+
+/// The events that end a stream the tenant's credit cannot pay for (the delta
+/// that would have overspent is not sent): the open block's stop, then
+/// `message_delta` with `stop_reason: "max_tokens"` (what clients already handle
+/// for a token cap), the usage charged and, beside it, why, in the words of the
+/// chat cutoff. `message_stop` follows once the charge is committed.
+pub fn credit_exhausted_events(open_block: Option<u64>, usage: &Usage) -> Vec<Value> {
+    let mut events = Vec::new();
+    if let Some(index) = open_block {
+        events.push(json!({"type": "content_block_stop", "index": index}));
+    }
+    let mut note = crate::gateway::credit_exhausted_chunk(None);
+    events.push(json!({
+        "type": "message_delta",
+        "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+        "usage": anthropic_usage_json(usage),
+        "aigne_hub": note["aigne_hub"].take(),
+    }));
+    events
 }
 
 #[cfg(test)]
@@ -313,6 +341,26 @@ mod tests {
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
                 "usage": {"input_tokens": 8, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 30}})
         );
+    }
+
+    #[test]
+    fn a_stream_cut_for_credit_closes_its_block_and_says_why() {
+        let mut t = OpenAiToAnthropicStream::new("msg_1".into(), "gpt-x".into());
+        t.on_chunk(&chunk(json!({"content": "Hel"}), Value::Null));
+        let usage = Usage {
+            input_tokens: 8,
+            output_tokens: 1,
+            estimated: true,
+            ..Usage::default()
+        };
+        let events = t.credit_exhausted(&usage);
+        assert_eq!(events[0], json!({"type": "content_block_stop", "index": 0}));
+        assert_eq!(events[1]["delta"]["stop_reason"], "max_tokens");
+        assert_eq!(events[1]["usage"]["output_tokens"], 1);
+        assert_eq!(events[1]["aigne_hub"]["stopped"], "insufficient_credits");
+        assert_eq!(events.len(), 2);
+        // Nothing open (between blocks): only the message's end.
+        assert_eq!(credit_exhausted_events(None, &usage).len(), 1);
     }
 
     #[test]

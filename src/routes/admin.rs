@@ -6,7 +6,7 @@ use crate::actors::TenantOp;
 use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::error::HubError;
-use crate::hub::{CredentialSpec, Hub, PriceSpec, ProviderSpec};
+use crate::hub::{CredentialSpec, Hub, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use domain::tenant::TenantCommand;
@@ -40,7 +40,8 @@ pub async fn create_tenant(
     operator(&hub, &req)?;
     let body: CreateTenant = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let initial = match body.initial_credits.as_deref() {
-        None | Some("0") => Credits::ZERO,
+        None => hub.limits.initial_credits,
+        Some("0") => Credits::ZERO,
         Some(raw) => credits("initial_credits", raw)?,
     };
     let tenant_id = hub.create_tenant(body.name, initial).await?;
@@ -151,7 +152,7 @@ pub async fn balance(
     Ok(HttpResponse::Ok().json(balance_body(
         tenant_id,
         &balance,
-        Utc::now(),
+        hub.clock.now(),
         hub.limits.expiring_soon_window_secs,
     )))
 }
@@ -191,7 +192,7 @@ pub async fn set_low_balance(
         .transpose()?;
     let command = TenantCommand::SetLowBalanceThreshold {
         threshold,
-        at: Utc::now(),
+        at: hub.clock.now(),
     };
     let reply = hub
         .tenants
@@ -244,26 +245,6 @@ pub async fn list_providers(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"data": data})))
-}
-
-pub async fn set_price(
-    hub: web::Data<Hub>,
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, HubError> {
-    operator(&hub, &req)?;
-    let model = path.into_inner();
-    let spec: PriceSpec = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    hub.set_price(&model, &spec).await?;
-    let priced = hub
-        .catalog
-        .snapshot()
-        .models
-        .get(&model)
-        .cloned()
-        .ok_or_else(|| HubError::Internal("price not visible after write".into()))?;
-    Ok(HttpResponse::Ok().json(super::models::price_json(&priced)))
 }
 
 /// `POST /admin/v1/providers/{name}/credentials`: another credential for rotation.

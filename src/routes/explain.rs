@@ -204,6 +204,7 @@ pub fn explain<'a>(
         "charged_model": null,
         "usage": null,
         "rates": null,
+        "margin": null,
         "arithmetic": [],
         "cost": Credits::ZERO.to_decimal_string(),
         "overshoot": Credits::ZERO.to_decimal_string(),
@@ -216,7 +217,9 @@ pub fn explain<'a>(
                 usage,
                 price_version,
                 rates,
+                terms,
                 cost_pico,
+                provider_cost_pico,
                 overshoot_pico,
                 at,
                 ..
@@ -233,6 +236,13 @@ pub fn explain<'a>(
                 body["price_version"] = json!(price_version);
                 body["usage"] = json!(usage);
                 body["rates"] = rates_json(rates);
+                // How the sell rates came about: the provider's cost and the margin.
+                body["margin"] = json!({
+                    "margin_bps": terms.margin_bps,
+                    "source": terms.margin_source,
+                    "cost_rates": rates_json(&terms.cost_rates),
+                    "provider_cost": provider_cost_pico.to_decimal_string(),
+                });
                 body["arithmetic"] = Value::Array(lines);
                 body["cost"] = json!(cost_pico.to_decimal_string());
                 body["overshoot"] = json!(overshoot_pico.to_decimal_string());
@@ -335,7 +345,9 @@ mod tests {
             usage,
             price_version: 1,
             rates,
+            terms: domain::ChargeTerms::sold_directly(rates),
             cost_pico: Credits::from_pico(12),
+            provider_cost_pico: Credits::from_pico(12),
             hold_pico: Credits::from_pico(1_000),
             overshoot_pico: Credits::ZERO,
             upstream_latency_ms: 1,

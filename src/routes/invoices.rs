@@ -94,7 +94,7 @@ async fn rows(hub: &Hub, keys: &[String]) -> Result<Vec<(String, InvoiceRow)>, H
 }
 
 async fn list_answer(hub: &Hub, tenant_id: TenantId) -> Result<HttpResponse, HubError> {
-    let now = Utc::now();
+    let now = hub.clock.now();
     let current = invoice_settings().period_start(now);
     let keys: Vec<String> = (0..INVOICES_LISTED_PERIODS)
         .filter_map(|back| current.checked_sub_months(Months::new(back)))
@@ -120,7 +120,7 @@ async fn one_answer(
     if owner != tenant_id {
         return Err(not_found());
     }
-    let now: DateTime<Utc> = Utc::now();
+    let now: DateTime<Utc> = hub.clock.now();
     let view = rows(hub, &[invoices::period_key(tenant_id, start)])
         .await?
         .iter()

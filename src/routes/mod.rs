@@ -7,6 +7,7 @@ pub mod billing;
 pub mod explain;
 pub mod invoices;
 pub mod models;
+pub mod prices;
 pub mod usage;
 pub mod webhooks;
 
@@ -148,8 +149,44 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/admin/v1/prices")
+            .route(web::get().to(prices::list_prices))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/admin/v1/prices/{model:.+}")
-            .route(web::put().to(admin::set_price))
+            .route(web::put().to(prices::set_price))
+            .route(web::get().to(prices::price_history))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/price-book/events")
+            .route(web::get().to(prices::price_book_events))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/margins")
+            .route(web::get().to(prices::margins))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/margins/default")
+            .route(web::put().to(prices::set_default_margin))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/plans/{plan}/margin")
+            .route(web::put().to(prices::set_plan_margin))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/margin")
+            .route(web::put().to(prices::set_tenant_margin))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/plan")
+            .route(web::put().to(prices::set_tenant_plan))
             .default_service(not_allowed()),
     );
 }

@@ -2,7 +2,7 @@
 
 use crate::actors::TenantOp;
 use crate::auth::presented_key;
-use crate::catalog::PricedModel;
+use crate::catalog::{PriceFor, PricedModel};
 use crate::error::HubError;
 use crate::hub::Hub;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -26,17 +26,25 @@ pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRe
         Err(e) => return Err(e),
     }
     let catalog = hub.catalog.snapshot();
+    // Each tenant sees what it pays: its margin or its plan's applies.
+    let who = PriceFor {
+        tenant_id: key.tenant_id,
+        image_size: None,
+        image_quality: None,
+        at_cost: hub.mode.charges_at_cost(),
+    };
     let data: Vec<_> = catalog
         .models
         .values()
         .filter(|m| catalog.providers.contains_key(m.model.provider()))
+        .filter_map(|m| catalog.priced_for(&m.model, who))
         .map(|m| {
             json!({
                 "id": m.model.as_str(),
                 "object": "model",
                 "created": 0,
                 "owned_by": m.model.provider(),
-                "pricing": price_json(m),
+                "pricing": price_json(&m),
             })
         })
         .collect();

@@ -50,7 +50,7 @@ pub const GROUP_KEYS: [&str; 7] = [
 ];
 
 /// The figures of each row after its group keys, in CSV column order.
-const METRICS: [&str; 12] = [
+const METRICS: [&str; 14] = [
     "requests",
     "successes",
     "failures",
@@ -61,6 +61,8 @@ const METRICS: [&str; 12] = [
     "reasoning_tokens",
     "images",
     "amount",
+    "provider_cost",
+    "margin",
     "latency_p50_ms",
     "latency_p95_ms",
 ];
@@ -333,7 +335,7 @@ fn group_value(key: GroupKey, entry: &UsageEntry, local: DateTime<FixedOffset>) 
     }
 }
 
-fn metrics(c: &Counters) -> [Value; 12] {
+fn metrics(c: &Counters) -> [Value; 14] {
     [
         json!(c.requests),
         json!(c.successes),
@@ -345,6 +347,8 @@ fn metrics(c: &Counters) -> [Value; 12] {
         json!(c.reasoning_tokens),
         json!(c.images),
         json!(c.amount.to_decimal_string()),
+        json!(c.provider_cost.to_decimal_string()),
+        json!((c.amount - c.provider_cost).to_decimal_string()),
         json!(c.latency_percentile_ms(50)),
         json!(c.latency_percentile_ms(95)),
     ]
@@ -355,7 +359,7 @@ async fn answer(
     req: &HttpRequest,
     tenant_id: TenantId,
 ) -> Result<HttpResponse, HubError> {
-    let plan = plan(req, Utc::now())?;
+    let plan = plan(req, hub.clock.now())?;
     let groups = grouped(hub, tenant_id, &plan).await?;
     let wants_csv = req
         .headers()

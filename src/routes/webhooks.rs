@@ -172,7 +172,7 @@ pub async fn payments(
     let amount = Credits::parse_positive(&event.amount)
         .map_err(|e| HubError::BadRequest(format!("amount: {e}")))?;
     let tenant_id = tenant_path(&event.tenant_id)?;
-    let at = Utc::now();
+    let at = hub.clock.now();
     let command = match event.kind.as_str() {
         "payment.succeeded" => TenantCommand::RecordPayment {
             payment_event_id: event.id.clone(),

@@ -384,6 +384,21 @@ macro_rules! impl_store {
             self.persist_tenant_events(&serialized).await?;
             Ok(())
         }
+
+        async fn price_book_events(&self) -> Result<Vec<(usize, domain::price_book::PriceBookEvent)>, StoreError> {
+            let events = self.repo.get_events::<domain::price_book::PriceBook>(domain::price_book::PRICE_BOOK_ID).await?;
+            events.into_iter().map(super::price_book::deserialize).collect()
+        }
+
+        async fn append_price_book(&self, first_sequence: usize, events: &[domain::price_book::PriceBookEvent], recorded_at: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+            let serialized = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| super::price_book::serialize(first_sequence + i, event, recorded_at))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.repo.persist::<domain::price_book::PriceBook>(&serialized, None).await?;
+            Ok(())
+        }
         }
     };
 }

@@ -14,6 +14,7 @@
 mod codec;
 mod common_sql;
 mod postgres;
+mod price_book;
 mod sqlite;
 
 pub use codec::{chain, deserialize as decode, EventMetadata, StoredEvent};
@@ -156,6 +157,18 @@ pub trait Store: Send + Sync {
         tenant_id: TenantId,
         first_sequence: usize,
         events: &[(TenantEvent, EventMetadata)],
+    ) -> Result<(), StoreError>;
+    /// The price book's events with their sequence numbers, oldest first.
+    async fn price_book_events(
+        &self,
+    ) -> Result<Vec<(usize, domain::price_book::PriceBookEvent)>, StoreError>;
+    /// Appends price book events numbered from `first_sequence`; `Conflict` if
+    /// another writer took one of those numbers first.
+    async fn append_price_book(
+        &self,
+        first_sequence: usize,
+        events: &[domain::price_book::PriceBookEvent],
+        recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), StoreError>;
     /// Up to `limit` of a tenant's events after `after_sequence` exactly as stored
     /// (payload and metadata JSON), in sequence order: what the audit chain covers.

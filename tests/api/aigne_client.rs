@@ -123,7 +123,10 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
         "aigneHubCredits": credits(chat_pico), "creditPrefix": "$"});
 
     assert!(
-        out["chatModels"].as_array().unwrap().contains(
+        out["chatModels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("the client listed no chat models: {out}"))
+            .contains(
             &json!({"model": "gpt-mock", "provider": "mock", "input": "0.000001", "output": "0.000002"})
         ),
         "{out}"

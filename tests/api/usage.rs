@@ -205,7 +205,7 @@ async fn usage_equals_the_ledger(kind: StoreKind) {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "model,day,requests,successes,failures,input_tokens,cache_read_tokens,cache_write_tokens,output_tokens,reasoning_tokens,images,amount,latency_p50_ms,latency_p95_ms"
+        "model,day,requests,successes,failures,input_tokens,cache_read_tokens,cache_write_tokens,output_tokens,reasoning_tokens,images,amount,provider_cost,margin,latency_p50_ms,latency_p95_ms"
     );
     assert_eq!(lines.len(), 4);
     for (line, row) in lines[1..].iter().zip(rows) {
@@ -215,9 +215,11 @@ async fn usage_equals_the_ledger(kind: StoreKind) {
         let numbers: Vec<u64> = cells[2..11].iter().map(|c| c.parse().unwrap()).collect();
         assert_eq!(numbers, figures(row));
         assert_eq!(cells[11], row["amount"]);
+        assert_eq!(cells[12], row["provider_cost"]);
+        assert_eq!(cells[13], row["margin"]);
         let latency = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
-        assert_eq!(cells[12], latency(&row["latency_p50_ms"]));
-        assert_eq!(cells[13], latency(&row["latency_p95_ms"]));
+        assert_eq!(cells[14], latency(&row["latency_p50_ms"]));
+        assert_eq!(cells[15], latency(&row["latency_p95_ms"]));
     }
 
     // A zone whose date differs from UTC's now: the calls move to that day.
@@ -262,7 +264,10 @@ async fn usage_equals_the_ledger(kind: StoreKind) {
         .unwrap();
     assert!(report.all_identical, "{report:?}");
     let analytics = &report.projections[1];
-    assert_eq!(analytics.comparison.projection, "analytics");
+    assert_eq!(
+        analytics.comparison.projection,
+        projections::analytics::NAME
+    );
     assert!(analytics.comparison.live_rows >= 4, "{analytics:?}");
     assert_eq!(
         analytics.comparison.live_hash,

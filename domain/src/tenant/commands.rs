@@ -3,7 +3,7 @@
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
-use crate::pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
+use crate::pricing::{Capability, ChargeTerms, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
 use crate::tenant::events::KeyHash;
 use chrono::{DateTime, Utc};
@@ -17,7 +17,9 @@ pub struct Attempt {
     pub credential_id: String,
     pub model: ModelId,
     pub price_version: i64,
+    /// Sell rates: what the tenant is charged.
     pub rates: Rates,
+    pub terms: ChargeTerms,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -3,7 +3,7 @@
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
-use crate::pricing::{Capability, Ingress, Rates, Usage};
+use crate::pricing::{Capability, ChargeTerms, Ingress, Rates, Usage};
 use crate::roles::Role;
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
@@ -15,6 +15,9 @@ pub const EVENT_VERSION: &str = "1.0";
 /// Version of `CreditsGranted`. 2.0 added `expires_at` and `payment`; 1.0 events
 /// are upcast on read (see `upcast.rs`).
 pub const CREDITS_GRANTED_VERSION: &str = "2.0";
+/// `UsageSettled` 2.0 added `terms` (cost rates, margin) and `provider_cost_pico`;
+/// 1.0 events are upcast as sold directly at a cost equal to the price.
+pub const USAGE_SETTLED_VERSION: &str = "2.0";
 
 /// The payment webhook event a grant came from (`payment.succeeded`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +131,14 @@ pub enum TenantEvent {
         model: ModelId,
         usage: Usage,
         price_version: i64,
+        /// Sell rates: `cost_pico` is the usage at these.
         rates: Rates,
+        /// Version 2.0: the provider's cost rates and the margin (see
+        /// [`USAGE_SETTLED_VERSION`]).
+        terms: ChargeTerms,
         cost_pico: Credits,
+        /// The usage at the provider's cost rates: what the request cost the operator.
+        provider_cost_pico: Credits,
         hold_pico: Credits,
         /// How far the charge exceeded the hold (the upstream ignored `max_tokens`).
         overshoot_pico: Credits,
@@ -226,6 +235,7 @@ impl DomainEvent for TenantEvent {
     fn event_version(&self) -> String {
         match self {
             TenantEvent::CreditsGranted { .. } => CREDITS_GRANTED_VERSION,
+            TenantEvent::UsageSettled { .. } => USAGE_SETTLED_VERSION,
             _ => EVENT_VERSION,
         }
         .to_string()

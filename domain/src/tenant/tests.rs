@@ -3,7 +3,7 @@
 use super::*;
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::{Credits, Rate};
-use crate::pricing::{Capability, Ingress, ModelPrice, Rates, Usage};
+use crate::pricing::{Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, Rates, Usage};
 use crate::roles::{Permission, Role};
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
@@ -380,6 +380,19 @@ fn attempt() -> Attempt {
         model: model(),
         price_version: 3,
         rates: price().rates,
+        terms: terms(),
+    }
+}
+
+/// The provider's cost: half the price, i.e. a 100% margin.
+fn terms() -> ChargeTerms {
+    ChargeTerms {
+        cost_rates: Rates::flat(
+            Rate::parse_per_million("0.5").unwrap(),
+            Rate::parse_per_million("1").unwrap(),
+        ),
+        margin_bps: Some(10_000),
+        margin_source: MarginSource::Default,
     }
 }
 
@@ -432,7 +445,11 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
         },
         price_version: 3,
         rates: p.rates,
+        terms: terms(),
         cost_pico: cost,
+        // Half the price, counted at the cost rates (never by halving the cost).
+        provider_cost_pico: terms().cost_rates.input.cost_of(input)
+            + terms().cost_rates.output.cost_of(output),
         hold_pico: hold,
         overshoot_pico: (cost - hold).max(Credits::ZERO),
         upstream_latency_ms: 12,
@@ -633,6 +650,7 @@ fn settle_by_a_fallback_model_charges_that_models_rates() {
         model: fallback.clone(),
         price_version: 7,
         rates: dearer,
+        terms: ChargeTerms::sold_directly(dearer),
     };
     let result = TenantTest::with(())
         .given(vec![

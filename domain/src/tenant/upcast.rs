@@ -8,17 +8,46 @@
 //! Payloads are serde's external tagging of [`TenantEvent`](super::TenantEvent):
 //! `{"CreditsGranted": {"amount_pico": "…", …}}`.
 
-use crate::tenant::events::CREDITS_GRANTED_VERSION;
+use crate::pricing::{ChargeTerms, Rates};
+use crate::tenant::events::{CREDITS_GRANTED_VERSION, USAGE_SETTLED_VERSION};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::Value;
 
 /// All upcasters, oldest first.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![Box::new(SemanticVersionEventUpcaster::new(
-        "CreditsGranted",
-        CREDITS_GRANTED_VERSION,
-        Box::new(credits_granted_1_to_2),
-    ))]
+    vec![
+        Box::new(SemanticVersionEventUpcaster::new(
+            "CreditsGranted",
+            CREDITS_GRANTED_VERSION,
+            Box::new(credits_granted_1_to_2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            "UsageSettled",
+            USAGE_SETTLED_VERSION,
+            Box::new(usage_settled_1_to_2),
+        )),
+    ]
+}
+
+/// `UsageSettled` 1.0 → 2.0: before the price book, a model had one price, sold
+/// directly; its cost to the operator is taken to be that price (margin unknown,
+/// so none), and the provider cost of the charge is the charge.
+fn usage_settled_1_to_2(mut payload: Value) -> Value {
+    if let Some(Value::Object(fields)) = payload.get_mut("UsageSettled") {
+        let rates = fields
+            .get("rates")
+            .cloned()
+            .and_then(|r| serde_json::from_value::<Rates>(r).ok());
+        if let Some(rates) = rates {
+            let terms =
+                serde_json::to_value(ChargeTerms::sold_directly(rates)).expect("terms serialize");
+            fields.entry("terms").or_insert(terms);
+        }
+        if let Some(cost) = fields.get("cost_pico").cloned() {
+            fields.entry("provider_cost_pico").or_insert(cost);
+        }
+    }
+    payload
 }
 
 /// `CreditsGranted` 1.0 → 2.0: grants before 2.0 never expire (`expires_at: null`)
@@ -101,6 +130,65 @@ mod tests {
         assert_eq!(tenant.balance().available, Credits::parse("2.5").unwrap());
         assert!(tenant.lots.is_empty());
         assert_eq!(tenant.grants["inv-1"].expires_at, None);
+    }
+
+    /// A `UsageSettled` exactly as version 1.0 wrote it.
+    fn settled_v1() -> SerializedEvent {
+        SerializedEvent::new(
+            "00000000-0000-0000-0000-000000000001".into(),
+            5,
+            "Tenant".into(),
+            "UsageSettled".into(),
+            "1.0".into(),
+            json!({"UsageSettled": {
+                "request_id": "00000000-0000-0000-0000-0000000000aa",
+                "key_id": "00000000-0000-0000-0000-0000000000bb",
+                "provider": "openai",
+                "model": "openai/gpt-4o-mini",
+                "usage": {"input_tokens": 10, "cache_read_tokens": 0, "cache_write_tokens": 0,
+                          "output_tokens": 20, "reasoning_tokens": 0, "estimated": false},
+                "price_version": 3,
+                "rates": {"input_pico_per_token": "1000000", "output_pico_per_token": "2000000",
+                          "cache_read_pico_per_token": "1000000", "cache_write_pico_per_token": "1000000"},
+                "cost_pico": "50000000",
+                "hold_pico": "90000000",
+                "overshoot_pico": "0",
+                "upstream_latency_ms": 12,
+                "at": "2026-01-01T00:00:00Z"
+            }}),
+            json!({}),
+        )
+    }
+
+    #[test]
+    fn usage_settled_1_0_replays_as_sold_directly_at_a_cost_equal_to_its_price() {
+        let upcast = read(settled_v1());
+        assert_eq!(
+            upcast.event_version.parse::<SemanticVersion>(),
+            USAGE_SETTLED_VERSION.parse::<SemanticVersion>()
+        );
+        let event: TenantEvent = serde_json::from_value(upcast.payload).unwrap();
+        let TenantEvent::UsageSettled {
+            rates,
+            terms,
+            cost_pico,
+            provider_cost_pico,
+            price_version,
+            ..
+        } = &event
+        else {
+            panic!("not a settlement: {event:?}");
+        };
+        assert_eq!(*price_version, 3);
+        assert_eq!(*terms, ChargeTerms::sold_directly(*rates));
+        assert_eq!(*cost_pico, Credits::from_pico(50_000_000));
+        assert_eq!(provider_cost_pico, cost_pico);
+        assert_eq!(event.event_version(), USAGE_SETTLED_VERSION);
+        // The charge itself is unchanged by the upcast: replayed balances agree.
+        assert_eq!(
+            crate::tenant::aggregate::available_delta(&event),
+            Credits::from_pico(90_000_000 - 50_000_000)
+        );
     }
 
     #[test]
