@@ -17,7 +17,7 @@ use serde_json::json;
 /// Operator bodies are small; this bounds them well below the model-request limit.
 const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
 
-fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
+pub(super) fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
     check_operator(req, &hub.operator_token)
 }
 

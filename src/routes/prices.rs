@@ -2,8 +2,8 @@
 //! per tenant, plan or by default, and tenants' plans (docs/billing.md, "Price
 //! book"). Tenants see only what they pay (`GET /v1/models`), never the cost.
 
+use super::admin::operator;
 use super::tenant_path;
-use crate::auth::check_operator;
 use crate::body::json_body;
 use crate::catalog::PricedModel;
 use crate::error::HubError;
@@ -65,10 +65,6 @@ fn operator_price_json(hub: &Hub, priced: &PricedModel) -> Value {
     body["default_sell"] = super::models::price_json(priced);
     body["default_margin_bps"] = json!(priced.terms.margin_bps);
     body
-}
-
-fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
-    check_operator(req, &hub.operator_token)
 }
 
 /// `PUT /admin/v1/prices/{provider}/{model}`: a new version of a model's price.
