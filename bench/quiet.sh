@@ -34,7 +34,7 @@ trap 'kill -TERM $CMD_PID 2>/dev/null; exit 130' INT TERM
 
 (
   while kill -0 "$CMD_PID" 2>/dev/null; do
-    for pid in $(pgrep -x "$PATTERN"); do
+    for pid in $(pgrep -x "$PATTERN" 2>/dev/null); do
       [[ "$pid" == "$CMD_PID" ]] && continue
       if kill -STOP "$pid" 2>/dev/null; then echo "$pid" >>"$STOPPED_FILE"; fi
     done
