@@ -359,7 +359,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
         }
         Command::Replay => {
             let report = crate::replay::replay_all(hub.store.as_ref()).await?;
-            let ok = report.all_identical;
+            let ok = report.all_identical && report.chains_intact;
             print(serde_json::to_value(&report)?);
             hub.tenants.shutdown();
             return Ok(if ok {

@@ -31,6 +31,12 @@ pub struct ReplayReport {
     pub raw_read: RawRead,
     pub projections: Vec<ProjectionReplay>,
     pub all_identical: bool,
+    /// Every tenant's hash chain verified (`aigne-hub audit verify`): figures a
+    /// rebuild reproduces can still rest on an altered event that no projection
+    /// reads, which only the chain shows.
+    pub chains_intact: bool,
+    /// The tenants whose chain is broken, with the first broken sequence.
+    pub broken_chains: Vec<crate::audit::ChainReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +95,11 @@ pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
     let all_identical = balances.comparison.identical
         && analytics.comparison.identical
         && invoices.comparison.identical;
+    let broken_chains: Vec<_> = crate::audit::verify_store(store, None)
+        .await?
+        .into_iter()
+        .filter(|report| report.first_break.is_some())
+        .collect();
     progress("done", raw_read.events);
     Ok(ReplayReport {
         store: store.kind(),
@@ -96,6 +107,8 @@ pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
         // Balances first, then analytics: callers index them by position.
         projections: vec![balances, analytics, invoices],
         all_identical,
+        chains_intact: broken_chains.is_empty(),
+        broken_chains,
     })
 }
 

@@ -127,6 +127,8 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     assert_eq!(balance["spent"], "0.000072");
     let report = run(&env, &["replay"], None);
     assert_eq!(report["all_identical"], true);
+    assert_eq!(report["chains_intact"], true);
+    assert_eq!(report["broken_chains"], serde_json::json!([]));
     // The raw read-and-decode rate of the same events, measured in the same run.
     assert_eq!(
         report["raw_read"]["events"],

@@ -786,6 +786,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         .await
         .unwrap();
     assert!(report.all_identical, "{report:?}");
+    assert!(report.chains_intact, "{report:?}");
     let names: Vec<&str> = report
         .projections
         .iter()
@@ -951,6 +952,18 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         .await
         .unwrap();
     assert!(!report.all_identical, "{report:?}");
+    // And the replay names the broken chain itself, at the altered event.
+    assert!(!report.chains_intact, "{report:?}");
+    assert_eq!(report.broken_chains.len(), 1, "{report:?}");
+    assert_eq!(report.broken_chains[0].tenant_id, tenant);
+    assert_eq!(
+        report.broken_chains[0]
+            .first_break
+            .as_ref()
+            .map(|b| b.sequence()),
+        Some(expired_at),
+        "{report:?}"
+    );
     let balances = &report.projections[0].comparison;
     assert!(!balances.identical, "{balances:?}");
     assert_ne!(balances.live_hash, balances.replayed_hash);
