@@ -222,6 +222,34 @@ impl Billing {
         }
     }
 
+    /// Ends a stream that did not finish, the same way for every wire protocol: a
+    /// client that left (`failure` `None`) or an upstream that failed. Returns the
+    /// failure as the client may see it (its secrets redacted), to send as the
+    /// protocol's error frame.
+    pub(crate) async fn end_unfinished(
+        &self,
+        attempt: &Attempt,
+        provider: &Provider,
+        usage: Option<Usage>,
+        output_bytes: u64,
+        failure: Option<UpstreamError>,
+    ) -> Option<HubError> {
+        match failure {
+            None => {
+                tracing::info!(request_id = %self.request_id, "client left mid-stream; settling what was generated");
+                self.close_unfinished(attempt, usage, output_bytes, None)
+                    .await;
+                None
+            }
+            Some(e) => {
+                let e = e.redacted(provider);
+                self.close_unfinished(attempt, usage, output_bytes, Some(&e))
+                    .await;
+                Some(HubError::from(e))
+            }
+        }
+    }
+
     /// Whether a stream that has generated `output_bytes` would cost more than the
     /// request may spend: the provider's figures so far where it gave them, at
     /// least the generated text's estimate.
@@ -880,7 +908,8 @@ pub(crate) fn partial_usage(
     }
 }
 
-enum StreamEnd {
+/// How a relayed stream ended (every ingress's relay).
+pub(crate) enum StreamEnd {
     /// The next chunk would have cost more than the tenant can pay.
     CreditExhausted,
     Done,
@@ -956,19 +985,17 @@ async fn relay_stream(
             let _ = tx.send(end).await;
         }
         StreamEnd::ClientGone => {
-            tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
             billing
-                .close_unfinished(&attempt, usage, output_bytes, None)
+                .end_unfinished(&attempt, &provider, usage, output_bytes, None)
                 .await;
         }
         StreamEnd::UpstreamFailed(e) => {
-            let e = e.redacted(&provider);
-            billing
-                .close_unfinished(&attempt, usage, output_bytes, Some(&e))
+            let failure = billing
+                .end_unfinished(&attempt, &provider, usage, output_bytes, Some(e))
                 .await;
-            let _ = tx
-                .send(sse_frame(&HubError::from(e).body().to_string()))
-                .await;
+            if let Some(e) = failure {
+                let _ = tx.send(sse_frame(&e.body().to_string())).await;
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::catalog::PricedModel;
 use crate::config::{AigneSettings, Limits};
 use crate::error::HubError;
 use crate::gateway::{
-    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation,
+    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation, StreamEnd,
     IMAGES_PER_REQUEST_MAX, STREAM_BUFFER_CHUNKS,
 };
 use crate::hub::Hub;
@@ -743,14 +743,6 @@ async fn stream_chat(
     }
 }
 
-enum StreamEnd {
-    /// The next chunk would have cost more than the tenant can pay.
-    CreditExhausted,
-    Done,
-    ClientGone,
-    UpstreamFailed(crate::providers::UpstreamError),
-}
-
 /// Copies the provider's stream to the client as AIGNE deltas, then settles and
 /// sends the final frame (model, tool calls, JSON output and the complete usage
 /// with the charge) — settled before it is sent, so a fully received answer is
@@ -820,17 +812,17 @@ async fn relay(
             }
         }
         StreamEnd::ClientGone => {
-            tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
             billing
-                .close_unfinished(&attempt, usage, output_bytes, None)
+                .end_unfinished(&attempt, &provider, usage, output_bytes, None)
                 .await;
         }
         StreamEnd::UpstreamFailed(e) => {
-            let e = e.redacted(&provider);
-            billing
-                .close_unfinished(&attempt, usage, output_bytes, Some(&e))
+            let failure = billing
+                .end_unfinished(&attempt, &provider, usage, output_bytes, Some(e))
                 .await;
-            let _ = tx.send(error_event(&HubError::from(e))).await;
+            if let Some(e) = failure {
+                let _ = tx.send(error_event(&e)).await;
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::{self, parse_key, PresentedKey, BEARER_MAX_BYTES};
 use crate::body::{parse_json, read_limited};
 use crate::error::HubError;
 use crate::gateway::{
-    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation,
+    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation, StreamEnd,
     STREAM_BUFFER_CHUNKS,
 };
 use crate::hub::Hub;
@@ -495,14 +495,6 @@ impl Source {
     }
 }
 
-enum StreamEnd {
-    /// The next delta would have cost more than the tenant can pay.
-    CreditExhausted,
-    Done,
-    ClientGone,
-    UpstreamFailed(UpstreamError),
-}
-
 /// Copies the upstream's stream to the client as Anthropic events, then settles
 /// and sends `message_stop` (settled before it is sent, so a stream a client has
 /// fully received is always billed). A stream the tenant's credit cannot pay for
@@ -609,17 +601,17 @@ async fn relay(
             let _ = tx.send(last).await;
         }
         StreamEnd::ClientGone => {
-            tracing::info!(request_id = %billing.request_id, "client left mid-stream; settling what was generated");
             billing
-                .close_unfinished(&attempt, usage, output_bytes, None)
+                .end_unfinished(&attempt, &provider, usage, output_bytes, None)
                 .await;
         }
         StreamEnd::UpstreamFailed(e) => {
-            let e = e.redacted(&provider);
-            billing
-                .close_unfinished(&attempt, usage, output_bytes, Some(&e))
+            let failure = billing
+                .end_unfinished(&attempt, &provider, usage, output_bytes, Some(e))
                 .await;
-            let _ = tx.send(error_frame(&HubError::from(e))).await;
+            if let Some(e) = failure {
+                let _ = tx.send(error_frame(&e)).await;
+            }
         }
     }
 }
