@@ -98,28 +98,31 @@ impl CatalogData {
     pub fn candidates_for(&self, model: &str, who: PriceFor<'_>) -> Vec<Candidate> {
         let mut candidates = self.candidates(model);
         for c in &mut candidates {
-            if let Some(priced) = self.priced_for(&c.priced.model, who) {
-                c.priced = priced;
-            }
+            self.price_for(&mut c.priced, who);
         }
         candidates
     }
 
     /// A model as `who` pays for it.
     pub fn priced_for(&self, model: &ModelId, who: PriceFor<'_>) -> Option<PricedModel> {
-        let base = self.models.get(model.as_str())?;
+        let mut priced = self.models.get(model.as_str())?.clone();
+        self.price_for(&mut priced, who);
+        Some(priced)
+    }
+
+    /// Re-prices `priced` (a model of this snapshot) for `who`, in place.
+    fn price_for(&self, priced: &mut PricedModel, who: PriceFor<'_>) {
         let quote = self.book.quote(
-            model,
+            &priced.model,
             Some(who.tenant_id),
             (who.image_size, who.image_quality),
             who.at_cost,
-        )?;
-        Some(PricedModel {
-            price: quote.price,
-            terms: quote.terms(),
-            price_version: quote.price_version,
-            ..base.clone()
-        })
+        );
+        if let Some(quote) = quote {
+            priced.price = quote.price;
+            priced.terms = quote.terms();
+            priced.price_version = quote.price_version;
+        }
     }
 
     /// The model and then its fallbacks, each that has a price and a provider.

@@ -127,6 +127,20 @@ impl Hub {
         }
     }
 
+    /// Runs an operator's (or the hub's own) command on a tenant: no key to check.
+    async fn operator_command(
+        &self,
+        tenant_id: TenantId,
+        command: TenantCommand,
+    ) -> Result<TenantReply, HubError> {
+        let op = TenantOp::Execute {
+            auth: None,
+            command,
+            request_id: None,
+        };
+        self.tenants.call(tenant_id, op).await
+    }
+
     pub async fn create_tenant(
         &self,
         name: String,
@@ -139,16 +153,7 @@ impl Hub {
             initial_credits,
             at: self.clock.now(),
         };
-        self.tenants
-            .call(
-                tenant_id,
-                TenantOp::Execute {
-                    auth: None,
-                    command,
-                    request_id: None,
-                },
-            )
-            .await?;
+        self.operator_command(tenant_id, command).await?;
         Ok(tenant_id)
     }
 
@@ -167,16 +172,7 @@ impl Hub {
             key_hash: key.key_hash,
             at: self.clock.now(),
         };
-        self.tenants
-            .call(
-                tenant_id,
-                TenantOp::Execute {
-                    auth: None,
-                    command,
-                    request_id: None,
-                },
-            )
-            .await?;
+        self.operator_command(tenant_id, command).await?;
         Ok((key.key_id, key.full_key))
     }
 
@@ -185,16 +181,7 @@ impl Hub {
             key_id,
             at: self.clock.now(),
         };
-        self.tenants
-            .call(
-                tenant_id,
-                TenantOp::Execute {
-                    auth: None,
-                    command,
-                    request_id: None,
-                },
-            )
-            .await?;
+        self.operator_command(tenant_id, command).await?;
         Ok(())
     }
 
@@ -213,17 +200,7 @@ impl Hub {
             expires_at,
             at: self.clock.now(),
         };
-        let reply = self
-            .tenants
-            .call(
-                tenant_id,
-                TenantOp::Execute {
-                    auth: None,
-                    command,
-                    request_id: None,
-                },
-            )
-            .await?;
+        let reply = self.operator_command(tenant_id, command).await?;
         let grant = reply
             .grant
             .clone()
@@ -408,18 +385,7 @@ impl Hub {
                 live_instances: live.clone(),
                 at: self.clock.now(),
             };
-            match self
-                .tenants
-                .call(
-                    tenant_id,
-                    TenantOp::Execute {
-                        auth: None,
-                        command,
-                        request_id: None,
-                    },
-                )
-                .await
-            {
+            match self.operator_command(tenant_id, command).await {
                 Ok(reply) => released += reply.events_written,
                 Err(e) => tracing::warn!(%tenant_id, error = %e, "hold sweep failed for tenant"),
             }
@@ -463,18 +429,7 @@ impl Hub {
             let command = TenantCommand::ExpireCredits {
                 at: self.clock.now(),
             };
-            match self
-                .tenants
-                .call(
-                    tenant_id,
-                    TenantOp::Execute {
-                        auth: None,
-                        command,
-                        request_id: None,
-                    },
-                )
-                .await
-            {
+            match self.operator_command(tenant_id, command).await {
                 Ok(reply) => expired += reply.events_written,
                 Err(e) => tracing::warn!(%tenant_id, error = %e, "credit expiry failed for tenant"),
             }
