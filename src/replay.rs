@@ -4,7 +4,7 @@
 use crate::projector::{
     catch_up_analytics, catch_up_invoices, catch_up_projection, invoice_settings, logged,
 };
-use crate::store::{LogPosition, Store, StoreError, LOG_PAGE_MAX_EVENTS};
+use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
 use projections::analytics;
 use projections::balances::Balances;
 use projections::invoices;
@@ -112,47 +112,62 @@ pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
     })
 }
 
-async fn replay_projection<P: Projection>(
-    store: &dyn Store,
-) -> Result<ProjectionReplay, StoreError> {
-    // Bring the live projection to the end of the log, then rebuild exactly up to
-    // the same point, so that writes arriving meanwhile cannot skew the verdict.
-    catch_up_projection::<P>(store, P::NAME).await?;
-    let until = store.projection_checkpoint(P::NAME).await?;
-    let fresh = format!("{}@replay", P::NAME);
-    store.clear_projection(&fresh).await?;
-
-    let started = Instant::now();
-    let mut rebuild = Rebuild::<P>::default();
-    let mut after = LogPosition::default();
-    loop {
-        let page = store
-            .read_log(after, Some(until), LOG_PAGE_MAX_EVENTS)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.log_position;
-        rebuild.apply_page(page.iter().map(logged));
-        progress(P::NAME, rebuild.events_applied);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
-    store
-        .commit_projection(&fresh, LogPosition::default(), until, &rows)
-        .await?;
-
-    finish(P::NAME, store, &fresh, rebuild.events_applied, seconds).await
+/// What the rebuild loop needs of a projection's in-memory rebuild.
+trait Rebuilding {
+    fn apply(&mut self, page: &[StoredEvent]);
+    fn events_applied(&self) -> u64;
+    fn encoded_rows(&self) -> BTreeMap<String, String>;
 }
 
-/// Like [`replay_projection`], for the usage analytics projection and its own fold.
-async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreError> {
-    let name = analytics::NAME;
-    catch_up_analytics(store).await?;
+impl<P: Projection> Rebuilding for Rebuild<P> {
+    fn apply(&mut self, page: &[StoredEvent]) {
+        self.apply_page(page.iter().map(logged));
+    }
+    fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+    fn encoded_rows(&self) -> BTreeMap<String, String> {
+        Rebuild::encoded_rows(self)
+    }
+}
+
+impl Rebuilding for analytics::Rebuild {
+    fn apply(&mut self, page: &[StoredEvent]) {
+        self.apply_page(page.iter().map(logged));
+    }
+    fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+    fn encoded_rows(&self) -> BTreeMap<String, String> {
+        analytics::Rebuild::encoded_rows(self)
+    }
+}
+
+impl Rebuilding for invoices::Rebuild {
+    fn apply(&mut self, page: &[StoredEvent]) {
+        self.apply_page(page.iter().map(logged));
+    }
+    fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+    fn encoded_rows(&self) -> BTreeMap<String, String> {
+        invoices::Rebuild::encoded_rows(self)
+    }
+}
+
+/// Rebuilds projection `name` from the log alone into `<name>@replay`, exactly
+/// up to the live one's checkpoint (the caller has just caught the live one up,
+/// so writes arriving meanwhile cannot skew the verdict), and compares the two.
+async fn rebuild_and_compare(
+    store: &dyn Store,
+    name: &str,
+    mut rebuild: impl Rebuilding,
+) -> Result<ProjectionReplay, StoreError> {
     let until = store.projection_checkpoint(name).await?;
     let fresh = format!("{name}@replay");
     store.clear_projection(&fresh).await?;
 
     let started = Instant::now();
-    let mut rebuild = analytics::Rebuild::default();
     let mut after = LogPosition::default();
     loop {
         let page = store
@@ -160,15 +175,28 @@ async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreEr
             .await?;
         let Some(last) = page.last() else { break };
         after = last.log_position;
-        rebuild.apply_page(page.iter().map(logged));
-        progress(analytics::NAME, rebuild.events_applied);
+        rebuild.apply(&page);
+        progress(name, rebuild.events_applied());
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
     store
         .commit_projection(&fresh, LogPosition::default(), until, &rows)
         .await?;
-    finish(name, store, &fresh, rebuild.events_applied, seconds).await
+    finish(name, store, &fresh, rebuild.events_applied(), seconds).await
+}
+
+async fn replay_projection<P: Projection>(
+    store: &dyn Store,
+) -> Result<ProjectionReplay, StoreError> {
+    catch_up_projection::<P>(store, P::NAME).await?;
+    rebuild_and_compare(store, P::NAME, Rebuild::<P>::default()).await
+}
+
+/// Like [`replay_projection`], for the usage analytics projection and its own fold.
+async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreError> {
+    catch_up_analytics(store).await?;
+    rebuild_and_compare(store, analytics::NAME, analytics::Rebuild::default()).await
 }
 
 /// Like [`replay_analytics`], for the invoices projection cut with `settings`
@@ -177,30 +205,9 @@ pub async fn replay_invoices(
     store: &dyn Store,
     settings: &invoices::Settings,
 ) -> Result<ProjectionReplay, StoreError> {
-    let name = settings.projection_name();
     catch_up_invoices(store, settings).await?;
-    let until = store.projection_checkpoint(&name).await?;
-    let fresh = format!("{name}@replay");
-    store.clear_projection(&fresh).await?;
-
-    let started = Instant::now();
-    let mut rebuild = invoices::Rebuild::new(*settings);
-    let mut after = LogPosition::default();
-    loop {
-        let page = store
-            .read_log(after, Some(until), LOG_PAGE_MAX_EVENTS)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.log_position;
-        rebuild.apply_page(page.iter().map(logged));
-        progress("invoices", rebuild.events_applied);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
-    store
-        .commit_projection(&fresh, LogPosition::default(), until, &rows)
-        .await?;
-    finish(&name, store, &fresh, rebuild.events_applied, seconds).await
+    let name = settings.projection_name();
+    rebuild_and_compare(store, &name, invoices::Rebuild::new(*settings)).await
 }
 
 async fn finish(
