@@ -241,7 +241,38 @@ impl TestApp {
     }
 
     /// Waits until the live projections have applied every committed event.
+    /// Brings every projection up to the events committed before this call.
+    ///
+    /// On PostgreSQL the projector reads an event only once every transaction
+    /// older than its own has ended (the log-order rule), so an event committed
+    /// just now can stay invisible while, say, the live projector's own commit
+    /// is open. Wait for the transactions that began before now, then catch up.
     pub async fn projections_caught_up(&self) {
+        if let Some(url) = &self.settings.database_url {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let now: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let oldest_running: i64 = sqlx::query_scalar(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                if oldest_running > now {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a transaction older than {now} stayed open for 10 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         self.hub.projector.catch_up().await.unwrap();
     }
 }
