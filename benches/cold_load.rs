@@ -11,7 +11,7 @@
 //! postgres://postgres@127.0.0.1:5432/postgres, and SQLite in a temp dir).
 //! `COLD_LOAD_EVENTS=100000` for a quicker run.
 
-use aigne_hub::store::{self, EventMetadata, Store, SNAPSHOT_EVERY_EVENTS};
+use aigne_hub::store::{self, Durability, EventMetadata, Store, SNAPSHOT_EVERY_EVENTS};
 use chrono::Utc;
 use cqrs_es::DomainEvent;
 use domain::tenant::{Attempt, KeyHash, TenantCommand, TenantEvent};
@@ -125,7 +125,10 @@ async fn seed(store: &dyn Store, tenant_id: TenantId, events: &[TenantEvent]) {
     let mut next = 1;
     for chunk in events.chunks(SEED_BATCH_EVENTS) {
         let batch: Vec<_> = chunk.iter().map(|e| (e.clone(), meta.clone())).collect();
-        store.append(tenant_id, next, &batch).await.unwrap();
+        store
+            .append(tenant_id, next, &batch, Durability::Durable)
+            .await
+            .unwrap();
         next += batch.len();
     }
 }

@@ -173,6 +173,15 @@ impl Billing {
             at: self.hub.clock.now(),
         })
         .await
+        .map_err(|e| match e {
+            // The only conflict a settlement meets: its hold is gone, released by
+            // the sweeper after its time to live, or lost with a database crash
+            // (see `store::Durability`). Not the client's doing; it may retry.
+            HubError::Conflict(_) => HubError::Unavailable(
+                "this request's credit hold is no longer open, so it was not charged; retry".into(),
+            ),
+            other => other,
+        })
     }
 
     async fn record_failure(&self, attempt: &Attempt, error: &UpstreamError, latency: Duration) {

@@ -8,7 +8,7 @@
 //! same way and so never see uncommitted state.
 
 use crate::error::HubError;
-use crate::store::{EventMetadata, Store, StoreError, SNAPSHOT_EVERY_EVENTS};
+use crate::store::{Durability, EventMetadata, Store, StoreError, SNAPSHOT_EVERY_EVENTS};
 use actix::prelude::*;
 use chrono::Utc;
 use domain::tenant::{
@@ -132,6 +132,7 @@ impl TenantActor {
             }
             let take = self.pending.len().min(GROUP_COMMIT_MAX_COMMANDS);
             let batch: Vec<Pending> = self.pending.drain(..take).collect();
+            let durability = batch_durability(batch.iter().map(|p| &p.op));
             let mut events: Vec<(TenantEvent, EventMetadata)> = Vec::new();
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in batch {
@@ -144,7 +145,7 @@ impl TenantActor {
                 }
                 continue;
             }
-            self.commit(ctx, events, outcomes);
+            self.commit(ctx, events, outcomes, durability);
         }
     }
 
@@ -250,6 +251,7 @@ impl TenantActor {
         ctx: &mut Context<Self>,
         events: Vec<(TenantEvent, EventMetadata)>,
         outcomes: Vec<(Pending, Result<TenantReply, HubError>)>,
+        durability: Durability,
     ) {
         self.busy = true;
         let store = self.store.clone();
@@ -260,7 +262,9 @@ impl TenantActor {
         let append = async move {
             let mut events = events;
             let head = crate::store::chain(tenant_id, first_sequence, head, &mut events)?;
-            store.append(tenant_id, first_sequence, &events).await?;
+            store
+                .append(tenant_id, first_sequence, &events, durability)
+                .await?;
             Ok::<_, StoreError>(head)
         };
         ctx.spawn(append.into_actor(self).map(move |result, actor, ctx| {
@@ -322,6 +326,24 @@ impl TenantActor {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// How durable a batch's commit must be before its callers hear back: only a
+/// batch of nothing but holds may skip waiting for the disk (see [`Durability`]
+/// for why that keeps every answered request billed).
+fn batch_durability<'a>(ops: impl IntoIterator<Item = &'a TenantOp>) -> Durability {
+    let holds_only = ops.into_iter().all(|op| match op {
+        TenantOp::Execute { command, .. } => {
+            matches!(command, TenantCommand::ReserveCredits { .. })
+        }
+        // Reads write nothing.
+        TenantOp::Read { .. } => true,
+    });
+    if holds_only {
+        Durability::HoldsOnly
+    } else {
+        Durability::Durable
     }
 }
 

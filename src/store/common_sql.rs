@@ -375,13 +375,13 @@ macro_rules! impl_store {
                 .collect()
         }
 
-        async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)]) -> Result<(), StoreError> {
+        async fn append(&self, tenant_id: TenantId, first_sequence: usize, events: &[(TenantEvent, EventMetadata)], durability: Durability) -> Result<(), StoreError> {
             let serialized = events
                 .iter()
                 .enumerate()
                 .map(|(i, (event, metadata))| codec::serialize(tenant_id, first_sequence + i, event, metadata))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.persist_tenant_events(&serialized).await?;
+            self.persist_tenant_events(&serialized, durability).await?;
             Ok(())
         }
 

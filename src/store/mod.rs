@@ -38,6 +38,30 @@ pub const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
 /// Longest wait for a database connection before a request fails with 503.
 pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 
+/// How long [`Store::append`] waits before it returns: until its events are on
+/// disk, or only until every reader can see them.
+///
+/// Why holds may skip the wait: a hold only ever reduces what a tenant may spend,
+/// and nothing a client receives rests on a hold alone. Its request ends in a
+/// settlement or a release, appended `Durable` before the client gets its answer,
+/// and PostgreSQL flushes its write-ahead log in order, so that flush also makes
+/// the hold durable. Until then a hold is committed and visible to every process
+/// (it survives the hub being killed), and PostgreSQL's WAL writer flushes it
+/// within 3 × `wal_writer_delay` (600 ms by default). Only a crash of the
+/// database itself (or of the machine) in that window can lose it; and then
+/// everything committed after it is gone too, so the log stays a gap-free
+/// prefix: the append after such a loss finds its predecessor missing and
+/// fails with `Conflict` (see [`Store::append`]), the tenant's actor reloads, and
+/// the request whose hold was lost fails without an answer and without a charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Returns once the events survive a crash of the database or the machine.
+    Durable,
+    /// Returns once the events are committed and visible; flushed to disk shortly
+    /// after, or by the next `Durable` append. Only for batches of holds.
+    HoldsOnly,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another writer appended to the same tenant first (optimistic concurrency).
@@ -151,12 +175,15 @@ pub trait Store: Send + Sync {
     /// Loads a tenant from its latest snapshot plus the events after it.
     async fn load_tenant(&self, tenant_id: TenantId) -> Result<LoadedTenant, StoreError>;
     /// Appends events numbered from `first_sequence` in one transaction; `Conflict` if
-    /// any of those sequence numbers is taken.
+    /// any of those sequence numbers is taken, or if the event before
+    /// `first_sequence` is missing (the writer's view is ahead of the log: see
+    /// [`Durability`]). Nothing is written on an error.
     async fn append(
         &self,
         tenant_id: TenantId,
         first_sequence: usize,
         events: &[(TenantEvent, EventMetadata)],
+        durability: Durability,
     ) -> Result<(), StoreError>;
     /// The price book's events with their sequence numbers, oldest first.
     async fn price_book_events(

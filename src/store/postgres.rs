@@ -5,42 +5,62 @@
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::{impl_store, INSERT_CREDENTIAL};
 use super::{
-    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow, Store,
-    StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
+    CredentialRow, Durability, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow,
+    Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
 };
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
 use domain::{InstanceId, TenantId};
 use postgres_es::PostgresEventRepository;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Connections per hub process; PostgreSQL's default limit is 100 for all of them.
 pub const PG_MAX_CONNECTIONS: u32 = 16;
+/// Connections per hub process for appends that do not wait for the disk
+/// ([`Durability::HoldsOnly`]), on top of [`PG_MAX_CONNECTIONS`].
+pub const PG_HOLDS_MAX_CONNECTIONS: u32 = 8;
 
 pub struct PgStore {
     pool: PgPool,
+    /// Sessions with `synchronous_commit = off`: their commits return without
+    /// waiting for the WAL flush (see [`Durability`]).
+    holds_pool: PgPool,
     repo: PostgresEventRepository,
 }
 
 impl PgStore {
-    /// Appends a tenant's serialized events (`append`): one multi-row `INSERT`,
-    /// atomic on its own, instead of postgres-es's `BEGIN`, one `INSERT` per
-    /// event and `COMMIT` — the same rows (the table fills `position` in row
-    /// order and one `txid` for all), in one round trip. A taken sequence number
-    /// is a unique violation: `Conflict`, as with postgres-es.
-    async fn persist_tenant_events(&self, events: &[SerializedEvent]) -> Result<(), StoreError> {
+    /// Appends a tenant's serialized events (`append`): one `INSERT`, atomic on
+    /// its own, instead of postgres-es's `BEGIN`, one `INSERT` per event and
+    /// `COMMIT` — the same rows (the table fills `position` in row order and one
+    /// `txid` for all), in one round trip. A taken sequence number is a unique
+    /// violation: `Conflict`, as with postgres-es. So is a missing predecessor:
+    /// the rows are inserted only if the tenant's event before the first one
+    /// exists, which the same statement checks.
+    async fn persist_tenant_events(
+        &self,
+        events: &[SerializedEvent],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         /// Columns bound per event.
         const COLUMNS: usize = 7;
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(());
-        }
+        };
+        debug_assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.aggregate_id == first.aggregate_id
+                    && e.sequence == first.sequence + i)
+        );
         let values: Vec<String> = (0..events.len())
             .map(|i| {
                 let n = i * COLUMNS;
                 format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}::bigint, ${}, ${}, ${}, ${})",
                     n + 1,
                     n + 2,
                     n + 3,
@@ -51,8 +71,13 @@ impl PgStore {
                 )
             })
             .collect();
+        // $1, $2, $3: the first row's aggregate type, id and sequence.
         let sql = format!(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES {}",
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT * FROM (VALUES {}) AS appended
+              WHERE $3::bigint = 1
+                 OR EXISTS (SELECT 1 FROM events
+                             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3::bigint - 1)",
             values.join(", ")
         );
         let mut query = sqlx::query(&sql);
@@ -66,8 +91,22 @@ impl PgStore {
                 .bind(&event.payload)
                 .bind(&event.metadata);
         }
-        match query.execute(&self.pool).await {
-            Ok(_) => Ok(()),
+        let pool = match durability {
+            Durability::Durable => &self.pool,
+            Durability::HoldsOnly => &self.holds_pool,
+        };
+        match query.execute(pool).await {
+            Ok(done) if done.rows_affected() == events.len() as u64 => Ok(()),
+            Ok(done) => {
+                // The statement inserts every row or none.
+                debug_assert_eq!(done.rows_affected(), 0);
+                tracing::warn!(
+                    aggregate_id = %first.aggregate_id,
+                    sequence = first.sequence,
+                    "append refused: the event before it is missing (lost in a database crash?); reloading the tenant"
+                );
+                Err(StoreError::Conflict)
+            }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict),
             Err(e) => Err(e.into()),
         }
@@ -88,19 +127,30 @@ impl PgStore {
     }
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(PG_MAX_CONNECTIONS)
-            .acquire_timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS))
-            // sqlx pings every connection it hands out by default: one more round
-            // trip on each query of the request path. A connection that did break
-            // fails its query, and sqlx then drops it from the pool.
-            .test_before_acquire(false)
-            .connect(url)
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
+        let pool_options = |max_connections| {
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS))
+                // sqlx pings every connection it hands out by default: one more
+                // round trip on each query of the request path. A connection that
+                // did break fails its query, and sqlx then drops it from the pool.
+                .test_before_acquire(false)
+        };
+        let pool = pool_options(PG_MAX_CONNECTIONS)
+            .connect_with(options.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let holds_pool = pool_options(PG_HOLDS_MAX_CONNECTIONS)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
         let repo = PostgresEventRepository::new(pool.clone());
-        Ok(Self { pool, repo })
+        Ok(Self {
+            pool,
+            holds_pool,
+            repo,
+        })
     }
 }
 

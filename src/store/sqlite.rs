@@ -4,8 +4,8 @@
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::{impl_store, INSERT_CREDENTIAL};
 use super::{
-    CredentialRow, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow, Store,
-    StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
+    CredentialRow, Durability, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow,
+    Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
 };
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use domain::tenant::{Tenant, TenantEvent};
@@ -29,7 +29,33 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Appends a tenant's serialized events in one transaction (`append`).
-    async fn persist_tenant_events(&self, events: &[SerializedEvent]) -> Result<(), StoreError> {
+    /// Every commit waits for the disk here (`synchronous = FULL`), whatever the
+    /// `durability`: one writer at a time leaves nothing to gain.
+    async fn persist_tenant_events(
+        &self,
+        events: &[SerializedEvent],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let _ = durability;
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        // A predecessor never disappears from a file synced on every commit, so
+        // checking before the transaction is enough: this only catches a writer
+        // whose view is ahead of the log, as PostgreSQL's append does.
+        if first.sequence > 1 {
+            let predecessor: Option<i64> = sqlx::query_scalar(
+                "SELECT sequence FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+            )
+            .bind(<Tenant as cqrs_es::Aggregate>::TYPE)
+            .bind(first.aggregate_id.as_str())
+            .bind(first.sequence as i64 - 1)
+            .fetch_optional(&self.pool)
+            .await?;
+            if predecessor.is_none() {
+                return Err(StoreError::Conflict);
+            }
+        }
         self.repo.persist::<Tenant>(events, None).await?;
         Ok(())
     }

@@ -22,7 +22,7 @@ async fn busy_tenant(app: &TestApp) -> (TenantId, String) {
 }
 
 /// Runs one statement against the hub's database, bypassing the hub.
-async fn tamper(app: &TestApp, sql: &str, tenant: TenantId) {
+pub(crate) async fn tamper(app: &TestApp, sql: &str, tenant: TenantId) {
     use sqlx::Connection;
     let tenant = tenant.to_string();
     match app.store_kind {
@@ -290,7 +290,7 @@ on_both_stores!(
 /// chain's head (it is read from the snapshot's last event), so the next event
 /// links to the right one.
 async fn the_chain_head_survives_a_snapshot_with_nothing_after_it(kind: StoreKind) {
-    use aigne_hub::store::{chain, EventMetadata};
+    use aigne_hub::store::{chain, Durability, EventMetadata};
     use chrono::Utc;
     use domain::tenant::TenantEvent;
     use domain::{Credits, InstanceId};
@@ -334,7 +334,10 @@ async fn the_chain_head_survives_a_snapshot_with_nothing_after_it(kind: StoreKin
         ));
     }
     let head = chain(tenant, 1, None, &mut events).unwrap();
-    store.append(tenant, 1, &events).await.unwrap();
+    store
+        .append(tenant, 1, &events, Durability::Durable)
+        .await
+        .unwrap();
     let loaded = store.load_tenant(tenant).await.unwrap();
     store.save_snapshot(tenant, 3, &loaded.state).await.unwrap();
 

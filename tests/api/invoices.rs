@@ -5,7 +5,7 @@ use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::mock_openai::{CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::on_both_stores;
-use aigne_hub::store::{chain, EventMetadata};
+use aigne_hub::store::{chain, Durability, EventMetadata};
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::pricing::{Capability, Ingress, Rates, Usage};
 use domain::tenant::TenantEvent;
@@ -382,7 +382,10 @@ async fn late_usage_is_an_adjustment_in_the_current_draft(kind: StoreKind) {
     })
     .collect();
     chain(tenant, 1, None, &mut events).unwrap();
-    store.append(tenant, 1, &events).await.unwrap();
+    store
+        .append(tenant, 1, &events, Durability::Durable)
+        .await
+        .unwrap();
 
     // What the old period's invoice was before the late settlement.
     let logged: Vec<projections::LoggedEvent<'_>> = events

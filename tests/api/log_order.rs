@@ -4,7 +4,7 @@
 //! a naive reader would step past a transaction still in flight and skip it.)
 
 use crate::helpers::{fresh_pg_database, StoreKind};
-use aigne_hub::store::{EventMetadata, LogPosition, Store};
+use aigne_hub::store::{Durability, EventMetadata, LogPosition, Store};
 use chrono::Utc;
 use domain::tenant::TenantEvent;
 use domain::{Credits, InstanceId, TenantId};
@@ -60,7 +60,7 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
                 at: Utc::now(),
             };
             store
-                .append(tenant, 1, &[(created, meta.clone())])
+                .append(tenant, 1, &[(created, meta.clone())], Durability::Durable)
                 .await
                 .unwrap();
             let mut next = 2;
@@ -68,7 +68,10 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
                 let events: Vec<_> = (0..1 + (b + w) % 3)
                     .map(|i| (grant(next + i), meta.clone()))
                     .collect();
-                store.append(tenant, next, &events).await.unwrap();
+                store
+                    .append(tenant, next, &events, Durability::Durable)
+                    .await
+                    .unwrap();
                 next += events.len();
             }
         }));
@@ -157,7 +160,10 @@ async fn log_read_walks_its_own_index_without_statistics() {
             hash: None,
         };
         let events: Vec<_> = (1..=1_000).map(|n| (grant(n), meta.clone())).collect();
-        store.append(tenant, 1, &events).await.unwrap();
+        store
+            .append(tenant, 1, &events, Durability::Durable)
+            .await
+            .unwrap();
     }
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(&format!(

@@ -27,6 +27,7 @@ mod explain;
 mod invoices;
 mod lifecycle;
 mod log_order;
+mod lost_hold;
 mod messages;
 mod notify;
 mod openai_endpoints;

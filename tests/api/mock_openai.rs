@@ -189,6 +189,7 @@ async fn chat(
             )
         }
         "slow" => tokio::time::sleep(Duration::from_millis(100)).await,
+        "slow-1s" => tokio::time::sleep(Duration::from_millis(1_000)).await,
         "hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             return error(500, "hung", "server_error");
