@@ -55,12 +55,18 @@ fn install_client() {
 /// Runs a scenario of drive.mjs; returns its JSON (the last line of stdout).
 async fn drive(scenario: &str, env: Vec<(&'static str, String)>) -> Value {
     let scenario = scenario.to_string();
+    // The client keeps an observability SQLite file under $HOME/.aigne; runs of
+    // this test in parallel (one per store) would lock each other out of one
+    // shared file, so each run gets a home of its own.
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("drive.mjs")
             .arg(&scenario)
             .current_dir(client_dir())
             .envs(env)
+            .env("HOME", home_path)
             .output()
             .expect("node is needed for the AIGNE client test")
     })
