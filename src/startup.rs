@@ -72,6 +72,70 @@ pub struct Application {
     server: Server,
     hub: Arc<Hub>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Dropping it stops the live projector's thread.
+    _projector: ProjectorThread,
+}
+
+/// The live projector, on a thread of its own at the lowest CPU priority, with
+/// its own database connections.
+///
+/// Why: a pass is a burst of CPU (read the log, decode, fold, encode, write)
+/// every `projector_batch_delay_ms`. Run beside the request path, it took a core
+/// for several milliseconds at a time and every request then waited behind it:
+/// the bursts made most of the request path's p99 (docs/benchmarks.md). At nice
+/// 19 the scheduler hands the core back to the request path whenever it needs
+/// it; the projector still gets the idle time, and projections are read models
+/// that may lag. Its own connections, opened on its own runtime, keep the
+/// request path's I/O from ever waiting on this thread (a sqlx connection is
+/// driven by the runtime that opened it).
+struct ProjectorThread {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ProjectorThread {
+    fn start(settings: &Settings, wake: Arc<Notify>) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (database_url, data_dir) = (settings.database_url.clone(), settings.data_dir.clone());
+        let (poll_ms, batch_delay_ms) = (
+            settings.limits.projector_poll_ms,
+            settings.limits.projector_batch_delay_ms,
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("projector".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                runtime.block_on(async move {
+                    let store = match store::open(database_url.as_deref(), &data_dir).await {
+                        Ok(store) => store,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the projector cannot open the store; projections will not follow the log");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = Projector::new(store, wake).run(poll_ms, batch_delay_ms) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(Self { _stop: stop })
+    }
+}
+
+/// Sets the calling thread's nice value to 19 (Linux: nice is per thread).
+fn lower_this_threads_priority() {
+    /// The lowest priority `setpriority` accepts.
+    const NICE_LOWEST: libc::c_int = 19;
+    // SAFETY: setpriority reads no memory of ours; `0` names the calling thread.
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE_LOWEST) };
+    if done != 0 {
+        tracing::warn!(
+            "could not lower the projector thread's priority; it runs at normal priority"
+        );
+    }
 }
 
 impl Application {
@@ -94,13 +158,8 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
-        let mut background = vec![
-            actix_web::rt::spawn(hub.projector.clone().run(
-                settings.limits.projector_poll_ms,
-                settings.limits.projector_batch_delay_ms,
-            )),
-            actix_web::rt::spawn(hub.clone().run_maintenance()),
-        ];
+        let projector = ProjectorThread::start(&settings, hub.projector.wake.clone())?;
+        let mut background = vec![actix_web::rt::spawn(hub.clone().run_maintenance())];
         // Low-balance notifications: only when a receiver is configured.
         if let Some(notifier) = notifier {
             background.push(actix_web::rt::spawn(notifier.run()));
@@ -110,6 +169,7 @@ impl Application {
             server,
             hub,
             background,
+            _projector: projector,
         })
     }
 
