@@ -192,8 +192,19 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
-        if let Err(e) = self.hub.store.remove_instance(self.hub.instance_id).await {
-            tracing::warn!(error = %e, "could not withdraw this process from the live set");
+        // A pooled connection opened by an HTTP worker is driven by that worker's
+        // runtime, gone by now: its query fails and sqlx drops it, so another
+        // attempt gets another connection (opened here once the dead ones are
+        // gone). More attempts than a pool has connections.
+        const WITHDRAW_ATTEMPTS: usize = 20;
+        for attempt in 1..=WITHDRAW_ATTEMPTS {
+            match self.hub.store.remove_instance(self.hub.instance_id).await {
+                Ok(()) => break,
+                Err(e) if attempt == WITHDRAW_ATTEMPTS => {
+                    tracing::warn!(error = %e, "could not withdraw this process from the live set")
+                }
+                Err(_) => {}
+            }
         }
         self.hub.tenants.shutdown();
         result

@@ -180,3 +180,71 @@ crate::on_both_stores!(
     sigkill_during_load_loses_no_billing,
     sigkill_during_load_loses_no_billing
 );
+
+/// Live hub processes in the store.
+async fn live_instances(kind: StoreKind, env: &HubEnv) -> i64 {
+    use sqlx::Connection;
+    let sql = "SELECT COUNT(*) FROM hub_instances";
+    match kind {
+        StoreKind::Postgres => {
+            let url = env.database_url.as_deref().unwrap();
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        }
+        StoreKind::Sqlite => {
+            let path = env.data_dir.join("aigne-hub.sqlite");
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        }
+    }
+}
+
+/// A hub stopped with SIGTERM after serving requests on every HTTP worker
+/// withdraws from the live set, so no other process mistakes its (released)
+/// holds for a crashed one's.
+async fn a_stopped_hub_withdraws_from_the_live_set(kind: StoreKind) {
+    let temp = tempfile::tempdir().unwrap();
+    let database_url = match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => Some(fresh_pg_database().await),
+    };
+    let env = HubEnv::new(temp.path(), database_url);
+    let mock = MockUpstream::start();
+    let mut hub = env.start().await;
+    let (_tenant, key) = hub.setup(&env, &mock.base_url, &["gpt-mock"], "100").await;
+    // Concurrent requests, so that connections get opened on several workers.
+    let client = reqwest::Client::new();
+    let calls = (0..16).map(|_| {
+        client
+            .post(format!("{}/v1/chat/completions", hub.address))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "mock/gpt-mock", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+    });
+    for response in futures_util::future::join_all(calls).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    // Operator reads go to the store from the HTTP workers themselves, so the
+    // pool opens connections there, on runtimes that end before the process.
+    let reads = (0..32).map(|_| {
+        client
+            .get(format!("{}/admin/v1/providers", hub.address))
+            .bearer_auth(&env.operator_token)
+            .send()
+    });
+    for response in futures_util::future::join_all(reads).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(live_instances(kind, &env).await, 1);
+    hub.terminate();
+    assert_eq!(live_instances(kind, &env).await, 0);
+    let log = std::fs::read_to_string(&env.log_path).unwrap();
+    assert!(!log.contains("could not withdraw"), "{log}");
+}
+crate::on_both_stores!(
+    a_stopped_hub_withdraws_from_the_live_set,
+    a_stopped_hub_withdraws_from_the_live_set
+);
