@@ -290,48 +290,18 @@ on_both_stores!(
 /// chain's head (it is read from the snapshot's last event), so the next event
 /// links to the right one.
 async fn the_chain_head_survives_a_snapshot_with_nothing_after_it(kind: StoreKind) {
-    use aigne_hub::store::{chain, Durability, EventMetadata};
-    use chrono::Utc;
-    use domain::tenant::TenantEvent;
-    use domain::{Credits, InstanceId};
+    use aigne_hub::store::{chain, Durability};
 
     let temp = tempfile::tempdir().unwrap();
-    let url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let url = database_url_for(kind).await;
     let store = aigne_hub::store::open(url.as_deref(), temp.path())
         .await
         .unwrap();
     let tenant = TenantId::new_random();
-    let meta = EventMetadata {
-        recorded_at: Utc::now(),
-        tenant_id: tenant,
-        request_id: None,
-        instance_id: InstanceId::new_random(),
-        prev_hash: None,
-        hash: None,
-    };
-    let mut events = vec![(
-        TenantEvent::TenantCreated {
-            tenant_id: tenant,
-            name: "t".into(),
-            at: Utc::now(),
-        },
-        meta.clone(),
-    )];
+    let meta = plain_metadata(tenant);
+    let mut events = vec![(tenant_created(tenant), meta.clone())];
     for n in 0..2 {
-        events.push((
-            TenantEvent::CreditsGranted {
-                amount_pico: Credits::from_pico(1),
-                idempotency_key: format!("g{n}"),
-                reason: "r".into(),
-                expires_at: None,
-                payment: None,
-                at: Utc::now(),
-            },
-            meta.clone(),
-        ));
+        events.push((pico_grant(n), meta.clone()));
     }
     let head = chain(tenant, 1, None, &mut events).unwrap();
     store

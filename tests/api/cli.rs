@@ -1,7 +1,7 @@
 //! The CLI offers the operator's operations, printing JSON, on the same store the
 //! server uses; provider secrets come from the environment or stdin, never argv.
 
-use crate::helpers::{fresh_pg_database, StoreKind};
+use crate::helpers::{database_url_for, StoreKind};
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
 use crate::process::HubEnv;
 use serde_json::{json, Value};
@@ -42,10 +42,7 @@ fn run(env: &HubEnv, args: &[&str], stdin: Option<&str>) -> Value {
 
 async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let env = HubEnv::new(temp.path(), database_url);
     let mock = MockUpstream::start();
 

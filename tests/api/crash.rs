@@ -2,7 +2,7 @@
 //! if the hub is killed with SIGKILL right after; requests in flight at the crash
 //! become holds that are released (with a reason) after restart, never charged.
 
-use crate::helpers::{fresh_pg_database, StoreKind};
+use crate::helpers::{database_url_for, StoreKind};
 use crate::mock_openai::MockUpstream;
 use crate::process::HubEnv;
 use domain::tenant::TenantEvent;
@@ -60,10 +60,7 @@ async fn client_loop(
 
 async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let env = HubEnv::new(temp.path(), database_url.clone());
     let mock = MockUpstream::start();
     let mut hub = env.start().await;
@@ -205,10 +202,7 @@ async fn live_instances(kind: StoreKind, env: &HubEnv) -> i64 {
 /// holds for a crashed one's.
 async fn a_stopped_hub_withdraws_from_the_live_set(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let env = HubEnv::new(temp.path(), database_url);
     let mock = MockUpstream::start();
     let mut hub = env.start().await;

@@ -4,7 +4,10 @@
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
 use aigne_hub::config::{Limits, Settings};
 use aigne_hub::startup::Application;
-use aigne_hub::store::Store;
+use aigne_hub::store::{EventMetadata, Store};
+use chrono::Utc;
+use domain::tenant::TenantEvent;
+use domain::{Credits, InstanceId, TenantId};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -12,6 +15,47 @@ use std::sync::Arc;
 pub enum StoreKind {
     Sqlite,
     Postgres,
+}
+
+/// A fresh PostgreSQL database for `kind` Postgres; `None` (the embedded
+/// SQLite file in the data dir) for Sqlite.
+pub async fn database_url_for(kind: StoreKind) -> Option<String> {
+    match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => Some(fresh_pg_database().await),
+    }
+}
+
+/// Unchained metadata for events appended straight to a store (store-level tests).
+pub fn plain_metadata(tenant_id: TenantId) -> EventMetadata {
+    EventMetadata {
+        recorded_at: Utc::now(),
+        tenant_id,
+        request_id: None,
+        instance_id: InstanceId::new_random(),
+        prev_hash: None,
+        hash: None,
+    }
+}
+
+pub fn tenant_created(tenant_id: TenantId) -> TenantEvent {
+    TenantEvent::TenantCreated {
+        tenant_id,
+        name: "t".into(),
+        at: Utc::now(),
+    }
+}
+
+/// A grant of one pico-credit under idempotency key `g{n}`.
+pub fn pico_grant(n: usize) -> TenantEvent {
+    TenantEvent::CreditsGranted {
+        amount_pico: Credits::from_pico(1),
+        idempotency_key: format!("g{n}"),
+        reason: "r".into(),
+        expires_at: None,
+        payment: None,
+        at: Utc::now(),
+    }
 }
 
 /// The server PostgreSQL tests create their databases on.
@@ -74,10 +118,7 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
 /// shorter clocks).
 pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -> TestApp {
     let temp = Arc::new(tempfile::tempdir().unwrap());
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: temp.path().join("data"),

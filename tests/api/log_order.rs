@@ -3,11 +3,11 @@
 //! in sequence order. (A position handed out at insert time is not commit order;
 //! a naive reader would step past a transaction still in flight and skip it.)
 
-use crate::helpers::{fresh_pg_database, StoreKind};
-use aigne_hub::store::{Durability, EventMetadata, LogPosition, Store};
-use chrono::Utc;
-use domain::tenant::TenantEvent;
-use domain::{Credits, InstanceId, TenantId};
+use crate::helpers::{
+    database_url_for, fresh_pg_database, pico_grant, plain_metadata, tenant_created, StoreKind,
+};
+use aigne_hub::store::{Durability, LogPosition, Store};
+use domain::TenantId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,23 +15,9 @@ use std::sync::Arc;
 const WRITERS: usize = 8;
 const BATCHES_PER_WRITER: usize = 150;
 
-fn grant(n: usize) -> TenantEvent {
-    TenantEvent::CreditsGranted {
-        amount_pico: Credits::from_pico(1),
-        idempotency_key: format!("g{n}"),
-        reason: "r".into(),
-        expires_at: None,
-        payment: None,
-        at: Utc::now(),
-    }
-}
-
 async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let url = database_url_for(kind).await;
     let store: Arc<dyn Store> = aigne_hub::store::open(url.as_deref(), temp.path())
         .await
         .unwrap();
@@ -46,19 +32,8 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
                 .map(|b| 1 + (b + w) % 3)
                 .sum::<usize>();
         writers.push(tokio::spawn(async move {
-            let meta = EventMetadata {
-                recorded_at: Utc::now(),
-                tenant_id: tenant,
-                request_id: None,
-                instance_id: InstanceId::new_random(),
-                prev_hash: None,
-                hash: None,
-            };
-            let created = TenantEvent::TenantCreated {
-                tenant_id: tenant,
-                name: "t".into(),
-                at: Utc::now(),
-            };
+            let meta = plain_metadata(tenant);
+            let created = tenant_created(tenant);
             store
                 .append(tenant, 1, &[(created, meta.clone())], Durability::Durable)
                 .await
@@ -66,7 +41,7 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
             let mut next = 2;
             for b in 0..BATCHES_PER_WRITER {
                 let events: Vec<_> = (0..1 + (b + w) % 3)
-                    .map(|i| (grant(next + i), meta.clone()))
+                    .map(|i| (pico_grant(next + i), meta.clone()))
                     .collect();
                 store
                     .append(tenant, next, &events, Durability::Durable)
@@ -151,15 +126,8 @@ async fn log_read_walks_its_own_index_without_statistics() {
         .unwrap();
     for _ in 0..4 {
         let tenant = TenantId::new_random();
-        let meta = EventMetadata {
-            recorded_at: Utc::now(),
-            tenant_id: tenant,
-            request_id: None,
-            instance_id: InstanceId::new_random(),
-            prev_hash: None,
-            hash: None,
-        };
-        let events: Vec<_> = (1..=1_000).map(|n| (grant(n), meta.clone())).collect();
+        let meta = plain_metadata(tenant);
+        let events: Vec<_> = (1..=1_000).map(|n| (pico_grant(n), meta.clone())).collect();
         store
             .append(tenant, 1, &events, Durability::Durable)
             .await

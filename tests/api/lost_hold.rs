@@ -10,47 +10,28 @@ use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use aigne_hub::audit::verify_store;
-use aigne_hub::store::{Durability, EventMetadata, StoreError};
-use chrono::Utc;
-use domain::tenant::TenantEvent;
-use domain::{Credits, InstanceId, TenantId};
+use aigne_hub::store::{Durability, StoreError};
+use domain::TenantId;
 use std::time::{Duration, Instant};
-
-fn grant(n: usize) -> TenantEvent {
-    TenantEvent::CreditsGranted {
-        amount_pico: Credits::from_pico(1),
-        idempotency_key: format!("g{n}"),
-        reason: "r".into(),
-        expires_at: None,
-        payment: None,
-        at: Utc::now(),
-    }
-}
 
 async fn append_needs_the_event_before_it(kind: StoreKind) {
     let app = spawn_app(kind).await;
     let store = app.store();
-    let tenant = TenantId::new_random();
-    let meta = EventMetadata {
-        recorded_at: Utc::now(),
-        tenant_id: tenant,
-        request_id: None,
-        instance_id: InstanceId::new_random(),
-        prev_hash: None,
-        hash: None,
-    };
-    let created = TenantEvent::TenantCreated {
-        tenant_id: tenant,
-        name: "t".into(),
-        at: Utc::now(),
-    };
     for durability in [Durability::Durable, Durability::HoldsOnly] {
         let tenant = TenantId::new_random();
+        let meta = plain_metadata(tenant);
         let events = |from: usize, n: usize| -> Vec<_> {
-            (from..from + n).map(|i| (grant(i), meta.clone())).collect()
+            (from..from + n)
+                .map(|i| (pico_grant(i), meta.clone()))
+                .collect()
         };
         store
-            .append(tenant, 1, &[(created.clone(), meta.clone())], durability)
+            .append(
+                tenant,
+                1,
+                &[(tenant_created(tenant), meta.clone())],
+                durability,
+            )
             .await
             .unwrap();
         store
@@ -71,7 +52,6 @@ async fn append_needs_the_event_before_it(kind: StoreKind) {
         let sequences: Vec<usize> = stored.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, (1..=6).collect::<Vec<_>>(), "{durability:?}");
     }
-    let _ = tenant;
 }
 on_both_stores!(
     append_needs_the_event_before_it,

@@ -1,7 +1,7 @@
 //! Secrets never reach the database in plaintext, a log line, an event or a
 //! response: provider keys are sealed with AES-SIV, hub keys stored as hashes.
 
-use crate::helpers::{fresh_pg_database, StoreKind};
+use crate::helpers::{database_url_for, StoreKind};
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
 use crate::process::HubEnv;
 use reqwest::Method;
@@ -57,10 +57,7 @@ async fn database_dump(kind: StoreKind, env: &HubEnv) -> String {
 
 async fn secrets_never_leave_in_plaintext(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let env = HubEnv::new(temp.path(), database_url);
     let mock = MockUpstream::start();
     let mut hub = env.start().await;

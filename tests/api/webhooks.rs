@@ -529,10 +529,7 @@ fn cli(env: &crate::process::HubEnv, args: &[&str]) -> (bool, Value) {
 
 async fn the_cli_grants_with_an_expiry(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
-    };
+    let database_url = database_url_for(kind).await;
     let env = crate::process::HubEnv::new(temp.path(), database_url);
     let (ok, created) = cli(&env, &["tenant", "create", "--name", "acme"]);
     assert!(ok, "{created}");
