@@ -152,7 +152,14 @@ async fn start(
     TestApp {
         address,
         operator_token: settings.operator_token.clone().unwrap(),
-        client: reqwest::Client::new(),
+        // The hub closes a connection idle for 5 s (actix's keep-alive); a
+        // request sent on it at that moment fails with IncompleteMessage, as a
+        // balance read after a slow step once did. Idle connections are dropped
+        // here well before that.
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap(),
         mock,
         settings,
         store_kind: kind,
