@@ -295,18 +295,19 @@ on_both_stores!(
     a_new_price_is_a_new_version_and_old_charges_keep_theirs
 );
 
-async fn a_direct_sell_price_ignores_margins(kind: StoreKind) {
-    let app = spawn_app(kind).await;
+/// One call's explained charge, for a model with cost rates, direct sell rates
+/// (4 / 7 per million) and a default margin of 90% all set.
+async fn charged_at_a_direct_sell_price_with_a_margin(app: &TestApp) -> Value {
     app.setup_provider(&[]).await;
     put_ok(
-        &app,
+        app,
         "/admin/v1/prices/mock/gpt-mock",
         json!({"input_per_mtok": COST_IN, "output_per_mtok": COST_OUT,
                "sell": {"input_per_mtok": "4", "output_per_mtok": "7"}}),
     )
     .await;
     put_ok(
-        &app,
+        app,
         "/admin/v1/margins/default",
         json!({"margin_bps": 9000}),
     )
@@ -314,7 +315,12 @@ async fn a_direct_sell_price_ignores_margins(kind: StoreKind) {
     let tenant = app.create_tenant("10").await;
     let member = app.issue_key(&tenant, "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
-    let body = charged(&app, &member, &billing).await;
+    charged(app, &member, &billing).await
+}
+
+async fn a_direct_sell_price_ignores_margins(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    let body = charged_at_a_direct_sell_price_with_a_margin(&app).await;
     assert_eq!(
         credits(&body["cost"]),
         answer_cost(per_mtok("4"), per_mtok("7")),
@@ -334,24 +340,7 @@ async fn the_enterprise_mode_charges_the_providers_cost(kind: StoreKind) {
         s.mode = aigne_hub::config::DeploymentMode::Enterprise
     })
     .await;
-    app.setup_provider(&[]).await;
-    put_ok(
-        &app,
-        "/admin/v1/prices/mock/gpt-mock",
-        json!({"input_per_mtok": COST_IN, "output_per_mtok": COST_OUT,
-               "sell": {"input_per_mtok": "4", "output_per_mtok": "7"}}),
-    )
-    .await;
-    put_ok(
-        &app,
-        "/admin/v1/margins/default",
-        json!({"margin_bps": 9000}),
-    )
-    .await;
-    let tenant = app.create_tenant("10").await;
-    let member = app.issue_key(&tenant, "member").await;
-    let billing = app.issue_key(&tenant, "billing").await;
-    let body = charged(&app, &member, &billing).await;
+    let body = charged_at_a_direct_sell_price_with_a_margin(&app).await;
     let cost = answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT));
     assert_eq!(credits(&body["cost"]), cost, "{body}");
     assert_eq!(credits(&body["margin"]["provider_cost"]), cost);
