@@ -43,6 +43,8 @@ const OUTPUT_PER_MTOK: &str = "2";
 /// step is reported as disturbed.
 const DISTURBED_OTHER_CPU_PCT: f64 = 30.0;
 /// Pause between two measured steps, so one step's tail does not overlap the next.
+/// Slowest requests listed per step in the JSON summary.
+const SLOWEST_REPORTED: usize = 60;
 const PAUSE_BETWEEN_STEPS: Duration = Duration::from_secs(1);
 
 #[derive(Parser, Debug)]
@@ -308,6 +310,19 @@ impl Recorder {
         }
     }
 
+    /// The `n` slowest requests: when each was due (ms into the step) and its
+    /// latency, to find what else happened at that moment.
+    fn slowest(&self, n: usize) -> Vec<Value> {
+        let mut samples = self.samples.clone();
+        samples.sort_unstable_by_key(|&(_, latency)| std::cmp::Reverse(latency));
+        samples.truncate(n);
+        samples.sort_unstable();
+        samples
+            .into_iter()
+            .map(|(at, latency)| json!({"at_ms": round3(at as f64 / 1000.0), "latency_ms": round3(latency as f64 / 1000.0)}))
+            .collect()
+    }
+
     /// p99 and max latency of the requests due in each second of the step.
     fn timeline(&self) -> Vec<Value> {
         let mut seconds: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -456,6 +471,15 @@ struct Step {
     unfinished: u64,
     recorder: Recorder,
     cpu: Value,
+    /// Wall-clock time the step began, to line its timeline up with other logs.
+    started_unix_ms: u64,
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -522,7 +546,9 @@ impl Step {
                 "max": round3(percentile(&self.recorder.lag_us, 1.0)),
             }) },
             "cpu": self.cpu,
+            "started_unix_ms": self.started_unix_ms,
             "per_second": self.recorder.timeline(),
+            "slowest": self.recorder.slowest(SLOWEST_REPORTED),
         })
     }
 }
@@ -547,6 +573,7 @@ impl Runner {
     ) -> Step {
         let cpu_before = cpu_sample(self.hub_pid, self.pg_database.as_deref());
         let start = Instant::now();
+        let started_unix_ms = unix_ms_now();
         let end = start + duration;
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::with_capacity(concurrency);
@@ -597,6 +624,7 @@ impl Runner {
             unfinished: 0,
             recorder,
             cpu,
+            started_unix_ms,
         };
         step.finish();
         step
@@ -616,6 +644,7 @@ impl Runner {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let cpu_before = cpu_sample(self.hub_pid, self.pg_database.as_deref());
         let start = Instant::now() + Duration::from_millis(5);
+        let started_unix_ms = unix_ms_now() + 5;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u64>();
         {
             let runtime = tokio::runtime::Handle::current();
@@ -701,6 +730,7 @@ impl Runner {
             unfinished,
             recorder,
             cpu,
+            started_unix_ms,
         };
         step.finish();
         step
