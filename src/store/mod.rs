@@ -13,6 +13,7 @@
 
 mod codec;
 mod common_sql;
+mod pg_local;
 mod postgres;
 mod price_book;
 mod sqlite;

@@ -4,6 +4,7 @@
 
 use super::codec::{self, EventMetadata, StoredEvent};
 use super::common_sql::{impl_store, INSERT_CREDENTIAL};
+use super::pg_local::LocalConnections;
 use super::{
     CredentialRow, Durability, LoadedTenant, LogPosition, PriceRow, ProjectionCommit, ProviderRow,
     Store, StoreError, DB_ACQUIRE_TIMEOUT_MS, SNAPSHOT_SCHEMA_VERSION,
@@ -22,12 +23,18 @@ pub const PG_MAX_CONNECTIONS: u32 = 16;
 /// Connections per hub process for appends that do not wait for the disk
 /// ([`Durability::HoldsOnly`]), on top of [`PG_MAX_CONNECTIONS`].
 pub const PG_HOLDS_MAX_CONNECTIONS: u32 = 8;
+/// Connections per hub process that appends keep per thread (see `pg_local`), for
+/// each durability; past these, appends use the pools above.
+pub const PG_APPEND_LOCAL_CONNECTIONS_MAX: usize = 8;
 
 pub struct PgStore {
     pool: PgPool,
     /// Sessions with `synchronous_commit = off`: their commits return without
     /// waiting for the WAL flush (see [`Durability`]).
     holds_pool: PgPool,
+    /// The appends' own connections, one set per durability (see `pg_local`).
+    append_durable: LocalConnections,
+    append_holds: LocalConnections,
     repo: PostgresEventRepository,
 }
 
@@ -91,11 +98,19 @@ impl PgStore {
                 .bind(&event.payload)
                 .bind(&event.metadata);
         }
-        let pool = match durability {
-            Durability::Durable => &self.pool,
-            Durability::HoldsOnly => &self.holds_pool,
+        let (local, pool) = match durability {
+            Durability::Durable => (&self.append_durable, &self.pool),
+            Durability::HoldsOnly => (&self.append_holds, &self.holds_pool),
         };
-        match query.execute(pool).await {
+        let result = match local.lease().await {
+            Some(mut lease) => {
+                let result = query.execute(lease.conn()).await;
+                lease.finish(&result);
+                result
+            }
+            None => query.execute(pool).await,
+        };
+        match result {
             Ok(done) if done.rows_affected() == events.len() as u64 => Ok(()),
             Ok(done) => {
                 // The statement inserts every row or none.
@@ -143,12 +158,15 @@ impl PgStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let holds_pool = pool_options(PG_HOLDS_MAX_CONNECTIONS)
-            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        let holds_options = options.clone().options([("synchronous_commit", "off")]);
+        let holds_pool =
+            pool_options(PG_HOLDS_MAX_CONNECTIONS).connect_lazy_with(holds_options.clone());
         let repo = PostgresEventRepository::new(pool.clone());
         Ok(Self {
             pool,
             holds_pool,
+            append_durable: LocalConnections::new(options, PG_APPEND_LOCAL_CONNECTIONS_MAX),
+            append_holds: LocalConnections::new(holds_options, PG_APPEND_LOCAL_CONNECTIONS_MAX),
             repo,
         })
     }

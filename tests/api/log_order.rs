@@ -4,10 +4,12 @@
 //! a naive reader would step past a transaction still in flight and skip it.)
 
 use crate::helpers::{
-    database_url_for, fresh_pg_database, pico_grant, plain_metadata, tenant_created, StoreKind,
+    database_url_for, fresh_pg_database, pg_admin_url, pico_grant, plain_metadata, tenant_created,
+    StoreKind,
 };
-use aigne_hub::store::{Durability, LogPosition, Store};
+use aigne_hub::store::{Durability, LogPosition, Store, StoreError};
 use domain::TenantId;
+use sqlx::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -118,7 +120,6 @@ async fn concurrent_writers_never_make_a_reader_skip_sqlite() {
 /// `'Tenant'` entry of the primary key: a cost that grew with the log.
 #[tokio::test]
 async fn log_read_walks_its_own_index_without_statistics() {
-    use sqlx::Connection;
     let url = fresh_pg_database().await;
     let temp = tempfile::tempdir().unwrap();
     let store = aigne_hub::store::open(Some(&url), temp.path())
@@ -151,4 +152,81 @@ async fn log_read_walks_its_own_index_without_statistics() {
         plan.contains("events_log_order_by_type") && !plan.contains("events_pkey"),
         "unexpected plan for the log read:\n{plan}"
     );
+}
+
+/// The backend pids of the sessions on `database` whose last statement was an append.
+async fn append_sessions(admin: &mut sqlx::PgConnection, database: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = $1 AND backend_type = 'client backend' AND query LIKE 'INSERT INTO events %'
+          ORDER BY pid",
+    )
+    .bind(database)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+/// Appends on PostgreSQL keep their connections per thread, outside sqlx's pool
+/// (`store::pg_local`): a thread that appends again and again reuses the same
+/// session for each durability, also after the database refused a statement, and
+/// opens no new one.
+#[tokio::test]
+async fn appends_reuse_their_connections() {
+    let url = fresh_pg_database().await;
+    let temp = tempfile::tempdir().unwrap();
+    let store = aigne_hub::store::open(Some(&url), temp.path())
+        .await
+        .unwrap();
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    let tenant = TenantId::new_random();
+    let meta = plain_metadata(tenant);
+    store
+        .append(
+            tenant,
+            1,
+            &[(tenant_created(tenant), meta.clone())],
+            Durability::Durable,
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            tenant,
+            2,
+            &[(pico_grant(2), meta.clone())],
+            Durability::HoldsOnly,
+        )
+        .await
+        .unwrap();
+    let after_first = append_sessions(&mut admin, &database).await;
+    assert_eq!(
+        after_first.len(),
+        2,
+        "one session per durability stays open"
+    );
+    for n in 3..=40 {
+        let durability = if n % 2 == 0 {
+            Durability::HoldsOnly
+        } else {
+            Durability::Durable
+        };
+        store
+            .append(tenant, n, &[(pico_grant(n), meta.clone())], durability)
+            .await
+            .unwrap();
+        // A taken sequence: the database refuses the statement, the session stays usable.
+        let taken = store
+            .append(tenant, n, &[(pico_grant(n), meta.clone())], durability)
+            .await;
+        assert!(matches!(taken, Err(StoreError::Conflict)), "{taken:?}");
+    }
+    assert_eq!(
+        append_sessions(&mut admin, &database).await,
+        after_first,
+        "the same sessions served every append"
+    );
+    let stored = store.tenant_events(tenant, 0).await.unwrap();
+    assert_eq!(stored.len(), 40);
 }
