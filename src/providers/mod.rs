@@ -336,27 +336,57 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// The HTTP client all upstream calls share, with the named timeouts.
+/// The HTTP client of all upstream calls, with the named timeouts.
+///
+/// Each thread gets a client (and so a connection pool) of its own. A pooled
+/// connection is driven by a task on the runtime that opened it, and actix runs
+/// one runtime per thread: with one client shared by every HTTP worker, a request
+/// on one worker often went out through a connection of another, with two more
+/// thread switches for each call.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    /// Key of this `Upstream`'s clients in every thread's [`UPSTREAM_CLIENTS`].
+    id: u64,
+    /// Used where a thread's own client cannot be built.
+    shared: reqwest::Client,
     pub limits: Limits,
+}
+
+static NEXT_UPSTREAM_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    static UPSTREAM_CLIENTS: std::cell::RefCell<std::collections::HashMap<u64, reqwest::Client>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl Upstream {
     pub fn new(limits: &Limits) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(limits.upstream_connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
         Ok(Self {
-            client,
+            id: NEXT_UPSTREAM_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shared: Self::build_client(limits)?,
             limits: limits.clone(),
         })
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    fn build_client(limits: &Limits) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(limits.upstream_connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+    }
+
+    /// This thread's client (a cheap handle to its connection pool).
+    pub fn client(&self) -> reqwest::Client {
+        UPSTREAM_CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some(client) = clients.get(&self.id) {
+                return client.clone();
+            }
+            match Self::build_client(&self.limits) {
+                Ok(client) => clients.entry(self.id).or_insert(client).clone(),
+                Err(_) => self.shared.clone(),
+            }
+        })
     }
 
     /// Sends a request, waiting at most the first-byte timeout for the response
