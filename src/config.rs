@@ -28,8 +28,12 @@ pub struct Limits {
     pub instance_heartbeat_ms: u64,
     /// A hub process silent for this long is dead: its holds are released.
     pub instance_stale_after_ms: u64,
-    /// How often the holds of dead processes and expired holds are swept.
+    /// How often the live set is checked; the holds of a process that left it are
+    /// released at the next check.
     pub hold_sweep_interval_ms: u64,
+    /// How often every tenant with open holds is visited even when no process left
+    /// the live set: holds past their time to live are released within this.
+    pub hold_expiry_sweep_interval_ms: u64,
     /// A tenant actor with nothing to do for this long stops (its state is in events).
     pub tenant_idle_stop_ms: u64,
     /// Messages a tenant actor queues before callers are told to back off.
@@ -178,6 +182,7 @@ impl Default for Limits {
             instance_heartbeat_ms: 1_000,
             instance_stale_after_ms: 5_000,
             hold_sweep_interval_ms: 2_000,
+            hold_expiry_sweep_interval_ms: 60_000,
             tenant_idle_stop_ms: 300_000,
             tenant_mailbox_capacity: 4_096,
             tenant_call_timeout_ms: 15_000,

@@ -37,6 +37,25 @@ pub struct Hub {
     pub aigne: crate::aigne::AigneState,
     /// Business time (see `clock`): wall time in production, movable in tests.
     pub clock: crate::clock::Clock,
+    /// See [`Hub::full_hold_sweeps`].
+    pub full_hold_sweeps: std::sync::atomic::AtomicU64,
+}
+
+/// What the hold sweep remembers from one pass to the next, so that it visits
+/// the tenants only when a hold could be due for release:
+/// - at the first pass (holds of processes that died before this one started);
+/// - when a process left the live set since the last pass. Its holds were
+///   committed at least `instance_stale_after_ms` before it left, long enough
+///   for the balances projection (which the sweep reads) to show them;
+/// - every `hold_expiry_sweep_interval_ms`, for holds past their time to live
+///   (and holds of a process that started and died between two passes).
+///
+/// Visiting every tenant with open holds at every pass cost one command per busy
+/// tenant every `hold_sweep_interval_ms`, whether or not anything was due.
+#[derive(Default)]
+struct SweepState {
+    live: Option<Vec<InstanceId>>,
+    last_full: Option<std::time::Instant>,
 }
 
 /// A provider as the operator adds it. Which credential fields are needed depends
@@ -361,15 +380,42 @@ impl Hub {
         })
     }
 
-    /// Beats this process's heartbeat, then releases holds left by dead processes
-    /// and holds past their time to live.
-    pub async fn sweep_holds(&self) -> Result<usize, HubError> {
+    /// Beats this process's heartbeat, then, when a hold could be due for release,
+    /// releases holds left by dead processes and holds past their time to live
+    /// (see [`SweepState`] for when that is).
+    async fn sweep_holds_if_due(&self, state: &mut SweepState) -> Result<usize, HubError> {
         let now = now_ms();
         self.store.heartbeat(self.instance_id, now).await?;
         let live = self
             .store
             .live_instances(now - self.limits.instance_stale_after_ms as i64)
             .await?;
+        let vanished = match &state.live {
+            None => true,
+            Some(before) => before.iter().any(|i| !live.contains(i)),
+        };
+        let expiry_due = state.last_full.is_none_or(|at| {
+            at.elapsed() >= Duration::from_millis(self.limits.hold_expiry_sweep_interval_ms)
+        });
+        state.live = Some(live.clone());
+        if !vanished && !expiry_due {
+            return Ok(0);
+        }
+        state.last_full = Some(std::time::Instant::now());
+        self.full_hold_sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.release_abandoned_holds(live).await
+    }
+
+    /// Hold sweeps that visited every tenant with open holds, since start.
+    pub fn full_hold_sweeps(&self) -> u64 {
+        self.full_hold_sweeps
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Releases, in every tenant with open holds, the holds of processes not in
+    /// `live` and the holds past their time to live.
+    async fn release_abandoned_holds(&self, live: Vec<InstanceId>) -> Result<usize, HubError> {
         let mut released = 0;
         for (key, payload) in self.store.projection_rows(Balances::NAME).await? {
             let Ok(row) = serde_json::from_str::<BalanceRow>(&payload) else {
@@ -459,10 +505,11 @@ impl Hub {
         let sweep_every = Duration::from_millis(self.limits.hold_sweep_interval_ms);
         let heartbeat_every = Duration::from_millis(self.limits.instance_heartbeat_ms);
         let mut last_sweep = std::time::Instant::now() - sweep_every;
+        let mut sweep_state = SweepState::default();
         loop {
             if last_sweep.elapsed() >= sweep_every {
                 last_sweep = std::time::Instant::now();
-                match self.sweep_holds().await {
+                match self.sweep_holds_if_due(&mut sweep_state).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(released = n, "released abandoned or expired holds"),
                     Err(e) => tracing::warn!(error = %e, "hold sweep failed"),

@@ -55,6 +55,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         aigne: crate::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,
         clock: Default::default(),
+        full_hold_sweeps: Default::default(),
     };
     let imported = hub.import_price_table().await?;
     if imported > 0 {

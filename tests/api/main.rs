@@ -35,5 +35,6 @@ mod openai_sdk;
 mod price_book;
 mod secrets;
 mod stream_cutoff;
+mod sweep;
 mod usage;
 mod webhooks;
