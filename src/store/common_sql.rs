@@ -362,8 +362,39 @@ macro_rules! impl_store {
         }
 
         async fn raw_tenant_events(&self, tenant_id: TenantId, after_sequence: usize, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
-            let events = self.repo.get_last_events::<Tenant>(&tenant_id.to_string(), after_sequence).await?;
-            Ok(events.into_iter().take(limit).map(codec::raw).collect())
+            // One page per query (the repository's read would load the whole rest of
+            // the stream for every page). The JSON is read as the text stored.
+            let rows = sqlx::query(
+                "SELECT sequence, event_type, event_version, CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
+                   FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                  ORDER BY sequence
+                  LIMIT $4",
+            )
+            .bind(<Tenant as cqrs_es::Aggregate>::TYPE)
+            .bind(tenant_id.to_string())
+            .bind(after_sequence as i64)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let sequence: i64 = r.get("sequence");
+                    let json = |column: &str| -> Result<serde_json::Value, StoreError> {
+                        let text: String = r.get(column);
+                        serde_json::from_str(&text)
+                            .map_err(|e| StoreError::Corrupt(format!("{column} of {tenant_id} #{sequence}: {e}")))
+                    };
+                    Ok(crate::audit::RawEvent {
+                        tenant_id: tenant_id.to_string(),
+                        sequence: sequence as usize,
+                        event_type: r.get("event_type"),
+                        event_version: r.get("event_version"),
+                        payload: json("payload")?,
+                        metadata: json("metadata")?,
+                    })
+                })
+                .collect()
         }
 
         async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError> {
