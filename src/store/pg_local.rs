@@ -25,6 +25,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use super::DB_ACQUIRE_TIMEOUT_MS;
 
 /// Idle connections one thread keeps per [`LocalConnections`].
 const IDLE_PER_THREAD_MAX: usize = 4;
@@ -67,11 +70,19 @@ impl LocalConnections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        match PgConnection::connect_with(&self.options).await {
-            Ok(conn) => Some(self.leased(conn)),
-            Err(e) => {
+        // Bounded like the pool's acquire: an unreachable server must not hold the
+        // tenant's actor for the operating system's connect timeout.
+        let connect = PgConnection::connect_with(&self.options);
+        match tokio::time::timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS), connect).await {
+            Ok(Ok(conn)) => Some(self.leased(conn)),
+            Ok(Err(e)) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(error = %e, "opening an append connection failed; using the pool");
+                None
+            }
+            Err(_) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!("opening an append connection timed out; using the pool");
                 None
             }
         }

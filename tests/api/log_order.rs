@@ -120,11 +120,7 @@ async fn concurrent_writers_never_make_a_reader_skip_sqlite() {
 /// `'Tenant'` entry of the primary key: a cost that grew with the log.
 #[tokio::test]
 async fn log_read_walks_its_own_index_without_statistics() {
-    let url = fresh_pg_database().await;
-    let temp = tempfile::tempdir().unwrap();
-    let store = aigne_hub::store::open(Some(&url), temp.path())
-        .await
-        .unwrap();
+    let (url, store, _temp) = fresh_pg_store().await;
     for _ in 0..4 {
         let tenant = TenantId::new_random();
         let meta = plain_metadata(tenant);
@@ -154,6 +150,17 @@ async fn log_read_walks_its_own_index_without_statistics() {
     );
 }
 
+/// A store on a fresh PostgreSQL database: its URL, the store, and the data dir
+/// (kept for as long as the store is used).
+async fn fresh_pg_store() -> (String, Arc<dyn Store>, tempfile::TempDir) {
+    let url = fresh_pg_database().await;
+    let temp = tempfile::tempdir().unwrap();
+    let store = aigne_hub::store::open(Some(&url), temp.path())
+        .await
+        .unwrap();
+    (url, store, temp)
+}
+
 /// The backend pids of the sessions on `database` whose last statement was an append.
 async fn append_sessions(admin: &mut sqlx::PgConnection, database: &str) -> Vec<i32> {
     sqlx::query_scalar(
@@ -173,11 +180,7 @@ async fn append_sessions(admin: &mut sqlx::PgConnection, database: &str) -> Vec<
 /// opens no new one.
 #[tokio::test]
 async fn appends_reuse_their_connections() {
-    let url = fresh_pg_database().await;
-    let temp = tempfile::tempdir().unwrap();
-    let store = aigne_hub::store::open(Some(&url), temp.path())
-        .await
-        .unwrap();
+    let (url, store, _temp) = fresh_pg_store().await;
     let database = url.rsplit('/').next().unwrap().to_string();
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
     let tenant = TenantId::new_random();
