@@ -64,33 +64,37 @@ impl LocalConnections {
     pub async fn lease(&self) -> Option<Lease> {
         let idle = IDLE.with(|idle| idle.borrow_mut().get_mut(&self.id).and_then(Vec::pop));
         if let Some(conn) = idle {
-            return Some(self.leased(conn));
+            return Some(self.leased(Some(conn)));
         }
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.open_max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        // Counted as open from here: dropped on any way out below, also when this
+        // future is dropped while connecting, it counts itself down again.
+        let mut lease = self.leased(None);
         // Bounded like the pool's acquire: an unreachable server must not hold the
         // tenant's actor for the operating system's connect timeout.
         let connect = PgConnection::connect_with(&self.options);
         match tokio::time::timeout(Duration::from_millis(DB_ACQUIRE_TIMEOUT_MS), connect).await {
-            Ok(Ok(conn)) => Some(self.leased(conn)),
+            Ok(Ok(conn)) => {
+                lease.conn = Some(conn);
+                Some(lease)
+            }
             Ok(Err(e)) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(error = %e, "opening an append connection failed; using the pool");
                 None
             }
             Err(_) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!("opening an append connection timed out; using the pool");
                 None
             }
         }
     }
 
-    fn leased(&self, conn: PgConnection) -> Lease {
+    fn leased(&self, conn: Option<PgConnection>) -> Lease {
         Lease {
-            conn: Some(conn),
+            conn,
             id: self.id,
             open: self.open.clone(),
             kept: false,
