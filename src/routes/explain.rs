@@ -43,6 +43,9 @@ pub async fn admin_request(
     answer(&hub, tenant_id, &request_id).await
 }
 
+/// Events read per page while looking for a request's events.
+const EXPLAIN_PAGE_EVENTS: usize = 1_000;
+
 fn request_not_found() -> HubError {
     HubError::NotFound("request not found".into())
 }
@@ -50,12 +53,31 @@ fn request_not_found() -> HubError {
 async fn answer(hub: &Hub, tenant_id: TenantId, raw_id: &str) -> Result<HttpResponse, HubError> {
     // Malformed is simply a request that does not exist.
     let request_id: RequestId = raw_id.parse().map_err(|_| request_not_found())?;
-    let events = hub.store.tenant_events(tenant_id, 0).await?;
-    let own = events
-        .iter()
-        .map(|e| &e.event)
-        .filter(|e| e.request_id() == Some(request_id));
-    let body = explain(request_id, own).ok_or_else(request_not_found)?;
+    // A request's events start with its reservation, and the requests people ask
+    // about are mostly recent: read the stream from its newest event back, a page
+    // at a time, until the reservation (or the stream's start).
+    let mut own = Vec::new();
+    let mut before = None;
+    loop {
+        let page = hub
+            .store
+            .tenant_events_backward(tenant_id, before, EXPLAIN_PAGE_EVENTS)
+            .await?;
+        let at_start = page.len() < EXPLAIN_PAGE_EVENTS;
+        before = page.last().map(|e| e.sequence);
+        let mut reserved = false;
+        for stored in page {
+            if stored.event.request_id() == Some(request_id) {
+                reserved |= matches!(stored.event, TenantEvent::CreditsReserved { .. });
+                own.push(stored.event);
+            }
+        }
+        if reserved || at_start {
+            break;
+        }
+    }
+    own.reverse();
+    let body = explain(request_id, &own).ok_or_else(request_not_found)?;
     Ok(HttpResponse::Ok().json(body))
 }
 

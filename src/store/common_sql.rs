@@ -362,37 +362,27 @@ macro_rules! impl_store {
         }
 
         async fn raw_tenant_events(&self, tenant_id: TenantId, after_sequence: usize, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
-            // One page per query (the repository's read would load the whole rest of
-            // the stream for every page). The JSON is read as the text stored.
-            let rows = sqlx::query(
-                "SELECT sequence, event_type, event_version, CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
-                   FROM events
-                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-                  ORDER BY sequence
-                  LIMIT $4",
-            )
-            .bind(<Tenant as cqrs_es::Aggregate>::TYPE)
-            .bind(tenant_id.to_string())
-            .bind(after_sequence as i64)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter()
-                .map(|r| {
-                    let sequence: i64 = r.get("sequence");
-                    let json = |column: &str| -> Result<serde_json::Value, StoreError> {
-                        let text: String = r.get(column);
-                        serde_json::from_str(&text)
-                            .map_err(|e| StoreError::Corrupt(format!("{column} of {tenant_id} #{sequence}: {e}")))
-                    };
-                    Ok(crate::audit::RawEvent {
-                        tenant_id: tenant_id.to_string(),
-                        sequence: sequence as usize,
-                        event_type: r.get("event_type"),
-                        event_version: r.get("event_version"),
-                        payload: json("payload")?,
-                        metadata: json("metadata")?,
-                    })
+            self.raw_page(tenant_id, after_sequence as i64, false, limit).await
+        }
+
+        async fn tenant_events_backward(&self, tenant_id: TenantId, before_sequence: Option<usize>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            let before = before_sequence.map_or(i64::MAX, |s| s as i64);
+            self.raw_page(tenant_id, before, true, limit)
+                .await?
+                .into_iter()
+                .map(|raw| {
+                    let sequence = raw.sequence;
+                    let serialized = cqrs_es::persist::SerializedEvent::new(
+                        raw.tenant_id,
+                        sequence,
+                        <Tenant as cqrs_es::Aggregate>::TYPE.to_string(),
+                        raw.event_type,
+                        raw.event_version,
+                        raw.payload,
+                        raw.metadata,
+                    );
+                    let (event, metadata) = codec::deserialize(serialized)?;
+                    Ok(StoredEvent { log_position: LogPosition::default(), tenant_id, sequence, event, metadata })
                 })
                 .collect()
         }
@@ -430,6 +420,52 @@ macro_rules! impl_store {
             self.repo.persist::<domain::price_book::PriceBook>(&serialized, None).await?;
             Ok(())
         }
+        }
+
+        impl $store {
+            /// Up to `limit` of a tenant's events exactly as stored, in sequence
+            /// order after `bound`, or (`backward`) newest first before `bound`: one
+            /// page per query, the JSON read as the text stored.
+            async fn raw_page(&self, tenant_id: TenantId, bound: i64, backward: bool, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
+                let sql = if backward {
+                    "SELECT sequence, event_type, event_version, CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
+                       FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence < $3
+                      ORDER BY sequence DESC
+                      LIMIT $4"
+                } else {
+                    "SELECT sequence, event_type, event_version, CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
+                       FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                      ORDER BY sequence
+                      LIMIT $4"
+                };
+                let rows = sqlx::query(sql)
+                    .bind(<Tenant as cqrs_es::Aggregate>::TYPE)
+                    .bind(tenant_id.to_string())
+                    .bind(bound)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        let sequence: i64 = r.get("sequence");
+                        let json = |column: &str| -> Result<serde_json::Value, StoreError> {
+                            let text: String = r.get(column);
+                            serde_json::from_str(&text)
+                                .map_err(|e| StoreError::Corrupt(format!("{column} of {tenant_id} #{sequence}: {e}")))
+                        };
+                        Ok(crate::audit::RawEvent {
+                            tenant_id: tenant_id.to_string(),
+                            sequence: sequence as usize,
+                            event_type: r.get("event_type"),
+                            event_version: r.get("event_version"),
+                            payload: json("payload")?,
+                            metadata: json("metadata")?,
+                        })
+                    })
+                    .collect()
+            }
         }
     };
 }

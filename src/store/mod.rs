@@ -206,6 +206,15 @@ pub trait Store: Send + Sync {
         after_sequence: usize,
         limit: usize,
     ) -> Result<Vec<crate::audit::RawEvent>, StoreError>;
+    /// Up to `limit` of a tenant's events before `before_sequence` (from its
+    /// newest, when `None`), newest first: for finding recent events without
+    /// reading a long stream from its start. (Their `log_position` is left zero.)
+    async fn tenant_events_backward(
+        &self,
+        tenant_id: TenantId,
+        before_sequence: Option<usize>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// Every tenant with at least one event.
     async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError>;
     /// One tenant's events after `after_sequence`, in sequence order. (Their

@@ -355,3 +355,49 @@ on_both_stores!(
     other_tenants_unknown_and_malformed_ids_are_not_found,
     other_tenants_unknown_and_malformed_ids_are_not_found
 );
+
+/// The explanation is found by reading the stream from its newest event back, a
+/// page at a time: a request far behind newer events is still found whole, and
+/// an unknown id reads back to the stream's start and is not found.
+async fn an_old_request_is_found_behind_many_newer_events(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    app.setup_provider(&[GPT_MOCK]).await;
+    let tenant = app.create_tenant("1").await;
+    let admin = app.issue_key(&tenant, "admin").await;
+    let response = app.chat(&admin, &chat_body("gpt-mock", false)).await;
+    assert_eq!(response.status(), 200);
+    let request_id = request_id_of(&response);
+    let expected = explain_ok(&app, &admin, &request_id).await;
+
+    // More than two pages of newer events, appended straight to the store.
+    let tenant_id: domain::TenantId = tenant.parse().unwrap();
+    let store = app.store();
+    let last = store
+        .raw_tenant_events(tenant_id, 0, 100_000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .sequence;
+    let meta = plain_metadata(tenant_id);
+    let newer: Vec<_> = (1..=2_500)
+        .map(|i| (pico_grant(last + i), meta.clone()))
+        .collect();
+    store
+        .append(
+            tenant_id,
+            last + 1,
+            &newer,
+            aigne_hub::store::Durability::Durable,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(explain_ok(&app, &admin, &request_id).await, expected);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_not_found(explain_with_key(&app, &admin, &unknown).await).await;
+}
+on_both_stores!(
+    an_old_request_is_found_behind_many_newer_events,
+    an_old_request_is_found_behind_many_newer_events
+);
