@@ -333,17 +333,8 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
     let mut state = domain::tenant::Tenant::default();
     let mut decoded_events = Vec::with_capacity(events.len());
     for event in &events {
-        let serialized = cqrs_es::persist::SerializedEvent::new(
-            event.tenant_id.clone(),
-            event.sequence,
-            "Tenant".to_string(),
-            event.event_type.clone(),
-            event.event_version.clone(),
-            event.payload.clone(),
-            event.metadata.clone(),
-        );
         let (decoded, metadata) =
-            crate::store::decode(serialized).map_err(|e| ExportError::Unreadable {
+            crate::store::decode_raw(event.clone()).map_err(|e| ExportError::Unreadable {
                 sequence: event.sequence,
                 reason: e.to_string(),
             })?;

@@ -65,6 +65,19 @@ pub fn raw(event: SerializedEvent) -> RawEvent {
     }
 }
 
+/// The inverse of [`raw`]: an event as stored, decoded (upcasters applied).
+pub fn decode_raw(event: RawEvent) -> Result<(TenantEvent, EventMetadata), StoreError> {
+    deserialize(SerializedEvent::new(
+        event.tenant_id,
+        event.sequence,
+        Tenant::TYPE.to_string(),
+        event.event_type,
+        event.event_version,
+        event.payload,
+        event.metadata,
+    ))
+}
+
 /// Links new events into their tenant's hash chain, continuing from `head` (the
 /// hash of the tenant's last event). Fills each metadata's `prev_hash` and `hash`
 /// and returns the new head.

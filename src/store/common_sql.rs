@@ -372,16 +372,7 @@ macro_rules! impl_store {
                 .into_iter()
                 .map(|raw| {
                     let sequence = raw.sequence;
-                    let serialized = cqrs_es::persist::SerializedEvent::new(
-                        raw.tenant_id,
-                        sequence,
-                        <Tenant as cqrs_es::Aggregate>::TYPE.to_string(),
-                        raw.event_type,
-                        raw.event_version,
-                        raw.payload,
-                        raw.metadata,
-                    );
-                    let (event, metadata) = codec::deserialize(serialized)?;
+                    let (event, metadata) = codec::decode_raw(raw)?;
                     Ok(StoredEvent { log_position: LogPosition::default(), tenant_id, sequence, event, metadata })
                 })
                 .collect()

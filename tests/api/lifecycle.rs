@@ -1048,17 +1048,10 @@ fn invoices_from_export(file: &str, tenant: domain::TenantId, now: DateTime<Utc>
     for page in serde_json::Deserializer::from_str(file).into_iter::<Value>() {
         let page = page.unwrap();
         for raw in page["data"].as_array().unwrap() {
-            let serialized = cqrs_es::persist::SerializedEvent::new(
-                raw["tenant_id"].as_str().unwrap().to_string(),
-                raw["sequence"].as_u64().unwrap() as usize,
-                "Tenant".to_string(),
-                raw["event_type"].as_str().unwrap().to_string(),
-                raw["event_version"].as_str().unwrap().to_string(),
-                raw["payload"].clone(),
-                raw["metadata"].clone(),
-            );
-            let (event, metadata) = aigne_hub::store::decode(serialized).unwrap();
-            events.push((raw["sequence"].as_u64().unwrap() as usize, event, metadata));
+            let raw: aigne_hub::audit::RawEvent = serde_json::from_value(raw.clone()).unwrap();
+            let sequence = raw.sequence;
+            let (event, metadata) = aigne_hub::store::decode_raw(raw).unwrap();
+            events.push((sequence, event, metadata));
         }
     }
     let logged: Vec<projections::LoggedEvent<'_>> = events
