@@ -18,7 +18,7 @@ mod postgres;
 mod price_book;
 mod sqlite;
 
-pub use codec::{chain, decode_raw, deserialize as decode, EventMetadata, StoredEvent};
+pub use codec::{chain, decode_raw, EventMetadata, StoredEvent};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
 pub use sqlite::SqliteStore;
 
