@@ -8,6 +8,7 @@
 //! one included), newest first; an older invoice is read by its id. An invoice
 //! with `Accept: text/csv` is its lines as CSV.
 
+use super::csv::{number_cell, text_cell};
 use super::tenant_path;
 use crate::actors::TenantOp;
 use crate::auth::{check_operator, presented_key};
@@ -143,15 +144,6 @@ async fn one_answer(
     Ok(HttpResponse::Ok().json(view))
 }
 
-/// RFC 4180: a field with a comma, a quote or a line break is quoted, quotes doubled.
-fn csv_field(raw: &str) -> String {
-    if raw.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", raw.replace('"', "\"\""))
-    } else {
-        raw.to_string()
-    }
-}
-
 /// The invoice's lines, then a `total` row whose amount is the invoice's total.
 fn csv(view: &InvoiceView) -> String {
     let mut out = String::from(
@@ -163,18 +155,18 @@ fn csv(view: &InvoiceView) -> String {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let fields = [
-            csv_field(&line.description),
-            csv_field(&line.model),
-            csv_field(&line.capability),
+            text_cell(&line.description),
+            text_cell(&line.model),
+            text_cell(&line.capability),
             kind,
             line.quantity.to_string(),
-            csv_field(&line.unit_price),
-            csv_field(&line.amount),
-            csv_field(line.adjustment_for.as_deref().unwrap_or("")),
+            number_cell(&line.unit_price),
+            number_cell(&line.amount),
+            text_cell(line.adjustment_for.as_deref().unwrap_or("")),
         ];
         out.push_str(&fields.join(","));
         out.push_str("\r\n");
     }
-    out.push_str(&format!("total,,,,,,{},\r\n", csv_field(&view.total)));
+    out.push_str(&format!("total,,,,,,{},\r\n", number_cell(&view.total)));
     out
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod billing;
+mod csv;
 pub mod explain;
 pub mod invoices;
 pub mod models;

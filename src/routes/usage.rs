@@ -14,6 +14,7 @@
 //! for 30- and 45-minute offsets (`+05:30`, `+05:45`) the hour 18:00–19:00 UTC
 //! counts as local 23:00 (it starts at 23:30) and on that day.
 
+use super::csv::{number_cell, text_cell};
 use super::tenant_path;
 use crate::actors::TenantOp;
 use crate::auth::{check_operator, presented_key};
@@ -394,15 +395,6 @@ async fn answer(
     })))
 }
 
-/// RFC 4180: a field with a comma, a quote or a line break is quoted, quotes doubled.
-fn csv_field(raw: &str) -> String {
-    if raw.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", raw.replace('"', "\"\""))
-    } else {
-        raw.to_string()
-    }
-}
-
 fn csv(plan: &Plan, groups: &Groups) -> String {
     let header: Vec<&str> = plan
         .group_by
@@ -415,9 +407,9 @@ fn csv(plan: &Plan, groups: &Groups) -> String {
     for (group, counters) in groups {
         let fields: Vec<String> = group
             .iter()
-            .map(|v| csv_field(v.as_deref().unwrap_or("")))
+            .map(|v| text_cell(v.as_deref().unwrap_or("")))
             .chain(metrics(counters).iter().map(|v| match v {
-                Value::String(s) => csv_field(s),
+                Value::String(s) => number_cell(s),
                 Value::Null => String::new(),
                 other => other.to_string(),
             }))
@@ -476,12 +468,5 @@ mod tests {
             .unwrap(),
             "2025-12-31"
         );
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
     }
 }

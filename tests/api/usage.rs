@@ -316,3 +316,41 @@ on_both_stores!(
     usage_refuses_members_and_bad_queries,
     usage_refuses_members_and_bad_queries
 );
+
+async fn a_formula_in_a_csv_cell_is_neutralised(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    app.setup_provider(&[GPT_MOCK]).await;
+    let tenant = app.create_tenant("1").await;
+    let member = app.issue_key(&tenant, "member").await;
+    let billing = app.issue_key(&tenant, "billing").await;
+    let formula = "=HYPERLINK(\"http://evil.example\",\"click\")";
+    let response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(&member)
+        .header("x-aigne-hub-client-did", formula)
+        .json(&chat_body("gpt-mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    usage_with(&app, &billing, "group_by=app", 1).await;
+
+    let text = get(&app, &billing, "group_by=app", true)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row = text.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"click\"\")\","),
+        "a spreadsheet reads it as text: {row}"
+    );
+    // Figures stay numbers: the amount is not quoted.
+    let amount = mock_answer_cost().to_decimal_string();
+    assert!(row.contains(&format!(",{amount},")), "{row}");
+}
+on_both_stores!(
+    a_formula_in_a_csv_cell_is_neutralised,
+    a_formula_in_a_csv_cell_is_neutralised
+);
