@@ -109,7 +109,8 @@ impl Projection for Balances {
             | TenantEvent::ApiKeyRevoked { .. }
             | TenantEvent::UpstreamAttempted { .. }
             | TenantEvent::LowBalanceThresholdSet { .. }
-            | TenantEvent::LowBalanceCrossed { .. } => {}
+            | TenantEvent::LowBalanceCrossed { .. }
+            | TenantEvent::PaymentEventNoted { .. } => {}
         }
         row.available = row.position() - row.held;
     }

@@ -58,6 +58,8 @@ pub struct TenantReply {
     /// For a grant: the grant recorded under its idempotency key (the original one
     /// when the grant was a repeat).
     pub grant: Option<GrantRecord>,
+    /// Events written, not counting a payment event id only noted
+    /// (`PaymentEventNoted`): 0 means the command was a duplicate.
     pub events_written: usize,
 }
 
@@ -233,8 +235,9 @@ impl TenantActor {
                     prev_hash: None,
                     hash: None,
                 };
+                // A payment event id only noted changed nothing a client sees.
+                written += usize::from(!matches!(event, TenantEvent::PaymentEventNoted { .. }));
                 events.push((event, metadata));
-                written += 1;
             }
         }
         Ok(TenantReply {

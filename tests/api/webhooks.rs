@@ -571,3 +571,31 @@ async fn the_cli_grants_with_an_expiry(kind: StoreKind) {
     assert_eq!(balance["expired"], "0");
 }
 on_both_stores!(the_cli_grants_with_an_expiry, the_cli_grants_with_an_expiry);
+
+async fn an_event_id_answered_as_a_duplicate_cannot_be_reused(kind: StoreKind) {
+    let app = spawn_app_with(kind, with_secrets(&[SECRET])).await;
+    let tenant = app.create_tenant("0").await;
+    let (status, body) = deliver(&app, &succeeded("evt_1", &tenant, "1", "pay_1")).await;
+    assert_eq!((status, &body["duplicate"]), (200, &json!(false)), "{body}");
+    // The same payment under another event id: credited once, answered duplicate.
+    let (status, body) = deliver(&app, &succeeded("evt_2", &tenant, "1", "pay_1")).await;
+    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+
+    // The attack: that event id again with another payment and amount.
+    let app = app.restart().await;
+    let (status, body) = deliver(&app, &succeeded("evt_2", &tenant, "500", "pay_2")).await;
+    assert_eq!(status, 409, "the id is remembered: {body}");
+    let (status, body) = deliver(&app, &refunded("evt_2", &tenant, "1", "pay_1")).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = deliver(&app, &succeeded("evt_2", &tenant, "1", "pay_1")).await;
+    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+    let balance = app.balance(&tenant).await;
+    assert_eq!(
+        (balance["granted"].as_str(), balance["revoked"].as_str()),
+        (Some("1"), Some("0"))
+    );
+}
+on_both_stores!(
+    an_event_id_answered_as_a_duplicate_cannot_be_reused,
+    an_event_id_answered_as_a_duplicate_cannot_be_reused
+);

@@ -376,10 +376,16 @@ impl Tenant {
                     }
                     return Err(TenantError::PaymentEventReused(payment_event_id));
                 }
-                // The same payment told by another event: credited once.
+                // The same payment told by another event: credited once, and this
+                // event id remembered with its body.
                 if let Some(payment) = self.payments.get(&payment_id) {
                     if payment.amount == amount {
-                        return Ok(vec![]);
+                        return Ok(vec![TenantEvent::PaymentEventNoted {
+                            payment_event_id,
+                            payment_id,
+                            amount_pico: amount,
+                            at,
+                        }]);
                     }
                     return Err(TenantError::PaymentAmountMismatch(payment_id));
                 }
@@ -747,6 +753,21 @@ impl Tenant {
             }
             // A notification: changes no credit.
             TenantEvent::LowBalanceCrossed { .. } => {}
+            TenantEvent::PaymentEventNoted {
+                payment_event_id,
+                payment_id,
+                amount_pico,
+                ..
+            } => {
+                self.payment_events.insert(
+                    payment_event_id,
+                    PaymentEventRecord {
+                        kind: PaymentEventKind::Succeeded,
+                        payment_id,
+                        amount: amount_pico,
+                    },
+                );
+            }
         }
         debug_assert!(
             self.held >= Credits::ZERO,
@@ -777,7 +798,8 @@ pub fn available_delta(event: &TenantEvent) -> Credits {
         | TenantEvent::ApiKeyRevoked { .. }
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
-        | TenantEvent::LowBalanceCrossed { .. } => Credits::ZERO,
+        | TenantEvent::LowBalanceCrossed { .. }
+        | TenantEvent::PaymentEventNoted { .. } => Credits::ZERO,
     }
 }
 

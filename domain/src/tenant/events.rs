@@ -181,6 +181,16 @@ pub enum TenantEvent {
         available_pico: Credits,
         at: DateTime<Utc>,
     },
+    /// A `payment.succeeded` webhook event that credited nothing, because its
+    /// payment was already credited under another event id. Kept so that its id
+    /// stays bound to this body: a webhook event id is a permanent idempotency key
+    /// whatever the answer was, and another body under it is refused.
+    PaymentEventNoted {
+        payment_event_id: String,
+        payment_id: String,
+        amount_pico: Credits,
+        at: DateTime<Utc>,
+    },
 }
 
 impl TenantEvent {
@@ -197,7 +207,8 @@ impl TenantEvent {
             | TenantEvent::UpstreamAttempted { at, .. }
             | TenantEvent::HoldReleased { at, .. }
             | TenantEvent::LowBalanceThresholdSet { at, .. }
-            | TenantEvent::LowBalanceCrossed { at, .. } => *at,
+            | TenantEvent::LowBalanceCrossed { at, .. }
+            | TenantEvent::PaymentEventNoted { at, .. } => *at,
         }
     }
 
@@ -228,6 +239,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::HoldReleased { .. } => "HoldReleased",
             TenantEvent::LowBalanceThresholdSet { .. } => "LowBalanceThresholdSet",
             TenantEvent::LowBalanceCrossed { .. } => "LowBalanceCrossed",
+            TenantEvent::PaymentEventNoted { .. } => "PaymentEventNoted",
         }
         .to_string()
     }

@@ -1065,9 +1065,42 @@ fn a_duplicate_payment_event_grants_nothing() {
         ])
         .when(pay_cmd("evt_1", Some("pay_1"), "10"))
         .then_expect_events(vec![]);
-    // The same payment told by another event is credited once too.
+    // The same payment told by another event is credited once too (the other
+    // event id is only noted).
     TenantTest::with(())
         .given(vec![created(), paid("evt_1", "pay_1", "10")])
+        .when(pay_cmd("evt_9", Some("pay_1"), "10"))
+        .then_expect_events(vec![noted("evt_9", "pay_1", "10")]);
+}
+
+fn noted(event_id: &str, payment_id: &str, amount: &str) -> TenantEvent {
+    TenantEvent::PaymentEventNoted {
+        payment_event_id: event_id.into(),
+        payment_id: payment_id.into(),
+        amount_pico: credits(amount),
+        at: at(1),
+    }
+}
+
+#[test]
+fn a_payment_event_id_answered_as_a_duplicate_is_remembered() {
+    let history = vec![
+        created(),
+        paid("evt_1", "pay_1", "10"),
+        noted("evt_9", "pay_1", "10"),
+    ];
+    // Another body under the noted id is refused, however it differs.
+    TenantTest::with(())
+        .given(history.clone())
+        .when(pay_cmd("evt_9", Some("pay_2"), "500"))
+        .then_expect_error(TenantError::PaymentEventReused("evt_9".into()));
+    TenantTest::with(())
+        .given(history.clone())
+        .when(refund_cmd("evt_9", "pay_1", "10"))
+        .then_expect_error(TenantError::PaymentEventReused("evt_9".into()));
+    // The same body again is a duplicate that writes nothing more.
+    TenantTest::with(())
+        .given(history)
         .when(pay_cmd("evt_9", Some("pay_1"), "10"))
         .then_expect_events(vec![]);
 }
