@@ -177,6 +177,18 @@ impl From<TenantError> for HubError {
     }
 }
 
+/// What a client is told when the store failed. The cause (a driver's words
+/// about pools, sockets and tables) is logged for the operator, never sent.
+pub const LEDGER_UNAVAILABLE: &str = "the ledger is unavailable, retry";
+
+impl HubError {
+    /// A 503 for a store failure: logs `cause`, answers [`LEDGER_UNAVAILABLE`].
+    pub(crate) fn ledger_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "the store failed");
+        HubError::Unavailable(LEDGER_UNAVAILABLE.into())
+    }
+}
+
 impl From<crate::store::StoreError> for HubError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
@@ -184,7 +196,7 @@ impl From<crate::store::StoreError> for HubError {
             crate::store::StoreError::Conflict => {
                 HubError::Unavailable("too many concurrent writers for this tenant, retry".into())
             }
-            other => HubError::Unavailable(other.to_string()),
+            other => HubError::ledger_unavailable(&other),
         }
     }
 }

@@ -169,7 +169,7 @@ impl TenantActor {
                 Err(e) => {
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "loading tenant failed");
                     for pending in actor.pending.drain(..) {
-                        let _ = pending.reply.send(Err(HubError::Unavailable(format!("tenant could not be loaded: {e}"))));
+                        let _ = pending.reply.send(Err(HubError::Unavailable(crate::error::LEDGER_UNAVAILABLE.into())));
                     }
                 }
             }
@@ -300,7 +300,7 @@ impl TenantActor {
                     // Nothing was written: forget the applied events by reloading.
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "commit failed");
                     actor.loaded = false;
-                    let message = e.to_string();
+                    let message = crate::error::LEDGER_UNAVAILABLE.to_string();
                     for (pending, outcome) in outcomes {
                         let answer = match outcome {
                             Ok(_) => Err(HubError::Unavailable(message.clone())),
