@@ -403,6 +403,41 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the data dir if needed and makes it private (0700): it holds the
+/// ledger, the operator token and the master key, none of which another local
+/// user may read. A dir made by an older version is tightened too.
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make data dir {} private", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    Ok(())
+}
+
+/// Makes an existing file readable and writable by its owner only (0600).
+pub(crate) fn make_file_private(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    let _ = path;
+    Ok(())
+}
+
 /// Reads a secret from `file_name` in the data dir, creating it with `generate` on
 /// first start. Returns the secret and whether it was just created.
 fn file_secret(
@@ -410,11 +445,13 @@ fn file_secret(
     file_name: &str,
     generate: impl FnOnce() -> String,
 ) -> anyhow::Result<(String, PathBuf, bool)> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    create_private_dir(data_dir)?;
     let path = data_dir.join(file_name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok((text.trim().to_string(), path, false)),
+        Ok(text) => {
+            make_file_private(&path)?;
+            Ok((text.trim().to_string(), path, false))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = generate();
             write_private_file(&path, &value)?;

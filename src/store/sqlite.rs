@@ -69,8 +69,40 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Opens (or creates) the store in the data dir. The dir is private (0700)
+    /// and the database file 0600 before SQLite opens it: SQLite gives its `-wal`
+    /// and `-shm` files the database file's mode. Files from an older version
+    /// are tightened the same way.
     pub async fn open_file(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::config::create_private_dir(dir)?;
+        }
+        Self::create_private_file(path)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                crate::config::make_file_private(&side)?;
+            }
+        }
         Self::connect_options(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// Creates the database file empty with mode 0600 if it does not exist, and
+    /// makes it 0600 if it does.
+    fn create_private_file(path: &Path) -> anyhow::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        crate::config::make_file_private(path)
     }
 
     pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
