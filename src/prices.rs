@@ -209,6 +209,7 @@ impl Hub {
     pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, HubError> {
         let model = ModelId::parse(model).map_err(|e| HubError::BadRequest(e.to_string()))?;
         let spec = spec.to_model_spec()?;
+        self.check_provider_exists(model.provider()).await?;
         self.execute_price_book(PriceBookCommand::SetModelPrice {
             model: model.clone(),
             spec,
@@ -221,6 +222,19 @@ impl Hub {
             .current(&model)
             .map(|c| c.version)
             .ok_or_else(|| HubError::Internal("price not visible after write".into()))
+    }
+
+    /// A price for a provider the hub does not have would never be served: the
+    /// model would only ever answer "does not exist". Read from the store, not
+    /// the catalog, so a provider another process just added counts.
+    async fn check_provider_exists(&self, provider: &str) -> Result<(), HubError> {
+        let providers = self.store.list_providers().await?;
+        if providers.iter().any(|p| p.name == provider) {
+            return Ok(());
+        }
+        Err(HubError::NotFound(format!(
+            "provider {provider:?} does not exist; add it first (POST /admin/v1/providers or `aigne-hub provider add`)"
+        )))
     }
 
     pub async fn set_margin(
