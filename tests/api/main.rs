@@ -22,6 +22,7 @@ mod billing;
 mod cli;
 mod conformance;
 mod crash;
+mod edges;
 mod errors;
 mod explain;
 mod invoices;
