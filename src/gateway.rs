@@ -395,6 +395,8 @@ pub(crate) async fn admit_image_variant(
             },
         )
         .await?;
+    // Admitted: every answer from here on carries the id (`routes::request_id_header`).
+    actix_web::HttpMessage::extensions_mut(req).insert(request_id);
     hub.router.earn();
     let spend_limit = (hub.mode.enforces_credit() && hub.limits.stream_credit_cutoff)
         .then(|| reply.balance.available + hold);

@@ -154,6 +154,7 @@ impl Application {
                 .app_data(data.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                .wrap(actix_web::middleware::from_fn(routes::request_id_header))
         })
         .workers(settings.http_workers)
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)

@@ -13,10 +13,34 @@ pub mod usage;
 pub mod webhooks;
 
 use crate::error::HubError;
-use actix_web::{web, HttpResponse};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpResponse};
 use domain::tenant::Balance;
-use domain::TenantId;
+use domain::{RequestId, TenantId};
 use serde_json::json;
+
+/// Adds `x-request-id` to every answer of an admitted request that lacks it (its
+/// error answers: a 400, 429 or 502 from the upstream, a 503), whatever its
+/// protocol: `gateway::admit` leaves the id in the request's extensions once the
+/// hold is placed, so the id always names a request `GET /v1/billing/requests/{id}`
+/// explains.
+pub async fn request_id_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(req).await?;
+    let request_id = response.request().extensions().get::<RequestId>().copied();
+    let name = HeaderName::from_static("x-request-id");
+    if let Some(request_id) = request_id.filter(|_| !response.headers().contains_key(&name)) {
+        if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).

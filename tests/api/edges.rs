@@ -128,3 +128,79 @@ on_both_stores!(
     a_price_for_an_unknown_provider_is_refused,
     a_price_for_an_unknown_provider_is_refused
 );
+
+/// A provider nobody answers for: every call to it fails to connect (a 502).
+async fn add_dead_provider(app: &TestApp) {
+    app.admin_json(
+        Method::POST,
+        "/admin/v1/providers",
+        Some(json!({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-dead-0000000000"})),
+    )
+    .await;
+    for model in ["chat-x", "embed-x"] {
+        app.admin_json(
+            Method::PUT,
+            &format!("/admin/v1/prices/dead/{model}"),
+            Some(json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100})),
+        )
+        .await;
+    }
+}
+
+async fn every_answer_after_admission_carries_an_explainable_request_id(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    app.setup_provider(&[
+        GPT_MOCK,
+        ("fail-400", "1", "2", Some(1000)),
+        ("conf-status-429", "1", "2", Some(1000)),
+    ])
+    .await;
+    add_dead_provider(&app).await;
+    let tenant = app.create_tenant("1").await;
+    let member = app.issue_key(&tenant, "member").await;
+    let auditor = app.issue_key(&tenant, "auditor").await;
+    let post = |path: &'static str, body: Value| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&member)
+            .json(&body)
+            .send()
+    };
+    let answers = [
+        (post("/v1/chat/completions", chat_body("fail-400", false)).await.unwrap(), 400),
+        (post("/v1/chat/completions", chat_body("conf-status-429", false)).await.unwrap(), 429),
+        (post("/v1/chat/completions", json!({"model": "dead/chat-x", "messages": [{"role": "user", "content": "hi"}]})).await.unwrap(), 502),
+        (post("/v1/embeddings", json!({"model": "dead/embed-x", "input": "hi"})).await.unwrap(), 502),
+        (post("/v1/messages", json!({"model": "dead/chat-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})).await.unwrap(), 502),
+    ];
+    for (response, status) in answers {
+        assert_eq!(response.status(), status);
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("a {status} without x-request-id"))
+            .to_str()
+            .unwrap()
+            .to_string();
+        let explained = app
+            .client
+            .get(format!("{}/v1/billing/requests/{request_id}", app.address))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(explained.status(), 200, "{status}");
+        let body: Value = explained.json().await.unwrap();
+        assert_eq!(body["status"], "released", "{body}");
+    }
+    // Refused before admission (no hold, nothing to explain): no id.
+    let response = post("/v1/chat/completions", chat_body("unknown", false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.headers().get("x-request-id").is_none());
+}
+on_both_stores!(
+    every_answer_after_admission_carries_an_explainable_request_id,
+    every_answer_after_admission_carries_an_explainable_request_id
+);

@@ -246,7 +246,7 @@ async fn a_released_request_shows_its_reason_and_costs_nothing(kind: StoreKind) 
 
     let response = app.chat(&member, &chat_body("fail-400", false)).await;
     assert!(response.status().is_client_error(), "{}", response.status());
-    // Error answers carry no x-request-id: the id is the release's.
+    // An error answer after admission carries its x-request-id: the release's.
     let request_id = tenant_events(&app, &tenant)
         .await
         .iter()
@@ -255,6 +255,7 @@ async fn a_released_request_shows_its_reason_and_costs_nothing(kind: StoreKind) 
             _ => None,
         })
         .expect("the hold was released");
+    assert_eq!(request_id_of(&response), request_id);
 
     let body = explain_ok(&app, &auditor, &request_id).await;
     assert_eq!(body["status"], "released");
