@@ -498,6 +498,7 @@ pub(crate) async fn attempt(
             let Some(provider) = hub.router.pick(&candidate.provider, &rejected) else {
                 last_error.get_or_insert(UpstreamError::Status {
                     status: 401,
+                    code: None,
                     message: "every credential of the provider is disabled".into(),
                 });
                 continue 'candidates;
@@ -531,7 +532,7 @@ pub(crate) async fn attempt(
                 .record_failure(&attempt, &error, started.elapsed())
                 .await;
             let failure = classify(&error);
-            tracing::warn!(request_id = %billing.request_id, attempt = number, provider = %provider.name, error = %error, "upstream attempt failed");
+            tracing::warn!(request_id = %billing.request_id, attempt = number, provider = %provider.name, error = %error, upstream_text = %error.upstream_text(), "upstream attempt failed");
             match failure {
                 Failure::Fatal => {
                     billing.release(format!("upstream failed: {error}")).await;

@@ -49,7 +49,9 @@ pub fn classify(error: &UpstreamError) -> Failure {
         UpstreamError::Status { status, .. } if *status >= 500 => Failure::Transient,
         UpstreamError::Timeout | UpstreamError::Connect(_) => Failure::Transient,
         UpstreamError::Protocol(_) => Failure::Transient,
-        UpstreamError::Status { .. } | UpstreamError::Unsupported { .. } => Failure::Fatal,
+        UpstreamError::Status { .. }
+        | UpstreamError::Refused(_)
+        | UpstreamError::Unsupported { .. } => Failure::Fatal,
     }
 }
 
@@ -206,6 +208,7 @@ mod tests {
         assert_eq!(
             classify(&UpstreamError::Status {
                 status: 400,
+                code: None,
                 message: String::new()
             }),
             Failure::Fatal
@@ -213,6 +216,7 @@ mod tests {
         assert_eq!(
             classify(&UpstreamError::Status {
                 status: 403,
+                code: None,
                 message: String::new()
             }),
             Failure::CredentialRejected
@@ -220,6 +224,7 @@ mod tests {
         assert_eq!(
             classify(&UpstreamError::Status {
                 status: 429,
+                code: None,
                 message: String::new()
             }),
             Failure::RateLimited
@@ -227,6 +232,7 @@ mod tests {
         assert_eq!(
             classify(&UpstreamError::Status {
                 status: 529,
+                code: None,
                 message: String::new()
             }),
             Failure::Transient

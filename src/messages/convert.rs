@@ -20,10 +20,7 @@ pub struct ConvertError(pub String);
 
 impl From<ConvertError> for UpstreamError {
     fn from(e: ConvertError) -> Self {
-        UpstreamError::Status {
-            status: 400,
-            message: e.to_string(),
-        }
+        UpstreamError::Refused(e.to_string())
     }
 }
 

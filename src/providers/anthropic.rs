@@ -45,10 +45,7 @@ pub struct Anthropic;
 
 /// A request the translation cannot express in Anthropic's format.
 fn bad_request(message: impl Into<String>) -> UpstreamError {
-    UpstreamError::Status {
-        status: 400,
-        message: message.into(),
-    }
+    UpstreamError::Refused(message.into())
 }
 
 // ---------------------------------------------------------------------------
@@ -794,7 +791,11 @@ impl AnthropicToOpenAiStream {
                     .and_then(Value::as_str)
                     .unwrap_or("stream error")
                     .to_string();
-                return Err(UpstreamError::Status { status, message });
+                return Err(UpstreamError::Status {
+                    status,
+                    code: super::redact::error_code(&data),
+                    message,
+                });
             }
             // `ping`, and event types added later, carry nothing for the client.
             _ => {}
@@ -1050,6 +1051,7 @@ impl PassthroughUsage {
             "error" => {
                 let error = data.get("error").unwrap_or(&Value::Null);
                 return Err(UpstreamError::Status {
+                    code: super::redact::error_code(&data),
                     status: status_of_error_type(
                         error.get("type").and_then(Value::as_str).unwrap_or(""),
                     ),
@@ -1212,10 +1214,7 @@ mod tests {
             &json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}),
         );
-        assert!(matches!(
-            bad,
-            Err(UpstreamError::Status { status: 400, .. })
-        ));
+        assert!(matches!(bad, Err(UpstreamError::Refused(_))));
     }
 
     #[test]
@@ -1458,7 +1457,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(
-            matches!(e, UpstreamError::Status { status: 529, ref message } if message == "Overloaded")
+            matches!(e, UpstreamError::Status { status: 529, ref message, .. } if message == "Overloaded")
         );
         let e = t
             .on_event(

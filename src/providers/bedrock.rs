@@ -684,6 +684,7 @@ impl ConverseStreamTranslator {
                     .unwrap_or_else(|| kind.to_string());
                 return Err(UpstreamError::Status {
                     status: exception_status(kind),
+                    code: super::redact::error_code(&serde_json::json!({ "__type": kind })),
                     message: format!("{kind}: {message_text}"),
                 });
             }
@@ -692,6 +693,7 @@ impl ConverseStreamTranslator {
                 let text = event_header(message, ":error-message").unwrap_or("stream error");
                 return Err(UpstreamError::Status {
                     status: 502,
+                    code: super::redact::error_code(&serde_json::json!({ "code": code })),
                     message: format!("{code}: {text}"),
                 });
             }
@@ -1159,6 +1161,7 @@ pub fn text_image_to_openai(
         return Err(match answer.get("error").and_then(Value::as_str) {
             Some(message) if !message.is_empty() => UpstreamError::Status {
                 status: 400,
+                code: None,
                 message: message.to_string(),
             },
             _ => UpstreamError::Protocol("InvokeModel answered no images".into()),

@@ -125,9 +125,10 @@ fn gemini_error_message(body: &Value) -> Option<String> {
 /// A bad API key is a rejected credential whatever status Google used.
 fn credential_rejected_as_401(e: UpstreamError) -> UpstreamError {
     match e {
-        UpstreamError::Status { message, .. } if message.ends_with(KEY_REJECTED_MARK) => {
+        UpstreamError::Status { message, code, .. } if message.ends_with(KEY_REJECTED_MARK) => {
             UpstreamError::Status {
                 status: 401,
+                code,
                 message,
             }
         }
@@ -147,7 +148,12 @@ fn gemini_error_status(error: &Value) -> UpstreamError {
         .and_then(Value::as_str)
         .unwrap_or("stream error")
         .to_string();
-    UpstreamError::Status { status, message }
+    let code = super::redact::error_code(&serde_json::json!({ "error": error }));
+    UpstreamError::Status {
+        status,
+        code,
+        message,
+    }
 }
 
 async fn send(
@@ -160,6 +166,7 @@ async fn send(
         reqwest::header::HeaderValue::from_str(call.provider.api_key()).map_err(|_| {
             UpstreamError::Status {
                 status: 401,
+                code: None,
                 message: "the provider's API key is not a valid header value".into(),
             }
         })?;
@@ -1144,12 +1151,13 @@ pub fn imagen_to_openai(answer: &Value, request: &Value) -> Result<ImagesOutcome
         }
     }
     if data.is_empty() {
-        return Err(UpstreamError::Status {
-            status: 400,
-            message: filtered.unwrap_or_else(|| {
-                "Imagen returned no image (the prompt or every image was filtered)".into()
-            }),
-        });
+        // Google's filter reason is its own text: the operator's log keeps it.
+        if let Some(reason) = filtered {
+            tracing::info!(reason = %reason, "Imagen filtered every image");
+        }
+        return Err(UpstreamError::Refused(
+            "Imagen returned no image (the prompt or every image was filtered)".into(),
+        ));
     }
     Ok(images_answer(data))
 }
@@ -1648,7 +1656,7 @@ mod tests {
             .gemini_chunk_to_openai(&json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}))
             .unwrap_err();
         assert!(
-            matches!(e, UpstreamError::Status { status: 503, ref message } if message == "The model is overloaded.")
+            matches!(e, UpstreamError::Status { status: 503, ref message, .. } if message == "The model is overloaded.")
         );
         let e = t
             .gemini_chunk_to_openai(&json!({"error": {"message": "boom"}}))
@@ -1663,6 +1671,7 @@ mod tests {
         let message = gemini_error_message(&body).unwrap();
         let e = credential_rejected_as_401(UpstreamError::Status {
             status: 400,
+            code: None,
             message,
         });
         assert!(matches!(e, UpstreamError::Status { status: 401, .. }));

@@ -12,6 +12,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+mod redact;
 pub mod sse;
 
 use crate::config::Limits;
@@ -173,14 +174,28 @@ impl Provider {
     }
 }
 
+/// Why an upstream call failed. `Display` is the hub's own words (the status and
+/// the upstream's error code, never its text), so it may reach tenants, their
+/// events and release reasons; the upstream's own text is only for the operator's
+/// log ([`UpstreamError::upstream_text`]), scrubbed of credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the upstream did not answer in time")]
     Timeout,
     #[error("could not reach the upstream: {0}")]
     Connect(String),
-    #[error("upstream answered {status}: {message}")]
-    Status { status: u16, message: String },
+    #[error("{}", status_words(*status, code.as_deref()))]
+    Status {
+        status: u16,
+        /// The upstream's error code (`invalid_request_error`, `INVALID_ARGUMENT`).
+        code: Option<String>,
+        /// The upstream's own text: for the operator's log only.
+        message: String,
+    },
+    /// A request the hub itself cannot send to this provider, in the hub's words
+    /// (a translation that cannot express it): a 400 the tenant may read.
+    #[error("{0}")]
+    Refused(String),
     #[error("upstream sent something unexpected: {0}")]
     Protocol(String),
     #[error("{provider} does not offer {capability}")]
@@ -190,25 +205,40 @@ pub enum UpstreamError {
     },
 }
 
+fn status_words(status: u16, code: Option<&str>) -> String {
+    match code {
+        Some(code) => format!("upstream answered {status} ({code})"),
+        None => format!("upstream answered {status}"),
+    }
+}
+
 impl UpstreamError {
-    /// Removes the provider's secrets from any text the upstream echoed back.
+    /// Scrubs every credential-shaped token (any piece of the provider's secrets,
+    /// in any case or base64, and keys of any kind) from the upstream's text.
     pub fn redacted(self, provider: &Provider) -> Self {
-        let scrub = |mut s: String| {
-            for secret in provider.secrets() {
-                if secret.len() >= 8 {
-                    s = s.replace(secret, "***");
-                }
-            }
-            s
-        };
+        let secrets = provider.secrets();
+        let scrub = |s: String| redact::redact(&s, &secrets);
         match self {
-            UpstreamError::Status { status, message } => UpstreamError::Status {
+            UpstreamError::Status {
                 status,
+                code,
+                message,
+            } => UpstreamError::Status {
+                status,
+                code: code.map(scrub),
                 message: scrub(message),
             },
             UpstreamError::Protocol(m) => UpstreamError::Protocol(scrub(m)),
             UpstreamError::Connect(m) => UpstreamError::Connect(scrub(m)),
             other => other,
+        }
+    }
+
+    /// The upstream's own words, for the operator's log (after [`Self::redacted`]).
+    pub fn upstream_text(&self) -> &str {
+        match self {
+            UpstreamError::Status { message, .. } => message,
+            _ => "",
         }
     }
 }
@@ -220,15 +250,15 @@ impl From<UpstreamError> for crate::error::HubError {
             UpstreamError::Timeout => HubError::UpstreamTimeout,
             UpstreamError::Status {
                 status: 400 | 404 | 413 | 422,
-                message,
-            } => HubError::BadRequest(format!("the provider refused the request: {message}")),
+                ..
+            } => HubError::BadRequest(format!("the provider refused the request: {e}")),
             UpstreamError::Status {
                 status: 401 | 403, ..
             } => HubError::UpstreamCredentialRejected,
-            UpstreamError::Status {
-                status: 429,
-                message,
-            } => HubError::UpstreamRateLimited(message),
+            UpstreamError::Status { status: 429, .. } => {
+                HubError::UpstreamRateLimited(e.to_string())
+            }
+            UpstreamError::Refused(message) => HubError::BadRequest(message),
             UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
             other => HubError::Upstream(other.to_string()),
         }
@@ -420,7 +450,7 @@ impl Upstream {
     }
 }
 
-/// Longest upstream error text passed on to the client.
+/// Longest upstream error text kept (for the operator's log).
 const ERROR_MESSAGE_MAX_CHARS: usize = 500;
 
 async fn error_from_response(
@@ -429,12 +459,12 @@ async fn error_from_response(
 ) -> UpstreamError {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| error_message(&v))
-        .unwrap_or(text);
+    let json = serde_json::from_str::<Value>(&text).ok();
+    let code = json.as_ref().and_then(redact::error_code);
+    let message = json.as_ref().and_then(error_message).unwrap_or(text);
     UpstreamError::Status {
         status,
+        code,
         message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect(),
     }
 }

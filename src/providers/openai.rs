@@ -79,6 +79,7 @@ fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
             .to_string();
         return Err(UpstreamError::Status {
             status: 502,
+            code: super::redact::error_code(&chunk),
             message,
         });
     }

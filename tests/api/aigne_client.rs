@@ -250,7 +250,7 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
         out["slowFailure"]["error"]
             .as_str()
             .unwrap()
-            .contains("slow upstream overloaded"),
+            .contains("upstream answered 503 (server_error)"),
         "a failure after the headers still reaches the caller: {out}"
     );
     let events = tenant_events(&app, &tenant).await;

@@ -204,3 +204,102 @@ on_both_stores!(
     every_answer_after_admission_carries_an_explainable_request_id,
     every_answer_after_admission_carries_an_explainable_request_id
 );
+
+/// The echoing upstream's key.
+const ECHOED_KEY: &str = "sk-edge-7Hq2xZ9pL4mN8vB1";
+
+/// An OpenAI-shaped upstream whose every error echoes its key back: in part,
+/// upper-cased and base64-encoded (as careless providers and proxies do).
+fn start_echoing_upstream(status: u16) -> String {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use base64::Engine;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        App::new().default_service(web::to(move || async move {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(ECHOED_KEY);
+            let message = format!(
+                "Incorrect API key provided: {}****. Key {} rejected; raw {encoded}",
+                &ECHOED_KEY[..12],
+                ECHOED_KEY.to_uppercase()
+            );
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .json(json!({"error": {"message": message, "type": "invalid_request_error", "code": "bad_key_format"}}))
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+fn echoed_forms() -> Vec<String> {
+    use base64::Engine;
+    vec![
+        ECHOED_KEY[..12].to_string(),
+        ECHOED_KEY.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(ECHOED_KEY),
+        "Incorrect API key".to_string(),
+    ]
+}
+
+async fn an_upstream_error_reaches_tenants_only_in_the_hubs_words(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    for (name, status) in [("echo400", 400), ("echo503", 503)] {
+        app.admin_json(
+            Method::POST,
+            "/admin/v1/providers",
+            Some(json!({"name": name, "kind": "openai", "base_url": start_echoing_upstream(status), "api_key": ECHOED_KEY})),
+        )
+        .await;
+        app.admin_json(
+            Method::PUT,
+            &format!("/admin/v1/prices/{name}/m"),
+            Some(json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100})),
+        )
+        .await;
+    }
+    let tenant = app.create_tenant("1").await;
+    let member = app.issue_key(&tenant, "member").await;
+    let auditor = app.issue_key(&tenant, "auditor").await;
+
+    let mut seen = String::new();
+    for (model, status, stream) in [
+        ("echo400/m", 400, false),
+        ("echo503/m", 502, false),
+        ("echo503/m", 502, true),
+    ] {
+        let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+        let response = app.chat(&member, &body).await;
+        assert_eq!(response.status(), status, "{model}");
+        let text = response.text().await.unwrap();
+        let status_word = if status == 400 { "400" } else { "503" };
+        assert!(
+            text.contains(&format!("upstream answered {status_word} (bad_key_format)")),
+            "the hub's words, the upstream's status and code: {text}"
+        );
+        seen.push_str(&text);
+    }
+    let events = app
+        .client
+        .get(format!("{}/v1/audit/events?limit=1000", app.address))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events.contains("UpstreamAttempted"), "{events}");
+    seen.push_str(&events);
+    for form in echoed_forms() {
+        assert!(!seen.contains(&form), "{form:?} reached the tenant: {seen}");
+    }
+}
+on_both_stores!(
+    an_upstream_error_reaches_tenants_only_in_the_hubs_words,
+    an_upstream_error_reaches_tenants_only_in_the_hubs_words
+);

@@ -646,12 +646,11 @@ on_both_stores!(
                 let answer: Value = response.json().await.unwrap();
                 assert_eq!(answer["error"]["code"], code, "{model}: {answer}");
                 if upstream == 400 {
+                    let message = answer["error"]["message"].as_str().unwrap();
                     assert!(
-                        answer["error"]["message"]
-                            .as_str()
-                            .unwrap()
-                            .contains("mock 400 message"),
-                        "the provider's message is passed on: {answer}"
+                        message.contains("upstream answered 400")
+                            && !message.contains("mock 400 message"),
+                        "the hub's words with the provider's status, not its text: {answer}"
                     );
                 }
                 // 429 and 5xx are retried once (retries_per_candidate), 400 is not.

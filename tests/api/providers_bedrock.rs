@@ -434,7 +434,9 @@ fn events_translate_to_openai_items() {
         .unwrap();
     let m = parser.next_message().unwrap().unwrap();
     match translator.items_for(&m) {
-        Err(UpstreamError::Status { status, message }) => {
+        Err(UpstreamError::Status {
+            status, message, ..
+        }) => {
             assert_eq!(status, 429);
             assert!(message.contains("slow down"), "{message}");
         }
@@ -907,7 +909,9 @@ mod invoke_model {
             &json!({"images": [], "error": "This request has been blocked by our content filters."}),
             &json!({}),
         ) {
-            Err(UpstreamError::Status { status, message }) => {
+            Err(UpstreamError::Status {
+                status, message, ..
+            }) => {
                 assert_eq!(status, 400);
                 assert!(message.contains("content filters"));
             }
