@@ -793,7 +793,7 @@ impl AnthropicToOpenAiStream {
                     .to_string();
                 return Err(UpstreamError::Status {
                     status,
-                    code: super::redact::error_code(&data),
+                    code: super::redact::error_code(data),
                     message,
                 });
             }
