@@ -15,8 +15,17 @@ pub enum HubError {
     Unauthenticated,
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
-    #[error("insufficient credits: {available} available, {required} required for this request; ask your administrator to add credits")]
-    InsufficientCredits { available: String, required: String },
+    #[error("insufficient credits: {available} available, {required} required for this request{}; ask your administrator to add credits", output_cap_hint(*.max_tokens_that_fit, *.default_max_tokens))]
+    InsufficientCredits {
+        available: String,
+        required: String,
+        /// A chat request's largest `max_tokens` (per choice) the credit holds
+        /// for; `None` when not even one token fits, or not a chat request.
+        max_tokens_that_fit: Option<u64>,
+        /// The output cap a chat request that names none is held for (the
+        /// model's `max_output_tokens`); `None` for other requests.
+        default_max_tokens: Option<u32>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -43,6 +52,21 @@ pub enum HubError {
     Internal(String),
 }
 
+/// How a chat request refused for credit could still get through (docs/billing.md,
+/// "A smaller output cap").
+pub(crate) fn output_cap_hint(max_tokens_that_fit: Option<u64>, default: Option<u32>) -> String {
+    let Some(default) = default else {
+        return String::new();
+    };
+    let without = format!(
+        "a request without `max_tokens` is held for this model's default cap of {default} tokens"
+    );
+    match max_tokens_that_fit {
+        Some(n) => format!("; it would fit with `max_tokens` of at most {n} ({without})"),
+        None => format!("; not even one output token would fit ({without})"),
+    }
+}
+
 impl HubError {
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
@@ -66,7 +90,21 @@ impl HubError {
 
     pub fn body(&self) -> serde_json::Value {
         let (kind, code) = self.kind_and_code();
-        json!({"error": {"message": self.to_string(), "type": kind, "code": code}})
+        let mut body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
+        if let HubError::InsufficientCredits {
+            max_tokens_that_fit,
+            default_max_tokens,
+            ..
+        } = self
+        {
+            if let Some(n) = max_tokens_that_fit {
+                body["error"]["max_tokens_that_fit"] = json!(n);
+            }
+            if let Some(n) = default_max_tokens {
+                body["error"]["default_max_tokens"] = json!(n);
+            }
+        }
+        body
     }
 }
 
@@ -155,9 +193,16 @@ impl From<TenantError> for HubError {
             TenantError::InsufficientCredits {
                 available,
                 required,
+                advice,
             } => HubError::InsufficientCredits {
                 available,
                 required,
+                // Output tokens of all choices together; `gateway::admit` makes
+                // them per choice, as a client sets `max_tokens`.
+                max_tokens_that_fit: advice
+                    .map(|a| a.output_tokens_that_fit)
+                    .filter(|n| *n >= 1),
+                default_max_tokens: advice.map(|a| a.default_max_tokens),
             },
             TenantError::InvalidLabel { .. }
             | TenantError::ExpiryNotInFuture

@@ -38,6 +38,8 @@ pub const STREAM_BUFFER_CHUNKS: usize = 64;
 struct ChatRequest {
     model: String,
     stream: bool,
+    /// The smallest output cap the client named (`max_tokens`,
+    /// `max_completion_tokens`); the hub sends the upstream one cap, never larger.
     max_tokens: Option<u32>,
     /// Choices requested (`n`): each may produce up to `max_tokens`.
     choices: u32,
@@ -147,6 +149,10 @@ pub(crate) struct Billing {
     /// The most this request may cost: its hold plus what the tenant had left
     /// after placing it (as of admission). `None`: no mid-stream cutoff.
     pub(crate) spend_limit: Option<Credits>,
+    /// The smallest output cap (per choice) the client named; `None`: none. Each
+    /// attempt sends the upstream this, lowered to its model's cap (the hold
+    /// covers the largest of those).
+    pub(crate) requested_output_cap: Option<u32>,
 }
 
 impl Billing {
@@ -301,7 +307,8 @@ pub(crate) struct Ask<'a> {
     /// The wire protocol the request came in with (recorded in the reservation).
     pub(crate) ingress: Ingress,
     pub(crate) prompt_bytes: u64,
-    /// Output tokens asked for; `None`: the largest cap among the candidates.
+    /// The smallest output cap the client named (per choice); `None`: none. The
+    /// hold is for it, lowered to the largest cap among the candidates.
     pub(crate) max_tokens: Option<u32>,
     /// Choices (`n`): each may produce up to the output tokens.
     pub(crate) choices: u32,
@@ -362,10 +369,7 @@ pub(crate) async fn admit_image_variant(
     let price = hold_price(&candidates);
     let primary = &candidates[0].priced;
     let request_id = RequestId::new_random();
-    let max_tokens = ask
-        .max_tokens
-        .unwrap_or(price.max_output_tokens)
-        .saturating_mul(ask.choices);
+    let max_tokens = price.output_cap(ask.max_tokens).saturating_mul(ask.choices);
     let reserve = TenantCommand::ReserveCredits {
         request_id,
         key_id: key.key_id,
@@ -394,7 +398,8 @@ pub(crate) async fn admit_image_variant(
                 request_id: Some(request_id),
             },
         )
-        .await?;
+        .await
+        .map_err(|e| advice_per_choice(e, ask.choices))?;
     // Admitted: every answer from here on carries the id (`routes::request_id_header`).
     actix_web::HttpMessage::extensions_mut(req).insert(request_id);
     hub.router.earn();
@@ -407,11 +412,33 @@ pub(crate) async fn admit_image_variant(
         prompt_bytes: ask.prompt_bytes,
         started: Instant::now(),
         spend_limit,
+        requested_output_cap: ask.max_tokens,
     };
     Ok(Admitted {
         billing,
         candidates,
     })
+}
+
+/// A 402's advice counts the output tokens of all choices together; a client
+/// sets `max_tokens` per choice.
+fn advice_per_choice(e: HubError, choices: u32) -> HubError {
+    match e {
+        HubError::InsufficientCredits {
+            available,
+            required,
+            max_tokens_that_fit,
+            default_max_tokens,
+        } => HubError::InsufficientCredits {
+            available,
+            required,
+            max_tokens_that_fit: max_tokens_that_fit
+                .map(|n| n / u64::from(choices.max(1)))
+                .filter(|n| *n >= 1),
+            default_max_tokens,
+        },
+        other => other,
+    }
 }
 
 /// The operation a request performs upstream.
@@ -459,23 +486,51 @@ async fn perform(
     })
 }
 
-/// A chat request that names no output cap gets the model's configured one: the
-/// hold was placed for at most that many tokens, and without it upstreams apply
-/// their own default (Anthropic needs one; others may write far more).
-fn cap_output_tokens(request: &mut Value, kind: ProviderKind, max_output_tokens: u32) {
-    let named = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .any(|f| request.get(*f).is_some_and(|v| !v.is_null()));
-    if named {
+/// Every field an OpenAI-shaped chat request can cap its output with. All are
+/// removed before the one the upstream reads is set: given two, an upstream may
+/// honour the larger, past what was held.
+const OUTPUT_CAP_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// Sends an OpenAI-shaped chat request with exactly one output cap, `cap` (what
+/// the hold was placed for, or less). OpenAI gets `max_completion_tokens`: its
+/// reasoning models refuse `max_tokens`, and it counts reasoning tokens too. The
+/// compatible kinds (Ollama's maps it to `num_predict`) and the translations
+/// (Anthropic `max_tokens`, Gemini `maxOutputTokens`, Bedrock
+/// `inferenceConfig.maxTokens`) read `max_tokens`.
+fn set_output_cap(request: &mut Value, kind: ProviderKind, cap: u32) {
+    let Some(object) = request.as_object_mut() else {
         return;
+    };
+    for field in OUTPUT_CAP_FIELDS {
+        object.remove(field);
     }
-    // OpenAI's reasoning models refuse `max_tokens`; the compatible APIs know only it.
     let field = if kind == ProviderKind::OpenAi {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
-    request[field] = Value::from(max_output_tokens);
+    object.insert(field.into(), Value::from(cap));
+}
+
+/// Gives one attempt's request the output cap the hub decided: the client's,
+/// lowered to this candidate's model cap, in the one field the upstream reads.
+fn cap_attempt(
+    request: &mut Value,
+    operation: Operation,
+    kind: ProviderKind,
+    requested: Option<u32>,
+    price: &ModelPrice,
+) {
+    let cap = price.output_cap(requested);
+    match operation {
+        Operation::Chat | Operation::ChatStream => set_output_cap(request, kind, cap),
+        // An Anthropic Messages body has one cap; the translation for other kinds
+        // carries it over (`messages::convert`).
+        Operation::Messages | Operation::MessagesStream => {
+            request["max_tokens"] = Value::from(cap);
+        }
+        Operation::Embeddings | Operation::Images => {}
+    }
 }
 
 /// Tries the candidates in order (see `routing`), recording every failed attempt.
@@ -516,13 +571,13 @@ pub(crate) async fn attempt(
             let mut upstream_request = request.clone();
             upstream_request["model"] =
                 Value::String(candidate.priced.model.upstream_model().to_string());
-            if matches!(operation, Operation::Chat | Operation::ChatStream) {
-                cap_output_tokens(
-                    &mut upstream_request,
-                    provider.kind,
-                    candidate.priced.price.max_output_tokens,
-                );
-            }
+            cap_attempt(
+                &mut upstream_request,
+                operation,
+                provider.kind,
+                billing.requested_output_cap,
+                &candidate.priced.price,
+            );
             let started = Instant::now();
             let error = match perform(operation, hub, &provider, &upstream_request).await {
                 Ok(answer) => return Ok((answer, attempt, provider)),
@@ -1062,18 +1117,57 @@ mod tests {
     }
 
     #[test]
-    fn a_chat_request_without_a_cap_gets_the_models_cap() {
+    fn a_chat_request_goes_upstream_with_exactly_the_decided_cap() {
+        let price = ModelPrice {
+            rates: domain::Rates::default(),
+            max_output_tokens: 1000,
+        };
+        let caps = |request: &Value| {
+            OUTPUT_CAP_FIELDS
+                .iter()
+                .filter_map(|f| request.get(*f).map(|v| (*f, v.clone())))
+                .collect::<Vec<_>>()
+        };
         let mut request = json!({"model": "m", "messages": []});
-        cap_output_tokens(&mut request, ProviderKind::Anthropic, 1000);
+        cap_attempt(
+            &mut request,
+            Operation::Chat,
+            ProviderKind::Anthropic,
+            None,
+            &price,
+        );
+        assert_eq!(caps(&request), vec![("max_tokens", json!(1000))]);
+        let mut request = json!({"model": "m", "max_tokens": 1, "max_completion_tokens": 2000, "max_output_tokens": 3000});
+        cap_attempt(
+            &mut request,
+            Operation::ChatStream,
+            ProviderKind::OpenAi,
+            Some(1),
+            &price,
+        );
+        assert_eq!(caps(&request), vec![("max_completion_tokens", json!(1))]);
+        let mut request = json!({"model": "m", "max_completion_tokens": 5000});
+        cap_attempt(
+            &mut request,
+            Operation::Chat,
+            ProviderKind::DeepSeek,
+            Some(5000),
+            &price,
+        );
+        assert_eq!(
+            caps(&request),
+            vec![("max_tokens", json!(1000))],
+            "never above the model's cap"
+        );
+        let mut request = json!({"model": "m", "max_tokens": 5000});
+        cap_attempt(
+            &mut request,
+            Operation::Messages,
+            ProviderKind::Anthropic,
+            Some(5000),
+            &price,
+        );
         assert_eq!(request["max_tokens"], 1000);
-        let mut request = json!({"model": "m", "messages": []});
-        cap_output_tokens(&mut request, ProviderKind::OpenAi, 1000);
-        assert_eq!(request["max_completion_tokens"], 1000);
-        assert!(request.get("max_tokens").is_none());
-        let mut request = json!({"model": "m", "max_tokens": 5});
-        cap_output_tokens(&mut request, ProviderKind::DeepSeek, 1000);
-        assert_eq!(request["max_tokens"], 5, "the client's own cap stays");
-        assert!(request.get("max_completion_tokens").is_none());
     }
 
     #[test]

@@ -15,5 +15,7 @@ pub mod tenant;
 
 pub use ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 pub use money::{Credits, MoneyError, Rate};
-pub use pricing::{Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, Rates, Usage};
+pub use pricing::{
+    Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, OutputCapAdvice, Rates, Usage,
+};
 pub use roles::{Permission, Role};

@@ -129,6 +129,37 @@ impl ModelPrice {
             + self.rates.output.cost_of(output_tokens as u64)
             + self.rates.image.cost_of(images as u64)
     }
+
+    /// The output cap of one request (per choice): the smallest cap the client
+    /// named, never above this model's; this model's when the client named none.
+    /// The hub holds for it and sends the upstream exactly it.
+    pub fn output_cap(&self, requested: Option<u32>) -> u32 {
+        requested.map_or(self.max_output_tokens, |r| r.min(self.max_output_tokens))
+    }
+
+    /// The most output tokens a hold within `budget` can cover for this prompt and
+    /// these images: the inverse of [`ModelPrice::hold_for`], rounded down. 0 when
+    /// not even the prompt fits; `u64::MAX` when output costs nothing.
+    pub fn output_tokens_within(&self, budget: Credits, prompt_bytes: u64, images: u32) -> u64 {
+        let left = budget - self.hold_for(prompt_bytes, Some(0), images);
+        if left.is_negative() {
+            return 0;
+        }
+        match self.rates.output.pico_per_token() {
+            rate if rate <= 0 => u64::MAX,
+            rate => u64::try_from(left.pico() / rate).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// How a chat request refused for credit could still get through: a smaller
+/// output cap, when one would fit (the 402 says so, see docs/billing.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputCapAdvice {
+    /// The most output tokens (all choices together) the available credit holds for.
+    pub output_tokens_that_fit: u64,
+    /// The cap a request that names none is held for: the model's `max_output_tokens`.
+    pub default_max_tokens: u32,
 }
 
 /// Token usage of one request as the upstream reported it (or as estimated,
@@ -217,6 +248,34 @@ mod tests {
             p.hold_for(36, Some(10), 0).pico(),
             100 * 150_000 + 10 * 600_000
         );
+    }
+
+    #[test]
+    fn the_output_cap_is_the_smallest_of_the_clients_and_the_models() {
+        let p = price();
+        assert_eq!(p.output_cap(None), 1000);
+        assert_eq!(p.output_cap(Some(10)), 10);
+        assert_eq!(p.output_cap(Some(5000)), 1000);
+    }
+
+    #[test]
+    fn output_tokens_within_a_budget_is_the_inverse_of_the_hold() {
+        let p = price();
+        let hold = p.hold_for(36, Some(10), 0);
+        assert_eq!(p.output_tokens_within(hold, 36, 0), 10);
+        assert_eq!(
+            p.output_tokens_within(hold - Credits::from_pico(1), 36, 0),
+            9
+        );
+        // Not even the prompt fits.
+        let prompt_only = p.hold_for(36, Some(0), 0);
+        assert_eq!(
+            p.output_tokens_within(prompt_only - Credits::from_pico(1), 36, 0),
+            0
+        );
+        let mut free_output = p;
+        free_output.rates.output = Rate::default();
+        assert_eq!(free_output.output_tokens_within(hold, 36, 0), u64::MAX);
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct ChatCall {
     pub streaming: bool,
     /// `responseFormat.type == "json_schema"`: the answer is a `json` object.
     pub json_mode: bool,
+    /// `modelOptions.maxTokens`: the client's output cap, if it names one. It is
+    /// not in `openai`: the hub holds for and sends one cap per attempt
+    /// (`gateway::attempt`).
+    pub max_tokens: Option<u32>,
     /// The request in OpenAI's shape (without `model`, which is set per attempt).
     pub openai: Value,
 }
@@ -184,12 +188,22 @@ pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
     if let Some(effort) = reasoning_effort(options.get("reasoningEffort")) {
         out.insert("reasoning_effort".into(), json!(effort));
     }
+    let max_tokens = match options.get("maxTokens") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+                .ok_or_else(|| bad("`input.modelOptions.maxTokens` must be a positive integer"))?
+                as u32,
+        ),
+    };
     let streaming = wants_stream(call);
     out.insert("stream".into(), json!(streaming));
     Ok(ChatCall {
         model,
         streaming,
         json_mode,
+        max_tokens,
         openai: Value::Object(out),
     })
 }
@@ -725,6 +739,8 @@ mod tests {
             .contains("input.messages[0].role"));
         assert!(err(call(json!({"modelOptions": {"model": "a/b"}, "messages": [{"role": "tool", "content": "x"}]})))
             .contains("toolCallId"));
+        assert!(err(call(json!({"modelOptions": {"model": "a/b", "maxTokens": 0}, "messages": [{"role": "user", "content": "x"}]})))
+            .contains("modelOptions.maxTokens"));
         assert!(err(call(json!({"modelOptions": {"model": "a/b", "temperature": "hot"}, "messages": [{"role": "user", "content": "x"}]})))
             .contains("temperature"));
         assert!(err(call(json!({"modelOptions": {"model": "a/b"}, "messages": [{"role": "user", "content": [{"type": "local", "path": "/etc/passwd"}]}]})))

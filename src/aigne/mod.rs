@@ -184,9 +184,15 @@ fn error_message(e: &HubError) -> String {
         HubError::InsufficientCredits {
             available,
             required,
-        } => format!(
-            "Not enough credits: {available} available, {required} needed for this call. {TOP_UP}"
-        ),
+            max_tokens_that_fit,
+            default_max_tokens,
+        } => {
+            let hint = crate::error::output_cap_hint(*max_tokens_that_fit, *default_max_tokens)
+                .replace("`max_tokens`", "`modelOptions.maxTokens`");
+            format!(
+                "Not enough credits: {available} available, {required} needed for this call{hint}. {TOP_UP}"
+            )
+        }
         other => other.to_string(),
     }
 }
@@ -635,7 +641,7 @@ pub async fn chat(
             capability: Capability::Chat,
             ingress: Ingress::AigneV2,
             prompt_bytes,
-            max_tokens: None,
+            max_tokens: chat.max_tokens,
             choices: 1,
             images: 0,
         };
@@ -1136,6 +1142,8 @@ mod tests {
         let body = error_body(&HubError::InsufficientCredits {
             available: "0.1".into(),
             required: "0.4".into(),
+            max_tokens_that_fit: None,
+            default_max_tokens: None,
         });
         assert_eq!(body["error"]["type"], "NOT_ENOUGH");
         let message = body["error"]["message"].as_str().unwrap();

@@ -656,7 +656,9 @@ mod tests {
         assert_eq!(
             anthropic_error_type(&HubError::InsufficientCredits {
                 available: "0".into(),
-                required: "1".into()
+                required: "1".into(),
+                max_tokens_that_fit: None,
+                default_max_tokens: None,
             }),
             "billing_error"
         );

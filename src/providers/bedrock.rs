@@ -427,12 +427,13 @@ pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamErro
         body.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    if let Some(max) = request
-        .get("max_completion_tokens")
-        .filter(|v| v.is_u64())
-        .or_else(|| request.get("max_tokens").filter(|v| v.is_u64()))
+    // The hub sends one cap; should two come, the smaller (what a hold assumes).
+    if let Some(max) = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .filter_map(|f| request.get(*f).and_then(Value::as_u64))
+        .min()
     {
-        inference.insert("maxTokens".into(), max.clone());
+        inference.insert("maxTokens".into(), json!(max));
     }
     if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
         inference.insert("temperature".into(), t.clone());

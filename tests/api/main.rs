@@ -33,6 +33,7 @@ mod messages;
 mod notify;
 mod openai_endpoints;
 mod openai_sdk;
+mod output_caps;
 mod price_book;
 mod secrets;
 mod stream_cutoff;

@@ -7,7 +7,11 @@
 //! `fail-400` fail; `no-usage` omits usage; `overshoot` reports more output tokens
 //! than `max_tokens`; `exact-hold` reports exactly `max_tokens` output tokens;
 //! `hang` never answers; `slow` answers after 100 ms; `slow-stream` streams many chunks slowly; `die-mid-stream`
-//! drops the connection after some text.
+//! drops the connection after some text; `largest-cap` honours the LARGEST output
+//! cap field it received (`max_tokens`, `max_completion_tokens`,
+//! `max_output_tokens`), as an upstream a two-cap request could overspend
+//! through: it reports that many output tokens, half of them reasoning, and
+//! writes [`LARGEST_CAP_PIECE`] once per token, at most three times.
 //!
 //! Also, under other roots, the per-provider variants the hub reaches with a
 //! provider's own base URL: Ollama's native `POST /api/embed`
@@ -29,6 +33,21 @@ pub const PROMPT_TOKENS: u64 = 12;
 pub const CACHED_TOKENS: u64 = 4;
 pub const COMPLETION_TOKENS: u64 = 30;
 pub const STREAM_TEXT: [&str; 3] = ["Hel", "lo ", "there"];
+/// The text `largest-cap` writes per output token (at most three times).
+pub const LARGEST_CAP_PIECE: &str = "ab";
+
+/// The largest of every output cap field in a chat request.
+fn largest_cap(body: &Value) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .filter_map(|f| body[*f].as_u64())
+        .max()
+}
+
+/// `largest-cap`'s text pieces for `cap` output tokens.
+fn largest_cap_pieces(cap: u64) -> Vec<String> {
+    vec![LARGEST_CAP_PIECE.to_string(); cap.min(3) as usize]
+}
 
 #[derive(Default)]
 pub struct MockState {
@@ -177,7 +196,13 @@ async fn chat(
     let completion_tokens = match model.as_str() {
         "overshoot" => 5_000,
         "exact-hold" => max_tokens.expect("exact-hold needs max_tokens"),
+        "largest-cap" => largest_cap(&body).expect("largest-cap needs a cap"),
         _ => COMPLETION_TOKENS,
+    };
+    let reasoning_tokens = if model == "largest-cap" {
+        completion_tokens / 2
+    } else {
+        0
     };
     match model.as_str() {
         "fail-503" => return error(503, "The server is overloaded", "server_error"),
@@ -212,6 +237,7 @@ async fn chat(
         )];
         let (pieces, delay_ms): (Vec<String>, u64) = match model.as_str() {
             "slow-stream" => ((0..200).map(|i| format!("w{i} ")).collect(), 20),
+            "largest-cap" => (largest_cap_pieces(completion_tokens), 0),
             _ => (STREAM_TEXT.iter().map(|s| s.to_string()).collect(), 0),
         };
         for piece in pieces {
@@ -249,6 +275,10 @@ async fn chat(
             if model != "no-usage" {
                 last["usage"] = usage(completion_tokens, deepseek);
             }
+            if model == "largest-cap" {
+                last["usage"]["completion_tokens_details"]["reasoning_tokens"] =
+                    json!(reasoning_tokens);
+            }
             frames.push((0, format!("data: {last}\n\n")));
         }
         frames.push((0, "data: [DONE]\n\n".to_string()));
@@ -271,6 +301,11 @@ async fn chat(
     });
     if model == "no-usage" {
         answer.as_object_mut().unwrap().remove("usage");
+    }
+    if model == "largest-cap" {
+        answer["choices"][0]["message"]["content"] =
+            json!(largest_cap_pieces(completion_tokens).concat());
+        answer["usage"]["completion_tokens_details"]["reasoning_tokens"] = json!(reasoning_tokens);
     }
     HttpResponse::Ok().json(answer)
 }

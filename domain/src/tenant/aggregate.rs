@@ -2,6 +2,7 @@
 
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
+use crate::pricing::{Capability, OutputCapAdvice};
 use crate::roles::{Permission, Role};
 use crate::tenant::commands::TenantCommand;
 use crate::tenant::events::{AttemptOutcome, KeyHash, PaymentRef, TenantEvent};
@@ -42,7 +43,12 @@ pub enum TenantError {
     #[error("idempotency key {0:?} was already used with a different amount or reason")]
     IdempotencyKeyReused(String),
     #[error("insufficient credits: {available} available, {required} required for this request")]
-    InsufficientCredits { available: String, required: String },
+    InsufficientCredits {
+        available: String,
+        required: String,
+        /// For a chat request: the smaller output cap that would fit.
+        advice: Option<OutputCapAdvice>,
+    },
     #[error("request {0} already holds credit")]
     HoldAlreadyExists(RequestId),
     #[error("request {0} has no open hold")]
@@ -461,9 +467,19 @@ impl Tenant {
                 });
                 let available = self.available() - due;
                 if enforce_credit && available < hold {
+                    let available = available.max(Credits::ZERO);
+                    let advice = (capability == Capability::Chat).then(|| OutputCapAdvice {
+                        output_tokens_that_fit: price.output_tokens_within(
+                            available,
+                            prompt_bytes,
+                            images,
+                        ),
+                        default_max_tokens: price.max_output_tokens,
+                    });
                     return Err(TenantError::InsufficientCredits {
-                        available: available.max(Credits::ZERO).to_decimal_string(),
+                        available: available.to_decimal_string(),
                         required: hold.to_decimal_string(),
+                        advice,
                     });
                 }
                 events.push(TenantEvent::CreditsReserved {

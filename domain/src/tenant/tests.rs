@@ -3,7 +3,9 @@
 use super::*;
 use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::{Credits, Rate};
-use crate::pricing::{Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, Rates, Usage};
+use crate::pricing::{
+    Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, OutputCapAdvice, Rates, Usage,
+};
 use crate::roles::{Permission, Role};
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
@@ -41,6 +43,14 @@ fn price() -> ModelPrice {
         ),
         max_output_tokens: 100,
     }
+}
+
+/// The advice a refused chat reservation at [`price`] carries.
+fn advice(output_tokens_that_fit: u64) -> Option<OutputCapAdvice> {
+    Some(OutputCapAdvice {
+        output_tokens_that_fit,
+        default_max_tokens: 100,
+    })
 }
 
 fn created() -> TenantEvent {
@@ -320,6 +330,33 @@ fn reserve_without_enough_credit_is_refused() {
         .then_expect_error(TenantError::InsufficientCredits {
             available: "0.000299999999".into(),
             required: "0.0003".into(),
+            advice: advice(99),
+        });
+}
+
+#[test]
+fn a_refused_chat_names_the_output_cap_that_fits_and_other_requests_do_not() {
+    // 0.00025 credit: the prompt's 100 bytes take 0.0001, leaving 75 output tokens.
+    let history = vec![created(), key_issued(), granted("0.00025", "g1")];
+    TenantTest::with(())
+        .given(history.clone())
+        .when(reserve_cmd(1, 36, Some(100), 0))
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0.00025".into(),
+            required: "0.0003".into(),
+            advice: advice(75),
+        });
+    let mut embeddings = reserve_cmd(1, 200, Some(0), 0);
+    if let TenantCommand::ReserveCredits { capability, .. } = &mut embeddings {
+        *capability = Capability::Embeddings;
+    }
+    TenantTest::with(())
+        .given(history)
+        .when(embeddings)
+        .then_expect_error(TenantError::InsufficientCredits {
+            available: "0.00025".into(),
+            required: "0.000264".into(),
+            advice: None,
         });
 }
 
@@ -356,6 +393,7 @@ fn reserve_counts_other_open_holds() {
         .then_expect_error(TenantError::InsufficientCredits {
             available: "0.0002".into(),
             required: "0.0003".into(),
+            advice: advice(50),
         });
 }
 
@@ -986,6 +1024,7 @@ fn a_reservation_expires_due_lots_first_and_never_rests_on_them() {
         .then_expect_error(TenantError::InsufficientCredits {
             available: "0".into(),
             required: "0.0003".into(),
+            advice: advice(0),
         });
     TenantTest::with(())
         .given(vec![
@@ -1193,6 +1232,7 @@ fn a_refund_beyond_the_balance_makes_it_negative_and_reserving_then_fails() {
         .then_expect_error(TenantError::InsufficientCredits {
             available: "0".into(),
             required: "0.0003".into(),
+            advice: advice(0),
         });
 }
 
