@@ -49,7 +49,10 @@ pub fn classify(error: &UpstreamError) -> Failure {
         UpstreamError::Status { status, .. } if *status >= 500 => Failure::Transient,
         UpstreamError::Timeout | UpstreamError::Connect(_) => Failure::Transient,
         UpstreamError::Protocol(_) => Failure::Transient,
-        UpstreamError::Status { .. } | UpstreamError::Unsupported { .. } => Failure::Fatal,
+        // Another candidate would likely send as much again (and be paid for it).
+        UpstreamError::Status { .. }
+        | UpstreamError::Unsupported { .. }
+        | UpstreamError::AnswerTooLarge { .. } => Failure::Fatal,
     }
 }
 
