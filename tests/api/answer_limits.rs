@@ -239,3 +239,16 @@ on_both_stores!(
     the_hub_stays_under_100_mb_while_upstreams_send_500_mb_answers,
     the_hub_stays_under_100_mb_while_upstreams_send_500_mb_answers
 );
+
+#[test]
+fn a_bedrock_event_stream_message_past_the_event_limit_is_refused_before_it_is_read() {
+    use aigne_hub::providers::bedrock::EventStreamParser;
+    use aigne_hub::providers::UpstreamError;
+    let mut parser = EventStreamParser::new(1024);
+    // The prelude announces a message of 1025 bytes.
+    let prelude = 1025u32.to_be_bytes();
+    assert!(matches!(
+        parser.push(&prelude),
+        Err(UpstreamError::AnswerTooLarge { limit_bytes: 1024 })
+    ));
+}
