@@ -5,6 +5,7 @@
 //! and the hub never holds an answer of unbounded size in memory.
 
 use crate::helpers::*;
+use crate::mock_anthropic::{self, MockAnthropic};
 use crate::mock_openai::MockUpstream;
 use crate::on_both_stores;
 use crate::process::HubEnv;
@@ -166,6 +167,86 @@ async fn a_stream_that_never_stops_is_cut_off_and_what_was_sent_is_settled(kind:
 on_both_stores!(
     a_stream_that_never_stops_is_cut_off_and_what_was_sent_is_settled,
     a_stream_that_never_stops_is_cut_off_and_what_was_sent_is_settled
+);
+
+async fn anthropic_answers_are_bounded_on_every_path(kind: StoreKind) {
+    let app = spawn_app_with(kind, |s| {
+        s.limits.upstream_chat_answer_max_bytes = 1024 * 1024;
+        s.limits.upstream_stream_answer_max_bytes = 256 * 1024;
+    })
+    .await;
+    let anthropic = MockAnthropic::start();
+    app.admin_json(
+        reqwest::Method::POST,
+        "/admin/v1/providers",
+        Some(
+            json!({"name": "anth", "kind": "anthropic", "base_url": anthropic.base_url,
+            "api_key": mock_anthropic::MOCK_API_KEY}),
+        ),
+    )
+    .await;
+    for model in ["huge-answer", "endless-stream"] {
+        app.admin_json(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/prices/anth/{model}"),
+            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
+        )
+        .await;
+    }
+    let tenant = app.create_tenant("10").await;
+    let key = app.issue_key(&tenant, "member").await;
+    let messages = |model: &str, stream: bool| {
+        app.client
+            .post(format!("{}/v1/messages", app.address))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "max_tokens": 100, "stream": stream,
+                "messages": [{"role": "user", "content": "Say hello"}]}))
+            .send()
+    };
+    let read = |response: reqwest::Response| async {
+        tokio::time::timeout(Duration::from_secs(20), response.text())
+            .await
+            .expect("the hub ends an answer past its limit")
+            .unwrap()
+    };
+
+    // JSON, passed through and translated.
+    let response = messages("anth/huge-answer", false).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "api_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("larger than the limit"));
+    let mut openai_in = chat_body("huge-answer", false);
+    openai_in["model"] = json!("anth/huge-answer");
+    let response = app.chat(&key, &openai_in).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(error_code(response).await, "upstream_answer_too_large");
+
+    // Streams, passed through and translated: cut off with an error at the end.
+    let text = read(messages("anth/endless-stream", true).await.unwrap()).await;
+    assert!(text.contains("more "));
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error"), "{last}");
+    assert!(last.contains("larger than the limit"), "{last}");
+    let mut openai_in = chat_body("endless-stream", true);
+    openai_in["model"] = json!("anth/endless-stream");
+    let text = read(app.chat(&key, &openai_in).await).await;
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let last: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_answer_too_large");
+
+    assert_eq!(anthropic.requests().len(), 4);
+    let balance = app.balance(&tenant).await;
+    assert_eq!(balance["held"], "0");
+    assert_ne!(balance["spent"], "0", "the streamed text is charged");
+}
+on_both_stores!(
+    anthropic_answers_are_bounded_on_every_path,
+    anthropic_answers_are_bounded_on_every_path
 );
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
