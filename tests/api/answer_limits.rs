@@ -6,6 +6,7 @@
 
 use crate::helpers::*;
 use crate::mock_anthropic::{self, MockAnthropic};
+use crate::mock_gemini::{self, MockGemini};
 use crate::mock_openai::MockUpstream;
 use crate::on_both_stores;
 use crate::process::HubEnv;
@@ -248,6 +249,61 @@ on_both_stores!(
     anthropic_answers_are_bounded_on_every_path,
     anthropic_answers_are_bounded_on_every_path
 );
+
+async fn gemini_answers_are_bounded(kind: StoreKind) {
+    let app = spawn_app_with(kind, |s| {
+        s.limits.upstream_chat_answer_max_bytes = 1024 * 1024;
+        s.limits.upstream_embeddings_answer_max_bytes = 1024 * 1024;
+        s.limits.upstream_stream_answer_max_bytes = 256 * 1024;
+    })
+    .await;
+    let gemini = MockGemini::start();
+    app.admin_json(
+        reqwest::Method::POST,
+        "/admin/v1/providers",
+        Some(
+            json!({"name": "gem", "kind": "gemini", "base_url": gemini.base_url,
+            "api_key": mock_gemini::MOCK_GEMINI_KEY}),
+        ),
+    )
+    .await;
+    for model in ["huge-answer", "endless-stream"] {
+        app.admin_json(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/prices/gem/{model}"),
+            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
+        )
+        .await;
+    }
+    let tenant = app.create_tenant("10").await;
+    let key = app.issue_key(&tenant, "member").await;
+
+    let mut chat = chat_body("huge-answer", false);
+    chat["model"] = json!("gem/huge-answer");
+    let response = app.chat(&key, &chat).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(error_code(response).await, "upstream_answer_too_large");
+    let embed = json!({"model": "gem/huge-answer", "input": "hello"});
+    let response = post(&app, &key, "/v1/embeddings", &embed).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(error_code(response).await, "upstream_answer_too_large");
+
+    let mut chat = chat_body("endless-stream", true);
+    chat["model"] = json!("gem/endless-stream");
+    let response = app.chat(&key, &chat).await;
+    let text = tokio::time::timeout(Duration::from_secs(20), response.text())
+        .await
+        .expect("the hub ends a stream that never stops")
+        .unwrap();
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let last: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_answer_too_large");
+
+    let balance = app.balance(&tenant).await;
+    assert_eq!(balance["held"], "0");
+    assert_ne!(balance["spent"], "0", "the streamed text is charged");
+}
+on_both_stores!(gemini_answers_are_bounded, gemini_answers_are_bounded);
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
 fn peak_rss_bytes(pid: u32) -> u64 {
