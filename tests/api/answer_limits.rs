@@ -6,6 +6,7 @@
 
 use crate::helpers::*;
 use crate::mock_anthropic::{self, MockAnthropic};
+use crate::mock_bedrock::{self, MockBedrock};
 use crate::mock_gemini::{self, MockGemini};
 use crate::mock_openai::MockUpstream;
 use crate::on_both_stores;
@@ -304,6 +305,47 @@ async fn gemini_answers_are_bounded(kind: StoreKind) {
     assert_ne!(balance["spent"], "0", "the streamed text is charged");
 }
 on_both_stores!(gemini_answers_are_bounded, gemini_answers_are_bounded);
+
+async fn the_calls_of_one_bedrock_titan_embeddings_request_share_one_answer_limit(kind: StoreKind) {
+    // Titan embeds one text per call; each answer (1,536 numbers) is under the
+    // limit, ten of them are not.
+    let app = spawn_app_with(kind, |s| {
+        s.limits.upstream_embeddings_answer_max_bytes = 20 * 1024;
+    })
+    .await;
+    let bedrock = MockBedrock::start();
+    app.admin_json(
+        reqwest::Method::POST,
+        "/admin/v1/providers",
+        Some(
+            json!({"name": "br", "kind": "bedrock", "region": mock_bedrock::MOCK_REGION,
+            "access_key_id": mock_bedrock::MOCK_ACCESS_KEY_ID,
+            "secret_access_key": mock_bedrock::MOCK_SECRET_ACCESS_KEY,
+            "base_url": bedrock.base_url}),
+        ),
+    )
+    .await;
+    let model = "amazon.titan-embed-text-v1";
+    app.admin_json(
+        reqwest::Method::PUT,
+        &format!("/admin/v1/prices/br/{model}"),
+        Some(json!({"input_per_mtok": "1", "output_per_mtok": "0"})),
+    )
+    .await;
+    let tenant = app.create_tenant("10").await;
+    let key = app.issue_key(&tenant, "member").await;
+    let one = json!({"model": format!("br/{model}"), "input": "hello"});
+    assert_eq!(post(&app, &key, "/v1/embeddings", &one).await.status(), 200);
+    let ten = json!({"model": format!("br/{model}"), "input": vec!["hello"; 10]});
+    let response = post(&app, &key, "/v1/embeddings", &ten).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(error_code(response).await, "upstream_answer_too_large");
+    assert_eq!(app.balance(&tenant).await["held"], "0");
+}
+on_both_stores!(
+    the_calls_of_one_bedrock_titan_embeddings_request_share_one_answer_limit,
+    the_calls_of_one_bedrock_titan_embeddings_request_share_one_answer_limit
+);
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
 fn peak_rss_bytes(pid: u32) -> u64 {
