@@ -86,10 +86,46 @@ pub struct Limits {
     /// How long after a period's end its invoice stays a draft
     /// (`AIGNE_HUB_INVOICE_GRACE_HOURS`; at most 27 days).
     pub invoice_grace_secs: i64,
+
+    // Sizes of model calls and of upstream answers: a small request can ask for a
+    // huge answer (10,000 embedding inputs made 206 MB of JSON), and the hub must
+    // never hold an answer of unbounded size in memory. A request past a per-call
+    // limit is refused before any upstream call (400); an answer past a byte
+    // limit is cut off as it arrives (502 `upstream_answer_too_large`).
+    /// Inputs (strings or token arrays) in one embeddings call; OpenAI's own limit.
+    pub embeddings_inputs_per_call_max: usize,
+    /// Images (`n`) one image request may ask for; bounds the hold and the answer.
+    pub images_per_call_max: u64,
+    /// Bytes of a non-streaming chat answer (`/v1/chat/completions`,
+    /// `/v1/messages`, AIGNE v2 chat). Text of the largest output caps is a few
+    /// MB; the rest is room for logprobs and inline images.
+    pub upstream_chat_answer_max_bytes: usize,
+    /// Bytes of an embeddings answer (summed over the calls one request makes,
+    /// as for Bedrock's Titan). 2,048 vectors of 3,072 dimensions take 34 MB in
+    /// base64, but 2,048 of 1,536 take about 63 MB as JSON numbers; memory while
+    /// an answer is converted is a few times its size
+    /// (`AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES`).
+    pub upstream_embeddings_answer_max_bytes: usize,
+    /// Bytes of an image answer: base64 images, up to `images_per_call_max` of
+    /// them (`AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES`).
+    pub upstream_images_answer_max_bytes: usize,
+    /// Bytes of one streamed answer, all events together. A stream is relayed,
+    /// not kept, so this only stops an upstream that never stops sending; the
+    /// largest output caps take a few tens of MB of events.
+    pub upstream_stream_answer_max_bytes: usize,
+    /// Bytes of one event of a stream (one SSE event, one AWS event-stream
+    /// message), the most a stream holds in memory at once.
+    pub upstream_stream_event_max_bytes: usize,
 }
 
 /// Default of [`Limits::expiring_soon_window_secs`]: 7 days.
 pub const EXPIRING_SOON_WINDOW_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// Default of [`Limits::upstream_embeddings_answer_max_bytes`]: 48 MiB, room for
+/// 2,048 base64 vectors of 3,072 dimensions (what OpenAI's SDKs ask for).
+pub const EMBEDDINGS_ANSWER_MAX_BYTES_DEFAULT: usize = 48 * 1024 * 1024;
+/// Default of [`Limits::upstream_images_answer_max_bytes`]: 48 MiB, room for 10
+/// large PNGs in base64.
+pub const IMAGES_ANSWER_MAX_BYTES_DEFAULT: usize = 48 * 1024 * 1024;
 /// Default of [`WebhookSettings::tolerance_secs`]: how far a webhook's signed
 /// timestamp may be from the hub's clock, either way, before it is refused as stale
 /// (a captured delivery cannot be replayed later than this).
@@ -203,6 +239,13 @@ impl Default for Limits {
             webhooks: WebhookSettings::default(),
             invoice_anchor_day: projections::invoices::ANCHOR_DAY_DEFAULT,
             invoice_grace_secs: projections::invoices::GRACE_SECS_DEFAULT,
+            embeddings_inputs_per_call_max: 2_048,
+            images_per_call_max: 10,
+            upstream_chat_answer_max_bytes: 32 * 1024 * 1024,
+            upstream_embeddings_answer_max_bytes: EMBEDDINGS_ANSWER_MAX_BYTES_DEFAULT,
+            upstream_images_answer_max_bytes: IMAGES_ANSWER_MAX_BYTES_DEFAULT,
+            upstream_stream_answer_max_bytes: 256 * 1024 * 1024,
+            upstream_stream_event_max_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -356,6 +399,14 @@ impl Settings {
                             .clamp(0, projections::invoices::GRACE_SECS_MAX)
                     })
                     .unwrap_or(projections::invoices::GRACE_SECS_DEFAULT),
+                upstream_embeddings_answer_max_bytes: env_bytes(
+                    "AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES",
+                    EMBEDDINGS_ANSWER_MAX_BYTES_DEFAULT,
+                ),
+                upstream_images_answer_max_bytes: env_bytes(
+                    "AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES",
+                    IMAGES_ANSWER_MAX_BYTES_DEFAULT,
+                ),
                 ..Limits::default()
             },
             aigne: AigneSettings::from_env(),
@@ -374,6 +425,19 @@ fn env_switch(name: &str, default: bool) -> bool {
         Ok("on" | "true" | "1") => true,
         Ok("off" | "false" | "0") => false,
         _ => default,
+    }
+}
+
+/// A byte limit from the environment: a whole number of at least 1 KiB (a
+/// smaller one would refuse every answer), else `default`.
+fn env_bytes(name: &str, default: usize) -> usize {
+    match env_number(name) {
+        None => default,
+        Some(n) if n < 1024 => {
+            tracing::warn!("{name}={n} is below 1024 bytes; using the default");
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     }
 }
 

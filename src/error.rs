@@ -44,6 +44,10 @@ pub enum HubError {
     UpstreamCredentialRejected,
     #[error("the upstream provider did not answer in time")]
     UpstreamTimeout,
+    /// The upstream's answer passed the hub's size limit for its kind and was cut
+    /// off (`Limits::upstream_*_answer_max_bytes`).
+    #[error("the upstream provider's answer is larger than the limit of {limit_bytes} bytes and was cut off; ask for less in one request")]
+    UpstreamAnswerTooLarge { limit_bytes: usize },
     #[error("upstream rate limit: {0}")]
     UpstreamRateLimited(String),
     #[error("service temporarily unavailable: {0}")]
@@ -82,6 +86,7 @@ impl HubError {
             HubError::Upstream(_) => ("api_error", "upstream_error"),
             HubError::UpstreamCredentialRejected => ("api_error", "provider_credential_rejected"),
             HubError::UpstreamTimeout => ("api_error", "upstream_timeout"),
+            HubError::UpstreamAnswerTooLarge { .. } => ("api_error", "upstream_answer_too_large"),
             HubError::UpstreamRateLimited(_) => ("rate_limit_error", "rate_limited"),
             HubError::Unavailable(_) => ("api_error", "unavailable"),
             HubError::Internal(_) => ("api_error", "internal_error"),
@@ -119,7 +124,9 @@ impl ResponseError for HubError {
             HubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::Conflict(_) => StatusCode::CONFLICT,
             HubError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            HubError::Upstream(_) | HubError::UpstreamCredentialRejected => StatusCode::BAD_GATEWAY,
+            HubError::Upstream(_)
+            | HubError::UpstreamCredentialRejected
+            | HubError::UpstreamAnswerTooLarge { .. } => StatusCode::BAD_GATEWAY,
             HubError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             HubError::UpstreamRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,7 @@ use crate::actors::TenantOp;
 use crate::auth::{presented_key, PresentedKey};
 use crate::body::{parse_json, read_limited};
 use crate::catalog::{Candidate, PriceFor};
+use crate::config::Limits;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::providers::{
@@ -704,18 +705,7 @@ pub async fn embeddings(
     let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
     let mut request: Value = parse_json(&body)?;
     let model = required_model(&request)?;
-    let input_ok = match request.get("input") {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(items)) => {
-            !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_array())
-        }
-        _ => false,
-    };
-    if !input_ok {
-        return Err(HubError::BadRequest(
-            "`input` is required: a non-empty string or array of strings".into(),
-        ));
-    }
+    check_embeddings_input(request.get("input"), "input", &hub.limits)?;
     let ask = Ask {
         model: &model,
         capability: Capability::Embeddings,
@@ -745,8 +735,52 @@ pub async fn embeddings(
     Ok(with_request_id(&mut HttpResponse::Ok(), billing.request_id).json(outcome.body))
 }
 
-/// Most images one request may ask for (bounds the hold).
-pub const IMAGES_PER_REQUEST_MAX: u64 = 10;
+/// Checks an embeddings request's input (`field` names it in the message): a
+/// non-empty string, or a non-empty array of strings or token arrays, each one
+/// input, at most `Limits::embeddings_inputs_per_call_max` of them. Done before
+/// anything is held or sent: the answer grows with the inputs, not the body.
+pub(crate) fn check_embeddings_input(
+    input: Option<&Value>,
+    field: &str,
+    limits: &Limits,
+) -> Result<(), HubError> {
+    let inputs = match input {
+        Some(Value::String(s)) if !s.is_empty() => 1,
+        Some(Value::Array(items))
+            if !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_array()) =>
+        {
+            items.len()
+        }
+        _ => {
+            return Err(HubError::BadRequest(format!(
+                "`{field}` is required: a non-empty string or array of strings"
+            )))
+        }
+    };
+    let max = limits.embeddings_inputs_per_call_max;
+    if inputs > max {
+        return Err(HubError::BadRequest(format!(
+            "`{field}` has {inputs} inputs; at most {max} are accepted in one call, send the rest in further calls"
+        )));
+    }
+    Ok(())
+}
+
+/// The images (`n`) of an image request (`field` names it in the message): 1
+/// when absent, at most `Limits::images_per_call_max`.
+pub(crate) fn images_asked(
+    n: Option<&Value>,
+    field: &str,
+    limits: &Limits,
+) -> Result<u64, HubError> {
+    let max = limits.images_per_call_max;
+    match n {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            HubError::BadRequest(format!("`{field}` must be an integer from 1 to {max}"))
+        }),
+    }
+}
 
 /// `POST /v1/images/generations`: billed per image.
 pub async fn images(
@@ -768,17 +802,7 @@ pub async fn images(
             "`prompt` is required and must be a non-empty string".into(),
         ));
     }
-    let n = match request.get("n") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=IMAGES_PER_REQUEST_MAX).contains(n))
-            .ok_or_else(|| {
-                HubError::BadRequest(format!(
-                    "`n` must be an integer from 1 to {IMAGES_PER_REQUEST_MAX}"
-                ))
-            })?,
-    };
+    let n = images_asked(request.get("n"), "n", &hub.limits)?;
     if let Some(format) = request.get("response_format").filter(|f| !f.is_null()) {
         if !matches!(format.as_str(), Some("url" | "b64_json")) {
             return Err(HubError::BadRequest(

@@ -49,9 +49,11 @@ pub fn classify(error: &UpstreamError) -> Failure {
         UpstreamError::Status { status, .. } if *status >= 500 => Failure::Transient,
         UpstreamError::Timeout | UpstreamError::Connect(_) => Failure::Transient,
         UpstreamError::Protocol(_) => Failure::Transient,
+        // Another candidate would likely send as much again (and be paid for it).
         UpstreamError::Status { .. }
         | UpstreamError::Refused(_)
-        | UpstreamError::Unsupported { .. } => Failure::Fatal,
+        | UpstreamError::Unsupported { .. }
+        | UpstreamError::AnswerTooLarge { .. } => Failure::Fatal,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::config::{AigneSettings, Limits};
 use crate::error::HubError;
 use crate::gateway::{
     self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation, StreamEnd,
-    IMAGES_PER_REQUEST_MAX, STREAM_BUFFER_CHUNKS,
+    STREAM_BUFFER_CHUNKS,
 };
 use crate::hub::Hub;
 use crate::providers::{ChatStream, Provider, ProviderKind, StreamItem};
@@ -880,17 +880,11 @@ pub async fn image(
         .into());
     }
     let options = input.get("modelOptions").cloned().unwrap_or(Value::Null);
-    let n = match input.get("n").or_else(|| options.get("n")) {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=IMAGES_PER_REQUEST_MAX).contains(n))
-            .ok_or_else(|| {
-                HubError::BadRequest(format!(
-                    "`input.n` must be an integer from 1 to {IMAGES_PER_REQUEST_MAX}"
-                ))
-            })?,
-    };
+    let n = gateway::images_asked(
+        input.get("n").or_else(|| options.get("n")),
+        "input.n",
+        &hub.limits,
+    )?;
     let inline = match input.get("outputFileType").and_then(Value::as_str) {
         None | Some("url") => false,
         Some("file") => true,
@@ -1029,19 +1023,7 @@ pub async fn embeddings(
             None,
         ),
     };
-    let texts_ok = match texts {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(items)) => {
-            !items.is_empty() && items.iter().all(|i| i.is_string() || i.is_array())
-        }
-        _ => false,
-    };
-    if !texts_ok {
-        return Err(HubError::BadRequest(
-            "`input.input` is required: a non-empty string or array of strings".into(),
-        )
-        .into());
-    }
+    gateway::check_embeddings_input(texts, "input.input", &hub.limits)?;
     let texts = texts.cloned().unwrap_or(Value::Null);
     let mut request = json!({"input": texts});
     if let Some(dimensions) = options

@@ -91,9 +91,10 @@ pub fn anthropic_error_type(e: &HubError) -> &'static str {
         HubError::UpstreamRateLimited(_) => "rate_limit_error",
         HubError::UpstreamTimeout => "timeout_error",
         HubError::Unavailable(_) => "overloaded_error",
-        HubError::Upstream(_) | HubError::UpstreamCredentialRejected | HubError::Internal(_) => {
-            "api_error"
-        }
+        HubError::Upstream(_)
+        | HubError::UpstreamCredentialRejected
+        | HubError::UpstreamAnswerTooLarge { .. }
+        | HubError::Internal(_) => "api_error",
     }
 }
 

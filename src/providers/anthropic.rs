@@ -21,8 +21,8 @@
 //! answer back as it came, reading only the usage.
 
 use super::{
-    error_dot_message, openai_usage_json, sse_events, transport_error, ChatOutcome, ChatStream,
-    ProviderApi, SseEvent, StreamItem, UpstreamCall, UpstreamError,
+    error_dot_message, openai_usage_json, AnswerKind, ChatOutcome, ChatStream, ProviderApi,
+    SseEvent, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
@@ -896,7 +896,7 @@ impl ProviderApi for Anthropic {
         let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
         let exchange = async {
             let response = call.http.send(post(call, &body), error_dot_message).await?;
-            let answer = call.http.json_body(response).await?;
+            let answer = call.http.json_body(response, AnswerKind::Chat).await?;
             let usage = answer.get("usage").and_then(usage_from_anthropic);
             let body = anthropic_to_openai_response(&answer)?;
             Ok(ChatOutcome { body, usage })
@@ -914,8 +914,7 @@ impl ProviderApi for Anthropic {
         let mut body = openai_to_anthropic_request(request)?;
         body["stream"] = json!(true);
         let response = call.http.send(post(call, &body), error_dot_message).await?;
-        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
-        Ok(anthropic_to_openai_stream(sse_events(response, idle)))
+        Ok(anthropic_to_openai_stream(call.http.sse_events(response)))
     }
 }
 
@@ -954,7 +953,8 @@ pub async fn messages_passthrough(
             .http
             .send(post(call, request), error_dot_message)
             .await?;
-        let body = response.bytes().await.map_err(transport_error)?;
+        let budget = call.http.answer_budget(AnswerKind::Chat);
+        let body = call.http.body_within(response, &budget).await?;
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))?;
         if !answer.is_object() {
@@ -983,9 +983,8 @@ pub async fn messages_passthrough_stream(
         .http
         .send(post(call, request), error_dot_message)
         .await?;
-    let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
     let state = (
-        sse_events(response, idle),
+        call.http.sse_events(response),
         PassthroughUsage::default(),
         VecDeque::<Result<MessagesItem, UpstreamError>>::new(),
         false,

@@ -37,17 +37,16 @@
 
 use super::{
     embedding_texts, embedding_vector, embeddings_list, image_item, image_size, images_answer,
-    transport_error, wants_base64_embeddings, ChatOutcome, ChatStream, Credential,
+    wants_base64_embeddings, AnswerBudget, AnswerKind, ChatOutcome, ChatStream, Credential,
     EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 /// Whether this protocol passes the conformance suite.
@@ -551,14 +550,29 @@ pub fn converse_to_openai_response(
 
 /// An incremental decoder of AWS event-stream messages: bytes are pushed as they
 /// arrive, whole messages (CRC-checked) come out. It buffers at most one
-/// unfinished message of at most [`EVENT_STREAM_MESSAGE_MAX_BYTES`] plus the
-/// last chunk.
-#[derive(Default)]
+/// unfinished message of at most its `message_max_bytes` (at most
+/// [`EVENT_STREAM_MESSAGE_MAX_BYTES`]) plus the last chunk.
 pub struct EventStreamParser {
     buffer: BytesMut,
+    message_max_bytes: usize,
+}
+
+impl Default for EventStreamParser {
+    fn default() -> Self {
+        Self::new(EVENT_STREAM_MESSAGE_MAX_BYTES)
+    }
 }
 
 impl EventStreamParser {
+    /// A parser refusing messages longer than `message_max_bytes` (the hub's
+    /// `Limits::upstream_stream_event_max_bytes`) or than the format allows.
+    pub fn new(message_max_bytes: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            message_max_bytes: message_max_bytes.min(EVENT_STREAM_MESSAGE_MAX_BYTES),
+        }
+    }
+
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
         self.buffer.extend_from_slice(chunk);
         self.leading_message_len().map(|_| ())
@@ -575,10 +589,15 @@ impl EventStreamParser {
             self.buffer[2],
             self.buffer[3],
         ]) as usize;
-        if !(EVENT_STREAM_MESSAGE_MIN_BYTES..=EVENT_STREAM_MESSAGE_MAX_BYTES).contains(&len) {
+        if len < EVENT_STREAM_MESSAGE_MIN_BYTES {
             return Err(UpstreamError::Protocol(format!(
                 "event-stream message of {len} bytes is out of bounds"
             )));
+        }
+        if len > self.message_max_bytes {
+            return Err(UpstreamError::AnswerTooLarge {
+                limit_bytes: self.message_max_bytes,
+            });
         }
         Ok(Some(len))
     }
@@ -779,7 +798,8 @@ impl ConverseStreamTranslator {
     }
 }
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+/// A body as it arrives (`Upstream::stream_bytes`: bounded in all).
+pub type ByteStream = super::UpstreamBytes;
 
 struct StreamState {
     bytes: ByteStream,
@@ -804,9 +824,19 @@ pub fn converse_stream(
     translator: ConverseStreamTranslator,
     idle: Duration,
 ) -> ChatStream {
+    decode_converse_stream(bytes, EventStreamParser::default(), translator, idle)
+}
+
+/// [`converse_stream`] with the parser that bounds its messages.
+fn decode_converse_stream(
+    bytes: ByteStream,
+    parser: EventStreamParser,
+    translator: ConverseStreamTranslator,
+    idle: Duration,
+) -> ChatStream {
     let state = StreamState {
         bytes,
-        parser: EventStreamParser::default(),
+        parser,
         translator,
         pending: VecDeque::new(),
         done: false,
@@ -846,7 +876,7 @@ pub fn converse_stream(
                         }
                         state.done = true;
                     }
-                    Ok(Some(Err(e))) => return state.fail(transport_error(e)),
+                    Ok(Some(Err(e))) => return state.fail(e),
                     Ok(Some(Ok(chunk))) => {
                         if let Err(e) = state.parser.push(&chunk) {
                             return state.fail(e);
@@ -1021,15 +1051,17 @@ fn estimated_tokens(texts: &[String]) -> u64 {
 }
 
 /// One signed InvokeModel call: the response's header token count and its body.
+/// The body counts against `budget`, shared by the calls of one request.
 async fn invoke(
     call: &UpstreamCall<'_>,
     model_id: &str,
     body: &Value,
+    budget: &AnswerBudget,
 ) -> Result<(Option<u64>, Value), UpstreamError> {
     let post = signed_post(call, &invoke_path(model_id), body, "application/json")?;
     let response = call.http.send(post, bedrock_error_message).await?;
     let tokens = header_input_tokens(&response);
-    Ok((tokens, call.http.json_body(response).await?))
+    Ok((tokens, call.http.json_within(response, budget).await?))
 }
 
 /// Vectors (in input order) and usage of an embeddings request.
@@ -1042,6 +1074,7 @@ async fn embed(
 ) -> Result<(Vec<Vec<Value>>, Usage), UpstreamError> {
     let mut usage = Usage::default();
     let mut vectors = Vec::with_capacity(texts.len());
+    let budget = call.http.answer_budget(AnswerKind::Embeddings);
     match family {
         EmbeddingFamily::Titan => {
             let bodies: Vec<Value> = texts
@@ -1052,7 +1085,7 @@ async fn embed(
             // over borrowed texts.
             let calls: Vec<_> = bodies
                 .iter()
-                .map(|body| invoke(call, model_id, body))
+                .map(|body| invoke(call, model_id, body, &budget))
                 .collect();
             // The first failure ends the request (the gateway may retry it whole).
             let answers: Vec<(Option<u64>, Value)> = futures_util::stream::iter(calls)
@@ -1073,7 +1106,7 @@ async fn embed(
         EmbeddingFamily::Cohere => {
             for batch in texts.chunks(COHERE_TEXTS_PER_CALL) {
                 let body = cohere_embed_request(model_id, batch, request)?;
-                let (header_tokens, answer) = invoke(call, model_id, &body).await?;
+                let (header_tokens, answer) = invoke(call, model_id, &body, &budget).await?;
                 for vector in cohere_vectors(&answer, batch.len())? {
                     vectors.push(vector.as_array().cloned().ok_or_else(|| {
                         UpstreamError::Protocol(
@@ -1199,7 +1232,7 @@ impl ProviderApi for Bedrock {
         let exchange = async {
             let response = call.http.send(post, bedrock_error_message).await?;
             let id = completion_id(&response);
-            let body = call.http.json_body(response).await?;
+            let body = call.http.json_body(response, AnswerKind::Chat).await?;
             converse_to_openai_response(&body, model, &id)
         };
         tokio::time::timeout(total, exchange)
@@ -1222,9 +1255,12 @@ impl ProviderApi for Bedrock {
         )?;
         let response = call.http.send(post, bedrock_error_message).await?;
         let translator = ConverseStreamTranslator::new(&completion_id(&response), model);
-        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
-        Ok(converse_stream(
-            Box::pin(response.bytes_stream()),
+        let limits = &call.http.limits;
+        let idle = Duration::from_millis(limits.upstream_idle_timeout_ms);
+        let parser = EventStreamParser::new(limits.upstream_stream_event_max_bytes);
+        Ok(decode_converse_stream(
+            call.http.stream_bytes(response),
+            parser,
             translator,
             idle,
         ))
@@ -1271,7 +1307,8 @@ impl ProviderApi for Bedrock {
         }
         let body = openai_to_text_image_request(request)?;
         let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
-        let (_, answer) = tokio::time::timeout(total, invoke(call, model, &body))
+        let budget = call.http.answer_budget(AnswerKind::Images);
+        let (_, answer) = tokio::time::timeout(total, invoke(call, model, &body, &budget))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
         text_image_to_openai(&answer, request)

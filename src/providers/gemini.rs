@@ -18,7 +18,7 @@
 //! A stream has no `[DONE]`: it just ends after the chunk with a `finishReason`.
 
 use super::{
-    error_dot_message, image_item, image_size, images_answer, openai_usage_json, sse_events,
+    error_dot_message, image_item, image_size, images_answer, openai_usage_json, AnswerKind,
     ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem,
     UpstreamCall, UpstreamError,
 };
@@ -1177,7 +1177,7 @@ impl ProviderApi for Gemini {
         let exchange = async {
             let path = gemini_model_path(model, "generateContent");
             let response = send(call, &path, &[], &body).await?;
-            let answer = call.http.json_body(response).await?;
+            let answer = call.http.json_body(response, AnswerKind::Chat).await?;
             if let Some(error) = answer.get("error") {
                 return Err(gemini_error_status(error));
             }
@@ -1197,9 +1197,8 @@ impl ProviderApi for Gemini {
         let body = openai_to_gemini_request(request)?;
         let path = gemini_model_path(model, "streamGenerateContent");
         let response = send(call, &path, &[("alt", "sse")], &body).await?;
-        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
         let state = (
-            sse_events(response, idle),
+            call.http.sse_events(response),
             GeminiStreamTranslator::new(model),
             false,
         );
@@ -1248,7 +1247,10 @@ impl ProviderApi for Gemini {
         let exchange = async {
             let path = gemini_model_path(model, "batchEmbedContents");
             let response = send(call, &path, &[], &body).await?;
-            let answer = call.http.json_body(response).await?;
+            let answer = call
+                .http
+                .json_body(response, AnswerKind::Embeddings)
+                .await?;
             let body = gemini_to_openai_embeddings(&answer, model, &inputs, base64)?;
             // No usage: Gemini's embed API does not report any (see above).
             Ok(EmbeddingsOutcome { body, usage: None })
@@ -1269,7 +1271,7 @@ impl ProviderApi for Gemini {
         let exchange = async {
             let path = gemini_model_path(model, "predict");
             let response = send(call, &path, &[], &body).await?;
-            let answer = call.http.json_body(response).await?;
+            let answer = call.http.json_body(response, AnswerKind::Images).await?;
             if let Some(error) = answer.get("error") {
                 return Err(gemini_error_status(error));
             }

@@ -18,11 +18,13 @@ pub mod sse;
 use crate::config::Limits;
 use crate::crypto::Secret;
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::Stream;
 use serde_json::Value;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The protocol family and defaults of a provider.
@@ -198,6 +200,10 @@ pub enum UpstreamError {
     Refused(String),
     #[error("upstream sent something unexpected: {0}")]
     Protocol(String),
+    /// The answer passed its size limit (`Limits::upstream_*_max_bytes`) and
+    /// was cut off.
+    #[error("the answer is larger than the limit of {limit_bytes} bytes")]
+    AnswerTooLarge { limit_bytes: usize },
     #[error("{provider} does not offer {capability}")]
     Unsupported {
         provider: &'static str,
@@ -248,6 +254,9 @@ impl From<UpstreamError> for crate::error::HubError {
         use crate::error::HubError;
         match e {
             UpstreamError::Timeout => HubError::UpstreamTimeout,
+            UpstreamError::AnswerTooLarge { limit_bytes } => {
+                HubError::UpstreamAnswerTooLarge { limit_bytes }
+            }
             UpstreamError::Status {
                 status: 400 | 404 | 413 | 422,
                 ..
@@ -438,27 +447,211 @@ impl Upstream {
         Ok(response)
     }
 
-    /// Reads a whole JSON body within the total timeout.
-    pub async fn json_body(&self, response: reqwest::Response) -> Result<Value, UpstreamError> {
-        let total = Duration::from_millis(self.limits.upstream_total_timeout_ms);
-        let bytes = tokio::time::timeout(total, response.bytes())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(transport_error)?;
-        serde_json::from_slice(&bytes)
+    /// The byte budget of one request's answers of `kind`.
+    pub fn answer_budget(&self, kind: AnswerKind) -> AnswerBudget {
+        let limits = &self.limits;
+        AnswerBudget::new(match kind {
+            AnswerKind::Chat => limits.upstream_chat_answer_max_bytes,
+            AnswerKind::Embeddings => limits.upstream_embeddings_answer_max_bytes,
+            AnswerKind::Images => limits.upstream_images_answer_max_bytes,
+        })
+    }
+
+    /// Reads a whole JSON answer of `kind` within the total timeout and its size
+    /// limit.
+    pub async fn json_body(
+        &self,
+        response: reqwest::Response,
+        kind: AnswerKind,
+    ) -> Result<Value, UpstreamError> {
+        self.json_within(response, &self.answer_budget(kind)).await
+    }
+
+    /// [`Self::json_body`] counted against a budget shared with other calls.
+    pub async fn json_within(
+        &self,
+        response: reqwest::Response,
+        budget: &AnswerBudget,
+    ) -> Result<Value, UpstreamError> {
+        let body = self.read_within(response, budget).await?;
+        // Parsed from the pieces as they arrived: no copy of the whole body.
+        let reader = std::io::BufReader::with_capacity(64 * 1024, body.reader());
+        serde_json::from_reader(reader)
             .map_err(|e| UpstreamError::Protocol(format!("response is not JSON: {e}")))
     }
+
+    /// Reads a whole body within the total timeout, counted against `budget`.
+    pub async fn body_within(
+        &self,
+        response: reqwest::Response,
+        budget: &AnswerBudget,
+    ) -> Result<Bytes, UpstreamError> {
+        Ok(self.read_within(response, budget).await?.into_bytes())
+    }
+
+    async fn read_within(
+        &self,
+        response: reqwest::Response,
+        budget: &AnswerBudget,
+    ) -> Result<BodyPieces, UpstreamError> {
+        let total = Duration::from_millis(self.limits.upstream_total_timeout_ms);
+        tokio::time::timeout(total, read_bounded(response, budget))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    /// A streamed body as it arrives, failing once it passes
+    /// `Limits::upstream_stream_answer_max_bytes`.
+    pub fn stream_bytes(&self, response: reqwest::Response) -> UpstreamBytes {
+        bounded_bytes(response, self.limits.upstream_stream_answer_max_bytes)
+    }
+
+    /// A streamed body's server-sent events, within the stream's limits (idle
+    /// time, total bytes, bytes of one event). Used by every SSE-speaking provider.
+    pub fn sse_events(&self, response: reqwest::Response) -> SseEvents {
+        let idle = Duration::from_millis(self.limits.upstream_idle_timeout_ms);
+        let parser = sse::SseParser::new(self.limits.upstream_stream_event_max_bytes);
+        sse_events(self.stream_bytes(response), parser, idle)
+    }
+}
+
+/// What an upstream answer carries, for its size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerKind {
+    Chat,
+    Embeddings,
+    Images,
+}
+
+/// Bytes the upstream answers of one request may still take. The calls one
+/// request makes share it (Bedrock's Titan embeds one text per call).
+pub struct AnswerBudget {
+    limit_bytes: usize,
+    remaining_bytes: AtomicUsize,
+}
+
+impl AnswerBudget {
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            limit_bytes,
+            remaining_bytes: AtomicUsize::new(limit_bytes),
+        }
+    }
+
+    /// Counts `bytes` more of an answer; past the limit, the answer is too large.
+    pub fn take(&self, bytes: usize) -> Result<(), UpstreamError> {
+        self.remaining_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .map(|_| ())
+            .map_err(|_| self.exceeded())
+    }
+
+    fn remaining(&self) -> usize {
+        self.remaining_bytes.load(Ordering::Relaxed)
+    }
+
+    fn exceeded(&self) -> UpstreamError {
+        UpstreamError::AnswerTooLarge {
+            limit_bytes: self.limit_bytes,
+        }
+    }
+}
+
+/// Reads a body chunk by chunk with a running count, so that an answer past the
+/// budget is dropped (and its connection closed) as soon as it passes it, never
+/// buffered whole.
+async fn read_bounded(
+    mut response: reqwest::Response,
+    budget: &AnswerBudget,
+) -> Result<BodyPieces, UpstreamError> {
+    let announced = response
+        .content_length()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    if announced > budget.remaining() {
+        return Err(budget.exceeded());
+    }
+    let mut body = BodyPieces(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        budget.take(chunk.len())?;
+        body.0.push(chunk);
+    }
+    Ok(body)
+}
+
+/// A body kept as the pieces it arrived in: growing one buffer instead would
+/// copy it as it grows, holding up to twice its size at once.
+struct BodyPieces(Vec<Bytes>);
+
+impl BodyPieces {
+    fn reader(&self) -> PiecesReader<'_> {
+        PiecesReader {
+            pieces: self.0.iter(),
+            current: &[],
+        }
+    }
+
+    /// The body in one buffer (copied once, unless it came in one piece).
+    fn into_bytes(mut self) -> Bytes {
+        if self.0.len() == 1 {
+            return self.0.remove(0);
+        }
+        let mut bytes = BytesMut::with_capacity(self.0.iter().map(Bytes::len).sum());
+        for piece in self.0.drain(..) {
+            bytes.extend_from_slice(&piece);
+        }
+        bytes.freeze()
+    }
+}
+
+struct PiecesReader<'a> {
+    pieces: std::slice::Iter<'a, Bytes>,
+    current: &'a [u8],
+}
+
+impl std::io::Read for PiecesReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.pieces.next() {
+                Some(piece) => self.current = piece,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = &self.current[n..];
+        Ok(n)
+    }
+}
+
+/// An upstream body as it arrives.
+pub type UpstreamBytes = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// `response`'s body as it arrives, ending with `AnswerTooLarge` once it passes
+/// `limit_bytes` in all.
+fn bounded_bytes(response: reqwest::Response, limit_bytes: usize) -> UpstreamBytes {
+    use futures_util::StreamExt;
+    let budget = AnswerBudget::new(limit_bytes);
+    Box::pin(response.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(transport_error)?;
+        budget.take(chunk.len())?;
+        Ok(chunk)
+    }))
 }
 
 /// Longest upstream error text kept (for the operator's log).
 const ERROR_MESSAGE_MAX_CHARS: usize = 500;
+/// Most bytes of an upstream error body read: enough for any real error
+/// message, which is cut to [`ERROR_MESSAGE_MAX_CHARS`] anyway.
+const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 
 async fn error_from_response(
     response: reqwest::Response,
     error_message: fn(&Value) -> Option<String>,
 ) -> UpstreamError {
     let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
+    let text = error_body_text(response).await;
     let json = serde_json::from_str::<Value>(&text).ok();
     let code = json.as_ref().and_then(redact::error_code);
     let message = json.as_ref().and_then(error_message).unwrap_or(text);
@@ -467,6 +660,21 @@ async fn error_from_response(
         code,
         message: message.chars().take(ERROR_MESSAGE_MAX_CHARS).collect(),
     }
+}
+
+/// The first [`ERROR_BODY_MAX_BYTES`] of an error body, as text.
+async fn error_body_text(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_MAX_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ERROR_BODY_MAX_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The `error.message` of an error body (OpenAI's and Anthropic's shape).
@@ -487,14 +695,14 @@ pub fn transport_error(e: reqwest::Error) -> UpstreamError {
     }
 }
 
+/// The server-sent events of a stream.
+pub type SseEvents = Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>>;
+
 /// Turns a byte stream of server-sent events into events, with the idle timeout
-/// between chunks. Used by every SSE-speaking provider.
-pub fn sse_events(
-    response: reqwest::Response,
-    idle: Duration,
-) -> Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>> {
+/// between chunks.
+fn sse_events(bytes: UpstreamBytes, parser: sse::SseParser, idle: Duration) -> SseEvents {
     use futures_util::StreamExt;
-    let state = (response.bytes_stream(), sse::SseParser::default(), false);
+    let state = (bytes, parser, false);
     Box::pin(futures_util::stream::unfold(
         state,
         move |(mut bytes, mut parser, mut ended)| async move {
@@ -518,9 +726,7 @@ pub fn sse_events(
                             ));
                         }
                     }
-                    Ok(Some(Err(e))) => {
-                        return Some((Err(transport_error(e)), (bytes, parser, true)))
-                    }
+                    Ok(Some(Err(e))) => return Some((Err(e), (bytes, parser, true))),
                     Ok(Some(Ok(chunk))) => {
                         if let Err(e) = parser.push(&chunk) {
                             return Some((Err(e), (bytes, parser, true)));

@@ -15,9 +15,9 @@
 //! carry `choices`.
 
 use super::{
-    embedding_texts, embedding_vector, embeddings_list, error_dot_message, sse_events,
-    wants_base64_embeddings, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, Provider,
-    ProviderApi, ProviderKind, StreamItem, UpstreamCall, UpstreamError,
+    embedding_texts, embedding_vector, embeddings_list, error_dot_message, wants_base64_embeddings,
+    AnswerKind, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, Provider, ProviderApi,
+    ProviderKind, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
@@ -174,7 +174,10 @@ async fn ollama_embeddings(
             .http
             .send(post(call, "api/embed", &body), ollama_error_message)
             .await?;
-        let answer = call.http.json_body(response).await?;
+        let answer = call
+            .http
+            .json_body(response, AnswerKind::Embeddings)
+            .await?;
         ollama_embed_to_openai(&answer, model, &texts, wants_base64_embeddings(request))
     };
     tokio::time::timeout(total, exchange)
@@ -198,7 +201,7 @@ impl ProviderApi for OpenAiCompatible {
                     error_dot_message,
                 )
                 .await?;
-            let body = call.http.json_body(response).await?;
+            let body = call.http.json_body(response, AnswerKind::Chat).await?;
             let usage = body.get("usage").and_then(usage_from_openai);
             Ok(ChatOutcome { body, usage })
         };
@@ -223,8 +226,9 @@ impl ProviderApi for OpenAiCompatible {
                 error_dot_message,
             )
             .await?;
-        let idle = Duration::from_millis(call.http.limits.upstream_idle_timeout_ms);
-        let items = sse_events(response, idle)
+        let items = call
+            .http
+            .sse_events(response)
             .take_while(|event| std::future::ready(!matches!(event, Ok(e) if e.data == "[DONE]")))
             .filter_map(|event| async move {
                 match event {
@@ -268,7 +272,10 @@ impl ProviderApi for OpenAiCompatible {
             .http
             .send(post(call, "embeddings", request), error_dot_message)
             .await?;
-        let body = call.http.json_body(response).await?;
+        let body = call
+            .http
+            .json_body(response, AnswerKind::Embeddings)
+            .await?;
         let usage = body.get("usage").and_then(usage_from_openai);
         Ok(EmbeddingsOutcome { body, usage })
     }
@@ -292,7 +299,7 @@ impl ProviderApi for OpenAiCompatible {
             .http
             .send(post(call, "images/generations", request), error_dot_message)
             .await?;
-        let body = call.http.json_body(response).await?;
+        let body = call.http.json_body(response, AnswerKind::Images).await?;
         let images = body
             .get("data")
             .and_then(Value::as_array)

@@ -17,6 +17,7 @@ mod scale_out;
 
 mod aigne;
 mod aigne_client;
+mod answer_limits;
 mod audit;
 mod billing;
 mod cli;

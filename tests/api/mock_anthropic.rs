@@ -9,7 +9,9 @@
 //! `{"type":"error","error":{"type":…,"message":…}}`.
 //!
 //! It implements the conformance model names (see conformance.rs): `conf-text`,
-//! `conf-tools`, `conf-slow`, `conf-die` and `conf-status-<N>`.
+//! `conf-tools`, `conf-slow`, `conf-die` and `conf-status-<N>`; and
+//! `huge-answer` (a message of [`HUGE_ANSWER_BYTES`], made as it is sent) and
+//! `endless-stream` (text events that never stop).
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
@@ -264,6 +266,8 @@ async fn messages(
         ("conf-tools", false) => tools_json(),
         ("conf-tools", true) => tools_stream(),
         ("conf-die", true) => die_stream(),
+        ("huge-answer", false) => huge_answer(),
+        ("endless-stream", true) => endless_stream(),
         ("conf-slow", true) => {
             let pieces: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
             text_stream(&model, &pieces, 20)
@@ -402,4 +406,44 @@ fn tools_stream() -> HttpResponse {
     ));
     frames.push(message_stop());
     sse(frames.into_iter().map(|f| (0, f)).collect())
+}
+
+/// Size of a `huge-answer` message: far past any limit of the hub's.
+pub const HUGE_ANSWER_BYTES: usize = 500 * 1024 * 1024;
+
+/// A text message of [`HUGE_ANSWER_BYTES`], sent in chunks of about 64 KiB made
+/// one at a time, without a `content-length`.
+fn huge_answer() -> HttpResponse {
+    let head = Bytes::from_static(
+        br#"{"id":"msg_huge","type":"message","role":"assistant","model":"huge-answer","content":[{"type":"text","text":""#,
+    );
+    let chunk = Bytes::from("more ".repeat(64 * 1024 / 5));
+    let tail = Bytes::from(format!(
+        r#""}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{}}}"#,
+        text_usage(TEXT_OUTPUT_TOKENS)
+    ));
+    let chunks = HUGE_ANSWER_BYTES / chunk.len();
+    let body = futures_util::stream::once(async move { head })
+        .chain(futures_util::stream::iter(
+            (0..chunks).map(move |_| chunk.clone()),
+        ))
+        .chain(futures_util::stream::once(async move { tail }))
+        .map(Ok::<_, std::io::Error>);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body)
+}
+
+/// A text stream that never ends (until the reader leaves).
+fn endless_stream() -> HttpResponse {
+    let start = [
+        message_start("endless-stream", &text_usage(1)),
+        text_block_start(0),
+    ]
+    .concat();
+    let delta = Bytes::from(text_delta(0, "more "));
+    let body = futures_util::stream::once(async move { Bytes::from(start) })
+        .chain(futures_util::stream::repeat(delta))
+        .map(Ok::<_, std::io::Error>);
+    sse_response(body)
 }

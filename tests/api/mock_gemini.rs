@@ -15,7 +15,9 @@
 //! `get_weather({"city":"Paris"})`), `conf-slow` (200 chunks, 20 ms apart),
 //! `conf-die` (some text, then the connection breaks), `conf-status-<N>` (fails
 //! with status N, "mock N message"); also `conf-cut-short` (a stream that ends
-//! cleanly before any `finishReason`). Any model embeds.
+//! cleanly before any `finishReason`). Any model embeds. `huge-answer` answers
+//! any action with [`HUGE_ANSWER_BYTES`] of JSON made as it is sent;
+//! `endless-stream` streams text that never stops.
 //!
 //! `:predict` is Imagen: `{"instances":[{"prompt"}],"parameters":{"sampleCount",…}}`
 //! answers `{"predictions":[{"bytesBase64Encoded","mimeType"}]}` (`sampleCount`
@@ -418,6 +420,11 @@ async fn handle(
     let Some((model, action)) = path.split_once(':') else {
         return error(404, "The requested URL was not found on this server.");
     };
+    match (model, action) {
+        ("huge-answer", _) => return huge_answer(),
+        ("endless-stream", "streamGenerateContent") => return endless_stream(),
+        _ => {}
+    }
     match action {
         "generateContent" => generate(model, &body, false, ""),
         "streamGenerateContent" => generate(model, &body, true, req.query_string()),
@@ -638,4 +645,37 @@ fn predict(model: &str, body: &Value) -> HttpResponse {
         }
     }
     HttpResponse::Ok().json(json!({ "predictions": predictions }))
+}
+
+/// Size of a `huge-answer` answer: far past any limit of the hub's.
+pub const HUGE_ANSWER_BYTES: usize = 500 * 1024 * 1024;
+
+/// [`HUGE_ANSWER_BYTES`] of JSON, in chunks of about 64 KiB made one at a time,
+/// without a `content-length`.
+fn huge_answer() -> HttpResponse {
+    let head = Bytes::from_static(br#"{"embeddings":["#);
+    let item = r#"{"values":[0.0023,-0.0093,0.0158,0.0412]},"#;
+    let chunk = Bytes::from(item.repeat(64 * 1024 / item.len()));
+    let tail = Bytes::from_static(br#"{"values":[]}]}"#);
+    let chunks = HUGE_ANSWER_BYTES / chunk.len();
+    let body = futures_util::stream::once(async move { head })
+        .chain(futures_util::stream::iter(
+            (0..chunks).map(move |_| chunk.clone()),
+        ))
+        .chain(futures_util::stream::once(async move { tail }))
+        .map(Ok::<_, std::io::Error>);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body)
+}
+
+/// A stream of text chunks that never ends (until the reader leaves).
+fn endless_stream() -> HttpResponse {
+    let chunk = json!({"candidates": [{"content": {"parts": [{"text": "more "}], "role": "model"}, "index": 0}],
+        "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 1, "totalTokenCount": 5}});
+    let frame = Bytes::from(format!("data: {chunk}\r\n\r\n"));
+    let body = futures_util::stream::repeat(frame).map(Ok::<_, std::io::Error>);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(body)
 }

@@ -7,11 +7,14 @@
 //! `fail-400` fail; `no-usage` omits usage; `overshoot` reports more output tokens
 //! than `max_tokens`; `exact-hold` reports exactly `max_tokens` output tokens;
 //! `hang` never answers; `slow` answers after 100 ms; `slow-stream` streams many chunks slowly; `die-mid-stream`
-//! drops the connection after some text; `largest-cap` honours the LARGEST output
+//! drops the connection after some text; `endless-stream` streams text and never
+//! stops; `largest-cap` honours the LARGEST output
 //! cap field it received (`max_tokens`, `max_completion_tokens`,
 //! `max_output_tokens`), as an upstream a two-cap request could overspend
 //! through: it reports that many output tokens, half of them reasoning, and
-//! writes [`LARGEST_CAP_PIECE`] once per token, at most three times.
+//! writes [`LARGEST_CAP_PIECE`] once per token, at most three times. On every
+//! route, `huge-answer` answers [`HUGE_ANSWER_BYTES`] of valid JSON, made as it
+//! is sent (never held whole).
 //!
 //! Also, under other roots, the per-provider variants the hub reaches with a
 //! provider's own base URL: Ollama's native `POST /api/embed`
@@ -189,6 +192,12 @@ async fn chat(
     }
     if model == "conf-tools" {
         return tool_call_answer(&body, deepseek);
+    }
+    if model == "huge-answer" {
+        return huge_answer("chat.completion");
+    }
+    if model == "endless-stream" {
+        return endless_stream();
     }
     let max_tokens = body["max_tokens"]
         .as_u64()
@@ -378,6 +387,9 @@ async fn embeddings(
     if !authorized(&req) {
         return error(401, "Incorrect API key provided", "invalid_request_error");
     }
+    if body["model"] == "huge-answer" {
+        return huge_answer("list");
+    }
     let inputs = match &body["input"] {
         Value::Array(items) => items.len(),
         _ => 1,
@@ -399,6 +411,9 @@ async fn images(
     state.lock().unwrap().requests.push(body.0.clone());
     if !authorized(&req) {
         return error(401, "Incorrect API key provided", "invalid_request_error");
+    }
+    if body["model"] == "huge-answer" {
+        return huge_answer("list");
     }
     let n = body["n"].as_u64().unwrap_or(1);
     let b64 = body["response_format"] == "b64_json";
@@ -634,4 +649,43 @@ async fn ark_images(
         "data": [item],
         "usage": {"generated_images": 1, "output_tokens": 4096, "total_tokens": 4096},
     }))
+}
+
+// ---------------------------------------------------------------------------
+// Answers without end
+
+/// Size of a `huge-answer` answer: far past any limit of the hub's.
+pub const HUGE_ANSWER_BYTES: usize = 500 * 1024 * 1024;
+
+/// [`HUGE_ANSWER_BYTES`] of JSON (`{"object":…,"data":[{…},…]}`), sent in
+/// chunks of about 64 KiB made one at a time, without a `content-length`.
+fn huge_answer(object: &str) -> HttpResponse {
+    let item = r#"{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0158,0.0412]},"#;
+    let chunk = Bytes::from(item.repeat(64 * 1024 / item.len()));
+    let head = Bytes::from(format!(r#"{{"object":"{object}","data":["#));
+    let tail = Bytes::from_static(br#"{"object":"embedding","index":0,"embedding":[]}]}"#);
+    let chunks = HUGE_ANSWER_BYTES / chunk.len();
+    let body = futures_util::stream::once(async move { head })
+        .chain(futures_util::stream::iter(
+            (0..chunks).map(move |_| chunk.clone()),
+        ))
+        .chain(futures_util::stream::once(async move { tail }))
+        .map(Ok::<_, std::io::Error>);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body)
+}
+
+/// A chat stream of text chunks that never ends (until the reader leaves).
+fn endless_stream() -> HttpResponse {
+    let frame = Bytes::from(chunk(
+        "endless-stream",
+        json!({"content": "more "}),
+        Value::Null,
+        false,
+    ));
+    let body = futures_util::stream::repeat(frame).map(Ok::<_, std::io::Error>);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(body)
 }
