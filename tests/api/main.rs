@@ -20,6 +20,7 @@ mod aigne_client;
 mod audit;
 mod billing;
 mod cli;
+mod cli_first_contact;
 mod conformance;
 mod crash;
 mod errors;
