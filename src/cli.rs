@@ -473,3 +473,53 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// `AIGNE_HUB_*` names quoted as string literals in the files under `dir`.
+    fn env_names_read(dir: &Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                // The benchmark client has settings of its own.
+                if path.file_name().is_some_and(|n| n != "bin") {
+                    env_names_read(&path, found);
+                }
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for piece in text.split("\"AIGNE_HUB_").skip(1) {
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.is_empty() && piece[name.len()..].starts_with('"') {
+                    found.insert(format!("AIGNE_HUB_{name}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_environment_variable_is_in_help_and_in_the_docs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut read = BTreeSet::new();
+        env_names_read(&root.join("src"), &mut read);
+        assert!(read.contains("AIGNE_HUB_LISTEN"), "{read:?}");
+        let help = Cli::command().render_long_help().to_string();
+        let docs = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+        let configuration = docs.split("## Configuration").nth(1).unwrap();
+        for name in &read {
+            assert!(help.contains(name.as_str()), "--help lacks {name}");
+            assert!(
+                configuration.contains(name.as_str()),
+                "docs/api.md's configuration lacks {name}"
+            );
+        }
+    }
+}
