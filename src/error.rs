@@ -9,10 +9,32 @@ use actix_web::{HttpResponse, ResponseError};
 use domain::tenant::TenantError;
 use serde_json::json;
 
+/// Why a request was not authenticated: each 401 says which, so a newcomer can
+/// fix it. None of them shows any part of the presented token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
+    MissingHeader,
+    #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
+    NotBearer,
+    #[error("the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)")]
+    MalformedKey,
+    #[error("unknown API key: no such key, or its secret does not match")]
+    UnknownKey,
+    #[error("this API key was revoked; ask your administrator for a new one")]
+    RevokedKey,
+    #[error("the operator token only opens /admin; tenant routes take a tenant's API key (`aigne-hub key issue`)")]
+    OperatorTokenOnTenantRoute,
+    #[error("a tenant API key does not open /admin; use the operator token (AIGNE_HUB_OPERATOR_TOKEN or <data dir>/operator_token)")]
+    TenantKeyOnAdmin,
+    #[error("invalid operator token")]
+    WrongOperatorToken,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("invalid or revoked API key")]
-    Unauthenticated,
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
     #[error("insufficient credits: {available} available, {required} required for this request; ask your administrator to add credits")]
@@ -46,7 +68,7 @@ pub enum HubError {
 impl HubError {
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            HubError::Unauthenticated => ("authentication_error", "invalid_api_key"),
+            HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
             HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
             HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
             HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
@@ -73,7 +95,7 @@ impl HubError {
 impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {
-            HubError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             HubError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -149,8 +171,11 @@ impl ResponseError for WebhookError {
 impl From<TenantError> for HubError {
     fn from(e: TenantError) -> Self {
         match e {
-            // A key naming a tenant that does not exist is just an invalid key.
-            TenantError::TenantNotFound | TenantError::Unauthenticated => HubError::Unauthenticated,
+            // A key naming a tenant that does not exist is just an unknown key.
+            TenantError::TenantNotFound | TenantError::Unauthenticated => {
+                HubError::Unauthenticated(AuthFailure::UnknownKey)
+            }
+            TenantError::KeyRevoked => HubError::Unauthenticated(AuthFailure::RevokedKey),
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
             TenantError::InsufficientCredits {
                 available,

@@ -25,6 +25,7 @@ mod conformance;
 mod crash;
 mod errors;
 mod explain;
+mod first_contact;
 mod invoices;
 mod lifecycle;
 mod log_order;
