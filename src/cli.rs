@@ -232,6 +232,19 @@ enum PriceCmd {
         #[arg(long)]
         max_output_tokens: Option<u32>,
     },
+    /// Make a bare model name (as apps send it, e.g. gpt-4o-mini) stand for a
+    /// priced `provider/model`.
+    Alias {
+        /// The bare name, without `/`.
+        alias: String,
+        /// `provider/model`, e.g. openai/gpt-4o-mini.
+        model: String,
+    },
+    /// Remove an alias.
+    Unalias {
+        /// The bare name.
+        alias: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -411,6 +424,14 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
+        }
+        Command::Price(PriceCmd::Alias { alias, model }) => {
+            hub.set_alias(&alias, &model).await?;
+            serde_json::json!({"alias": alias, "model": model})
+        }
+        Command::Price(PriceCmd::Unalias { alias }) => {
+            hub.remove_alias(&alias).await?;
+            serde_json::json!({"alias": alias, "removed": true})
         }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {
             let reports = crate::audit::verify_store(hub.store.as_ref(), tenant).await?;

@@ -31,6 +31,27 @@ pub enum AuthFailure {
     WrongOperatorToken,
 }
 
+/// A model the hub cannot serve, with the closest ids it can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    pub suggestions: Vec<String>,
+}
+
+impl std::fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model {:?} does not exist or has no price",
+            self.model
+        )?;
+        if !self.suggestions.is_empty() {
+            write!(f, "; did you mean {}?", self.suggestions.join(", "))?;
+        }
+        write!(f, "; list models with GET /v1/models")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("{0}")]
@@ -43,8 +64,8 @@ pub enum HubError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the model {0:?} does not exist or has no price; list models with GET /v1/models")]
-    ModelNotFound(String),
+    #[error("{0}")]
+    ModelNotFound(UnknownModel),
     #[error("request body is larger than the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0}")]

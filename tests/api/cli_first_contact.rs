@@ -167,3 +167,82 @@ fn help_describes_every_command() {
         );
     }
 }
+
+/// Runs a command that must succeed; returns its JSON.
+fn run_ok(env: &HubEnv, args: &[&str]) -> serde_json::Value {
+    let output = env
+        .command()
+        .args(args)
+        .env(
+            "AIGNE_HUB_PROVIDER_API_KEY",
+            crate::mock_openai::MOCK_API_KEY,
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn the_cli_sets_and_removes_a_model_alias(kind: StoreKind) {
+    let temp = tempfile::tempdir().unwrap();
+    let env = HubEnv::new(temp.path(), database_url_for(kind).await);
+    drop(env.start().await);
+    let mock = crate::mock_openai::MockUpstream::start();
+    run_ok(
+        &env,
+        &[
+            "provider",
+            "add",
+            "--name",
+            "mock",
+            "--kind",
+            "openai",
+            "--base-url",
+            &mock.base_url,
+        ],
+    );
+    run_ok(
+        &env,
+        &[
+            "price",
+            "set",
+            "mock/gpt-mock",
+            "--input",
+            "1",
+            "--output",
+            "2",
+        ],
+    );
+    let set = run_ok(&env, &["price", "alias", "gpt-mock", "mock/gpt-mock"]);
+    assert_eq!(
+        set,
+        serde_json::json!({"alias": "gpt-mock", "model": "mock/gpt-mock"})
+    );
+
+    let hub = env.start().await;
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/admin/v1/aliases", hub.address))
+        .bearer_auth(&env.operator_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["data"],
+        serde_json::json!([{"alias": "gpt-mock", "model": "mock/gpt-mock"}])
+    );
+    drop(hub);
+    let removed = run_ok(&env, &["price", "unalias", "gpt-mock"]);
+    assert_eq!(removed["removed"], true);
+}
+crate::on_both_stores!(
+    the_cli_sets_and_removes_a_model_alias,
+    the_cli_sets_and_removes_a_model_alias
+);
