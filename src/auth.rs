@@ -5,7 +5,7 @@
 //! only copy of the key's SHA-256, decides whether it is valid. The secret is 256
 //! random bits and is shown once, when the key is issued.
 
-use crate::error::HubError;
+use crate::error::{AuthFailure, HubError};
 use actix_web::HttpRequest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -55,16 +55,17 @@ pub struct PresentedKey {
 }
 
 pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
+    let malformed = || HubError::Unauthenticated(AuthFailure::MalformedKey);
     let mut parts = text.splitn(4, '_');
     let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(HubError::Unauthenticated);
+        return Err(malformed());
     };
-    let tenant_id = Uuid::try_parse(tenant).map_err(|_| HubError::Unauthenticated)?;
-    let key_id = Uuid::try_parse(key).map_err(|_| HubError::Unauthenticated)?;
+    let tenant_id = Uuid::try_parse(tenant).map_err(|_| malformed())?;
+    let key_id = Uuid::try_parse(key).map_err(|_| malformed())?;
     if secret.is_empty() {
-        return Err(HubError::Unauthenticated);
+        return Err(malformed());
     }
     Ok(PresentedKey {
         tenant_id: TenantId(tenant_id),
@@ -73,38 +74,71 @@ pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
     })
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
+/// The bearer token of a request, or why there is none.
+pub fn bearer_token(req: &HttpRequest) -> Result<&str, AuthFailure> {
     let value = req
         .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or(AuthFailure::MissingHeader)?;
+    let value = value.to_str().map_err(|_| AuthFailure::NotBearer)?;
     if value.len() > BEARER_MAX_BYTES {
-        return None;
+        return Err(AuthFailure::MalformedKey);
     }
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::NotBearer);
+    }
+    Ok(token.trim())
 }
 
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    bearer_token(req).ok()
+}
+
+/// The hub key of a tenant route's request.
 pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
-    parse_key(bearer(req).ok_or(HubError::Unauthenticated)?)
+    let token = bearer_token(req).map_err(HubError::Unauthenticated)?;
+    tenant_key(req, token)
 }
 
-/// Compares the operator token in constant time (on digests, so lengths leak nothing).
-pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), HubError> {
-    let presented = bearer(req).ok_or(HubError::Unauthenticated)?;
+/// Parses `token` as a hub key; the operator token gets its own refusal, since
+/// trying it on a tenant route is a common first mistake.
+pub fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, HubError> {
+    parse_key(token).map_err(|e| {
+        let operator = req
+            .app_data::<actix_web::web::Data<crate::hub::Hub>>()
+            .is_some_and(|hub| same_secret(token, &hub.operator_token));
+        if operator {
+            HubError::Unauthenticated(AuthFailure::OperatorTokenOnTenantRoute)
+        } else {
+            e
+        }
+    })
+}
+
+/// Compares in constant time (on digests, so lengths leak nothing).
+fn same_secret(presented: &str, expected: &str) -> bool {
     let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected_token.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
     let diff = a
         .iter()
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    if diff == 0 {
-        Ok(())
-    } else {
-        Err(HubError::Unauthenticated)
+    diff == 0
+}
+
+/// Checks the operator token of an `/admin` request.
+pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), HubError> {
+    let presented = bearer_token(req).map_err(HubError::Unauthenticated)?;
+    if same_secret(presented, expected_token) {
+        return Ok(());
     }
+    let failure = match parse_key(presented) {
+        Ok(_) => AuthFailure::TenantKeyOnAdmin,
+        Err(_) => AuthFailure::WrongOperatorToken,
+    };
+    Err(HubError::Unauthenticated(failure))
 }
 
 #[cfg(test)]
@@ -131,7 +165,10 @@ mod tests {
             &format!("aih_{}_{}_", Uuid::nil().simple(), Uuid::nil().simple()),
         ] {
             assert!(
-                matches!(parse_key(bad), Err(HubError::Unauthenticated)),
+                matches!(
+                    parse_key(bad),
+                    Err(HubError::Unauthenticated(AuthFailure::MalformedKey))
+                ),
                 "{bad}"
             );
         }

@@ -126,9 +126,9 @@ impl CatalogData {
     }
 
     /// The model and then its fallbacks, each that has a price and a provider.
-    /// Empty when the model itself cannot be served.
+    /// Empty when the model itself cannot be served. `model` may be an alias.
     pub fn candidates(&self, model: &str) -> Vec<Candidate> {
-        let Some(first) = self.candidate(model) else {
+        let Some(first) = self.candidate(self.book.resolve(model)) else {
             return Vec::new();
         };
         let mut candidates = vec![first.clone()];

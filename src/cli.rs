@@ -3,20 +3,54 @@
 
 use crate::config::{self, Settings, TokenSource};
 use crate::startup::{build_hub, Application};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use domain::{Credits, KeyId, Role, TenantId};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Every environment variable the hub reads, with its default: shown by `--help`
+/// (a test keeps it in step with the code and docs/api.md).
+const ENV_HELP: &str = "\
+Environment (a flag given on the command line wins over its variable):
+  AIGNE_HUB_LISTEN                    address to serve on (--listen); default 127.0.0.1:8080
+  AIGNE_HUB_DATA_DIR                  embedded store and generated secrets (--data-dir); default ./data
+  DATABASE_URL                        postgres://… (--database-url); default unset: SQLite in the data dir
+  AIGNE_HUB_OPERATOR_TOKEN            operator token for /admin; default generated into <data dir>/operator_token
+  AIGNE_HUB_MASTER_KEY                key encrypting provider secrets (hex or base64); default generated into <data dir>/master.key
+  AIGNE_HUB_MODE                      service_provider or enterprise; default service_provider
+  AIGNE_HUB_INITIAL_CREDITS           credits of a tenant created without any; default 0
+  AIGNE_HUB_STREAM_CREDIT_CUTOFF      on/off: end a stream the tenant cannot pay; default on
+  AIGNE_HUB_EXPIRING_SOON_DAYS        window of `expiring_soon` in balances; default 7
+  AIGNE_HUB_CREDIT_PREFIX             $, €, ¥ or empty, for AIGNE apps; default $
+  AIGNE_HUB_PUBLIC_URL                origin of generated image URLs; default the request's scheme and host
+  AIGNE_HUB_WEBHOOK_SECRET            payment webhook secrets, comma-separated; default unset (503)
+  AIGNE_HUB_WEBHOOK_TOLERANCE_SECS    accepted age of a webhook signature; default 300
+  AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL   receiver of balance.low notifications; default unset (none sent)
+  AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET  signs them (required with the URL); default unset
+  AIGNE_HUB_HTTP_WORKERS              HTTP threads, 1-64; default 2
+  AIGNE_HUB_ACTOR_THREADS             tenant actor threads, 1-64; default 2
+  AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS  how long projections may lag local commits (at most 5000); default 100
+  AIGNE_HUB_INVOICE_ANCHOR_DAY        day of the month billing periods start, 1-28; default 1
+  AIGNE_HUB_INVOICE_GRACE_HOURS       hours an invoice stays a draft after its period (at most 648); default 72
+  AIGNE_HUB_PROVIDER_API_KEY          `provider add`: the provider's key; default unset: read from stdin
+  RUST_LOG                            log filter; default info,sqlx=warn
+
+Only `serve` creates a store; every other command works on an existing one
+(run it with the server's --data-dir or DATABASE_URL).";
+
 #[derive(Parser)]
 #[command(
     name = "aigne-hub",
     version,
-    about = "A multi-tenant AI gateway with a replayable credit ledger"
+    about = "A multi-tenant AI gateway with a replayable credit ledger",
+    long_about = "A multi-tenant AI gateway with a replayable credit ledger.\n\n\
+        Without a command it serves HTTP (same as `serve`). The other commands are\n\
+        the operator's operations; each prints JSON.",
+    after_help = ENV_HELP
 )]
 struct Cli {
-    /// Directory for the embedded store and generated secrets.
+    /// Directory of the embedded store and generated secrets.
     #[arg(
         long,
         env = "AIGNE_HUB_DATA_DIR",
@@ -27,31 +61,46 @@ struct Cli {
     /// postgres://… for PostgreSQL; unset = embedded SQLite in the data dir.
     #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// Address the HTTP server listens on (`serve`, the default command).
+    #[arg(
+        long,
+        env = "AIGNE_HUB_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    listen: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP server (the default).
-    Serve(ServeArgs),
+    /// Run the HTTP server (the default); creates the store on first start.
+    Serve,
+    /// Create tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Issue and revoke a tenant's API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Grant credits to a tenant.
     #[command(subcommand)]
     Credits(CreditsCmd),
     /// Show a tenant's balance.
     Balance {
+        /// The tenant's id.
         #[arg(long)]
         tenant: TenantId,
     },
+    /// Add upstream AI providers.
     #[command(subcommand)]
     Provider(ProviderCmd),
+    /// Set model prices and model aliases in the price book.
     #[command(subcommand)]
     Price(PriceCmd),
     /// Rebuild every projection from the event log and compare it with the live one.
     Replay,
+    /// Check the tamper-evident hash chains of the event log.
     #[command(subcommand)]
     Audit(AuditCmd),
 }
@@ -63,25 +112,24 @@ enum AuditCmd {
     /// With --export, checks a file from `GET /v1/audit/events` offline (no
     /// database) and recomputes that tenant's balance from it.
     Verify {
+        /// Only this tenant.
         #[arg(long, conflicts_with = "export")]
         tenant: Option<TenantId>,
+        /// A file saved from `GET /v1/audit/events`.
         #[arg(long)]
         export: Option<std::path::PathBuf>,
     },
 }
 
-#[derive(Args, Default)]
-struct ServeArgs {
-    #[arg(long, env = "AIGNE_HUB_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: String,
-}
-
 #[derive(Subcommand)]
 enum TenantCmd {
+    /// Create a tenant; prints its id.
     Create {
+        /// A label for people (1 to 200 characters).
         #[arg(long)]
         name: String,
-        /// Credits granted at creation, as a decimal string.
+        /// Credits granted at creation, as a decimal string (default:
+        /// AIGNE_HUB_INITIAL_CREDITS).
         #[arg(long)]
         initial_credits: Option<String>,
     },
@@ -91,17 +139,22 @@ enum TenantCmd {
 enum KeyCmd {
     /// Issue a key (printed once).
     Issue {
+        /// The tenant's id.
         #[arg(long)]
         tenant: TenantId,
+        /// A label for people.
         #[arg(long)]
         name: String,
         /// admin, member, billing or auditor.
         #[arg(long)]
         role: Role,
     },
+    /// Revoke a key: it is refused from then on.
     Revoke {
+        /// The tenant's id.
         #[arg(long)]
         tenant: TenantId,
+        /// The key's id (`key_id` printed by `key issue`).
         #[arg(long)]
         key_id: KeyId,
     },
@@ -109,13 +162,18 @@ enum KeyCmd {
 
 #[derive(Subcommand)]
 enum CreditsCmd {
+    /// Grant credits; repeating a grant with the same idempotency key is a no-op.
     Grant {
+        /// The tenant's id.
         #[arg(long)]
         tenant: TenantId,
+        /// Credits, as a decimal string.
         #[arg(long)]
         amount: String,
+        /// Names this grant, so that a retry does not grant twice.
         #[arg(long)]
         idempotency_key: String,
+        /// Why (kept in the ledger).
         #[arg(long)]
         reason: String,
         /// RFC 3339 time (e.g. 2026-07-01T00:00:00Z) when what is left of the
@@ -131,6 +189,7 @@ enum ProviderCmd {
     /// AIGNE_HUB_PROVIDER_API_KEY or, if unset, from standard input (never from the
     /// command line, where `ps` shows it).
     Add {
+        /// The provider's name: the first part of model ids (`openai/gpt-4o-mini`).
         #[arg(long)]
         name: String,
         /// openai, anthropic, bedrock, gemini, deepseek, ollama, openrouter, xai, doubao or poe.
@@ -152,20 +211,39 @@ enum ProviderCmd {
 enum PriceCmd {
     /// Set a model's price in credits per million tokens.
     Set {
+        /// `provider/model`, e.g. openai/gpt-4o-mini.
         model: String,
+        /// Credits per million input tokens (the provider's cost).
         #[arg(long)]
         input: String,
+        /// Credits per million output tokens.
         #[arg(long)]
         output: String,
+        /// Credits per million cached input tokens read.
         #[arg(long)]
         cache_read: Option<String>,
+        /// Credits per million input tokens written to the cache.
         #[arg(long)]
         cache_write: Option<String>,
         /// Credits per generated image.
         #[arg(long)]
         per_image: Option<String>,
+        /// The model's largest answer, in tokens.
         #[arg(long)]
         max_output_tokens: Option<u32>,
+    },
+    /// Make a bare model name (as apps send it, e.g. gpt-4o-mini) stand for a
+    /// priced `provider/model`.
+    Alias {
+        /// The bare name, without `/`.
+        alias: String,
+        /// `provider/model`, e.g. openai/gpt-4o-mini.
+        model: String,
+    },
+    /// Remove an alias.
+    Unalias {
+        /// The bare name.
+        alias: String,
     },
 }
 
@@ -189,9 +267,8 @@ pub fn main() -> ExitCode {
     };
     settings.data_dir = cli.data_dir.clone();
     settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
-        listen: settings.listen.clone(),
-    }));
+    settings.listen = cli.listen.clone();
+    let command = cli.command.unwrap_or(Command::Serve);
     let system = actix_web::rt::System::new();
     match system.block_on(run(settings, command)) {
         Ok(code) => code,
@@ -219,8 +296,7 @@ fn print(value: serde_json::Value) {
 }
 
 async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCode> {
-    if let Command::Serve(args) = command {
-        settings.listen = args.listen;
+    if let Command::Serve = command {
         return serve(settings).await;
     }
     if let Command::Audit(AuditCmd::Verify {
@@ -239,9 +315,12 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             ExitCode::FAILURE
         });
     }
+    // Only `serve` creates a store: a command run from the wrong directory must
+    // not make an empty one with new secrets and then report "tenant not found".
+    config::require_existing_store(&mut settings)?;
     let hub = build_hub(&settings).await?;
     let result = match command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve => unreachable!("handled above"),
         Command::Tenant(TenantCmd::Create {
             name,
             initial_credits,
@@ -346,6 +425,14 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
         }
+        Command::Price(PriceCmd::Alias { alias, model }) => {
+            hub.set_alias(&alias, &model).await?;
+            serde_json::json!({"alias": alias, "model": model})
+        }
+        Command::Price(PriceCmd::Unalias { alias }) => {
+            hub.remove_alias(&alias).await?;
+            serde_json::json!({"alias": alias, "removed": true})
+        }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {
             let reports = crate::audit::verify_store(hub.store.as_ref(), tenant).await?;
             let ok = reports.iter().all(|r| r.first_break.is_none());
@@ -406,4 +493,54 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     );
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// `AIGNE_HUB_*` names quoted as string literals in the files under `dir`.
+    fn env_names_read(dir: &Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                // The benchmark client has settings of its own.
+                if path.file_name().is_some_and(|n| n != "bin") {
+                    env_names_read(&path, found);
+                }
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for piece in text.split("\"AIGNE_HUB_").skip(1) {
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.is_empty() && piece[name.len()..].starts_with('"') {
+                    found.insert(format!("AIGNE_HUB_{name}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_environment_variable_is_in_help_and_in_the_docs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut read = BTreeSet::new();
+        env_names_read(&root.join("src"), &mut read);
+        assert!(read.contains("AIGNE_HUB_LISTEN"), "{read:?}");
+        let help = Cli::command().render_long_help().to_string();
+        let docs = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+        let configuration = docs.split("## Configuration").nth(1).unwrap();
+        for name in &read {
+            assert!(help.contains(name.as_str()), "--help lacks {name}");
+            assert!(
+                configuration.contains(name.as_str()),
+                "docs/api.md's configuration lacks {name}"
+            );
+        }
+    }
 }

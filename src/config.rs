@@ -525,6 +525,52 @@ fn file_secret(
     }
 }
 
+/// The embedded store's file in the data dir.
+pub const SQLITE_FILE_NAME: &str = "aigne-hub.sqlite";
+const OPERATOR_TOKEN_FILE_NAME: &str = "operator_token";
+const MASTER_KEY_FILE_NAME: &str = "master.key";
+
+/// For every command but `serve`, which alone creates a store: fails, naming the
+/// path looked in, unless the store and its master key already exist. The
+/// operator token is not needed by commands; when it is neither set nor on
+/// disk, a throwaway one is used so that nothing is written.
+pub fn require_existing_store(settings: &mut Settings) -> anyhow::Result<()> {
+    const HINT: &str = "start `aigne-hub serve` once to create a store, or point --data-dir \
+        (AIGNE_HUB_DATA_DIR) or --database-url (DATABASE_URL) at the server's store";
+    if let Some(path) = sqlite_path(settings) {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        anyhow::ensure!(path.is_file(), "no hub store at {}: {HINT}", path.display());
+    }
+    if settings.master_key.is_none() {
+        let path = settings.data_dir.join(MASTER_KEY_FILE_NAME);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "no master key at {} and AIGNE_HUB_MASTER_KEY is unset: {HINT}",
+            path.display()
+        );
+    }
+    if settings.operator_token.is_none()
+        && !settings.data_dir.join(OPERATOR_TOKEN_FILE_NAME).is_file()
+    {
+        settings.operator_token = Some(crate::auth::random_secret());
+    }
+    Ok(())
+}
+
+/// The SQLite file the settings name, if the store is SQLite.
+fn sqlite_path(settings: &Settings) -> Option<PathBuf> {
+    match settings.database_url.as_deref() {
+        None => Some(settings.data_dir.join(SQLITE_FILE_NAME)),
+        Some(url) => {
+            let rest = url.strip_prefix("sqlite:")?;
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let path = rest.split('?').next().unwrap_or_default();
+            (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+        }
+    }
+}
+
 /// Where the operator token came from, for the startup banner.
 pub enum TokenSource {
     Env,
@@ -535,7 +581,7 @@ pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSourc
     if let Some(token) = &settings.operator_token {
         return Ok((token.clone(), TokenSource::Env));
     }
-    let (token, path, created) = file_secret(&settings.data_dir, "operator_token", || {
+    let (token, path, created) = file_secret(&settings.data_dir, OPERATOR_TOKEN_FILE_NAME, || {
         format!("aho_{}", crate::auth::random_secret())
     })?;
     Ok((token, TokenSource::File { path, created }))
@@ -545,7 +591,7 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
     let text = match &settings.master_key {
         Some(text) => text.clone(),
         None => {
-            file_secret(&settings.data_dir, "master.key", || {
+            file_secret(&settings.data_dir, MASTER_KEY_FILE_NAME, || {
                 hex::encode(SecretBox::generate_master_key())
             })?
             .0

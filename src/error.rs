@@ -9,10 +9,53 @@ use actix_web::{HttpResponse, ResponseError};
 use domain::tenant::TenantError;
 use serde_json::json;
 
+/// Why a request was not authenticated: each 401 says which, so a newcomer can
+/// fix it. None of them shows any part of the presented token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
+    MissingHeader,
+    #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
+    NotBearer,
+    #[error("the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)")]
+    MalformedKey,
+    #[error("unknown API key: no such key, or its secret does not match")]
+    UnknownKey,
+    #[error("this API key was revoked; ask your administrator for a new one")]
+    RevokedKey,
+    #[error("the operator token only opens /admin; tenant routes take a tenant's API key (`aigne-hub key issue`)")]
+    OperatorTokenOnTenantRoute,
+    #[error("a tenant API key does not open /admin; use the operator token (AIGNE_HUB_OPERATOR_TOKEN or <data dir>/operator_token)")]
+    TenantKeyOnAdmin,
+    #[error("invalid operator token")]
+    WrongOperatorToken,
+}
+
+/// A model the hub cannot serve, with the closest ids it can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    pub suggestions: Vec<String>,
+}
+
+impl std::fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model {:?} does not exist or has no price",
+            self.model
+        )?;
+        if !self.suggestions.is_empty() {
+            write!(f, "; did you mean {}?", self.suggestions.join(", "))?;
+        }
+        write!(f, "; list models with GET /v1/models")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("invalid or revoked API key")]
-    Unauthenticated,
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
     #[error("insufficient credits: {available} available, {required} required for this request{}; ask your administrator to add credits", output_cap_hint(*.max_tokens_that_fit, *.default_max_tokens))]
@@ -30,8 +73,8 @@ pub enum HubError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the model {0:?} does not exist or has no price; list models with GET /v1/models")]
-    ModelNotFound(String),
+    #[error("{0}")]
+    ModelNotFound(UnknownModel),
     #[error("request body is larger than the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0}")]
@@ -74,7 +117,7 @@ pub(crate) fn output_cap_hint(max_tokens_that_fit: Option<u64>, default: Option<
 impl HubError {
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            HubError::Unauthenticated => ("authentication_error", "invalid_api_key"),
+            HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
             HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
             HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
             HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
@@ -116,7 +159,7 @@ impl HubError {
 impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {
-            HubError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             HubError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -194,8 +237,11 @@ impl ResponseError for WebhookError {
 impl From<TenantError> for HubError {
     fn from(e: TenantError) -> Self {
         match e {
-            // A key naming a tenant that does not exist is just an invalid key.
-            TenantError::TenantNotFound | TenantError::Unauthenticated => HubError::Unauthenticated,
+            // A key naming a tenant that does not exist is just an unknown key.
+            TenantError::TenantNotFound | TenantError::Unauthenticated => {
+                HubError::Unauthenticated(AuthFailure::UnknownKey)
+            }
+            TenantError::KeyRevoked => HubError::Unauthenticated(AuthFailure::RevokedKey),
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
             TenantError::InsufficientCredits {
                 available,

@@ -359,13 +359,16 @@ pub(crate) async fn admit_image_variant(
         image_quality,
         at_cost: hub.mode.charges_at_cost(),
     };
-    let candidates = hub.catalog.snapshot().candidates_for(ask.model, who);
+    let catalog = hub.catalog.snapshot();
+    let candidates = catalog.candidates_for(ask.model, who);
     if candidates.is_empty() {
         // Check the key first, so an unknown model is never a way to probe keys.
         hub.tenants
             .call(key.tenant_id, TenantOp::Read { auth })
             .await?;
-        return Err(HubError::ModelNotFound(ask.model.to_string()));
+        return Err(HubError::ModelNotFound(
+            crate::routes::models::unknown_model(&catalog, ask.model),
+        ));
     }
     let price = hold_price(&candidates);
     let primary = &candidates[0].priced;

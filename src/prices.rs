@@ -164,6 +164,7 @@ impl From<PriceBookError> for HubError {
         match e {
             PriceBookError::Invalid(message) => HubError::BadRequest(message),
             stale @ PriceBookError::StaleImport { .. } => HubError::Conflict(stale.to_string()),
+            unknown @ PriceBookError::UnknownAlias(_) => HubError::NotFound(unknown.to_string()),
         }
     }
 }
@@ -235,6 +236,29 @@ impl Hub {
         Err(HubError::NotFound(format!(
             "provider {provider:?} does not exist; add it first (POST /admin/v1/providers or `aigne-hub provider add`)"
         )))
+    }
+
+    /// Makes a bare name (`gpt-4o-mini`) stand for a priced `provider/model`.
+    pub async fn set_alias(&self, alias: &str, model: &str) -> Result<(), HubError> {
+        let model =
+            ModelId::parse(model).map_err(|e| HubError::BadRequest(format!("model: {e}")))?;
+        self.execute_price_book(PriceBookCommand::SetModelAlias {
+            alias: alias.to_string(),
+            model,
+            at: self.clock.now(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes an alias; 404 when there is none of that name.
+    pub async fn remove_alias(&self, alias: &str) -> Result<(), HubError> {
+        self.execute_price_book(PriceBookCommand::RemoveModelAlias {
+            alias: alias.to_string(),
+            at: self.clock.now(),
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn set_margin(

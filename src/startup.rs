@@ -146,7 +146,12 @@ impl Application {
         let hub = build_hub(&settings).await?;
         let notifier = Notifier::new(hub.store.clone(), &settings.notify)?;
         let listener = TcpListener::bind(&settings.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}: {e}; choose another address with --listen or AIGNE_HUB_LISTEN (e.g. --listen 127.0.0.1:9090)",
+                    settings.listen
+                )
+            })?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(hub.clone());
         let server = HttpServer::new(move || {

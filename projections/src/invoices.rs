@@ -186,6 +186,21 @@ impl UsageKind {
     }
 }
 
+/// A line's text: model, capability and what is counted. The capability is left
+/// out when the count already names it (an image line is not "images images").
+fn line_description(k: &LineKey) -> String {
+    let label = k.kind.label();
+    let mut description = if k.capability.is_empty() || k.capability == label {
+        format!("{} {label}", k.model)
+    } else {
+        format!("{} {} {label}", k.model, k.capability)
+    };
+    if let Some(p) = &k.adjustment_for {
+        description.push_str(&format!(" (late usage of the period starting {p})"));
+    }
+    description
+}
+
 /// What identifies a line, in sort order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LineKey {
@@ -591,16 +606,8 @@ pub fn view(tenant: TenantId, row: &InvoiceRow, now: DateTime<Utc>) -> Option<In
                 UsageKind::Image => Credits::from_pico(k.rate.pico_per_token()).to_decimal_string(),
                 _ => k.rate.to_per_million_string(),
             };
-            let mut description = if k.capability.is_empty() {
-                format!("{} {}", k.model, k.kind.label())
-            } else {
-                format!("{} {} {}", k.model, k.capability, k.kind.label())
-            };
-            if let Some(p) = &k.adjustment_for {
-                description.push_str(&format!(" (late usage of the period starting {p})"));
-            }
             LineView {
-                description,
+                description: line_description(k),
                 model: k.model.clone(),
                 capability: k.capability.clone(),
                 kind: k.kind,
@@ -1023,5 +1030,24 @@ mod tests {
             let error = (sum_rounded.pico() - exact.pico()).abs();
             prop_assert!(error * 2 <= PRESENTATION_UNIT_PICO * row.lines.len() as i128);
         }
+    }
+
+    #[test]
+    fn an_image_line_says_images_once() {
+        let key = |capability: &str, kind| LineKey {
+            adjustment_for: None,
+            model: "openai/gpt-image-1".into(),
+            capability: capability.into(),
+            kind,
+            rate: Rate::from_pico_per_token(1),
+        };
+        assert_eq!(
+            line_description(&key("images", UsageKind::Image)),
+            "openai/gpt-image-1 images"
+        );
+        assert_eq!(
+            line_description(&key("images", UsageKind::Input)),
+            "openai/gpt-image-1 images input tokens"
+        );
     }
 }

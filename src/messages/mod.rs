@@ -16,9 +16,9 @@
 pub mod convert;
 pub mod stream;
 
-use crate::auth::{self, parse_key, PresentedKey, BEARER_MAX_BYTES};
+use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
 use crate::body::{parse_json, read_limited};
-use crate::error::HubError;
+use crate::error::{AuthFailure, HubError};
 use crate::gateway::{
     self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation, StreamEnd,
     STREAM_BUFFER_CHUNKS,
@@ -80,7 +80,7 @@ impl std::fmt::Display for MessagesError {
 /// Anthropic's error type for a hub error.
 pub fn anthropic_error_type(e: &HubError) -> &'static str {
     match e {
-        HubError::Unauthenticated => "authentication_error",
+        HubError::Unauthenticated(_) => "authentication_error",
         HubError::PermissionDenied(_) => "permission_error",
         HubError::InsufficientCredits { .. } => "billing_error",
         HubError::BadRequest(_) | HubError::Conflict(_) | HubError::MethodNotAllowed => {
@@ -131,11 +131,12 @@ impl ResponseError for MessagesError {
 fn presented_key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
     match req.headers().get("x-api-key") {
         Some(value) => {
-            let value = value.to_str().map_err(|_| HubError::Unauthenticated)?;
+            let malformed = HubError::Unauthenticated(AuthFailure::MalformedKey);
+            let value = value.to_str().map_err(|_| malformed)?;
             if value.len() > BEARER_MAX_BYTES {
-                return Err(HubError::Unauthenticated);
+                return Err(HubError::Unauthenticated(AuthFailure::MalformedKey));
             }
-            parse_key(value.trim())
+            auth::tenant_key(req, value.trim())
         }
         None => auth::presented_key(req),
     }
@@ -651,8 +652,8 @@ mod tests {
     #[test]
     fn errors_take_anthropic_types() {
         assert_eq!(
-            anthropic_error_body(&HubError::Unauthenticated),
-            json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid or revoked API key"}})
+            anthropic_error_body(&HubError::Unauthenticated(AuthFailure::RevokedKey)),
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "this API key was revoked; ask your administrator for a new one"}})
         );
         assert_eq!(
             anthropic_error_type(&HubError::InsufficientCredits {

@@ -83,6 +83,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        // Model ids hold a `/` (`openai/gpt-4o-mini`).
+        web::resource("/v1/models/{model:.+}")
+            .route(web::get().to(models::retrieve_model))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/v1/audit/events")
             .route(web::get().to(audit::events))
             .default_service(not_allowed()),
@@ -185,6 +191,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/admin/v1/aliases")
+            .route(web::get().to(prices::list_aliases))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/aliases/{alias}")
+            .route(web::put().to(prices::set_alias))
+            .route(web::delete().to(prices::remove_alias))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/admin/v1/price-book/events")
             .route(web::get().to(prices::price_book_events))
             .default_service(not_allowed()),
@@ -216,9 +233,38 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Unknown paths answer JSON too.
-pub async fn not_found() -> Result<HttpResponse, HubError> {
-    Err(HubError::NotFound("no such endpoint".into()))
+/// Unknown paths answer JSON too, naming what was asked; a model path sent
+/// without its `/v1` (a base URL set without it) is told so.
+pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, HubError> {
+    Err(HubError::NotFound(unknown_path_message(
+        req.method().as_str(),
+        req.path(),
+    )))
+}
+
+/// Paths that exist under `/v1`: a client that left `/v1` out of its base URL asks
+/// for them without it.
+const V1_PATHS: [&str; 6] = [
+    "/chat/completions",
+    "/embeddings",
+    "/images/generations",
+    "/models",
+    "/messages",
+    "/billing/",
+];
+
+fn unknown_path_message(method: &str, path: &str) -> String {
+    let missing_v1 = !path.starts_with("/v1/")
+        && V1_PATHS
+            .iter()
+            .any(|p| path == p.trim_end_matches('/') || path.starts_with(p));
+    if missing_v1 {
+        format!(
+            "no endpoint {method} {path}; did you mean /v1{path}? (the API's base URL ends in /v1)"
+        )
+    } else {
+        format!("no endpoint {method} {path}")
+    }
 }
 
 pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> serde_json::Value {

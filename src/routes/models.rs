@@ -1,16 +1,20 @@
-//! `GET /v1/models`: the models this hub can route, with their prices.
+//! `GET /v1/models`: the models this hub can route, with their prices, and the
+//! aliases (bare names such as `gpt-4o-mini`) the operator set for them;
+//! `GET /v1/models/{id}`: one of them, as OpenAI's `models.retrieve` reads it.
 
 use crate::actors::TenantOp;
 use crate::auth::presented_key;
-use crate::catalog::{PriceFor, PricedModel};
-use crate::error::HubError;
+use crate::catalog::{CatalogData, PriceFor, PricedModel};
+use crate::error::{HubError, UnknownModel};
 use crate::hub::Hub;
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::Permission;
 use serde_json::json;
 
-pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
-    let key = presented_key(&req)?;
+/// Checks the key: any valid key may read models; a role without model access
+/// is still a valid key.
+async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>, HubError> {
+    let key = presented_key(req)?;
     // Any valid key may list models; a role without model access is still a valid key.
     match hub
         .tenants
@@ -25,30 +29,124 @@ pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRe
         Ok(_) | Err(HubError::PermissionDenied(_)) => {}
         Err(e) => return Err(e),
     }
-    let catalog = hub.catalog.snapshot();
     // Each tenant sees what it pays: its margin or its plan's applies.
-    let who = PriceFor {
+    Ok(PriceFor {
         tenant_id: key.tenant_id,
         image_size: None,
         image_quality: None,
         at_cost: hub.mode.charges_at_cost(),
-    };
-    let data: Vec<_> = catalog
+    })
+}
+
+/// A model (or an alias, `id` being the alias) as `/v1/models` lists it.
+fn model_json(id: &str, m: &PricedModel) -> serde_json::Value {
+    let mut entry = json!({
+        "id": id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.model.provider(),
+        "pricing": price_json(m),
+    });
+    if id != m.model.as_str() {
+        entry["alias_for"] = json!(m.model.as_str());
+    }
+    entry
+}
+
+/// The model `id` names (itself or through its alias), if it can be served.
+fn servable(catalog: &CatalogData, id: &str, who: PriceFor<'_>) -> Option<PricedModel> {
+    let model = catalog.models.get(catalog.book.resolve(id))?;
+    if !catalog.providers.contains_key(model.model.provider()) {
+        return None;
+    }
+    catalog.priced_for(&model.model, who)
+}
+
+pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+    let who = check_reader(&hub, &req).await?;
+    let catalog = hub.catalog.snapshot();
+    let ids = catalog.models.keys().chain(catalog.book.aliases.keys());
+    let data: Vec<_> = ids
+        .filter_map(|id| Some(model_json(id, &servable(&catalog, id, who)?)))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /v1/models/{id}`: one model or alias; 404 (`model_not_found`, with the
+/// closest ids) otherwise.
+pub async fn retrieve_model(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, HubError> {
+    let who = check_reader(&hub, &req).await?;
+    let id = path.into_inner();
+    let catalog = hub.catalog.snapshot();
+    match servable(&catalog, &id, who) {
+        Some(model) => Ok(HttpResponse::Ok().json(model_json(&id, &model))),
+        None => Err(HubError::ModelNotFound(unknown_model(&catalog, &id))),
+    }
+}
+
+/// Suggestions offered for an unknown model at most.
+const SUGGESTIONS_MAX: usize = 3;
+
+/// An unknown model with the closest ids the catalog serves.
+pub(crate) fn unknown_model(catalog: &CatalogData, asked: &str) -> UnknownModel {
+    let known = catalog
         .models
         .values()
         .filter(|m| catalog.providers.contains_key(m.model.provider()))
-        .filter_map(|m| catalog.priced_for(&m.model, who))
-        .map(|m| {
-            json!({
-                "id": m.model.as_str(),
-                "object": "model",
-                "created": 0,
-                "owned_by": m.model.provider(),
-                "pricing": price_json(&m),
-            })
+        .map(|m| m.model.as_str())
+        .chain(catalog.book.aliases.keys().map(String::as_str));
+    UnknownModel {
+        model: asked.to_string(),
+        suggestions: closest_ids(asked, known),
+    }
+}
+
+/// The ids closest to `asked`, fewest edits first: those whose model part (after
+/// the provider) is within a few edits of it, or starts with it, or begins it.
+pub(crate) fn closest_ids<'a>(asked: &str, known: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let asked = asked.to_ascii_lowercase();
+    let asked_name = asked.rsplit('/').next().unwrap_or(&asked).to_string();
+    // A third of the name's length, at least 2: typos, not other models.
+    let max_edits = (asked_name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, String)> = known
+        .filter_map(|id| {
+            let lower = id.to_ascii_lowercase();
+            let name = lower.rsplit('/').next().unwrap_or(&lower);
+            let edits = edit_distance(&asked_name, name);
+            let prefix = name.starts_with(&asked_name) || asked_name.starts_with(name);
+            let score = (edits <= max_edits || prefix).then_some(edits)?;
+            Some((score, id.to_string()))
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored
+        .into_iter()
+        .take(SUGGESTIONS_MAX)
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// A model's price as the API shows it: credits per million tokens.
@@ -65,4 +163,37 @@ pub fn price_json(m: &PricedModel) -> serde_json::Value {
         "version": m.price_version,
         "unit": "credits per million tokens",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_model_is_offered_the_closest_configured_ids() {
+        let known = [
+            "openai/gpt-4o-mini",
+            "openai/gpt-4o",
+            "anthropic/claude-sonnet-4-5",
+            "gemini/gemini-2.5-flash",
+            "mini",
+        ];
+        let closest = |asked: &str| closest_ids(asked, known.iter().copied());
+        assert_eq!(closest("gpt-4o-mini")[0], "openai/gpt-4o-mini");
+        assert_eq!(
+            closest("claude-sonnet-4-5"),
+            ["anthropic/claude-sonnet-4-5"]
+        );
+        assert_eq!(closest("claude-sonet-4-5"), ["anthropic/claude-sonnet-4-5"]);
+        assert_eq!(closest("openai/gpt-4o-mnii")[0], "openai/gpt-4o-mini");
+        assert_eq!(closest("GPT-4O"), ["openai/gpt-4o", "openai/gpt-4o-mini"]);
+        assert!(closest("llama-3-70b").is_empty());
+    }
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("gpt-4o", "gpt-4o"), 0);
+    }
 }

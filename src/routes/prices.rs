@@ -88,6 +88,55 @@ pub async fn set_price(
     Ok(HttpResponse::Ok().json(operator_price_json(&hub, &priced)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    /// The `provider/model` the alias stands for.
+    model: String,
+}
+
+/// The book's aliases, by name.
+pub(crate) fn aliases_json(book: &domain::price_book::PriceBook) -> Vec<Value> {
+    book.aliases
+        .iter()
+        .map(|(alias, model)| json!({"alias": alias, "model": model.as_str()}))
+        .collect()
+}
+
+/// `PUT /admin/v1/aliases/{alias}` `{"model": "provider/model"}`: requests for
+/// the bare name `alias` go to that model.
+pub async fn set_alias(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let alias = path.into_inner();
+    let body: AliasBody = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
+    hub.set_alias(&alias, &body.model).await?;
+    Ok(HttpResponse::Ok().json(json!({"alias": alias, "model": body.model})))
+}
+
+/// `DELETE /admin/v1/aliases/{alias}`.
+pub async fn remove_alias(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let alias = path.into_inner();
+    hub.remove_alias(&alias).await?;
+    Ok(HttpResponse::Ok().json(json!({"alias": alias, "removed": true})))
+}
+
+/// `GET /admin/v1/aliases`: every alias and the model it stands for.
+pub async fn list_aliases(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let snapshot = hub.catalog.snapshot();
+    Ok(HttpResponse::Ok().json(json!({ "data": aliases_json(&snapshot.book) })))
+}
+
 /// `GET /admin/v1/prices`: every model's current price.
 pub async fn list_prices(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;

@@ -184,7 +184,7 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
     );
     assert_eq!(
         out["wrongKey"],
-        json!({"error": "invalid or revoked API key", "type": "authentication_error"}),
+        json!({"error": "the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)", "type": "authentication_error"}),
         "{out}"
     );
     assert_eq!(out["notEnough"]["type"], "NOT_ENOUGH", "{out}");

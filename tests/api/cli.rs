@@ -45,6 +45,8 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     let database_url = database_url_for(kind).await;
     let env = HubEnv::new(temp.path(), database_url);
     let mock = MockUpstream::start();
+    // Only `serve` creates a store (and its master key); the CLI then uses it.
+    drop(env.start().await);
 
     let provider = run(
         &env,

@@ -531,6 +531,8 @@ async fn the_cli_grants_with_an_expiry(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
     let database_url = database_url_for(kind).await;
     let env = crate::process::HubEnv::new(temp.path(), database_url);
+    // Only `serve` creates a store (and its master key); the CLI then uses it.
+    drop(env.start().await);
     let (ok, created) = cli(&env, &["tenant", "create", "--name", "acme"]);
     assert!(ok, "{created}");
     let tenant = created["tenant_id"].as_str().unwrap().to_string();

@@ -33,4 +33,14 @@ pub enum PriceBookCommand {
         plan: Option<String>,
         at: DateTime<Utc>,
     },
+    /// Makes a bare model name stand for a priced `provider/model`.
+    SetModelAlias {
+        alias: String,
+        model: ModelId,
+        at: DateTime<Utc>,
+    },
+    RemoveModelAlias {
+        alias: String,
+        at: DateTime<Utc>,
+    },
 }

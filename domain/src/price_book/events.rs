@@ -31,6 +31,14 @@ pub enum PriceBookEvent {
         plan: Option<String>,
         at: DateTime<Utc>,
     },
+    /// A bare model name (`gpt-4o-mini`) now stands for `model`.
+    ModelAliasSet {
+        alias: String,
+        model: ModelId,
+        at: DateTime<Utc>,
+    },
+    /// The bare name stands for nothing any more.
+    ModelAliasRemoved { alias: String, at: DateTime<Utc> },
 }
 
 impl PriceBookEvent {
@@ -38,7 +46,9 @@ impl PriceBookEvent {
         match self {
             PriceBookEvent::ModelPriced { at, .. }
             | PriceBookEvent::MarginSet { at, .. }
-            | PriceBookEvent::TenantPlanSet { at, .. } => *at,
+            | PriceBookEvent::TenantPlanSet { at, .. }
+            | PriceBookEvent::ModelAliasSet { at, .. }
+            | PriceBookEvent::ModelAliasRemoved { at, .. } => *at,
         }
     }
 }
@@ -49,6 +59,8 @@ impl DomainEvent for PriceBookEvent {
             PriceBookEvent::ModelPriced { .. } => "ModelPriced",
             PriceBookEvent::MarginSet { .. } => "MarginSet",
             PriceBookEvent::TenantPlanSet { .. } => "TenantPlanSet",
+            PriceBookEvent::ModelAliasSet { .. } => "ModelAliasSet",
+            PriceBookEvent::ModelAliasRemoved { .. } => "ModelAliasRemoved",
         }
         .to_string()
     }

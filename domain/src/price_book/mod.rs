@@ -43,6 +43,10 @@ pub const IMAGE_PRICES_MAX: usize = 32;
 pub const FALLBACKS_MAX: usize = 4;
 /// Characters of a plan name, a size or a quality.
 pub const NAME_MAX_CHARS: usize = 64;
+/// Characters of a model alias: longer than any provider's model name.
+pub const ALIAS_MAX_CHARS: usize = 128;
+/// Aliases the book may hold: every one is listed in `/v1/models`.
+pub const ALIASES_MAX: usize = 1_000;
 
 /// The price of one generated image of a given size and quality. `None` in
 /// `size` or `quality` matches any value of the request (the more named fields,
@@ -123,12 +127,17 @@ pub struct PriceBook {
     pub plan_margins_bps: BTreeMap<String, u32>,
     pub tenant_margins_bps: BTreeMap<TenantId, u32>,
     pub tenant_plans: BTreeMap<TenantId, String>,
+    /// Bare model names apps send (`gpt-4o-mini`) and the model each stands for.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, ModelId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PriceBookError {
     #[error("{0}")]
     Invalid(String),
+    #[error("no model alias {0:?}")]
+    UnknownAlias(String),
     #[error("the price book already has version {current} of {model}; an import must be newer")]
     StaleImport { model: String, current: i64 },
 }
@@ -235,6 +244,18 @@ fn validate_name(what: &str, name: &str) -> Result<(), PriceBookError> {
     if name.trim().is_empty() || name.chars().count() > NAME_MAX_CHARS {
         return Err(PriceBookError::Invalid(format!(
             "{what} must be 1 to {NAME_MAX_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An alias is a bare name: no `/` (that would be a `provider/model` id), no
+/// blanks or control characters.
+fn validate_alias(alias: &str) -> Result<(), PriceBookError> {
+    let fine = |c: char| !c.is_whitespace() && !c.is_control() && c != '/';
+    if alias.is_empty() || alias.chars().count() > ALIAS_MAX_CHARS || !alias.chars().all(fine) {
+        return Err(PriceBookError::Invalid(format!(
+            "an alias is 1 to {ALIAS_MAX_CHARS} characters without `/` or blanks (a bare model name such as gpt-4o-mini)"
         )));
     }
     Ok(())
@@ -388,7 +409,52 @@ impl PriceBook {
                     at,
                 }])
             }
+            PriceBookCommand::SetModelAlias { alias, model, at } => {
+                self.decide_alias(alias, model, at)
+            }
+            PriceBookCommand::RemoveModelAlias { alias, at } => {
+                self.decide_alias_removal(alias, at)
+            }
         }
+    }
+
+    fn decide_alias(
+        &self,
+        alias: String,
+        model: ModelId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PriceBookEvent>, PriceBookError> {
+        validate_alias(&alias)?;
+        if self.current(&model).is_none() {
+            return Err(PriceBookError::Invalid(format!(
+                "{model} has no price: an alias must name a priced model"
+            )));
+        }
+        if self.aliases.get(&alias) == Some(&model) {
+            return Ok(Vec::new());
+        }
+        if !self.aliases.contains_key(&alias) && self.aliases.len() >= ALIASES_MAX {
+            return Err(PriceBookError::Invalid(format!(
+                "at most {ALIASES_MAX} aliases"
+            )));
+        }
+        Ok(vec![PriceBookEvent::ModelAliasSet { alias, model, at }])
+    }
+
+    fn decide_alias_removal(
+        &self,
+        alias: String,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PriceBookEvent>, PriceBookError> {
+        if !self.aliases.contains_key(&alias) {
+            return Err(PriceBookError::UnknownAlias(alias));
+        }
+        Ok(vec![PriceBookEvent::ModelAliasRemoved { alias, at }])
+    }
+
+    /// The model a requested name stands for: itself, or the model its alias names.
+    pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map_or(name, ModelId::as_str)
     }
 
     fn margin_of(&self, scope: &MarginScope) -> Option<u32> {
@@ -439,6 +505,12 @@ impl PriceBook {
                     self.tenant_plans.remove(&tenant_id);
                 }
             },
+            PriceBookEvent::ModelAliasSet { alias, model, .. } => {
+                self.aliases.insert(alias, model);
+            }
+            PriceBookEvent::ModelAliasRemoved { alias, .. } => {
+                self.aliases.remove(&alias);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::money::Rate;
 use chrono::TimeZone;
 use cqrs_es::test::TestFramework;
+use cqrs_es::DomainEvent;
 use uuid::Uuid;
 
 type BookTest = TestFramework<PriceBook>;
@@ -368,4 +369,115 @@ fn events_round_trip_through_json() {
             event
         );
     }
+}
+
+fn alias_set(alias: &str) -> PriceBookEvent {
+    PriceBookEvent::ModelAliasSet {
+        alias: alias.into(),
+        model: model(),
+        at: at(60),
+    }
+}
+
+#[test]
+fn an_alias_names_a_priced_model_and_resolves_to_it() {
+    BookTest::with(())
+        .given(vec![priced(1, spec())])
+        .when(PriceBookCommand::SetModelAlias {
+            alias: "gpt-4o-mini".into(),
+            model: model(),
+            at: at(60),
+        })
+        .then_expect_events(vec![alias_set("gpt-4o-mini")]);
+    let book = book(vec![priced(1, spec()), alias_set("gpt-4o-mini")]);
+    assert_eq!(book.resolve("gpt-4o-mini"), "openai/gpt-4o-mini");
+    assert_eq!(book.resolve("openai/gpt-4o-mini"), "openai/gpt-4o-mini");
+    assert_eq!(book.resolve("gpt-5"), "gpt-5");
+}
+
+#[test]
+fn an_alias_must_be_a_bare_name_of_a_priced_model() {
+    let refuse = |given: Vec<PriceBookEvent>, alias: &str| {
+        let refused = book(given).decide(PriceBookCommand::SetModelAlias {
+            alias: alias.into(),
+            model: model(),
+            at: at(60),
+        });
+        assert!(
+            matches!(refused, Err(PriceBookError::Invalid(_))),
+            "{alias}: {refused:?}"
+        );
+    };
+    refuse(Vec::new(), "gpt-4o-mini");
+    for bad in [
+        "",
+        "openai/gpt-4o-mini",
+        "gpt 4o",
+        &"x".repeat(ALIAS_MAX_CHARS + 1),
+    ] {
+        refuse(vec![priced(1, spec())], bad);
+    }
+}
+
+#[test]
+fn setting_the_same_alias_again_is_nothing_and_removing_it_unresolves_it() {
+    BookTest::with(())
+        .given(vec![priced(1, spec()), alias_set("mini")])
+        .when(PriceBookCommand::SetModelAlias {
+            alias: "mini".into(),
+            model: model(),
+            at: at(61),
+        })
+        .then_expect_events(Vec::new());
+    BookTest::with(())
+        .given(vec![priced(1, spec()), alias_set("mini")])
+        .when(PriceBookCommand::RemoveModelAlias {
+            alias: "mini".into(),
+            at: at(62),
+        })
+        .then_expect_events(vec![PriceBookEvent::ModelAliasRemoved {
+            alias: "mini".into(),
+            at: at(62),
+        }]);
+    BookTest::with(())
+        .given(vec![priced(1, spec())])
+        .when(PriceBookCommand::RemoveModelAlias {
+            alias: "mini".into(),
+            at: at(62),
+        })
+        .then_expect_error(PriceBookError::UnknownAlias("mini".into()));
+    let removed = PriceBookEvent::ModelAliasRemoved {
+        alias: "mini".into(),
+        at: at(62),
+    };
+    let book = book(vec![priced(1, spec()), alias_set("mini"), removed]);
+    assert_eq!(book.resolve("mini"), "mini");
+}
+
+#[test]
+fn alias_events_replay_from_their_stored_json() {
+    // As stored: the event's JSON, decoded on every load of the book.
+    let stored = [
+        serde_json::to_value(priced(1, spec())).unwrap(),
+        serde_json::json!({"ModelAliasSet": {"alias": "mini", "model": "openai/gpt-4o-mini", "at": "2026-01-01T00:01:00Z"}}),
+        serde_json::json!({"ModelAliasSet": {"alias": "old", "model": "openai/gpt-4o-mini", "at": "2026-01-01T00:01:00Z"}}),
+        serde_json::json!({"ModelAliasRemoved": {"alias": "old", "at": "2026-01-01T00:01:02Z"}}),
+    ];
+    let events: Vec<PriceBookEvent> = stored
+        .into_iter()
+        .map(|json| serde_json::from_value(json).unwrap())
+        .collect();
+    assert_eq!(events[1], alias_set("mini"));
+    assert_eq!(events[1].event_type(), "ModelAliasSet");
+    assert_eq!(events[3].event_type(), "ModelAliasRemoved");
+    let book = book(events);
+    assert_eq!(book.aliases.len(), 1);
+    assert_eq!(book.resolve("mini"), "openai/gpt-4o-mini");
+    // A book saved before aliases existed still loads.
+    let mut old = serde_json::to_value(PriceBook::default()).unwrap();
+    old.as_object_mut().unwrap().remove("aliases");
+    assert!(serde_json::from_value::<PriceBook>(old)
+        .unwrap()
+        .aliases
+        .is_empty());
 }

@@ -32,8 +32,12 @@ pub enum TenantError {
         field: &'static str,
         max_chars: usize,
     },
-    #[error("invalid or revoked API key")]
+    /// No such key, or its secret does not match.
+    #[error("unknown API key")]
     Unauthenticated,
+    /// The key exists and its secret matches, but it was revoked.
+    #[error("this API key was revoked")]
+    KeyRevoked,
     #[error("this API key's role ({role}) may not do that")]
     PermissionDenied { role: &'static str },
     #[error("API key {0} not found")]
@@ -237,8 +241,12 @@ impl Tenant {
         let key = self
             .keys
             .get(&key_id)
-            .filter(|k| !k.revoked && &k.key_hash == key_hash);
-        let key = key.ok_or(TenantError::Unauthenticated)?;
+            .filter(|k| &k.key_hash == key_hash)
+            .ok_or(TenantError::Unauthenticated)?;
+        // Said only to whoever holds the secret: anyone else learns nothing.
+        if key.revoked {
+            return Err(TenantError::KeyRevoked);
+        }
         if !key.role.allows(permission) {
             return Err(TenantError::PermissionDenied {
                 role: key.role.as_str(),

@@ -263,7 +263,16 @@ fn revoked_key_no_longer_authorizes() {
     });
     assert_eq!(
         tenant.authorize(key_id(), &hash, Permission::CallModels),
-        Err(TenantError::Unauthenticated)
+        Err(TenantError::KeyRevoked)
+    );
+    assert_eq!(
+        tenant.authorize(
+            key_id(),
+            &KeyHash::of_secret("wrong"),
+            Permission::CallModels
+        ),
+        Err(TenantError::Unauthenticated),
+        "a revoked key's id with a wrong secret is just unknown"
     );
 }
 
