@@ -24,6 +24,7 @@ mod conformance;
 mod crash;
 mod errors;
 mod explain;
+mod freshness;
 mod invoices;
 mod lifecycle;
 mod log_order;
