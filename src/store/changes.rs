@@ -87,7 +87,6 @@ async fn listen_pg_until_closed(options: PgConnectOptions, changes: &mpsc::Sende
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options);
-    let mut first = true;
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -104,11 +103,11 @@ async fn listen_pg_until_closed(options: PgConnectOptions, changes: &mpsc::Sende
                 continue;
             }
         };
-        // Whatever changed while nobody listened is unknown.
-        if !first && changes.send(Change::Missed).await.is_err() {
+        // Whatever changed before this connection listened is unknown (at
+        // start: since the hub loaded its catalog). Cheap when nothing did.
+        if changes.send(Change::Missed).await.is_err() {
             return;
         }
-        first = false;
         loop {
             let change = match listener.try_recv().await {
                 Ok(Some(n)) if n.channel() == CATALOG_CHANNEL => Some(Change::Catalog),
