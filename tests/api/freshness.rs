@@ -353,3 +353,48 @@ async fn a_hold_committed_as_the_ledger_fails_is_released_after_reconnecting() {
     assert_eq!(balance["held"], "0", "{balance}");
     assert_eq!(balance["available"], "1", "{balance}");
 }
+
+#[actix_web::test]
+async fn a_change_made_while_the_listener_reconnects_is_seen() {
+    use sqlx::Connection;
+    let first = spawn_app(StoreKind::Postgres).await;
+    let (second, second_handle) = second_hub(&first).await;
+    let tenant = first.create_tenant("1").await;
+    let issued = first
+        .admin_json(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/keys"),
+            Some(json!({"name": "books", "role": "billing"})),
+        )
+        .await;
+    let (key_id, key) = (
+        issued["key_id"].as_str().unwrap(),
+        issued["key"].as_str().unwrap(),
+    );
+    assert_eq!(get_balance(&first, &second, key).await.0, 200);
+
+    // Every hub's listening connection is cut; the revocation may land before
+    // they listen again.
+    let url = first.settings.database_url.clone().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(cut.len() >= 2, "both hubs listen: {cut:?}");
+    first
+        .admin_json(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/tenants/{tenant}/keys/{key_id}"),
+            None,
+        )
+        .await;
+    within_deadline("the revoked key is refused on the other hub", || async {
+        get_balance(&first, &second, key).await.0 == 401
+    })
+    .await;
+    second_handle.stop(false).await;
+}
