@@ -444,6 +444,7 @@ impl TenantActor {
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "commit failed");
                     actor.loaded = false;
                     actor.note_unsure_holds(&outcomes);
+                    actor.retry_unsure_holds_later(ctx);
                     let message = e.to_string();
                     for (pending, outcome) in outcomes {
                         let answer = match outcome {
@@ -477,15 +478,29 @@ impl TenantActor {
         }
     }
 
+    /// Schedules [`Self::recover_unsure_holds`] (a timer only while there are
+    /// such holds: an idle actor has none running).
+    fn retry_unsure_holds_later(&mut self, ctx: &mut Context<Self>) {
+        if !self.unsure_holds.is_empty() {
+            ctx.run_later(
+                Duration::from_millis(UNSURE_HOLDS_RETRY_MS),
+                |actor, ctx| actor.recover_unsure_holds(ctx),
+            );
+        }
+    }
+
     /// Once the store answers again, releases every hold of unknown outcome that
     /// was committed after all (no answer depends on it) and forgets the rest.
     fn recover_unsure_holds(&mut self, ctx: &mut Context<Self>) {
-        if self.unsure_holds.is_empty() || self.busy {
+        if self.unsure_holds.is_empty() {
             return;
         }
-        if !self.loaded {
-            // Learns what was committed; a failure is retried at the next tick.
-            self.load(ctx);
+        if self.busy || !self.loaded {
+            if !self.busy {
+                // Learns what was committed; a failed load is retried later.
+                self.load(ctx);
+            }
+            self.retry_unsure_holds_later(ctx);
             return;
         }
         let at = Utc::now();
@@ -555,10 +570,6 @@ impl Actor for TenantActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
-        ctx.run_interval(
-            Duration::from_millis(UNSURE_HOLDS_RETRY_MS),
-            |actor, ctx| actor.recover_unsure_holds(ctx),
-        );
         ctx.run_interval(Duration::from_millis(IDLE_CHECK_MS), |actor, ctx| {
             if !actor.busy
                 && actor.pending.is_empty()
