@@ -25,10 +25,12 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER providers_changed
+DROP TRIGGER IF EXISTS providers_changed ON providers;
+CREATE TRIGGER providers_changed
     AFTER INSERT OR UPDATE OR DELETE ON providers
     FOR EACH STATEMENT EXECUTE FUNCTION aigne_hub_catalog_changed();
-CREATE OR REPLACE TRIGGER provider_credentials_changed
+DROP TRIGGER IF EXISTS provider_credentials_changed ON provider_credentials;
+CREATE TRIGGER provider_credentials_changed
     AFTER INSERT OR UPDATE OR DELETE ON provider_credentials
     FOR EACH STATEMENT EXECUTE FUNCTION aigne_hub_catalog_changed();
 
@@ -62,7 +64,8 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER events_appended
+DROP TRIGGER IF EXISTS events_appended ON events;
+CREATE TRIGGER events_appended
     AFTER INSERT ON events
     REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION aigne_hub_events_appended();
