@@ -2,9 +2,12 @@
 //! request path.
 //!
 //! Providers and credentials come from their tables; prices from the price book's
-//! events (`domain::price_book`). Each process reloads them after its own writes
-//! and every `catalog_refresh_ms` to pick up other processes' changes. A request
-//! reads one immutable snapshot, so a price change never splits a request in two.
+//! events (`domain::price_book`). Each process reloads them after its own writes,
+//! when another writer's change is reported (`store::Change`: at once on
+//! PostgreSQL), whenever the store's catalog version differs from the one loaded
+//! (checked every `catalog_refresh_ms`, and before a model is refused as unknown:
+//! see [`Catalog::refresh_if_changed`]). A request reads one immutable snapshot,
+//! so a price change never splits a request in two.
 
 use crate::crypto::{credential_binding, SecretBox};
 use crate::providers::{Credential, Provider, ProviderKind};
@@ -12,6 +15,7 @@ use crate::store::{PriceRow, Store, StoreError};
 use domain::price_book::{ImagePrice, ModelPriceSpec, PriceBook};
 use domain::{ChargeTerms, ModelId, ModelPrice, Rate, Rates, TenantId};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Fallback candidates a model may list at most (bounds a request's attempts).
@@ -154,6 +158,11 @@ pub struct Catalog {
     store: Arc<dyn Store>,
     secrets: Arc<SecretBox>,
     current: RwLock<Arc<CatalogData>>,
+    /// The store's catalog version `current` was loaded at (read before the data,
+    /// so a change during a load leaves it behind and is loaded next time).
+    loaded_version: AtomicI64,
+    /// One load at a time, so that an older load never replaces a newer one.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// A row of the price table the hub kept before the price book, as a price book
@@ -193,7 +202,21 @@ impl Catalog {
             store,
             secrets,
             current: RwLock::new(Arc::default()),
+            loaded_version: AtomicI64::new(-1),
+            loading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Reloads if another writer changed the catalog since the last load; true
+    /// if it did. One query when nothing changed: cheap enough before every
+    /// refusal and every `catalog_refresh_ms`.
+    pub async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
+        let version = self.store.catalog_version().await?;
+        if version == self.loaded_version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.refresh().await?;
+        Ok(true)
     }
 
     pub fn snapshot(&self) -> Arc<CatalogData> {
@@ -201,6 +224,15 @@ impl Catalog {
     }
 
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let version = self.store.catalog_version().await?;
+        let data = self.load().await?;
+        *self.current.write().expect("catalog lock poisoned") = Arc::new(data);
+        self.loaded_version.store(version, Ordering::Release);
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<CatalogData, StoreError> {
         let mut data = CatalogData::default();
         let mut by_id = BTreeMap::new();
         for row in self.store.list_providers().await? {
@@ -264,7 +296,6 @@ impl Catalog {
                 },
             );
         }
-        *self.current.write().expect("catalog lock poisoned") = Arc::new(data);
-        Ok(())
+        Ok(data)
     }
 }

@@ -40,7 +40,10 @@ pub struct Limits {
     pub tenant_mailbox_capacity: usize,
     /// Longest a request waits for its tenant actor (queue + commit).
     pub tenant_call_timeout_ms: u64,
-    /// How often other processes' provider and price changes are picked up.
+    /// How often the catalog version is compared with the store's, in case a
+    /// change notification was lost (PostgreSQL notifies every process at once),
+    /// and, on SQLite, how often other processes' appends to tenant streams are
+    /// polled. A refusal never waits for it: it checks the store first.
     pub catalog_refresh_ms: u64,
     /// How often the projector catches up even without a local commit.
     pub projector_poll_ms: u64,

@@ -359,8 +359,14 @@ pub(crate) async fn admit_image_variant(
         image_quality,
         at_cost: hub.mode.charges_at_cost(),
     };
-    let catalog = hub.catalog.snapshot();
-    let candidates = catalog.candidates_for(ask.model, who);
+    let mut catalog = hub.catalog.snapshot();
+    let mut candidates = catalog.candidates_for(ask.model, who);
+    // Never refuse a model from a stale catalog: another writer may have just
+    // added it (one query, on the refusal path only).
+    if candidates.is_empty() && hub.catalog.refresh_if_changed().await? {
+        catalog = hub.catalog.snapshot();
+        candidates = catalog.candidates_for(ask.model, who);
+    }
     if candidates.is_empty() {
         // Check the key first, so an unknown model is never a way to probe keys.
         hub.tenants

@@ -12,7 +12,7 @@ use crate::crypto::{credential_binding, Secret, SecretBox, SECRET_MAX_BYTES};
 use crate::error::HubError;
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
-use crate::store::{CredentialRow, ProviderRow, Store};
+use crate::store::{Change, CredentialRow, ProviderRow, Store};
 use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
@@ -123,6 +123,10 @@ pub use crate::prices::PriceSpec;
 /// Tenants given an `ExpireCredits` in one expiry pass at most, so that a pass
 /// stays short however many lots fall due at once.
 pub const EXPIRY_TENANTS_PER_PASS: usize = 256;
+
+/// Changes reported by the store and not yet applied, at most: past it the
+/// store's watcher waits (PostgreSQL queues notifications meanwhile).
+pub const CHANGES_QUEUE_MAX: usize = 4_096;
 
 /// Aborts a background task when dropped (with the task that started it).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -492,6 +496,60 @@ impl Hub {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(lots = n, "expired credit past its expiry"),
                 Err(e) => tracing::warn!(error = %e, "credit expiry pass failed"),
+            }
+        }
+    }
+
+    /// Keeps this process's view current with every other writer's changes,
+    /// until the process ends: the store reports them (see `store::Change`),
+    /// and every `catalog_refresh_ms` the catalog version is compared too, in
+    /// case a report was lost.
+    pub async fn run_freshness(self: Arc<Self>) {
+        let (changes, mut reported) = tokio::sync::mpsc::channel(CHANGES_QUEUE_MAX);
+        let store = self.store.clone();
+        let poll_ms = self.limits.catalog_refresh_ms;
+        let _watch = AbortOnDrop(actix_web::rt::spawn(async move {
+            store.watch(changes, poll_ms).await
+        }));
+        let mut every = tokio::time::interval(Duration::from_millis(poll_ms));
+        loop {
+            tokio::select! {
+                change = reported.recv() => match change {
+                    Some(change) => self.apply_change(change).await,
+                    None => return,
+                },
+                _ = every.tick() => {
+                    if let Err(e) = self.catalog.refresh_if_changed().await {
+                        tracing::warn!(error = %e, "catalog refresh failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings this process's view up to one reported change.
+    async fn apply_change(&self, change: Change) {
+        let reload_catalog = match change {
+            Change::Tenant {
+                tenant_id,
+                sequence,
+                instance_id,
+            } => {
+                // This process's own appends are already in its actors.
+                if instance_id != Some(self.instance_id) {
+                    self.tenants.catch_up(tenant_id, sequence);
+                }
+                false
+            }
+            Change::Catalog => true,
+            Change::Missed => {
+                self.tenants.catch_up_all();
+                true
+            }
+        };
+        if reload_catalog {
+            if let Err(e) = self.catalog.refresh_if_changed().await {
+                tracing::warn!(error = %e, "catalog refresh failed");
             }
         }
     }

@@ -166,7 +166,10 @@ impl Application {
         .listen(listener)?
         .run();
         let projector = ProjectorThread::start(&settings, hub.projector.wake.clone())?;
-        let mut background = vec![actix_web::rt::spawn(hub.clone().run_maintenance())];
+        let mut background = vec![
+            actix_web::rt::spawn(hub.clone().run_maintenance()),
+            actix_web::rt::spawn(hub.clone().run_freshness()),
+        ];
         // Low-balance notifications: only when a receiver is configured.
         if let Some(notifier) = notifier {
             background.push(actix_web::rt::spawn(notifier.run()));

@@ -1,6 +1,6 @@
 //! Finds or starts the actor of a tenant.
 
-use super::tenant::{Call, TenantActor, TenantOp, TenantReply};
+use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply};
 use crate::config::Limits;
 use crate::error::HubError;
 use crate::store::Store;
@@ -114,6 +114,26 @@ impl TenantRegistry {
             }
         }
         Err(HubError::Unavailable("tenant actor unavailable".into()))
+    }
+
+    /// Another writer appended to `tenant_id`'s stream up to `sequence`: its
+    /// actor, if one is running here, reloads before its next decision. (One
+    /// that is not running loads the stream when next used.)
+    pub fn catch_up(&self, tenant_id: TenantId, sequence: usize) {
+        let actors = self.actors.lock().expect("actor map lock poisoned");
+        if let Some((_, addr)) = actors.get(&tenant_id) {
+            // Not bounded by the mailbox: dropping it would leave a stale view.
+            addr.do_send(CatchUp(sequence));
+        }
+    }
+
+    /// Changes may have been missed: every running actor reloads before its
+    /// next decision.
+    pub fn catch_up_all(&self) {
+        let actors = self.actors.lock().expect("actor map lock poisoned");
+        for (_, addr) in actors.values() {
+            addr.do_send(CatchUp(usize::MAX));
+        }
     }
 
     pub fn live_actor_count(&self) -> usize {

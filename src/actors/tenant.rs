@@ -6,6 +6,13 @@
 //! transaction. Callers get their answers only after that transaction commits, so
 //! nothing a client sees can be lost by a crash. Reads queue behind commands the
 //! same way and so never see uncommitted state.
+//!
+//! Other writers (hub processes, the CLI) append to the same stream. An append
+//! of ours meets their events as a conflict; everything else rests on two rules:
+//! a reported change ([`CatchUp`]) makes the actor reload before its next
+//! decision, and a refusal (401/402/403/404) is never answered from a view that
+//! could be stale: the store's newest sequence is checked first, and if it is
+//! ahead the actor reloads and decides again.
 
 use crate::error::HubError;
 use crate::store::{Durability, EventMetadata, Store, StoreError, SNAPSHOT_EVERY_EVENTS};
@@ -26,6 +33,13 @@ pub const GROUP_COMMIT_MAX_COMMANDS: usize = 256;
 pub const CONFLICT_RETRIES_MAX: u32 = 5;
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_MS: u64 = 1_000;
+/// How often an actor with holds of unknown outcome (see `unsure_holds`) tries
+/// to learn whether they were committed: short, because such a hold keeps
+/// credit from its tenant; each try is one load while the store is down.
+const UNSURE_HOLDS_RETRY_MS: u64 = 500;
+/// The reason recorded when such a hold is released.
+const UNSURE_HOLD_RELEASE_REASON: &str =
+    "the ledger became unavailable while the hold was committed; its request was answered 503";
 
 /// A key to check before an operation: the caller must hold `permission`.
 #[derive(Clone, Debug)]
@@ -67,10 +81,36 @@ pub struct TenantReply {
 #[rtype(result = "Result<TenantReply, HubError>")]
 pub struct Call(pub TenantOp);
 
+/// Another writer appended to this tenant's stream up to `0` (its newest
+/// sequence; `usize::MAX` when unknown, e.g. after missed notifications): the
+/// actor reloads before its next decision if it is behind.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp(pub usize);
+
 struct Pending {
     op: TenantOp,
     reply: oneshot::Sender<Result<TenantReply, HubError>>,
     conflicts: u32,
+    /// When the operation reached the actor: a refusal needs a view at least as
+    /// fresh as this.
+    arrived: Instant,
+}
+
+/// Decided operations with their answers, and the events they need committed.
+type Outcomes = Vec<(Pending, Result<TenantReply, HubError>)>;
+type Events = Vec<(TenantEvent, EventMetadata)>;
+
+/// Whether an answer refuses the caller (401, 402, 403, 404): such an answer is
+/// only given from a view known to be current.
+fn is_refusal(answer: &Result<TenantReply, HubError>) -> bool {
+    matches!(
+        answer,
+        Err(HubError::Unauthenticated
+            | HubError::PermissionDenied(_)
+            | HubError::InsufficientCredits { .. }
+            | HubError::NotFound(_))
+    )
 }
 
 pub struct TenantActor {
@@ -91,6 +131,18 @@ pub struct TenantActor {
     busy: bool,
     pending: VecDeque<Pending>,
     last_active: Instant,
+    /// The view held everything committed before this instant: when the last
+    /// load started, or the last commit of ours that met no conflict, or the
+    /// last check of the store's newest sequence.
+    verified_at: Option<Instant>,
+    /// The newest sequence another writer reported ([`CatchUp`]) and when.
+    known_newest: usize,
+    known_newest_at: Instant,
+    /// Holds whose commit failed without an answer from the store (the
+    /// connection broke during the commit): their requests were answered 503, so
+    /// nothing depends on them; once the store answers again, any of them that
+    /// was committed after all is released.
+    unsure_holds: Vec<RequestId>,
 }
 
 impl TenantActor {
@@ -122,32 +174,115 @@ impl TenantActor {
             busy: false,
             pending: VecDeque::new(),
             last_active: Instant::now(),
+            verified_at: None,
+            known_newest: 0,
+            known_newest_at: Instant::now(),
+            unsure_holds: Vec::new(),
         }
     }
 
     /// Starts the next load or commit if nothing is in flight.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while !self.busy && !self.pending.is_empty() {
-            if !self.loaded {
+            if !self.loaded || self.known_newest > self.version {
                 self.load(ctx);
                 return;
             }
             let take = self.pending.len().min(GROUP_COMMIT_MAX_COMMANDS);
             let batch: Vec<Pending> = self.pending.drain(..take).collect();
             let durability = batch_durability(batch.iter().map(|p| &p.op));
-            let mut events: Vec<(TenantEvent, EventMetadata)> = Vec::new();
+            let mut events: Events = Vec::new();
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in batch {
                 let outcome = self.decide(&pending.op, &mut events);
                 outcomes.push((pending, outcome));
             }
-            if events.is_empty() {
-                for (pending, outcome) in outcomes {
-                    let _ = pending.reply.send(outcome);
-                }
-                continue;
+            if self.refuses_from_unverified_view(&outcomes) {
+                self.verify_then_finish(ctx, events, outcomes, durability);
+                return;
             }
+            self.finish(ctx, events, outcomes, durability);
+        }
+    }
+
+    /// Answers a decided batch, committing its events first if it has any.
+    fn finish(
+        &mut self,
+        ctx: &mut Context<Self>,
+        events: Events,
+        outcomes: Outcomes,
+        durability: Durability,
+    ) {
+        if events.is_empty() {
+            for (pending, outcome) in outcomes {
+                let _ = pending.reply.send(outcome);
+            }
+        } else {
             self.commit(ctx, events, outcomes, durability);
+        }
+    }
+
+    /// Whether a refusal in `outcomes` was decided for an operation that arrived
+    /// after the view was last known to be current.
+    fn refuses_from_unverified_view(&self, outcomes: &Outcomes) -> bool {
+        outcomes.iter().any(|(pending, outcome)| {
+            is_refusal(outcome) && self.verified_at.is_none_or(|at| pending.arrived > at)
+        })
+    }
+
+    /// Reads the store's newest sequence of this tenant before answering a
+    /// refusal: if another writer is ahead (a grant from the CLI, a key issued
+    /// through another process), the batch is decided again after a reload.
+    /// Refusals are the rare path; the success path gains no query.
+    fn verify_then_finish(
+        &mut self,
+        ctx: &mut Context<Self>,
+        events: Events,
+        outcomes: Outcomes,
+        durability: Durability,
+    ) {
+        self.busy = true;
+        let (store, tenant_id) = (self.store.clone(), self.tenant_id);
+        let started = Instant::now();
+        let check = async move { store.tenant_head(tenant_id).await };
+        ctx.spawn(check.into_actor(self).map(move |head, actor, ctx| {
+            actor.busy = false;
+            match head {
+                Ok(head) if head > actor.version => {
+                    // The batch's events were applied to a stale state: reload
+                    // and decide the same operations again, in the same order.
+                    actor.learn_newest(head);
+                    for (pending, _) in outcomes.into_iter().rev() {
+                        actor.pending.push_front(pending);
+                    }
+                }
+                Ok(_) => {
+                    actor.verified_at = Some(started);
+                    actor.finish(ctx, events, outcomes, durability);
+                }
+                Err(e) => {
+                    // Whether the view is current cannot be told: no refusal.
+                    let outcomes = outcomes
+                        .into_iter()
+                        .map(|(pending, outcome)| match outcome {
+                            refusal if is_refusal(&refusal) => {
+                                (pending, Err(HubError::Unavailable(e.to_string())))
+                            }
+                            other => (pending, other),
+                        })
+                        .collect();
+                    actor.finish(ctx, events, outcomes, durability);
+                }
+            }
+            actor.pump(ctx);
+        }));
+    }
+
+    /// Notes that the stream reaches at least `sequence` (see [`CatchUp`]).
+    fn learn_newest(&mut self, sequence: usize) {
+        if sequence > self.version {
+            self.known_newest = self.known_newest.max(sequence);
+            self.known_newest_at = Instant::now();
         }
     }
 
@@ -155,8 +290,9 @@ impl TenantActor {
         self.busy = true;
         let store = self.store.clone();
         let tenant_id = self.tenant_id;
+        let started = Instant::now();
         let load = async move { store.load_tenant(tenant_id).await };
-        ctx.spawn(load.into_actor(self).map(|result, actor, ctx| {
+        ctx.spawn(load.into_actor(self).map(move |result, actor, ctx| {
             actor.busy = false;
             match result {
                 Ok(loaded) => {
@@ -165,6 +301,11 @@ impl TenantActor {
                     actor.version = loaded.version;
                     actor.events_since_snapshot = loaded.events_since_snapshot;
                     actor.loaded = true;
+                    actor.verified_at = Some(started);
+                    // A change reported before the load started is in it.
+                    if actor.known_newest_at <= started {
+                        actor.known_newest = actor.version;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "loading tenant failed");
@@ -262,6 +403,7 @@ impl TenantActor {
         let first_sequence = self.version + 1;
         let count = events.len();
         let head = self.chain_head.clone();
+        let started = Instant::now();
         let append = async move {
             let mut events = events;
             let head = crate::store::chain(tenant_id, first_sequence, head, &mut events)?;
@@ -277,6 +419,8 @@ impl TenantActor {
                     actor.chain_head = head;
                     actor.version += count;
                     actor.events_since_snapshot += count;
+                    // The append found no other writer's event after ours.
+                    actor.verified_at = Some(started);
                     for (pending, outcome) in outcomes {
                         let _ = pending.reply.send(outcome);
                     }
@@ -297,9 +441,13 @@ impl TenantActor {
                     }
                 }
                 Err(e) => {
-                    // Nothing was written: forget the applied events by reloading.
+                    // Written or not (a connection lost during the commit leaves
+                    // it unknown): forget the applied events by reloading, and
+                    // find out about the holds whose callers now get a 503.
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "commit failed");
                     actor.loaded = false;
+                    actor.note_unsure_holds(&outcomes);
+                    actor.retry_unsure_holds_later(ctx);
                     let message = crate::error::LEDGER_UNAVAILABLE.to_string();
                     for (pending, outcome) in outcomes {
                         let answer = match outcome {
@@ -312,6 +460,76 @@ impl TenantActor {
             }
             actor.pump(ctx);
         }));
+    }
+
+    /// Remembers the holds (and releases) of a batch whose commit outcome is
+    /// unknown and whose callers are answered 503 (see `unsure_holds`).
+    fn note_unsure_holds(&mut self, outcomes: &Outcomes) {
+        for (pending, outcome) in outcomes {
+            let TenantOp::Execute { command, .. } = &pending.op else {
+                continue;
+            };
+            match command {
+                TenantCommand::ReserveCredits { request_id, .. }
+                | TenantCommand::ReleaseHold { request_id, .. }
+                    if outcome.is_ok() =>
+                {
+                    self.unsure_holds.push(*request_id)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Schedules [`Self::recover_unsure_holds`] (a timer only while there are
+    /// such holds: an idle actor has none running).
+    fn retry_unsure_holds_later(&mut self, ctx: &mut Context<Self>) {
+        if !self.unsure_holds.is_empty() {
+            ctx.run_later(
+                Duration::from_millis(UNSURE_HOLDS_RETRY_MS),
+                |actor, ctx| actor.recover_unsure_holds(ctx),
+            );
+        }
+    }
+
+    /// Once the store answers again, releases every hold of unknown outcome that
+    /// was committed after all (no answer depends on it) and forgets the rest.
+    fn recover_unsure_holds(&mut self, ctx: &mut Context<Self>) {
+        if self.unsure_holds.is_empty() {
+            return;
+        }
+        if self.busy || !self.loaded {
+            if !self.busy {
+                // Learns what was committed; a failed load is retried later.
+                self.load(ctx);
+            }
+            self.retry_unsure_holds_later(ctx);
+            return;
+        }
+        let at = Utc::now();
+        for request_id in std::mem::take(&mut self.unsure_holds) {
+            if !self.state.holds.contains_key(&request_id) {
+                continue;
+            }
+            tracing::warn!(tenant_id = %self.tenant_id, %request_id, "releasing a hold committed while the ledger became unavailable");
+            // Nobody waits for this answer; a failed release is noted again.
+            let (reply, _) = oneshot::channel();
+            self.pending.push_back(Pending {
+                op: TenantOp::Execute {
+                    auth: None,
+                    command: TenantCommand::ReleaseHold {
+                        request_id,
+                        reason: UNSURE_HOLD_RELEASE_REASON.into(),
+                        at,
+                    },
+                    request_id: Some(request_id),
+                },
+                reply,
+                conflicts: 0,
+                arrived: Instant::now(),
+            });
+        }
+        self.pump(ctx);
     }
 
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
@@ -358,6 +576,7 @@ impl Actor for TenantActor {
         ctx.run_interval(Duration::from_millis(IDLE_CHECK_MS), |actor, ctx| {
             if !actor.busy
                 && actor.pending.is_empty()
+                && actor.unsure_holds.is_empty()
                 && actor.last_active.elapsed() >= actor.idle_stop
             {
                 ctx.stop();
@@ -366,7 +585,7 @@ impl Actor for TenantActor {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        if self.busy || !self.pending.is_empty() {
+        if self.busy || !self.pending.is_empty() || !self.unsure_holds.is_empty() {
             return Running::Continue;
         }
         (self.on_stop)(self.tenant_id, self.generation);
@@ -384,6 +603,7 @@ impl Handler<Call> for TenantActor {
             op: call.0,
             reply,
             conflicts: 0,
+            arrived: Instant::now(),
         });
         self.pump(ctx);
         Box::pin(async move {
@@ -391,5 +611,14 @@ impl Handler<Call> for TenantActor {
                 .await
                 .unwrap_or_else(|_| Err(HubError::Unavailable("tenant actor stopped".into())))
         })
+    }
+}
+
+impl Handler<CatchUp> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, CatchUp(sequence): CatchUp, _ctx: &mut Self::Context) {
+        // Reloaded before the next decision, not now: an idle tenant costs nothing.
+        self.learn_newest(sequence);
     }
 }

@@ -378,6 +378,25 @@ macro_rules! impl_store {
                 .collect()
         }
 
+        async fn tenant_head(&self, tenant_id: TenantId) -> Result<usize, StoreError> {
+            let head: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM events WHERE aggregate_type = 'Tenant' AND aggregate_id = $1")
+                .bind(tenant_id.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(head.unwrap_or(0) as usize)
+        }
+
+        async fn catalog_version(&self) -> Result<i64, StoreError> {
+            let version: i64 = sqlx::query_scalar("SELECT version FROM catalog_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(version)
+        }
+
+        async fn watch(&self, changes: tokio::sync::mpsc::Sender<super::Change>, poll_ms: u64) {
+            self.watch_changes(changes, poll_ms).await
+        }
+
         async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError> {
             let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = 'Tenant' ORDER BY aggregate_id")
                 .fetch_all(&self.pool)

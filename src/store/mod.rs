@@ -11,6 +11,7 @@
 //! that is safe to catch up on, and the tables of operator configuration and
 //! projections.
 
+mod changes;
 mod codec;
 mod common_sql;
 mod pg_local;
@@ -18,6 +19,7 @@ mod postgres;
 mod price_book;
 mod sqlite;
 
+pub use changes::Change;
 pub use codec::{chain, decode_raw, EventMetadata, StoredEvent};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
 pub use sqlite::SqliteStore;
@@ -215,6 +217,17 @@ pub trait Store: Send + Sync {
         before_sequence: Option<usize>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The sequence of a tenant's newest event (0: none): what a refusal is
+    /// checked against, so that it is never made from a stale view.
+    async fn tenant_head(&self, tenant_id: TenantId) -> Result<usize, StoreError>;
+    /// Counts every change to providers, credentials and the price book, by
+    /// whichever writer (kept by triggers).
+    async fn catalog_version(&self) -> Result<i64, StoreError>;
+    /// Sends other writers' changes to `changes` until it is closed: pushed by
+    /// the database on PostgreSQL (from a thread of its own; returns at once),
+    /// polled every `poll_ms` on SQLite (returns when `changes` is closed). See
+    /// `changes`.
+    async fn watch(&self, changes: tokio::sync::mpsc::Sender<Change>, poll_ms: u64);
     /// Every tenant with at least one event.
     async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError>;
     /// One tenant's events after `after_sequence`, in sequence order. (Their

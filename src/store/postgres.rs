@@ -36,6 +36,8 @@ pub struct PgStore {
     append_durable: LocalConnections,
     append_holds: LocalConnections,
     repo: PostgresEventRepository,
+    /// For the change listener's own connection (see `changes`).
+    listen_options: PgConnectOptions,
 }
 
 impl PgStore {
@@ -163,6 +165,7 @@ impl PgStore {
             pool_options(PG_HOLDS_MAX_CONNECTIONS).connect_lazy_with(holds_options.clone());
         let repo = PostgresEventRepository::new(pool.clone());
         Ok(Self {
+            listen_options: options.clone(),
             pool,
             holds_pool,
             append_durable: LocalConnections::new(options, PG_APPEND_LOCAL_CONNECTIONS_MAX),
@@ -173,6 +176,15 @@ impl PgStore {
 }
 
 impl_store!(PgStore, "postgres");
+
+impl PgStore {
+    /// Other writers' changes arrive by `NOTIFY` (`poll_ms` is not needed), on
+    /// a thread of its own that stops once `changes` is closed.
+    async fn watch_changes(&self, changes: tokio::sync::mpsc::Sender<super::Change>, poll_ms: u64) {
+        let _ = poll_ms;
+        super::changes::listen_pg(self.listen_options.clone(), changes)
+    }
+}
 
 /// The log read behind `read_log` (public so a test can check its plan: it must
 /// walk `events_log_order_by_type` whatever the table's statistics say).

@@ -189,3 +189,10 @@ impl SqliteStore {
             .collect()
     }
 }
+
+impl SqliteStore {
+    /// SQLite cannot notify: other processes' appends are polled every `poll_ms`.
+    async fn watch_changes(&self, changes: tokio::sync::mpsc::Sender<super::Change>, poll_ms: u64) {
+        super::changes::poll_sqlite(self.pool.clone(), changes, poll_ms).await
+    }
+}

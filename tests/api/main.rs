@@ -28,6 +28,7 @@ mod edges;
 mod errors;
 mod explain;
 mod first_contact;
+mod freshness;
 mod invoices;
 mod lifecycle;
 mod log_order;
