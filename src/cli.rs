@@ -33,6 +33,8 @@ Environment (a flag given on the command line wins over its variable):
   AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS  how long projections may lag local commits (at most 5000); default 100
   AIGNE_HUB_INVOICE_ANCHOR_DAY        day of the month billing periods start, 1-28; default 1
   AIGNE_HUB_INVOICE_GRACE_HOURS       hours an invoice stays a draft after its period (at most 648); default 72
+  AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES  most bytes of one request's embeddings answers (>= 1024); default 50331648
+  AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES   most bytes of an image answer (>= 1024); default 50331648
   AIGNE_HUB_PROVIDER_API_KEY          `provider add`: the provider's key; default unset: read from stdin
   RUST_LOG                            log filter; default info,sqlx=warn
 

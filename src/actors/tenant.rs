@@ -106,7 +106,7 @@ type Events = Vec<(TenantEvent, EventMetadata)>;
 fn is_refusal(answer: &Result<TenantReply, HubError>) -> bool {
     matches!(
         answer,
-        Err(HubError::Unauthenticated
+        Err(HubError::Unauthenticated(_)
             | HubError::PermissionDenied(_)
             | HubError::InsufficientCredits { .. }
             | HubError::NotFound(_))

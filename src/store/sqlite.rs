@@ -90,19 +90,25 @@ impl SqliteStore {
     }
 
     /// Creates the database file empty with mode 0600 if it does not exist, and
-    /// makes it 0600 if it does.
+    /// makes it 0600 if it does. An existing file is never opened here: closing
+    /// any descriptor of a database file drops every POSIX lock this process
+    /// holds on it, so opening one while another store of this process (the
+    /// projector's) has it open would break SQLite's locking.
     fn create_private_file(path: &Path) -> anyhow::Result<()> {
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(false);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        options
-            .open(path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-        crate::config::make_file_private(path)
+        match options.open(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                crate::config::make_file_private(path)
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot create {}: {e}", path.display())),
+        }
     }
 
     pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
