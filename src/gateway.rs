@@ -372,9 +372,10 @@ pub(crate) async fn admit_image_variant(
         hub.tenants
             .call(key.tenant_id, TenantOp::Read { auth })
             .await?;
-        return Err(HubError::ModelNotFound(
-            crate::routes::models::unknown_model(&catalog, ask.model),
-        ));
+        return Err(HubError::ModelNotFound(crate::error::UnknownModel {
+            model: ask.model.to_string(),
+            suggestions: catalog.closest_ids(ask.model),
+        }));
     }
     let price = hold_price(&candidates);
     let primary = &candidates[0].priced;

@@ -88,65 +88,12 @@ pub async fn retrieve_model(
     }
 }
 
-/// Suggestions offered for an unknown model at most.
-const SUGGESTIONS_MAX: usize = 3;
-
 /// An unknown model with the closest ids the catalog serves.
 pub(crate) fn unknown_model(catalog: &CatalogData, asked: &str) -> UnknownModel {
-    let known = catalog
-        .models
-        .values()
-        .filter(|m| catalog.providers.contains_key(m.model.provider()))
-        .map(|m| m.model.as_str())
-        .chain(catalog.book.aliases.keys().map(String::as_str));
     UnknownModel {
         model: asked.to_string(),
-        suggestions: closest_ids(asked, known),
+        suggestions: catalog.closest_ids(asked),
     }
-}
-
-/// The ids closest to `asked`, fewest edits first: those whose model part (after
-/// the provider) is within a few edits of it, or starts with it, or begins it.
-pub(crate) fn closest_ids<'a>(asked: &str, known: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let asked = asked.to_ascii_lowercase();
-    let asked_name = asked.rsplit('/').next().unwrap_or(&asked).to_string();
-    // A third of the name's length, at least 2: typos, not other models.
-    let max_edits = (asked_name.chars().count() / 3).max(2);
-    let mut scored: Vec<(usize, String)> = known
-        .filter_map(|id| {
-            let lower = id.to_ascii_lowercase();
-            let name = lower.rsplit('/').next().unwrap_or(&lower);
-            let edits = edit_distance(&asked_name, name);
-            let prefix = name.starts_with(&asked_name) || asked_name.starts_with(name);
-            let score = (edits <= max_edits || prefix).then_some(edits)?;
-            Some((score, id.to_string()))
-        })
-        .collect();
-    scored.sort();
-    scored.dedup_by(|a, b| a.1 == b.1);
-    scored
-        .into_iter()
-        .take(SUGGESTIONS_MAX)
-        .map(|(_, id)| id)
-        .collect()
-}
-
-/// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != *cb))
-                .min(above + 1)
-                .min(row[j] + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 /// A model's price as the API shows it: credits per million tokens.
@@ -163,37 +110,4 @@ pub fn price_json(m: &PricedModel) -> serde_json::Value {
         "version": m.price_version,
         "unit": "credits per million tokens",
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unknown_model_is_offered_the_closest_configured_ids() {
-        let known = [
-            "openai/gpt-4o-mini",
-            "openai/gpt-4o",
-            "anthropic/claude-sonnet-4-5",
-            "gemini/gemini-2.5-flash",
-            "mini",
-        ];
-        let closest = |asked: &str| closest_ids(asked, known.iter().copied());
-        assert_eq!(closest("gpt-4o-mini")[0], "openai/gpt-4o-mini");
-        assert_eq!(
-            closest("claude-sonnet-4-5"),
-            ["anthropic/claude-sonnet-4-5"]
-        );
-        assert_eq!(closest("claude-sonet-4-5"), ["anthropic/claude-sonnet-4-5"]);
-        assert_eq!(closest("openai/gpt-4o-mnii")[0], "openai/gpt-4o-mini");
-        assert_eq!(closest("GPT-4O"), ["openai/gpt-4o", "openai/gpt-4o-mini"]);
-        assert!(closest("llama-3-70b").is_empty());
-    }
-
-    #[test]
-    fn edit_distance_counts_single_character_edits() {
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("gpt-4o", "gpt-4o"), 0);
-    }
 }
