@@ -178,25 +178,12 @@ async fn anthropic_answers_are_bounded_on_every_path(kind: StoreKind) {
     })
     .await;
     let anthropic = MockAnthropic::start();
-    app.admin_json(
-        reqwest::Method::POST,
-        "/admin/v1/providers",
-        Some(
-            json!({"name": "anth", "kind": "anthropic", "base_url": anthropic.base_url,
+    let (tenant, key) = huge_and_endless(
+        &app,
+        json!({"name": "anth", "kind": "anthropic", "base_url": anthropic.base_url,
             "api_key": mock_anthropic::MOCK_API_KEY}),
-        ),
     )
     .await;
-    for model in ["huge-answer", "endless-stream"] {
-        app.admin_json(
-            reqwest::Method::PUT,
-            &format!("/admin/v1/prices/anth/{model}"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
-        )
-        .await;
-    }
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
     let messages = |model: &str, stream: bool| {
         app.client
             .post(format!("{}/v1/messages", app.address))
@@ -259,25 +246,12 @@ async fn gemini_answers_are_bounded(kind: StoreKind) {
     })
     .await;
     let gemini = MockGemini::start();
-    app.admin_json(
-        reqwest::Method::POST,
-        "/admin/v1/providers",
-        Some(
-            json!({"name": "gem", "kind": "gemini", "base_url": gemini.base_url,
+    let (tenant, key) = huge_and_endless(
+        &app,
+        json!({"name": "gem", "kind": "gemini", "base_url": gemini.base_url,
             "api_key": mock_gemini::MOCK_GEMINI_KEY}),
-        ),
     )
     .await;
-    for model in ["huge-answer", "endless-stream"] {
-        app.admin_json(
-            reqwest::Method::PUT,
-            &format!("/admin/v1/prices/gem/{model}"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
-        )
-        .await;
-    }
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
 
     let mut chat = chat_body("huge-answer", false);
     chat["model"] = json!("gem/huge-answer");
@@ -430,4 +404,23 @@ fn a_bedrock_event_stream_message_past_the_event_limit_is_refused_before_it_is_r
         parser.push(&prelude),
         Err(UpstreamError::AnswerTooLarge { limit_bytes: 1024 })
     ));
+}
+
+/// Adds `provider`, prices its mock's `huge-answer` and `endless-stream` models,
+/// and returns a tenant with 10 credits and a member key.
+async fn huge_and_endless(app: &TestApp, provider: Value) -> (String, String) {
+    let name = provider["name"].as_str().unwrap().to_string();
+    app.admin_json(reqwest::Method::POST, "/admin/v1/providers", Some(provider))
+        .await;
+    for model in ["huge-answer", "endless-stream"] {
+        app.admin_json(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/prices/{name}/{model}"),
+            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
+        )
+        .await;
+    }
+    let tenant = app.create_tenant("10").await;
+    let key = app.issue_key(&tenant, "member").await;
+    (tenant, key)
 }
