@@ -2,20 +2,22 @@
 //! errors that say what is wrong.
 
 use crate::error::HubError;
+use actix_web::error::PayloadError;
 use actix_web::web;
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-/// Reads the whole body, refusing (413) past `limit_bytes`.
+/// Reads the whole body (a `web::Payload`, or the raw payload an extractor
+/// gets), refusing (413) past `limit_bytes`.
 pub async fn read_limited(
-    mut payload: web::Payload,
+    mut payload: impl Stream<Item = Result<bytes::Bytes, PayloadError>> + Unpin,
     limit_bytes: usize,
 ) -> Result<bytes::Bytes, HubError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => HubError::PayloadTooLarge { limit_bytes },
+            PayloadError::Overflow => HubError::PayloadTooLarge { limit_bytes },
             other => HubError::BadRequest(format!("could not read the request body: {other}")),
         })?;
         if body.len() + chunk.len() > limit_bytes {

@@ -3,7 +3,6 @@
 //! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
 
 pub mod actors;
-pub mod aigne;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -13,10 +12,10 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
-pub mod gateway;
 pub mod hub;
-pub mod messages;
+pub mod ingress;
 pub mod notify;
+pub(crate) mod pipeline;
 pub mod prices;
 pub mod projector;
 pub mod providers;

@@ -52,7 +52,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         limits: settings.limits.clone(),
         mode: settings.mode,
         operator_token,
-        aigne: crate::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
+        aigne: crate::ingress::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,
         clock: Default::default(),
         full_hold_sweeps: Default::default(),

@@ -15,7 +15,7 @@
 //! (newer API versions repeat the input and cache counts there too): every field is
 //! merged by taking its latest reported value, never by adding.
 //!
-//! The hub's own Anthropic ingress (`POST /v1/messages`, `crate::messages`) does
+//! The hub's own Anthropic ingress (`POST /v1/messages`, `crate::ingress::messages`) does
 //! not translate at all when the upstream is Anthropic: `messages_passthrough`
 //! and `messages_passthrough_stream` send the client's body as it is and hand the
 //! answer back as it came, reading only the usage.

@@ -1,5 +1,5 @@
 //! HTTP routes. Handlers are thin: they parse, call [`crate::hub::Hub`] or
-//! [`crate::gateway`], and shape JSON. Errors become HTTP in `crate::error`.
+//! [`crate::ingress`], and shape JSON. Errors become HTTP in `crate::error`.
 
 pub mod admin;
 pub mod audit;
@@ -24,7 +24,7 @@ use serde_json::json;
 
 /// Adds `x-request-id` to every answer of an admitted request that lacks it (its
 /// error answers: a 400, 429 or 502 from the upstream, a 503), whatever its
-/// protocol: `gateway::admit` leaves the id in the request's extensions once the
+/// protocol: `ingress::admit` leaves the id in the request's extensions once the
 /// hold is placed, so the id always names a request `GET /v1/billing/requests/{id}`
 /// explains.
 pub async fn request_id_header(
@@ -44,9 +44,9 @@ pub async fn request_id_header(
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).
-    crate::aigne::configure(cfg);
+    crate::ingress::aigne::configure(cfg);
     webhooks::configure(cfg);
-    crate::messages::configure(cfg); // Anthropic Messages `/v1/messages`.
+    crate::ingress::messages::configure(cfg); // Anthropic Messages `/v1/messages`.
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
     cfg.service(
         web::resource("/healthz")
@@ -54,17 +54,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/chat/completions")
-            .route(web::post().to(crate::gateway::chat_completions))
+            .route(web::post().to(crate::ingress::openai::chat_completions))
             .default_service(not_allowed()),
     )
     .service(
         web::resource("/v1/embeddings")
-            .route(web::post().to(crate::gateway::embeddings))
+            .route(web::post().to(crate::ingress::openai::embeddings))
             .default_service(not_allowed()),
     )
     .service(
         web::resource("/v1/images/generations")
-            .route(web::post().to(crate::gateway::images))
+            .route(web::post().to(crate::ingress::openai::images))
             .default_service(not_allowed()),
     )
     .service(

@@ -1,8 +1,8 @@
 //! AIGNE Hub's "v2" protocol, so that apps built on the AIGNE framework (the npm
 //! client `@aigne/aigne-hub`, AIGNE CLI) use this hub unchanged. See docs/aigne.md.
 //!
-//! Model calls run through the same path as the OpenAI-compatible endpoints
-//! (`crate::gateway`: key check, routing, hold, attempts with retries and
+//! Model calls run through the path of every model request
+//! (`crate::pipeline`: key check, routing, hold, attempts with retries and
 //! fallbacks, settlement, events), with the ingress recorded as
 //! [`Ingress::AigneV2`]. Only the shapes differ: requests are converted to
 //! OpenAI's shape (`convert`), answers back to `@aigne/core`'s.
@@ -20,23 +20,23 @@ pub mod images;
 
 use crate::actors::TenantOp;
 use crate::auth::{bearer, presented_key};
-use crate::body::{parse_json, read_limited};
 use crate::catalog::PricedModel;
 use crate::config::{AigneSettings, Limits};
 use crate::error::HubError;
-use crate::gateway::{
-    self, generated_bytes, with_request_id, Admitted, Answer, Ask, Billing, Operation, StreamEnd,
-    STREAM_BUFFER_CHUNKS,
-};
 use crate::hub::Hub;
-use crate::providers::{ChatStream, Provider, ProviderKind, StreamItem};
-use actix_web::http::StatusCode;
+use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
+use crate::pipeline::{
+    chat_pieces, credit_exhausted_note, openai_chunk_bytes, Admitted, Ask, Billed, Ending, Settled,
+    StreamCodec, CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES, STREAM_BUFFER_CHUNKS,
+};
+use crate::providers::ProviderKind;
+use crate::providers::{ChatOutcome, EmbeddingsOutcome, ImagesOutcome};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
 use domain::tenant::Attempt;
-use domain::{Capability, Credits, Ingress, Permission, RequestId, Usage};
+use domain::{Credits, Ingress, Permission, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -98,81 +98,44 @@ impl AigneState {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(HubError::MethodNotAllowed) });
-    cfg.service(
-        web::resource("/__blocklet__.js")
-            .route(web::get().to(blocklet))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v2/chat")
-            .route(web::post().to(chat))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v2/image")
-            .route(web::post().to(image))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v2/embeddings")
-            .route(web::post().to(embeddings))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v2/images/{id}")
-            .route(web::get().to(generated_image))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v2/status")
-            .route(web::get().to(status))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/ai/models")
-            .route(web::get().to(models))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/user/info")
-            .route(web::get().to(user_info))
-            .default_service(not_allowed()),
-    );
+    let routes = [
+        ("/__blocklet__.js", web::get().to(blocklet)),
+        ("/api/v2/chat", web::post().to(chat)),
+        ("/api/v2/image", web::post().to(image)),
+        ("/api/v2/embeddings", web::post().to(embeddings)),
+        ("/api/v2/images/{id}", web::get().to(generated_image)),
+        ("/api/v2/status", web::get().to(status)),
+        ("/api/ai/models", web::get().to(models)),
+        ("/api/user/info", web::get().to(user_info)),
+    ];
+    for (path, route) in routes {
+        cfg.service(
+            web::resource(path)
+                .route(route)
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(HubError::MethodNotAllowed)
+                })),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Errors
 
-/// A `HubError` answered in the AIGNE shape: `{"error":{"message","type"}}` (the
-/// client throws `message`), with `type: "NOT_ENOUGH"` for missing credit.
-#[derive(Debug)]
-pub struct AigneError(pub HubError);
+/// AIGNE's wire format: errors as `{"error":{"message","type"}}` (the client
+/// throws `message`), with `type: "NOT_ENOUGH"` for missing credit.
+pub struct Aigne;
 
-impl From<HubError> for AigneError {
-    fn from(e: HubError) -> Self {
-        AigneError(e)
+impl Wire for Aigne {
+    const INGRESS: Ingress = Ingress::AigneV2;
+
+    fn error_body(error: &HubError) -> Value {
+        error_body(error)
     }
 }
 
-impl std::fmt::Display for AigneError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl ResponseError for AigneError {
-    fn status_code(&self) -> StatusCode {
-        self.0.status_code()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        if matches!(self.0, HubError::Internal(_) | HubError::Unavailable(_)) {
-            tracing::error!(error = %self.0, "request failed");
-        }
-        HttpResponse::build(self.status_code()).json(error_body(&self.0))
-    }
-}
+/// A `HubError` answered in the AIGNE shape.
+pub type AigneError = WireError<Aigne>;
 
 /// How a tenant out of credit gets more.
 const TOP_UP: &str = "Ask the operator of this hub to add credits to your tenant \
@@ -319,20 +282,28 @@ fn keepalive_until<T: 'static>(
     )
 }
 
-/// The error answer of an admitted call (with its request id).
-fn failed(e: HubError, request_id: RequestId) -> HttpResponse {
-    let mut response = AigneError(e).error_response();
-    if let Ok(value) = request_id.to_string().parse() {
-        response.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-            value,
-        );
-    }
-    response
-}
-
 fn join_failed(e: tokio::task::JoinError) -> HubError {
     HubError::Internal(format!("the call's task ended abnormally: {e}"))
+}
+
+/// Answers a call whose answer comes whole: `billed`'s attempts and settlement,
+/// then `encode` of what was settled, on a task of their own (see
+/// [`json_answer`]); `images` says the answer is images (for its error shape).
+async fn settled_answer<A: 'static>(
+    call: &ModelCall<Aigne>,
+    admitted: Admitted,
+    billed: &'static Billed<A>,
+    request: Value,
+    images: bool,
+    encode: impl FnOnce(&AigneState, Settled<A>) -> Map<String, Value> + 'static,
+) -> HttpResponse {
+    let request_id = admitted.request_id();
+    let hub = call.hub.clone();
+    let work = async move {
+        let settled = admitted.complete(billed, &request).await?;
+        Ok(Value::Object(encode(&hub.aigne, settled)))
+    };
+    json_answer(&call.hub, request_id, images, work).await
 }
 
 /// Answers a non-streaming call with `work`'s JSON. If it is done within
@@ -353,8 +324,8 @@ async fn json_answer(
         _ = tokio::time::sleep(deadline) => None,
     };
     match early {
-        Some(Ok(body)) => with_request_id(&mut HttpResponse::Ok(), request_id).json(body),
-        Some(Err(e)) => failed(e, request_id),
+        Some(Ok(body)) => HttpResponse::Ok().json(body),
+        Some(Err(e)) => AigneError::from(e).error_response(),
         None => {
             tracing::info!(%request_id, "slow call: status and headers sent, the body follows when ready");
             let body = keepalive_until(handle, SLOW_BODY_KEEPALIVE, b" ", move |joined| {
@@ -367,23 +338,12 @@ async fn json_answer(
                 };
                 Some(Bytes::from(body.to_string()))
             });
-            with_request_id(&mut HttpResponse::Ok(), request_id)
+            HttpResponse::Ok()
                 .content_type("application/json")
                 .insert_header(("cache-control", "no-cache"))
                 .streaming(body.map(Ok::<_, Infallible>))
         }
     }
-}
-
-fn sse_response(
-    request_id: RequestId,
-    body: impl futures_util::Stream<Item = Bytes> + 'static,
-) -> HttpResponse {
-    with_request_id(&mut HttpResponse::Ok(), request_id)
-        .content_type("text/event-stream")
-        .insert_header(("cache-control", "no-cache"))
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(body.map(Ok::<_, Infallible>))
 }
 
 /// The hub's origin as the caller reaches it, for absolute URLs.
@@ -610,7 +570,7 @@ pub async fn generated_image(hub: web::Data<Hub>, path: web::Path<String>) -> Ht
             ))
             .insert_header(("x-content-type-options", "nosniff"))
             .body(image.data),
-        None => AigneError(HubError::NotFound(
+        None => AigneError::from(HubError::NotFound(
             "no such image (generated images expire; ask for a new one)".into(),
         ))
         .error_response(),
@@ -621,65 +581,31 @@ pub async fn generated_image(hub: web::Data<Hub>, path: web::Path<String>) -> Ht
 // Chat
 
 /// `POST /api/v2/chat`: JSON, or SSE when `options.streaming` is `true`.
-pub async fn chat(
-    hub: web::Data<Hub>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, AigneError> {
-    let hub = hub.into_inner();
-    let key = presented_key(&req)?;
-    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
-    let call: Value = parse_json(&body)?;
-    let chat = convert::chat_call(&call)?;
-    let span = tracing::info_span!("aigne_chat", tenant_id = %key.tenant_id, model = %chat.model, request_id = tracing::field::Empty);
+pub async fn chat(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+    let chat = convert::chat_call(&call.json)?;
+    let span = call.span(&chat.model);
     async move {
         // A token is at least a byte: the larger of what came and what goes
         // upstream bounds the prompt.
-        let prompt_bytes = (body.len() as u64).max(chat.openai.to_string().len() as u64);
-        let ask = Ask {
-            model: &chat.model,
-            capability: Capability::Chat,
-            ingress: Ingress::AigneV2,
+        let prompt_bytes = call.body_bytes().max(chat.openai.to_string().len() as u64);
+        let ask = Ask::chat(
+            &chat.model,
+            Ingress::AigneV2,
             prompt_bytes,
-            max_tokens: chat.max_tokens,
-            choices: 1,
-            images: 0,
-        };
-        let Admitted {
-            billing,
-            candidates,
-        } = gateway::admit(&hub, &req, key, ask).await?;
-        let request_id = billing.request_id;
-        tracing::Span::current().record("request_id", tracing::field::display(request_id));
+            chat.max_tokens,
+            1,
+        );
+        let admitted = call.admit(ask).await?;
         let json_mode = chat.json_mode;
-        let request = chat.openai;
         if chat.streaming {
-            return Ok(stream_chat(&hub, billing, candidates, request, json_mode).await);
+            return Ok(stream_chat(&call.hub, admitted, chat.openai, json_mode).await);
         }
-        let state = hub.clone();
-        let work = async move {
-            let (answer, attempt, _) =
-                gateway::attempt(&billing, &candidates, Operation::Chat, &request).await?;
-            let Answer::Chat(outcome) = answer else {
-                unreachable!("a chat operation answers with a chat")
-            };
-            let usage = outcome.usage.unwrap_or_else(|| {
-                let message = outcome.body.pointer("/choices/0/message");
-                let text = message
-                    .and_then(|m| m.get("content"))
-                    .and_then(Value::as_str)
-                    .map_or(0, str::len);
-                let calls = message
-                    .and_then(|m| m.get("tool_calls"))
-                    .map_or(0, |c| c.to_string().len());
-                Usage::estimate(billing.prompt_bytes, (text + calls) as u64)
-            });
-            billing.settle(&attempt, usage).await?;
-            let mut out = convert::chat_output(&outcome.body, json_mode);
-            finish_output(&state.aigne, &mut out, &attempt, &usage);
-            Ok(Value::Object(out))
+        let encode = move |state: &AigneState, settled: Settled<ChatOutcome>| {
+            let mut out = convert::chat_output(&settled.answer.body, json_mode);
+            finish_output(state, &mut out, &settled.attempt, &settled.usage);
+            out
         };
-        Ok(json_answer(&hub, request_id, false, work).await)
+        Ok(settled_answer(&call, admitted, &CHAT, chat.openai, false, encode).await)
     }
     .instrument(span)
     .await
@@ -688,50 +614,39 @@ pub async fn chat(
 /// A streamed chat: SSE frames of `@aigne/core`'s agent response stream.
 async fn stream_chat(
     hub: &Arc<Hub>,
-    billing: Billing,
-    candidates: Vec<crate::catalog::Candidate>,
+    admitted: Admitted,
     request: Value,
     json_mode: bool,
 ) -> HttpResponse {
-    let request_id = billing.request_id;
+    let request_id = admitted.request_id();
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let (started_tx, mut started_rx) = oneshot::channel::<Result<(), HubError>>();
     let state = hub.clone();
     actix_web::rt::spawn(async move {
-        match gateway::attempt(&billing, &candidates, Operation::ChatStream, &request).await {
-            Err(e) => {
-                // The hold is already released; whoever waits for the start reports it.
-                let _ = started_tx.send(Err(e));
-            }
-            Ok((answer, attempt, provider)) => {
-                let Answer::Stream(upstream) = answer else {
-                    unreachable!("a stream operation answers with a stream")
-                };
-                let _ = started_tx.send(Ok(()));
-                relay(
-                    state,
-                    billing,
-                    attempt,
-                    provider,
-                    upstream,
-                    tx,
-                    StreamAccumulator::new(json_mode),
-                )
-                .await;
-            }
-        }
+        let codec = |_: &Attempt, upstream| {
+            let codec = AigneFrames {
+                hub: state,
+                acc: StreamAccumulator::new(json_mode),
+                json_mode,
+            };
+            (codec, chat_pieces(upstream))
+        };
+        // On failure the hold is already released; whoever waits for the start
+        // reports it.
+        let started = admitted
+            .stream_into(&CHAT_STREAM, &request, codec, tx)
+            .await;
+        let _ = started_tx.send(started);
     });
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
+    let frames = frames(rx);
     let deadline = Duration::from_millis(hub.limits.aigne_headers_after_ms);
     let early = tokio::select! {
         started = &mut started_rx => Some(started),
         _ = tokio::time::sleep(deadline) => None,
     };
     match early {
-        Some(Ok(Err(e))) => failed(e, request_id),
-        Some(_) => sse_response(request_id, frames),
+        Some(Ok(Err(e))) => AigneError::from(e).error_response(),
+        Some(_) => sse_response(frames),
         None => {
             tracing::info!(%request_id, "slow stream start: status and headers sent, frames follow");
             // A failure to start now comes as the stream's error event.
@@ -744,92 +659,54 @@ async fn stream_chat(
                     _ => None,
                 },
             );
-            sse_response(request_id, start.chain(frames))
+            sse_response(start.chain(frames))
         }
     }
 }
 
-/// Copies the provider's stream to the client as AIGNE deltas, then settles and
-/// sends the final frame (model, tool calls, JSON output and the complete usage
-/// with the charge) — settled before it is sent, so a fully received answer is
-/// always billed. No `[DONE]`: the client does not expect one. A chunk the
-/// tenant's credit cannot pay for is not sent: the stream ends there with the
-/// same final frame, saying why in `aigne_hub` (docs/billing.md, "Mid-stream
-/// enforcement").
-async fn relay(
+/// A chat stream as AIGNE deltas; its final frame (model, tool calls, JSON
+/// output and the complete usage with the charge) is sent once the charge is
+/// committed, so a fully received answer is always billed. No `[DONE]`: the
+/// client does not expect one. A chunk the tenant's credit cannot pay for is
+/// not sent: the stream ends there with the same final frame, saying why in
+/// `aigne_hub` (docs/billing.md, "Mid-stream enforcement").
+struct AigneFrames {
     hub: Arc<Hub>,
-    billing: Billing,
-    attempt: Attempt,
-    provider: Provider,
-    mut upstream: ChatStream,
-    tx: mpsc::Sender<Bytes>,
-    mut acc: StreamAccumulator,
-) {
-    let mut usage: Option<Usage> = None;
-    let mut output_bytes: u64 = 0;
-    let end = 'relay: loop {
-        match upstream.next().await {
-            None => break StreamEnd::Done,
-            Some(Err(e)) => break StreamEnd::UpstreamFailed(e),
-            Some(Ok(StreamItem::Usage(reported))) => usage = Some(reported),
-            Some(Ok(StreamItem::Chunk(chunk))) => {
-                let after = output_bytes + generated_bytes(&chunk);
-                if billing.would_overspend(&attempt, usage.as_ref(), after) {
-                    break StreamEnd::CreditExhausted;
-                }
-                output_bytes = after;
-                for frame in acc.push(&chunk) {
-                    if tx.send(data_frame(&frame)).await.is_err() {
-                        break 'relay StreamEnd::ClientGone;
-                    }
-                }
-            }
+    acc: StreamAccumulator,
+    json_mode: bool,
+}
+
+impl StreamCodec for AigneFrames {
+    type Piece = Value;
+
+    fn generated_bytes(&self, chunk: &Value) -> Option<u64> {
+        Some(openai_chunk_bytes(chunk))
+    }
+
+    fn encode(&mut self, chunk: Value) -> Vec<Bytes> {
+        self.acc.push(&chunk).iter().map(data_frame).collect()
+    }
+
+    fn closing(&mut self, _: Ending, _: &Usage) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    fn settled(&mut self, ending: Ending, charged: &Usage, attempt: &Attempt) -> Vec<Bytes> {
+        let acc = std::mem::replace(&mut self.acc, StreamAccumulator::new(self.json_mode));
+        let (frames, mut parts) = acc.finish();
+        finish_output(&self.hub.aigne, &mut parts, attempt, charged);
+        if ending == Ending::CreditExhausted {
+            parts.insert("aigne_hub".into(), credit_exhausted_note());
         }
-    };
-    drop(upstream);
-    match end {
-        StreamEnd::Done | StreamEnd::CreditExhausted => {
-            let exhausted = matches!(end, StreamEnd::CreditExhausted);
-            let charged = if exhausted {
-                tracing::info!(request_id = %billing.request_id, "stream ended: the tenant's credit would not cover more");
-                gateway::partial_usage(usage, billing.prompt_bytes, output_bytes)
-            } else {
-                usage.unwrap_or_else(|| Usage::estimate(billing.prompt_bytes, output_bytes))
-            };
-            if let Err(e) = billing.settle(&attempt, charged).await {
-                let _ = tx.send(error_event(&e)).await;
-                return;
-            }
-            let (frames, mut parts) = acc.finish();
-            finish_output(&hub.aigne, &mut parts, &attempt, &charged);
-            if exhausted {
-                // The chat cutoff's own words, so that every ingress says it alike.
-                let mut note = gateway::credit_exhausted_chunk(None);
-                parts.insert("aigne_hub".into(), note["aigne_hub"].take());
-            }
-            for frame in frames
-                .iter()
-                .chain(std::iter::once(&json!({"delta": {"json": parts}})))
-            {
-                if tx.send(data_frame(frame)).await.is_err() {
-                    // Left before the end: the answer is billed all the same.
-                    break;
-                }
-            }
-        }
-        StreamEnd::ClientGone => {
-            billing
-                .end_unfinished(&attempt, &provider, usage, output_bytes, None)
-                .await;
-        }
-        StreamEnd::UpstreamFailed(e) => {
-            let failure = billing
-                .end_unfinished(&attempt, &provider, usage, output_bytes, Some(e))
-                .await;
-            if let Some(e) = failure {
-                let _ = tx.send(error_event(&e)).await;
-            }
-        }
+        frames
+            .iter()
+            .chain(std::iter::once(&json!({"delta": {"json": parts}})))
+            .map(data_frame)
+            .collect()
+    }
+
+    fn error_frame(&self, error: &HubError) -> Bytes {
+        error_event(error)
     }
 }
 
@@ -851,17 +728,9 @@ const IMAGE_OPTIONS: [(&str, &str); 9] = [
 
 /// `POST /api/v2/image`: billed per image. Images come back as hub URLs (served
 /// without a key until they expire) or inline base64 (`outputFileType: "file"`).
-pub async fn image(
-    hub: web::Data<Hub>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, AigneError> {
-    let hub = hub.into_inner();
-    let key = presented_key(&req)?;
-    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
-    let call: Value = parse_json(&body)?;
-    let input = convert::input_of(&call)?;
-    let model = convert::model_of(&call, input)?;
+pub async fn image(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+    let input = convert::input_of(&call.json)?;
+    let model = convert::model_of(&call.json, input)?;
     let prompt = input
         .get("prompt")
         .and_then(Value::as_str)
@@ -880,10 +749,10 @@ pub async fn image(
         .into());
     }
     let options = input.get("modelOptions").cloned().unwrap_or(Value::Null);
-    let n = gateway::images_asked(
+    let n = ingress::images_asked(
         input.get("n").or_else(|| options.get("n")),
         "input.n",
-        &hub.limits,
+        &call.hub.limits,
     )?;
     let inline = match input.get("outputFileType").and_then(Value::as_str) {
         None | Some("url") => false,
@@ -907,75 +776,47 @@ pub async fn image(
             }
         }
     }
-    let ask = Ask {
-        model: &model,
-        capability: Capability::Images,
-        ingress: Ingress::AigneV2,
-        prompt_bytes: body.len() as u64,
-        max_tokens: Some(0),
-        choices: 1,
-        images: n as u32,
-    };
     // Priced by size and quality like `/v1/images/generations` (docs/billing.md).
-    let variant = |field: &str| {
-        request
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    let (size, quality) = (variant("size"), variant("quality"));
-    let Admitted {
-        billing,
-        candidates,
-    } = gateway::admit_image_variant(&hub, &req, key, ask, (size.as_deref(), quality.as_deref()))
-        .await?;
-    let request_id = billing.request_id;
-    let base = public_base(&hub.aigne, &req);
-    let state = hub.clone();
-    let work = async move {
-        let (answer, attempt, _) =
-            gateway::attempt(&billing, &candidates, Operation::Images, &request).await?;
-        let Answer::Images(outcome) = answer else {
-            unreachable!("an images operation answers with images")
-        };
-        let usage = Usage {
-            images: outcome.images,
-            ..Usage::default()
-        };
-        billing.settle(&attempt, usage).await?;
-        let images: Vec<Value> = outcome
-            .body
+    let admitted = call.admit(call.images_ask(&model, n, &request)).await?;
+    let base = public_base(&call.hub.aigne, &call.req);
+    let encode = move |state: &AigneState, settled: Settled<ImagesOutcome>| {
+        let body = &settled.answer.body;
+        let images: Vec<Value> = body
             .get("data")
             .and_then(Value::as_array)
             .map(|data| {
                 data.iter()
-                    .filter_map(|item| image_output(&state.aigne, &base, item, inline))
+                    .filter_map(|item| image_output(state, &base, item, inline))
                     .collect()
             })
             .unwrap_or_default();
-        let mut out = Map::new();
-        out.insert("images".into(), Value::Array(images));
-        if let Some(model) = outcome.body.get("model").and_then(Value::as_str) {
-            out.insert("model".into(), json!(model));
-        }
-        finish_output(&state.aigne, &mut out, &attempt, &usage);
+        let mut out = answer_with_model(body, "images", Value::Array(images));
+        finish_output(state, &mut out, &settled.attempt, &settled.usage);
         // Token counts the upstream reported for images (display only; images
         // are billed per image).
         for (field, upstream) in [
             ("inputTokens", "input_tokens"),
             ("outputTokens", "output_tokens"),
         ] {
-            if let Some(tokens) = outcome
-                .body
-                .pointer(&format!("/usage/{upstream}"))
-                .and_then(Value::as_u64)
-            {
+            let tokens = body.pointer(&format!("/usage/{upstream}"));
+            if let Some(tokens) = tokens.and_then(Value::as_u64) {
                 out["usage"][field] = json!(tokens);
             }
         }
-        Ok(Value::Object(out))
+        out
     };
-    Ok(json_answer(&hub, request_id, true, work).await)
+    Ok(settled_answer(&call, admitted, &IMAGES, request, true, encode).await)
+}
+
+/// An answer's `field` (the images, the embeddings), with the model the
+/// upstream named, if it named one.
+fn answer_with_model(body: &Value, field: &str, value: Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert(field.into(), value);
+    if let Some(model) = body.get("model").and_then(Value::as_str) {
+        out.insert("model".into(), json!(model));
+    }
+    out
 }
 
 /// One upstream image as AIGNE file content: a hub URL for base64 data (or the
@@ -1002,28 +843,20 @@ fn image_output(state: &AigneState, base: &str, item: &Value, inline: bool) -> O
 
 /// `POST /api/v2/embeddings`: `{"input":{"input","modelOptions":{"model"}}}` (or
 /// the older `{"model","input"}`), billed by input tokens.
-pub async fn embeddings(
-    hub: web::Data<Hub>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, AigneError> {
-    let hub = hub.into_inner();
-    let key = presented_key(&req)?;
-    let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
-    let call: Value = parse_json(&body)?;
-    let (model, texts, options) = match call.get("input") {
+pub async fn embeddings(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+    let (model, texts, options) = match call.json.get("input") {
         Some(input) if input.is_object() => (
-            convert::model_of(&call, input)?,
+            convert::model_of(&call.json, input)?,
             input.get("input"),
             input.get("modelOptions"),
         ),
         _ => (
-            convert::model_of(&call, &Value::Null)?,
-            call.get("input"),
+            convert::model_of(&call.json, &Value::Null)?,
+            call.json.get("input"),
             None,
         ),
     };
-    gateway::check_embeddings_input(texts, "input.input", &hub.limits)?;
+    ingress::check_embeddings_input(texts, "input.input", &call.hub.limits)?;
     let texts = texts.cloned().unwrap_or(Value::Null);
     let mut request = json!({"input": texts});
     if let Some(dimensions) = options
@@ -1032,47 +865,20 @@ pub async fn embeddings(
     {
         request["dimensions"] = dimensions.clone();
     }
-    let ask = Ask {
-        model: &model,
-        capability: Capability::Embeddings,
-        ingress: Ingress::AigneV2,
-        prompt_bytes: body.len() as u64,
-        max_tokens: Some(0),
-        choices: 1,
-        images: 0,
-    };
-    let Admitted {
-        billing,
-        candidates,
-    } = gateway::admit(&hub, &req, key, ask).await?;
-    let request_id = billing.request_id;
-    let state = hub.clone();
-    let work = async move {
-        let (answer, attempt, _) =
-            gateway::attempt(&billing, &candidates, Operation::Embeddings, &request).await?;
-        let Answer::Embeddings(outcome) = answer else {
-            unreachable!("an embeddings operation answers with embeddings")
-        };
-        let input_bytes = request["input"].to_string().len() as u64;
-        let usage = outcome
-            .usage
-            .unwrap_or_else(|| Usage::estimate(input_bytes, 0));
-        billing.settle(&attempt, usage).await?;
-        let data = outcome.body.get("data").cloned().unwrap_or(json!([]));
+    let admitted = call.admit(call.embeddings_ask(&model)).await?;
+    let encode = |state: &AigneState, settled: Settled<EmbeddingsOutcome>| {
+        let body = &settled.answer.body;
+        let data = body.get("data").cloned().unwrap_or(json!([]));
         let vectors: Vec<Value> = data
             .as_array()
             .map(|d| d.iter().map(|e| e["embedding"].clone()).collect())
             .unwrap_or_default();
-        let mut out = Map::new();
-        out.insert("embeddings".into(), Value::Array(vectors));
+        let mut out = answer_with_model(body, "embeddings", Value::Array(vectors));
         out.insert("data".into(), data);
-        if let Some(model) = outcome.body.get("model").and_then(Value::as_str) {
-            out.insert("model".into(), json!(model));
-        }
-        finish_output(&state.aigne, &mut out, &attempt, &usage);
-        Ok(Value::Object(out))
+        finish_output(state, &mut out, &settled.attempt, &settled.usage);
+        out
     };
-    Ok(json_answer(&hub, request_id, false, work).await)
+    Ok(settled_answer(&call, admitted, &EMBEDDINGS, request, false, encode).await)
 }
 
 #[cfg(test)]

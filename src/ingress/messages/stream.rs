@@ -246,12 +246,11 @@ pub fn credit_exhausted_events(open_block: Option<u64>, usage: &Usage) -> Vec<Va
     if let Some(index) = open_block {
         events.push(json!({"type": "content_block_stop", "index": index}));
     }
-    let mut note = crate::gateway::credit_exhausted_chunk(None);
     events.push(json!({
         "type": "message_delta",
         "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
         "usage": anthropic_usage_json(usage),
-        "aigne_hub": note["aigne_hub"].take(),
+        "aigne_hub": crate::pipeline::credit_exhausted_note(),
     }));
     events
 }

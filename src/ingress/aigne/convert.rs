@@ -24,7 +24,7 @@ pub struct ChatCall {
     pub json_mode: bool,
     /// `modelOptions.maxTokens`: the client's output cap, if it names one. It is
     /// not in `openai`: the hub holds for and sends one cap per attempt
-    /// (`gateway::attempt`).
+    /// (`pipeline::Admitted::complete`).
     pub max_tokens: Option<u32>,
     /// The request in OpenAI's shape (without `model`, which is set per attempt).
     pub openai: Value,
@@ -64,6 +64,15 @@ pub fn wants_stream(call: &Value) -> bool {
 
 /// Converts `POST /api/v2/chat` to an OpenAI chat request. Unknown keys are
 /// ignored; known ones of the wrong shape are a 400 naming the field.
+/// Every item converted by `convert` (given its index, for messages that name it).
+fn each(
+    items: &[Value],
+    convert: fn(usize, &Value) -> Result<Value, HubError>,
+) -> Result<Value, HubError> {
+    let items = items.iter().enumerate().map(|(i, item)| convert(i, item));
+    Ok(Value::Array(items.collect::<Result<_, _>>()?))
+}
+
 pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
     let input = input_of(call)?;
     let model = model_of(call, input)?;
@@ -81,23 +90,13 @@ pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
         )));
     }
     let mut out = Map::new();
-    let converted = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| message(i, m))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.insert("messages".into(), Value::Array(converted));
+    out.insert("messages".into(), each(messages, message)?);
 
     let has_tools = match input.get("tools") {
         None | Some(Value::Null) => false,
         Some(Value::Array(tools)) => {
             if !tools.is_empty() {
-                let tools = tools
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| tool(i, t))
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.insert("tools".into(), Value::Array(tools));
+                out.insert("tools".into(), each(tools, tool)?);
             }
             !tools.is_empty()
         }
