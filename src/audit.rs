@@ -145,7 +145,7 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
         .last()
         .map(|(_, event, _)| event.at())
         .unwrap_or_else(|| state_clock(&events));
-    let balance = crate::routes::billing::balance_body(
+    let balance = crate::billing::balance_body(
         tenant_id,
         &state.balance(),
         as_of,

@@ -366,7 +366,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 "expires_at": grant.expires_at.map(|t| t.to_rfc3339()), "granted_at": grant.at.to_rfc3339()
             })
         }
-        Command::Balance { tenant } => crate::routes::billing::balance_body(
+        Command::Balance { tenant } => crate::billing::balance_body(
             tenant,
             &hub.balance(tenant, None).await?,
             hub.clock.now(),

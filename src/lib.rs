@@ -6,6 +6,7 @@ pub mod actors;
 pub mod aigne;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod body;
 pub mod catalog;
 pub mod cli;
