@@ -154,9 +154,11 @@ impl Application {
             })?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(hub.clone());
+        let operator_token = web::Data::new(crate::auth::OperatorToken(hub.operator_token.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(operator_token.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(actix_web::middleware::from_fn(routes::request_id_header))
