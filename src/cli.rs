@@ -421,18 +421,18 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 max_output_tokens,
                 ..Default::default()
             };
-            hub.set_price(&model, &spec).await?;
+            hub.price_book().set_price(&model, &spec).await?;
             let priced = hub.catalog.snapshot().models.get(&model).cloned();
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
         }
         Command::Price(PriceCmd::Alias { alias, model }) => {
-            hub.set_alias(&alias, &model).await?;
+            hub.price_book().set_alias(&alias, &model).await?;
             serde_json::json!({"alias": alias, "model": model})
         }
         Command::Price(PriceCmd::Unalias { alias }) => {
-            hub.remove_alias(&alias).await?;
+            hub.price_book().remove_alias(&alias).await?;
             serde_json::json!({"alias": alias, "removed": true})
         }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {

@@ -57,7 +57,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         clock: Default::default(),
         full_hold_sweeps: Default::default(),
     };
-    let imported = hub.import_price_table().await?;
+    let imported = hub.price_book().import_price_table().await?;
     if imported > 0 {
         tracing::info!(
             imported,
