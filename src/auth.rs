@@ -102,13 +102,17 @@ pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
     tenant_key(req, token)
 }
 
+/// The operator token as app data of the HTTP server, so that a tenant route can
+/// tell a caller who presented it there what went wrong.
+pub struct OperatorToken(pub String);
+
 /// Parses `token` as a hub key; the operator token gets its own refusal, since
 /// trying it on a tenant route is a common first mistake.
 pub fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, HubError> {
     parse_key(token).map_err(|e| {
         let operator = req
-            .app_data::<actix_web::web::Data<crate::hub::Hub>>()
-            .is_some_and(|hub| same_secret(token, &hub.operator_token));
+            .app_data::<actix_web::web::Data<OperatorToken>>()
+            .is_some_and(|operator| same_secret(token, &operator.0));
         if operator {
             HubError::Unauthenticated(AuthFailure::OperatorTokenOnTenantRoute)
         } else {

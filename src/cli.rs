@@ -366,7 +366,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 "expires_at": grant.expires_at.map(|t| t.to_rfc3339()), "granted_at": grant.at.to_rfc3339()
             })
         }
-        Command::Balance { tenant } => crate::routes::billing::balance_body(
+        Command::Balance { tenant } => crate::billing::balance_body(
             tenant,
             &hub.balance(tenant, None).await?,
             hub.clock.now(),
@@ -421,18 +421,18 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
                 max_output_tokens,
                 ..Default::default()
             };
-            hub.set_price(&model, &spec).await?;
+            hub.price_book().set_price(&model, &spec).await?;
             let priced = hub.catalog.snapshot().models.get(&model).cloned();
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
         }
         Command::Price(PriceCmd::Alias { alias, model }) => {
-            hub.set_alias(&alias, &model).await?;
+            hub.price_book().set_alias(&alias, &model).await?;
             serde_json::json!({"alias": alias, "model": model})
         }
         Command::Price(PriceCmd::Unalias { alias }) => {
-            hub.remove_alias(&alias).await?;
+            hub.price_book().remove_alias(&alias).await?;
             serde_json::json!({"alias": alias, "removed": true})
         }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {

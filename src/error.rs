@@ -4,6 +4,7 @@
 //! official SDKs surface them. Messages never contain secrets: provider keys and
 //! hub keys are never formatted into an error.
 
+use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use domain::tenant::TenantError;
@@ -295,6 +296,32 @@ impl From<crate::store::StoreError> for HubError {
                 HubError::Unavailable("too many concurrent writers for this tenant, retry".into())
             }
             other => HubError::ledger_unavailable(&other),
+        }
+    }
+}
+
+/// Kept here rather than in `providers`, so that the providers need not know the
+/// HTTP error they end up as.
+impl From<UpstreamError> for HubError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout => HubError::UpstreamTimeout,
+            UpstreamError::AnswerTooLarge { limit_bytes } => {
+                HubError::UpstreamAnswerTooLarge { limit_bytes }
+            }
+            UpstreamError::Status {
+                status: 400 | 404 | 413 | 422,
+                ..
+            } => HubError::BadRequest(format!("the provider refused the request: {e}")),
+            UpstreamError::Status {
+                status: 401 | 403, ..
+            } => HubError::UpstreamCredentialRejected,
+            UpstreamError::Status { status: 429, .. } => {
+                HubError::UpstreamRateLimited(e.to_string())
+            }
+            UpstreamError::Refused(message) => HubError::BadRequest(message),
+            UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
+            other => HubError::Upstream(other.to_string()),
         }
     }
 }

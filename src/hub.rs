@@ -118,6 +118,7 @@ fn parse_credential(
     }
 }
 
+use crate::prices::PriceBookWriter;
 pub use crate::prices::PriceSpec;
 
 /// Tenants given an `ExpireCredits` in one expiry pass at most, so that a pass
@@ -142,6 +143,15 @@ pub fn now_ms() -> i64 {
 }
 
 impl Hub {
+    /// The price book's writer (set prices, aliases, margins and plans).
+    pub fn price_book(&self) -> PriceBookWriter<'_> {
+        PriceBookWriter {
+            store: self.store.as_ref(),
+            catalog: &self.catalog,
+            clock: &self.clock,
+        }
+    }
+
     pub fn key_auth(key: &PresentedKey, permission: Permission) -> Auth {
         Auth {
             key_id: key.key_id,

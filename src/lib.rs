@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod body;
 pub mod catalog;
 pub mod cli;

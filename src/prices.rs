@@ -6,9 +6,10 @@
 //! first, the append conflicts and the write is retried on the new state. Price
 //! changes are rare and the book is small, so loading it whole is cheap.
 
+use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::error::HubError;
-use crate::hub::Hub;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use domain::price_book::{
     ImagePrice, MarginScope, ModelPriceSpec, PriceBook, PriceBookCommand, PriceBookError,
     PriceBookEvent,
@@ -169,7 +170,15 @@ impl From<PriceBookError> for HubError {
     }
 }
 
-impl Hub {
+/// Writes to the price book: what a write needs (the store, the catalog it
+/// refreshes, business time) and nothing more. `Hub::price_book` lends one.
+pub struct PriceBookWriter<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) catalog: &'a Catalog,
+    pub(crate) clock: &'a Clock,
+}
+
+impl PriceBookWriter<'_> {
     /// Decides `command` on the current price book and appends what it decides;
     /// retried when another process wrote first. Refreshes the catalog after a write.
     pub async fn execute_price_book(

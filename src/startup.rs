@@ -57,7 +57,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         clock: Default::default(),
         full_hold_sweeps: Default::default(),
     };
-    let imported = hub.import_price_table().await?;
+    let imported = hub.price_book().import_price_table().await?;
     if imported > 0 {
         tracing::info!(
             imported,
@@ -154,9 +154,11 @@ impl Application {
             })?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(hub.clone());
+        let operator_token = web::Data::new(crate::auth::OperatorToken(hub.operator_token.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(operator_token.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(actix_web::middleware::from_fn(routes::request_id_header))

@@ -249,31 +249,6 @@ impl UpstreamError {
     }
 }
 
-impl From<UpstreamError> for crate::error::HubError {
-    fn from(e: UpstreamError) -> Self {
-        use crate::error::HubError;
-        match e {
-            UpstreamError::Timeout => HubError::UpstreamTimeout,
-            UpstreamError::AnswerTooLarge { limit_bytes } => {
-                HubError::UpstreamAnswerTooLarge { limit_bytes }
-            }
-            UpstreamError::Status {
-                status: 400 | 404 | 413 | 422,
-                ..
-            } => HubError::BadRequest(format!("the provider refused the request: {e}")),
-            UpstreamError::Status {
-                status: 401 | 403, ..
-            } => HubError::UpstreamCredentialRejected,
-            UpstreamError::Status { status: 429, .. } => {
-                HubError::UpstreamRateLimited(e.to_string())
-            }
-            UpstreamError::Refused(message) => HubError::BadRequest(message),
-            UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
-            other => HubError::Upstream(other.to_string()),
-        }
-    }
-}
-
 /// A non-streaming chat answer: an OpenAI `chat.completion` object, and the usage
 /// the provider reported (`None` if it reported none).
 pub struct ChatOutcome {

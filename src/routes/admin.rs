@@ -1,9 +1,9 @@
 //! The operator API (`/admin/v1/...`), behind the operator token.
 
-use super::billing::balance_body;
 use super::tenant_path;
 use crate::actors::TenantOp;
 use crate::auth::check_operator;
+use crate::billing::balance_body;
 use crate::body::json_body;
 use crate::error::HubError;
 use crate::hub::{CredentialSpec, Hub, ProviderSpec};

@@ -18,7 +18,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
-use domain::tenant::Balance;
 use domain::{RequestId, TenantId};
 use serde_json::json;
 
@@ -265,16 +264,6 @@ fn unknown_path_message(method: &str, path: &str) -> String {
     } else {
         format!("no endpoint {method} {path}")
     }
-}
-
-pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> serde_json::Value {
-    json!({
-        "tenant_id": tenant_id.to_string(),
-        "granted": balance.granted.to_decimal_string(),
-        "spent": balance.spent.to_decimal_string(),
-        "held": balance.held.to_decimal_string(),
-        "available": balance.available.to_decimal_string(),
-    })
 }
 
 /// A tenant id from a path; anything malformed is simply a tenant that does not exist.

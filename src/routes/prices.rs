@@ -77,7 +77,7 @@ pub async fn set_price(
     operator(&hub, &req)?;
     let model = path.into_inner();
     let spec: PriceSpec = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
-    hub.set_price(&model, &spec).await?;
+    hub.price_book().set_price(&model, &spec).await?;
     let priced = hub
         .catalog
         .snapshot()
@@ -114,7 +114,7 @@ pub async fn set_alias(
     operator(&hub, &req)?;
     let alias = path.into_inner();
     let body: AliasBody = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
-    hub.set_alias(&alias, &body.model).await?;
+    hub.price_book().set_alias(&alias, &body.model).await?;
     Ok(HttpResponse::Ok().json(json!({"alias": alias, "model": body.model})))
 }
 
@@ -126,7 +126,7 @@ pub async fn remove_alias(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let alias = path.into_inner();
-    hub.remove_alias(&alias).await?;
+    hub.price_book().remove_alias(&alias).await?;
     Ok(HttpResponse::Ok().json(json!({"alias": alias, "removed": true})))
 }
 
@@ -264,7 +264,9 @@ async fn margin_answer(
     scope: MarginScope,
     margin_bps: Option<u32>,
 ) -> Result<HttpResponse, HubError> {
-    hub.set_margin(scope.clone(), margin_bps).await?;
+    hub.price_book()
+        .set_margin(scope.clone(), margin_bps)
+        .await?;
     let mut body = serde_json::to_value(&scope).unwrap_or_else(|_| json!({}));
     body["margin_bps"] = json!(margin_bps);
     Ok(HttpResponse::Ok().json(body))
@@ -320,6 +322,8 @@ pub async fn set_tenant_plan(
     let tenant_id = tenant_path(&path)?;
     let body: PlanBody = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
     hub.balance(tenant_id, None).await?;
-    hub.set_tenant_plan(tenant_id, body.plan.clone()).await?;
+    hub.price_book()
+        .set_tenant_plan(tenant_id, body.plan.clone())
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant_id.to_string(), "plan": body.plan})))
 }

@@ -1,7 +1,7 @@
 //! Between domain events and the rows cqrs-es repositories store.
 
+use super::hash_chain::{link, RawEvent, GENESIS_HASH};
 use super::{LogPosition, StoreError};
-use crate::audit::RawEvent;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -92,11 +92,8 @@ pub fn chain(
         metadata.prev_hash = None;
         metadata.hash = None;
         let mut stored = raw(serialize(tenant_id, first_sequence + i, event, metadata)?);
-        let hash = crate::audit::link(head.as_deref(), &mut stored);
-        metadata.prev_hash = Some(
-            head.take()
-                .unwrap_or_else(|| crate::audit::GENESIS_HASH.to_string()),
-        );
+        let hash = link(head.as_deref(), &mut stored);
+        metadata.prev_hash = Some(head.take().unwrap_or_else(|| GENESIS_HASH.to_string()));
         metadata.hash = Some(hash.clone());
         head = Some(hash);
     }

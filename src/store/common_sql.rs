@@ -361,7 +361,7 @@ macro_rules! impl_store {
                 .collect()
         }
 
-        async fn raw_tenant_events(&self, tenant_id: TenantId, after_sequence: usize, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
+        async fn raw_tenant_events(&self, tenant_id: TenantId, after_sequence: usize, limit: usize) -> Result<Vec<crate::store::RawEvent>, StoreError> {
             self.raw_page(tenant_id, after_sequence as i64, false, limit).await
         }
 
@@ -436,7 +436,7 @@ macro_rules! impl_store {
             /// Up to `limit` of a tenant's events exactly as stored, in sequence
             /// order after `bound`, or (`backward`) newest first before `bound`: one
             /// page per query, the JSON read as the text stored.
-            async fn raw_page(&self, tenant_id: TenantId, bound: i64, backward: bool, limit: usize) -> Result<Vec<crate::audit::RawEvent>, StoreError> {
+            async fn raw_page(&self, tenant_id: TenantId, bound: i64, backward: bool, limit: usize) -> Result<Vec<crate::store::RawEvent>, StoreError> {
                 let sql = if backward {
                     "SELECT sequence, event_type, event_version, CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
                        FROM events
@@ -465,7 +465,7 @@ macro_rules! impl_store {
                             serde_json::from_str(&text)
                                 .map_err(|e| StoreError::Corrupt(format!("{column} of {tenant_id} #{sequence}: {e}")))
                         };
-                        Ok(crate::audit::RawEvent {
+                        Ok(crate::store::RawEvent {
                             tenant_id: tenant_id.to_string(),
                             sequence: sequence as usize,
                             event_type: r.get("event_type"),

@@ -14,6 +14,7 @@
 mod changes;
 mod codec;
 mod common_sql;
+mod hash_chain;
 mod pg_local;
 mod postgres;
 mod price_book;
@@ -21,6 +22,7 @@ mod sqlite;
 
 pub use changes::Change;
 pub use codec::{chain, decode_raw, EventMetadata, StoredEvent};
+pub use hash_chain::{verify_chain, ChainBreak, ChainReport, RawEvent, GENESIS_HASH};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
 pub use sqlite::SqliteStore;
 
@@ -207,7 +209,7 @@ pub trait Store: Send + Sync {
         tenant_id: TenantId,
         after_sequence: usize,
         limit: usize,
-    ) -> Result<Vec<crate::audit::RawEvent>, StoreError>;
+    ) -> Result<Vec<RawEvent>, StoreError>;
     /// Up to `limit` of a tenant's events before `before_sequence` (from its
     /// newest, when `None`), newest first: for finding recent events without
     /// reading a long stream from its start. (Their `log_position` is left zero.)
