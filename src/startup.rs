@@ -127,10 +127,13 @@ impl ProjectorThread {
 }
 
 /// Sets the calling thread's nice value to 19 (Linux: nice is per thread).
+#[allow(unsafe_code)]
 fn lower_this_threads_priority() {
     /// The lowest priority `setpriority` accepts.
     const NICE_LOWEST: libc::c_int = 19;
-    // SAFETY: setpriority reads no memory of ours; `0` names the calling thread.
+    // SAFETY: setpriority takes three integers by value and touches no memory of
+    // ours, so no pointer or lifetime can be wrong; `0` names the calling thread,
+    // which exists for the whole call. A failure is only a return value.
     let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE_LOWEST) };
     if done != 0 {
         tracing::warn!(
