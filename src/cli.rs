@@ -1,8 +1,8 @@
 //! Command line: `serve` (the default) and the operator's operations, each
 //! printing JSON. Operations run in-process against the same store as the server.
 
-use crate::config::{self, Settings, TokenSource};
-use crate::startup::{build_hub, Application};
+use crate::config::{CommandEnv, Settings};
+use crate::startup::{build_hub, operator_token, require_existing_store, Application, TokenSource};
 use clap::{Parser, Subcommand};
 use domain::{Credits, KeyId, Role, TenantId};
 use std::io::Read;
@@ -12,7 +12,8 @@ use std::process::ExitCode;
 /// Every environment variable the hub reads, with its default: shown by `--help`
 /// (a test keeps it in step with the code and docs/api.md).
 const ENV_HELP: &str = "\
-Environment (a flag given on the command line wins over its variable):
+Environment (a flag given on the command line wins over its variable; a value
+that does not parse or is out of range stops the hub with an error naming it):
   AIGNE_HUB_LISTEN                    address to serve on (--listen); default 127.0.0.1:8080
   AIGNE_HUB_DATA_DIR                  embedded store and generated secrets (--data-dir); default ./data
   DATABASE_URL                        postgres://… (--database-url); default unset: SQLite in the data dir
@@ -21,7 +22,7 @@ Environment (a flag given on the command line wins over its variable):
   AIGNE_HUB_MODE                      service_provider or enterprise; default service_provider
   AIGNE_HUB_INITIAL_CREDITS           credits of a tenant created without any; default 0
   AIGNE_HUB_STREAM_CREDIT_CUTOFF      on/off: end a stream the tenant cannot pay; default on
-  AIGNE_HUB_EXPIRING_SOON_DAYS        window of `expiring_soon` in balances; default 7
+  AIGNE_HUB_EXPIRING_SOON_DAYS        window of `expiring_soon` in balances, at most 3650; default 7
   AIGNE_HUB_CREDIT_PREFIX             $, €, ¥ or empty, for AIGNE apps; default $
   AIGNE_HUB_PUBLIC_URL                origin of generated image URLs; default the request's scheme and host
   AIGNE_HUB_WEBHOOK_SECRET            payment webhook secrets, comma-separated; default unset (503)
@@ -52,25 +53,18 @@ Only `serve` creates a store; every other command works on an existing one
     after_help = ENV_HELP
 )]
 struct Cli {
-    /// Directory of the embedded store and generated secrets.
-    #[arg(
-        long,
-        env = "AIGNE_HUB_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// postgres://… for PostgreSQL; unset = embedded SQLite in the data dir.
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    /// Directory of the embedded store and generated secrets
+    /// [env: AIGNE_HUB_DATA_DIR] [default: ./data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// postgres://… for PostgreSQL; unset = embedded SQLite in the data dir
+    /// [env: DATABASE_URL].
+    #[arg(long, global = true)]
     database_url: Option<String>,
-    /// Address the HTTP server listens on (`serve`, the default command).
-    #[arg(
-        long,
-        env = "AIGNE_HUB_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
-    listen: String,
+    /// Address the HTTP server listens on (`serve`, the default command)
+    /// [env: AIGNE_HUB_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long, global = true)]
+    listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -251,28 +245,28 @@ enum PriceCmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    let mut settings = Settings::from_env_defaults();
-    settings.mode = match crate::config::DeploymentMode::from_env() {
-        Ok(mode) => mode,
+    let command_env = CommandEnv::from_env();
+    init_tracing(command_env.log_filter.as_deref());
+    let mut settings = match Settings::from_env() {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
             return ExitCode::FAILURE;
         }
     };
-    settings.limits.initial_credits = match crate::config::initial_credits_from_env() {
-        Ok(credits) => credits,
-        Err(e) => {
-            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
-            return ExitCode::FAILURE;
-        }
-    };
-    settings.data_dir = cli.data_dir.clone();
-    settings.database_url = cli.database_url.clone().filter(|s| !s.is_empty());
-    settings.listen = cli.listen.clone();
+    // A flag given on the command line wins over its variable.
+    if let Some(data_dir) = cli.data_dir {
+        settings.data_dir = data_dir;
+    }
+    if let Some(url) = cli.database_url {
+        settings.database_url = Some(url).filter(|s| !s.is_empty());
+    }
+    if let Some(listen) = cli.listen {
+        settings.listen = listen;
+    }
     let command = cli.command.unwrap_or(Command::Serve);
     let system = actix_web::rt::System::new();
-    match system.block_on(run(settings, command)) {
+    match system.block_on(run(settings, command_env, command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
@@ -281,9 +275,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
+/// The log filter of `RUST_LOG`, else (unset or invalid) `info,sqlx=warn`.
+fn init_tracing(log_filter: Option<&str>) {
+    let filter = log_filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| "info,sqlx=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -297,7 +293,11 @@ fn print(value: serde_json::Value) {
     );
 }
 
-async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCode> {
+async fn run(
+    mut settings: Settings,
+    command_env: CommandEnv,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
     if let Command::Serve = command {
         return serve(settings).await;
     }
@@ -319,7 +319,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
     }
     // Only `serve` creates a store: a command run from the wrong directory must
     // not make an empty one with new secrets and then report "tenant not found".
-    config::require_existing_store(&mut settings)?;
+    require_existing_store(&mut settings)?;
     let hub = build_hub(&settings).await?;
     let result = match command {
         Command::Serve => unreachable!("handled above"),
@@ -379,9 +379,9 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             region,
             access_key_id,
         }) => {
-            let secret = match std::env::var("AIGNE_HUB_PROVIDER_API_KEY") {
-                Ok(key) if !key.is_empty() => key,
-                _ => {
+            let secret = match command_env.provider_api_key {
+                Some(key) => key,
+                None => {
                     let mut key = String::new();
                     std::io::stdin()
                         .take(crate::crypto::SECRET_MAX_BYTES as u64 + 1)
@@ -447,7 +447,11 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
             });
         }
         Command::Replay => {
-            let report = crate::replay::replay_all(hub.store.as_ref()).await?;
+            let report = crate::replay::replay_all_with_invoices(
+                hub.store.as_ref(),
+                &hub.limits.invoice_settings(),
+            )
+            .await?;
             let ok = report.all_identical && report.chains_intact;
             print(serde_json::to_value(&report)?);
             hub.tenants.shutdown();
@@ -464,7 +468,7 @@ async fn run(mut settings: Settings, command: Command) -> anyhow::Result<ExitCod
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    let (_, token_source) = config::operator_token(&settings)?;
+    let (_, token_source) = operator_token(&settings)?;
     let app = Application::build(settings.clone()).await?;
     let address = format!("http://{}", settings.listen.replace("0.0.0.0", "127.0.0.1"));
     let store = match &settings.database_url {

@@ -1,7 +1,12 @@
 //! Settings: flags and environment variables, each with a default, and the named
 //! limits every queue, body and timeout in the hub obeys.
+//!
+//! This is the one place the process environment is read ([`Settings::from_env`],
+//! [`CommandEnv::from_env`]): everything else is handed the typed settings it
+//! needs. A variable set to a value that does not parse, or that is outside its
+//! documented range, stops the hub with an error naming the variable. This module
+//! is the bottom of `src/`: it imports no other module of the crate.
 
-use crate::crypto::SecretBox;
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -177,36 +182,12 @@ impl WebhookSettings {
             .map(String::from)
             .collect()
     }
-
-    pub fn from_env() -> Self {
-        let mut settings = Self::default();
-        if let Ok(raw) = std::env::var("AIGNE_HUB_WEBHOOK_SECRET") {
-            settings.secrets = Self::parse_secrets(&raw);
-        }
-        if let Some(secs) = env_number("AIGNE_HUB_WEBHOOK_TOLERANCE_SECS") {
-            settings.tolerance_secs = secs;
-        }
-        settings
-    }
 }
 
-/// A whole number from the environment; unset is `None`, and so is a value that
-/// is not a number (with a warning: the default applies).
 /// See `Limits::projector_batch_delay_ms`.
 pub const PROJECTOR_BATCH_DELAY_MS_DEFAULT: u64 = 100;
 /// Projections (balance reads of other processes, analytics) lag by up to this.
 pub const PROJECTOR_BATCH_DELAY_MS_MAX: u64 = 5_000;
-
-fn env_number(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
-    match raw.trim().parse() {
-        Ok(n) => Some(n),
-        Err(_) => {
-            tracing::warn!("{name}={raw:?} is not a whole number; using the default");
-            None
-        }
-    }
-}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -272,7 +253,7 @@ pub struct Settings {
     /// The AIGNE Hub v2 protocol (`/api/v2/...`, see docs/aigne.md).
     pub aigne: AigneSettings,
     /// Low-balance notifications (`AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL`, `_SECRET`).
-    pub notify: crate::notify::NotifySettings,
+    pub notify: NotifySettings,
 }
 
 /// Settings of the AIGNE Hub v2 protocol.
@@ -293,19 +274,6 @@ impl Default for AigneSettings {
             credit_prefix: Some("$".into()),
             public_url: None,
         }
-    }
-}
-
-impl AigneSettings {
-    pub fn from_env() -> Self {
-        let mut settings = Self::default();
-        if let Ok(prefix) = std::env::var("AIGNE_HUB_CREDIT_PREFIX") {
-            settings.credit_prefix = Some(prefix).filter(|p| !p.is_empty());
-        }
-        settings.public_url = std::env::var("AIGNE_HUB_PUBLIC_URL")
-            .ok()
-            .filter(|u| !u.is_empty());
-        settings
     }
 }
 
@@ -331,14 +299,6 @@ impl DeploymentMode {
         }
     }
 
-    /// From `AIGNE_HUB_MODE`; unset or empty is `service_provider`.
-    pub fn from_env() -> anyhow::Result<Self> {
-        match std::env::var("AIGNE_HUB_MODE") {
-            Ok(raw) if !raw.trim().is_empty() => Self::parse(&raw),
-            _ => Ok(Self::default()),
-        }
-    }
-
     /// The `enterprise` mode tracks what requests cost the operator: it charges
     /// the price book's cost rates, with no margin.
     pub fn charges_at_cost(self) -> bool {
@@ -350,111 +310,300 @@ impl DeploymentMode {
     }
 }
 
-/// `AIGNE_HUB_INITIAL_CREDITS`: credits (decimal string) a tenant created without
-/// `initial_credits` starts with; zero when unset. A malformed value stops the hub.
-pub fn initial_credits_from_env() -> anyhow::Result<domain::Credits> {
-    match std::env::var("AIGNE_HUB_INITIAL_CREDITS") {
-        Ok(raw) if !raw.trim().is_empty() => {
-            let credits = domain::Credits::parse(raw.trim())
-                .map_err(|e| anyhow::anyhow!("AIGNE_HUB_INITIAL_CREDITS: {e}"))?;
-            anyhow::ensure!(
-                !credits.is_negative(),
-                "AIGNE_HUB_INITIAL_CREDITS cannot be negative"
-            );
-            Ok(credits)
-        }
-        _ => Ok(domain::Credits::ZERO),
+impl Limits {
+    /// How billing periods are cut (`invoice_anchor_day`, `invoice_grace_secs`).
+    /// The projector, replay and the invoice routes all take this from the same
+    /// settings, so what is stored and what is read are cut the same way; the
+    /// cut is part of the projection's stored name (`projections::invoices`), so
+    /// another cut builds another projection from the start of the log.
+    pub fn invoice_settings(&self) -> projections::invoices::Settings {
+        projections::invoices::Settings::new(self.invoice_anchor_day, self.invoice_grace_secs)
     }
 }
+
+/// Looks up one variable: the process environment in [`Settings::from_env`], a
+/// map in tests (changing the process environment would race other tests).
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The variables, read through a [`Lookup`], each parsed or refused by name.
+struct Vars<'a>(Lookup<'a>);
+
+impl Vars<'_> {
+    /// The value as set (untrimmed), `None` when unset.
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+
+    /// The value as set, `None` when unset or empty.
+    fn non_empty(&self, name: &str) -> Option<String> {
+        self.raw(name).filter(|v| !v.is_empty())
+    }
+
+    /// The trimmed value, `None` when unset or blank.
+    fn trimmed(&self, name: &str) -> Option<String> {
+        self.raw(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole number in `range`; unset or blank is `None`.
+    fn number(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> anyhow::Result<Option<u64>> {
+        let Some(raw) = self.trimmed(name) else {
+            return Ok(None);
+        };
+        let n: u64 = raw
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} must be a whole number, not {raw:?}"))?;
+        anyhow::ensure!(
+            range.contains(&n),
+            "{name} must be from {} to {}, not {n}",
+            range.start(),
+            range.end()
+        );
+        Ok(Some(n))
+    }
+
+    /// `on`/`off`, `true`/`false` or `1`/`0`; unset or blank is `default`.
+    fn switch(&self, name: &str, default: bool) -> anyhow::Result<bool> {
+        let Some(raw) = self.trimmed(name) else {
+            return Ok(default);
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(true),
+            "off" | "false" | "0" => Ok(false),
+            _ => anyhow::bail!("{name} must be on or off, not {raw:?}"),
+        }
+    }
+
+    /// A byte limit of at least 1 KiB (a smaller one would refuse every answer).
+    fn bytes(&self, name: &str, default: usize) -> anyhow::Result<usize> {
+        Ok(self
+            .number(name, BYTE_LIMIT_MIN..=u64::MAX)?
+            .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX)))
+    }
+
+    /// A thread count.
+    fn threads(&self, name: &str, default: usize) -> anyhow::Result<usize> {
+        Ok(self
+            .number(name, THREADS_MIN..=THREADS_MAX)?
+            .map_or(default, |n| n as usize))
+    }
+}
+
+/// Smallest byte limit an answer-size variable accepts.
+const BYTE_LIMIT_MIN: u64 = 1024;
+/// Thread counts (`AIGNE_HUB_HTTP_WORKERS`, `AIGNE_HUB_ACTOR_THREADS`): at least
+/// one, and no more than a large machine has cores.
+const THREADS_MIN: u64 = 1;
+const THREADS_MAX: u64 = 64;
+/// `AIGNE_HUB_INVOICE_GRACE_HOURS` at most: [`projections::invoices::GRACE_SECS_MAX`].
+const INVOICE_GRACE_HOURS_MAX: u64 = projections::invoices::GRACE_SECS_MAX as u64 / 3600;
+/// `AIGNE_HUB_EXPIRING_SOON_DAYS` at most: ten years is "everything".
+const EXPIRING_SOON_DAYS_MAX: u64 = 3650;
 
 impl Settings {
-    pub fn from_env_defaults() -> Self {
-        Self {
-            mode: DeploymentMode::default(),
-            listen: std::env::var("AIGNE_HUB_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into()),
-            data_dir: std::env::var("AIGNE_HUB_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from("./data")),
-            database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
-            operator_token: std::env::var("AIGNE_HUB_OPERATOR_TOKEN")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            master_key: std::env::var("AIGNE_HUB_MASTER_KEY")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            actor_threads: env_count("AIGNE_HUB_ACTOR_THREADS", 2),
-            http_workers: env_count("AIGNE_HUB_HTTP_WORKERS", 2),
-            limits: Limits {
-                webhooks: WebhookSettings::from_env(),
-                stream_credit_cutoff: env_switch("AIGNE_HUB_STREAM_CREDIT_CUTOFF", true),
-                projector_batch_delay_ms: env_number("AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS")
-                    .map(|ms| ms.min(PROJECTOR_BATCH_DELAY_MS_MAX))
-                    .unwrap_or(PROJECTOR_BATCH_DELAY_MS_DEFAULT),
-                expiring_soon_window_secs: env_number("AIGNE_HUB_EXPIRING_SOON_DAYS")
-                    .map(|days| days.saturating_mul(24 * 3600))
-                    .unwrap_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT),
-                invoice_anchor_day: env_number("AIGNE_HUB_INVOICE_ANCHOR_DAY")
-                    .map(|day| day.clamp(1, 28) as u32)
-                    .unwrap_or(projections::invoices::ANCHOR_DAY_DEFAULT),
-                invoice_grace_secs: env_number("AIGNE_HUB_INVOICE_GRACE_HOURS")
-                    .map(|hours| {
-                        (hours.saturating_mul(3600) as i64)
-                            .clamp(0, projections::invoices::GRACE_SECS_MAX)
-                    })
-                    .unwrap_or(projections::invoices::GRACE_SECS_DEFAULT),
-                upstream_embeddings_answer_max_bytes: env_bytes(
-                    "AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES",
-                    EMBEDDINGS_ANSWER_MAX_BYTES_DEFAULT,
-                ),
-                upstream_images_answer_max_bytes: env_bytes(
-                    "AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES",
-                    IMAGES_ANSWER_MAX_BYTES_DEFAULT,
-                ),
-                ..Limits::default()
+    /// Every variable the hub reads, from the process environment. A flag on the
+    /// command line is applied afterwards (`crate::cli`) and wins over its variable.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    /// Every variable the hub reads, through `lookup`; unset variables take their
+    /// defaults, and a bad value is an error that names its variable.
+    pub fn from_vars(lookup: Lookup<'_>) -> anyhow::Result<Self> {
+        let vars = Vars(lookup);
+        Ok(Self {
+            mode: match vars.trimmed("AIGNE_HUB_MODE") {
+                Some(raw) => DeploymentMode::parse(&raw)?,
+                None => DeploymentMode::default(),
             },
-            aigne: AigneSettings::from_env(),
-            notify: crate::notify::NotifySettings::from_env(),
+            listen: vars
+                .non_empty("AIGNE_HUB_LISTEN")
+                .unwrap_or_else(|| LISTEN_DEFAULT.into()),
+            data_dir: vars
+                .non_empty("AIGNE_HUB_DATA_DIR")
+                .map_or_else(|| PathBuf::from(DATA_DIR_DEFAULT), PathBuf::from),
+            database_url: vars.non_empty("DATABASE_URL"),
+            operator_token: vars.non_empty("AIGNE_HUB_OPERATOR_TOKEN"),
+            master_key: vars.non_empty("AIGNE_HUB_MASTER_KEY"),
+            actor_threads: vars.threads("AIGNE_HUB_ACTOR_THREADS", 2)?,
+            http_workers: vars.threads("AIGNE_HUB_HTTP_WORKERS", 2)?,
+            limits: limits_from(&vars)?,
+            aigne: AigneSettings {
+                // Set but empty means no prefix, unlike unset.
+                credit_prefix: match vars.raw("AIGNE_HUB_CREDIT_PREFIX") {
+                    Some(prefix) => Some(prefix).filter(|p| !p.is_empty()),
+                    None => AigneSettings::default().credit_prefix,
+                },
+                public_url: vars.non_empty("AIGNE_HUB_PUBLIC_URL"),
+            },
+            notify: NotifySettings {
+                url: vars.trimmed("AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL"),
+                secret: vars.trimmed("AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET"),
+                ..NotifySettings::default()
+            },
+        })
+    }
+}
+
+/// Default of [`Settings::listen`] (`AIGNE_HUB_LISTEN`, `--listen`).
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Default of [`Settings::data_dir`] (`AIGNE_HUB_DATA_DIR`, `--data-dir`).
+pub const DATA_DIR_DEFAULT: &str = "./data";
+
+/// The limits some variables set; the rest keep their defaults.
+fn limits_from(vars: &Vars<'_>) -> anyhow::Result<Limits> {
+    use projections::invoices::{ANCHOR_DAY_DEFAULT, GRACE_SECS_DEFAULT};
+    let defaults = Limits::default();
+    Ok(Limits {
+        initial_credits: initial_credits(vars)?,
+        webhooks: WebhookSettings {
+            secrets: vars
+                .raw("AIGNE_HUB_WEBHOOK_SECRET")
+                .map(|raw| WebhookSettings::parse_secrets(&raw))
+                .unwrap_or_default(),
+            tolerance_secs: vars
+                .number("AIGNE_HUB_WEBHOOK_TOLERANCE_SECS", 0..=u64::MAX)?
+                .unwrap_or(WEBHOOK_TOLERANCE_SECS_DEFAULT),
+        },
+        stream_credit_cutoff: vars.switch("AIGNE_HUB_STREAM_CREDIT_CUTOFF", true)?,
+        projector_batch_delay_ms: vars
+            .number(
+                "AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS",
+                0..=PROJECTOR_BATCH_DELAY_MS_MAX,
+            )?
+            .unwrap_or(PROJECTOR_BATCH_DELAY_MS_DEFAULT),
+        expiring_soon_window_secs: vars
+            .number("AIGNE_HUB_EXPIRING_SOON_DAYS", 0..=EXPIRING_SOON_DAYS_MAX)?
+            .map_or(EXPIRING_SOON_WINDOW_SECS_DEFAULT, |days| days * 24 * 3600),
+        invoice_anchor_day: vars
+            .number("AIGNE_HUB_INVOICE_ANCHOR_DAY", 1..=28)?
+            .map_or(ANCHOR_DAY_DEFAULT, |day| day as u32),
+        invoice_grace_secs: vars
+            .number("AIGNE_HUB_INVOICE_GRACE_HOURS", 0..=INVOICE_GRACE_HOURS_MAX)?
+            .map_or(GRACE_SECS_DEFAULT, |hours| (hours * 3600) as i64),
+        upstream_embeddings_answer_max_bytes: vars.bytes(
+            "AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES",
+            EMBEDDINGS_ANSWER_MAX_BYTES_DEFAULT,
+        )?,
+        upstream_images_answer_max_bytes: vars.bytes(
+            "AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES",
+            IMAGES_ANSWER_MAX_BYTES_DEFAULT,
+        )?,
+        ..defaults
+    })
+}
+
+/// `AIGNE_HUB_INITIAL_CREDITS`: credits (decimal string) a tenant created without
+/// `initial_credits` starts with; zero when unset. A malformed value stops the hub.
+fn initial_credits(vars: &Vars<'_>) -> anyhow::Result<domain::Credits> {
+    let Some(raw) = vars.trimmed("AIGNE_HUB_INITIAL_CREDITS") else {
+        return Ok(domain::Credits::ZERO);
+    };
+    let credits = domain::Credits::parse(&raw)
+        .map_err(|e| anyhow::anyhow!("AIGNE_HUB_INITIAL_CREDITS: {e}"))?;
+    anyhow::ensure!(
+        !credits.is_negative(),
+        "AIGNE_HUB_INITIAL_CREDITS cannot be negative"
+    );
+    Ok(credits)
+}
+
+/// What the command line reads besides [`Settings`]. No `Debug`: it holds a key.
+pub struct CommandEnv {
+    /// `RUST_LOG`: the log filter; `None` is `info,sqlx=warn`.
+    pub log_filter: Option<String>,
+    /// `AIGNE_HUB_PROVIDER_API_KEY`: the key `provider add` stores; `None`: read
+    /// from standard input (never from the command line, where `ps` shows it).
+    pub provider_api_key: Option<String>,
+}
+
+impl CommandEnv {
+    pub fn from_env() -> Self {
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    pub fn from_vars(lookup: Lookup<'_>) -> Self {
+        let vars = Vars(lookup);
+        Self {
+            log_filter: vars.trimmed("RUST_LOG"),
+            provider_api_key: vars.non_empty("AIGNE_HUB_PROVIDER_API_KEY"),
         }
     }
 }
 
-/// An on/off setting from the environment (`on`/`off`, `true`/`false`, `1`/`0`);
-/// anything else is `default`.
-fn env_switch(name: &str, default: bool) -> bool {
-    match std::env::var(name)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        Ok("on" | "true" | "1") => true,
-        Ok("off" | "false" | "0") => false,
-        _ => default,
-    }
+/// How often the low-balance notifier reads the log for new crossings.
+pub const NOTIFY_POLL_MS_DEFAULT: u64 = 1_000;
+/// First wait before a failed notification is retried; doubled after each failure…
+pub const NOTIFY_RETRY_BASE_DELAY_MS_DEFAULT: u64 = 1_000;
+/// …up to this.
+pub const NOTIFY_RETRY_MAX_DELAY_MS_DEFAULT: u64 = 300_000;
+
+/// Where and how low-balance notifications go (`crate::notify`). No `Debug` of the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NotifySettings {
+    /// `AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL`; `None`: the loop does not run.
+    pub url: Option<String>,
+    /// `AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET`: the HMAC-SHA256 key of the
+    /// signature. Required when `url` is set.
+    pub secret: Option<String>,
+    pub poll_ms: u64,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
 }
 
-/// A byte limit from the environment: a whole number of at least 1 KiB (a
-/// smaller one would refuse every answer), else `default`.
-fn env_bytes(name: &str, default: usize) -> usize {
-    match env_number(name) {
-        None => default,
-        Some(n) if n < 1024 => {
-            tracing::warn!("{name}={n} is below 1024 bytes; using the default");
-            default
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            poll_ms: NOTIFY_POLL_MS_DEFAULT,
+            retry_base_delay_ms: NOTIFY_RETRY_BASE_DELAY_MS_DEFAULT,
+            retry_max_delay_ms: NOTIFY_RETRY_MAX_DELAY_MS_DEFAULT,
         }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     }
 }
 
-/// A thread count from the environment: a whole number from 1 to 64, else `default`.
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|n| (1..=64).contains(n))
-        .unwrap_or(default)
+impl std::fmt::Debug for NotifySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifySettings")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("poll_ms", &self.poll_ms)
+            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
+            .field("retry_max_delay_ms", &self.retry_max_delay_ms)
+            .finish()
+    }
+}
+
+impl NotifySettings {
+    /// The receiver's URL and the secret, when notifications are configured; an
+    /// error when the URL is set without a secret or is not an http(s) URL.
+    pub fn target(&self) -> anyhow::Result<Option<(reqwest::Url, String)>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL must be an http(s) URL")
+            })?;
+        let secret = self.secret.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL is set but AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET is not: notifications are always signed"
+            )
+        })?;
+        Ok(Some((url, secret)))
+    }
 }
 
 /// Writes `contents` to a new file readable only by its owner.
-fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -505,102 +654,243 @@ pub(crate) fn make_file_private(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a secret from `file_name` in the data dir, creating it with `generate` on
-/// first start. Returns the secret and whether it was just created.
-fn file_secret(
-    data_dir: &Path,
-    file_name: &str,
-    generate: impl FnOnce() -> String,
-) -> anyhow::Result<(String, PathBuf, bool)> {
-    create_private_dir(data_dir)?;
-    let path = data_dir.join(file_name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            make_file_private(&path)?;
-            Ok((text.trim().to_string(), path, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let value = generate();
-            write_private_file(&path, &value)?;
-            Ok((value, path, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
 
-/// The embedded store's file in the data dir.
-pub const SQLITE_FILE_NAME: &str = "aigne-hub.sqlite";
-const OPERATOR_TOKEN_FILE_NAME: &str = "operator_token";
-const MASTER_KEY_FILE_NAME: &str = "master.key";
-
-/// For every command but `serve`, which alone creates a store: fails, naming the
-/// path looked in, unless the store and its master key already exist. The
-/// operator token is not needed by commands; when it is neither set nor on
-/// disk, a throwaway one is used so that nothing is written.
-pub fn require_existing_store(settings: &mut Settings) -> anyhow::Result<()> {
-    const HINT: &str = "start `aigne-hub serve` once to create a store, or point --data-dir \
-        (AIGNE_HUB_DATA_DIR) or --database-url (DATABASE_URL) at the server's store";
-    if let Some(path) = sqlite_path(settings) {
-        let path = std::path::absolute(&path).unwrap_or(path);
-        anyhow::ensure!(path.is_file(), "no hub store at {}: {HINT}", path.display());
+    /// Settings read from `vars` alone, as if nothing else were set.
+    fn read(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_vars(&|name| map.get(name).cloned())
     }
-    if settings.master_key.is_none() {
-        let path = settings.data_dir.join(MASTER_KEY_FILE_NAME);
-        let path = std::path::absolute(&path).unwrap_or(path);
-        anyhow::ensure!(
-            path.is_file(),
-            "no master key at {} and AIGNE_HUB_MASTER_KEY is unset: {HINT}",
-            path.display()
+
+    fn read_one(name: &str, value: &str) -> anyhow::Result<Settings> {
+        read(&[(name, value)])
+    }
+
+    /// The error for `name=value`, which must name the variable.
+    fn refused(name: &str, value: &str) -> String {
+        let error = match read_one(name, value) {
+            Ok(_) => panic!("{name}={value:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains(name), "{name}={value:?}: {error}");
+        error
+    }
+
+    #[test]
+    fn nothing_set_gives_the_defaults() {
+        let settings = read(&[]).unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:8080");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.database_url, None);
+        assert_eq!(settings.mode, DeploymentMode::ServiceProvider);
+        assert_eq!(settings.aigne, AigneSettings::default());
+        assert_eq!(settings.notify, NotifySettings::default());
+        assert_eq!((settings.actor_threads, settings.http_workers), (2, 2));
+        let limits = settings.limits;
+        assert_eq!(limits.initial_credits, domain::Credits::ZERO);
+        assert!(limits.stream_credit_cutoff);
+        assert_eq!(limits.webhooks, WebhookSettings::default());
+        assert_eq!(limits.expiring_soon_window_secs, 7 * 24 * 3600);
+        assert_eq!(limits.invoice_anchor_day, 1);
+        assert_eq!(limits.invoice_grace_secs, 72 * 3600);
+        assert_eq!(limits.projector_batch_delay_ms, 100);
+        assert_eq!(limits.upstream_embeddings_answer_max_bytes, 48 << 20);
+        assert_eq!(limits.upstream_images_answer_max_bytes, 48 << 20);
+    }
+
+    #[test]
+    fn text_settings_land_where_they_belong() {
+        let settings = read(&[
+            ("AIGNE_HUB_LISTEN", "0.0.0.0:9090"),
+            ("AIGNE_HUB_DATA_DIR", "/var/lib/hub"),
+            ("DATABASE_URL", "postgres://db/hub"),
+            ("AIGNE_HUB_OPERATOR_TOKEN", "op-token"),
+            ("AIGNE_HUB_MASTER_KEY", "00ff"),
+            ("AIGNE_HUB_CREDIT_PREFIX", "€"),
+            ("AIGNE_HUB_PUBLIC_URL", "https://hub.example"),
+            (
+                "AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL",
+                " https://receiver.example/low ",
+            ),
+            ("AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET", "whsec"),
+            ("AIGNE_HUB_WEBHOOK_SECRET", "old, new ,"),
+        ])
+        .unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:9090");
+        assert_eq!(settings.data_dir, PathBuf::from("/var/lib/hub"));
+        assert_eq!(settings.database_url.as_deref(), Some("postgres://db/hub"));
+        assert_eq!(settings.operator_token.as_deref(), Some("op-token"));
+        assert_eq!(settings.master_key.as_deref(), Some("00ff"));
+        assert_eq!(settings.aigne.credit_prefix.as_deref(), Some("€"));
+        assert_eq!(
+            settings.aigne.public_url.as_deref(),
+            Some("https://hub.example")
+        );
+        assert_eq!(
+            settings.notify.url.as_deref(),
+            Some("https://receiver.example/low")
+        );
+        assert_eq!(settings.notify.secret.as_deref(), Some("whsec"));
+        assert_eq!(settings.limits.webhooks.secrets, vec!["old", "new"]);
+    }
+
+    #[test]
+    fn empty_text_settings_are_unset_but_an_empty_credit_prefix_is_none() {
+        let settings = read(&[
+            ("AIGNE_HUB_LISTEN", ""),
+            ("DATABASE_URL", ""),
+            ("AIGNE_HUB_OPERATOR_TOKEN", ""),
+            ("AIGNE_HUB_PUBLIC_URL", ""),
+            ("AIGNE_HUB_CREDIT_PREFIX", ""),
+        ])
+        .unwrap();
+        assert_eq!(settings.listen, LISTEN_DEFAULT);
+        assert_eq!(settings.database_url, None);
+        assert_eq!(settings.operator_token, None);
+        assert_eq!(settings.aigne.public_url, None);
+        assert_eq!(settings.aigne.credit_prefix, None);
+    }
+
+    #[test]
+    fn the_mode_is_parsed_and_a_bad_one_is_refused() {
+        let settings = read_one("AIGNE_HUB_MODE", " enterprise ").unwrap();
+        assert_eq!(settings.mode, DeploymentMode::Enterprise);
+        refused("AIGNE_HUB_MODE", "reseller");
+    }
+
+    #[test]
+    fn initial_credits_are_parsed_and_bad_ones_refused() {
+        let settings = read_one("AIGNE_HUB_INITIAL_CREDITS", "12.5").unwrap();
+        let expected = domain::Credits::parse("12.5").unwrap();
+        assert_eq!(settings.limits.initial_credits, expected);
+        refused("AIGNE_HUB_INITIAL_CREDITS", "ten");
+        refused("AIGNE_HUB_INITIAL_CREDITS", "-1");
+    }
+
+    #[test]
+    fn the_stream_cutoff_switch_is_parsed_and_a_bad_one_refused() {
+        for (raw, on) in [("off", false), ("FALSE", false), ("0", false), ("on", true)] {
+            let settings = read_one("AIGNE_HUB_STREAM_CREDIT_CUTOFF", raw).unwrap();
+            assert_eq!(settings.limits.stream_credit_cutoff, on, "{raw}");
+        }
+        refused("AIGNE_HUB_STREAM_CREDIT_CUTOFF", "maybe");
+    }
+
+    #[test]
+    fn numbers_land_in_their_settings() {
+        let settings = read(&[
+            ("AIGNE_HUB_ACTOR_THREADS", "3"),
+            ("AIGNE_HUB_HTTP_WORKERS", "64"),
+            ("AIGNE_HUB_WEBHOOK_TOLERANCE_SECS", "60"),
+            ("AIGNE_HUB_EXPIRING_SOON_DAYS", "2"),
+            ("AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS", " 5000 "),
+            ("AIGNE_HUB_INVOICE_ANCHOR_DAY", "28"),
+            ("AIGNE_HUB_INVOICE_GRACE_HOURS", "648"),
+            ("AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES", "1024"),
+            ("AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES", "2048"),
+        ])
+        .unwrap();
+        assert_eq!(settings.actor_threads, 3);
+        assert_eq!(settings.http_workers, 64);
+        let limits = &settings.limits;
+        assert_eq!(limits.webhooks.tolerance_secs, 60);
+        assert_eq!(limits.expiring_soon_window_secs, 2 * 86_400);
+        assert_eq!(limits.projector_batch_delay_ms, 5_000);
+        assert_eq!(limits.invoice_anchor_day, 28);
+        assert_eq!(limits.invoice_grace_secs, 648 * 3_600);
+        assert_eq!(limits.upstream_embeddings_answer_max_bytes, 1_024);
+        assert_eq!(limits.upstream_images_answer_max_bytes, 2_048);
+        let cut = limits.invoice_settings();
+        let expected = projections::invoices::Settings::new(28, 648 * 3_600);
+        assert_eq!(cut.projection_name(), expected.projection_name());
+    }
+
+    #[test]
+    fn a_number_that_is_not_one_or_out_of_range_is_refused_by_name() {
+        let cases = [
+            ("AIGNE_HUB_ACTOR_THREADS", "0"),
+            ("AIGNE_HUB_ACTOR_THREADS", "two"),
+            ("AIGNE_HUB_HTTP_WORKERS", "65"),
+            ("AIGNE_HUB_WEBHOOK_TOLERANCE_SECS", "-5"),
+            ("AIGNE_HUB_EXPIRING_SOON_DAYS", "3651"),
+            ("AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS", "5001"),
+            ("AIGNE_HUB_PROJECTOR_BATCH_DELAY_MS", "1.5"),
+            ("AIGNE_HUB_INVOICE_ANCHOR_DAY", "0"),
+            ("AIGNE_HUB_INVOICE_ANCHOR_DAY", "29"),
+            ("AIGNE_HUB_INVOICE_GRACE_HOURS", "649"),
+            ("AIGNE_HUB_EMBEDDINGS_ANSWER_MAX_BYTES", "1023"),
+            ("AIGNE_HUB_IMAGES_ANSWER_MAX_BYTES", "48MiB"),
+        ];
+        for (name, value) in cases {
+            let error = refused(name, value);
+            assert!(
+                error.contains(value.trim()),
+                "{name}={value:?} names the value: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn blank_numbers_are_unset() {
+        let settings = read(&[
+            ("AIGNE_HUB_ACTOR_THREADS", " "),
+            ("AIGNE_HUB_INVOICE_ANCHOR_DAY", ""),
+        ])
+        .unwrap();
+        assert_eq!(settings.actor_threads, 2);
+        assert_eq!(
+            settings.limits.invoice_anchor_day,
+            projections::invoices::ANCHOR_DAY_DEFAULT
         );
     }
-    if settings.operator_token.is_none()
-        && !settings.data_dir.join(OPERATOR_TOKEN_FILE_NAME).is_file()
-    {
-        settings.operator_token = Some(crate::auth::random_secret());
-    }
-    Ok(())
-}
 
-/// The SQLite file the settings name, if the store is SQLite.
-fn sqlite_path(settings: &Settings) -> Option<PathBuf> {
-    match settings.database_url.as_deref() {
-        None => Some(settings.data_dir.join(SQLITE_FILE_NAME)),
-        Some(url) => {
-            let rest = url.strip_prefix("sqlite:")?;
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            let path = rest.split('?').next().unwrap_or_default();
-            (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    #[test]
+    fn command_variables_are_read_and_the_key_never_prints() {
+        let map: HashMap<&str, &str> = [
+            ("RUST_LOG", " debug "),
+            ("AIGNE_HUB_PROVIDER_API_KEY", "sk-secret"),
+        ]
+        .into_iter()
+        .collect();
+        let env = CommandEnv::from_vars(&|name| map.get(name).map(|v| v.to_string()));
+        assert_eq!(env.log_filter.as_deref(), Some("debug"));
+        assert_eq!(env.provider_api_key.as_deref(), Some("sk-secret"));
+        let unset = CommandEnv::from_vars(&|_| None);
+        assert_eq!(unset.log_filter, None);
+        assert_eq!(unset.provider_api_key, None);
+        let notify = read(&[("AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET", "whsec-9")]).unwrap();
+        assert!(!format!("{:?}", notify.notify).contains("whsec-9"));
+    }
+
+    /// Every variable named in this file's parsing appears in a test above, so a
+    /// new one cannot be added without a test of its parsing.
+    #[test]
+    fn every_variable_read_here_is_tested_here() {
+        let text = include_str!("config.rs");
+        let (code, tests) = text
+            .split_once("#[cfg(test)]\nmod tests {")
+            .expect("the tests module");
+        // Quoted names in the code: `"AIGNE_HUB_…"`, `"DATABASE_URL"`, `"RUST_LOG"`.
+        let read: std::collections::BTreeSet<&str> = code
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.len() > 3 && s.contains('_'))
+            .filter(|s| {
+                s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect();
+        assert!(read.contains("AIGNE_HUB_LISTEN"), "{read:?}");
+        assert!(read.len() >= 24, "{read:?}");
+        for name in &read {
+            assert!(tests.contains(&format!("\"{name}\"")), "{name} is untested");
         }
     }
-}
-
-/// Where the operator token came from, for the startup banner.
-pub enum TokenSource {
-    Env,
-    File { path: PathBuf, created: bool },
-}
-
-pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSource)> {
-    if let Some(token) = &settings.operator_token {
-        return Ok((token.clone(), TokenSource::Env));
-    }
-    let (token, path, created) = file_secret(&settings.data_dir, OPERATOR_TOKEN_FILE_NAME, || {
-        format!("aho_{}", crate::auth::random_secret())
-    })?;
-    Ok((token, TokenSource::File { path, created }))
-}
-
-pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
-    let text = match &settings.master_key {
-        Some(text) => text.clone(),
-        None => {
-            file_secret(&settings.data_dir, MASTER_KEY_FILE_NAME, || {
-                hex::encode(SecretBox::generate_master_key())
-            })?
-            .0
-        }
-    };
-    let key = SecretBox::parse_master_key(&text)
-        .map_err(|e| anyhow::anyhow!("AIGNE_HUB_MASTER_KEY: {e}"))?;
-    Ok(SecretBox::new(&key)?)
 }

@@ -21,6 +21,8 @@
 //! checkpoint does not move: configured later, it delivers the crossings recorded
 //! meanwhile).
 
+// Kept reachable here too: the settings moved to `config`, the bottom layer.
+pub use crate::config::NotifySettings;
 use crate::routes::webhooks::{signature_header, SIGNATURE_HEADER};
 use crate::store::{Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
 use chrono::{DateTime, Utc};
@@ -33,89 +35,10 @@ use std::time::Duration;
 pub const CHECKPOINT_NAME: &str = "low_balance_webhook";
 /// The notification's `type`.
 pub const EVENT_TYPE: &str = "balance.low";
-/// How often the log is read for new crossings.
-pub const NOTIFY_POLL_MS_DEFAULT: u64 = 1_000;
-/// First wait before a failed delivery is retried; doubled after each failure…
-pub const RETRY_BASE_DELAY_MS_DEFAULT: u64 = 1_000;
-/// …up to this.
-pub const RETRY_MAX_DELAY_MS_DEFAULT: u64 = 300_000;
 /// Connecting to the receiver.
 pub const DELIVERY_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// One whole delivery (request and answer); past it, the delivery failed.
 pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
-
-/// Where and how low-balance notifications go. No `Debug` of the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NotifySettings {
-    /// `AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL`; `None`: the loop does not run.
-    pub url: Option<String>,
-    /// `AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET`: the HMAC-SHA256 key of the
-    /// signature. Required when `url` is set.
-    pub secret: Option<String>,
-    pub poll_ms: u64,
-    pub retry_base_delay_ms: u64,
-    pub retry_max_delay_ms: u64,
-}
-
-impl Default for NotifySettings {
-    fn default() -> Self {
-        Self {
-            url: None,
-            secret: None,
-            poll_ms: NOTIFY_POLL_MS_DEFAULT,
-            retry_base_delay_ms: RETRY_BASE_DELAY_MS_DEFAULT,
-            retry_max_delay_ms: RETRY_MAX_DELAY_MS_DEFAULT,
-        }
-    }
-}
-
-impl std::fmt::Debug for NotifySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NotifySettings")
-            .field("url", &self.url)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("poll_ms", &self.poll_ms)
-            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
-            .field("retry_max_delay_ms", &self.retry_max_delay_ms)
-            .finish()
-    }
-}
-
-impl NotifySettings {
-    pub fn from_env() -> Self {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        Self {
-            url: var("AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL"),
-            secret: var("AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET"),
-            ..Self::default()
-        }
-    }
-
-    /// The receiver's URL and the secret, when notifications are configured; an
-    /// error when the URL is set without a secret or is not an http(s) URL.
-    pub fn target(&self) -> anyhow::Result<Option<(reqwest::Url, String)>> {
-        let Some(url) = &self.url else {
-            return Ok(None);
-        };
-        let url = reqwest::Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                anyhow::anyhow!("AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL must be an http(s) URL")
-            })?;
-        let secret = self.secret.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "AIGNE_HUB_LOW_BALANCE_WEBHOOK_URL is set but AIGNE_HUB_LOW_BALANCE_WEBHOOK_SECRET is not: notifications are always signed"
-            )
-        })?;
-        Ok(Some((url, secret)))
-    }
-}
 
 /// One notification, as the receiver gets it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -35,14 +35,17 @@ pub struct Projector {
     /// read it: the next pass starts there without reading the checkpoints
     /// (if another process moved them, its commit fails and it reads them).
     checkpoint: Arc<Mutex<Option<LogPosition>>>,
+    /// How billing periods are cut (`Limits::invoice_settings`).
+    invoices: invoices::Settings,
 }
 
 impl Projector {
-    pub fn new(store: Arc<dyn Store>, wake: Arc<Notify>) -> Self {
+    pub fn new(store: Arc<dyn Store>, wake: Arc<Notify>, invoices: invoices::Settings) -> Self {
         Self {
             store,
             wake,
             checkpoint: Arc::new(Mutex::new(None)),
+            invoices,
         }
     }
 
@@ -52,12 +55,8 @@ impl Projector {
     /// Returns how many events the projection that was furthest behind applied.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
         let known = *self.checkpoint.lock().expect("checkpoint lock");
-        let result = catch_up_together(
-            self.store.as_ref(),
-            &live_projections(invoice_settings()),
-            known,
-        )
-        .await;
+        let result =
+            catch_up_together(self.store.as_ref(), &live_projections(self.invoices), known).await;
         let (applied, checkpoint) = match result {
             Ok((applied, checkpoint)) => (Ok(applied), checkpoint),
             Err(e) => (Err(e), None),
@@ -366,19 +365,12 @@ pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
     catch_up_one(store, &analytics_rows(), None).await
 }
 
-/// How this process cuts billing periods: `Limits::invoice_anchor_day` and
-/// `Limits::invoice_grace_secs` as read from the environment
-/// (`AIGNE_HUB_INVOICE_ANCHOR_DAY`, `AIGNE_HUB_INVOICE_GRACE_HOURS`) at first use.
-/// The projector, replay and the invoice routes all use this one value, so what
-/// is stored and what is read are cut the same way; the settings are part of the
-/// projection's stored name (`projections::invoices`), so other settings build
-/// another projection from the start of the log.
+/// The cut of billing periods of a hub with default settings. The hub's own cut
+/// is `Limits::invoice_settings` of its settings, handed to the projector,
+/// replay and the invoice routes; this is for tools and tests that build no
+/// settings.
 pub fn invoice_settings() -> invoices::Settings {
-    static SETTINGS: OnceLock<invoices::Settings> = OnceLock::new();
-    *SETTINGS.get_or_init(|| {
-        let limits = crate::config::Settings::from_env_defaults().limits;
-        invoices::Settings::new(limits.invoice_anchor_day, limits.invoice_grace_secs)
-    })
+    crate::config::Limits::default().invoice_settings()
 }
 
 /// Brings the invoices projection (`projections::invoices`, cut with `settings`)

@@ -87,11 +87,23 @@ fn progress(what: &str, events: u64) {
     }
 }
 
+/// [`replay_all_with_invoices`] with the default cut of billing periods (a hub
+/// started with default settings).
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
+    replay_all_with_invoices(store, &invoice_settings()).await
+}
+
+/// Rebuilds every projection and compares each with the live one; the invoices
+/// are cut with `invoice_settings`, the cut the live hub uses
+/// (`Limits::invoice_settings`).
+pub async fn replay_all_with_invoices(
+    store: &dyn Store,
+    invoice_settings: &invoices::Settings,
+) -> Result<ReplayReport, StoreError> {
     let raw_read = raw_read(store).await?;
     let balances = replay_projection::<Balances>(store).await?;
     let analytics = replay_analytics(store).await?;
-    let invoices = replay_invoices(store, &invoice_settings()).await?;
+    let invoices = replay_invoices(store, invoice_settings).await?;
     let all_identical = balances.comparison.identical
         && analytics.comparison.identical
         && invoices.comparison.identical;

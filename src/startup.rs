@@ -2,8 +2,10 @@
 //! bind port 0).
 
 use crate::actors::TenantRegistry;
+use crate::auth::random_secret;
 use crate::catalog::Catalog;
 use crate::config::{self, Settings};
+use crate::crypto::SecretBox;
 use crate::hub::Hub;
 use crate::notify::Notifier;
 use crate::projector::Projector;
@@ -12,8 +14,10 @@ use crate::routes;
 use crate::store::{self, Store};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use anyhow::Context;
 use domain::InstanceId;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -31,8 +35,8 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
     install_crypto_provider();
     let store: Arc<dyn Store> =
         store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
-    let secrets = Arc::new(config::master_key(settings)?);
-    let (operator_token, _) = config::operator_token(settings)?;
+    let secrets = Arc::new(master_key(settings)?);
+    let (operator_token, _) = operator_token(settings)?;
     let wake = Arc::new(Notify::new());
     let instance_id = InstanceId::new_random();
     let hub = Hub {
@@ -46,7 +50,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         catalog: Catalog::new(store.clone(), secrets.clone()),
         upstream: Upstream::new(&settings.limits)?,
         router: crate::routing::Router::default(),
-        projector: Projector::new(store.clone(), wake),
+        projector: Projector::new(store.clone(), wake, settings.limits.invoice_settings()),
         secrets,
         instance_id,
         limits: settings.limits.clone(),
@@ -101,6 +105,7 @@ impl ProjectorThread {
             settings.limits.projector_poll_ms,
             settings.limits.projector_batch_delay_ms,
         );
+        let invoices = settings.limits.invoice_settings();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -117,7 +122,7 @@ impl ProjectorThread {
                         }
                     };
                     tokio::select! {
-                        _ = Projector::new(store, wake).run(poll_ms, batch_delay_ms) => {}
+                        _ = Projector::new(store, wake, invoices).run(poll_ms, batch_delay_ms) => {}
                         _ = stopped => {}
                     }
                 });
@@ -127,10 +132,13 @@ impl ProjectorThread {
 }
 
 /// Sets the calling thread's nice value to 19 (Linux: nice is per thread).
+#[allow(unsafe_code)]
 fn lower_this_threads_priority() {
     /// The lowest priority `setpriority` accepts.
     const NICE_LOWEST: libc::c_int = 19;
-    // SAFETY: setpriority reads no memory of ours; `0` names the calling thread.
+    // SAFETY: setpriority takes three integers by value and touches no memory of
+    // ours, so no pointer or lifetime can be wrong; `0` names the calling thread,
+    // which exists for the whole call. A failure is only a return value.
     let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE_LOWEST) };
     if done != 0 {
         tracing::warn!(
@@ -221,4 +229,104 @@ impl Application {
         self.hub.tenants.shutdown();
         result
     }
+}
+
+/// Reads a secret from `file_name` in the data dir, creating it with `generate` on
+/// first start. Returns the secret and whether it was just created.
+fn file_secret(
+    data_dir: &Path,
+    file_name: &str,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<(String, PathBuf, bool)> {
+    config::create_private_dir(data_dir)?;
+    let path = data_dir.join(file_name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            config::make_file_private(&path)?;
+            Ok((text.trim().to_string(), path, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = generate();
+            config::write_private_file(&path, &value)?;
+            Ok((value, path, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The embedded store's file in the data dir.
+pub const SQLITE_FILE_NAME: &str = "aigne-hub.sqlite";
+const OPERATOR_TOKEN_FILE_NAME: &str = "operator_token";
+const MASTER_KEY_FILE_NAME: &str = "master.key";
+
+/// For every command but `serve`, which alone creates a store: fails, naming the
+/// path looked in, unless the store and its master key already exist. The
+/// operator token is not needed by commands; when it is neither set nor on
+/// disk, a throwaway one is used so that nothing is written.
+pub fn require_existing_store(settings: &mut Settings) -> anyhow::Result<()> {
+    const HINT: &str = "start `aigne-hub serve` once to create a store, or point --data-dir \
+        (AIGNE_HUB_DATA_DIR) or --database-url (DATABASE_URL) at the server's store";
+    if let Some(path) = sqlite_path(settings) {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        anyhow::ensure!(path.is_file(), "no hub store at {}: {HINT}", path.display());
+    }
+    if settings.master_key.is_none() {
+        let path = settings.data_dir.join(MASTER_KEY_FILE_NAME);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "no master key at {} and AIGNE_HUB_MASTER_KEY is unset: {HINT}",
+            path.display()
+        );
+    }
+    if settings.operator_token.is_none()
+        && !settings.data_dir.join(OPERATOR_TOKEN_FILE_NAME).is_file()
+    {
+        settings.operator_token = Some(random_secret());
+    }
+    Ok(())
+}
+
+/// The SQLite file the settings name, if the store is SQLite.
+fn sqlite_path(settings: &Settings) -> Option<PathBuf> {
+    match settings.database_url.as_deref() {
+        None => Some(settings.data_dir.join(SQLITE_FILE_NAME)),
+        Some(url) => {
+            let rest = url.strip_prefix("sqlite:")?;
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let path = rest.split('?').next().unwrap_or_default();
+            (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+        }
+    }
+}
+
+/// Where the operator token came from, for the startup banner.
+pub enum TokenSource {
+    Env,
+    File { path: PathBuf, created: bool },
+}
+
+pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSource)> {
+    if let Some(token) = &settings.operator_token {
+        return Ok((token.clone(), TokenSource::Env));
+    }
+    let (token, path, created) = file_secret(&settings.data_dir, OPERATOR_TOKEN_FILE_NAME, || {
+        format!("aho_{}", random_secret())
+    })?;
+    Ok((token, TokenSource::File { path, created }))
+}
+
+pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
+    let text = match &settings.master_key {
+        Some(text) => text.clone(),
+        None => {
+            file_secret(&settings.data_dir, MASTER_KEY_FILE_NAME, || {
+                hex::encode(SecretBox::generate_master_key())
+            })?
+            .0
+        }
+    };
+    let key = SecretBox::parse_master_key(&text)
+        .map_err(|e| anyhow::anyhow!("AIGNE_HUB_MASTER_KEY: {e}"))?;
+    Ok(SecretBox::new(&key)?)
 }

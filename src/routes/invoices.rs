@@ -14,7 +14,6 @@ use crate::actors::TenantOp;
 use crate::auth::{check_operator, presented_key};
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::projector::invoice_settings;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Months, Utc};
 use domain::{Permission, TenantId};
@@ -84,7 +83,7 @@ async fn authorize_operator(
 }
 
 async fn rows(hub: &Hub, keys: &[String]) -> Result<Vec<(String, InvoiceRow)>, HubError> {
-    let name = invoice_settings().projection_name();
+    let name = hub.limits.invoice_settings().projection_name();
     let mut out = Vec::new();
     for (key, payload) in hub.store.projection_rows_by_keys(&name, keys).await? {
         let row: InvoiceRow = serde_json::from_str(&payload)
@@ -96,7 +95,7 @@ async fn rows(hub: &Hub, keys: &[String]) -> Result<Vec<(String, InvoiceRow)>, H
 
 async fn list_answer(hub: &Hub, tenant_id: TenantId) -> Result<HttpResponse, HubError> {
     let now = hub.clock.now();
-    let current = invoice_settings().period_start(now);
+    let current = hub.limits.invoice_settings().period_start(now);
     let keys: Vec<String> = (0..INVOICES_LISTED_PERIODS)
         .filter_map(|back| current.checked_sub_months(Months::new(back)))
         .map(|start| invoices::period_key(tenant_id, start))

@@ -1,6 +1,9 @@
 //! HTTP-level tests: every test runs against a fresh PostgreSQL database and a
 //! fresh SQLite file, with a mock upstream on 127.0.0.1.
 
+// Shared fixtures are `pub` for the test modules; this crate has no outside.
+#![allow(unreachable_pub)]
+
 mod helpers;
 mod mock_anthropic;
 mod mock_bedrock;
