@@ -1,6 +1,6 @@
 //! Finds or starts the actor of a tenant.
 
-use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply};
+use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply, TENANT_BUSY};
 use crate::config::Limits;
 use crate::error::HubError;
 use crate::store::Store;
@@ -99,17 +99,11 @@ impl TenantRegistry {
         for _ in 0..2 {
             let addr = self.addr_for(tenant_id)?;
             match tokio::time::timeout(timeout, addr.send(Call(op.clone()))).await {
-                Err(_) => {
-                    return Err(HubError::Unavailable(
-                        "the tenant is busy; retry shortly".into(),
-                    ))
-                }
+                Err(_) => return Err(HubError::Unavailable(TENANT_BUSY.into())),
                 Ok(Ok(answer)) => return answer,
                 Ok(Err(MailboxError::Closed)) => continue,
                 Ok(Err(MailboxError::Timeout)) => {
-                    return Err(HubError::Unavailable(
-                        "the tenant is busy; retry shortly".into(),
-                    ))
+                    return Err(HubError::Unavailable(TENANT_BUSY.into()))
                 }
             }
         }
@@ -134,6 +128,13 @@ impl TenantRegistry {
         for (_, addr) in actors.values() {
             addr.do_send(CatchUp(usize::MAX));
         }
+    }
+
+    /// The running actor of `tenant_id`, if any (tests look inside it).
+    #[cfg(test)]
+    pub(crate) fn running_actor(&self, tenant_id: TenantId) -> Option<Addr<TenantActor>> {
+        let actors = self.actors.lock().expect("actor map lock poisoned");
+        actors.get(&tenant_id).map(|(_, addr)| addr.clone())
     }
 
     pub fn live_actor_count(&self) -> usize {

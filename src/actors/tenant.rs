@@ -40,6 +40,9 @@ const UNSURE_HOLDS_RETRY_MS: u64 = 500;
 /// The reason recorded when such a hold is released.
 const UNSURE_HOLD_RELEASE_REASON: &str =
     "the ledger became unavailable while the hold was committed; its request was answered 503";
+/// What a caller is told when its tenant's queue is full or its call waited too
+/// long: a 503, so that clients back off and retry.
+pub(crate) const TENANT_BUSY: &str = "the tenant is busy; retry shortly";
 
 /// A key to check before an operation: the caller must hold `permission`.
 #[derive(Clone, Debug)]
@@ -598,6 +601,11 @@ impl Handler<Call> for TenantActor {
 
     fn handle(&mut self, call: Call, ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
+        // Every message leaves actix's mailbox at once for `pending`, so the
+        // mailbox's capacity alone would bound nothing: the bound is kept here.
+        if self.pending.len() >= self.mailbox_capacity {
+            return Box::pin(async { Err(HubError::Unavailable(TENANT_BUSY.into())) });
+        }
         let (reply, answer) = oneshot::channel();
         self.pending.push_back(Pending {
             op: call.0,
@@ -613,6 +621,9 @@ impl Handler<Call> for TenantActor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 impl Handler<CatchUp> for TenantActor {
     type Result = ();
