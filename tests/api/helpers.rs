@@ -349,13 +349,16 @@ impl TestApp {
         .await
     }
 
-    /// Waits until the live projections have applied every committed event.
     /// Brings every projection up to the events committed before this call.
     ///
     /// On PostgreSQL the projector reads an event only once every transaction
     /// older than its own has ended (the log-order rule), so an event committed
     /// just now can stay invisible while, say, the live projector's own commit
     /// is open. Wait for the transactions that began before now, then catch up.
+    /// The wait is server-wide, not this database's only: the store's reader
+    /// takes its horizon from the server's snapshot (transaction ids are
+    /// shared by every database), so another test's open transaction holds
+    /// back this test's events too, and a narrower wait would return early.
     pub async fn projections_caught_up(&self) {
         if let Some(url) = &self.settings.database_url {
             use sqlx::Connection;
