@@ -293,7 +293,8 @@ async fn the_chain_head_survives_a_snapshot_with_nothing_after_it(kind: StoreKin
     use aigne_hub::store::{chain, Durability};
 
     let temp = tempfile::tempdir().unwrap();
-    let url = database_url_for(kind).await;
+    let database = database_url_for(kind).await;
+    let url = database.url();
     let store = aigne_hub::store::open(url.as_deref(), temp.path())
         .await
         .unwrap();

@@ -59,7 +59,7 @@ crate::on_both_stores!(
 #[test]
 fn a_busy_address_names_the_listen_flag_and_its_variable() {
     let temp = tempfile::tempdir().unwrap();
-    let env = HubEnv::new(temp.path(), None);
+    let env = HubEnv::sharing(temp.path(), None);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let output = env

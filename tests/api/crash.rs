@@ -60,8 +60,7 @@ async fn client_loop(
 
 async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let database_url = database_url_for(kind).await;
-    let env = HubEnv::new(temp.path(), database_url.clone());
+    let env = HubEnv::new(temp.path(), database_url_for(kind).await);
     let mock = MockUpstream::start();
     let mut hub = env.start().await;
     let (tenant, key) = hub
@@ -108,7 +107,7 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
     }
     assert_eq!(balance["held"], "0", "no hold stays open: {balance}");
 
-    let store = aigne_hub::store::open(database_url.as_deref(), &env.data_dir)
+    let store = aigne_hub::store::open(env.database_url.as_deref(), &env.data_dir)
         .await
         .unwrap();
     let events = store

@@ -22,7 +22,7 @@ const CHANGE_VISIBLE_MS: u64 = 1_000;
 /// The CLI, on the same data dir and database as `app`.
 fn cli_env(app: &TestApp) -> HubEnv {
     let dir = app.settings.data_dir.parent().unwrap();
-    HubEnv::new(dir, app.settings.database_url.clone())
+    HubEnv::sharing(dir, app.settings.database_url.clone())
 }
 
 /// Runs one CLI command to success.
@@ -313,7 +313,8 @@ impl CuttingProxy {
 
 #[actix_web::test]
 async fn a_hold_committed_as_the_ledger_fails_is_released_after_reconnecting() {
-    let database = fresh_pg_database().await;
+    let guard = fresh_pg_database().await;
+    let database = guard.url().unwrap();
     let upstream = "127.0.0.1:5432".to_string();
     assert!(database.contains(&upstream), "{database}");
     let proxy = CuttingProxy::start(upstream.clone()).await;

@@ -17,12 +17,12 @@ pub enum StoreKind {
     Postgres,
 }
 
-/// A fresh PostgreSQL database for `kind` Postgres; `None` (the embedded
-/// SQLite file in the data dir) for Sqlite.
-pub async fn database_url_for(kind: StoreKind) -> Option<String> {
+/// A fresh PostgreSQL database for `kind` Postgres; no URL (the embedded
+/// SQLite file in the data dir) for Sqlite. The database goes when the guard does.
+pub async fn database_url_for(kind: StoreKind) -> TestDatabase {
     match kind {
-        StoreKind::Sqlite => None,
-        StoreKind::Postgres => Some(fresh_pg_database().await),
+        StoreKind::Sqlite => TestDatabase { name: None },
+        StoreKind::Postgres => fresh_pg_database().await,
     }
 }
 
@@ -66,21 +66,76 @@ pub fn pg_admin_url() -> String {
 
 /// Creates a fresh, uniquely named database; fails the test if PostgreSQL is
 /// unreachable (tests never skip silently).
-pub async fn fresh_pg_database() -> String {
-    use sqlx::Connection;
-    let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}")
-        });
+pub async fn fresh_pg_database() -> TestDatabase {
+    let mut conn = pg_admin_connection().await;
     let name = format!("aigne_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
         .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap().to_string();
-    format!("{base}/{name}")
+    TestDatabase { name: Some(name) }
+}
+
+async fn pg_admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for the test suite and is unreachable at {admin}: {e}")
+        })
+}
+
+/// The database one test created (none for SQLite, whose file lives in the
+/// test's temporary directory). Dropping the guard drops the database, so a run
+/// leaves none behind.
+pub struct TestDatabase {
+    name: Option<String>,
+}
+
+impl TestDatabase {
+    /// The database's URL; `None` for SQLite.
+    pub fn url(&self) -> Option<String> {
+        let name = self.name.as_ref()?;
+        let admin = pg_admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+        Some(format!("{base}/{name}"))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        // The guard usually goes inside the test's runtime, which cannot block
+        // on a future; a thread of its own with its own runtime can. FORCE ends
+        // the sessions a stopped hub (or a killed hub process) may leave open.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut conn = pg_admin_connection().await;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("dropping {name}: {e}"))
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread dropping the database panicked".into()));
+        if let Err(e) = dropped {
+            // A second panic while the test already fails would abort the run.
+            if std::thread::panicking() {
+                eprintln!("{e}");
+            } else {
+                panic!("{e}");
+            }
+        }
+    }
 }
 
 pub fn test_limits() -> Limits {
@@ -108,6 +163,9 @@ pub struct TestApp {
     pub app_handle: actix_web::dev::ServerHandle,
     pub hub: Arc<aigne_hub::hub::Hub>,
     _temp: Arc<tempfile::TempDir>,
+    /// Dropped after the server stops (fields drop after `Drop::drop`); shared
+    /// with the app a restart starts.
+    _database: Arc<TestDatabase>,
 }
 
 pub async fn spawn_app(kind: StoreKind) -> TestApp {
@@ -118,11 +176,11 @@ pub async fn spawn_app(kind: StoreKind) -> TestApp {
 /// shorter clocks).
 pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -> TestApp {
     let temp = Arc::new(tempfile::tempdir().unwrap());
-    let database_url = database_url_for(kind).await;
+    let database = Arc::new(database_url_for(kind).await);
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: temp.path().join("data"),
-        database_url,
+        database_url: database.url(),
         operator_token: Some(format!("op-{}", uuid::Uuid::new_v4())),
         master_key: None,
         actor_threads: 2,
@@ -133,7 +191,7 @@ pub async fn spawn_app_with(kind: StoreKind, edit: impl FnOnce(&mut Settings)) -
         notify: Default::default(),
     };
     edit(&mut settings);
-    start(settings, kind, MockUpstream::start(), temp).await
+    start(settings, kind, MockUpstream::start(), temp, database).await
 }
 
 async fn start(
@@ -141,6 +199,7 @@ async fn start(
     kind: StoreKind,
     mock: MockUpstream,
     temp: Arc<tempfile::TempDir>,
+    database: Arc<TestDatabase>,
 ) -> TestApp {
     let app = Application::build(settings.clone())
         .await
@@ -166,6 +225,7 @@ async fn start(
         app_handle,
         hub,
         _temp: temp,
+        _database: database,
     }
 }
 
@@ -188,6 +248,7 @@ impl TestApp {
             self.store_kind,
             self.mock.clone(),
             self._temp.clone(),
+            self._database.clone(),
         )
         .await
     }
@@ -288,13 +349,16 @@ impl TestApp {
         .await
     }
 
-    /// Waits until the live projections have applied every committed event.
     /// Brings every projection up to the events committed before this call.
     ///
     /// On PostgreSQL the projector reads an event only once every transaction
     /// older than its own has ended (the log-order rule), so an event committed
     /// just now can stay invisible while, say, the live projector's own commit
     /// is open. Wait for the transactions that began before now, then catch up.
+    /// The wait is server-wide, not this database's only: the store's reader
+    /// takes its horizon from the server's snapshot (transaction ids are
+    /// shared by every database), so another test's open transaction holds
+    /// back this test's events too, and a narrower wait would return early.
     pub async fn projections_caught_up(&self) {
         if let Some(url) = &self.settings.database_url {
             use sqlx::Connection;

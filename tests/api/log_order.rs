@@ -5,7 +5,7 @@
 
 use crate::helpers::{
     database_url_for, fresh_pg_database, pg_admin_url, pico_grant, plain_metadata, tenant_created,
-    StoreKind,
+    StoreKind, TestDatabase,
 };
 use aigne_hub::store::{Durability, LogPosition, Store, StoreError};
 use domain::TenantId;
@@ -19,7 +19,8 @@ const BATCHES_PER_WRITER: usize = 150;
 
 async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
-    let url = database_url_for(kind).await;
+    let database = database_url_for(kind).await;
+    let url = database.url();
     let store: Arc<dyn Store> = aigne_hub::store::open(url.as_deref(), temp.path())
         .await
         .unwrap();
@@ -120,7 +121,8 @@ async fn concurrent_writers_never_make_a_reader_skip_sqlite() {
 /// `'Tenant'` entry of the primary key: a cost that grew with the log.
 #[tokio::test]
 async fn log_read_walks_its_own_index_without_statistics() {
-    let (url, store, _temp) = fresh_pg_store().await;
+    let (database, store, _temp) = fresh_pg_store().await;
+    let url = database.url().unwrap();
     for _ in 0..4 {
         let tenant = TenantId::new_random();
         let meta = plain_metadata(tenant);
@@ -150,15 +152,15 @@ async fn log_read_walks_its_own_index_without_statistics() {
     );
 }
 
-/// A store on a fresh PostgreSQL database: its URL, the store, and the data dir
-/// (kept for as long as the store is used).
-async fn fresh_pg_store() -> (String, Arc<dyn Store>, tempfile::TempDir) {
-    let url = fresh_pg_database().await;
+/// A store on a fresh PostgreSQL database: the database, the store, and the
+/// data dir (kept for as long as the store is used).
+async fn fresh_pg_store() -> (TestDatabase, Arc<dyn Store>, tempfile::TempDir) {
+    let database = fresh_pg_database().await;
     let temp = tempfile::tempdir().unwrap();
-    let store = aigne_hub::store::open(Some(&url), temp.path())
+    let store = aigne_hub::store::open(database.url().as_deref(), temp.path())
         .await
         .unwrap();
-    (url, store, temp)
+    (database, store, temp)
 }
 
 /// The backend pids of the sessions on `database` whose last statement was an append.
@@ -180,7 +182,8 @@ async fn append_sessions(admin: &mut sqlx::PgConnection, database: &str) -> Vec<
 /// opens no new one.
 #[tokio::test]
 async fn appends_reuse_their_connections() {
-    let (url, store, _temp) = fresh_pg_store().await;
+    let (test_database, store, _temp) = fresh_pg_store().await;
+    let url = test_database.url().unwrap();
     let database = url.rsplit('/').next().unwrap().to_string();
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
     let tenant = TenantId::new_random();

@@ -1,6 +1,7 @@
 //! Runs the real `aigne-hub` binary as a child process, for tests that kill it or
 //! read its logs.
 
+use crate::helpers::TestDatabase;
 use crate::mock_openai::MOCK_API_KEY;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ pub struct HubEnv {
     pub database_url: Option<String>,
     pub operator_token: String,
     pub log_path: PathBuf,
+    /// The database this environment owns, if any: dropped with it.
+    _database: Option<TestDatabase>,
 }
 
 pub struct HubProcess {
@@ -28,12 +31,22 @@ fn free_port() -> u16 {
 }
 
 impl HubEnv {
-    pub fn new(dir: &Path, database_url: Option<String>) -> Self {
+    /// An environment that owns `database`: it goes with the environment.
+    pub fn new(dir: &Path, database: TestDatabase) -> Self {
+        let mut env = Self::sharing(dir, database.url());
+        env._database = Some(database);
+        env
+    }
+
+    /// An environment on a database it does not own (a test app's), or on
+    /// the SQLite file in `dir` for `None`.
+    pub fn sharing(dir: &Path, database_url: Option<String>) -> Self {
         Self {
             data_dir: dir.join("data"),
             database_url,
             operator_token: format!("op-{}", uuid::Uuid::new_v4()),
             log_path: dir.join("hub.log"),
+            _database: None,
         }
     }
 
