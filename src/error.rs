@@ -251,7 +251,7 @@ impl From<TenantError> for HubError {
             } => HubError::InsufficientCredits {
                 available,
                 required,
-                // Output tokens of all choices together; `gateway::admit` makes
+                // Output tokens of all choices together; `pipeline::admit` makes
                 // them per choice, as a client sets `max_tokens`.
                 max_tokens_that_fit: advice
                     .map(|a| a.output_tokens_that_fit)

@@ -33,8 +33,6 @@ pub struct Hub {
     pub instance_id: InstanceId,
     pub limits: Limits,
     pub operator_token: String,
-    /// The AIGNE Hub v2 protocol's settings and generated images.
-    pub aigne: crate::ingress::aigne::AigneState,
     /// Business time (see `clock`): wall time in production, movable in tests.
     pub clock: crate::clock::Clock,
     /// See [`Hub::full_hold_sweeps`].

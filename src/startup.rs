@@ -56,7 +56,6 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         limits: settings.limits.clone(),
         mode: settings.mode,
         operator_token,
-        aigne: crate::ingress::aigne::AigneState::new(&settings.aigne, &settings.limits)?,
         store,
         clock: Default::default(),
         full_hold_sweeps: Default::default(),
@@ -151,6 +150,10 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Checked before anything starts: a URL without a secret is an error.
         settings.notify.target()?;
+        let aigne = web::Data::new(crate::ingress::aigne::AigneState::new(
+            &settings.aigne,
+            &settings.limits,
+        )?);
         let hub = build_hub(&settings).await?;
         let notifier = Notifier::new(hub.store.clone(), &settings.notify)?;
         let listener = TcpListener::bind(&settings.listen)
@@ -167,6 +170,7 @@ impl Application {
             App::new()
                 .app_data(data.clone())
                 .app_data(operator_token.clone())
+                .app_data(aigne.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
                 .wrap(actix_web::middleware::from_fn(routes::request_id_header))

@@ -1,6 +1,6 @@
 //! Upstream AI providers behind one trait.
 //!
-//! The hub's lingua franca is OpenAI's wire format: the gateway hands every
+//! The hub's lingua franca is OpenAI's wire format: the pipeline hands every
 //! provider an OpenAI-shaped request (with `model` already the upstream's own
 //! name) and gets back OpenAI-shaped answers plus the usage the provider reported,
 //! normalized (see `domain::Usage`). Each protocol lives in one module; the

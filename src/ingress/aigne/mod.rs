@@ -57,7 +57,11 @@ pub const MOUNT_POINT: &str = "/";
 /// The only credit prefixes the AIGNE client accepts in `usage.creditPrefix`.
 pub const CREDIT_PREFIXES: [&str; 3] = ["$", "€", "¥"];
 
-/// The protocol's settings and its store of generated images (one per process).
+/// The protocol's state, as the app's data.
+type State = web::Data<AigneState>;
+
+/// The protocol's settings and its store of generated images (one per process,
+/// registered as the app's data).
 pub struct AigneState {
     pub credit_prefix: Option<String>,
     /// Origin for image URLs, without a trailing `/`; `None`: from the request.
@@ -291,6 +295,7 @@ fn join_failed(e: tokio::task::JoinError) -> HubError {
 /// [`json_answer`]); `images` says the answer is images (for its error shape).
 async fn settled_answer<A: 'static>(
     call: &ModelCall<Aigne>,
+    state: State,
     admitted: Admitted,
     billed: &'static Billed<A>,
     request: Value,
@@ -298,10 +303,9 @@ async fn settled_answer<A: 'static>(
     encode: impl FnOnce(&AigneState, Settled<A>) -> Map<String, Value> + 'static,
 ) -> HttpResponse {
     let request_id = admitted.request_id();
-    let hub = call.hub.clone();
     let work = async move {
         let settled = admitted.complete(billed, &request).await?;
-        Ok(Value::Object(encode(&hub.aigne, settled)))
+        Ok(Value::Object(encode(&state, settled)))
     };
     json_answer(&call.hub, request_id, images, work).await
 }
@@ -528,7 +532,11 @@ pub async fn status(
 /// `GET /api/user/info` (with a key): the tenant's credit in AIGNE's shape, so
 /// that AIGNE CLI's `hub status` works. Any valid key may read it (an app's key
 /// is usually a `member` key, and its 402s already tell the available credit).
-pub async fn user_info(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, AigneError> {
+pub async fn user_info(
+    hub: web::Data<Hub>,
+    state: State,
+    req: HttpRequest,
+) -> Result<HttpResponse, AigneError> {
     let key = presented_key(&req)?;
     let read = |permission| {
         hub.tenants.call(
@@ -554,14 +562,14 @@ pub async fn user_info(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResp
         "paymentLink": null,
         "profileLink": null,
         "enableCredit": true,
-        "creditPrefix": hub.aigne.credit_prefix,
+        "creditPrefix": state.credit_prefix,
     })))
 }
 
 /// `GET /api/v2/images/{id}`: a generated image, without a key (the id is the
 /// secret), until it expires.
-pub async fn generated_image(hub: web::Data<Hub>, path: web::Path<String>) -> HttpResponse {
-    match hub.aigne.images.get(&path.into_inner()) {
+pub async fn generated_image(state: State, path: web::Path<String>) -> HttpResponse {
+    match state.images.get(&path.into_inner()) {
         Some(image) => HttpResponse::Ok()
             .content_type(image.mime)
             .insert_header((
@@ -581,7 +589,7 @@ pub async fn generated_image(hub: web::Data<Hub>, path: web::Path<String>) -> Ht
 // Chat
 
 /// `POST /api/v2/chat`: JSON, or SSE when `options.streaming` is `true`.
-pub async fn chat(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+pub async fn chat(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
     let chat = convert::chat_call(&call.json)?;
     let span = call.span(&chat.model);
     async move {
@@ -598,14 +606,14 @@ pub async fn chat(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
         let admitted = call.admit(ask).await?;
         let json_mode = chat.json_mode;
         if chat.streaming {
-            return Ok(stream_chat(&call.hub, admitted, chat.openai, json_mode).await);
+            return Ok(stream_chat(&call.hub, state, admitted, chat.openai, json_mode).await);
         }
         let encode = move |state: &AigneState, settled: Settled<ChatOutcome>| {
             let mut out = convert::chat_output(&settled.answer.body, json_mode);
             finish_output(state, &mut out, &settled.attempt, &settled.usage);
             out
         };
-        Ok(settled_answer(&call, admitted, &CHAT, chat.openai, false, encode).await)
+        Ok(settled_answer(&call, state, admitted, &CHAT, chat.openai, false, encode).await)
     }
     .instrument(span)
     .await
@@ -614,6 +622,7 @@ pub async fn chat(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
 /// A streamed chat: SSE frames of `@aigne/core`'s agent response stream.
 async fn stream_chat(
     hub: &Arc<Hub>,
+    state: State,
     admitted: Admitted,
     request: Value,
     json_mode: bool,
@@ -621,11 +630,10 @@ async fn stream_chat(
     let request_id = admitted.request_id();
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let (started_tx, mut started_rx) = oneshot::channel::<Result<(), HubError>>();
-    let state = hub.clone();
     actix_web::rt::spawn(async move {
         let codec = |_: &Attempt, upstream| {
             let codec = AigneFrames {
-                hub: state,
+                state,
                 acc: StreamAccumulator::new(json_mode),
                 json_mode,
             };
@@ -671,7 +679,7 @@ async fn stream_chat(
 /// not sent: the stream ends there with the same final frame, saying why in
 /// `aigne_hub` (docs/billing.md, "Mid-stream enforcement").
 struct AigneFrames {
-    hub: Arc<Hub>,
+    state: State,
     acc: StreamAccumulator,
     json_mode: bool,
 }
@@ -694,7 +702,7 @@ impl StreamCodec for AigneFrames {
     fn settled(&mut self, ending: Ending, charged: &Usage, attempt: &Attempt) -> Vec<Bytes> {
         let acc = std::mem::replace(&mut self.acc, StreamAccumulator::new(self.json_mode));
         let (frames, mut parts) = acc.finish();
-        finish_output(&self.hub.aigne, &mut parts, attempt, charged);
+        finish_output(&self.state, &mut parts, attempt, charged);
         if ending == Ending::CreditExhausted {
             parts.insert("aigne_hub".into(), credit_exhausted_note());
         }
@@ -728,7 +736,7 @@ const IMAGE_OPTIONS: [(&str, &str); 9] = [
 
 /// `POST /api/v2/image`: billed per image. Images come back as hub URLs (served
 /// without a key until they expire) or inline base64 (`outputFileType: "file"`).
-pub async fn image(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
     let input = convert::input_of(&call.json)?;
     let model = convert::model_of(&call.json, input)?;
     let prompt = input
@@ -778,7 +786,7 @@ pub async fn image(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
     }
     // Priced by size and quality like `/v1/images/generations` (docs/billing.md).
     let admitted = call.admit(call.images_ask(&model, n, &request)).await?;
-    let base = public_base(&call.hub.aigne, &call.req);
+    let base = public_base(&state, &call.req);
     let encode = move |state: &AigneState, settled: Settled<ImagesOutcome>| {
         let body = &settled.answer.body;
         let images: Vec<Value> = body
@@ -805,7 +813,7 @@ pub async fn image(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
         }
         out
     };
-    Ok(settled_answer(&call, admitted, &IMAGES, request, true, encode).await)
+    Ok(settled_answer(&call, state, admitted, &IMAGES, request, true, encode).await)
 }
 
 /// An answer's `field` (the images, the embeddings), with the model the
@@ -843,7 +851,7 @@ fn image_output(state: &AigneState, base: &str, item: &Value, inline: bool) -> O
 
 /// `POST /api/v2/embeddings`: `{"input":{"input","modelOptions":{"model"}}}` (or
 /// the older `{"model","input"}`), billed by input tokens.
-pub async fn embeddings(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneError> {
+pub async fn embeddings(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
     let (model, texts, options) = match call.json.get("input") {
         Some(input) if input.is_object() => (
             convert::model_of(&call.json, input)?,
@@ -878,7 +886,7 @@ pub async fn embeddings(call: ModelCall<Aigne>) -> Result<HttpResponse, AigneErr
         finish_output(state, &mut out, &settled.attempt, &settled.usage);
         out
     };
-    Ok(settled_answer(&call, admitted, &EMBEDDINGS, request, false, encode).await)
+    Ok(settled_answer(&call, state, admitted, &EMBEDDINGS, request, false, encode).await)
 }
 
 #[cfg(test)]
