@@ -15,6 +15,7 @@
 //! old shape differently never changes a hash, and fields a reader ignores are
 //! still covered. The encoding is written down in docs/billing.md ("Audit").
 
+use crate::config::Limits;
 pub use crate::store::{verify_chain, ChainBreak, ChainReport, RawEvent, GENESIS_HASH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -80,14 +81,15 @@ pub struct ExportCheck {
     pub balance: Option<Value>,
     /// The tenant's invoices recomputed from the exported events alone, as
     /// `GET /v1/billing/invoices` shows them at the time of the last event
-    /// (invoice settings from the environment, like the hub's; only when the
-    /// chain is intact).
+    /// (cut with the hub's invoice settings, `limits`; only when the chain is
+    /// intact).
     pub invoices: Option<Value>,
 }
 
 /// Verifies an exported file without a database: the chain, then the balance
-/// recomputed by folding the events through the same domain code the hub runs.
-pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
+/// recomputed by folding the events through the same domain code the hub runs,
+/// with the hub's settings (`limits`: invoice periods, the expiring-soon window).
+pub fn verify_export(text: &str, limits: &Limits) -> Result<ExportCheck, ExportError> {
     let mut events: Vec<RawEvent> = Vec::new();
     let mut tenant: Option<String> = None;
     for item in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
@@ -149,7 +151,7 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
         tenant_id,
         &state.balance(),
         as_of,
-        crate::config::Limits::default().expiring_soon_window_secs,
+        limits.expiring_soon_window_secs,
     );
     let logged =
         decoded_events
@@ -161,7 +163,7 @@ pub fn verify_export(text: &str) -> Result<ExportCheck, ExportError> {
                 recorded_at: *recorded_at,
             });
     let mut rows = std::collections::BTreeMap::new();
-    projections::invoices::fold(&crate::projector::invoice_settings(), &mut rows, logged);
+    projections::invoices::fold(&limits.invoice_settings(), &mut rows, logged);
     let mut invoices: Vec<projections::invoices::InvoiceView> = rows
         .values()
         .filter_map(|row| projections::invoices::view(tenant_id, row, as_of))

@@ -308,7 +308,7 @@ async fn run(
         // Offline: no store is opened, nothing but the file is read.
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let check = crate::audit::verify_export(&text)?;
+        let check = crate::audit::verify_export(&text, &settings.limits)?;
         let ok = check.chain.first_break.is_none();
         print(serde_json::to_value(&check)?);
         return Ok(if ok {

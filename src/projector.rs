@@ -365,14 +365,6 @@ pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
     catch_up_one(store, &analytics_rows(), None).await
 }
 
-/// The cut of billing periods of a hub with default settings. The hub's own cut
-/// is `Limits::invoice_settings` of its settings, handed to the projector,
-/// replay and the invoice routes; this is for tools and tests that build no
-/// settings.
-pub fn invoice_settings() -> invoices::Settings {
-    crate::config::Limits::default().invoice_settings()
-}
-
 /// Brings the invoices projection (`projections::invoices`, cut with `settings`)
 /// up to the end of the log; its fold joins a settlement to its reservation's
 /// `at` across rows.

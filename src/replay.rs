@@ -1,9 +1,7 @@
 //! `aigne-hub replay`: rebuild every projection from the event log alone into fresh
 //! tables and prove it equals the live one.
 
-use crate::projector::{
-    catch_up_analytics, catch_up_invoices, catch_up_projection, invoice_settings, logged,
-};
+use crate::projector::{catch_up_analytics, catch_up_invoices, catch_up_projection, logged};
 use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
 use projections::analytics;
 use projections::balances::Balances;
@@ -90,7 +88,7 @@ fn progress(what: &str, events: u64) {
 /// [`replay_all_with_invoices`] with the default cut of billing periods (a hub
 /// started with default settings).
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
-    replay_all_with_invoices(store, &invoice_settings()).await
+    replay_all_with_invoices(store, &crate::config::Limits::default().invoice_settings()).await
 }
 
 /// Rebuilds every projection and compares each with the live one; the invoices

@@ -17,7 +17,6 @@ use crate::mock_openai::{
 use crate::on_both_stores;
 use aigne_hub::audit::{verify_export, verify_store, ChainBreak};
 use aigne_hub::config::WebhookSettings;
-use aigne_hub::projector::invoice_settings;
 use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 use domain::tenant::TenantEvent;
 use domain::Credits;
@@ -242,7 +241,7 @@ async fn call(app: &TestApp, key: &str, ask: Ask) -> Call {
 /// The whole life of a tenant; see the module's documentation.
 async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     let app = spawn_app_with(kind, with_webhooks_and_manual_expiry).await;
-    let settings = invoice_settings();
+    let settings = app.settings.limits.invoice_settings();
     let period_end = |at: DateTime<Utc>| -> DateTime<Utc> {
         instant(invoices::next_period_start(settings.period_start(at)))
     };
@@ -830,7 +829,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         .all(|r| r.first_break.is_none()));
 
     let file = export(&app, &auditor).await;
-    let check = verify_export(&file).unwrap();
+    let check = verify_export(&file, &app.settings.limits).unwrap();
     assert_eq!(check.chain.first_break, None, "{:?}", check.chain);
     assert_eq!(check.chain.events, stored.len());
     assert_eq!(check.chain.head, chain.head);
@@ -939,7 +938,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     assert_eq!(broken_tenants, vec![tenant.as_str()], "{all:?}");
     let tampered_export = export(&app, &auditor).await;
     assert_ne!(tampered_export, file);
-    let check = verify_export(&tampered_export).unwrap();
+    let check = verify_export(&tampered_export, &app.settings.limits).unwrap();
     assert_eq!(
         check.chain.first_break,
         Some(ChainBreak::Hash {
@@ -1064,7 +1063,9 @@ fn invoices_from_export(file: &str, tenant: domain::TenantId, now: DateTime<Utc>
         })
         .collect();
     let mut rows = BTreeMap::new();
-    invoices::fold(&invoice_settings(), &mut rows, logged);
+    // The test apps cut invoices with the default settings.
+    let settings = aigne_hub::config::Limits::default().invoice_settings();
+    invoices::fold(&settings, &mut rows, logged);
     let mut views: Vec<invoices::InvoiceView> = rows
         .values()
         .filter_map(|row| invoices::view(tenant, row, now))
