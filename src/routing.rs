@@ -2,7 +2,8 @@
 //!
 //! A request has candidates: its model, then the model's fallbacks. Each try picks
 //! one of the candidate's credentials by weight, skipping disabled ones and
-//! preferring those not cooling down after a 429. A failed try is classified:
+//! preferring those not cooling down after a 429; a retry never goes to a
+//! credential that is cooling down. A failed try is classified:
 //! a bad request stops everything (another upstream would refuse it too), a
 //! rejected credential is disabled and the next credential or candidate is tried,
 //! rate limits and transient failures are retried with capped exponential backoff
@@ -73,9 +74,18 @@ impl Default for Router {
 
 impl Router {
     /// Picks a credential of `provider` by weight among the enabled ones, those not
-    /// cooling down first. `None` when every credential is disabled.
-    /// `excluded`: credentials rejected earlier in the same request.
-    pub fn pick(&self, provider: &ProviderEntry, excluded: &[String]) -> Option<Provider> {
+    /// cooling down first. When all of them are cooling down, a candidate's first
+    /// try goes to the one ready soonest (its limit may have lifted; refusing
+    /// without asking would fail every request for the whole cool-down), but a
+    /// retry gets `None`: the upstream has just said to wait, so the request moves
+    /// on to its next candidate instead. `None` also when every credential is
+    /// disabled. `excluded`: credentials rejected earlier in the same request.
+    pub fn pick(
+        &self,
+        provider: &ProviderEntry,
+        excluded: &[String],
+        retry: bool,
+    ) -> Option<Provider> {
         let enabled: Vec<&CredentialEntry> = provider
             .credentials
             .iter()
@@ -98,7 +108,9 @@ impl Router {
             .filter(|c| until(c).is_none())
             .collect();
         let chosen = if ready.is_empty() {
-            // All cooling down: the one that is ready soonest.
+            if retry {
+                return None;
+            }
             *enabled.iter().min_by_key(|c| until(c))?
         } else {
             let total: u64 = ready.iter().map(|c| c.weight.max(1) as u64).sum();
@@ -188,7 +200,7 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..4_000 {
             *counts
-                .entry(router.pick(&p, &[]).unwrap().credential_id)
+                .entry(router.pick(&p, &[], false).unwrap().credential_id)
                 .or_insert(0) += 1;
         }
         assert!(
@@ -198,10 +210,30 @@ mod tests {
         let ratio = counts["c0"] as f64 / counts["c1"] as f64;
         assert!((2.4..3.8).contains(&ratio), "3:1 weights, got {counts:?}");
         router.cool_down("c0", 60_000);
-        assert!((0..50).all(|_| router.pick(&p, &[]).unwrap().credential_id == "c1"));
-        assert!(router.pick(&entry(&[(1, true)]), &[]).is_none());
+        assert!((0..50).all(|_| router.pick(&p, &[], false).unwrap().credential_id == "c1"));
+        assert!(router.pick(&entry(&[(1, true)]), &[], false).is_none());
+        assert!((0..50).all(|_| router
+            .pick(&p, &["c1".to_string()], false)
+            .unwrap()
+            .credential_id
+            == "c0"));
+    }
+
+    #[test]
+    fn a_retry_never_goes_to_a_credential_cooling_down() {
+        let router = Router::default();
+        let p = entry(&[(1, false), (1, false)]);
+        router.cool_down("c0", 60_000);
+        assert!((0..50).all(|_| router.pick(&p, &[], true).unwrap().credential_id == "c1"));
+        router.cool_down("c1", 30_000);
         assert!(
-            (0..50).all(|_| router.pick(&p, &["c1".to_string()]).unwrap().credential_id == "c0")
+            router.pick(&p, &[], true).is_none(),
+            "every credential cooling down: no retry"
+        );
+        assert_eq!(
+            router.pick(&p, &[], false).unwrap().credential_id,
+            "c1",
+            "a first try goes to the one ready soonest"
         );
     }
 

@@ -157,7 +157,7 @@ pub(super) async fn attempt<A>(
     'candidates: for candidate in candidates {
         let mut retry = 0u32;
         while number < ATTEMPTS_PER_REQUEST_MAX {
-            let Some(provider) = hub.router.pick(&candidate.provider, &rejected) else {
+            let Some(provider) = hub.router.pick(&candidate.provider, &rejected, retry > 0) else {
                 last_error.get_or_insert(UpstreamError::Status {
                     status: 401,
                     code: None,

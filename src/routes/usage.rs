@@ -314,6 +314,10 @@ async fn grouped(hub: &Hub, tenant_id: TenantId, plan: &Plan) -> Result<Groups, 
             }
         }
     }
+    if plan.group_by.is_empty() {
+        // No grouping is one row of totals, zeros when nothing was used.
+        groups.entry(Vec::new()).or_default();
+    }
     Ok(groups)
 }
 

@@ -327,11 +327,10 @@ async fn without_a_url_nothing_is_sent_and_requests_still_work(kind: StoreKind) 
     );
     chat_ok(&app, &key).await;
     chat_ok(&app, &key).await;
-    // The crossing is recorded all the same (it would be delivered once a URL is
-    // configured), but nothing is sent and the checkpoint does not move.
-    assert_eq!(crossings(&app, &tenant).await.len(), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(receiver.deliveries().is_empty());
+    // The crossing is recorded all the same, but nothing is sent and the
+    // checkpoint does not move.
+    let crossed = crossings(&app, &tenant).await;
+    assert_eq!(crossed.len(), 1);
     assert_eq!(
         app.store()
             .projection_checkpoint(CHECKPOINT_NAME)
@@ -339,6 +338,17 @@ async fn without_a_url_nothing_is_sent_and_requests_still_work(kind: StoreKind) 
             .unwrap(),
         LogPosition::default()
     );
+    // Once a URL is configured, that crossing is delivered: so it was neither sent
+    // nor passed over while there was none.
+    let mut app = app;
+    notifying(&receiver)(&mut app.settings);
+    let app = app.restart().await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        verified(&got[0])["id"],
+        format!("{tenant}:{}", crossed[0].0)
+    );
+    chat_ok(&app, &key).await;
     // Turned off: `null`.
     let response = set_threshold(&app, &tenant, Value::Null).await;
     assert_eq!(response.status(), 200);

@@ -116,18 +116,20 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
     )
     .await;
 
-    for (tenant, bps, source) in [
-        (&own, 2500u32, "tenant"),
-        (&on_plan, 500, "plan"),
-        (&plain, 1000, "default"),
+    // Sell rates worked out by hand, in pico-credits per token: the cost rates
+    // (1_000_000 and 2_000_000) times (10_000 + margin_bps) / 10_000.
+    for (tenant, bps, source, sell_in, sell_out) in [
+        (&own, 2500u32, "tenant", 1_250_000, 2_500_000),
+        (&on_plan, 500, "plan", 1_050_000, 2_100_000),
+        (&plain, 1000, "default", 1_100_000, 2_200_000),
     ] {
         let member = app.issue_key(tenant, "member").await;
         let billing = app.issue_key(tenant, "billing").await;
         let before = credits(&app.balance(tenant).await["available"]);
         let body = charged(&app, &member, &billing).await;
 
-        let sell_in = per_mtok(COST_IN).with_margin(bps);
-        let sell_out = per_mtok(COST_OUT).with_margin(bps);
+        let sell_in = Rate::from_pico_per_token(sell_in);
+        let sell_out = Rate::from_pico_per_token(sell_out);
         let expected = answer_cost(sell_in, sell_out);
         assert_eq!(credits(&body["cost"]), expected, "{body}");
         assert_eq!(body["margin"]["margin_bps"], bps, "{body}");
@@ -168,7 +170,11 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
     // Analytics show, per tenant, what it paid, what that cost the operator and
     // the margin between them.
     app.projections_caught_up().await;
-    for (tenant, bps) in [(&own, 2500u32), (&on_plan, 500), (&plain, 1000)] {
+    for (tenant, sell_in, sell_out) in [
+        (&own, 1_250_000, 2_500_000),
+        (&on_plan, 1_050_000, 2_100_000),
+        (&plain, 1_100_000, 2_200_000),
+    ] {
         let usage = operator_get(
             &app,
             &format!("/admin/v1/tenants/{tenant}/usage?group_by=model"),
@@ -177,8 +183,8 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
         let row = &usage["data"][0];
         let cost = answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT));
         let sold = answer_cost(
-            per_mtok(COST_IN).with_margin(bps),
-            per_mtok(COST_OUT).with_margin(bps),
+            Rate::from_pico_per_token(sell_in),
+            Rate::from_pico_per_token(sell_out),
         );
         assert_eq!(credits(&row["amount"]), sold, "{usage}");
         assert_eq!(credits(&row["provider_cost"]), cost, "{usage}");
@@ -443,7 +449,7 @@ async fn bad_price_book_writes_get_clear_errors(kind: StoreKind) {
             "/admin/v1/margins/default".to_string(),
             json!({"margin_bps": -1}),
             400,
-            "",
+            "invalid value: integer `-1`, expected u32",
         ),
         (
             "/admin/v1/margins/default".to_string(),
@@ -461,7 +467,7 @@ async fn bad_price_book_writes_get_clear_errors(kind: StoreKind) {
             "/admin/v1/tenants/00000000-0000-0000-0000-000000000009/margin".to_string(),
             json!({"margin_bps": 1}),
             404,
-            "",
+            "tenant not found",
         ),
         (
             format!("/admin/v1/tenants/{tenant}/plan"),

@@ -300,9 +300,28 @@ async fn usage_refuses_members_and_bad_queries(kind: StoreKind) {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(word), "{query}: {message}");
     }
-    // No usage yet: no rows; an empty group_by is one row of totals when there is usage.
+    // An empty group_by is one row of totals, as documented: with no usage yet,
+    // a row of zeros (no latency without a successful request).
     let body = get_json(&app, &admin, "group_by=").await;
-    assert_eq!(body["data"], serde_json::json!([]));
+    assert_eq!(body["group_by"], serde_json::json!([]));
+    assert_eq!(
+        body["data"],
+        serde_json::json!([{
+            "requests": 0, "successes": 0, "failures": 0,
+            "input_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+            "output_tokens": 0, "reasoning_tokens": 0, "images": 0,
+            "amount": "0", "provider_cost": "0", "margin": "0",
+            "latency_p50_ms": null, "latency_p95_ms": null,
+        }]),
+        "{body}"
+    );
+    let csv = get(&app, &admin, "group_by=", true)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 2, "a header and the totals: {csv}");
+    assert!(csv.ends_with("\r\n0,0,0,0,0,0,0,0,0,0,0,0,,\r\n"), "{csv}");
     let unknown = app
         .admin(
             reqwest::Method::GET,

@@ -45,6 +45,17 @@ fn price() -> ModelPrice {
     }
 }
 
+/// The hold a chat reservation at [`price`] places, worked out by hand: the
+/// prompt's bytes and 64 bytes of framing at 1 credit per million tokens
+/// (1_000_000 pico-credits a token), and the output cap (100 unless the request
+/// names one) at 2 per million.
+fn expected_hold(prompt_bytes: u64, max_tokens: Option<u32>) -> Credits {
+    let output_tokens = u64::from(max_tokens.unwrap_or(100));
+    Credits::from_pico(i128::from(
+        (prompt_bytes + 64) * 1_000_000 + output_tokens * 2_000_000,
+    ))
+}
+
 /// The advice a refused chat reservation at [`price`] carries.
 fn advice(output_tokens_that_fit: u64) -> Option<OutputCapAdvice> {
     Some(OutputCapAdvice {
@@ -115,7 +126,7 @@ fn reserved(n: u128, prompt_bytes: u64, max_tokens: Option<u32>) -> TenantEvent 
         app: Some("my-app".into()),
         price_version: 3,
         rates: p.rates,
-        hold_pico: p.hold_for(prompt_bytes, max_tokens, 0),
+        hold_pico: expected_hold(prompt_bytes, max_tokens),
         prompt_bytes,
         max_output_tokens: max_tokens.unwrap_or(p.max_output_tokens),
         images_requested: 0,
@@ -506,7 +517,7 @@ fn settled(n: u128, input: u64, output: u64, hold: Credits) -> TenantEvent {
 
 #[test]
 fn settle_charges_actual_usage_and_releases_the_rest() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -534,7 +545,7 @@ fn settle_charges_actual_usage_and_releases_the_rest() {
 
 #[test]
 fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
-    let hold = price().hold_for(36, Some(10), 0);
+    let hold = expected_hold(36, Some(10));
     let result = TenantTest::with(())
         .given(vec![
             created(),
@@ -563,7 +574,7 @@ fn settle_beyond_the_hold_charges_actual_and_records_overshoot() {
 
 #[test]
 fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -578,7 +589,7 @@ fn settle_without_a_hold_is_refused_so_nothing_is_charged_twice() {
 
 #[test]
 fn failed_request_costs_nothing() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     TenantTest::with(())
         .given(vec![
             created(),
@@ -601,7 +612,7 @@ fn failed_request_costs_nothing() {
 
 #[test]
 fn holds_of_dead_processes_and_expired_holds_are_released() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     let mut expired = reserved(3, 36, None);
     if let TenantEvent::CreditsReserved {
         expires_at,
@@ -657,7 +668,7 @@ fn holds_of_dead_processes_and_expired_holds_are_released() {
 
 #[test]
 fn ledger_identity_holds_after_every_event() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     let events = vec![
         created(),
         key_issued(),
@@ -684,7 +695,7 @@ fn ledger_identity_holds_after_every_event() {
 
 #[test]
 fn settle_by_a_fallback_model_charges_that_models_rates() {
-    let hold = price().hold_for(36, None, 0);
+    let hold = expected_hold(36, None);
     let fallback = ModelId::parse("other/model-b").unwrap();
     let dearer = Rates::flat(
         Rate::parse_per_million("3").unwrap(),
@@ -833,7 +844,7 @@ fn spent(n: u128, amount: &str) -> TenantEvent {
         Credits::from_pico(output as i128 * 2_000_000),
         credits(amount)
     );
-    settled(n, 0, output, price().hold_for(36, None, 0))
+    settled(n, 0, output, expected_hold(36, None))
 }
 
 fn paid(event_id: &str, payment_id: &str, amount: &str) -> TenantEvent {
@@ -1298,7 +1309,7 @@ fn crossed(threshold: &str, available: Credits, when: i64) -> TenantEvent {
 
 /// The hold `reserve_cmd(_, 36, None, _)` places: 0.0003.
 fn hold() -> Credits {
-    price().hold_for(36, None, 0)
+    expected_hold(36, None)
 }
 
 #[test]
@@ -1625,10 +1636,10 @@ mod ledger_properties {
             let mut deliveries: Vec<TenantCommand> = Vec::new();
             let mut now = 1;
             let mut next = 0u128;
-            let run = |tenant: &mut Tenant, sums: &mut Sums, log: &mut Vec<TenantEvent>, command: TenantCommand| {
+            let run = |tenant: &mut Tenant, sums: &mut Sums, log: &mut Vec<TenantEvent>, command: TenantCommand| -> Result<(), TenantError> {
                 let before = tenant.available();
                 let threshold = tenant.low_balance_threshold;
-                let events = tenant.decide(command).unwrap_or_default();
+                let events = tenant.decide(command)?;
                 let crossings = events
                     .iter()
                     .filter(|e| matches!(e, TenantEvent::LowBalanceCrossed { .. }))
@@ -1637,6 +1648,11 @@ mod ledger_properties {
                     sums.add(&event);
                     log.push(event.clone());
                     let available = tenant.available();
+                    // A hold is accepted only when the credit it holds is available,
+                    // after the lots it made expire first.
+                    if let TenantEvent::CreditsReserved { hold_pico, .. } = &event {
+                        assert!(available >= *hold_pico, "hold {hold_pico:?} with only {available:?} available");
+                    }
                     let delta = aggregate::available_delta(&event);
                     tenant.apply_event(event);
                     // The crossing is decided from these deltas: they must agree.
@@ -1647,6 +1663,7 @@ mod ledger_properties {
                 let crossed = threshold
                     .is_some_and(|t| before >= t && tenant.available() < t);
                 assert_eq!(crossings, usize::from(crossed));
+                Ok(())
             };
             for e in [created(), key_issued()] {
                 tenant.apply_event(e);
@@ -1654,6 +1671,10 @@ mod ledger_properties {
             for op in ops {
                 now += 1;
                 next += 1;
+                // The only refusals these commands can meet: a grant expiring at
+                // its own time, and a hold larger than the credit available.
+                let expiry_not_in_future = matches!(op, Op::Grant { expires_in: Some(0), .. });
+                let is_reserve = matches!(op, Op::Reserve { .. });
                 let command = match op {
                     Op::Grant { units: n, expires_in } => TenantCommand::GrantCredits {
                         amount: units(n),
@@ -1720,7 +1741,16 @@ mod ledger_properties {
                         at: at(now),
                     },
                 };
-                run(&mut tenant, &mut sums, &mut log, command);
+                match run(&mut tenant, &mut sums, &mut log, command) {
+                    Ok(()) => prop_assert!(!expiry_not_in_future, "a grant expiring at once is refused"),
+                    Err(TenantError::ExpiryNotInFuture) if expiry_not_in_future => {}
+                    Err(TenantError::InsufficientCredits { available, required, .. }) if is_reserve => {
+                        let available = Credits::parse(&available).unwrap();
+                        let required = Credits::parse(&required).unwrap();
+                        prop_assert!(available < required, "refused {required:?} with {available:?} available");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected refusal: {e}"),
+                }
             }
             // Replaying the log rebuilds the same state, and so does a snapshot.
             let mut replayed = Tenant::default();
@@ -1731,7 +1761,10 @@ mod ledger_properties {
             let snapshot: Tenant = serde_json::from_str(&serde_json::to_string(&tenant).unwrap()).unwrap();
             prop_assert_eq!(&snapshot, &tenant);
             // In the end every expiring lot expires: what is left is credit without expiry.
-            run(&mut tenant, &mut sums, &mut Vec::new(), TenantCommand::ExpireCredits { at: at(now + 1000) });
+            prop_assert_eq!(
+                run(&mut tenant, &mut sums, &mut Vec::new(), TenantCommand::ExpireCredits { at: at(now + 1000) }),
+                Ok(())
+            );
             prop_assert!(tenant.lots.is_empty());
         }
     }
