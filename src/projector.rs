@@ -9,7 +9,8 @@
 //! `Registered` interface.
 
 use crate::store::{
-    LogPosition, ProjectionCommit, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS,
+    EventLog, LogPosition, ProjectionCommit, ProjectionRows, Store, StoreError, StoredEvent,
+    LOG_PAGE_MAX_EVENTS,
 };
 use projections::{LoggedEvent, Registered};
 use std::collections::BTreeMap;
@@ -141,8 +142,8 @@ fn page_keys(projection: &dyn Registered, page: &[LoggedEvent<'_>]) -> Vec<Strin
 /// checkpoint in between, this attempt may fold a page onto rows that already
 /// hold it; the compare-and-set commit then fails and the page is redone from the
 /// new checkpoint. Folds must therefore never panic on such a doomed attempt.
-async fn catch_up_together(
-    store: &dyn Store,
+async fn catch_up_together<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
     projections: &[Box<dyn Registered>],
     mut known: Option<LogPosition>,
 ) -> Result<(u64, Option<LogPosition>), StoreError> {
@@ -234,8 +235,8 @@ async fn catch_up_together(
 
 /// Brings one projection up to the end of the log, or to `until`. Returns how
 /// many events it applied.
-async fn catch_up_one(
-    store: &dyn Store,
+async fn catch_up_one<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
     projection: &dyn Registered,
     until: Option<LogPosition>,
 ) -> Result<u64, StoreError> {
@@ -268,8 +269,8 @@ async fn catch_up_one(
 
 /// Brings one projection up to the end of the log (replay catches the live
 /// one up before it rebuilds it).
-pub async fn catch_up_projection(
-    store: &dyn Store,
+pub async fn catch_up_projection<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
     projection: &dyn Registered,
 ) -> Result<u64, StoreError> {
     catch_up_one(store, projection, None).await
