@@ -27,7 +27,7 @@ pub const EXPORT_PAGE_EVENTS_MAX: usize = 1_000;
 
 /// Checks the chain of one tenant, or of every tenant, as stored.
 pub async fn verify_store(
-    store: &dyn crate::store::Store,
+    store: &dyn crate::store::EventLog,
     tenant: Option<domain::TenantId>,
 ) -> Result<Vec<ChainReport>, crate::store::StoreError> {
     let tenants = match tenant {

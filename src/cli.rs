@@ -447,11 +447,8 @@ async fn run(
             });
         }
         Command::Replay => {
-            let report = crate::replay::replay_all_with_invoices(
-                hub.store.as_ref(),
-                &hub.limits.invoice_settings(),
-            )
-            .await?;
+            let report =
+                crate::replay::replay(hub.store.as_ref(), hub.projector.projections()).await?;
             let ok = report.all_identical && report.chains_intact;
             print(serde_json::to_value(&report)?);
             hub.tenants.shutdown();

@@ -319,6 +319,13 @@ impl Limits {
     pub fn invoice_settings(&self) -> projections::invoices::Settings {
         projections::invoices::Settings::new(self.invoice_anchor_day, self.invoice_grace_secs)
     }
+
+    /// What the registered projections are cut with (`projections::registry`).
+    pub fn projection_settings(&self) -> projections::ProjectionSettings {
+        projections::ProjectionSettings {
+            invoices: self.invoice_settings(),
+        }
+    }
 }
 
 /// Looks up one variable: the process environment in [`Settings::from_env`], a

@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
-use projections::Projection;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,17 +1,18 @@
 //! Keeps the live projections up to date from the event log.
 //!
 //! Woken after local commits (batched: it waits a moment after a wake-up so one
-//! pass covers many commits) and on a timer (for other processes' commits), it reads the log after its checkpoint, folds the events into the affected rows
+//! pass covers many commits) and on a timer (for other processes' commits), it
+//! reads the log after its checkpoint, folds the events into the affected rows
 //! and writes rows and checkpoint in one transaction. Several processes may run
 //! it at once: the checkpoint moves by compare-and-set, so a page is applied once.
+//! It keeps every projection of `projections::registry`, through its
+//! `Registered` interface.
 
 use crate::store::{
-    LogPosition, ProjectionCommit, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS,
+    EventLog, LogPosition, ProjectionCommit, ProjectionRows, Store, StoreError, StoredEvent,
+    LOG_PAGE_MAX_EVENTS,
 };
-use projections::analytics;
-use projections::balances::Balances;
-use projections::invoices;
-use projections::{fold, LoggedEvent, Projection};
+use projections::{LoggedEvent, Registered};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,28 +36,37 @@ pub struct Projector {
     /// read it: the next pass starts there without reading the checkpoints
     /// (if another process moved them, its commit fails and it reads them).
     checkpoint: Arc<Mutex<Option<LogPosition>>>,
-    /// How billing periods are cut (`Limits::invoice_settings`).
-    invoices: invoices::Settings,
+    /// The projections it keeps (`projections::registry`, cut with the hub's
+    /// settings: `Limits::projection_settings`).
+    projections: Arc<[Box<dyn Registered>]>,
 }
 
 impl Projector {
-    pub fn new(store: Arc<dyn Store>, wake: Arc<Notify>, invoices: invoices::Settings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        wake: Arc<Notify>,
+        projections: Vec<Box<dyn Registered>>,
+    ) -> Self {
         Self {
             store,
             wake,
             checkpoint: Arc::new(Mutex::new(None)),
-            invoices,
+            projections: projections.into(),
         }
     }
 
-    /// Applies every committed event not yet applied to each projection (balances,
-    /// usage analytics and invoices, each under its own checkpoint, folded from one
-    /// log read and committed in one transaction: see `catch_up_together`).
-    /// Returns how many events the projection that was furthest behind applied.
+    /// The projections it keeps, in registry order: what replay rebuilds.
+    pub fn projections(&self) -> &[Box<dyn Registered>] {
+        &self.projections
+    }
+
+    /// Applies every committed event not yet applied to each projection (each
+    /// under its own checkpoint, folded from one log read and committed in one
+    /// transaction: see `catch_up_together`). Returns how many events the
+    /// projection that was furthest behind applied.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
         let known = *self.checkpoint.lock().expect("checkpoint lock");
-        let result =
-            catch_up_together(self.store.as_ref(), &live_projections(self.invoices), known).await;
+        let result = catch_up_together(self.store.as_ref(), &self.projections, known).await;
         let (applied, checkpoint) = match result {
             Ok((applied, checkpoint)) => (Ok(applied), checkpoint),
             Err(e) => (Err(e), None),
@@ -82,130 +92,38 @@ impl Projector {
     }
 }
 
-/// One projection as the projector drives it: which rows a page touches, and
-/// how a page is folded onto them.
-trait RowProjection: Send + Sync {
-    /// Stored name (row namespace and checkpoint).
-    fn name(&self) -> &str;
-    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String>;
-    /// Decodes `loaded` (the stored rows of the page's keys), folds `page` onto
-    /// them and returns, encoded, only the rows whose stored text changes (rows
-    /// not stored yet included), so that a pass writes what it changed and no
-    /// more.
-    fn fold_page(
-        &self,
-        loaded: Vec<(String, String)>,
-        page: &[StoredEvent],
-    ) -> Result<Vec<(String, String)>, StoreError>;
-}
-
-/// A [`RowProjection`] from a row type `R`, its row keys and its fold.
-struct Rows<R, K, F> {
-    name: String,
-    keys: K,
-    fold: F,
-    row: std::marker::PhantomData<fn() -> R>,
-}
-
-fn rows<R, K, F>(name: impl Into<String>, keys: K, fold: F) -> Rows<R, K, F>
-where
-    K: Fn(&LoggedEvent<'_>) -> Vec<String>,
-    F: Fn(&mut BTreeMap<String, R>, &[StoredEvent]),
-{
-    Rows {
-        name: name.into(),
-        keys,
-        fold,
-        row: std::marker::PhantomData,
-    }
-}
-
-impl<R, K, F> RowProjection for Rows<R, K, F>
-where
-    R: serde::Serialize + serde::de::DeserializeOwned,
-    K: Fn(&LoggedEvent<'_>) -> Vec<String> + Send + Sync,
-    F: Fn(&mut BTreeMap<String, R>, &[StoredEvent]) + Send + Sync,
-{
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
-        (self.keys)(event)
-    }
-
-    fn fold_page(
-        &self,
-        loaded: Vec<(String, String)>,
-        page: &[StoredEvent],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let started = std::time::Instant::now();
-        let mut rows: BTreeMap<String, R> = BTreeMap::new();
-        let mut stored: BTreeMap<String, String> = BTreeMap::new();
-        for (key, payload) in loaded {
-            let row = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("{} row {key}: {e}", self.name)))?;
-            rows.insert(key.clone(), row);
-            stored.insert(key, payload);
-        }
-        let decoded = std::time::Instant::now();
-        (self.fold)(&mut rows, page);
-        let folded = std::time::Instant::now();
-        let mut changed = Vec::new();
-        for (key, row) in &rows {
-            let text = serde_json::to_string(row).expect("projection rows always serialize");
-            if stored.get(key) != Some(&text) {
-                changed.push((key.clone(), text));
-            }
-        }
-        let stats = &STATS;
-        stats.add(&stats.decode_ns, decoded - started);
-        stats.add(&stats.fold_ns, folded - decoded);
-        stats.add(&stats.encode_ns, folded.elapsed());
-        stats.rows_touched.fetch_add(rows.len() as u64, Relaxed);
-        Ok(changed)
-    }
-}
-
-/// Balances, analytics and invoices (cut with `settings`), in that order.
-fn live_projections(settings: invoices::Settings) -> Vec<Box<dyn RowProjection>> {
-    vec![
-        Box::new(balances_rows()),
-        Box::new(analytics_rows()),
-        Box::new(invoices_rows(settings)),
-    ]
-}
-
-fn balances_rows() -> impl RowProjection {
-    rows(
-        Balances::NAME,
-        Balances::row_keys,
-        |rows, page: &[StoredEvent]| fold::<Balances>(rows, page.iter().map(logged)),
-    )
-}
-
-fn analytics_rows() -> impl RowProjection {
-    rows(
-        analytics::NAME,
-        analytics::row_keys,
-        |rows, page: &[StoredEvent]| analytics::fold(rows, page.iter().map(logged)),
-    )
-}
-
-fn invoices_rows(settings: invoices::Settings) -> impl RowProjection {
-    rows(
-        settings.projection_name(),
-        move |e: &LoggedEvent<'_>| invoices::row_keys(&settings, e),
-        move |rows, page: &[StoredEvent]| invoices::fold(&settings, rows, page.iter().map(logged)),
-    )
+/// Decodes `loaded` (the stored rows of the page's keys), folds `page` onto
+/// them and returns, encoded, only the rows whose stored text changes (rows not
+/// stored yet included), so that a pass writes what it changed and no more.
+fn fold_page(
+    projection: &dyn Registered,
+    loaded: Vec<(String, String)>,
+    page: &[LoggedEvent<'_>],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let started = std::time::Instant::now();
+    let stored: BTreeMap<String, String> = loaded.into_iter().collect();
+    let mut rows = projection
+        .decode_rows(&stored)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let decoded = std::time::Instant::now();
+    rows.fold(page);
+    let folded = std::time::Instant::now();
+    let changed: Vec<(String, String)> = rows
+        .encode()
+        .into_iter()
+        .filter(|(key, text)| stored.get(key) != Some(text))
+        .collect();
+    let stats = &STATS;
+    stats.add(&stats.decode_ns, decoded - started);
+    stats.add(&stats.fold_ns, folded - decoded);
+    stats.add(&stats.encode_ns, folded.elapsed());
+    stats.rows_touched.fetch_add(rows.len() as u64, Relaxed);
+    Ok(changed)
 }
 
 /// The sorted, distinct keys of the rows `page` touches in `projection`.
-fn page_keys(projection: &dyn RowProjection, page: &[StoredEvent]) -> Vec<String> {
-    let mut keys: Vec<String> = page
-        .iter()
-        .flat_map(|e| projection.row_keys(&logged(e)))
-        .collect();
+fn page_keys(projection: &dyn Registered, page: &[LoggedEvent<'_>]) -> Vec<String> {
+    let mut keys: Vec<String> = page.iter().flat_map(|e| projection.row_keys(e)).collect();
     keys.sort_unstable();
     keys.dedup();
     keys
@@ -224,9 +142,9 @@ fn page_keys(projection: &dyn RowProjection, page: &[StoredEvent]) -> Vec<String
 /// checkpoint in between, this attempt may fold a page onto rows that already
 /// hold it; the compare-and-set commit then fails and the page is redone from the
 /// new checkpoint. Folds must therefore never panic on such a doomed attempt.
-async fn catch_up_together(
-    store: &dyn Store,
-    projections: &[Box<dyn RowProjection>],
+async fn catch_up_together<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
+    projections: &[Box<dyn Registered>],
     mut known: Option<LogPosition>,
 ) -> Result<(u64, Option<LogPosition>), StoreError> {
     let mut applied = 0;
@@ -259,10 +177,11 @@ async fn catch_up_together(
             return Ok((applied + behind, Some(newest)));
         };
         let to: LogPosition = last.log_position;
+        let events: Vec<LoggedEvent<'_>> = page.iter().map(logged).collect();
         let mut changed = Vec::with_capacity(projections.len());
         let mut load = Duration::ZERO;
         for p in projections {
-            let keys = page_keys(p.as_ref(), &page);
+            let keys = page_keys(p.as_ref(), &events);
             let loading = std::time::Instant::now();
             let loaded = if keys.is_empty() {
                 Vec::new()
@@ -271,7 +190,7 @@ async fn catch_up_together(
             };
             load += loading.elapsed();
             STATS.rows_loaded.fetch_add(loaded.len() as u64, Relaxed);
-            changed.push(p.fold_page(loaded, &page)?);
+            changed.push(fold_page(p.as_ref(), loaded, &events)?);
         }
         let commits: Vec<ProjectionCommit<'_>> = projections
             .iter()
@@ -316,9 +235,9 @@ async fn catch_up_together(
 
 /// Brings one projection up to the end of the log, or to `until`. Returns how
 /// many events it applied.
-async fn catch_up_one(
-    store: &dyn Store,
-    projection: &dyn RowProjection,
+async fn catch_up_one<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
+    projection: &dyn Registered,
     until: Option<LogPosition>,
 ) -> Result<u64, StoreError> {
     let name = projection.name();
@@ -330,13 +249,14 @@ async fn catch_up_one(
             return Ok(applied);
         };
         let to: LogPosition = last.log_position;
-        let keys = page_keys(projection, &page);
+        let events: Vec<LoggedEvent<'_>> = page.iter().map(logged).collect();
+        let keys = page_keys(projection, &events);
         let loaded = if keys.is_empty() {
             Vec::new()
         } else {
             store.projection_rows_by_keys(name, &keys).await?
         };
-        let changed = projection.fold_page(loaded, &page)?;
+        let changed = fold_page(projection, loaded, &events)?;
         if store.commit_projection(name, from, to, &changed).await? {
             applied += page.len() as u64;
             if page.len() < LOG_PAGE_MAX_EVENTS as usize {
@@ -347,32 +267,13 @@ async fn catch_up_one(
     }
 }
 
-/// Brings projection `P`, stored under `name`, up to the end of the log.
-pub async fn catch_up_projection<P: Projection>(
-    store: &dyn Store,
-    name: &str,
+/// Brings one projection up to the end of the log (replay catches the live
+/// one up before it rebuilds it).
+pub async fn catch_up_projection<S: EventLog + ProjectionRows + ?Sized>(
+    store: &S,
+    projection: &dyn Registered,
 ) -> Result<u64, StoreError> {
-    let projection = rows(name, P::row_keys, |rows, page: &[StoredEvent]| {
-        fold::<P>(rows, page.iter().map(logged))
-    });
-    catch_up_one(store, &projection, None).await
-}
-
-/// Brings the usage analytics projection (`projections::analytics`) up to the end
-/// of the log; its own fold joins a request's settlement to its reservation
-/// across two rows.
-pub async fn catch_up_analytics(store: &dyn Store) -> Result<u64, StoreError> {
-    catch_up_one(store, &analytics_rows(), None).await
-}
-
-/// Brings the invoices projection (`projections::invoices`, cut with `settings`)
-/// up to the end of the log; its fold joins a settlement to its reservation's
-/// `at` across rows.
-pub async fn catch_up_invoices(
-    store: &dyn Store,
-    settings: &invoices::Settings,
-) -> Result<u64, StoreError> {
-    catch_up_one(store, &invoices_rows(*settings), None).await
+    catch_up_one(store, projection, None).await
 }
 
 /// What the projector did, summed since the last report (debug log of

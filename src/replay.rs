@@ -1,13 +1,10 @@
 //! `aigne-hub replay`: rebuild every projection from the event log alone into fresh
 //! tables and prove it equals the live one.
 
-use crate::projector::{catch_up_analytics, catch_up_invoices, catch_up_projection, logged};
-use crate::store::{LogPosition, Store, StoreError, StoredEvent, LOG_PAGE_MAX_EVENTS};
-use projections::analytics;
-use projections::balances::Balances;
-use projections::invoices;
+use crate::projector::{catch_up_projection, logged};
+use crate::store::{LogPosition, Store, StoreError, LOG_PAGE_MAX_EVENTS};
 use projections::replay::{compare, Comparison, Rebuild};
-use projections::Projection;
+use projections::{LoggedEvent, Registered};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -85,26 +82,27 @@ fn progress(what: &str, events: u64) {
     }
 }
 
-/// [`replay_all_with_invoices`] with the default cut of billing periods (a hub
-/// started with default settings).
+/// [`replay`] of the registry cut with default settings (a hub started with
+/// default settings).
 pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
-    replay_all_with_invoices(store, &crate::config::Limits::default().invoice_settings()).await
+    let settings = crate::config::Limits::default().projection_settings();
+    replay(store, &projections::registry(&settings)).await
 }
 
-/// Rebuilds every projection and compares each with the live one; the invoices
-/// are cut with `invoice_settings`, the cut the live hub uses
-/// (`Limits::invoice_settings`).
-pub async fn replay_all_with_invoices(
+/// Rebuilds every projection in `projections` (the live projector's list,
+/// `Projector::projections`) and compares each with the live one, in that
+/// order: callers index the report by position.
+pub async fn replay(
     store: &dyn Store,
-    invoice_settings: &invoices::Settings,
+    projections: &[Box<dyn Registered>],
 ) -> Result<ReplayReport, StoreError> {
     let raw_read = raw_read(store).await?;
-    let balances = replay_projection::<Balances>(store).await?;
-    let analytics = replay_analytics(store).await?;
-    let invoices = replay_invoices(store, invoice_settings).await?;
-    let all_identical = balances.comparison.identical
-        && analytics.comparison.identical
-        && invoices.comparison.identical;
+    let mut replays = Vec::with_capacity(projections.len());
+    for projection in projections {
+        catch_up_projection(store, projection.as_ref()).await?;
+        replays.push(rebuild_and_compare(store, projection.as_ref()).await?);
+    }
+    let all_identical = replays.iter().all(|r| r.comparison.identical);
     let broken_chains: Vec<_> = crate::audit::verify_store(store, None)
         .await?
         .into_iter()
@@ -114,70 +112,27 @@ pub async fn replay_all_with_invoices(
     Ok(ReplayReport {
         store: store.kind(),
         raw_read,
-        // Balances first, then analytics: callers index them by position.
-        projections: vec![balances, analytics, invoices],
+        projections: replays,
         all_identical,
         chains_intact: broken_chains.is_empty(),
         broken_chains,
     })
 }
 
-/// What the rebuild loop needs of a projection's in-memory rebuild.
-trait Rebuilding {
-    fn apply(&mut self, page: &[StoredEvent]);
-    fn events_applied(&self) -> u64;
-    fn encoded_rows(&self) -> BTreeMap<String, String>;
-}
-
-impl<P: Projection> Rebuilding for Rebuild<P> {
-    fn apply(&mut self, page: &[StoredEvent]) {
-        self.apply_page(page.iter().map(logged));
-    }
-    fn events_applied(&self) -> u64 {
-        self.events_applied
-    }
-    fn encoded_rows(&self) -> BTreeMap<String, String> {
-        Rebuild::encoded_rows(self)
-    }
-}
-
-impl Rebuilding for analytics::Rebuild {
-    fn apply(&mut self, page: &[StoredEvent]) {
-        self.apply_page(page.iter().map(logged));
-    }
-    fn events_applied(&self) -> u64 {
-        self.events_applied
-    }
-    fn encoded_rows(&self) -> BTreeMap<String, String> {
-        analytics::Rebuild::encoded_rows(self)
-    }
-}
-
-impl Rebuilding for invoices::Rebuild {
-    fn apply(&mut self, page: &[StoredEvent]) {
-        self.apply_page(page.iter().map(logged));
-    }
-    fn events_applied(&self) -> u64 {
-        self.events_applied
-    }
-    fn encoded_rows(&self) -> BTreeMap<String, String> {
-        invoices::Rebuild::encoded_rows(self)
-    }
-}
-
-/// Rebuilds projection `name` from the log alone into `<name>@replay`, exactly
-/// up to the live one's checkpoint (the caller has just caught the live one up,
-/// so writes arriving meanwhile cannot skew the verdict), and compares the two.
+/// Rebuilds `projection` from the log alone into `<name>@replay`, exactly up
+/// to the live one's checkpoint (the caller has just caught the live one up, so
+/// writes arriving meanwhile cannot skew the verdict), and compares the two.
 async fn rebuild_and_compare(
     store: &dyn Store,
-    name: &str,
-    mut rebuild: impl Rebuilding,
+    projection: &dyn Registered,
 ) -> Result<ProjectionReplay, StoreError> {
+    let name = projection.name();
     let until = store.projection_checkpoint(name).await?;
     let fresh = format!("{name}@replay");
     store.clear_projection(&fresh).await?;
 
     let started = Instant::now();
+    let mut rebuild = Rebuild::new(projection);
     let mut after = LogPosition::default();
     loop {
         let page = store
@@ -185,39 +140,16 @@ async fn rebuild_and_compare(
             .await?;
         let Some(last) = page.last() else { break };
         after = last.log_position;
-        rebuild.apply(&page);
-        progress(name, rebuild.events_applied());
+        let events: Vec<LoggedEvent<'_>> = page.iter().map(logged).collect();
+        rebuild.apply_page(&events);
+        progress(name, rebuild.events_applied);
     }
     let seconds = started.elapsed().as_secs_f64();
     let rows: Vec<(String, String)> = rebuild.encoded_rows().into_iter().collect();
     store
         .commit_projection(&fresh, LogPosition::default(), until, &rows)
         .await?;
-    finish(name, store, &fresh, rebuild.events_applied(), seconds).await
-}
-
-async fn replay_projection<P: Projection>(
-    store: &dyn Store,
-) -> Result<ProjectionReplay, StoreError> {
-    catch_up_projection::<P>(store, P::NAME).await?;
-    rebuild_and_compare(store, P::NAME, Rebuild::<P>::default()).await
-}
-
-/// Like [`replay_projection`], for the usage analytics projection and its own fold.
-async fn replay_analytics(store: &dyn Store) -> Result<ProjectionReplay, StoreError> {
-    catch_up_analytics(store).await?;
-    rebuild_and_compare(store, analytics::NAME, analytics::Rebuild::default()).await
-}
-
-/// Like [`replay_analytics`], for the invoices projection cut with `settings`
-/// (reported under its stored name, which carries the settings).
-pub async fn replay_invoices(
-    store: &dyn Store,
-    settings: &invoices::Settings,
-) -> Result<ProjectionReplay, StoreError> {
-    catch_up_invoices(store, settings).await?;
-    let name = settings.projection_name();
-    rebuild_and_compare(store, &name, invoices::Rebuild::new(*settings)).await
+    finish(name, store, &fresh, rebuild.events_applied, seconds).await
 }
 
 async fn finish(
@@ -236,4 +168,112 @@ async fn finish(
         seconds,
         events_per_second: per_second(events, seconds),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projector::Projector;
+    use crate::store::{Durability, EventMetadata};
+    use chrono::Utc;
+    use domain::tenant::TenantEvent;
+    use domain::{Credits, InstanceId, TenantId};
+    use std::sync::Arc;
+
+    /// A projection the registry does not hold: events per tenant.
+    struct EventCount;
+
+    impl projections::Projection for EventCount {
+        type Row = u64;
+
+        fn name(&self) -> &str {
+            "event_count"
+        }
+
+        fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
+            vec![event.tenant_id.to_string()]
+        }
+
+        fn fold<'a>(
+            &self,
+            rows: &mut BTreeMap<String, u64>,
+            events: impl IntoIterator<Item = LoggedEvent<'a>>,
+        ) {
+            for event in events {
+                *rows.entry(event.tenant_id.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    async fn append_two_events(store: &dyn Store, tenant_id: TenantId) {
+        let metadata = EventMetadata {
+            recorded_at: Utc::now(),
+            tenant_id,
+            request_id: None,
+            instance_id: InstanceId::new_random(),
+            prev_hash: None,
+            hash: None,
+        };
+        let events = [
+            TenantEvent::TenantCreated {
+                tenant_id,
+                name: "t".into(),
+                at: Utc::now(),
+            },
+            TenantEvent::CreditsGranted {
+                amount_pico: Credits::from_pico(5),
+                idempotency_key: "k".into(),
+                reason: "r".into(),
+                expires_at: None,
+                payment: None,
+                at: Utc::now(),
+            },
+        ];
+        let batch: Vec<_> = events.into_iter().map(|e| (e, metadata.clone())).collect();
+        store
+            .append(tenant_id, 1, &batch, Durability::Durable)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_projection_added_to_the_list_is_kept_live_and_rebuilt_by_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(None, dir.path()).await.unwrap();
+        let tenant_id = TenantId::new_random();
+        append_two_events(store.as_ref(), tenant_id).await;
+        let mut list =
+            projections::registry(&crate::config::Limits::default().projection_settings());
+        list.push(Box::new(EventCount));
+        let projector = Projector::new(store.clone(), Arc::new(tokio::sync::Notify::new()), list);
+
+        assert_eq!(projector.catch_up().await.unwrap(), 2);
+        assert_eq!(
+            store.projection_rows("event_count").await.unwrap(),
+            vec![(tenant_id.to_string(), "2".to_string())]
+        );
+
+        let report = replay(store.as_ref(), projector.projections())
+            .await
+            .unwrap();
+        let replayed: Vec<&str> = report
+            .projections
+            .iter()
+            .map(|p| p.comparison.projection.as_str())
+            .collect();
+        let kept: Vec<&str> = projector.projections().iter().map(|p| p.name()).collect();
+        assert_eq!(replayed, kept);
+        assert!(report.all_identical, "{report:?}");
+        for p in &report.projections {
+            let live: BTreeMap<String, String> = store
+                .projection_rows(&p.comparison.projection)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            assert_eq!(p.comparison.live_hash, projections::content_hash(&live));
+            assert_eq!(p.comparison.replayed_hash, p.comparison.live_hash);
+            assert_eq!(p.events, 2, "{p:?}");
+        }
+    }
 }

@@ -50,7 +50,11 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         catalog: Catalog::new(store.clone(), secrets.clone()),
         upstream: Upstream::new(&settings.limits)?,
         router: crate::routing::Router::default(),
-        projector: Projector::new(store.clone(), wake, settings.limits.invoice_settings()),
+        projector: Projector::new(
+            store.clone(),
+            wake,
+            projections::registry(&settings.limits.projection_settings()),
+        ),
         secrets,
         instance_id,
         limits: settings.limits.clone(),
@@ -104,7 +108,7 @@ impl ProjectorThread {
             settings.limits.projector_poll_ms,
             settings.limits.projector_batch_delay_ms,
         );
-        let invoices = settings.limits.invoice_settings();
+        let projection_settings = settings.limits.projection_settings();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -121,7 +125,7 @@ impl ProjectorThread {
                         }
                     };
                     tokio::select! {
-                        _ = Projector::new(store, wake, invoices).run(poll_ms, batch_delay_ms) => {}
+                        _ = Projector::new(store, wake, projections::registry(&projection_settings)).run(poll_ms, batch_delay_ms) => {}
                         _ = stopped => {}
                     }
                 });

@@ -22,9 +22,9 @@
 //! A settlement names its request by id and a release carries nothing else, so
 //! the dimensions of a finished request come from its reservation: this fold
 //! reads the `pending` row while it writes the hour row. That is a fold over
-//! two rows at once, which the per-row [`crate::Projection`] trait cannot
-//! express; [`fold`] here does it, and the server's catch-up and replay call
-//! it (rows loaded by [`row_keys`], which depends on the events alone).
+//! two rows at once: [`fold`] here does it, and the server's catch-up and replay
+//! call it through [`Analytics`] (rows loaded by [`row_keys`], which depends on
+//! the events alone).
 //!
 //! A request is counted in the hour in which it **finished** (its `UsageSettled`
 //! or `HoldReleased` `at`): that is when it was charged, so the amount of a
@@ -371,35 +371,27 @@ pub fn fold<'a>(
     }
 }
 
-/// An in-memory rebuild of the projection, fed page by page (replay).
-#[derive(Default)]
-pub struct Rebuild {
-    rows: BTreeMap<String, AnalyticsRow>,
-    pub events_applied: u64,
-}
+/// The projection, as the registry lists it.
+pub struct Analytics;
 
-impl Rebuild {
-    pub fn apply_page<'a>(&mut self, events: impl IntoIterator<Item = LoggedEvent<'a>>) {
-        let mut n = 0;
-        fold(&mut self.rows, events.into_iter().inspect(|_| n += 1));
-        self.events_applied += n;
+impl crate::Projection for Analytics {
+    type Row = AnalyticsRow;
+
+    fn name(&self) -> &str {
+        NAME
     }
 
-    pub fn encoded_rows(&self) -> BTreeMap<String, String> {
-        encode_rows(&self.rows)
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
+        row_keys(event)
     }
-}
 
-/// Rows as stored: JSON text per key.
-pub fn encode_rows(rows: &BTreeMap<String, AnalyticsRow>) -> BTreeMap<String, String> {
-    rows.iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                serde_json::to_string(v).expect("analytics rows always serialize"),
-            )
-        })
-        .collect()
+    fn fold<'a>(
+        &self,
+        rows: &mut BTreeMap<String, AnalyticsRow>,
+        events: impl IntoIterator<Item = LoggedEvent<'a>>,
+    ) {
+        fold(rows, events)
+    }
 }
 
 #[cfg(test)]
@@ -601,12 +593,12 @@ mod tests {
     #[test]
     fn folding_page_by_page_equals_folding_at_once_and_encodes_stably() {
         let (tenant, _, events) = scenario();
-        let all = encode_rows(&fold_all(tenant, &events));
+        let all = crate::encode_rows::<Analytics>(&fold_all(tenant, &events));
         for split in 0..=events.len() {
-            let mut rebuild = Rebuild::default();
+            let mut rebuild = crate::replay::Rebuild::new(&Analytics);
             let logged = logged(tenant, &events);
-            rebuild.apply_page(logged[..split].to_vec());
-            rebuild.apply_page(logged[split..].to_vec());
+            rebuild.apply_page(&logged[..split]);
+            rebuild.apply_page(&logged[split..]);
             assert_eq!(rebuild.encoded_rows(), all, "split at {split}");
             assert_eq!(rebuild.events_applied, events.len() as u64);
         }

@@ -11,8 +11,15 @@ use chrono::{DateTime, Utc};
 use domain::tenant::{ExpiringLots, TenantEvent};
 use domain::Credits;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
+/// One row per tenant, keyed by its id.
 pub struct Balances;
+
+impl Balances {
+    /// Stored name of the projection.
+    pub const NAME: &'static str = "balances";
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceRow {
@@ -60,66 +67,76 @@ impl BalanceRow {
 }
 
 impl Projection for Balances {
-    const NAME: &'static str = "balances";
     type Row = BalanceRow;
 
-    fn row_keys(event: &LoggedEvent<'_>) -> Vec<String> {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
         vec![event.tenant_id.to_string()]
     }
 
-    fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
-        row.tenant_id = key.to_string();
-        row.last_sequence = event.sequence as u64;
-        // The same lot rules as the aggregate's (domain::tenant::ledger).
-        let position = row.position();
-        row.lots.apply(event.event, position);
-        match event.event {
-            TenantEvent::TenantCreated { name, .. } => row.name = name.clone(),
-            TenantEvent::CreditsGranted { amount_pico, .. } => {
-                row.granted = row.granted + *amount_pico
-            }
-            TenantEvent::CreditsExpired { amount_pico, .. } => {
-                row.expired = row.expired + *amount_pico
-            }
-            TenantEvent::CreditsRevoked { amount_pico, .. } => {
-                row.revoked = row.revoked + *amount_pico
-            }
-            TenantEvent::CreditsReserved { hold_pico, .. } => {
-                row.held = row.held + *hold_pico;
-                row.open_holds += 1;
-            }
-            TenantEvent::UsageSettled {
-                hold_pico,
-                cost_pico,
-                ..
-            } => {
-                row.held = row.held - *hold_pico;
-                row.spent = row.spent + *cost_pico;
-                // Saturating: a fold attempt that lost a checkpoint race may see an
-                // event twice in memory; its result is discarded, it must not panic.
-                row.open_holds = row.open_holds.saturating_sub(1);
-                row.requests_settled += 1;
-            }
-            TenantEvent::HoldReleased { hold_pico, .. } => {
-                row.held = row.held - *hold_pico;
-                row.open_holds = row.open_holds.saturating_sub(1);
-                row.requests_released += 1;
-            }
-            TenantEvent::ApiKeyIssued { .. }
-            | TenantEvent::ApiKeyRevoked { .. }
-            | TenantEvent::UpstreamAttempted { .. }
-            | TenantEvent::LowBalanceThresholdSet { .. }
-            | TenantEvent::LowBalanceCrossed { .. }
-            | TenantEvent::PaymentEventNoted { .. } => {}
+    fn fold<'a>(
+        &self,
+        rows: &mut BTreeMap<String, BalanceRow>,
+        events: impl IntoIterator<Item = LoggedEvent<'a>>,
+    ) {
+        for event in events {
+            let key = event.tenant_id.to_string();
+            let row = rows.entry(key.clone()).or_default();
+            apply(&key, row, &event);
         }
-        row.available = row.position() - row.held;
     }
+}
+
+/// Changes a tenant's row by one of its events.
+fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
+    row.tenant_id = key.to_string();
+    row.last_sequence = event.sequence as u64;
+    // The same lot rules as the aggregate's (domain::tenant::ledger).
+    let position = row.position();
+    row.lots.apply(event.event, position);
+    match event.event {
+        TenantEvent::TenantCreated { name, .. } => row.name = name.clone(),
+        TenantEvent::CreditsGranted { amount_pico, .. } => row.granted = row.granted + *amount_pico,
+        TenantEvent::CreditsExpired { amount_pico, .. } => row.expired = row.expired + *amount_pico,
+        TenantEvent::CreditsRevoked { amount_pico, .. } => row.revoked = row.revoked + *amount_pico,
+        TenantEvent::CreditsReserved { hold_pico, .. } => {
+            row.held = row.held + *hold_pico;
+            row.open_holds += 1;
+        }
+        TenantEvent::UsageSettled {
+            hold_pico,
+            cost_pico,
+            ..
+        } => {
+            row.held = row.held - *hold_pico;
+            row.spent = row.spent + *cost_pico;
+            // Saturating: a fold attempt that lost a checkpoint race may see an
+            // event twice in memory; its result is discarded, it must not panic.
+            row.open_holds = row.open_holds.saturating_sub(1);
+            row.requests_settled += 1;
+        }
+        TenantEvent::HoldReleased { hold_pico, .. } => {
+            row.held = row.held - *hold_pico;
+            row.open_holds = row.open_holds.saturating_sub(1);
+            row.requests_released += 1;
+        }
+        TenantEvent::ApiKeyIssued { .. }
+        | TenantEvent::ApiKeyRevoked { .. }
+        | TenantEvent::UpstreamAttempted { .. }
+        | TenantEvent::LowBalanceThresholdSet { .. }
+        | TenantEvent::LowBalanceCrossed { .. }
+        | TenantEvent::PaymentEventNoted { .. } => {}
+    }
+    row.available = row.position() - row.held;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{fold, LoggedEvent};
+    use crate::{LoggedEvent, Projection};
     use chrono::Utc;
     use domain::{RequestId, TenantId};
     use std::collections::BTreeMap;
@@ -135,7 +152,7 @@ mod tests {
             at: Utc::now(),
         };
         let mut rows: BTreeMap<String, BalanceRow> = BTreeMap::new();
-        fold::<Balances>(
+        Balances.fold(
             &mut rows,
             [LoggedEvent {
                 tenant_id: tenant,
@@ -149,7 +166,7 @@ mod tests {
 
     fn fold_all(tenant: TenantId, events: &[TenantEvent]) -> BalanceRow {
         let mut rows: BTreeMap<String, BalanceRow> = BTreeMap::new();
-        fold::<Balances>(
+        Balances.fold(
             &mut rows,
             events.iter().enumerate().map(|(i, event)| LoggedEvent {
                 tenant_id: tenant,

@@ -30,7 +30,7 @@
 //! - `<tenant>/pending`: requests in flight with their reservation's `at` and
 //!   capability (a settlement names neither), removed when the request settles
 //!   or its hold is released. Like `analytics`, that is a fold over two rows at
-//!   once, so this module has its own [`fold`] and [`Rebuild`].
+//!   once, so this module has its own [`fold`], which [`Invoices`] runs.
 //!
 //! # Which period a charge belongs to
 //!
@@ -475,47 +475,40 @@ pub fn fold<'a>(
     }
 }
 
-/// An in-memory rebuild of the projection, fed page by page (replay).
-pub struct Rebuild {
+/// The projection cut with one [`Settings`], as the registry lists it.
+pub struct Invoices {
     settings: Settings,
-    rows: BTreeMap<String, InvoiceRow>,
-    pub events_applied: u64,
+    /// [`Settings::projection_name`], kept: the projector names it on every pass.
+    name: String,
 }
 
-impl Rebuild {
+impl Invoices {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
-            rows: BTreeMap::new(),
-            events_applied: 0,
+            name: settings.projection_name(),
         }
-    }
-
-    pub fn apply_page<'a>(&mut self, events: impl IntoIterator<Item = LoggedEvent<'a>>) {
-        let mut n = 0;
-        fold(
-            &self.settings,
-            &mut self.rows,
-            events.into_iter().inspect(|_| n += 1),
-        );
-        self.events_applied += n;
-    }
-
-    pub fn encoded_rows(&self) -> BTreeMap<String, String> {
-        encode_rows(&self.rows)
     }
 }
 
-/// Rows as stored: JSON text per key.
-pub fn encode_rows(rows: &BTreeMap<String, InvoiceRow>) -> BTreeMap<String, String> {
-    rows.iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                serde_json::to_string(v).expect("invoice rows always serialize"),
-            )
-        })
-        .collect()
+impl crate::Projection for Invoices {
+    type Row = InvoiceRow;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String> {
+        row_keys(&self.settings, event)
+    }
+
+    fn fold<'a>(
+        &self,
+        rows: &mut BTreeMap<String, InvoiceRow>,
+        events: impl IntoIterator<Item = LoggedEvent<'a>>,
+    ) {
+        fold(&self.settings, rows, events)
+    }
 }
 
 /// `amount` rounded half to even to a whole number of [`PRESENTATION_UNIT_PICO`].
@@ -972,12 +965,13 @@ mod tests {
                 at: at(2026, 1, 11, 0),
             },
         ];
-        let all = encode_rows(&fold_all(&s, tenant, &events));
+        let all = crate::encode_rows::<Invoices>(&fold_all(&s, tenant, &events));
+        let invoices = Invoices::new(s);
         for split in 0..=events.len() {
-            let mut rebuild = Rebuild::new(s);
+            let mut rebuild = crate::replay::Rebuild::new(&invoices);
             let logged = logged(tenant, &events);
-            rebuild.apply_page(logged[..split].to_vec());
-            rebuild.apply_page(logged[split..].to_vec());
+            rebuild.apply_page(&logged[..split]);
+            rebuild.apply_page(&logged[split..]);
             assert_eq!(rebuild.encoded_rows(), all, "split at {split}");
         }
         for text in all.values() {

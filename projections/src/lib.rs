@@ -3,13 +3,21 @@
 //! A projection is a fold: rows keyed by string, changed by events, never by
 //! anything else. Because of that any projection can be dropped and rebuilt from
 //! the log, and `aigne-hub replay` proves a rebuilt one equals the live one by
-//! comparing [`content_hash`]es. This crate holds the folds and the replay
-//! routine; reading the log and storing rows is the server's job.
+//! comparing [`content_hash`]es. This crate holds the folds, the list of
+//! projections the hub keeps ([`registry`]) and the replay routine; reading the
+//! log and storing rows is the server's job.
+//!
+//! Adding a projection is a module here with a [`Projection`] impl and one line
+//! in [`registry`]: the projector, replay and their content hashes take their
+//! list from there.
 
 pub mod analytics;
 pub mod balances;
 pub mod invoices;
+pub mod registry;
 pub mod replay;
+
+pub use registry::{registry, ProjectionSettings, Registered};
 
 use chrono::{DateTime, Utc};
 use domain::tenant::TenantEvent;
@@ -28,29 +36,27 @@ pub struct LoggedEvent<'a> {
     pub recorded_at: DateTime<Utc>,
 }
 
-pub trait Projection {
-    /// Stable name, also the row namespace in storage.
-    const NAME: &'static str;
-    type Row: Serialize + DeserializeOwned + Default + Clone;
+/// A read model: rows of type `Row` keyed by string, folded from events.
+pub trait Projection: Send + Sync + 'static {
+    type Row: Serialize + DeserializeOwned + Default;
 
-    /// The rows an event changes.
-    fn row_keys(event: &LoggedEvent<'_>) -> Vec<String>;
-    /// Changes one row. Must depend on nothing but the row and the event.
-    fn apply(key: &str, row: &mut Self::Row, event: &LoggedEvent<'_>);
-}
-
-/// Folds events into rows that are already loaded; rows not in `rows` start from
-/// `Default`.
-pub fn fold<'a, P: Projection>(
-    rows: &mut BTreeMap<String, P::Row>,
-    events: impl IntoIterator<Item = LoggedEvent<'a>>,
-) {
-    for event in events {
-        for key in P::row_keys(&event) {
-            let row = rows.entry(key.clone()).or_default();
-            P::apply(&key, row, &event);
-        }
-    }
+    /// Stored name: the row namespace and the checkpoint's key. Settings that
+    /// change the rows are part of it, so another cut builds another projection
+    /// from the start of the log.
+    fn name(&self) -> &str;
+    /// The rows an event reads or changes; they depend on the event (and the
+    /// projection's settings) alone, so a page's rows can be loaded before it is
+    /// folded.
+    fn row_keys(&self, event: &LoggedEvent<'_>) -> Vec<String>;
+    /// Folds events into rows already loaded (missing rows start from
+    /// `Default`). Depends on nothing but the rows and the events, and never
+    /// panics on an event it cannot place: a fold attempt that lost a
+    /// checkpoint race may see an event twice (its result is discarded).
+    fn fold<'a>(
+        &self,
+        rows: &mut BTreeMap<String, Self::Row>,
+        events: impl IntoIterator<Item = LoggedEvent<'a>>,
+    );
 }
 
 /// Rows as stored: canonical JSON text per key.

@@ -1,32 +1,30 @@
 //! Rebuilding a projection from the log and comparing it with the live one.
 
-use crate::{content_hash, encode_rows, fold, LoggedEvent, Projection};
+use crate::registry::{FoldedRows, Registered};
+use crate::{content_hash, LoggedEvent};
 use std::collections::BTreeMap;
 
 /// An in-memory rebuild of one projection, fed page by page.
-pub struct Rebuild<P: Projection> {
-    rows: BTreeMap<String, P::Row>,
+pub struct Rebuild<'p> {
+    rows: Box<dyn FoldedRows + 'p>,
     pub events_applied: u64,
 }
 
-impl<P: Projection> Default for Rebuild<P> {
-    fn default() -> Self {
+impl<'p> Rebuild<'p> {
+    pub fn new(projection: &'p dyn Registered) -> Self {
         Self {
-            rows: BTreeMap::new(),
+            rows: projection.empty_rows(),
             events_applied: 0,
         }
     }
-}
 
-impl<P: Projection> Rebuild<P> {
-    pub fn apply_page<'a>(&mut self, events: impl IntoIterator<Item = LoggedEvent<'a>>) {
-        let mut n = 0;
-        fold::<P>(&mut self.rows, events.into_iter().inspect(|_| n += 1));
-        self.events_applied += n;
+    pub fn apply_page(&mut self, events: &[LoggedEvent<'_>]) {
+        self.rows.fold(events);
+        self.events_applied += events.len() as u64;
     }
 
     pub fn encoded_rows(&self) -> BTreeMap<String, String> {
-        encode_rows::<P>(&self.rows)
+        self.rows.encode()
     }
 }
 
@@ -108,15 +106,15 @@ mod tests {
                 recorded_at: Utc::now(),
             })
             .collect();
-        let mut a = Rebuild::<Balances>::default();
-        a.apply_page(logged.clone());
-        let mut b = Rebuild::<Balances>::default();
-        b.apply_page(logged[..1].to_vec());
-        b.apply_page(logged[1..].to_vec());
+        let mut a = Rebuild::new(&Balances);
+        a.apply_page(&logged);
+        let mut b = Rebuild::new(&Balances);
+        b.apply_page(&logged[..1]);
+        b.apply_page(&logged[1..]);
         assert_eq!(a.events_applied, 2);
         assert!(compare("balances", &a.encoded_rows(), &b.encoded_rows()).identical);
-        let mut c = Rebuild::<Balances>::default();
-        c.apply_page(logged[..1].to_vec());
+        let mut c = Rebuild::new(&Balances);
+        c.apply_page(&logged[..1]);
         let verdict = compare("balances", &a.encoded_rows(), &c.encoded_rows());
         assert!(!verdict.identical);
         assert_eq!(verdict.differing_keys, vec![tenant.to_string()]);

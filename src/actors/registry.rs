@@ -3,7 +3,7 @@
 use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply, TENANT_BUSY};
 use crate::config::Limits;
 use crate::error::HubError;
-use crate::store::Store;
+use crate::store::EventLog;
 use actix::prelude::*;
 use domain::{InstanceId, TenantId};
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ pub struct TenantRegistry {
     arbiters: Arc<Vec<ArbiterHandle>>,
     next_generation: Arc<AtomicU64>,
     next_arbiter: Arc<AtomicUsize>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventLog>,
     instance_id: InstanceId,
     limits: Limits,
     on_commit: Arc<Notify>,
@@ -33,7 +33,7 @@ pub struct TenantRegistry {
 impl TenantRegistry {
     /// Must run inside an actix `System`: it starts the actor threads.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn EventLog>,
         instance_id: InstanceId,
         limits: Limits,
         threads: usize,

@@ -15,7 +15,7 @@
 //! ahead the actor reloads and decides again.
 
 use crate::error::HubError;
-use crate::store::{Durability, EventMetadata, Store, StoreError, SNAPSHOT_EVERY_EVENTS};
+use crate::store::{Durability, EventLog, EventMetadata, StoreError, SNAPSHOT_EVERY_EVENTS};
 use actix::prelude::*;
 use chrono::Utc;
 use domain::tenant::{
@@ -119,7 +119,8 @@ fn is_refusal(answer: &Result<TenantReply, HubError>) -> bool {
 pub struct TenantActor {
     pub(super) tenant_id: TenantId,
     pub(super) generation: u64,
-    pub(super) store: Arc<dyn Store>,
+    /// A tenant actor needs its stream only.
+    pub(super) store: Arc<dyn EventLog>,
     pub(super) instance_id: InstanceId,
     pub(super) mailbox_capacity: usize,
     pub(super) idle_stop: Duration,
@@ -153,7 +154,7 @@ impl TenantActor {
     pub(super) fn new(
         tenant_id: TenantId,
         generation: u64,
-        store: Arc<dyn Store>,
+        store: Arc<dyn EventLog>,
         instance_id: InstanceId,
         mailbox_capacity: usize,
         idle_stop: Duration,

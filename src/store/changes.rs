@@ -1,5 +1,5 @@
 //! Other writers' changes, as the store reports them to the hub (see
-//! [`super::Store::watch`]): how every process sees every change.
+//! [`super::CatalogStore::watch`]): how every process sees every change.
 //!
 //! PostgreSQL pushes them: triggers (migrations/postgres/0003) notify at commit,
 //! whoever wrote (hub processes and the CLI), and one connection per process

@@ -1,20 +1,19 @@
 //! The SQL both stores share. sqlx binds `$N` to the N-th argument on PostgreSQL
 //! and on SQLite alike, so these statements are written once; the macro stamps the
-//! whole `impl Store` for each backend (sqlx's executor traits make a generic function
+//! store's role traits (`CatalogStore`, `ProjectionRows`, `LiveSet`, `EventLog`)
+//! and `Store` for each backend (sqlx's executor traits make a generic function
 //! over both pools harder to read than this).
 
 macro_rules! impl_store {
     ($store:ty, $kind:literal) => {
-        #[async_trait::async_trait]
         impl Store for $store {
         fn kind(&self) -> &'static str {
             $kind
         }
-
-        async fn read_log(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
-            self.read_log_in_order(after, until, limit).await
         }
 
+        #[async_trait::async_trait]
+        impl crate::store::CatalogStore for $store {
         async fn insert_provider(&self, row: &ProviderRow, credential: &CredentialRow) -> Result<(), StoreError> {
             let mut tx = self.pool.begin().await?;
             let result = sqlx::query(
@@ -161,6 +160,21 @@ macro_rules! impl_store {
                 .collect())
         }
 
+        async fn catalog_version(&self) -> Result<i64, StoreError> {
+            let version: i64 = sqlx::query_scalar("SELECT version FROM catalog_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(version)
+        }
+
+        async fn watch(&self, changes: tokio::sync::mpsc::Sender<super::Change>, poll_ms: u64) {
+            self.watch_changes(changes, poll_ms).await
+        }
+
+        }
+
+        #[async_trait::async_trait]
+        impl crate::store::ProjectionRows for $store {
         async fn projection_rows(&self, projection: &str) -> Result<Vec<(String, String)>, StoreError> {
             let rows = sqlx::query("SELECT row_key, payload FROM projection_rows WHERE projection = $1 ORDER BY row_key")
                 .bind(projection)
@@ -270,6 +284,10 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        }
+
+        #[async_trait::async_trait]
+        impl crate::store::LiveSet for $store {
         async fn heartbeat(&self, instance_id: InstanceId, now_ms: i64) -> Result<(), StoreError> {
             sqlx::query(
                 "INSERT INTO hub_instances (instance_id, last_seen_ms) VALUES ($1, $2)
@@ -295,6 +313,14 @@ macro_rules! impl_store {
         async fn remove_instance(&self, instance_id: InstanceId) -> Result<(), StoreError> {
             sqlx::query("DELETE FROM hub_instances WHERE instance_id = $1").bind(instance_id.to_string()).execute(&self.pool).await?;
             Ok(())
+        }
+
+        }
+
+        #[async_trait::async_trait]
+        impl crate::store::EventLog for $store {
+        async fn read_log(&self, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+            self.read_log_in_order(after, until, limit).await
         }
 
         async fn save_snapshot(&self, tenant_id: TenantId, version: usize, state: &Tenant) -> Result<(), StoreError> {
@@ -384,17 +410,6 @@ macro_rules! impl_store {
                 .fetch_one(&self.pool)
                 .await?;
             Ok(head.unwrap_or(0) as usize)
-        }
-
-        async fn catalog_version(&self) -> Result<i64, StoreError> {
-            let version: i64 = sqlx::query_scalar("SELECT version FROM catalog_version WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?;
-            Ok(version)
-        }
-
-        async fn watch(&self, changes: tokio::sync::mpsc::Sender<super::Change>, poll_ms: u64) {
-            self.watch_changes(changes, poll_ms).await
         }
 
         async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError> {

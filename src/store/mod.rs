@@ -43,7 +43,7 @@ pub const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
 /// Longest wait for a database connection before a request fails with 503.
 pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 
-/// How long [`Store::append`] waits before it returns: until its events are on
+/// How long [`EventLog::append`] waits before it returns: until its events are on
 /// disk, or only until every reader can see them.
 ///
 /// Why holds may skip the wait: a hold only ever reduces what a tenant may spend,
@@ -56,7 +56,7 @@ pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 /// database itself (or of the machine) in that window can lose it; and then
 /// everything committed after it is gone too, so the log stays a gap-free
 /// prefix: the append after such a loss finds its predecessor missing and
-/// fails with `Conflict` (see [`Store::append`]), the tenant's actor reloads, and
+/// fails with `Conflict` (see [`EventLog::append`]), the tenant's actor reloads, and
 /// the request whose hold was lost fails without an answer and without a charge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -163,7 +163,7 @@ pub struct PriceRow {
     pub updated_at: String,
 }
 
-/// One projection's part of [`Store::commit_projections`]: move its checkpoint
+/// One projection's part of [`ProjectionRows::commit_projections`]: move its checkpoint
 /// from `from` to `to` and upsert `rows` (key, payload).
 #[derive(Clone, Copy, Debug)]
 pub struct ProjectionCommit<'a> {
@@ -173,10 +173,10 @@ pub struct ProjectionCommit<'a> {
     pub rows: &'a [(String, String)],
 }
 
+/// The tenants' event streams and the price book's: what is appended, read in
+/// log order, and snapshotted.
 #[async_trait]
-pub trait Store: Send + Sync {
-    fn kind(&self) -> &'static str;
-
+pub trait EventLog: Send + Sync {
     /// Loads a tenant from its latest snapshot plus the events after it.
     async fn load_tenant(&self, tenant_id: TenantId) -> Result<LoadedTenant, StoreError>;
     /// Appends events numbered from `first_sequence` in one transaction; `Conflict` if
@@ -222,14 +222,6 @@ pub trait Store: Send + Sync {
     /// The sequence of a tenant's newest event (0: none): what a refusal is
     /// checked against, so that it is never made from a stale view.
     async fn tenant_head(&self, tenant_id: TenantId) -> Result<usize, StoreError>;
-    /// Counts every change to providers, credentials and the price book, by
-    /// whichever writer (kept by triggers).
-    async fn catalog_version(&self) -> Result<i64, StoreError>;
-    /// Sends other writers' changes to `changes` until it is closed: pushed by
-    /// the database on PostgreSQL (from a thread of its own; returns at once),
-    /// polled every `poll_ms` on SQLite (returns when `changes` is closed). See
-    /// `changes`.
-    async fn watch(&self, changes: tokio::sync::mpsc::Sender<Change>, poll_ms: u64);
     /// Every tenant with at least one event.
     async fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError>;
     /// One tenant's events after `after_sequence`, in sequence order. (Their
@@ -253,7 +245,12 @@ pub trait Store: Send + Sync {
         until: Option<LogPosition>,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+}
 
+/// Operator configuration: providers, their credentials, the old price table,
+/// and the version that tells readers it changed.
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
     /// Inserts a provider with its first credential, atomically.
     async fn insert_provider(
         &self,
@@ -272,7 +269,19 @@ pub trait Store: Send + Sync {
     /// Sets a model's price; returns the new price version.
     async fn upsert_price(&self, row: &PriceRow) -> Result<i64, StoreError>;
     async fn list_prices(&self) -> Result<Vec<PriceRow>, StoreError>;
+    /// Counts every change to providers, credentials and the price book, by
+    /// whichever writer (kept by triggers).
+    async fn catalog_version(&self) -> Result<i64, StoreError>;
+    /// Sends other writers' changes to `changes` until it is closed: pushed by
+    /// the database on PostgreSQL (from a thread of its own; returns at once),
+    /// polled every `poll_ms` on SQLite (returns when `changes` is closed). See
+    /// `changes`.
+    async fn watch(&self, changes: tokio::sync::mpsc::Sender<Change>, poll_ms: u64);
+}
 
+/// Projection rows and their checkpoints, namespaced by projection name.
+#[async_trait]
+pub trait ProjectionRows: Send + Sync {
     async fn projection_rows(&self, projection: &str) -> Result<Vec<(String, String)>, StoreError>;
     async fn projection_rows_by_keys(
         &self,
@@ -290,17 +299,27 @@ pub trait Store: Send + Sync {
         to: LogPosition,
         rows: &[(String, String)],
     ) -> Result<bool, StoreError>;
-    /// [`Store::commit_projection`] for several projections in one transaction:
+    /// [`ProjectionRows::commit_projection`] for several projections in one transaction:
     /// every checkpoint moves, with its rows, or nothing is written (false).
     async fn commit_projections(
         &self,
         commits: &[ProjectionCommit<'_>],
     ) -> Result<bool, StoreError>;
     async fn clear_projection(&self, projection: &str) -> Result<(), StoreError>;
+}
 
+/// The hub processes that are alive, by heartbeat.
+#[async_trait]
+pub trait LiveSet: Send + Sync {
     async fn heartbeat(&self, instance_id: InstanceId, now_ms: i64) -> Result<(), StoreError>;
     async fn live_instances(&self, seen_since_ms: i64) -> Result<Vec<InstanceId>, StoreError>;
     async fn remove_instance(&self, instance_id: InstanceId) -> Result<(), StoreError>;
+}
+
+/// Every role, behind one handle (`Arc<dyn Store>`); a caller that needs only
+/// some of them takes those (`&dyn EventLog`, or a bound on the roles).
+pub trait Store: EventLog + CatalogStore + ProjectionRows + LiveSet {
+    fn kind(&self) -> &'static str;
 }
 
 /// Opens the store named by `database_url`, or the embedded SQLite file in

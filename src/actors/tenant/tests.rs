@@ -74,7 +74,7 @@ async fn until_pending(addr: &Addr<TenantActor>, count: usize) {
 
 struct Fixture {
     registry: TenantRegistry,
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventLog>,
     tenant_id: TenantId,
     _dir: tempfile::TempDir,
 }
