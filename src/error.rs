@@ -4,6 +4,7 @@
 //! official SDKs surface them. Messages never contain secrets: provider keys and
 //! hub keys are never formatted into an error.
 
+use crate::actors::ActorError;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -276,6 +277,12 @@ impl From<TenantError> for HubError {
     }
 }
 
+impl From<ActorError> for WebhookError {
+    fn from(e: ActorError) -> Self {
+        WebhookError::Hub(e.into())
+    }
+}
+
 /// What a client is told when the store failed. The cause (a driver's words
 /// about pools, sockets and tables) is logged for the operator, never sent.
 pub const LEDGER_UNAVAILABLE: &str = "the ledger is unavailable, retry";
@@ -296,6 +303,23 @@ impl From<crate::store::StoreError> for HubError {
                 HubError::Unavailable("too many concurrent writers for this tenant, retry".into())
             }
             other => HubError::ledger_unavailable(&other),
+        }
+    }
+}
+
+impl From<ActorError> for HubError {
+    fn from(e: ActorError) -> Self {
+        match e {
+            ActorError::Refused(e) => e.into(),
+            ActorError::TenantNotFound => HubError::NotFound(e.to_string()),
+            ActorError::Busy
+            | ActorError::TooManyTenants
+            | ActorError::Stopped
+            | ActorError::Unreachable => HubError::Unavailable(e.to_string()),
+            // The actor logged the cause with its tenant.
+            ActorError::LedgerUnavailable(_) => HubError::Unavailable(LEDGER_UNAVAILABLE.into()),
+            ActorError::RefusalUnverified(cause) => HubError::Unavailable(cause.to_string()),
+            ActorError::Store(e) => e.into(),
         }
     }
 }
@@ -323,5 +347,94 @@ impl From<UpstreamError> for HubError {
             UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
             other => HubError::Upstream(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use std::error::Error as _;
+    use std::sync::Arc;
+
+    fn answer(e: impl Into<HubError>) -> (u16, serde_json::Value) {
+        let e = e.into();
+        (e.status_code().as_u16(), e.body())
+    }
+
+    fn message(body: &serde_json::Value) -> &str {
+        body["error"]["message"].as_str().unwrap()
+    }
+
+    #[test]
+    fn a_store_conflict_is_a_503_asking_to_retry() {
+        let (status, body) = answer(StoreError::Conflict);
+        assert_eq!(status, 503);
+        assert_eq!(
+            message(&body),
+            "service temporarily unavailable: too many concurrent writers for this tenant, retry"
+        );
+    }
+
+    #[test]
+    fn a_database_failure_is_a_503_without_the_drivers_words() {
+        let (status, body) = answer(StoreError::Sqlx(sqlx::Error::PoolTimedOut));
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(
+            message(&body),
+            format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}")
+        );
+    }
+
+    #[test]
+    fn a_duplicate_provider_name_is_a_409() {
+        let (status, _) = answer(StoreError::DuplicateName("openai".into()));
+        assert_eq!(status, 409);
+    }
+
+    #[test]
+    fn actor_failures_keep_their_statuses() {
+        let store_failed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolTimedOut));
+        let cases = [
+            (ActorError::Busy, 503, format!("service temporarily unavailable: {}", crate::actors::tenant::TENANT_BUSY)),
+            (ActorError::TenantNotFound, 404, "tenant not found".to_string()),
+            (
+                ActorError::LedgerUnavailable(store_failed()),
+                503,
+                format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}"),
+            ),
+            (
+                ActorError::Refused(TenantError::PermissionDenied { role: "viewer" }),
+                403,
+                "this API key's role (viewer) may not do that".to_string(),
+            ),
+            (
+                ActorError::Refused(TenantError::TenantNotFound),
+                401,
+                AuthFailure::UnknownKey.to_string(),
+            ),
+            (
+                ActorError::Store(StoreError::Conflict),
+                503,
+                "service temporarily unavailable: too many concurrent writers for this tenant, retry".to_string(),
+            ),
+        ];
+        for (error, status, text) in cases {
+            let (got_status, body) = answer(error);
+            assert_eq!((got_status, message(&body)), (status, text.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_store_failure_stays_the_cause_of_the_actors_error() {
+        let error =
+            ActorError::LedgerUnavailable(Arc::new(StoreError::Sqlx(sqlx::Error::PoolTimedOut)));
+        let store = error.source().expect("the store's error is the cause");
+        assert!(store.to_string().starts_with("database error: "));
+        let driver = store
+            .source()
+            .expect("the driver's error is the store's cause");
+        assert!(driver.downcast_ref::<sqlx::Error>().is_some());
     }
 }

@@ -169,7 +169,10 @@ impl Hub {
             command,
             request_id: None,
         };
-        self.tenants.call(tenant_id, op).await
+        self.tenants
+            .call(tenant_id, op)
+            .await
+            .map_err(HubError::from)
     }
 
     pub async fn create_tenant(

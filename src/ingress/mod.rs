@@ -12,6 +12,7 @@ pub mod aigne;
 pub mod messages;
 pub mod openai;
 
+use crate::actors::ActorError;
 use crate::auth::{presented_key, PresentedKey};
 use crate::body::{parse_json, read_limited};
 use crate::config::Limits;
@@ -54,6 +55,12 @@ pub struct WireError<W>(pub HubError, PhantomData<W>);
 impl<W> From<HubError> for WireError<W> {
     fn from(error: HubError) -> Self {
         WireError(error, PhantomData)
+    }
+}
+
+impl<W> From<ActorError> for WireError<W> {
+    fn from(error: ActorError) -> Self {
+        WireError(error.into(), PhantomData)
     }
 }
 

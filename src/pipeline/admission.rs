@@ -175,7 +175,7 @@ pub(crate) async fn admit(
             },
         )
         .await
-        .map_err(|e| advice_per_choice(e, ask.choices))?;
+        .map_err(|e| advice_per_choice(e.into(), ask.choices))?;
     hub.router.earn();
     let spend_limit = (hub.mode.enforces_credit() && hub.limits.stream_credit_cutoff)
         .then(|| reply.balance.available + hold);

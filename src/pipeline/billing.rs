@@ -40,6 +40,7 @@ impl Billing {
             .call(self.key.tenant_id, op)
             .await
             .map(|_| ())
+            .map_err(HubError::from)
     }
 
     /// Charges `usage` at the rates of the attempt that produced it.

@@ -547,7 +547,7 @@ pub async fn user_info(
         )
     };
     let reply = match read(Permission::CallModels).await {
-        Err(HubError::PermissionDenied(_)) => read(Permission::ReadBilling).await?,
+        Err(e) if e.permission_denied().is_some() => read(Permission::ReadBilling).await?,
         other => other?,
     };
     let b = &reply.balance;
