@@ -5,33 +5,12 @@
 //! hub keys are never formatted into an error.
 
 use crate::actors::ActorError;
+pub use crate::auth::AuthFailure;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use domain::tenant::TenantError;
 use serde_json::json;
-
-/// Why a request was not authenticated: each 401 says which, so a newcomer can
-/// fix it. None of them shows any part of the presented token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFailure {
-    #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
-    MissingHeader,
-    #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
-    NotBearer,
-    #[error("the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)")]
-    MalformedKey,
-    #[error("unknown API key: no such key, or its secret does not match")]
-    UnknownKey,
-    #[error("this API key was revoked; ask your administrator for a new one")]
-    RevokedKey,
-    #[error("the operator token only opens /admin; tenant routes take a tenant's API key (`aigne-hub key issue`)")]
-    OperatorTokenOnTenantRoute,
-    #[error("a tenant API key does not open /admin; use the operator token (AIGNE_HUB_OPERATOR_TOKEN or <data dir>/operator_token)")]
-    TenantKeyOnAdmin,
-    #[error("invalid operator token")]
-    WrongOperatorToken,
-}
 
 /// A model the hub cannot serve, with the closest ids it can.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,6 +283,12 @@ impl From<crate::store::StoreError> for HubError {
             }
             other => HubError::ledger_unavailable(&other),
         }
+    }
+}
+
+impl From<AuthFailure> for HubError {
+    fn from(e: AuthFailure) -> Self {
+        HubError::Unauthenticated(e)
     }
 }
 

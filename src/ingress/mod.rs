@@ -13,7 +13,7 @@ pub mod messages;
 pub mod openai;
 
 use crate::actors::ActorError;
-use crate::auth::{presented_key, PresentedKey};
+use crate::auth::{presented_key, AuthFailure, PresentedKey};
 use crate::body::{parse_json, read_limited};
 use crate::config::Limits;
 use crate::error::HubError;
@@ -41,7 +41,7 @@ pub trait Wire: 'static {
     /// The hub key the request presents (`Authorization: Bearer` unless the
     /// wire format says otherwise).
     fn key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
-        presented_key(req)
+        Ok(presented_key(req)?)
     }
 
     /// An error's JSON body in this wire format.
@@ -55,6 +55,12 @@ pub struct WireError<W>(pub HubError, PhantomData<W>);
 impl<W> From<HubError> for WireError<W> {
     fn from(error: HubError) -> Self {
         WireError(error, PhantomData)
+    }
+}
+
+impl<W> From<AuthFailure> for WireError<W> {
+    fn from(error: AuthFailure) -> Self {
+        WireError(error.into(), PhantomData)
     }
 }
 

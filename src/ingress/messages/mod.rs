@@ -67,9 +67,9 @@ impl Wire for Anthropic {
                 if value.len() > BEARER_MAX_BYTES {
                     return Err(malformed());
                 }
-                auth::tenant_key(req, value.trim())
+                Ok(auth::tenant_key(req, value.trim())?)
             }
-            None => auth::presented_key(req),
+            None => Ok(auth::presented_key(req)?),
         }
     }
 
