@@ -6,9 +6,11 @@
 
 use crate::actors::ActorError;
 pub use crate::auth::AuthFailure;
+use crate::prices::PriceError;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use domain::price_book::PriceBookError;
 use domain::tenant::TenantError;
 use serde_json::json;
 
@@ -305,6 +307,29 @@ impl From<ActorError> for HubError {
             ActorError::LedgerUnavailable(_) => HubError::Unavailable(LEDGER_UNAVAILABLE.into()),
             ActorError::RefusalUnverified(cause) => HubError::Unavailable(cause.to_string()),
             ActorError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PriceBookError> for HubError {
+    fn from(e: PriceBookError) -> Self {
+        match e {
+            PriceBookError::Invalid(message) => HubError::BadRequest(message),
+            stale @ PriceBookError::StaleImport { .. } => HubError::Conflict(stale.to_string()),
+            unknown @ PriceBookError::UnknownAlias(_) => HubError::NotFound(unknown.to_string()),
+        }
+    }
+}
+
+impl From<PriceError> for HubError {
+    fn from(e: PriceError) -> Self {
+        match e {
+            PriceError::Invalid(message) => HubError::BadRequest(message),
+            PriceError::Book(e) => e.into(),
+            PriceError::UnknownProvider(_) => HubError::NotFound(e.to_string()),
+            PriceError::KeptChanging => HubError::Conflict(e.to_string()),
+            PriceError::NotVisible => HubError::Internal(e.to_string()),
+            PriceError::Store(e) => e.into(),
         }
     }
 }
