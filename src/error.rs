@@ -6,6 +6,7 @@
 
 use crate::actors::ActorError;
 pub use crate::auth::AuthFailure;
+use crate::hub::HubOpError;
 use crate::prices::PriceError;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
@@ -330,6 +331,19 @@ impl From<PriceError> for HubError {
             PriceError::KeptChanging => HubError::Conflict(e.to_string()),
             PriceError::NotVisible => HubError::Internal(e.to_string()),
             PriceError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<HubOpError> for HubError {
+    fn from(e: HubOpError) -> Self {
+        match e {
+            HubOpError::Invalid(message) => HubError::BadRequest(message),
+            HubOpError::NotFound(message) => HubError::NotFound(message),
+            HubOpError::GrantNotRecorded => HubError::Internal(e.to_string()),
+            HubOpError::CredentialEncoding(cause) => HubError::Internal(cause.to_string()),
+            HubOpError::Actor(e) => e.into(),
+            HubOpError::Store(e) => e.into(),
         }
     }
 }

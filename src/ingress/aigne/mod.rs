@@ -482,7 +482,11 @@ pub async fn status(
     if bearer(&req).is_some() {
         let key = presented_key(&req)?;
         let auth = Some(Hub::key_auth(&key, Permission::CallModels));
-        match hub.balance(key.tenant_id, auth).await {
+        match hub
+            .balance(key.tenant_id, auth)
+            .await
+            .map_err(HubError::from)
+        {
             Ok(balance) if balance.available.pico() <= 0 => {
                 return unavailable(format!(
                     "No credits left ({} available). {TOP_UP}",
