@@ -6,7 +6,9 @@
 
 use crate::actors::ActorError;
 pub use crate::auth::AuthFailure;
+pub use crate::catalog::UnknownModel;
 use crate::hub::HubOpError;
+use crate::pipeline::PipelineError;
 use crate::prices::PriceError;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
@@ -14,27 +16,6 @@ use actix_web::{HttpResponse, ResponseError};
 use domain::price_book::PriceBookError;
 use domain::tenant::TenantError;
 use serde_json::json;
-
-/// A model the hub cannot serve, with the closest ids it can.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownModel {
-    pub model: String,
-    pub suggestions: Vec<String>,
-}
-
-impl std::fmt::Display for UnknownModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the model {:?} does not exist or has no price",
-            self.model
-        )?;
-        if !self.suggestions.is_empty() {
-            write!(f, "; did you mean {}?", self.suggestions.join(", "))?;
-        }
-        write!(f, "; list models with GET /v1/models")
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -344,6 +325,18 @@ impl From<HubOpError> for HubError {
             HubOpError::CredentialEncoding(cause) => HubError::Internal(cause.to_string()),
             HubOpError::Actor(e) => e.into(),
             HubOpError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PipelineError> for HubError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::ModelNotFound(unknown) => HubError::ModelNotFound(unknown),
+            PipelineError::HoldLost(_) => HubError::Unavailable(e.to_string()),
+            PipelineError::Actor(e) => e.into(),
+            PipelineError::Upstream(e) => e.into(),
+            PipelineError::Store(e) => e.into(),
         }
     }
 }

@@ -60,6 +60,25 @@ impl ActorError {
         }
     }
 
+    /// Whether the tenant refused because the operation clashes with its state
+    /// (a 409 at the HTTP edge): a name, key or idempotency key already used, a
+    /// hold or payment that is not there.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ActorError::Refused(
+                TenantError::TenantAlreadyExists
+                    | TenantError::KeyAlreadyExists(_)
+                    | TenantError::IdempotencyKeyReused(_)
+                    | TenantError::HoldAlreadyExists(_)
+                    | TenantError::UnknownHold(_)
+                    | TenantError::PaymentEventReused(_)
+                    | TenantError::PaymentAmountMismatch(_)
+                    | TenantError::UnknownPayment(_)
+            )
+        )
+    }
+
     /// The role that lacks a permission, when that is why the tenant refused.
     pub(crate) fn permission_denied(&self) -> Option<&'static str> {
         match self {

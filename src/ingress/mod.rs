@@ -18,7 +18,7 @@ use crate::body::{parse_json, read_limited};
 use crate::config::Limits;
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::pipeline::{self, Admitted, Ask};
+use crate::pipeline::{self, Admitted, Ask, PipelineError};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
@@ -60,6 +60,12 @@ impl<W> From<HubError> for WireError<W> {
 
 impl<W> From<AuthFailure> for WireError<W> {
     fn from(error: AuthFailure) -> Self {
+        WireError(error.into(), PhantomData)
+    }
+}
+
+impl<W> From<PipelineError> for WireError<W> {
+    fn from(error: PipelineError) -> Self {
         WireError(error.into(), PhantomData)
     }
 }

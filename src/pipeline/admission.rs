@@ -2,12 +2,13 @@
 //! placed, in one decision of the tenant's actor.
 
 use super::billing::Billing;
+use super::PipelineError;
+use crate::actors::ActorError;
 use crate::actors::TenantOp;
 use crate::auth::PresentedKey;
 use crate::catalog::{Candidate, PriceFor};
-use crate::error::HubError;
 use crate::hub::Hub;
-use domain::tenant::TenantCommand;
+use domain::tenant::{TenantCommand, TenantError};
 use domain::{Capability, Ingress, ModelPrice, Permission, RequestId};
 use serde_json::Value;
 use std::sync::Arc;
@@ -115,7 +116,7 @@ pub(crate) async fn admit(
     key: PresentedKey,
     ask: Ask<'_>,
     app: Option<String>,
-) -> Result<Admitted, HubError> {
+) -> Result<Admitted, PipelineError> {
     let auth = Some(Hub::key_auth(&key, Permission::CallModels));
     let (image_size, image_quality) = ask.image_variant;
     let who = PriceFor {
@@ -137,7 +138,7 @@ pub(crate) async fn admit(
         hub.tenants
             .call(key.tenant_id, TenantOp::Read { auth })
             .await?;
-        return Err(HubError::ModelNotFound(crate::error::UnknownModel {
+        return Err(PipelineError::ModelNotFound(crate::catalog::UnknownModel {
             model: ask.model.to_string(),
             suggestions: catalog.closest_ids(ask.model),
         }));
@@ -175,7 +176,7 @@ pub(crate) async fn admit(
             },
         )
         .await
-        .map_err(|e| advice_per_choice(e.into(), ask.choices))?;
+        .map_err(|e| advice_per_choice(e, ask.choices))?;
     hub.router.earn();
     let spend_limit = (hub.mode.enforces_credit() && hub.limits.stream_credit_cutoff)
         .then(|| reply.balance.available + hold);
@@ -195,16 +196,14 @@ pub(crate) async fn admit(
 }
 
 /// A 402's advice counts the output tokens of all choices together; a client
-/// sets `max_tokens` per choice.
-fn advice_per_choice(mut e: HubError, choices: u32) -> HubError {
-    if let HubError::InsufficientCredits {
-        max_tokens_that_fit,
+/// sets `max_tokens` per choice, so the advice it gets is per choice.
+fn advice_per_choice(mut e: ActorError, choices: u32) -> ActorError {
+    if let ActorError::Refused(TenantError::InsufficientCredits {
+        advice: Some(advice),
         ..
-    } = &mut e
+    }) = &mut e
     {
-        *max_tokens_that_fit = max_tokens_that_fit
-            .map(|n| n / u64::from(choices.max(1)))
-            .filter(|n| *n >= 1);
+        advice.output_tokens_that_fit /= u64::from(choices.max(1));
     }
     e
 }
