@@ -454,4 +454,141 @@ mod tests {
             .expect("the driver's error is the store's cause");
         assert!(driver.downcast_ref::<sqlx::Error>().is_some());
     }
+
+    /// Every tenant refusal, one of each kind.
+    fn tenant_errors() -> Vec<TenantError> {
+        let request = domain::RequestId::new_random();
+        let key = domain::KeyId(uuid::Uuid::nil());
+        vec![
+            TenantError::TenantNotFound,
+            TenantError::TenantAlreadyExists,
+            TenantError::InvalidLabel {
+                field: "name",
+                max_chars: 64,
+            },
+            TenantError::Unauthenticated,
+            TenantError::KeyRevoked,
+            TenantError::PermissionDenied { role: "viewer" },
+            TenantError::UnknownKey(key),
+            TenantError::KeyAlreadyExists(key),
+            TenantError::IdempotencyKeyReused("g".into()),
+            TenantError::InsufficientCredits {
+                available: "0".into(),
+                required: "1".into(),
+                advice: None,
+            },
+            TenantError::HoldAlreadyExists(request),
+            TenantError::UnknownHold(request),
+            TenantError::ExpiryNotInFuture,
+            TenantError::ReservedIdempotencyKey("payment:x".into()),
+            TenantError::PaymentEventReused("evt".into()),
+            TenantError::PaymentAmountMismatch("pay".into()),
+            TenantError::UnknownPayment("pay".into()),
+        ]
+    }
+
+    #[test]
+    fn the_actors_refusal_and_conflict_tests_agree_with_the_http_statuses() {
+        for e in tenant_errors() {
+            let status = HubError::from(e.clone()).status_code().as_u16();
+            let actor = ActorError::Refused(e);
+            assert_eq!(actor.is_conflict(), status == 409, "{actor:?}");
+            assert_eq!(actor.is_refusal(), matches!(status, 401..=404), "{actor:?}");
+        }
+    }
+
+    #[test]
+    fn pipeline_failures_keep_their_statuses() {
+        let hold_gone = PipelineError::HoldLost(ActorError::Refused(TenantError::UnknownHold(
+            domain::RequestId::new_random(),
+        )));
+        let (status, body) = answer(hold_gone);
+        assert_eq!(status, 503);
+        assert_eq!(
+            message(&body),
+            "service temporarily unavailable: this request's credit hold is no longer open, so it was not charged; retry"
+        );
+
+        let unknown = PipelineError::ModelNotFound(UnknownModel {
+            model: "gpt-9".into(),
+            suggestions: vec!["openai/gpt-4o".into()],
+        });
+        let (status, body) = answer(unknown);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("model_not_found"))
+        );
+
+        let timeout = PipelineError::Upstream(UpstreamError::Timeout);
+        assert_eq!(answer(timeout).0, 504);
+
+        let store = PipelineError::Store(StoreError::Sqlx(sqlx::Error::PoolClosed));
+        let (status, body) = answer(store);
+        assert_eq!(status, 503);
+        assert!(message(&body).ends_with(LEDGER_UNAVAILABLE));
+    }
+
+    #[test]
+    fn a_402_shows_only_advice_that_fits_a_token() {
+        let short = |fit| {
+            PipelineError::Actor(ActorError::Refused(TenantError::InsufficientCredits {
+                available: "0.1".into(),
+                required: "1".into(),
+                advice: Some(domain::OutputCapAdvice {
+                    output_tokens_that_fit: fit,
+                    default_max_tokens: 4096,
+                }),
+            }))
+        };
+        let (status, body) = answer(short(0));
+        assert_eq!(status, 402);
+        assert!(body["error"].get("max_tokens_that_fit").is_none());
+        assert_eq!(body["error"]["default_max_tokens"], 4096);
+        let (_, body) = answer(short(12));
+        assert_eq!(body["error"]["max_tokens_that_fit"], 12);
+    }
+
+    #[test]
+    fn price_and_hub_operation_failures_keep_their_statuses() {
+        assert_eq!(
+            answer(PriceError::Invalid("input_per_mtok: bad".into())).0,
+            400
+        );
+        assert_eq!(answer(PriceError::UnknownProvider("acme".into())).0, 404);
+        assert_eq!(answer(PriceError::KeptChanging).0, 409);
+        assert_eq!(answer(PriceError::NotVisible).0, 500);
+        assert_eq!(
+            answer(PriceError::Book(PriceBookError::UnknownAlias("x".into()))).0,
+            404
+        );
+        assert_eq!(answer(HubOpError::Invalid("weight".into())).0, 400);
+        assert_eq!(answer(HubOpError::NotFound("provider".into())).0, 404);
+        let (status, body) = answer(HubOpError::GrantNotRecorded);
+        assert_eq!(
+            (status, message(&body)),
+            (500, "internal error: grant not recorded")
+        );
+        assert_eq!(
+            answer(HubOpError::Actor(ActorError::Refused(
+                TenantError::TenantAlreadyExists
+            )))
+            .0,
+            409
+        );
+    }
+
+    #[test]
+    fn the_drivers_error_stays_the_root_cause_through_the_pipeline() {
+        let error = PipelineError::Actor(ActorError::Store(StoreError::Sqlx(
+            sqlx::Error::PoolTimedOut,
+        )));
+        let mut chain = Vec::new();
+        let mut next: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(e) = next {
+            chain.push(e);
+            next = e.source();
+        }
+        assert_eq!(chain.len(), 4, "pipeline, actor, store, driver");
+        assert!(chain[3].downcast_ref::<sqlx::Error>().is_some());
+    }
 }

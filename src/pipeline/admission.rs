@@ -207,3 +207,46 @@ fn advice_per_choice(mut e: ActorError, choices: u32) -> ActorError {
     }
     e
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::OutputCapAdvice;
+
+    fn short_of_credit(output_tokens_that_fit: u64) -> ActorError {
+        ActorError::Refused(TenantError::InsufficientCredits {
+            available: "0.1".into(),
+            required: "1".into(),
+            advice: Some(OutputCapAdvice {
+                output_tokens_that_fit,
+                default_max_tokens: 4096,
+            }),
+        })
+    }
+
+    fn tokens_that_fit(e: &ActorError) -> Option<u64> {
+        match e {
+            ActorError::Refused(TenantError::InsufficientCredits { advice, .. }) => {
+                advice.map(|a| a.output_tokens_that_fit)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_402s_advice_is_per_choice() {
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(90), 3)),
+            Some(30)
+        );
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(2), 3)),
+            Some(0)
+        );
+        // No choices named counts as one.
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(7), 0)),
+            Some(7)
+        );
+    }
+}
