@@ -96,11 +96,11 @@ pub enum HubOpError {
     #[error("grant not recorded")]
     GrantNotRecorded,
     /// A credential could not be written as JSON before sealing.
-    #[error("{0}")]
+    #[error("the credential could not be encoded")]
     CredentialEncoding(#[source] serde_json::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Actor(#[from] ActorError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

@@ -166,7 +166,7 @@ pub enum PriceError {
     #[error("{0}")]
     Invalid(String),
     /// The price book's rules refused the command.
-    #[error("{0}")]
+    #[error(transparent)]
     Book(#[from] PriceBookError),
     #[error("provider {0:?} does not exist; add it first (POST /admin/v1/providers or `aigne-hub provider add`)")]
     UnknownProvider(String),
@@ -176,7 +176,7 @@ pub enum PriceError {
     /// The catalog, refreshed after the write, does not show the new price.
     #[error("price not visible after write")]
     NotVisible,
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

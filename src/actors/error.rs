@@ -2,7 +2,9 @@
 //!
 //! The HTTP status of each is decided at the edge (`crate::error`); here each
 //! failure keeps its cause, so a caller can tell a refusal from a busy tenant
-//! from a store that failed, and the log can show the whole chain.
+//! from a store that failed, and the log can show the whole chain. A variant
+//! that only wraps a lower error is `transparent`, so a printed chain does not
+//! repeat it.
 
 use super::tenant::TENANT_BUSY;
 use crate::store::StoreError;
@@ -31,13 +33,13 @@ pub enum ActorError {
     Unreachable,
     /// Loading or committing failed, so the operation's outcome is lost; the
     /// failure is shared by every operation of the batch (and already logged).
-    #[error("the ledger is unavailable: {0}")]
+    #[error("the ledger is unavailable")]
     LedgerUnavailable(#[source] Arc<StoreError>),
     /// A refusal could not be checked against the store's newest events.
-    #[error("the refusal could not be verified: {0}")]
+    #[error("the refusal could not be checked against the store")]
     RefusalUnverified(#[source] Arc<StoreError>),
     /// The store refused the write itself: another writer won every retry.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

@@ -18,12 +18,12 @@ pub(crate) enum PipelineError {
     #[error("this request's credit hold is no longer open, so it was not charged; retry")]
     HoldLost(#[source] ActorError),
     /// The tenant refused (key, credit) or could not answer.
-    #[error("{0}")]
+    #[error(transparent)]
     Actor(#[from] ActorError),
     /// The last attempt's failure, after retries and fallbacks.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The catalog could not be refreshed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
