@@ -81,11 +81,11 @@ impl ActorError {
         )
     }
 
-    /// The role that lacks a permission, when that is why the tenant refused.
-    pub(crate) fn permission_denied(&self) -> Option<&'static str> {
-        match self {
-            ActorError::Refused(TenantError::PermissionDenied { role }) => Some(role),
-            _ => None,
-        }
+    /// Whether the tenant refused because the key's role lacks the permission.
+    pub(crate) fn is_permission_denied(&self) -> bool {
+        matches!(
+            self,
+            ActorError::Refused(TenantError::PermissionDenied { .. })
+        )
     }
 }

@@ -3,8 +3,7 @@
 
 use super::billing::Billing;
 use super::PipelineError;
-use crate::actors::ActorError;
-use crate::actors::TenantOp;
+use crate::actors::{ActorError, TenantOp};
 use crate::auth::PresentedKey;
 use crate::catalog::{Candidate, PriceFor};
 use crate::hub::Hub;

@@ -27,7 +27,7 @@ async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>,
         .await
     {
         Ok(_) => {}
-        Err(e) if e.permission_denied().is_some() => {}
+        Err(e) if e.is_permission_denied() => {}
         Err(e) => return Err(e.into()),
     }
     // Each tenant sees what it pays: its margin or its plan's applies.

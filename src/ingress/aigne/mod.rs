@@ -552,7 +552,7 @@ pub async fn user_info(
         )
     };
     let reply = match read(Permission::CallModels).await {
-        Err(e) if e.permission_denied().is_some() => read(Permission::ReadBilling).await?,
+        Err(e) if e.is_permission_denied() => read(Permission::ReadBilling).await?,
         other => other?,
     };
     let b = &reply.balance;
