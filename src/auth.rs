@@ -5,7 +5,6 @@
 //! only copy of the key's SHA-256, decides whether it is valid. The secret is 256
 //! random bits and is shown once, when the key is issued.
 
-use crate::error::{AuthFailure, HubError};
 use actix_web::HttpRequest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -18,6 +17,28 @@ use uuid::Uuid;
 const KEY_PREFIX: &str = "aih";
 /// Longest bearer token looked at; real keys are about 120 bytes.
 pub const BEARER_MAX_BYTES: usize = 512;
+
+/// Why a request was not authenticated: each 401 says which, so a newcomer can
+/// fix it. None of them shows any part of the presented token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
+    MissingHeader,
+    #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
+    NotBearer,
+    #[error("the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)")]
+    MalformedKey,
+    #[error("unknown API key: no such key, or its secret does not match")]
+    UnknownKey,
+    #[error("this API key was revoked; ask your administrator for a new one")]
+    RevokedKey,
+    #[error("the operator token only opens /admin; tenant routes take a tenant's API key (`aigne-hub key issue`)")]
+    OperatorTokenOnTenantRoute,
+    #[error("a tenant API key does not open /admin; use the operator token (AIGNE_HUB_OPERATOR_TOKEN or <data dir>/operator_token)")]
+    TenantKeyOnAdmin,
+    #[error("invalid operator token")]
+    WrongOperatorToken,
+}
 
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -54,8 +75,8 @@ pub struct PresentedKey {
     pub key_hash: KeyHash,
 }
 
-pub fn parse_key(text: &str) -> Result<PresentedKey, HubError> {
-    let malformed = || HubError::Unauthenticated(AuthFailure::MalformedKey);
+pub fn parse_key(text: &str) -> Result<PresentedKey, AuthFailure> {
+    let malformed = || AuthFailure::MalformedKey;
     let mut parts = text.splitn(4, '_');
     let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -97,8 +118,8 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 /// The hub key of a tenant route's request.
-pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
-    let token = bearer_token(req).map_err(HubError::Unauthenticated)?;
+pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, AuthFailure> {
+    let token = bearer_token(req)?;
     tenant_key(req, token)
 }
 
@@ -108,13 +129,13 @@ pub struct OperatorToken(pub String);
 
 /// Parses `token` as a hub key; the operator token gets its own refusal, since
 /// trying it on a tenant route is a common first mistake.
-pub fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, HubError> {
+pub fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, AuthFailure> {
     parse_key(token).map_err(|e| {
         let operator = req
             .app_data::<actix_web::web::Data<OperatorToken>>()
             .is_some_and(|operator| same_secret(token, &operator.0));
         if operator {
-            HubError::Unauthenticated(AuthFailure::OperatorTokenOnTenantRoute)
+            AuthFailure::OperatorTokenOnTenantRoute
         } else {
             e
         }
@@ -133,8 +154,8 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 }
 
 /// Checks the operator token of an `/admin` request.
-pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), HubError> {
-    let presented = bearer_token(req).map_err(HubError::Unauthenticated)?;
+pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), AuthFailure> {
+    let presented = bearer_token(req)?;
     if same_secret(presented, expected_token) {
         return Ok(());
     }
@@ -142,7 +163,7 @@ pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), Hub
         Ok(_) => AuthFailure::TenantKeyOnAdmin,
         Err(_) => AuthFailure::WrongOperatorToken,
     };
-    Err(HubError::Unauthenticated(failure))
+    Err(failure)
 }
 
 #[cfg(test)]
@@ -169,10 +190,7 @@ mod tests {
             &format!("aih_{}_{}_", Uuid::nil().simple(), Uuid::nil().simple()),
         ] {
             assert!(
-                matches!(
-                    parse_key(bad),
-                    Err(HubError::Unauthenticated(AuthFailure::MalformedKey))
-                ),
+                matches!(parse_key(bad), Err(AuthFailure::MalformedKey)),
                 "{bad}"
             );
         }

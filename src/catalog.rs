@@ -18,6 +18,27 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// A model the hub cannot serve, with the closest ids it can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    pub suggestions: Vec<String>,
+}
+
+impl std::fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model {:?} does not exist or has no price",
+            self.model
+        )?;
+        if !self.suggestions.is_empty() {
+            write!(f, "; did you mean {}?", self.suggestions.join(", "))?;
+        }
+        write!(f, "; list models with GET /v1/models")
+    }
+}
+
 /// Fallback candidates a model may list at most (bounds a request's attempts).
 pub const FALLBACKS_MAX: usize = domain::price_book::FALLBACKS_MAX;
 

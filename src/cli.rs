@@ -2,6 +2,7 @@
 //! printing JSON. Operations run in-process against the same store as the server.
 
 use crate::config::{CommandEnv, Settings};
+use crate::error::HubError;
 use crate::startup::{build_hub, operator_token, require_existing_store, Application, TokenSource};
 use clap::{Parser, Subcommand};
 use domain::{Credits, KeyId, Role, TenantId};
@@ -333,15 +334,24 @@ async fn run(
                 }
                 None => hub.limits.initial_credits,
             };
-            let tenant_id = hub.create_tenant(name, initial).await?;
+            // Errors read as the HTTP API words them (`HubError`).
+            let tenant_id = hub
+                .create_tenant(name, initial)
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({"tenant_id": tenant_id.to_string()})
         }
         Command::Key(KeyCmd::Issue { tenant, name, role }) => {
-            let (key_id, key) = hub.issue_key(tenant, name, role).await?;
+            let (key_id, key) = hub
+                .issue_key(tenant, name, role)
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})
         }
         Command::Key(KeyCmd::Revoke { tenant, key_id }) => {
-            hub.revoke_key(tenant, key_id).await?;
+            hub.revoke_key(tenant, key_id)
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "revoked": true})
         }
         Command::Credits(CreditsCmd::Grant {
@@ -359,7 +369,8 @@ async fn run(
                 .transpose()?;
             let (grant, _) = hub
                 .grant(tenant, amount, idempotency_key.clone(), reason, expires_at)
-                .await?;
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({
                 "tenant_id": tenant.to_string(), "idempotency_key": idempotency_key,
                 "amount": grant.amount.to_decimal_string(), "reason": grant.reason,
@@ -368,7 +379,7 @@ async fn run(
         }
         Command::Balance { tenant } => crate::billing::balance_body(
             tenant,
-            &hub.balance(tenant, None).await?,
+            &hub.balance(tenant, None).await.map_err(HubError::from)?,
             hub.clock.now(),
             hub.limits.expiring_soon_window_secs,
         ),
@@ -400,7 +411,7 @@ async fn run(
                 secret_access_key: aws.then_some(secret),
                 weight: None,
             };
-            let row = hub.add_provider(spec).await?;
+            let row = hub.add_provider(spec).await.map_err(HubError::from)?;
             serde_json::json!({"provider_id": row.provider_id, "name": row.name, "kind": row.kind, "base_url": row.base_url, "region": row.region})
         }
         Command::Price(PriceCmd::Set {
@@ -421,18 +432,27 @@ async fn run(
                 max_output_tokens,
                 ..Default::default()
             };
-            hub.price_book().set_price(&model, &spec).await?;
+            hub.price_book()
+                .set_price(&model, &spec)
+                .await
+                .map_err(HubError::from)?;
             let priced = hub.catalog.snapshot().models.get(&model).cloned();
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
         }
         Command::Price(PriceCmd::Alias { alias, model }) => {
-            hub.price_book().set_alias(&alias, &model).await?;
+            hub.price_book()
+                .set_alias(&alias, &model)
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({"alias": alias, "model": model})
         }
         Command::Price(PriceCmd::Unalias { alias }) => {
-            hub.price_book().remove_alias(&alias).await?;
+            hub.price_book()
+                .remove_alias(&alias)
+                .await
+                .map_err(HubError::from)?;
             serde_json::json!({"alias": alias, "removed": true})
         }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {

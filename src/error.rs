@@ -4,54 +4,18 @@
 //! official SDKs surface them. Messages never contain secrets: provider keys and
 //! hub keys are never formatted into an error.
 
+use crate::actors::ActorError;
+pub use crate::auth::AuthFailure;
+pub use crate::catalog::UnknownModel;
+use crate::hub::HubOpError;
+use crate::pipeline::PipelineError;
+use crate::prices::PriceError;
 use crate::providers::UpstreamError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use domain::price_book::PriceBookError;
 use domain::tenant::TenantError;
 use serde_json::json;
-
-/// Why a request was not authenticated: each 401 says which, so a newcomer can
-/// fix it. None of them shows any part of the presented token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFailure {
-    #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
-    MissingHeader,
-    #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
-    NotBearer,
-    #[error("the bearer token is not a hub API key (they read aih_<tenant>_<key id>_<secret>, as `aigne-hub key issue` prints them)")]
-    MalformedKey,
-    #[error("unknown API key: no such key, or its secret does not match")]
-    UnknownKey,
-    #[error("this API key was revoked; ask your administrator for a new one")]
-    RevokedKey,
-    #[error("the operator token only opens /admin; tenant routes take a tenant's API key (`aigne-hub key issue`)")]
-    OperatorTokenOnTenantRoute,
-    #[error("a tenant API key does not open /admin; use the operator token (AIGNE_HUB_OPERATOR_TOKEN or <data dir>/operator_token)")]
-    TenantKeyOnAdmin,
-    #[error("invalid operator token")]
-    WrongOperatorToken,
-}
-
-/// A model the hub cannot serve, with the closest ids it can.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownModel {
-    pub model: String,
-    pub suggestions: Vec<String>,
-}
-
-impl std::fmt::Display for UnknownModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the model {:?} does not exist or has no price",
-            self.model
-        )?;
-        if !self.suggestions.is_empty() {
-            write!(f, "; did you mean {}?", self.suggestions.join(", "))?;
-        }
-        write!(f, "; list models with GET /v1/models")
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -276,6 +240,12 @@ impl From<TenantError> for HubError {
     }
 }
 
+impl From<ActorError> for WebhookError {
+    fn from(e: ActorError) -> Self {
+        WebhookError::Hub(e.into())
+    }
+}
+
 /// What a client is told when the store failed. The cause (a driver's words
 /// about pools, sockets and tables) is logged for the operator, never sent.
 pub const LEDGER_UNAVAILABLE: &str = "the ledger is unavailable, retry";
@@ -296,6 +266,77 @@ impl From<crate::store::StoreError> for HubError {
                 HubError::Unavailable("too many concurrent writers for this tenant, retry".into())
             }
             other => HubError::ledger_unavailable(&other),
+        }
+    }
+}
+
+impl From<AuthFailure> for HubError {
+    fn from(e: AuthFailure) -> Self {
+        HubError::Unauthenticated(e)
+    }
+}
+
+impl From<ActorError> for HubError {
+    fn from(e: ActorError) -> Self {
+        match e {
+            ActorError::Refused(e) => e.into(),
+            ActorError::TenantNotFound => HubError::NotFound(e.to_string()),
+            ActorError::Busy
+            | ActorError::TooManyTenants
+            | ActorError::Stopped
+            | ActorError::Unreachable => HubError::Unavailable(e.to_string()),
+            // The actor logged the cause with its tenant.
+            ActorError::LedgerUnavailable(_) => HubError::Unavailable(LEDGER_UNAVAILABLE.into()),
+            ActorError::RefusalUnverified(cause) => HubError::Unavailable(cause.to_string()),
+            ActorError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PriceBookError> for HubError {
+    fn from(e: PriceBookError) -> Self {
+        match e {
+            PriceBookError::Invalid(message) => HubError::BadRequest(message),
+            stale @ PriceBookError::StaleImport { .. } => HubError::Conflict(stale.to_string()),
+            unknown @ PriceBookError::UnknownAlias(_) => HubError::NotFound(unknown.to_string()),
+        }
+    }
+}
+
+impl From<PriceError> for HubError {
+    fn from(e: PriceError) -> Self {
+        match e {
+            PriceError::Invalid(message) => HubError::BadRequest(message),
+            PriceError::Book(e) => e.into(),
+            PriceError::UnknownProvider(_) => HubError::NotFound(e.to_string()),
+            PriceError::KeptChanging => HubError::Conflict(e.to_string()),
+            PriceError::NotVisible => HubError::Internal(e.to_string()),
+            PriceError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<HubOpError> for HubError {
+    fn from(e: HubOpError) -> Self {
+        match e {
+            HubOpError::Invalid(message) => HubError::BadRequest(message),
+            HubOpError::NotFound(message) => HubError::NotFound(message),
+            HubOpError::GrantNotRecorded => HubError::Internal(e.to_string()),
+            HubOpError::CredentialEncoding(cause) => HubError::Internal(cause.to_string()),
+            HubOpError::Actor(e) => e.into(),
+            HubOpError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PipelineError> for HubError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::ModelNotFound(unknown) => HubError::ModelNotFound(unknown),
+            PipelineError::HoldLost(_) => HubError::Unavailable(e.to_string()),
+            PipelineError::Actor(e) => e.into(),
+            PipelineError::Upstream(e) => e.into(),
+            PipelineError::Store(e) => e.into(),
         }
     }
 }
@@ -323,5 +364,228 @@ impl From<UpstreamError> for HubError {
             UpstreamError::Unsupported { .. } => HubError::BadRequest(e.to_string()),
             other => HubError::Upstream(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use std::error::Error as _;
+    use std::sync::Arc;
+
+    fn answer(e: impl Into<HubError>) -> (u16, serde_json::Value) {
+        let e = e.into();
+        (e.status_code().as_u16(), e.body())
+    }
+
+    fn message(body: &serde_json::Value) -> &str {
+        body["error"]["message"].as_str().unwrap()
+    }
+
+    #[test]
+    fn a_store_conflict_is_a_503_asking_to_retry() {
+        let (status, body) = answer(StoreError::Conflict);
+        assert_eq!(status, 503);
+        assert_eq!(
+            message(&body),
+            "service temporarily unavailable: too many concurrent writers for this tenant, retry"
+        );
+    }
+
+    #[test]
+    fn a_database_failure_is_a_503_without_the_drivers_words() {
+        let (status, body) = answer(StoreError::Sqlx(sqlx::Error::PoolTimedOut));
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(
+            message(&body),
+            format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}")
+        );
+    }
+
+    #[test]
+    fn a_duplicate_provider_name_is_a_409() {
+        let (status, _) = answer(StoreError::DuplicateName("openai".into()));
+        assert_eq!(status, 409);
+    }
+
+    #[test]
+    fn actor_failures_keep_their_statuses() {
+        let store_failed = || Arc::new(StoreError::Sqlx(sqlx::Error::PoolTimedOut));
+        let cases = [
+            (ActorError::Busy, 503, format!("service temporarily unavailable: {}", crate::actors::tenant::TENANT_BUSY)),
+            (ActorError::TenantNotFound, 404, "tenant not found".to_string()),
+            (
+                ActorError::LedgerUnavailable(store_failed()),
+                503,
+                format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}"),
+            ),
+            (
+                ActorError::Refused(TenantError::PermissionDenied { role: "viewer" }),
+                403,
+                "this API key's role (viewer) may not do that".to_string(),
+            ),
+            (
+                ActorError::Refused(TenantError::TenantNotFound),
+                401,
+                AuthFailure::UnknownKey.to_string(),
+            ),
+            (
+                ActorError::Store(StoreError::Conflict),
+                503,
+                "service temporarily unavailable: too many concurrent writers for this tenant, retry".to_string(),
+            ),
+        ];
+        for (error, status, text) in cases {
+            let (got_status, body) = answer(error);
+            assert_eq!((got_status, message(&body)), (status, text.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_store_failure_stays_the_cause_of_the_actors_error() {
+        let error =
+            ActorError::LedgerUnavailable(Arc::new(StoreError::Sqlx(sqlx::Error::PoolTimedOut)));
+        let store = error.source().expect("the store's error is the cause");
+        assert!(store.to_string().starts_with("database error: "));
+        let driver = store
+            .source()
+            .expect("the driver's error is the store's cause");
+        assert!(driver.downcast_ref::<sqlx::Error>().is_some());
+    }
+
+    /// Every tenant refusal, one of each kind.
+    fn tenant_errors() -> Vec<TenantError> {
+        let request = domain::RequestId::new_random();
+        let key = domain::KeyId(uuid::Uuid::nil());
+        vec![
+            TenantError::TenantNotFound,
+            TenantError::TenantAlreadyExists,
+            TenantError::InvalidLabel {
+                field: "name",
+                max_chars: 64,
+            },
+            TenantError::Unauthenticated,
+            TenantError::KeyRevoked,
+            TenantError::PermissionDenied { role: "viewer" },
+            TenantError::UnknownKey(key),
+            TenantError::KeyAlreadyExists(key),
+            TenantError::IdempotencyKeyReused("g".into()),
+            TenantError::InsufficientCredits {
+                available: "0".into(),
+                required: "1".into(),
+                advice: None,
+            },
+            TenantError::HoldAlreadyExists(request),
+            TenantError::UnknownHold(request),
+            TenantError::ExpiryNotInFuture,
+            TenantError::ReservedIdempotencyKey("payment:x".into()),
+            TenantError::PaymentEventReused("evt".into()),
+            TenantError::PaymentAmountMismatch("pay".into()),
+            TenantError::UnknownPayment("pay".into()),
+        ]
+    }
+
+    #[test]
+    fn the_actors_refusal_and_conflict_tests_agree_with_the_http_statuses() {
+        for e in tenant_errors() {
+            let status = HubError::from(e.clone()).status_code().as_u16();
+            let actor = ActorError::Refused(e);
+            assert_eq!(actor.is_conflict(), status == 409, "{actor:?}");
+            assert_eq!(actor.is_refusal(), matches!(status, 401..=404), "{actor:?}");
+        }
+    }
+
+    #[test]
+    fn pipeline_failures_keep_their_statuses() {
+        let hold_gone = PipelineError::HoldLost(ActorError::Refused(TenantError::UnknownHold(
+            domain::RequestId::new_random(),
+        )));
+        let (status, body) = answer(hold_gone);
+        assert_eq!(status, 503);
+        assert_eq!(
+            message(&body),
+            "service temporarily unavailable: this request's credit hold is no longer open, so it was not charged; retry"
+        );
+
+        let unknown = PipelineError::ModelNotFound(UnknownModel {
+            model: "gpt-9".into(),
+            suggestions: vec!["openai/gpt-4o".into()],
+        });
+        let (status, body) = answer(unknown);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("model_not_found"))
+        );
+
+        let timeout = PipelineError::Upstream(UpstreamError::Timeout);
+        assert_eq!(answer(timeout).0, 504);
+
+        let store = PipelineError::Store(StoreError::Sqlx(sqlx::Error::PoolClosed));
+        let (status, body) = answer(store);
+        assert_eq!(status, 503);
+        assert!(message(&body).ends_with(LEDGER_UNAVAILABLE));
+    }
+
+    #[test]
+    fn a_402_shows_only_advice_that_fits_a_token() {
+        let short = |fit| {
+            PipelineError::Actor(ActorError::Refused(TenantError::InsufficientCredits {
+                available: "0.1".into(),
+                required: "1".into(),
+                advice: Some(domain::OutputCapAdvice {
+                    output_tokens_that_fit: fit,
+                    default_max_tokens: 4096,
+                }),
+            }))
+        };
+        let (status, body) = answer(short(0));
+        assert_eq!(status, 402);
+        assert!(body["error"].get("max_tokens_that_fit").is_none());
+        assert_eq!(body["error"]["default_max_tokens"], 4096);
+        let (_, body) = answer(short(12));
+        assert_eq!(body["error"]["max_tokens_that_fit"], 12);
+    }
+
+    #[test]
+    fn price_and_hub_operation_failures_keep_their_statuses() {
+        assert_eq!(
+            answer(PriceError::Invalid("input_per_mtok: bad".into())).0,
+            400
+        );
+        assert_eq!(answer(PriceError::UnknownProvider("acme".into())).0, 404);
+        assert_eq!(answer(PriceError::KeptChanging).0, 409);
+        assert_eq!(answer(PriceError::NotVisible).0, 500);
+        assert_eq!(
+            answer(PriceError::Book(PriceBookError::UnknownAlias("x".into()))).0,
+            404
+        );
+        assert_eq!(answer(HubOpError::Invalid("weight".into())).0, 400);
+        assert_eq!(answer(HubOpError::NotFound("provider".into())).0, 404);
+        let (status, body) = answer(HubOpError::GrantNotRecorded);
+        assert_eq!(
+            (status, message(&body)),
+            (500, "internal error: grant not recorded")
+        );
+        assert_eq!(
+            answer(HubOpError::Actor(ActorError::Refused(
+                TenantError::TenantAlreadyExists
+            )))
+            .0,
+            409
+        );
+    }
+
+    #[test]
+    fn the_drivers_error_stays_the_root_cause_through_the_pipeline() {
+        let error = PipelineError::Actor(ActorError::Store(StoreError::Sqlx(
+            sqlx::Error::PoolTimedOut,
+        )));
+        let mut root: &dyn std::error::Error = &error;
+        while let Some(cause) = root.source() {
+            root = cause;
+        }
+        assert!(root.downcast_ref::<sqlx::Error>().is_some(), "{root}");
     }
 }

@@ -4,15 +4,14 @@
 //! operator configures (providers, prices) goes to the store and then refreshes
 //! the catalog.
 
-use crate::actors::{Auth, TenantOp, TenantRegistry, TenantReply};
+use crate::actors::{ActorError, Auth, TenantOp, TenantRegistry, TenantReply};
 use crate::auth::{new_key, PresentedKey};
 use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::crypto::{credential_binding, Secret, SecretBox, SECRET_MAX_BYTES};
-use crate::error::HubError;
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
-use crate::store::{Change, CredentialRow, ProviderRow, Store};
+use crate::store::{Change, CredentialRow, ProviderRow, Store, StoreError};
 use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
@@ -83,6 +82,27 @@ pub struct CredentialSpec {
     pub weight: Option<u32>,
 }
 
+/// Why an operation of the hub was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubOpError {
+    /// A provider or credential spec that does not hold.
+    #[error("{0}")]
+    Invalid(String),
+    /// A provider or credential named that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A grant the tenant accepted is not in its reply.
+    #[error("grant not recorded")]
+    GrantNotRecorded,
+    /// A credential could not be written as JSON before sealing.
+    #[error("the credential could not be encoded")]
+    CredentialEncoding(#[source] serde_json::Error),
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Largest rotation weight of a credential.
 pub const CREDENTIAL_WEIGHT_MAX: u32 = 1_000;
 
@@ -92,11 +112,11 @@ fn parse_credential(
     api_key: Option<String>,
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
-) -> Result<Credential, HubError> {
-    let secret = |field: &str, value: Option<String>| -> Result<Secret, HubError> {
+) -> Result<Credential, HubOpError> {
+    let secret = |field: &str, value: Option<String>| -> Result<Secret, HubOpError> {
         match value {
             Some(v) if !v.is_empty() && v.len() <= SECRET_MAX_BYTES => Ok(Secret::new(v)),
-            _ => Err(HubError::BadRequest(format!(
+            _ => Err(HubOpError::Invalid(format!(
                 "{field} is required for a {} provider (1 to {SECRET_MAX_BYTES} bytes)",
                 kind.as_str()
             ))),
@@ -162,7 +182,7 @@ impl Hub {
         &self,
         tenant_id: TenantId,
         command: TenantCommand,
-    ) -> Result<TenantReply, HubError> {
+    ) -> Result<TenantReply, ActorError> {
         let op = TenantOp::Execute {
             auth: None,
             command,
@@ -175,7 +195,7 @@ impl Hub {
         &self,
         name: String,
         initial_credits: Credits,
-    ) -> Result<TenantId, HubError> {
+    ) -> Result<TenantId, HubOpError> {
         let tenant_id = TenantId::new_random();
         let command = TenantCommand::CreateTenant {
             tenant_id,
@@ -193,7 +213,7 @@ impl Hub {
         tenant_id: TenantId,
         name: String,
         role: Role,
-    ) -> Result<(KeyId, String), HubError> {
+    ) -> Result<(KeyId, String), HubOpError> {
         let key = new_key(tenant_id);
         let command = TenantCommand::IssueApiKey {
             key_id: key.key_id,
@@ -206,7 +226,7 @@ impl Hub {
         Ok((key.key_id, key.full_key))
     }
 
-    pub async fn revoke_key(&self, tenant_id: TenantId, key_id: KeyId) -> Result<(), HubError> {
+    pub async fn revoke_key(&self, tenant_id: TenantId, key_id: KeyId) -> Result<(), HubOpError> {
         let command = TenantCommand::RevokeApiKey {
             key_id,
             at: self.clock.now(),
@@ -222,7 +242,7 @@ impl Hub {
         idempotency_key: String,
         reason: String,
         expires_at: Option<DateTime<Utc>>,
-    ) -> Result<(GrantRecord, TenantReply), HubError> {
+    ) -> Result<(GrantRecord, TenantReply), HubOpError> {
         let command = TenantCommand::GrantCredits {
             amount,
             idempotency_key,
@@ -231,10 +251,7 @@ impl Hub {
             at: self.clock.now(),
         };
         let reply = self.operator_command(tenant_id, command).await?;
-        let grant = reply
-            .grant
-            .clone()
-            .ok_or_else(|| HubError::Internal("grant not recorded".into()))?;
+        let grant = reply.grant.clone().ok_or(HubOpError::GrantNotRecorded)?;
         Ok((grant, reply))
     }
 
@@ -242,7 +259,7 @@ impl Hub {
         &self,
         tenant_id: TenantId,
         auth: Option<Auth>,
-    ) -> Result<Balance, HubError> {
+    ) -> Result<Balance, ActorError> {
         Ok(self
             .tenants
             .call(tenant_id, TenantOp::Read { auth })
@@ -251,10 +268,10 @@ impl Hub {
     }
 
     /// Adds a provider; its credential is sealed before it is stored.
-    pub async fn add_provider(&self, spec: ProviderSpec) -> Result<ProviderRow, HubError> {
-        let kind: ProviderKind = spec.kind.parse().map_err(HubError::BadRequest)?;
+    pub async fn add_provider(&self, spec: ProviderSpec) -> Result<ProviderRow, HubOpError> {
+        let kind: ProviderKind = spec.kind.parse().map_err(HubOpError::Invalid)?;
         if !kind.is_available() {
-            return Err(HubError::BadRequest(format!(
+            return Err(HubOpError::Invalid(format!(
                 "provider kind {:?} is not supported by this hub yet",
                 kind.as_str()
             )));
@@ -266,7 +283,7 @@ impl Hub {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !valid_name {
-            return Err(HubError::BadRequest(
+            return Err(HubOpError::Invalid(
                 "provider name must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
             ));
         }
@@ -283,7 +300,7 @@ impl Hub {
                     && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             });
             Some(region.ok_or_else(|| {
-                HubError::BadRequest(
+                HubOpError::Invalid(
                     "region is required for a bedrock provider (e.g. \"us-east-1\")".into(),
                 )
             })?)
@@ -294,14 +311,12 @@ impl Hub {
             (Some(url), _, _) => url,
             (None, Some(default), _) => default.to_string(),
             (None, None, Some(region)) => format!("https://bedrock-runtime.{region}.amazonaws.com"),
-            (None, None, None) => return Err(HubError::BadRequest("base_url is required".into())),
+            (None, None, None) => return Err(HubOpError::Invalid("base_url is required".into())),
         };
         let url = reqwest::Url::parse(&base_url)
-            .map_err(|_| HubError::BadRequest("base_url is not a valid URL".into()))?;
+            .map_err(|_| HubOpError::Invalid("base_url is not a valid URL".into()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HubError::BadRequest(
-                "base_url must be http or https".into(),
-            ));
+            return Err(HubOpError::Invalid("base_url must be http or https".into()));
         }
         let row = ProviderRow {
             provider_id: uuid::Uuid::new_v4().to_string(),
@@ -323,14 +338,14 @@ impl Hub {
         &self,
         provider_name: &str,
         spec: CredentialSpec,
-    ) -> Result<String, HubError> {
+    ) -> Result<String, HubOpError> {
         let provider = self
             .catalog
             .snapshot()
             .providers
             .get(provider_name)
             .cloned()
-            .ok_or_else(|| HubError::NotFound(format!("provider {provider_name:?} not found")))?;
+            .ok_or_else(|| HubOpError::NotFound(format!("provider {provider_name:?} not found")))?;
         let credential = parse_credential(
             provider.kind,
             spec.api_key,
@@ -349,13 +364,13 @@ impl Hub {
         &self,
         credential_id: &str,
         reason: Option<&str>,
-    ) -> Result<(), HubError> {
+    ) -> Result<(), HubOpError> {
         if !self
             .store
             .set_credential_disabled(credential_id, reason)
             .await?
         {
-            return Err(HubError::NotFound(format!(
+            return Err(HubOpError::NotFound(format!(
                 "credential {credential_id:?} not found"
             )));
         }
@@ -368,16 +383,15 @@ impl Hub {
         provider_id: &str,
         credential: &Credential,
         weight: u32,
-    ) -> Result<CredentialRow, HubError> {
+    ) -> Result<CredentialRow, HubOpError> {
         if weight == 0 || weight > CREDENTIAL_WEIGHT_MAX {
-            return Err(HubError::BadRequest(format!(
+            return Err(HubOpError::Invalid(format!(
                 "weight must be 1 to {CREDENTIAL_WEIGHT_MAX}"
             )));
         }
         let credential_id = uuid::Uuid::new_v4().to_string();
-        let plaintext = Secret::new(
-            serde_json::to_string(credential).map_err(|e| HubError::Internal(e.to_string()))?,
-        );
+        let plaintext =
+            Secret::new(serde_json::to_string(credential).map_err(HubOpError::CredentialEncoding)?);
         Ok(CredentialRow {
             secret_ciphertext: self.secrets.seal(
                 &plaintext,
@@ -394,7 +408,7 @@ impl Hub {
     /// Beats this process's heartbeat, then, when a hold could be due for release,
     /// releases holds left by dead processes and holds past their time to live
     /// (see [`SweepState`] for when that is).
-    async fn sweep_holds_if_due(&self, state: &mut SweepState) -> Result<usize, HubError> {
+    async fn sweep_holds_if_due(&self, state: &mut SweepState) -> Result<usize, StoreError> {
         let now = now_ms();
         self.store.heartbeat(self.instance_id, now).await?;
         let live = self
@@ -428,7 +442,10 @@ impl Hub {
     /// `live` and the holds past their time to live on the hub's clock. Returns
     /// the holds released. Public so that a test can run one pass with the clock
     /// moved past a hold's time to live instead of waiting for the next one.
-    pub async fn release_abandoned_holds(&self, live: Vec<InstanceId>) -> Result<usize, HubError> {
+    pub async fn release_abandoned_holds(
+        &self,
+        live: Vec<InstanceId>,
+    ) -> Result<usize, StoreError> {
         let mut released = 0;
         for (key, payload) in self.store.projection_rows(Balances::NAME).await? {
             let Ok(row) = serde_json::from_str::<BalanceRow>(&payload) else {
@@ -463,7 +480,7 @@ impl Hub {
     /// log by a moment, which is harmless both ways: a lot granted just now is
     /// seen by a later pass (and a reservation expires due lots itself), and a
     /// tenant whose lots were just expired gets a command that decides nothing.
-    pub async fn expire_due_credits(&self) -> Result<usize, HubError> {
+    pub async fn expire_due_credits(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut due: Vec<(DateTime<Utc>, TenantId)> = Vec::new();
         for (key, payload) in self.store.projection_rows(Balances::NAME).await? {

@@ -8,7 +8,6 @@
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::error::HubError;
 use crate::store::{Store, StoreError};
 use domain::price_book::{
     ImagePrice, MarginScope, ModelPriceSpec, PriceBook, PriceBookCommand, PriceBookError,
@@ -69,14 +68,14 @@ pub struct ImagePriceSpec {
     pub sell_per_image: Option<String>,
 }
 
-fn per_mtok(field: &str, raw: &str) -> Result<Rate, HubError> {
-    Rate::parse_per_million(raw).map_err(|e| HubError::BadRequest(format!("{field}: {e}")))
+fn per_mtok(field: &str, raw: &str) -> Result<Rate, PriceError> {
+    Rate::parse_per_million(raw).map_err(|e| PriceError::Invalid(format!("{field}: {e}")))
 }
 
-fn per_image(field: &str, raw: &str) -> Result<Rate, HubError> {
-    let credits = Credits::parse(raw).map_err(|e| HubError::BadRequest(format!("{field}: {e}")))?;
+fn per_image(field: &str, raw: &str) -> Result<Rate, PriceError> {
+    let credits = Credits::parse(raw).map_err(|e| PriceError::Invalid(format!("{field}: {e}")))?;
     if credits.is_negative() {
-        return Err(HubError::BadRequest(format!(
+        return Err(PriceError::Invalid(format!(
             "{field}: prices cannot be negative"
         )));
     }
@@ -92,10 +91,10 @@ fn rates(
     cache_write: Option<&str>,
     image: Option<&str>,
     image_default: Rate,
-) -> Result<Rates, HubError> {
+) -> Result<Rates, PriceError> {
     let field = |name: &str| format!("{prefix}{name}");
     let input = per_mtok(&field("input_per_mtok"), input)?;
-    let optional = |name: &str, raw: Option<&str>| -> Result<Rate, HubError> {
+    let optional = |name: &str, raw: Option<&str>| -> Result<Rate, PriceError> {
         raw.map_or(Ok(input), |r| per_mtok(&field(name), r))
     };
     Ok(Rates {
@@ -108,7 +107,7 @@ fn rates(
 }
 
 impl PriceSpec {
-    pub fn to_model_spec(&self) -> Result<ModelPriceSpec, HubError> {
+    pub fn to_model_spec(&self) -> Result<ModelPriceSpec, PriceError> {
         let cost = rates(
             "",
             &self.input_per_mtok,
@@ -149,7 +148,7 @@ impl PriceSpec {
                         .transpose()?,
                 })
             })
-            .collect::<Result<Vec<_>, HubError>>()?;
+            .collect::<Result<Vec<_>, PriceError>>()?;
         Ok(ModelPriceSpec {
             cost,
             sell,
@@ -160,14 +159,25 @@ impl PriceSpec {
     }
 }
 
-impl From<PriceBookError> for HubError {
-    fn from(e: PriceBookError) -> Self {
-        match e {
-            PriceBookError::Invalid(message) => HubError::BadRequest(message),
-            stale @ PriceBookError::StaleImport { .. } => HubError::Conflict(stale.to_string()),
-            unknown @ PriceBookError::UnknownAlias(_) => HubError::NotFound(unknown.to_string()),
-        }
-    }
+/// Why a price book write was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    /// A price, rate or model id that does not parse.
+    #[error("{0}")]
+    Invalid(String),
+    /// The price book's rules refused the command.
+    #[error(transparent)]
+    Book(#[from] PriceBookError),
+    #[error("provider {0:?} does not exist; add it first (POST /admin/v1/providers or `aigne-hub provider add`)")]
+    UnknownProvider(String),
+    /// Other processes appended first on every attempt.
+    #[error("the price book kept changing under this write; try again")]
+    KeptChanging,
+    /// The catalog, refreshed after the write, does not show the new price.
+    #[error("price not visible after write")]
+    NotVisible,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Writes to the price book: what a write needs (the store, the catalog it
@@ -184,7 +194,7 @@ impl PriceBookWriter<'_> {
     pub async fn execute_price_book(
         &self,
         command: PriceBookCommand,
-    ) -> Result<Vec<PriceBookEvent>, HubError> {
+    ) -> Result<Vec<PriceBookEvent>, PriceError> {
         for _ in 0..PRICE_BOOK_WRITE_ATTEMPTS {
             let stored = self.store.price_book_events().await?;
             let next_sequence = stored.last().map_or(1, |(sequence, _)| sequence + 1);
@@ -209,15 +219,13 @@ impl PriceBookWriter<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(HubError::Conflict(
-            "the price book kept changing under this write; try again".into(),
-        ))
+        Err(PriceError::KeptChanging)
     }
 
     /// Sets a model's price; returns its current price version (unchanged when the
     /// price is the same as before).
-    pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, HubError> {
-        let model = ModelId::parse(model).map_err(|e| HubError::BadRequest(e.to_string()))?;
+    pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, PriceError> {
+        let model = ModelId::parse(model).map_err(|e| PriceError::Invalid(e.to_string()))?;
         let spec = spec.to_model_spec()?;
         self.check_provider_exists(model.provider()).await?;
         self.execute_price_book(PriceBookCommand::SetModelPrice {
@@ -231,26 +239,24 @@ impl PriceBookWriter<'_> {
             .book
             .current(&model)
             .map(|c| c.version)
-            .ok_or_else(|| HubError::Internal("price not visible after write".into()))
+            .ok_or(PriceError::NotVisible)
     }
 
     /// A price for a provider the hub does not have would never be served: the
     /// model would only ever answer "does not exist". Read from the store, not
     /// the catalog, so a provider another process just added counts.
-    async fn check_provider_exists(&self, provider: &str) -> Result<(), HubError> {
+    async fn check_provider_exists(&self, provider: &str) -> Result<(), PriceError> {
         let providers = self.store.list_providers().await?;
         if providers.iter().any(|p| p.name == provider) {
             return Ok(());
         }
-        Err(HubError::NotFound(format!(
-            "provider {provider:?} does not exist; add it first (POST /admin/v1/providers or `aigne-hub provider add`)"
-        )))
+        Err(PriceError::UnknownProvider(provider.to_string()))
     }
 
     /// Makes a bare name (`gpt-4o-mini`) stand for a priced `provider/model`.
-    pub async fn set_alias(&self, alias: &str, model: &str) -> Result<(), HubError> {
+    pub async fn set_alias(&self, alias: &str, model: &str) -> Result<(), PriceError> {
         let model =
-            ModelId::parse(model).map_err(|e| HubError::BadRequest(format!("model: {e}")))?;
+            ModelId::parse(model).map_err(|e| PriceError::Invalid(format!("model: {e}")))?;
         self.execute_price_book(PriceBookCommand::SetModelAlias {
             alias: alias.to_string(),
             model,
@@ -261,7 +267,7 @@ impl PriceBookWriter<'_> {
     }
 
     /// Removes an alias; 404 when there is none of that name.
-    pub async fn remove_alias(&self, alias: &str) -> Result<(), HubError> {
+    pub async fn remove_alias(&self, alias: &str) -> Result<(), PriceError> {
         self.execute_price_book(PriceBookCommand::RemoveModelAlias {
             alias: alias.to_string(),
             at: self.clock.now(),
@@ -274,7 +280,7 @@ impl PriceBookWriter<'_> {
         &self,
         scope: MarginScope,
         margin_bps: Option<u32>,
-    ) -> Result<(), HubError> {
+    ) -> Result<(), PriceError> {
         self.execute_price_book(PriceBookCommand::SetMargin {
             scope,
             margin_bps,
@@ -288,7 +294,7 @@ impl PriceBookWriter<'_> {
         &self,
         tenant_id: TenantId,
         plan: Option<String>,
-    ) -> Result<(), HubError> {
+    ) -> Result<(), PriceError> {
         self.execute_price_book(PriceBookCommand::SetTenantPlan {
             tenant_id,
             plan,
@@ -301,7 +307,7 @@ impl PriceBookWriter<'_> {
     /// Moves the price table of hubs from before the price book into it, once: when
     /// the book is empty and the table is not. Each price keeps its version, so
     /// charges recorded at it find it in the history.
-    pub async fn import_price_table(&self) -> Result<usize, HubError> {
+    pub async fn import_price_table(&self) -> Result<usize, PriceError> {
         if !self.store.price_book_events().await?.is_empty() {
             return Ok(0);
         }
@@ -326,7 +332,9 @@ impl PriceBookWriter<'_> {
             match self.execute_price_book(command).await {
                 Ok(events) => imported += events.len(),
                 // Another process is importing the same table: its import stands.
-                Err(HubError::Conflict(_)) => {}
+                Err(
+                    PriceError::Book(PriceBookError::StaleImport { .. }) | PriceError::KeptChanging,
+                ) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -64,7 +64,11 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         clock: Default::default(),
         full_hold_sweeps: Default::default(),
     };
-    let imported = hub.price_book().import_price_table().await?;
+    let imported = hub
+        .price_book()
+        .import_price_table()
+        .await
+        .map_err(crate::error::HubError::from)?;
     if imported > 0 {
         tracing::info!(
             imported,

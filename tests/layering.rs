@@ -24,16 +24,16 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["providers", "catalog", "routing", "projector", "billing"],
     ),
     // What the services compose: the tenant actor, hub keys, price book writes,
-    // and their error. `error` (HubError) sits this low only because the tenant
-    // actor still answers with it; once the actor has its own error enum, it
-    // moves up to the HTTP edge.
-    ("ledger and keys", &["actors", "auth", "prices", "error"]),
+    // each with its own error enum.
+    ("ledger and keys", &["actors", "auth", "prices"]),
     // The services the codecs and routes call: the hub, the model request
     // pipeline, audit checks of stored chains and exports.
     ("services", &["hub", "pipeline", "audit"]),
-    // Ingress codecs: each wire format parsed into the pipeline's request and
-    // its answer encoded back; `body` reads request bodies for them and for routes.
-    ("ingress", &["ingress", "body"]),
+    // The HTTP edge: ingress codecs, each wire format parsed into the
+    // pipeline's request and its answer encoded back; `body` reads request
+    // bodies for them and for routes; `error` (HubError) maps every lower
+    // layer's error to its HTTP status and body, once.
+    ("ingress", &["ingress", "body", "error"]),
     // HTTP routes.
     ("routes", &["routes"]),
     // Operations: start-up, the CLI, one-shot replay, webhook delivery, binaries.

@@ -6,8 +6,10 @@
 //! tenant's requests are serialized, which is what makes "never spend credit you
 //! do not have" hold under any concurrency.
 
+mod error;
 pub mod registry;
 pub mod tenant;
 
+pub use error::ActorError;
 pub use registry::TenantRegistry;
 pub use tenant::{Auth, TenantOp, TenantReply};

@@ -1,8 +1,8 @@
 //! Finds or starts the actor of a tenant.
 
-use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply, TENANT_BUSY};
+use super::tenant::{Call, CatchUp, TenantActor, TenantOp, TenantReply};
+use super::ActorError;
 use crate::config::Limits;
-use crate::error::HubError;
 use crate::store::EventLog;
 use actix::prelude::*;
 use domain::{InstanceId, TenantId};
@@ -54,7 +54,7 @@ impl TenantRegistry {
         }
     }
 
-    fn addr_for(&self, tenant_id: TenantId) -> Result<Addr<TenantActor>, HubError> {
+    fn addr_for(&self, tenant_id: TenantId) -> Result<Addr<TenantActor>, ActorError> {
         let mut actors = self.actors.lock().expect("actor map lock poisoned");
         if let Some((_, addr)) = actors.get(&tenant_id) {
             if addr.connected() {
@@ -62,9 +62,7 @@ impl TenantRegistry {
             }
         }
         if actors.len() >= LIVE_TENANT_ACTORS_MAX {
-            return Err(HubError::Unavailable(
-                "too many active tenants in this process".into(),
-            ));
+            return Err(ActorError::TooManyTenants);
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let arbiter =
@@ -92,22 +90,20 @@ impl TenantRegistry {
     }
 
     /// Runs one operation on a tenant and waits for its committed answer.
-    pub async fn call(&self, tenant_id: TenantId, op: TenantOp) -> Result<TenantReply, HubError> {
+    pub async fn call(&self, tenant_id: TenantId, op: TenantOp) -> Result<TenantReply, ActorError> {
         let timeout = Duration::from_millis(self.limits.tenant_call_timeout_ms);
         // An actor that stopped between lookup and send never saw the message
         // (Closed): start a fresh one and send again, once.
         for _ in 0..2 {
             let addr = self.addr_for(tenant_id)?;
             match tokio::time::timeout(timeout, addr.send(Call(op.clone()))).await {
-                Err(_) => return Err(HubError::Unavailable(TENANT_BUSY.into())),
+                Err(_) => return Err(ActorError::Busy),
                 Ok(Ok(answer)) => return answer,
                 Ok(Err(MailboxError::Closed)) => continue,
-                Ok(Err(MailboxError::Timeout)) => {
-                    return Err(HubError::Unavailable(TENANT_BUSY.into()))
-                }
+                Ok(Err(MailboxError::Timeout)) => return Err(ActorError::Busy),
             }
         }
-        Err(HubError::Unavailable("tenant actor unavailable".into()))
+        Err(ActorError::Unreachable)
     }
 
     /// Another writer appended to `tenant_id`'s stream up to `sequence`: its

@@ -14,7 +14,7 @@
 //! could be stale: the store's newest sequence is checked first, and if it is
 //! ahead the actor reloads and decides again.
 
-use crate::error::HubError;
+use super::ActorError;
 use crate::store::{Durability, EventLog, EventMetadata, StoreError, SNAPSHOT_EVERY_EVENTS};
 use actix::prelude::*;
 use chrono::Utc;
@@ -81,7 +81,7 @@ pub struct TenantReply {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<TenantReply, HubError>")]
+#[rtype(result = "Result<TenantReply, ActorError>")]
 pub struct Call(pub TenantOp);
 
 /// Another writer appended to this tenant's stream up to `0` (its newest
@@ -93,7 +93,7 @@ pub struct CatchUp(pub usize);
 
 struct Pending {
     op: TenantOp,
-    reply: oneshot::Sender<Result<TenantReply, HubError>>,
+    reply: oneshot::Sender<Result<TenantReply, ActorError>>,
     conflicts: u32,
     /// When the operation reached the actor: a refusal needs a view at least as
     /// fresh as this.
@@ -101,19 +101,13 @@ struct Pending {
 }
 
 /// Decided operations with their answers, and the events they need committed.
-type Outcomes = Vec<(Pending, Result<TenantReply, HubError>)>;
+type Outcomes = Vec<(Pending, Result<TenantReply, ActorError>)>;
 type Events = Vec<(TenantEvent, EventMetadata)>;
 
 /// Whether an answer refuses the caller (401, 402, 403, 404): such an answer is
 /// only given from a view known to be current.
-fn is_refusal(answer: &Result<TenantReply, HubError>) -> bool {
-    matches!(
-        answer,
-        Err(HubError::Unauthenticated(_)
-            | HubError::PermissionDenied(_)
-            | HubError::InsufficientCredits { .. }
-            | HubError::NotFound(_))
-    )
+fn is_refusal(answer: &Result<TenantReply, ActorError>) -> bool {
+    answer.as_ref().is_err_and(ActorError::is_refusal)
 }
 
 pub struct TenantActor {
@@ -266,11 +260,12 @@ impl TenantActor {
                 }
                 Err(e) => {
                     // Whether the view is current cannot be told: no refusal.
+                    let e = Arc::new(e);
                     let outcomes = outcomes
                         .into_iter()
                         .map(|(pending, outcome)| match outcome {
                             refusal if is_refusal(&refusal) => {
-                                (pending, Err(HubError::Unavailable(e.to_string())))
+                                (pending, Err(ActorError::RefusalUnverified(e.clone())))
                             }
                             other => (pending, other),
                         })
@@ -313,8 +308,9 @@ impl TenantActor {
                 }
                 Err(e) => {
                     tracing::error!(tenant_id = %actor.tenant_id, error = %e, "loading tenant failed");
+                    let e = Arc::new(e);
                     for pending in actor.pending.drain(..) {
-                        let _ = pending.reply.send(Err(HubError::Unavailable(crate::error::LEDGER_UNAVAILABLE.into())));
+                        let _ = pending.reply.send(Err(ActorError::LedgerUnavailable(e.clone())));
                     }
                 }
             }
@@ -327,7 +323,7 @@ impl TenantActor {
         &mut self,
         op: &TenantOp,
         events: &mut Vec<(TenantEvent, EventMetadata)>,
-    ) -> Result<TenantReply, HubError> {
+    ) -> Result<TenantReply, ActorError> {
         let (auth, command, request_id) = match op {
             TenantOp::Execute {
                 auth,
@@ -337,9 +333,9 @@ impl TenantActor {
             TenantOp::Read { auth } => (auth, None, None),
         };
         let operator = auth.is_none();
-        let not_found = |e: TenantError| -> HubError {
+        let not_found = |e: TenantError| -> ActorError {
             if operator && e == TenantError::TenantNotFound {
-                HubError::NotFound("tenant not found".into())
+                ActorError::TenantNotFound
             } else {
                 e.into()
             }
@@ -348,7 +344,7 @@ impl TenantActor {
             && !self.state.exists()
             && !matches!(command, Some(TenantCommand::CreateTenant { .. }))
         {
-            return Err(HubError::NotFound("tenant not found".into()));
+            return Err(ActorError::TenantNotFound);
         }
         let role = match auth {
             Some(a) => Some(
@@ -398,7 +394,7 @@ impl TenantActor {
         &mut self,
         ctx: &mut Context<Self>,
         events: Vec<(TenantEvent, EventMetadata)>,
-        outcomes: Vec<(Pending, Result<TenantReply, HubError>)>,
+        outcomes: Vec<(Pending, Result<TenantReply, ActorError>)>,
         durability: Durability,
     ) {
         self.busy = true;
@@ -452,10 +448,10 @@ impl TenantActor {
                     actor.loaded = false;
                     actor.note_unsure_holds(&outcomes);
                     actor.retry_unsure_holds_later(ctx);
-                    let message = crate::error::LEDGER_UNAVAILABLE.to_string();
+                    let e = Arc::new(e);
                     for (pending, outcome) in outcomes {
                         let answer = match outcome {
-                            Ok(_) => Err(HubError::Unavailable(message.clone())),
+                            Ok(_) => Err(ActorError::LedgerUnavailable(e.clone())),
                             err => err,
                         };
                         let _ = pending.reply.send(answer);
@@ -598,14 +594,14 @@ impl Actor for TenantActor {
 }
 
 impl Handler<Call> for TenantActor {
-    type Result = ResponseFuture<Result<TenantReply, HubError>>;
+    type Result = ResponseFuture<Result<TenantReply, ActorError>>;
 
     fn handle(&mut self, call: Call, ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         // Every message leaves actix's mailbox at once for `pending`, so the
         // mailbox's capacity alone would bound nothing: the bound is kept here.
         if self.pending.len() >= self.mailbox_capacity {
-            return Box::pin(async { Err(HubError::Unavailable(TENANT_BUSY.into())) });
+            return Box::pin(async { Err(ActorError::Busy) });
         }
         let (reply, answer) = oneshot::channel();
         self.pending.push_back(Pending {
@@ -615,11 +611,7 @@ impl Handler<Call> for TenantActor {
             arrived: Instant::now(),
         });
         self.pump(ctx);
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(HubError::Unavailable("tenant actor stopped".into())))
-        })
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(ActorError::Stopped)) })
     }
 }
 

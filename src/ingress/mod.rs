@@ -12,12 +12,13 @@ pub mod aigne;
 pub mod messages;
 pub mod openai;
 
-use crate::auth::{presented_key, PresentedKey};
+use crate::actors::ActorError;
+use crate::auth::{presented_key, AuthFailure, PresentedKey};
 use crate::body::{parse_json, read_limited};
 use crate::config::Limits;
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::pipeline::{self, Admitted, Ask};
+use crate::pipeline::{self, Admitted, Ask, PipelineError};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
@@ -40,7 +41,7 @@ pub trait Wire: 'static {
     /// The hub key the request presents (`Authorization: Bearer` unless the
     /// wire format says otherwise).
     fn key(req: &HttpRequest) -> Result<PresentedKey, HubError> {
-        presented_key(req)
+        Ok(presented_key(req)?)
     }
 
     /// An error's JSON body in this wire format.
@@ -54,6 +55,24 @@ pub struct WireError<W>(pub HubError, PhantomData<W>);
 impl<W> From<HubError> for WireError<W> {
     fn from(error: HubError) -> Self {
         WireError(error, PhantomData)
+    }
+}
+
+impl<W> From<AuthFailure> for WireError<W> {
+    fn from(error: AuthFailure) -> Self {
+        WireError(error.into(), PhantomData)
+    }
+}
+
+impl<W> From<PipelineError> for WireError<W> {
+    fn from(error: PipelineError) -> Self {
+        WireError(error.into(), PhantomData)
+    }
+}
+
+impl<W> From<ActorError> for WireError<W> {
+    fn from(error: ActorError) -> Self {
+        WireError(error.into(), PhantomData)
     }
 }
 

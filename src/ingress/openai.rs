@@ -7,8 +7,8 @@
 use crate::error::HubError;
 use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
 use crate::pipeline::{
-    chat_pieces, credit_exhausted_note, openai_chunk_bytes, Ending, StreamCodec, CHAT, CHAT_STREAM,
-    EMBEDDINGS, IMAGES,
+    chat_pieces, credit_exhausted_note, openai_chunk_bytes, Ending, PipelineError, StreamCodec,
+    CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES,
 };
 use crate::providers::openai_usage_json;
 use actix_web::HttpResponse;
@@ -239,8 +239,8 @@ impl StreamCodec for OpenAiStream {
         vec![sse_frame("[DONE]")]
     }
 
-    fn error_frame(&self, error: &HubError) -> Bytes {
-        sse_frame(&error.body().to_string())
+    fn error_frame(&self, error: PipelineError) -> Bytes {
+        sse_frame(&HubError::from(error).body().to_string())
     }
 }
 

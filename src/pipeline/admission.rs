@@ -2,12 +2,12 @@
 //! placed, in one decision of the tenant's actor.
 
 use super::billing::Billing;
-use crate::actors::TenantOp;
+use super::PipelineError;
+use crate::actors::{ActorError, TenantOp};
 use crate::auth::PresentedKey;
 use crate::catalog::{Candidate, PriceFor};
-use crate::error::HubError;
 use crate::hub::Hub;
-use domain::tenant::TenantCommand;
+use domain::tenant::{TenantCommand, TenantError};
 use domain::{Capability, Ingress, ModelPrice, Permission, RequestId};
 use serde_json::Value;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ pub(crate) async fn admit(
     key: PresentedKey,
     ask: Ask<'_>,
     app: Option<String>,
-) -> Result<Admitted, HubError> {
+) -> Result<Admitted, PipelineError> {
     let auth = Some(Hub::key_auth(&key, Permission::CallModels));
     let (image_size, image_quality) = ask.image_variant;
     let who = PriceFor {
@@ -137,7 +137,7 @@ pub(crate) async fn admit(
         hub.tenants
             .call(key.tenant_id, TenantOp::Read { auth })
             .await?;
-        return Err(HubError::ModelNotFound(crate::error::UnknownModel {
+        return Err(PipelineError::ModelNotFound(crate::catalog::UnknownModel {
             model: ask.model.to_string(),
             suggestions: catalog.closest_ids(ask.model),
         }));
@@ -195,16 +195,57 @@ pub(crate) async fn admit(
 }
 
 /// A 402's advice counts the output tokens of all choices together; a client
-/// sets `max_tokens` per choice.
-fn advice_per_choice(mut e: HubError, choices: u32) -> HubError {
-    if let HubError::InsufficientCredits {
-        max_tokens_that_fit,
+/// sets `max_tokens` per choice, so the advice it gets is per choice.
+fn advice_per_choice(mut e: ActorError, choices: u32) -> ActorError {
+    if let ActorError::Refused(TenantError::InsufficientCredits {
+        advice: Some(advice),
         ..
-    } = &mut e
+    }) = &mut e
     {
-        *max_tokens_that_fit = max_tokens_that_fit
-            .map(|n| n / u64::from(choices.max(1)))
-            .filter(|n| *n >= 1);
+        advice.output_tokens_that_fit /= u64::from(choices.max(1));
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::OutputCapAdvice;
+
+    fn short_of_credit(output_tokens_that_fit: u64) -> ActorError {
+        ActorError::Refused(TenantError::InsufficientCredits {
+            available: "0.1".into(),
+            required: "1".into(),
+            advice: Some(OutputCapAdvice {
+                output_tokens_that_fit,
+                default_max_tokens: 4096,
+            }),
+        })
+    }
+
+    fn tokens_that_fit(e: &ActorError) -> Option<u64> {
+        match e {
+            ActorError::Refused(TenantError::InsufficientCredits { advice, .. }) => {
+                advice.map(|a| a.output_tokens_that_fit)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_402s_advice_is_per_choice() {
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(90), 3)),
+            Some(30)
+        );
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(2), 3)),
+            Some(0)
+        );
+        // No choices named counts as one.
+        assert_eq!(
+            tokens_that_fit(&advice_per_choice(short_of_credit(7), 0)),
+            Some(7)
+        );
+    }
 }

@@ -2,8 +2,8 @@
 //! with backoff, failures recorded, credentials the upstream rejects disabled.
 
 use super::billing::Billing;
+use super::PipelineError;
 use crate::catalog::Candidate;
-use crate::error::HubError;
 use crate::providers::{
     api_for, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, Provider, ProviderKind,
     UpstreamCall, UpstreamError,
@@ -148,7 +148,7 @@ pub(super) async fn attempt<A>(
     candidates: &[Candidate],
     operation: &Operation<A>,
     request: &Value,
-) -> Result<(A, Attempt, Provider), HubError> {
+) -> Result<(A, Attempt, Provider), PipelineError> {
     let hub = &billing.hub;
     let limits = &hub.limits;
     let mut number = 0u32;

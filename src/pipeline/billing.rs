@@ -1,9 +1,10 @@
 //! One request's hold: settled, released, or closed for a stream that did not
 //! finish.
 
+use super::PipelineError;
+use crate::actors::ActorError;
 use crate::actors::TenantOp;
 use crate::auth::PresentedKey;
-use crate::error::HubError;
 use crate::hub::Hub;
 use crate::providers::{Provider, UpstreamError};
 use domain::tenant::{Attempt, TenantCommand};
@@ -29,7 +30,7 @@ pub(crate) struct Billing {
 }
 
 impl Billing {
-    async fn execute(&self, command: TenantCommand) -> Result<(), HubError> {
+    async fn execute(&self, command: TenantCommand) -> Result<(), ActorError> {
         let op = TenantOp::Execute {
             auth: None,
             command,
@@ -43,7 +44,11 @@ impl Billing {
     }
 
     /// Charges `usage` at the rates of the attempt that produced it.
-    pub(crate) async fn settle(&self, attempt: &Attempt, usage: Usage) -> Result<(), HubError> {
+    pub(crate) async fn settle(
+        &self,
+        attempt: &Attempt,
+        usage: Usage,
+    ) -> Result<(), PipelineError> {
         self.execute(TenantCommand::SettleUsage {
             request_id: self.request_id,
             attempt: attempt.clone(),
@@ -56,10 +61,8 @@ impl Billing {
             // The only conflict a settlement meets: its hold is gone, released by
             // the sweeper after its time to live, or lost with a database crash
             // (see `store::Durability`). Not the client's doing; it may retry.
-            HubError::Conflict(_) => HubError::Unavailable(
-                "this request's credit hold is no longer open, so it was not charged; retry".into(),
-            ),
-            other => other,
+            e if e.is_conflict() => PipelineError::HoldLost(e),
+            other => other.into(),
         })
     }
 
@@ -126,7 +129,7 @@ impl Billing {
         usage: Option<Usage>,
         output_bytes: u64,
         failure: Option<UpstreamError>,
-    ) -> Option<HubError> {
+    ) -> Option<PipelineError> {
         match failure {
             None => {
                 tracing::info!(request_id = %self.request_id, "client left mid-stream; settling what was generated");
@@ -138,7 +141,7 @@ impl Billing {
                 let e = e.redacted(provider);
                 self.close_unfinished(attempt, usage, output_bytes, Some(&e))
                     .await;
-                Some(HubError::from(e))
+                Some(PipelineError::from(e))
             }
         }
     }

@@ -19,18 +19,19 @@
 mod admission;
 mod attempts;
 mod billing;
+mod error;
 mod relay;
 
 pub(crate) use admission::{admit, Admitted, Ask};
 pub(crate) use attempts::{
     Billed, Operation, OutputCap, Perform, CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES,
 };
+pub(crate) use error::PipelineError;
 pub(crate) use relay::{
     chat_pieces, credit_exhausted_note, map_pieces, openai_chunk_bytes, Ending, Pieces,
     StreamCodec, Upstreamed, STREAM_BUFFER_CHUNKS,
 };
 
-use crate::error::HubError;
 use bytes::Bytes;
 use domain::tenant::Attempt;
 use domain::Usage;
@@ -52,7 +53,7 @@ impl Admitted {
         self,
         billed: &Billed<A>,
         request: &Value,
-    ) -> Result<Settled<A>, HubError> {
+    ) -> Result<Settled<A>, PipelineError> {
         let (answer, attempt, _) =
             attempts::attempt(&self.billing, &self.candidates, &billed.operation, request).await?;
         let usage = (billed.usage)(&answer, request, self.billing.prompt_bytes);
@@ -71,7 +72,7 @@ impl Admitted {
         operation: &Operation<A>,
         request: &Value,
         codec: impl FnOnce(&Attempt, A) -> (C, Pieces<C::Piece>),
-    ) -> Result<mpsc::Receiver<Bytes>, HubError> {
+    ) -> Result<mpsc::Receiver<Bytes>, PipelineError> {
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
         self.stream_into(operation, request, codec, tx).await?;
         Ok(rx)
@@ -85,7 +86,7 @@ impl Admitted {
         request: &Value,
         codec: impl FnOnce(&Attempt, A) -> (C, Pieces<C::Piece>),
         tx: mpsc::Sender<Bytes>,
-    ) -> Result<(), HubError> {
+    ) -> Result<(), PipelineError> {
         let (answer, attempt, provider) =
             attempts::attempt(&self.billing, &self.candidates, operation, request).await?;
         let (codec, pieces) = codec(&attempt, answer);

@@ -5,7 +5,7 @@
 //! client charged. A [`StreamCodec`] turns pieces and endings into frames.
 
 use super::billing::{partial_usage, Billing};
-use crate::error::HubError;
+use super::PipelineError;
 use crate::providers::{ChatStream, Provider, StreamItem, UpstreamError};
 use bytes::Bytes;
 use domain::tenant::Attempt;
@@ -79,7 +79,7 @@ pub(crate) trait StreamCodec: 'static {
     fn settled(&mut self, ending: Ending, charged: &Usage, attempt: &Attempt) -> Vec<Bytes>;
 
     /// The frame that tells the client the stream failed.
-    fn error_frame(&self, error: &HubError) -> Bytes;
+    fn error_frame(&self, error: PipelineError) -> Bytes;
 }
 
 /// How a relayed stream ended.
@@ -155,7 +155,7 @@ pub(super) async fn relay<C: StreamCodec>(
             send_all(&tx, codec.closing(ending, &charged)).await;
             let last = match billing.settle(&attempt, charged).await {
                 Ok(()) => codec.settled(ending, &charged, &attempt),
-                Err(e) => vec![codec.error_frame(&e)],
+                Err(e) => vec![codec.error_frame(e)],
             };
             send_all(&tx, last).await;
         }
@@ -169,7 +169,7 @@ pub(super) async fn relay<C: StreamCodec>(
                 .end_unfinished(&attempt, &provider, usage, output_bytes, Some(e))
                 .await;
             if let Some(e) = failure {
-                let _ = tx.send(codec.error_frame(&e)).await;
+                let _ = tx.send(codec.error_frame(e)).await;
             }
         }
     }

@@ -18,7 +18,7 @@ use serde_json::json;
 const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
 
 pub(super) fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
-    check_operator(req, &hub.operator_token)
+    Ok(check_operator(req, &hub.operator_token)?)
 }
 
 fn credits(field: &str, raw: &str) -> Result<Credits, HubError> {

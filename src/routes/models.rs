@@ -26,8 +26,9 @@ async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>,
         )
         .await
     {
-        Ok(_) | Err(HubError::PermissionDenied(_)) => {}
-        Err(e) => return Err(e),
+        Ok(_) => {}
+        Err(e) if e.is_permission_denied() => {}
+        Err(e) => return Err(e.into()),
     }
     // Each tenant sees what it pays: its margin or its plan's applies.
     Ok(PriceFor {

@@ -74,23 +74,24 @@ pub enum StoreError {
     Conflict,
     #[error("a provider named {0:?} already exists")]
     DuplicateName(String),
+    /// The database driver failed: a lost connection, a full pool, a refused
+    /// statement. Kept as the driver's error so a caller can inspect it; sqlx
+    /// prints no connection URL or password in it.
     #[error("database error: {0}")]
-    Database(String),
+    Sqlx(#[from] sqlx::Error),
+    /// The event store failed other than by a lost optimistic lock (which is
+    /// `Conflict`).
+    #[error("database error: {0}")]
+    Persistence(#[source] cqrs_es::persist::PersistenceError),
     #[error("stored data could not be decoded: {0}")]
     Corrupt(String),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
 }
 
 impl From<cqrs_es::persist::PersistenceError> for StoreError {
     fn from(e: cqrs_es::persist::PersistenceError) -> Self {
         match e {
             cqrs_es::persist::PersistenceError::OptimisticLockError => StoreError::Conflict,
-            other => StoreError::Database(other.to_string()),
+            other => StoreError::Persistence(other),
         }
     }
 }

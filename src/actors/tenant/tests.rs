@@ -130,7 +130,7 @@ impl Fixture {
     fn send_all(
         &self,
         ops: impl IntoIterator<Item = TenantOp>,
-    ) -> Vec<tokio::task::JoinHandle<Result<TenantReply, HubError>>> {
+    ) -> Vec<tokio::task::JoinHandle<Result<TenantReply, ActorError>>> {
         ops.into_iter()
             .map(|op| {
                 let registry = self.registry.clone();
@@ -161,7 +161,7 @@ fn grant(n: usize) -> TenantOp {
 }
 
 async fn answers(
-    handles: Vec<tokio::task::JoinHandle<Result<TenantReply, HubError>>>,
+    handles: Vec<tokio::task::JoinHandle<Result<TenantReply, ActorError>>>,
 ) -> Vec<TenantReply> {
     let mut replies = Vec::new();
     for handle in handles {
@@ -191,7 +191,7 @@ async fn a_full_queue_answers_busy_at_once_and_the_queued_operations_still_commi
         .call(fixture.tenant_id, grant(CAPACITY))
         .await;
     match refused {
-        Err(HubError::Unavailable(message)) => assert_eq!(message, TENANT_BUSY),
+        Err(e @ ActorError::Busy) => assert_eq!(e.to_string(), TENANT_BUSY),
         other => panic!("a full queue must answer busy, got {other:?}"),
     }
     assert!(
@@ -231,7 +231,7 @@ async fn a_call_waits_at_most_the_call_timeout() {
         .await;
     let waited = started.elapsed();
     match answer {
-        Err(HubError::Unavailable(message)) => assert_eq!(message, TENANT_BUSY),
+        Err(e @ ActorError::Busy) => assert_eq!(e.to_string(), TENANT_BUSY),
         other => panic!("a call past its timeout must answer busy, got {other:?}"),
     }
     assert!(

@@ -26,8 +26,9 @@ use crate::error::HubError;
 use crate::hub::Hub;
 use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
 use crate::pipeline::{
-    chat_pieces, credit_exhausted_note, openai_chunk_bytes, Admitted, Ask, Billed, Ending, Settled,
-    StreamCodec, CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES, STREAM_BUFFER_CHUNKS,
+    chat_pieces, credit_exhausted_note, openai_chunk_bytes, Admitted, Ask, Billed, Ending,
+    PipelineError, Settled, StreamCodec, CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES,
+    STREAM_BUFFER_CHUNKS,
 };
 use crate::providers::ProviderKind;
 use crate::providers::{ChatOutcome, EmbeddingsOutcome, ImagesOutcome};
@@ -482,7 +483,11 @@ pub async fn status(
     if bearer(&req).is_some() {
         let key = presented_key(&req)?;
         let auth = Some(Hub::key_auth(&key, Permission::CallModels));
-        match hub.balance(key.tenant_id, auth).await {
+        match hub
+            .balance(key.tenant_id, auth)
+            .await
+            .map_err(HubError::from)
+        {
             Ok(balance) if balance.available.pico() <= 0 => {
                 return unavailable(format!(
                     "No credits left ({} available). {TOP_UP}",
@@ -547,7 +552,7 @@ pub async fn user_info(
         )
     };
     let reply = match read(Permission::CallModels).await {
-        Err(HubError::PermissionDenied(_)) => read(Permission::ReadBilling).await?,
+        Err(e) if e.is_permission_denied() => read(Permission::ReadBilling).await?,
         other => other?,
     };
     let b = &reply.balance;
@@ -643,7 +648,8 @@ async fn stream_chat(
         // reports it.
         let started = admitted
             .stream_into(&CHAT_STREAM, &request, codec, tx)
-            .await;
+            .await
+            .map_err(HubError::from);
         let _ = started_tx.send(started);
     });
     let frames = frames(rx);
@@ -713,8 +719,8 @@ impl StreamCodec for AigneFrames {
             .collect()
     }
 
-    fn error_frame(&self, error: &HubError) -> Bytes {
-        error_event(error)
+    fn error_frame(&self, error: PipelineError) -> Bytes {
+        error_event(&error.into())
     }
 }
 

@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
 use crate::pipeline::{
     chat_pieces, map_pieces, openai_chunk_bytes, Billed, Ending, Operation, OutputCap, Perform,
-    Pieces, StreamCodec, Upstreamed, CHAT, CHAT_STREAM,
+    Pieces, PipelineError, StreamCodec, Upstreamed, CHAT, CHAT_STREAM,
 };
 use crate::providers::anthropic::{self, MessagesItem, MessagesOutcome, MessagesStream};
 use crate::providers::{
@@ -67,9 +67,9 @@ impl Wire for Anthropic {
                 if value.len() > BEARER_MAX_BYTES {
                     return Err(malformed());
                 }
-                auth::tenant_key(req, value.trim())
+                Ok(auth::tenant_key(req, value.trim())?)
             }
-            None => auth::presented_key(req),
+            None => Ok(auth::presented_key(req)?),
         }
     }
 
@@ -421,8 +421,8 @@ impl StreamCodec for AnthropicEvents {
         vec![held.unwrap_or_else(|| typed_frame(&stream::message_stop()))]
     }
 
-    fn error_frame(&self, error: &HubError) -> Bytes {
-        error_frame(error)
+    fn error_frame(&self, error: PipelineError) -> Bytes {
+        error_frame(&error.into())
     }
 }
 
