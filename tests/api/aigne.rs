@@ -8,7 +8,7 @@ use crate::mock_openai::{
     CACHED_TOKENS, COMPLETION_TOKENS, EMBEDDING_PROMPT_TOKENS, PROMPT_TOKENS,
 };
 use crate::on_both_stores;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use domain::tenant::{AttemptOutcome, TenantEvent};
 use domain::{Capability, Credits, Ingress};
 use reqwest::Method;
@@ -863,19 +863,11 @@ pub fn start_slow_upstream() -> String {
         tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
         HttpResponse::Ok().json(json!({"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]}))
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(|| {
-        App::new()
+    let port = serve_mock(|routes| {
+        routes
             .route("/v1/chat/completions", web::post().to(chat))
-            .route("/v1/images/generations", web::post().to(images))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
+            .route("/v1/images/generations", web::post().to(images));
+    });
     format!("http://127.0.0.1:{port}/v1")
 }
 
@@ -998,16 +990,14 @@ async fn slow_calls_get_their_headers_at_once_and_one_charge(kind: StoreKind) {
                 .unwrap()
         })
     };
-    let started = Instant::now();
-    let mut pending = Value::Null;
-    while started.elapsed() < Duration::from_millis(SLOW_MS - 200) {
-        pending = user_info(&app, &key).await["creditBalance"]["pendingCredit"].clone();
-        if pending != "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_ne!(pending, "0", "the call's hold shows as pending credit");
+    // Only while the slow call is in flight.
+    let in_flight_ms = Duration::from_millis(SLOW_MS - 200);
+    let pending = poll_for(in_flight_ms, || async {
+        let pending = user_info(&app, &key).await["creditBalance"]["pendingCredit"].clone();
+        (pending != "0").then_some(pending)
+    })
+    .await;
+    assert!(pending.is_some(), "the call's hold shows as pending credit");
     in_flight.await.unwrap();
     let info = user_info(&app, &key).await;
     assert_eq!(info["creditBalance"]["pendingCredit"], "0", "{info}");

@@ -312,18 +312,13 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
 
     // On PostgreSQL the log becomes readable once every older transaction in the
     // cluster has ended (other tests' too): wait until the projection has both tenants.
-    let mut report = aigne_hub::replay::replay_all(app.store().as_ref())
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if report.projections[0].comparison.live_rows == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        report = aigne_hub::replay::replay_all(app.store().as_ref())
+    let report = wait_for(WAIT_DEADLINE, "the projection has both tenants", || async {
+        let report = aigne_hub::replay::replay_all(app.store().as_ref())
             .await
             .unwrap();
-    }
+        (report.projections[0].comparison.live_rows == 2).then_some(report)
+    })
+    .await;
     assert!(report.all_identical, "{report:?}");
     let balances = &report.projections[0];
     assert_eq!(balances.comparison.live_rows, 2);
@@ -332,17 +327,19 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
     // The projection row catches up with the live actor figures. (On PostgreSQL
     // it may trail while any transaction in the cluster is still open.)
     let live = app.balance(&tenant).await;
-    let mut row = Value::Null;
-    for _ in 0..200 {
-        app.projections_caught_up().await;
-        let rows = app.store().projection_rows("balances").await.unwrap();
-        row = serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
-        let spent = Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap());
-        if spent.to_decimal_string() == live["spent"] {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let row: Value = wait_for(
+        WAIT_DEADLINE,
+        "the balances row has the live figures",
+        || async {
+            app.projections_caught_up().await;
+            let rows = app.store().projection_rows("balances").await.unwrap();
+            let row: Value =
+                serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
+            let spent = Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap());
+            (spent.to_decimal_string() == live["spent"]).then_some(row)
+        },
+    )
+    .await;
     assert_eq!(
         Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap()).to_decimal_string(),
         live["spent"]

@@ -21,7 +21,6 @@ use domain::tenant::TenantEvent;
 use domain::{Credits, Rate, Rates, Usage};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// What the suite needs to know about one provider under test.
 pub struct Fixture {
@@ -148,15 +147,7 @@ impl Setup {
     }
 
     async fn wait_until_nothing_held(&self) -> Value {
-        let mut balance = self.app.balance(&self.tenant).await;
-        for _ in 0..100 {
-            if balance["held"] == "0" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            balance = self.app.balance(&self.tenant).await;
-        }
-        balance
+        self.app.wait_until_nothing_held(&self.tenant).await
     }
 }
 

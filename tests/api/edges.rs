@@ -211,12 +211,10 @@ const ECHOED_KEY: &str = "sk-edge-7Hq2xZ9pL4mN8vB1";
 /// An OpenAI-shaped upstream whose every error echoes its key back: in part,
 /// upper-cased and base64-encoded (as careless providers and proxies do).
 fn start_echoing_upstream(status: u16) -> String {
-    use actix_web::{web, App, HttpResponse, HttpServer};
+    use actix_web::{web, HttpResponse};
     use base64::Engine;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || {
-        App::new().default_service(web::to(move || async move {
+    let port = serve_mock(move |routes| {
+        routes.default_service(web::to(move || async move {
             let encoded = base64::engine::general_purpose::STANDARD.encode(ECHOED_KEY);
             let message = format!(
                 "Incorrect API key provided: {}****. Key {} rejected; raw {encoded}",
@@ -225,14 +223,8 @@ fn start_echoing_upstream(status: u16) -> String {
             );
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
                 .json(json!({"error": {"message": message, "type": "invalid_request_error", "code": "bad_key_format"}}))
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
+        }));
+    });
     format!("http://127.0.0.1:{port}/v1")
 }
 

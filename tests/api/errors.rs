@@ -7,7 +7,6 @@ use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 async fn error_of(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
@@ -439,14 +438,7 @@ async fn client_leaving_mid_stream_is_billed_for_what_was_generated(kind: StoreK
     }
     drop(response);
     // The hub notices on its next write, stops reading the upstream, and settles.
-    let mut balance = app.balance(&tenant).await;
-    for _ in 0..100 {
-        if balance["held"] == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        balance = app.balance(&tenant).await;
-    }
+    let balance = app.wait_until_nothing_held(&tenant).await;
     assert_eq!(balance["held"], "0");
     let usages = settled_usages(&tenant_events(&app, &tenant).await);
     assert_eq!(usages.len(), 1);

@@ -2,6 +2,7 @@
 //! database per test, or a new SQLite file), with a mock upstream beside it.
 
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
+use actix_web::{web, App, HttpServer};
 use aigne_hub::config::{Limits, Settings};
 use aigne_hub::startup::Application;
 use aigne_hub::store::{EventMetadata, Store};
@@ -9,7 +10,9 @@ use chrono::Utc;
 use domain::tenant::TenantEvent;
 use domain::{Credits, InstanceId, TenantId};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -279,10 +282,11 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Value {
+        let expected = documented_status(&method, path);
         let response = self.admin(method, path, body).await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {body}");
+        assert_eq!(status, expected, "{path}: {body}");
         body
     }
 
@@ -340,6 +344,53 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A tenant with `credits` and one key of `role` for it: `(tenant, key)`.
+    pub async fn tenant_with_key(&self, credits: &str, role: &str) -> (String, String) {
+        let tenant = self.create_tenant(credits).await;
+        let key = self.issue_key(&tenant, role).await;
+        (tenant, key)
+    }
+
+    /// `GET path` with `key`.
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with `key`, which must answer 200 with JSON.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        let response = self.get(key, path).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// `POST path` with `key` and a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the tenant holds nothing (its requests settled or released)
+    /// and returns that balance.
+    pub async fn wait_until_nothing_held(&self, tenant_id: &str) -> Value {
+        wait_for(WAIT_DEADLINE, "the holds settled or released", || async {
+            let balance = self.balance(tenant_id).await;
+            (balance["held"] == "0").then_some(balance)
+        })
+        .await
+    }
+
     pub async fn balance(&self, tenant_id: &str) -> Value {
         self.admin_json(
             reqwest::Method::GET,
@@ -367,31 +418,132 @@ impl TestApp {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
+            let conn = tokio::sync::Mutex::new(conn);
+            let what = format!("the transactions older than {now} ended");
+            wait_until(WAIT_DEADLINE, &what, || async {
                 let oldest_running: i64 = sqlx::query_scalar(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
                 )
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn.lock().await)
                 .await
                 .unwrap();
-                if oldest_running > now {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a transaction older than {now} stayed open for 10 s"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+                oldest_running > now
+            })
+            .await;
         }
         self.hub.projector.catch_up().await.unwrap();
+    }
+}
+
+/// The status docs/api.md gives a successful operator call: 201 for the POSTs
+/// that create (a tenant, a key, a provider, a credential), 200 for the rest.
+fn documented_status(method: &reqwest::Method, path: &str) -> reqwest::StatusCode {
+    let without_query = path.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = without_query
+        .trim_start_matches("/admin/v1/")
+        .split('/')
+        .collect();
+    let creates = *method == reqwest::Method::POST
+        && matches!(
+            segments.as_slice(),
+            ["tenants"] | ["tenants", _, "keys"] | ["providers"] | ["providers", _, "credentials"]
+        );
+    if creates {
+        reqwest::StatusCode::CREATED
+    } else {
+        reqwest::StatusCode::OK
     }
 }
 
 /// A chat request body to the mock.
 pub fn chat_body(model: &str, stream: bool) -> Value {
     json!({"model": format!("mock/{model}"), "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
+}
+
+/// How long a test waits for background work (a settlement, a projection, a
+/// sweep) before failing: far more than the work takes on a loaded machine.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a wait looks again.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// Looks at `probe` every few ms until it gives a value, for at most `within`;
+/// `None` if it never did (for a caller that fails in its own words).
+pub async fn poll_for<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// Waits until `probe` gives a value and returns it; fails the test naming
+/// `what` once `within` has passed without one.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_for(within, probe)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {within:?}"))
+}
+
+/// Waits until `condition` holds; fails the test naming `what` once `within`
+/// has passed.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let probe = || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    };
+    wait_for(within, what, probe).await
+}
+
+/// A free port on 127.0.0.1 (for a hub process started with `--listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves a mock upstream's routes on a fresh port of 127.0.0.1 (one worker,
+/// no signal handling, on the test's runtime); returns the port.
+pub fn serve_mock(routes: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || App::new().configure(routes.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    actix_web::rt::spawn(server);
+    port
+}
+
+/// The `x-request-id` header the hub sets on every answer.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Runs a test body once per store.

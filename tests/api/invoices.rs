@@ -43,15 +43,13 @@ fn pico(amount: &Value) -> i128 {
 /// Waits until the current draft has `lines` lines (on PostgreSQL the log is
 /// readable once every older transaction in the cluster has ended).
 async fn draft_with(app: &TestApp, key: &str, lines: usize) -> Value {
-    for _ in 0..200 {
+    let what = format!("the draft shows {lines} lines");
+    wait_for(WAIT_DEADLINE, &what, || async {
         app.projections_caught_up().await;
         let body = get_json(app, key, "/v1/billing/invoices").await;
-        if body["data"][0]["lines"].as_array().map(Vec::len) == Some(lines) {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the draft never showed {lines} lines");
+        (body["data"][0]["lines"].as_array().map(Vec::len) == Some(lines)).then_some(body)
+    })
+    .await
 }
 
 /// `(model, kind, quantity, exact pico)` of each line the mock answers make.
@@ -408,26 +406,22 @@ async fn late_usage_is_an_adjustment_in_the_current_draft(kind: StoreKind) {
     assert_eq!(before["lines"].as_array().unwrap().len(), 2, "{before}");
     assert_eq!(before["total"], "0.000025", "5 × 1 + 10 × 2 micro-credits");
 
-    let mut after = Value::Null;
-    let mut draft = Value::Null;
-    for _ in 0..200 {
-        after = operator_get(
+    let (after, draft) = wait_for(WAIT_DEADLINE, "the current draft is listed", || async {
+        let after = operator_get(
             &app,
             &format!("/admin/v1/tenants/{tenant}/invoices/{old_id}"),
         )
         .await;
         let list = operator_get(&app, &format!("/admin/v1/tenants/{tenant}/invoices")).await;
-        if let Some(d) = list["data"]
+        let draft = list["data"]
             .as_array()
             .unwrap()
             .iter()
             .find(|i| i["id"] == current_id.as_str())
-        {
-            draft = d.clone();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            .cloned();
+        draft.map(|draft| (after, draft))
+    })
+    .await;
     assert_eq!(after, before, "the finalized invoice is unchanged");
     assert_eq!(draft["status"], "draft", "{draft}");
     let lines = draft["lines"].as_array().unwrap();

@@ -97,14 +97,12 @@ impl Receiver {
 
     /// Waits until at least `n` deliveries arrived (fails the test after 10 s).
     async fn wait_for(&self, n: usize) -> Vec<Delivery> {
-        for _ in 0..200 {
+        let what = format!("{n} deliveries");
+        wait_for(WAIT_DEADLINE, &what, || async {
             let got = self.deliveries();
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("expected {n} deliveries, got {:?}", self.deliveries());
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 }
 
@@ -196,6 +194,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     chat_ok(&app, &key).await;
     chat_ok(&app, &key).await;
     let got = receiver.wait_for(1).await;
+    // No second delivery may come: a check that nothing happens, so it waits a while.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.deliveries().len(), 1, "one crossing, one delivery");
 
@@ -233,6 +232,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     assert_eq!(crossed.len(), 2);
     assert_eq!(second["id"], format!("{tenant}:{}", crossed[1].0));
     assert_eq!(second["available"], crossed[1].2.to_decimal_string());
+    // No third delivery may come: a check that nothing happens.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.deliveries().len(), 2);
 }
@@ -273,17 +273,15 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_redeliver(kind: St
         .find(|e| matches!(e.event, TenantEvent::LowBalanceCrossed { .. }))
         .unwrap()
         .log_position;
-    let mut moved = false;
-    for _ in 0..200 {
-        if store.projection_checkpoint(CHECKPOINT_NAME).await.unwrap() >= position {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(moved, "the checkpoint moves past a delivered page");
+    wait_until(
+        WAIT_DEADLINE,
+        "the checkpoint moves past a delivered page",
+        || async { store.projection_checkpoint(CHECKPOINT_NAME).await.unwrap() >= position },
+    )
+    .await;
     let app = app.restart().await;
     chat_ok(&app, &key).await;
+    // No delivery may come again: a check that nothing happens, so it waits a while.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         receiver.deliveries().len(),

@@ -1,7 +1,7 @@
 //! Runs the real `aigne-hub` binary as a child process, for tests that kill it or
 //! read its logs.
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{free_port, poll_for, TestDatabase};
 use crate::mock_openai::MOCK_API_KEY;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -20,14 +20,6 @@ pub struct HubEnv {
 pub struct HubProcess {
     pub child: Child,
     pub address: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl HubEnv {
@@ -83,16 +75,12 @@ impl HubEnv {
             .unwrap();
         let address = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client
-                .get(format!("{address}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return HubProcess { child, address };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let healthy = || async {
+            let answer = client.get(format!("{address}/healthz")).send().await;
+            answer.is_ok_and(|r| r.status() == 200).then_some(())
+        };
+        if poll_for(Duration::from_secs(10), healthy).await.is_some() {
+            return HubProcess { child, address };
         }
         let _ = child.kill();
         let _ = child.wait();

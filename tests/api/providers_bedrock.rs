@@ -599,16 +599,6 @@ async fn settled(s: &Setup) -> Vec<Usage> {
         .collect()
 }
 
-async fn wait_until_nothing_held(s: &Setup) {
-    for _ in 0..100 {
-        if s.app.balance(&s.tenant).await["held"] == "0" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("a hold was never released");
-}
-
 on_both_stores!(
     requests_are_signed_translated_and_encoded,
     |kind| async move {
@@ -757,7 +747,7 @@ async fn broken_stream(kind: StoreKind, model: &str, expected_code: &str) {
     assert_eq!(last["error"]["code"], expected_code, "{last}");
     let first: Value = serde_json::from_str(&frames[1]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["content"], "Hel");
-    wait_until_nothing_held(&s).await;
+    s.app.wait_until_nothing_held(&s.tenant).await;
     let usage = settled(&s).await;
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert!(usage[0].estimated);

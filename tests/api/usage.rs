@@ -47,15 +47,13 @@ fn total_requests(body: &Value) -> u64 {
 /// Waits until the projection shows `requests` finished requests (on PostgreSQL
 /// the log is readable once every older transaction in the cluster has ended).
 async fn usage_with(app: &TestApp, key: &str, query: &str, requests: u64) -> Value {
-    for _ in 0..200 {
+    let what = format!("usage shows {requests} requests");
+    wait_for(WAIT_DEADLINE, &what, || async {
         app.projections_caught_up().await;
         let body = get_json(app, key, query).await;
-        if total_requests(&body) == requests {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("usage never showed {requests} requests");
+        (total_requests(&body) == requests).then_some(body)
+    })
+    .await
 }
 
 fn pico(amount: &Value) -> Credits {

@@ -402,16 +402,17 @@ async fn an_expiring_grant_expires_and_the_balance_shows_it(kind: StoreKind) {
         .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
     // The pass finds the tenant through the balances projection, which may trail
     // the log for a moment (on PostgreSQL, while older transactions of the
-    // cluster are open): poll.
-    let mut expired_lots = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while expired_lots == 0 && std::time::Instant::now() < deadline {
-        app.projections_caught_up().await;
-        expired_lots += app.hub.expire_due_credits().await.unwrap();
-        if expired_lots == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    // cluster are open): run the pass until it expires something.
+    let expired_lots = wait_for(
+        Duration::from_secs(30),
+        "the pass expires a lot",
+        || async {
+            app.projections_caught_up().await;
+            let expired = app.hub.expire_due_credits().await.unwrap();
+            (expired > 0).then_some(expired)
+        },
+    )
+    .await;
     assert_eq!(expired_lots, 1);
     let balance = app.balance(&tenant).await;
     assert_eq!(balance["expired"], "2", "{balance}");
@@ -502,12 +503,15 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
     // Generous: the pass reads the balances projection, which may trail the log
     // while other tests hold transactions open on the same PostgreSQL server.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut balance = read().await;
-    while balance["expired"] != "1" && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        balance = read().await;
-    }
+    let balance = wait_for(
+        Duration::from_secs(30),
+        "the loop expires the lot",
+        || async {
+            let balance = read().await;
+            (balance["expired"] == "1").then_some(balance)
+        },
+    )
+    .await;
     assert_eq!(balance["expired"], "1", "{balance}");
     assert_eq!(balance["available"], "0");
     assert_eq!(balance["expiring_soon"], "0");
