@@ -15,11 +15,8 @@
 //! `conf-die` (streams some text, then breaks the connection) and
 //! `conf-status-<N>` (fails with HTTP status N and the message "mock N message").
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
-use domain::tenant::TenantEvent;
 use domain::{Credits, Rate, Rates, Usage};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// What the suite needs to know about one provider under test.
@@ -70,19 +67,12 @@ pub async fn setup(kind: StoreKind, fixture: Fixture) -> Setup {
     let app = spawn_app(kind).await;
     let mut provider = fixture.provider.clone();
     provider["name"] = json!("conf");
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(provider))
-        .await;
+    app.add_provider(provider).await;
     for model in MODELS {
         let price = json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5", "cache_write_per_mtok": "1.25", "max_output_tokens": 1000});
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/conf/{model}"),
-            Some(price),
-        )
-        .await;
+        app.set_price(&format!("conf/{model}"), price).await;
     }
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("10", "member").await;
     Setup {
         app,
         tenant,
@@ -120,16 +110,7 @@ impl Setup {
     }
 
     async fn settlements(&self) -> Vec<(Usage, Credits)> {
-        tenant_events(&self.app, &self.tenant)
-            .await
-            .into_iter()
-            .filter_map(|e| match e.event {
-                TenantEvent::UsageSettled {
-                    usage, cost_pico, ..
-                } => Some((usage, cost_pico)),
-                _ => None,
-            })
-            .collect()
+        settlements(&self.app, &self.tenant).await
     }
 
     /// Exactly one settlement so far, of exactly `expected`, charged at the rates.

@@ -10,8 +10,6 @@ use crate::process::HubEnv;
 use aigne_hub::startup::Application;
 use domain::tenant::TenantEvent;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,32 +25,13 @@ fn cli_env(app: &TestApp) -> HubEnv {
 
 /// Runs one CLI command to success.
 fn cli(env: &HubEnv, args: &[&str], stdin: Option<&str>) {
-    let mut child = env
-        .command()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.run_ok(args, stdin);
 }
 
 async fn a_grant_from_the_cli_is_spendable_at_once(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0", "member").await;
     let body = chat_body("gpt-mock", false);
     assert_eq!(app.chat(&key, &body).await.status(), 402);
 
@@ -81,8 +60,7 @@ on_both_stores!(
 
 async fn a_model_added_from_the_cli_is_served_within_a_second(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("1", "member").await;
     let body = chat_body("gpt-mock", false);
     assert_eq!(app.chat(&key, &body).await.status(), 404);
 
@@ -196,8 +174,7 @@ async fn a_grant_on_one_hub_is_spendable_on_the_other_at_once() {
     let first = spawn_app(StoreKind::Postgres).await;
     first.setup_provider(&[GPT_MOCK]).await;
     let (second, second_handle) = second_hub(&first).await;
-    let tenant = first.create_tenant("0").await;
-    let member = first.issue_key(&tenant, "member").await;
+    let (tenant, member) = first.tenant_with_key("0", "member").await;
     let books = first.issue_key(&tenant, "billing").await;
     assert_eq!(chat_at(&first, &second, &member).await, 402);
 
@@ -315,8 +292,7 @@ async fn a_hold_committed_as_the_ledger_fails_is_released_after_reconnecting() {
     })
     .await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     proxy.armed.store(true, Ordering::SeqCst);
     let response = app.chat(&key, &chat_body("gpt-mock", false)).await;

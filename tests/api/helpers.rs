@@ -8,7 +8,7 @@ use aigne_hub::startup::Application;
 use aigne_hub::store::{EventMetadata, Store};
 use chrono::Utc;
 use domain::tenant::TenantEvent;
-use domain::{Credits, InstanceId, TenantId};
+use domain::{Credits, InstanceId, TenantId, Usage};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
@@ -290,26 +290,49 @@ impl TestApp {
         body
     }
 
+    /// Adds a provider (the admin API's provider body).
+    pub async fn add_provider(&self, provider: Value) -> Value {
+        self.admin_json(reqwest::Method::POST, "/admin/v1/providers", Some(provider))
+            .await
+    }
+
+    /// Sets the price of `model` (`provider/name`; the admin API's price body).
+    pub async fn set_price(&self, model: &str, price: Value) -> Value {
+        let path = format!("/admin/v1/prices/{model}");
+        self.admin_json(reqwest::Method::PUT, &path, Some(price))
+            .await
+    }
+
     /// Adds the mock as provider `mock` and prices `mock/<model>` for each model.
     pub async fn setup_provider(&self, models: &[(&str, &str, &str, Option<u32>)]) {
-        self.admin_json(
-            reqwest::Method::POST,
-            "/admin/v1/providers",
-            Some(json!({"name": "mock", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY})),
-        )
-        .await;
+        self.add_provider(json!({"name": "mock", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY}))
+            .await;
         for (model, input, output, max_output) in models {
             let mut body = json!({"input_per_mtok": input, "output_per_mtok": output});
             if let Some(m) = max_output {
                 body["max_output_tokens"] = json!(m);
             }
-            self.admin_json(
-                reqwest::Method::PUT,
-                &format!("/admin/v1/prices/mock/{model}"),
-                Some(body),
-            )
-            .await;
+            self.set_price(&format!("mock/{model}"), body).await;
         }
+    }
+
+    /// The mock as provider `mock` and again as `backup`: `mock/fail-503`
+    /// (1 and 2 credits per Mtok) always fails and falls back to
+    /// `backup/gpt-mock` (3 and 4), which answers.
+    pub async fn setup_fallback_to_backup(&self) {
+        self.setup_provider(&[]).await;
+        self.add_provider(json!({"name": "backup", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY}))
+            .await;
+        self.set_price(
+            "backup/gpt-mock",
+            json!({"input_per_mtok": "3", "output_per_mtok": "4"}),
+        )
+        .await;
+        self.set_price(
+            "mock/fail-503",
+            json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["backup/gpt-mock"]}),
+        )
+        .await;
     }
 
     pub async fn create_tenant(&self, initial_credits: &str) -> String {
@@ -356,6 +379,17 @@ impl TestApp {
         self.client
             .get(format!("{}{path}", self.address))
             .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with `key`, asking for CSV.
+    pub async fn get_csv(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .header("accept", "text/csv")
             .send()
             .await
             .unwrap()
@@ -533,6 +567,59 @@ pub fn serve_mock(routes: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'sta
         .run();
     actix_web::rt::spawn(server);
     port
+}
+
+/// An amount the hub answered (a decimal string of credits) as [`Credits`].
+pub fn credits_of(value: &Value) -> Credits {
+    Credits::parse(
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("not a string: {value}")),
+    )
+    .unwrap()
+}
+
+/// Every event of the tenant, in order.
+pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
+    app.store()
+        .tenant_events(tenant.parse().unwrap(), 0)
+        .await
+        .unwrap()
+}
+
+/// The usage and cost of each settlement of the tenant, in order.
+pub async fn settlements(app: &TestApp, tenant: &str) -> Vec<(Usage, Credits)> {
+    tenant_events(app, tenant)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TenantEvent::UsageSettled {
+                usage, cost_pico, ..
+            } => Some((usage, cost_pico)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An SSE body as (event name, data) pairs; every frame is named and its data's
+/// `type` is its name, as in Anthropic's streams.
+pub fn anthropic_events(text: &str) -> Vec<(String, Value)> {
+    assert!(text.ends_with("\n\n"), "{text}");
+    text.trim_end()
+        .split("\n\n")
+        .map(|frame| {
+            let (event, data) = frame.split_once('\n').expect("two lines per frame");
+            let name = event.strip_prefix("event: ").expect("an event line");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name, "{frame}");
+            (name.to_string(), data)
+        })
+        .collect()
+}
+
+/// The names of [`anthropic_events`]' events.
+pub fn event_names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 /// The `x-request-id` header the hub sets on every answer.

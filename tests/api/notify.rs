@@ -2,7 +2,7 @@
 //! by the tenant's aggregate, delivered at least once to a receiver this test
 //! starts on 127.0.0.1, signed like the payment webhooks.
 
-use crate::billing::{tenant_events, GPT_MOCK};
+use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -180,8 +180,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     let receiver = Receiver::start(0);
     let app = spawn_app_with(kind, notifying(&receiver)).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = set_threshold(&app, &tenant, json!("0.99995")).await;
     assert_eq!(response.status(), 200);
@@ -245,8 +244,7 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_redeliver(kind: St
     let receiver = Receiver::start(2);
     let app = spawn_app_with(kind, notifying(&receiver)).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     assert_eq!(
         set_threshold(&app, &tenant, json!("0.99995"))
             .await
@@ -299,8 +297,7 @@ async fn without_a_url_nothing_is_sent_and_requests_still_work(kind: StoreKind) 
     let receiver = Receiver::start(0);
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     // Bad thresholds and unknown tenants are refused.
     assert_eq!(

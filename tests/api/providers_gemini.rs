@@ -11,7 +11,6 @@ use aigne_hub::providers::{
     api_for, Credential, Provider, ProviderKind, Upstream, UpstreamCall, UpstreamError,
 };
 use domain::Usage;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// `conf-text`, normalized: promptTokenCount 40 includes 16 cached; the 6
@@ -207,13 +206,7 @@ async fn a_stream_that_ends_before_a_finish_reason_is_an_error_not_a_completion(
     let mock = MockGemini::start();
     let s = setup_with(&mock, MOCK_GEMINI_KEY).await;
     let price = json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000});
-    s.app
-        .admin_json(
-            Method::PUT,
-            "/admin/v1/prices/conf/conf-cut-short",
-            Some(price),
-        )
-        .await;
+    s.app.set_price("conf/conf-cut-short", price).await;
     let body = json!({"model": "conf/conf-cut-short", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let text = s.app.chat(&s.key, &body).await.text().await.unwrap();
     let frames = sse_data(&text);

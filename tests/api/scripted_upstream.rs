@@ -152,11 +152,7 @@ async fn images(script: web::Data<Script>, body: web::Json<Value>) -> HttpRespon
 
 /// Adds the scripted upstream to `app` as provider `scripted`.
 pub async fn add_scripted_provider(app: &crate::helpers::TestApp, upstream: &ScriptedUpstream) {
-    app.admin_json(
-        reqwest::Method::POST,
-        "/admin/v1/providers",
-        Some(json!({"name": "scripted", "kind": "openai", "base_url": upstream.base_url, "api_key": SCRIPTED_API_KEY})),
-    )
+    app.add_provider(json!({"name": "scripted", "kind": "openai", "base_url": upstream.base_url, "api_key": SCRIPTED_API_KEY}))
     .await;
 }
 

@@ -2,7 +2,7 @@
 //! rotation, staleness), permanent idempotency of payment events, refunds that
 //! turn a balance negative, and grants that expire.
 
-use crate::billing::{tenant_events, GPT_MOCK};
+use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use aigne_hub::config::WebhookSettings;
@@ -296,8 +296,7 @@ on_both_stores!(
 async fn a_refund_revokes_credit_and_then_model_requests_get_402(kind: StoreKind) {
     let app = spawn_app_with(kind, with_secrets(&[SECRET])).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0", "member").await;
     let (status, _) = deliver(&app, &succeeded("evt_1", &tenant, "1", "pay_1")).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -474,8 +473,7 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         settings.limits.credit_expiry_interval_ms = 100;
     })
     .await;
-    let tenant = app.create_tenant("0").await;
-    let billing = app.issue_key(&tenant, "billing").await;
+    let (tenant, billing) = app.tenant_with_key("0", "billing").await;
     let expires_at = app.hub.clock.now() + chrono::TimeDelta::hours(1);
     assert_eq!(
         grant(&app, &tenant, "promo", "1", Some(expires_at.to_rfc3339()))
@@ -484,12 +482,8 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         200
     );
     let read = || async {
-        app.client
-            .get(format!("{}/v1/billing/balance", app.address))
-            .bearer_auth(&billing)
-            .send()
+        app.get(&billing, "/v1/billing/balance")
             .await
-            .unwrap()
             .json::<Value>()
             .await
             .unwrap()
