@@ -513,10 +513,7 @@ async fn errors_have_the_clients_shape(kind: StoreKind) {
     assert_eq!(response.status(), 403);
 
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
     assert!(
         app.mock.requests().is_empty(),
         "nothing reached the upstream"

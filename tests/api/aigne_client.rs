@@ -207,13 +207,7 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
     );
     assert_eq!(balance["held"], "0");
     let poor_balance = app.balance(&poor).await;
-    assert_eq!(
-        (
-            poor_balance["spent"].as_str(),
-            poor_balance["held"].as_str()
-        ),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&poor_balance);
     let events = tenant_events(&app, &tenant).await;
     let reserved: Vec<_> = events
         .iter()

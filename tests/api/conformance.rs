@@ -346,10 +346,7 @@ pub async fn upstream_errors_map_and_cost_nothing(s: Setup) {
         }
     }
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 
 /// Generates the whole suite for one provider, on both stores.

@@ -149,10 +149,7 @@ async fn bad_requests_get_clear_errors(kind: StoreKind) {
 
     // Nothing was charged or left held by any of these.
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(bad_requests_get_clear_errors, bad_requests_get_clear_errors);
 

@@ -249,10 +249,7 @@ async fn a_released_request_shows_its_reason_and_costs_nothing(kind: StoreKind) 
     assert_eq!(attempts[0]["status"], 400);
     assert_eq!(attempts[0]["cost"], "0");
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_released_request_shows_its_reason_and_costs_nothing,

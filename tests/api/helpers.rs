@@ -579,6 +579,15 @@ pub fn credits_of(value: &Value) -> Credits {
     .unwrap()
 }
 
+/// The balance shows nothing spent and nothing held.
+pub fn assert_charged_nothing(balance: &Value) {
+    assert_eq!(
+        (balance["spent"].as_str(), balance["held"].as_str()),
+        (Some("0"), Some("0")),
+        "{balance}"
+    );
+}
+
 /// Every event of the tenant, in order.
 pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
     app.store()

@@ -592,10 +592,7 @@ async fn invalid_requests_are_refused_in_anthropic_shape(kind: StoreKind) {
     assert!(s.app.mock.requests().is_empty());
     assert!(s.reservations().await.is_empty());
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     invalid_requests_are_refused_in_anthropic_shape,
@@ -622,10 +619,7 @@ async fn insufficient_credits_is_402(kind: StoreKind) {
     }
     assert!(s.anthropic.requests().is_empty());
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(insufficient_credits_is_402, insufficient_credits_is_402);
 

@@ -124,10 +124,7 @@ async fn a_provider_without_images_says_so_and_charges_nothing(kind: StoreKind) 
         "{body}"
     );
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_provider_without_images_says_so_and_charges_nothing,

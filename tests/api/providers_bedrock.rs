@@ -692,10 +692,7 @@ on_both_stores!(
             "{rejections:?}"
         );
         let balance = app.balance(&tenant).await;
-        assert_eq!(
-            (balance["spent"].as_str(), balance["held"].as_str()),
-            (Some("0"), Some("0"))
-        );
+        assert_charged_nothing(&balance);
     }
 );
 

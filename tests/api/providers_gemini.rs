@@ -4,7 +4,7 @@
 
 use crate::conformance::{setup, sse_data, Fixture, Setup};
 use crate::conformance_suite;
-use crate::helpers::{test_limits, StoreKind};
+use crate::helpers::{assert_charged_nothing, test_limits, StoreKind};
 use crate::mock_gemini::{MockGemini, MOCK_GEMINI_KEY, THOUGHT_SIGNATURE};
 use aigne_hub::crypto::Secret;
 use aigne_hub::providers::{
@@ -195,10 +195,7 @@ async fn a_key_google_rejects_is_a_provider_credential_error_and_costs_nothing()
         );
     }
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 
 #[actix_web::test]
