@@ -2,16 +2,14 @@
 //! `@aigne/aigne-hub` client needs, and each trap of the original hub avoided.
 //! The real client is driven in `aigne_client.rs`.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_openai::{
     CACHED_TOKENS, COMPLETION_TOKENS, EMBEDDING_PROMPT_TOKENS, PROMPT_TOKENS,
 };
 use crate::on_both_stores;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use domain::tenant::{AttemptOutcome, TenantEvent};
 use domain::{Capability, Credits, Ingress};
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -173,10 +171,9 @@ async fn discovery_and_catalogue_need_no_key(kind: StoreKind) {
         ("text-embedding-3-small", "0.02", "0", None),
     ])
     .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/gpt-image-1",
-        Some(json!({"input_per_mtok": "5", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "mock/gpt-image-1",
+        json!({"input_per_mtok": "5", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
     let get = |path: &str| app.client.get(format!("{}{path}", app.address)).send();
@@ -249,27 +246,11 @@ async fn discovery_and_catalogue_need_no_key(kind: StoreKind) {
     assert!(status["error"].as_str().unwrap().contains("mock/nope"));
 
     // With a key, the tenant's credit counts.
-    let broke = app.create_tenant("0").await;
-    let key = app.issue_key(&broke, "member").await;
-    let status: Value = app
-        .client
-        .get(format!("{}/api/v2/status", app.address))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, key) = app.tenant_with_key("0", "member").await;
+    let status: Value = app.get(&key, "/api/v2/status").await.json().await.unwrap();
     assert_eq!(status["available"], false);
     assert!(status["error"].as_str().unwrap().contains("credits grant"));
-    let bad_key = app
-        .client
-        .get(format!("{}/api/v2/status", app.address))
-        .bearer_auth("aih_nope")
-        .send()
-        .await
-        .unwrap();
+    let bad_key = app.get("aih_nope", "/api/v2/status").await;
     assert_eq!(bad_key.status(), 401);
 }
 on_both_stores!(
@@ -280,8 +261,7 @@ on_both_stores!(
 async fn chat_answers_in_the_clients_shape_and_is_billed_like_openai(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("gpt-mock", "1", "2", None)]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let mut call = chat_call("mock/gpt-mock", None);
     call["input"]["somethingNewer"] = json!({"ignored": true});
@@ -358,8 +338,7 @@ on_both_stores!(
 async fn streams_are_unnamed_data_frames_with_complete_usage_last(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("gpt-mock", "1", "2", None)]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     // No `Accept: text/event-stream`: the client sends none.
     let response = post_v2(
@@ -426,8 +405,7 @@ on_both_stores!(
 async fn tool_call_arguments_are_objects_both_ways(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("conf-tools", "1", "2", None)]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("1", "member").await;
     let mut call = chat_call("mock/conf-tools", None);
     call["input"]["messages"] = json!([
         {"role": "system", "content": "You check the weather."},
@@ -486,8 +464,7 @@ async fn errors_have_the_clients_shape(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("gpt-mock", "1", "2", Some(1000))])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let call = chat_call("mock/gpt-mock", None);
 
     let check = |body: &Value| {
@@ -498,8 +475,7 @@ async fn errors_have_the_clients_shape(kind: StoreKind) {
     assert_eq!(response.status(), 401);
     check(&response.json().await.unwrap());
 
-    let poor = app.create_tenant("0.0001").await;
-    let poor_key = app.issue_key(&poor, "member").await;
+    let (_, poor_key) = app.tenant_with_key("0.0001", "member").await;
     let response = post_v2(&app, &poor_key, "/api/v2/chat", &call).await;
     assert_eq!(response.status(), 402);
     let body: Value = response.json().await.unwrap();
@@ -537,10 +513,7 @@ async fn errors_have_the_clients_shape(kind: StoreKind) {
     assert_eq!(response.status(), 403);
 
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
     assert!(
         app.mock.requests().is_empty(),
         "nothing reached the upstream"
@@ -555,16 +528,12 @@ async fn a_failing_provider_gets_the_same_retries_fallbacks_and_events(kind: Sto
         ("die-mid-stream", "1", "2", None),
     ])
     .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/fail-503",
-        Some(
-            json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["mock/gpt-mock"]}),
-        ),
+    app.set_price(
+        "mock/fail-503",
+        json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["mock/gpt-mock"]}),
     )
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     for streaming in [None, Some(true)] {
         let response = post_v2(
@@ -648,14 +617,12 @@ on_both_stores!(
 async fn images_are_urls_the_hub_serves_without_a_key(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[]).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/gpt-image-1",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "mock/gpt-image-1",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let image_call = |file_type: &str, format: &str| {
         json!({"input": {"prompt": "a cat", "outputFileType": file_type, "n": 2,
             "modelOptions": {"model": "mock/gpt-image-1", "responseFormat": format}},
@@ -738,8 +705,7 @@ async fn embeddings_are_billed_by_input_tokens(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("text-embedding-3-small", "1", "0", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let call = json!({"input": {"input": ["a", "b"], "modelOptions": {"model": "mock/text-embedding-3-small"}}});
     let answer: Value = post_v2(&app, &key, "/api/v2/embeddings", &call)
         .await
@@ -788,8 +754,7 @@ async fn the_credit_prefix_is_a_setting(kind: StoreKind) {
         app.settings.aigne.credit_prefix = prefix.map(str::to_string);
         let app = app.restart().await;
         app.setup_provider(&[("gpt-mock", "1", "2", None)]).await;
-        let tenant = app.create_tenant("1").await;
-        let key = app.issue_key(&tenant, "member").await;
+        let (_, key) = app.tenant_with_key("1", "member").await;
         let answer: Value = post_v2(
             &app,
             &key,
@@ -801,16 +766,7 @@ async fn the_credit_prefix_is_a_setting(kind: StoreKind) {
         .await
         .unwrap();
         assert_eq!(answer["usage"]["creditPrefix"], expected);
-        let info: Value = app
-            .client
-            .get(format!("{}/api/user/info", app.address))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info: Value = app.get(&key, "/api/user/info").await.json().await.unwrap();
         assert_eq!(info["creditPrefix"], expected);
     }
 }
@@ -863,42 +819,28 @@ pub fn start_slow_upstream() -> String {
         tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
         HttpResponse::Ok().json(json!({"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]}))
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(|| {
-        App::new()
+    let port = serve_mock(|routes| {
+        routes
             .route("/v1/chat/completions", web::post().to(chat))
-            .route("/v1/images/generations", web::post().to(images))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
+            .route("/v1/images/generations", web::post().to(images));
+    });
     format!("http://127.0.0.1:{port}/v1")
 }
 
 /// Adds the slow mock as provider `slow`, with `slow/gpt-image-1` at 0.04 an
 /// image and `slow/slow-chat`, `slow/slow-fail` at 1 and 2 credits per Mtok.
 pub async fn setup_slow_provider(app: &TestApp) {
-    app.admin_json(
-        Method::POST,
-        "/admin/v1/providers",
-        Some(json!({"name": "slow", "kind": "openai", "base_url": start_slow_upstream(), "api_key": "sk-slow"})),
-    )
+    app.add_provider(json!({"name": "slow", "kind": "openai", "base_url": start_slow_upstream(), "api_key": "sk-slow"}))
     .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/slow/gpt-image-1",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "slow/gpt-image-1",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
     for model in ["slow-chat", "slow-fail"] {
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/slow/{model}"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 100})),
+        app.set_price(
+            &format!("slow/{model}"),
+            json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 100}),
         )
         .await;
     }
@@ -924,8 +866,7 @@ async fn slow_calls_get_their_headers_at_once_and_one_charge(kind: StoreKind) {
     app.settings.limits.aigne_headers_after_ms = 200;
     let app = app.restart().await;
     setup_slow_provider(&app).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     // An image that takes 1 s: status and headers after 200 ms, the body after 1 s.
     let call = json!({"input": {"prompt": "a slow cat", "outputFileType": "url", "modelOptions": {"model": "slow/gpt-image-1"}},
@@ -998,16 +939,14 @@ async fn slow_calls_get_their_headers_at_once_and_one_charge(kind: StoreKind) {
                 .unwrap()
         })
     };
-    let started = Instant::now();
-    let mut pending = Value::Null;
-    while started.elapsed() < Duration::from_millis(SLOW_MS - 200) {
-        pending = user_info(&app, &key).await["creditBalance"]["pendingCredit"].clone();
-        if pending != "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_ne!(pending, "0", "the call's hold shows as pending credit");
+    // Only while the slow call is in flight.
+    let in_flight_ms = Duration::from_millis(SLOW_MS - 200);
+    let pending = poll_for(in_flight_ms, || async {
+        let pending = user_info(&app, &key).await["creditBalance"]["pendingCredit"].clone();
+        (pending != "0").then_some(pending)
+    })
+    .await;
+    assert!(pending.is_some(), "the call's hold shows as pending credit");
     in_flight.await.unwrap();
     let info = user_info(&app, &key).await;
     assert_eq!(info["creditBalance"]["pendingCredit"], "0", "{info}");
@@ -1067,10 +1006,9 @@ async fn slow_calls_get_their_headers_at_once_and_one_charge(kind: StoreKind) {
 
     // Calls answered in time keep their real status.
     app.setup_provider(&[]).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/fail-400",
-        Some(json!({"input_per_mtok": "1", "output_per_mtok": "2"})),
+    app.set_price(
+        "mock/fail-400",
+        json!({"input_per_mtok": "1", "output_per_mtok": "2"}),
     )
     .await;
     let response = post_v2(
@@ -1088,13 +1026,7 @@ on_both_stores!(
 );
 
 pub async fn user_info(app: &TestApp, key: &str) -> Value {
-    let response = app
-        .client
-        .get(format!("{}/api/user/info", app.address))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get(key, "/api/user/info").await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

@@ -9,12 +9,10 @@
 //! skips, if Node or npm is unavailable.
 
 use crate::aigne::{setup_slow_provider, SLOW_MS};
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::{Credits, Ingress};
-use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -102,17 +100,14 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
     let app = app.restart().await;
     app.setup_provider(&[("gpt-mock", "1", "2", None), ("conf-tools", "1", "2", None)])
         .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/gpt-image-1",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "mock/gpt-image-1",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
     setup_slow_provider(&app).await;
-    let tenant = app.create_tenant("5").await;
-    let key = app.issue_key(&tenant, "member").await;
-    let poor = app.create_tenant("0.0001").await;
-    let poor_key = app.issue_key(&poor, "member").await;
+    let (tenant, key) = app.tenant_with_key("5", "member").await;
+    let (poor, poor_key) = app.tenant_with_key("0.0001", "member").await;
     let env = |extra: Vec<(&'static str, String)>| {
         let mut env = vec![
             ("AIGNE_HUB_API_URL", app.address.clone()),
@@ -212,13 +207,7 @@ async fn the_real_aigne_client_works_unchanged(kind: StoreKind) {
     );
     assert_eq!(balance["held"], "0");
     let poor_balance = app.balance(&poor).await;
-    assert_eq!(
-        (
-            poor_balance["spent"].as_str(),
-            poor_balance["held"].as_str()
-        ),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&poor_balance);
     let events = tenant_events(&app, &tenant).await;
     let reserved: Vec<_> = events
         .iter()

@@ -14,16 +14,6 @@ use crate::process::HubEnv;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn post(app: &TestApp, key: &str, path: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// A tenant with 10 credits and a member key, and the mock's models priced.
 async fn tenant_with_key(app: &TestApp) -> (String, String) {
     app.setup_provider(&[
@@ -32,8 +22,7 @@ async fn tenant_with_key(app: &TestApp) -> (String, String) {
         ("endless-stream", "1", "2", None),
     ])
     .await;
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("10", "member").await;
     (tenant, key)
 }
 
@@ -53,13 +42,13 @@ async fn too_many_embedding_inputs_are_refused_before_the_upstream_is_called(kin
     assert_eq!(max, 2_048, "OpenAI's own limit");
     let model = "mock/text-embedding-3-small";
     let many: Vec<&str> = vec!["hello"; 100_000];
-    let response = post(
-        &app,
-        &key,
-        "/v1/embeddings",
-        &json!({"model": model, "input": many}),
-    )
-    .await;
+    let response = app
+        .post(
+            &key,
+            "/v1/embeddings",
+            &json!({"model": model, "input": many}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_request");
@@ -71,17 +60,17 @@ async fn too_many_embedding_inputs_are_refused_before_the_upstream_is_called(kin
 
     // Token arrays count one input each, and the AIGNE v2 path has the same bound.
     let tokens: Vec<Vec<u32>> = vec![vec![15339]; max + 1];
-    let response = post(
-        &app,
-        &key,
-        "/v1/embeddings",
-        &json!({"model": model, "input": tokens}),
-    )
-    .await;
+    let response = app
+        .post(
+            &key,
+            "/v1/embeddings",
+            &json!({"model": model, "input": tokens}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
     let aigne =
         json!({"input": {"input": vec!["hello"; max + 1], "modelOptions": {"model": model}}});
-    let response = post(&app, &key, "/api/v2/embeddings", &aigne).await;
+    let response = app.post(&key, "/api/v2/embeddings", &aigne).await;
     assert_eq!(response.status(), 400);
 
     assert!(app.mock.requests().is_empty(), "the upstream was called");
@@ -90,13 +79,13 @@ async fn too_many_embedding_inputs_are_refused_before_the_upstream_is_called(kin
     assert_eq!(balance["held"], "0");
 
     // Exactly the limit is served.
-    let response = post(
-        &app,
-        &key,
-        "/v1/embeddings",
-        &json!({"model": model, "input": vec!["hello"; max]}),
-    )
-    .await;
+    let response = app
+        .post(
+            &key,
+            "/v1/embeddings",
+            &json!({"model": model, "input": vec!["hello"; max]}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 }
 on_both_stores!(
@@ -124,7 +113,7 @@ async fn an_oversized_answer_is_cut_off_with_502_and_the_hold_released(kind: Sto
         ("/v1/chat/completions", chat_body("huge-answer", false)),
     ];
     for (path, body) in calls {
-        let response = post(&app, &key, path, &body).await;
+        let response = app.post(&key, path, &body).await;
         assert_eq!(response.status(), 502, "{path}");
         assert_eq!(
             error_code(response).await,
@@ -259,7 +248,7 @@ async fn gemini_answers_are_bounded(kind: StoreKind) {
     assert_eq!(response.status(), 502);
     assert_eq!(error_code(response).await, "upstream_answer_too_large");
     let embed = json!({"model": "gem/huge-answer", "input": "hello"});
-    let response = post(&app, &key, "/v1/embeddings", &embed).await;
+    let response = app.post(&key, "/v1/embeddings", &embed).await;
     assert_eq!(response.status(), 502);
     assert_eq!(error_code(response).await, "upstream_answer_too_large");
 
@@ -288,30 +277,24 @@ async fn the_calls_of_one_bedrock_titan_embeddings_request_share_one_answer_limi
     })
     .await;
     let bedrock = MockBedrock::start();
-    app.admin_json(
-        reqwest::Method::POST,
-        "/admin/v1/providers",
-        Some(
-            json!({"name": "br", "kind": "bedrock", "region": mock_bedrock::MOCK_REGION,
+    app.add_provider(
+        json!({"name": "br", "kind": "bedrock", "region": mock_bedrock::MOCK_REGION,
             "access_key_id": mock_bedrock::MOCK_ACCESS_KEY_ID,
             "secret_access_key": mock_bedrock::MOCK_SECRET_ACCESS_KEY,
             "base_url": bedrock.base_url}),
-        ),
     )
     .await;
     let model = "amazon.titan-embed-text-v1";
-    app.admin_json(
-        reqwest::Method::PUT,
-        &format!("/admin/v1/prices/br/{model}"),
-        Some(json!({"input_per_mtok": "1", "output_per_mtok": "0"})),
+    app.set_price(
+        &format!("br/{model}"),
+        json!({"input_per_mtok": "1", "output_per_mtok": "0"}),
     )
     .await;
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("10", "member").await;
     let one = json!({"model": format!("br/{model}"), "input": "hello"});
-    assert_eq!(post(&app, &key, "/v1/embeddings", &one).await.status(), 200);
+    assert_eq!(app.post(&key, "/v1/embeddings", &one).await.status(), 200);
     let ten = json!({"model": format!("br/{model}"), "input": vec!["hello"; 10]});
-    let response = post(&app, &key, "/v1/embeddings", &ten).await;
+    let response = app.post(&key, "/v1/embeddings", &ten).await;
     assert_eq!(response.status(), 502);
     assert_eq!(error_code(response).await, "upstream_answer_too_large");
     assert_eq!(app.balance(&tenant).await["held"], "0");
@@ -410,17 +393,14 @@ fn a_bedrock_event_stream_message_past_the_event_limit_is_refused_before_it_is_r
 /// and returns a tenant with 10 credits and a member key.
 async fn huge_and_endless(app: &TestApp, provider: Value) -> (String, String) {
     let name = provider["name"].as_str().unwrap().to_string();
-    app.admin_json(reqwest::Method::POST, "/admin/v1/providers", Some(provider))
-        .await;
+    app.add_provider(provider).await;
     for model in ["huge-answer", "endless-stream"] {
-        app.admin_json(
-            reqwest::Method::PUT,
-            &format!("/admin/v1/prices/{name}/{model}"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000})),
+        app.set_price(
+            &format!("{name}/{model}"),
+            json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000}),
         )
         .await;
     }
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("10", "member").await;
     (tenant, key)
 }

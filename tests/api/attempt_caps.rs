@@ -3,7 +3,6 @@
 //! attempts per request over all candidates, counted at the upstream. And at
 //! most 10 images per call, refused before the upstream is called.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::on_both_stores;
 use crate::scripted_upstream::{add_scripted_provider, price, ScriptedUpstream};
@@ -59,8 +58,7 @@ async fn a_request_tries_its_model_and_each_of_four_fallbacks_once(kind: StoreKi
     let app = spawn_app_with(kind, |s| s.limits.retries_per_candidate = 0).await;
     let upstream = ScriptedUpstream::start();
     let models = failing_chain(&app, &upstream).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = app.chat(&key, &failing_request()).await;
     assert_eq!(response.status(), 502);
@@ -74,10 +72,7 @@ async fn a_request_tries_its_model_and_each_of_four_fallbacks_once(kind: StoreKi
         models.len()
     );
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_request_tries_its_model_and_each_of_four_fallbacks_once,
@@ -89,8 +84,7 @@ async fn a_request_makes_at_most_eight_attempts_over_all_candidates(kind: StoreK
     let app = spawn_app_with(kind, |s| s.limits.retries_per_candidate = 1).await;
     let upstream = ScriptedUpstream::start();
     let models = failing_chain(&app, &upstream).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = app.chat(&key, &failing_request()).await;
     assert_eq!(response.status(), 502);
@@ -109,10 +103,7 @@ async fn a_request_makes_at_most_eight_attempts_over_all_candidates(kind: StoreK
         ATTEMPTS_MAX
     );
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_request_makes_at_most_eight_attempts_over_all_candidates,
@@ -165,8 +156,7 @@ async fn more_than_ten_images_are_refused_before_the_upstream_is_called(kind: St
     )
     .await;
     assert_eq!(response.status(), 200);
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = images(&app, &key, IMAGES_MAX + 1).await;
     assert_eq!(response.status(), 400);

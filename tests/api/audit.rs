@@ -12,8 +12,7 @@ use serde_json::Value;
 
 /// A tenant with a key, its initial grant and two billed calls: 7+ events.
 async fn busy_tenant(app: &TestApp) -> (TenantId, String) {
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "admin").await;
+    let (tenant, key) = app.tenant_with_key("1", "admin").await;
     for _ in 0..2 {
         let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
         assert_eq!(response.status(), 200);
@@ -134,21 +133,14 @@ on_both_stores!(
     tampering_is_found_at_its_sequence
 );
 
-async fn get(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Every page of a tenant's export, as the auditor downloads them, concatenated.
 async fn export(app: &TestApp, key: &str) -> String {
     let mut file = String::new();
     let mut after = 0;
     loop {
-        let response = get(app, key, &format!("/v1/audit/events?after={after}&limit=3")).await;
+        let response = app
+            .get(key, &format!("/v1/audit/events?after={after}&limit=3"))
+            .await;
         assert_eq!(response.status(), 200);
         let page: Value = response.json().await.unwrap();
         file.push_str(&page.to_string());
@@ -168,7 +160,8 @@ async fn an_export_verifies_offline_and_recomputes_the_balance(kind: StoreKind) 
     let auditor = app.issue_key(&tenant.to_string(), "auditor").await;
 
     // Only the caller's own tenant, only for admin and auditor keys.
-    let page: Value = get(&app, &auditor, "/v1/audit/events")
+    let page: Value = app
+        .get(&auditor, "/v1/audit/events")
         .await
         .json()
         .await
@@ -182,17 +175,13 @@ async fn an_export_verifies_offline_and_recomputes_the_balance(kind: StoreKind) 
         events[0]["metadata"]["hash"]
     );
     let member = app.issue_key(&tenant.to_string(), "member").await;
-    assert_eq!(get(&app, &member, "/v1/audit/events").await.status(), 403);
+    assert_eq!(app.get(&member, "/v1/audit/events").await.status(), 403);
     assert_eq!(
-        get(&app, &auditor, "/v1/audit/events?limit=0")
-            .await
-            .status(),
+        app.get(&auditor, "/v1/audit/events?limit=0").await.status(),
         400
     );
     assert_eq!(
-        get(&app, &auditor, "/v1/audit/events?after=x")
-            .await
-            .status(),
+        app.get(&auditor, "/v1/audit/events?after=x").await.status(),
         400
     );
     let admin_page = app

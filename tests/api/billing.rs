@@ -17,18 +17,10 @@ pub fn mock_answer_cost() -> Credits {
 }
 
 /// Every event of one tenant, straight from its stream.
-pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
-    app.store()
-        .tenant_events(tenant.parse().unwrap(), 0)
-        .await
-        .unwrap()
-}
-
 async fn non_streaming_chat_is_billed_exactly(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
     assert_eq!(response.status(), 200);
@@ -109,8 +101,7 @@ async fn sse_data(response: reqwest::Response) -> Vec<String> {
 async fn streaming_chat_is_billed_and_hides_usage_unless_asked(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = app.chat(&key, &chat_body("gpt-mock", true)).await;
     assert_eq!(response.status(), 200);
@@ -206,8 +197,7 @@ async fn concurrent_requests_never_overspend(kind: StoreKind) {
     // request costs exactly its hold: 100 tokens * 1 credit/Mtok = 0.0001 credits.
     app.setup_provider(&[("exact-hold", "0", "1", Some(100))])
         .await;
-    let tenant = app.create_tenant("0.002").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0.002", "member").await;
     let billing_key = app.issue_key(&tenant, "billing").await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -312,18 +302,13 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
 
     // On PostgreSQL the log becomes readable once every older transaction in the
     // cluster has ended (other tests' too): wait until the projection has both tenants.
-    let mut report = aigne_hub::replay::replay_all(app.store().as_ref())
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if report.projections[0].comparison.live_rows == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        report = aigne_hub::replay::replay_all(app.store().as_ref())
+    let report = wait_for(WAIT_DEADLINE, "the projection has both tenants", || async {
+        let report = aigne_hub::replay::replay_all(app.store().as_ref())
             .await
             .unwrap();
-    }
+        (report.projections[0].comparison.live_rows == 2).then_some(report)
+    })
+    .await;
     assert!(report.all_identical, "{report:?}");
     let balances = &report.projections[0];
     assert_eq!(balances.comparison.live_rows, 2);
@@ -332,17 +317,19 @@ async fn restart_keeps_every_figure_and_replay_equals_live(kind: StoreKind) {
     // The projection row catches up with the live actor figures. (On PostgreSQL
     // it may trail while any transaction in the cluster is still open.)
     let live = app.balance(&tenant).await;
-    let mut row = Value::Null;
-    for _ in 0..200 {
-        app.projections_caught_up().await;
-        let rows = app.store().projection_rows("balances").await.unwrap();
-        row = serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
-        let spent = Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap());
-        if spent.to_decimal_string() == live["spent"] {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let row: Value = wait_for(
+        WAIT_DEADLINE,
+        "the balances row has the live figures",
+        || async {
+            app.projections_caught_up().await;
+            let rows = app.store().projection_rows("balances").await.unwrap();
+            let row: Value =
+                serde_json::from_str(&rows.iter().find(|(k, _)| *k == tenant).unwrap().1).unwrap();
+            let spent = Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap());
+            (spent.to_decimal_string() == live["spent"]).then_some(row)
+        },
+    )
+    .await;
     assert_eq!(
         Credits::from_pico(row["spent"].as_str().unwrap().parse().unwrap()).to_decimal_string(),
         live["spent"]
@@ -378,8 +365,7 @@ on_both_stores!(
 async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
     let admin = app.issue_key(&tenant, "admin").await;
@@ -424,16 +410,7 @@ async fn roles_limit_what_a_key_can_do(kind: StoreKind) {
     );
 
     // Models are listed for any valid key, with prices.
-    let models: Value = app
-        .client
-        .get(format!("{}/v1/models", app.address))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = app.get(&auditor, "/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "mock/gpt-mock");
     assert_eq!(models["data"][0]["pricing"]["input_per_mtok"], "1");
     assert_eq!(models["data"][0]["pricing"]["output_per_mtok"], "2");
@@ -448,8 +425,7 @@ async fn enterprise_mode_tracks_costs_without_refusing(kind: StoreKind) {
     })
     .await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0", "member").await;
     for _ in 0..2 {
         let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
         assert_eq!(response.status(), 200);
@@ -500,23 +476,17 @@ async fn a_stream_ends_when_the_credit_would_run_out(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[dear]).await;
     // Covers the hold (one output token) and half a token more.
-    let tenant = app.create_tenant("0.0015").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0.0015", "member").await;
     let response = app.chat(&key, &body).await;
     assert_eq!(response.status(), 200);
     let (text, last) = stream_text_and_last_chunk(&response.text().await.unwrap());
     assert_eq!(text, "Hel", "the chunk that would overspend is not sent");
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert_eq!(last["aigne_hub"]["stopped"], "insufficient_credits");
-    let settled = tenant_events(&app, &tenant)
+    let settled = settlements(&app, &tenant)
         .await
         .into_iter()
-        .find_map(|e| match e.event {
-            TenantEvent::UsageSettled {
-                usage, cost_pico, ..
-            } => Some((usage, cost_pico)),
-            _ => None,
-        })
+        .next()
         .expect("the delivered part is settled");
     assert_eq!(settled.0.output_tokens, 1, "3 bytes delivered: one token");
     assert!(settled.0.estimated);
@@ -533,8 +503,7 @@ async fn a_stream_ends_when_the_credit_would_run_out(kind: StoreKind) {
     })
     .await;
     enterprise.setup_provider(&[dear]).await;
-    let tenant = enterprise.create_tenant("0.0015").await;
-    let key = enterprise.issue_key(&tenant, "member").await;
+    let (_, key) = enterprise.tenant_with_key("0.0015", "member").await;
     let response = enterprise.chat(&key, &body).await;
     let (text, last) = stream_text_and_last_chunk(&response.text().await.unwrap());
     assert_eq!(text, "Hello there");

@@ -5,33 +5,9 @@ use crate::helpers::{database_url_for, StoreKind};
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
 use crate::process::HubEnv;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::Stdio;
 
 fn run(env: &HubEnv, args: &[&str], stdin: Option<&str>) -> Value {
-    let mut child = env
-        .command()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = env.run_ok(args, stdin);
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "{args:?} printed no JSON ({e}): {}",

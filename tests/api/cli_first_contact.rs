@@ -2,18 +2,10 @@
 //! address says how to pick another, and a command run away from the store says
 //! where it looked instead of making an empty store.
 
-use crate::helpers::{database_url_for, StoreKind};
+use crate::helpers::{database_url_for, free_port, poll_for, StoreKind};
 use crate::process::HubEnv;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills the child when the test ends, however it ends.
 struct Running(std::process::Child);
@@ -27,14 +19,11 @@ impl Drop for Running {
 
 async fn answers_healthz(address: &str) -> bool {
     let client = reqwest::Client::new();
-    for _ in 0..200 {
+    let healthy = || async {
         let answer = client.get(format!("{address}/healthz")).send().await;
-        if answer.is_ok_and(|r| r.status() == 200) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+        answer.is_ok_and(|r| r.status() == 200).then_some(())
+    };
+    poll_for(Duration::from_secs(10), healthy).await.is_some()
 }
 
 async fn the_listen_flag_works_without_the_serve_command(kind: StoreKind) {

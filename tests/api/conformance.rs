@@ -15,13 +15,9 @@
 //! `conf-die` (streams some text, then breaks the connection) and
 //! `conf-status-<N>` (fails with HTTP status N and the message "mock N message").
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
-use domain::tenant::TenantEvent;
 use domain::{Credits, Rate, Rates, Usage};
-use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// What the suite needs to know about one provider under test.
 pub struct Fixture {
@@ -71,19 +67,12 @@ pub async fn setup(kind: StoreKind, fixture: Fixture) -> Setup {
     let app = spawn_app(kind).await;
     let mut provider = fixture.provider.clone();
     provider["name"] = json!("conf");
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(provider))
-        .await;
+    app.add_provider(provider).await;
     for model in MODELS {
         let price = json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5", "cache_write_per_mtok": "1.25", "max_output_tokens": 1000});
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/conf/{model}"),
-            Some(price),
-        )
-        .await;
+        app.set_price(&format!("conf/{model}"), price).await;
     }
-    let tenant = app.create_tenant("10").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("10", "member").await;
     Setup {
         app,
         tenant,
@@ -121,16 +110,7 @@ impl Setup {
     }
 
     async fn settlements(&self) -> Vec<(Usage, Credits)> {
-        tenant_events(&self.app, &self.tenant)
-            .await
-            .into_iter()
-            .filter_map(|e| match e.event {
-                TenantEvent::UsageSettled {
-                    usage, cost_pico, ..
-                } => Some((usage, cost_pico)),
-                _ => None,
-            })
-            .collect()
+        settlements(&self.app, &self.tenant).await
     }
 
     /// Exactly one settlement so far, of exactly `expected`, charged at the rates.
@@ -148,15 +128,7 @@ impl Setup {
     }
 
     async fn wait_until_nothing_held(&self) -> Value {
-        let mut balance = self.app.balance(&self.tenant).await;
-        for _ in 0..100 {
-            if balance["held"] == "0" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            balance = self.app.balance(&self.tenant).await;
-        }
-        balance
+        self.app.wait_until_nothing_held(&self.tenant).await
     }
 }
 
@@ -374,10 +346,7 @@ pub async fn upstream_errors_map_and_cost_nothing(s: Setup) {
         }
     }
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 
 /// Generates the whole suite for one provider, on both stores.

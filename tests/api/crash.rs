@@ -2,7 +2,7 @@
 //! if the hub is killed with SIGKILL right after; requests in flight at the crash
 //! become holds that are released (with a reason) after restart, never charged.
 
-use crate::helpers::{database_url_for, StoreKind};
+use crate::helpers::{database_url_for, poll_for, wait_for, StoreKind};
 use crate::mock_openai::MockUpstream;
 use crate::process::HubEnv;
 use domain::tenant::TenantEvent;
@@ -80,10 +80,10 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
         .collect();
     // Let the load run until enough requests completed (bounded: a slow machine
     // must not hang the test), then kill the hub while others are in flight.
-    let load_started = std::time::Instant::now();
-    while received.lock().unwrap().len() < 30 && load_started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_for(Duration::from_secs(20), || async {
+        (received.lock().unwrap().len() >= 30).then_some(())
+    })
+    .await;
     hub.kill_hard();
     for l in loops {
         l.await.unwrap();
@@ -97,14 +97,11 @@ async fn sigkill_during_load_loses_no_billing(kind: StoreKind) {
 
     let hub = env.start().await;
     // The dead process's holds are released once it is seen to be gone.
-    let mut balance = hub.balance(&env, &tenant).await;
-    for _ in 0..300 {
-        if balance["held"] == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        balance = hub.balance(&env, &tenant).await;
-    }
+    let balance = wait_for(Duration::from_secs(30), "no hold stays open", || async {
+        let balance = hub.balance(&env, &tenant).await;
+        (balance["held"] == "0").then_some(balance)
+    })
+    .await;
     assert_eq!(balance["held"], "0", "no hold stays open: {balance}");
 
     let store = aigne_hub::store::open(env.database_url.as_deref(), &env.data_dir)

@@ -18,8 +18,7 @@ fn mode_of(path: &std::path::Path) -> u32 {
 async fn the_data_dir_and_its_files_are_private(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("1", "member").await;
     assert_eq!(
         app.chat(&key, &chat_body("gpt-mock", false)).await.status(),
         200
@@ -131,17 +130,12 @@ on_both_stores!(
 
 /// A provider nobody answers for: every call to it fails to connect (a 502).
 async fn add_dead_provider(app: &TestApp) {
-    app.admin_json(
-        Method::POST,
-        "/admin/v1/providers",
-        Some(json!({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-dead-0000000000"})),
-    )
+    app.add_provider(json!({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-dead-0000000000"}))
     .await;
     for model in ["chat-x", "embed-x"] {
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/dead/{model}"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100})),
+        app.set_price(
+            &format!("dead/{model}"),
+            json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100}),
         )
         .await;
     }
@@ -156,8 +150,7 @@ async fn every_answer_after_admission_carries_an_explainable_request_id(kind: St
     ])
     .await;
     add_dead_provider(&app).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
     let post = |path: &'static str, body: Value| {
         app.client
@@ -183,12 +176,8 @@ async fn every_answer_after_admission_carries_an_explainable_request_id(kind: St
             .unwrap()
             .to_string();
         let explained = app
-            .client
-            .get(format!("{}/v1/billing/requests/{request_id}", app.address))
-            .bearer_auth(&auditor)
-            .send()
-            .await
-            .unwrap();
+            .get(&auditor, &format!("/v1/billing/requests/{request_id}"))
+            .await;
         assert_eq!(explained.status(), 200, "{status}");
         let body: Value = explained.json().await.unwrap();
         assert_eq!(body["status"], "released", "{body}");
@@ -211,12 +200,10 @@ const ECHOED_KEY: &str = "sk-edge-7Hq2xZ9pL4mN8vB1";
 /// An OpenAI-shaped upstream whose every error echoes its key back: in part,
 /// upper-cased and base64-encoded (as careless providers and proxies do).
 fn start_echoing_upstream(status: u16) -> String {
-    use actix_web::{web, App, HttpResponse, HttpServer};
+    use actix_web::{web, HttpResponse};
     use base64::Engine;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || {
-        App::new().default_service(web::to(move || async move {
+    let port = serve_mock(move |routes| {
+        routes.default_service(web::to(move || async move {
             let encoded = base64::engine::general_purpose::STANDARD.encode(ECHOED_KEY);
             let message = format!(
                 "Incorrect API key provided: {}****. Key {} rejected; raw {encoded}",
@@ -225,14 +212,8 @@ fn start_echoing_upstream(status: u16) -> String {
             );
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
                 .json(json!({"error": {"message": message, "type": "invalid_request_error", "code": "bad_key_format"}}))
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
+        }));
+    });
     format!("http://127.0.0.1:{port}/v1")
 }
 
@@ -249,21 +230,15 @@ fn echoed_forms() -> Vec<String> {
 async fn an_upstream_error_reaches_tenants_only_in_the_hubs_words(kind: StoreKind) {
     let app = spawn_app(kind).await;
     for (name, status) in [("echo400", 400), ("echo503", 503)] {
-        app.admin_json(
-            Method::POST,
-            "/admin/v1/providers",
-            Some(json!({"name": name, "kind": "openai", "base_url": start_echoing_upstream(status), "api_key": ECHOED_KEY})),
-        )
+        app.add_provider(json!({"name": name, "kind": "openai", "base_url": start_echoing_upstream(status), "api_key": ECHOED_KEY}))
         .await;
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/{name}/m"),
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100})),
+        app.set_price(
+            &format!("{name}/m"),
+            json!({"input_per_mtok": "1", "output_per_mtok": "1", "max_output_tokens": 100}),
         )
         .await;
     }
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
 
     let mut seen = String::new();
@@ -284,12 +259,8 @@ async fn an_upstream_error_reaches_tenants_only_in_the_hubs_words(kind: StoreKin
         seen.push_str(&text);
     }
     let events = app
-        .client
-        .get(format!("{}/v1/audit/events?limit=1000", app.address))
-        .bearer_auth(&auditor)
-        .send()
+        .get(&auditor, "/v1/audit/events?limit=1000")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -1,13 +1,12 @@
 //! Bad input and failing upstreams: clear JSON errors with the right status, and
 //! no credit lost or charged.
 
-use crate::billing::{tenant_events, GPT_MOCK};
+use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 async fn error_of(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
@@ -29,8 +28,7 @@ async fn error_of(response: reqwest::Response, status: u16) -> Value {
 async fn bad_keys_get_401(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let url = format!("{}/v1/chat/completions", app.address);
     let body = chat_body("gpt-mock", false);
     error_of(app.client.post(&url).json(&body).send().await.unwrap(), 401).await;
@@ -82,8 +80,7 @@ on_both_stores!(bad_keys_get_401, bad_keys_get_401);
 async fn bad_requests_get_clear_errors(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let url = format!("{}/v1/chat/completions", app.address);
     let raw = |body: &'static str| {
         app.client
@@ -152,10 +149,7 @@ async fn bad_requests_get_clear_errors(kind: StoreKind) {
 
     // Nothing was charged or left held by any of these.
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(bad_requests_get_clear_errors, bad_requests_get_clear_errors);
 
@@ -304,8 +298,7 @@ on_both_stores!(operator_api_validates_input, operator_api_validates_input);
 async fn insufficient_credit_gets_402(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("0", "member").await;
     let e = error_of(app.chat(&key, &chat_body("gpt-mock", false)).await, 402).await;
     assert_eq!(e["error"]["code"], "insufficient_credits");
     assert!(
@@ -324,8 +317,7 @@ async fn upstream_failures_cost_nothing(kind: StoreKind) {
         ("hang", "1", "2", None),
     ])
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let e = error_of(app.chat(&key, &chat_body("fail-503", false)).await, 502).await;
     assert_eq!(e["error"]["code"], "upstream_error");
@@ -342,16 +334,11 @@ async fn upstream_failures_cost_nothing(kind: StoreKind) {
     assert_eq!(e["error"]["code"], "upstream_timeout");
 
     // A provider whose key the upstream rejects: 502, without the key.
-    app.admin_json(
-        Method::POST,
-        "/admin/v1/providers",
-        Some(json!({"name": "badkey", "kind": "openai", "base_url": app.mock.base_url, "api_key": "sk-wrong-key-0000"})),
-    )
+    app.add_provider(json!({"name": "badkey", "kind": "openai", "base_url": app.mock.base_url, "api_key": "sk-wrong-key-0000"}))
     .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/badkey/gpt-mock",
-        Some(json!({"input_per_mtok": "1", "output_per_mtok": "1"})),
+    app.set_price(
+        "badkey/gpt-mock",
+        json!({"input_per_mtok": "1", "output_per_mtok": "1"}),
     )
     .await;
     let e = error_of(
@@ -424,8 +411,7 @@ async fn client_leaving_mid_stream_is_billed_for_what_was_generated(kind: StoreK
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK, ("slow-stream", "1", "2", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let mut response = app.chat(&key, &chat_body("slow-stream", true)).await;
     assert_eq!(response.status(), 200);
     let mut received = 0;
@@ -439,14 +425,7 @@ async fn client_leaving_mid_stream_is_billed_for_what_was_generated(kind: StoreK
     }
     drop(response);
     // The hub notices on its next write, stops reading the upstream, and settles.
-    let mut balance = app.balance(&tenant).await;
-    for _ in 0..100 {
-        if balance["held"] == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        balance = app.balance(&tenant).await;
-    }
+    let balance = app.wait_until_nothing_held(&tenant).await;
     assert_eq!(balance["held"], "0");
     let usages = settled_usages(&tenant_events(&app, &tenant).await);
     assert_eq!(usages.len(), 1);
@@ -470,8 +449,7 @@ async fn upstream_dying_mid_stream_ends_with_an_error_event(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("die-mid-stream", "1", "2", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let text = app
         .chat(&key, &chat_body("die-mid-stream", true))
         .await
@@ -508,8 +486,7 @@ async fn missing_or_excess_usage_is_recorded_honestly(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("no-usage", "1", "2", None), ("overshoot", "1", "2", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     assert_eq!(
         app.chat(&key, &chat_body("no-usage", false)).await.status(),
         200

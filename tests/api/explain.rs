@@ -1,9 +1,9 @@
 //! "Explain this charge": `GET /v1/billing/requests/{id}` and the operator's
 //! `GET /admin/v1/tenants/{tenant}/requests/{id}`.
 
-use crate::billing::{mock_answer_cost, tenant_events, GPT_MOCK};
+use crate::billing::{mock_answer_cost, GPT_MOCK};
 use crate::helpers::*;
-use crate::mock_openai::{CACHED_TOKENS, COMPLETION_TOKENS, MOCK_API_KEY, PROMPT_TOKENS};
+use crate::mock_openai::{CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS};
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::Credits;
@@ -11,12 +11,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 async fn explain_with_key(app: &TestApp, key: &str, request_id: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}/v1/billing/requests/{request_id}", app.address))
-        .bearer_auth(key)
-        .send()
+    app.get(key, &format!("/v1/billing/requests/{request_id}"))
         .await
-        .unwrap()
 }
 
 async fn explain_ok(app: &TestApp, key: &str, request_id: &str) -> Value {
@@ -33,23 +29,14 @@ async fn assert_not_found(response: reqwest::Response) {
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 }
 
-fn credits(value: &Value) -> Credits {
-    Credits::parse(
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("not a string: {value}")),
-    )
-    .unwrap()
-}
-
 /// The invariant every explanation keeps: its arithmetic adds up to its cost.
 fn assert_arithmetic_adds_up(body: &Value) {
     let sum = body["arithmetic"]
         .as_array()
         .unwrap()
         .iter()
-        .fold(Credits::ZERO, |sum, line| sum + credits(&line["amount"]));
-    assert_eq!(sum, credits(&body["cost"]), "{body}");
+        .fold(Credits::ZERO, |sum, line| sum + credits_of(&line["amount"]));
+    assert_eq!(sum, credits_of(&body["cost"]), "{body}");
 }
 
 fn request_id_of(response: &reqwest::Response) -> String {
@@ -62,8 +49,7 @@ fn request_id_of(response: &reqwest::Response) -> String {
 async fn a_settled_chat_is_explained(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let before = app.balance(&tenant).await;
 
@@ -131,12 +117,12 @@ async fn a_settled_chat_is_explained(kind: StoreKind) {
     let cost = mock_answer_cost();
     assert_eq!(body["cost"], cost.to_decimal_string());
     assert_eq!(
-        credits(&after["spent"]) - credits(&before["spent"]),
+        credits_of(&after["spent"]) - credits_of(&before["spent"]),
         cost,
         "the explained cost is the balance change"
     );
     assert_eq!(body["overshoot"], "0");
-    let hold = credits(&body["hold"]["amount"]);
+    let hold = credits_of(&body["hold"]["amount"]);
     assert!(hold >= cost, "{body}");
     let attempts = body["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{body}");
@@ -165,22 +151,8 @@ on_both_stores!(a_settled_chat_is_explained, a_settled_chat_is_explained);
 
 async fn a_fallback_lists_every_attempt_and_charges_the_final_rates(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    app.setup_provider(&[]).await;
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(json!({"name": "backup", "kind": "openai", "base_url": app.mock.base_url, "api_key": MOCK_API_KEY}))).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/backup/gpt-mock",
-        Some(json!({"input_per_mtok": "3", "output_per_mtok": "4"})),
-    )
-    .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/fail-503",
-        Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["backup/gpt-mock"]})),
-    )
-    .await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    app.setup_fallback_to_backup().await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
 
     let response = app.chat(&member, &chat_body("fail-503", false)).await;
@@ -240,8 +212,7 @@ async fn a_released_request_shows_its_reason_and_costs_nothing(kind: StoreKind) 
     let app = spawn_app(kind).await;
     app.setup_provider(&[("fail-400", "1", "2", Some(1000))])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
 
     let response = app.chat(&member, &chat_body("fail-400", false)).await;
@@ -271,17 +242,14 @@ async fn a_released_request_shows_its_reason_and_costs_nothing(kind: StoreKind) 
     assert_eq!(body["arithmetic"], json!([]));
     assert!(body["usage"].is_null() && body["rates"].is_null());
     assert_arithmetic_adds_up(&body);
-    assert!(credits(&body["hold"]["amount"]) > Credits::ZERO);
+    assert!(credits_of(&body["hold"]["amount"]) > Credits::ZERO);
     let attempts = body["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "a 400 is not retried: {body}");
     assert_eq!(attempts[0]["outcome"], "failed");
     assert_eq!(attempts[0]["status"], 400);
     assert_eq!(attempts[0]["cost"], "0");
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_released_request_shows_its_reason_and_costs_nothing,
@@ -291,8 +259,7 @@ on_both_stores!(
 async fn other_tenants_unknown_and_malformed_ids_are_not_found(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let response = app.chat(&member, &chat_body("gpt-mock", false)).await;
     assert_eq!(response.status(), 200);
     let request_id = request_id_of(&response);
@@ -302,8 +269,7 @@ async fn other_tenants_unknown_and_malformed_ids_are_not_found(kind: StoreKind) 
     assert_eq!(response.status(), 403);
 
     // Another tenant's admin: 404, exactly as for an id that never existed.
-    let other = app.create_tenant("1").await;
-    let other_admin = app.issue_key(&other, "admin").await;
+    let (other, other_admin) = app.tenant_with_key("1", "admin").await;
     assert_not_found(explain_with_key(&app, &other_admin, &request_id).await).await;
     let operator_other = app
         .admin(
@@ -363,8 +329,7 @@ on_both_stores!(
 async fn an_old_request_is_found_behind_many_newer_events(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let admin = app.issue_key(&tenant, "admin").await;
+    let (tenant, admin) = app.tenant_with_key("1", "admin").await;
     let response = app.chat(&admin, &chat_body("gpt-mock", false)).await;
     assert_eq!(response.status(), 200);
     let request_id = request_id_of(&response);

@@ -19,8 +19,7 @@ async fn get_with(app: &TestApp, path: &str, authorization: Option<&str>) -> (u1
 
 async fn every_401_says_why(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let revoked = app.issue_key(&tenant, "member").await;
     let revoked_id = revoked.split('_').nth(2).unwrap().to_string();
     app.admin_json(
@@ -101,8 +100,7 @@ async fn chat_status(app: &TestApp, key: &str, model: &str) -> (u16, Value) {
 async fn a_bare_model_name_is_served_through_its_alias(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("gpt-mock", "1", "2", None)]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("1", "member").await;
 
     // Before the alias: 404, pointing at the configured id.
     let (status, body) = chat_status(&app, &key, "gpt-mock").await;

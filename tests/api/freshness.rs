@@ -10,14 +10,12 @@ use crate::process::HubEnv;
 use aigne_hub::startup::Application;
 use domain::tenant::TenantEvent;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest any test here waits for another process's change to show.
-const CHANGE_VISIBLE_MS: u64 = 1_000;
+const CHANGE_VISIBLE: Duration = Duration::from_millis(1_000);
 
 /// The CLI, on the same data dir and database as `app`.
 fn cli_env(app: &TestApp) -> HubEnv {
@@ -27,51 +25,13 @@ fn cli_env(app: &TestApp) -> HubEnv {
 
 /// Runs one CLI command to success.
 fn cli(env: &HubEnv, args: &[&str], stdin: Option<&str>) {
-    let mut child = env
-        .command()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Calls `probe` until it returns true, for at most `CHANGE_VISIBLE_MS`.
-async fn within_deadline<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_millis(CHANGE_VISIBLE_MS);
-    loop {
-        if probe().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {CHANGE_VISIBLE_MS} ms"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    env.run_ok(args, stdin);
 }
 
 async fn a_grant_from_the_cli_is_spendable_at_once(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0", "member").await;
     let body = chat_body("gpt-mock", false);
     assert_eq!(app.chat(&key, &body).await.status(), 402);
 
@@ -100,8 +60,7 @@ on_both_stores!(
 
 async fn a_model_added_from_the_cli_is_served_within_a_second(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (_, key) = app.tenant_with_key("1", "member").await;
     let body = chat_body("gpt-mock", false);
     assert_eq!(app.chat(&key, &body).await.status(), 404);
 
@@ -128,9 +87,11 @@ async fn a_model_added_from_the_cli_is_served_within_a_second(kind: StoreKind) {
     ];
     cli(&env, &price, None);
 
-    within_deadline("the model added from the CLI is served", || async {
-        app.chat(&key, &body).await.status() == 200
-    })
+    wait_until(
+        CHANGE_VISIBLE,
+        "the model added from the CLI is served",
+        || async { app.chat(&key, &body).await.status() == 200 },
+    )
     .await;
 }
 on_both_stores!(
@@ -199,9 +160,11 @@ async fn a_key_revoked_on_one_hub_is_refused_on_the_other_within_a_second() {
             None,
         )
         .await;
-    within_deadline("the revoked key is refused on the other hub", || async {
-        get_balance(&first, &second, key).await.0 == 401
-    })
+    wait_until(
+        CHANGE_VISIBLE,
+        "the revoked key is refused on the other hub",
+        || async { get_balance(&first, &second, key).await.0 == 401 },
+    )
     .await;
     second_handle.stop(false).await;
 }
@@ -211,8 +174,7 @@ async fn a_grant_on_one_hub_is_spendable_on_the_other_at_once() {
     let first = spawn_app(StoreKind::Postgres).await;
     first.setup_provider(&[GPT_MOCK]).await;
     let (second, second_handle) = second_hub(&first).await;
-    let tenant = first.create_tenant("0").await;
-    let member = first.issue_key(&tenant, "member").await;
+    let (tenant, member) = first.tenant_with_key("0", "member").await;
     let books = first.issue_key(&tenant, "billing").await;
     assert_eq!(chat_at(&first, &second, &member).await, 402);
 
@@ -226,13 +188,17 @@ async fn a_grant_on_one_hub_is_spendable_on_the_other_at_once() {
     assert_eq!(chat_at(&first, &second, &member).await, 200);
 
     // The first process learns of the second one's spending at once as well.
-    within_deadline("both hubs show the same balance", || async {
-        let (on_first, on_second) = (
-            get_balance(&first, &first.address, &books).await,
-            get_balance(&first, &second, &books).await,
-        );
-        on_first.0 == 200 && on_first == on_second && on_first.1["spent"] != "0"
-    })
+    wait_until(
+        CHANGE_VISIBLE,
+        "both hubs show the same balance",
+        || async {
+            let (on_first, on_second) = (
+                get_balance(&first, &first.address, &books).await,
+                get_balance(&first, &second, &books).await,
+            );
+            on_first.0 == 200 && on_first == on_second && on_first.1["spent"] != "0"
+        },
+    )
     .await;
     second_handle.stop(false).await;
 }
@@ -326,8 +292,7 @@ async fn a_hold_committed_as_the_ledger_fails_is_released_after_reconnecting() {
     })
     .await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     proxy.armed.store(true, Ordering::SeqCst);
     let response = app.chat(&key, &chat_body("gpt-mock", false)).await;
@@ -341,15 +306,11 @@ async fn a_hold_committed_as_the_ledger_fails_is_released_after_reconnecting() {
     let released = |e: &TenantEvent| matches!(e, TenantEvent::HoldReleased { .. });
     let events = app.store().tenant_events(tenant_id, 0).await.unwrap();
     assert_eq!(events.iter().filter(|e| reserved(&e.event)).count(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until(Duration::from_secs(5), "the hold is released", || async {
         let events = app.store().tenant_events(tenant_id, 0).await.unwrap();
-        if events.iter().any(|e| released(&e.event)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the hold is still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        events.iter().any(|e| released(&e.event))
+    })
+    .await;
     let balance = app.balance(&tenant).await;
     assert_eq!(balance["held"], "0", "{balance}");
     assert_eq!(balance["available"], "1", "{balance}");
@@ -393,9 +354,11 @@ async fn a_change_made_while_the_listener_reconnects_is_seen() {
             None,
         )
         .await;
-    within_deadline("the revoked key is refused on the other hub", || async {
-        get_balance(&first, &second, key).await.0 == 401
-    })
+    wait_until(
+        CHANGE_VISIBLE,
+        "the revoked key is refused on the other hub",
+        || async { get_balance(&first, &second, key).await.0 == 401 },
+    )
     .await;
     second_handle.stop(false).await;
 }

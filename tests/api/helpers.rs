@@ -2,14 +2,17 @@
 //! database per test, or a new SQLite file), with a mock upstream beside it.
 
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
+use actix_web::{web, App, HttpServer};
 use aigne_hub::config::{Limits, Settings};
 use aigne_hub::startup::Application;
 use aigne_hub::store::{EventMetadata, Store};
 use chrono::Utc;
 use domain::tenant::TenantEvent;
-use domain::{Credits, InstanceId, TenantId};
+use domain::{Credits, InstanceId, TenantId, Usage};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -279,33 +282,57 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Value {
+        let expected = documented_status(&method, path);
         let response = self.admin(method, path, body).await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {body}");
+        assert_eq!(status, expected, "{path}: {body}");
         body
+    }
+
+    /// Adds a provider (the admin API's provider body).
+    pub async fn add_provider(&self, provider: Value) -> Value {
+        self.admin_json(reqwest::Method::POST, "/admin/v1/providers", Some(provider))
+            .await
+    }
+
+    /// Sets the price of `model` (`provider/name`; the admin API's price body).
+    pub async fn set_price(&self, model: &str, price: Value) -> Value {
+        let path = format!("/admin/v1/prices/{model}");
+        self.admin_json(reqwest::Method::PUT, &path, Some(price))
+            .await
     }
 
     /// Adds the mock as provider `mock` and prices `mock/<model>` for each model.
     pub async fn setup_provider(&self, models: &[(&str, &str, &str, Option<u32>)]) {
-        self.admin_json(
-            reqwest::Method::POST,
-            "/admin/v1/providers",
-            Some(json!({"name": "mock", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY})),
-        )
-        .await;
+        self.add_provider(json!({"name": "mock", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY}))
+            .await;
         for (model, input, output, max_output) in models {
             let mut body = json!({"input_per_mtok": input, "output_per_mtok": output});
             if let Some(m) = max_output {
                 body["max_output_tokens"] = json!(m);
             }
-            self.admin_json(
-                reqwest::Method::PUT,
-                &format!("/admin/v1/prices/mock/{model}"),
-                Some(body),
-            )
-            .await;
+            self.set_price(&format!("mock/{model}"), body).await;
         }
+    }
+
+    /// The mock as provider `mock` and again as `backup`: `mock/fail-503`
+    /// (1 and 2 credits per Mtok) always fails and falls back to
+    /// `backup/gpt-mock` (3 and 4), which answers.
+    pub async fn setup_fallback_to_backup(&self) {
+        self.setup_provider(&[]).await;
+        self.add_provider(json!({"name": "backup", "kind": "openai", "base_url": self.mock.base_url, "api_key": MOCK_API_KEY}))
+            .await;
+        self.set_price(
+            "backup/gpt-mock",
+            json!({"input_per_mtok": "3", "output_per_mtok": "4"}),
+        )
+        .await;
+        self.set_price(
+            "mock/fail-503",
+            json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["backup/gpt-mock"]}),
+        )
+        .await;
     }
 
     pub async fn create_tenant(&self, initial_credits: &str) -> String {
@@ -340,6 +367,64 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A tenant with `credits` and one key of `role` for it: `(tenant, key)`.
+    pub async fn tenant_with_key(&self, credits: &str, role: &str) -> (String, String) {
+        let tenant = self.create_tenant(credits).await;
+        let key = self.issue_key(&tenant, role).await;
+        (tenant, key)
+    }
+
+    /// `GET path` with `key`.
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with `key`, asking for CSV.
+    pub async fn get_csv(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with `key`, which must answer 200 with JSON.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        let response = self.get(key, path).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// `POST path` with `key` and a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the tenant holds nothing (its requests settled or released)
+    /// and returns that balance.
+    pub async fn wait_until_nothing_held(&self, tenant_id: &str) -> Value {
+        wait_for(WAIT_DEADLINE, "the holds settled or released", || async {
+            let balance = self.balance(tenant_id).await;
+            (balance["held"] == "0").then_some(balance)
+        })
+        .await
+    }
+
     pub async fn balance(&self, tenant_id: &str) -> Value {
         self.admin_json(
             reqwest::Method::GET,
@@ -367,31 +452,194 @@ impl TestApp {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
+            let conn = tokio::sync::Mutex::new(conn);
+            let what = format!("the transactions older than {now} ended");
+            wait_until(WAIT_DEADLINE, &what, || async {
                 let oldest_running: i64 = sqlx::query_scalar(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
                 )
-                .fetch_one(&mut conn)
+                .fetch_one(&mut *conn.lock().await)
                 .await
                 .unwrap();
-                if oldest_running > now {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a transaction older than {now} stayed open for 10 s"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+                oldest_running > now
+            })
+            .await;
         }
         self.hub.projector.catch_up().await.unwrap();
+    }
+}
+
+/// The status docs/api.md gives a successful operator call: 201 for the POSTs
+/// that create (a tenant, a key, a provider, a credential), 200 for the rest.
+fn documented_status(method: &reqwest::Method, path: &str) -> reqwest::StatusCode {
+    let without_query = path.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = without_query
+        .trim_start_matches("/admin/v1/")
+        .split('/')
+        .collect();
+    let creates = *method == reqwest::Method::POST
+        && matches!(
+            segments.as_slice(),
+            ["tenants"] | ["tenants", _, "keys"] | ["providers"] | ["providers", _, "credentials"]
+        );
+    if creates {
+        reqwest::StatusCode::CREATED
+    } else {
+        reqwest::StatusCode::OK
     }
 }
 
 /// A chat request body to the mock.
 pub fn chat_body(model: &str, stream: bool) -> Value {
     json!({"model": format!("mock/{model}"), "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
+}
+
+/// How long a test waits for background work (a settlement, a projection, a
+/// sweep) before failing: far more than the work takes on a loaded machine.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a wait looks again.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// Looks at `probe` every few ms until it gives a value, for at most `within`;
+/// `None` if it never did (for a caller that fails in its own words).
+pub async fn poll_for<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// Waits until `probe` gives a value and returns it; fails the test naming
+/// `what` once `within` has passed without one.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_for(within, probe)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {within:?}"))
+}
+
+/// Waits until `condition` holds; fails the test naming `what` once `within`
+/// has passed.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let probe = || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    };
+    wait_for(within, what, probe).await
+}
+
+/// A free port on 127.0.0.1 (for a hub process started with `--listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves a mock upstream's routes on a fresh port of 127.0.0.1 (one worker,
+/// no signal handling, on the test's runtime); returns the port.
+pub fn serve_mock(routes: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || App::new().configure(routes.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    actix_web::rt::spawn(server);
+    port
+}
+
+/// An amount the hub answered (a decimal string of credits) as [`Credits`].
+pub fn credits_of(value: &Value) -> Credits {
+    Credits::parse(
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("not a string: {value}")),
+    )
+    .unwrap()
+}
+
+/// The balance shows nothing spent and nothing held.
+pub fn assert_charged_nothing(balance: &Value) {
+    assert_eq!(
+        (balance["spent"].as_str(), balance["held"].as_str()),
+        (Some("0"), Some("0")),
+        "{balance}"
+    );
+}
+
+/// Every event of the tenant, in order.
+pub async fn tenant_events(app: &TestApp, tenant: &str) -> Vec<aigne_hub::store::StoredEvent> {
+    app.store()
+        .tenant_events(tenant.parse().unwrap(), 0)
+        .await
+        .unwrap()
+}
+
+/// The usage and cost of each settlement of the tenant, in order.
+pub async fn settlements(app: &TestApp, tenant: &str) -> Vec<(Usage, Credits)> {
+    tenant_events(app, tenant)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TenantEvent::UsageSettled {
+                usage, cost_pico, ..
+            } => Some((usage, cost_pico)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An SSE body as (event name, data) pairs; every frame is named and its data's
+/// `type` is its name, as in Anthropic's streams.
+pub fn anthropic_events(text: &str) -> Vec<(String, Value)> {
+    assert!(text.ends_with("\n\n"), "{text}");
+    text.trim_end()
+        .split("\n\n")
+        .map(|frame| {
+            let (event, data) = frame.split_once('\n').expect("two lines per frame");
+            let name = event.strip_prefix("event: ").expect("an event line");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name, "{frame}");
+            (name.to_string(), data)
+        })
+        .collect()
+}
+
+/// The names of [`anthropic_events`]' events.
+pub fn event_names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// The `x-request-id` header the hub sets on every answer.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Runs a test body once per store.

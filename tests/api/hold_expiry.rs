@@ -3,7 +3,6 @@
 //! nothing (docs/api.md, the 503 answers). The test moves the hub's clock past
 //! the time to live and runs one sweep pass itself instead of waiting.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::on_both_stores;
 use crate::scripted_upstream::{add_scripted_provider, price, ScriptedUpstream};
@@ -28,8 +27,7 @@ async fn a_settlement_after_the_holds_time_to_live_is_refused_and_charges_nothin
     )
     .await;
     assert_eq!(priced.status(), 200);
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let before = app.balance(&tenant).await;
 
     let request = {

@@ -17,25 +17,6 @@ use serde_json::Value;
 /// prompt tokens, 2.5 per million output tokens.
 const ODD_MOCK: (&str, &str, &str, Option<u32>) = ("odd-mock", "1.2345", "2.5", Some(1000));
 
-async fn get(app: &TestApp, key: &str, path: &str, csv: bool) -> reqwest::Response {
-    let mut request = app
-        .client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(key);
-    if csv {
-        request = request.header("accept", "text/csv");
-    }
-    request.send().await.unwrap()
-}
-
-async fn get_json(app: &TestApp, key: &str, path: &str) -> Value {
-    let response = get(app, key, path, false).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
 fn pico(amount: &Value) -> i128 {
     Credits::parse(amount.as_str().unwrap()).unwrap().pico()
 }
@@ -43,15 +24,13 @@ fn pico(amount: &Value) -> i128 {
 /// Waits until the current draft has `lines` lines (on PostgreSQL the log is
 /// readable once every older transaction in the cluster has ended).
 async fn draft_with(app: &TestApp, key: &str, lines: usize) -> Value {
-    for _ in 0..200 {
+    let what = format!("the draft shows {lines} lines");
+    wait_for(WAIT_DEADLINE, &what, || async {
         app.projections_caught_up().await;
-        let body = get_json(app, key, "/v1/billing/invoices").await;
-        if body["data"][0]["lines"].as_array().map(Vec::len) == Some(lines) {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the draft never showed {lines} lines");
+        let body = app.get_json(key, "/v1/billing/invoices").await;
+        (body["data"][0]["lines"].as_array().map(Vec::len) == Some(lines)).then_some(body)
+    })
+    .await
 }
 
 /// `(model, kind, quantity, exact pico)` of each line the mock answers make.
@@ -95,8 +74,7 @@ fn expected_lines(gpt_calls: u64) -> Vec<(&'static str, &'static str, u64, i128)
 async fn the_draft_shows_the_calls_rounded_per_line(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK, ODD_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
     let admin = app.issue_key(&tenant, "admin").await;
@@ -158,7 +136,9 @@ async fn the_draft_shows_the_calls_rounded_per_line(kind: StoreKind) {
 
     // By id, for every reading role and the operator: the same invoice.
     for key in [&billing, &auditor, &admin] {
-        let one = get_json(&app, key, &format!("/v1/billing/invoices/{id}")).await;
+        let one = app
+            .get_json(key, &format!("/v1/billing/invoices/{id}"))
+            .await;
         assert_eq!(one, *invoice);
     }
     let operator = app
@@ -179,7 +159,9 @@ async fn the_draft_shows_the_calls_rounded_per_line(kind: StoreKind) {
     assert_eq!(operator_list, body);
 
     // CSV: a header, the lines, the total.
-    let response = get(&app, &billing, &format!("/v1/billing/invoices/{id}"), true).await;
+    let response = app
+        .get_csv(&billing, &format!("/v1/billing/invoices/{id}"))
+        .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -202,43 +184,27 @@ async fn the_draft_shows_the_calls_rounded_per_line(kind: StoreKind) {
     );
 
     // Members cannot read invoices; another tenant cannot read this one.
+    assert_eq!(app.get(&member, "/v1/billing/invoices").await.status(), 403);
     assert_eq!(
-        get(&app, &member, "/v1/billing/invoices", false)
+        app.get(&member, &format!("/v1/billing/invoices/{id}"))
             .await
             .status(),
         403
     );
+    let (other, other_admin) = app.tenant_with_key("1", "admin").await;
     assert_eq!(
-        get(&app, &member, &format!("/v1/billing/invoices/{id}"), false)
+        app.get(&other_admin, &format!("/v1/billing/invoices/{id}"))
             .await
             .status(),
-        403
-    );
-    let other = app.create_tenant("1").await;
-    let other_admin = app.issue_key(&other, "admin").await;
-    assert_eq!(
-        get(
-            &app,
-            &other_admin,
-            &format!("/v1/billing/invoices/{id}"),
-            false
-        )
-        .await
-        .status(),
         404
     );
     assert_eq!(
-        get(
-            &app,
-            &other_admin,
-            "/v1/billing/invoices/inv_nonsense",
-            false
-        )
-        .await
-        .status(),
+        app.get(&other_admin, "/v1/billing/invoices/inv_nonsense")
+            .await
+            .status(),
         404
     );
-    let mine = get_json(&app, &other_admin, "/v1/billing/invoices").await;
+    let mine = app.get_json(&other_admin, "/v1/billing/invoices").await;
     assert!(mine["data"]
         .as_array()
         .unwrap()
@@ -408,26 +374,22 @@ async fn late_usage_is_an_adjustment_in_the_current_draft(kind: StoreKind) {
     assert_eq!(before["lines"].as_array().unwrap().len(), 2, "{before}");
     assert_eq!(before["total"], "0.000025", "5 × 1 + 10 × 2 micro-credits");
 
-    let mut after = Value::Null;
-    let mut draft = Value::Null;
-    for _ in 0..200 {
-        after = operator_get(
+    let (after, draft) = wait_for(WAIT_DEADLINE, "the current draft is listed", || async {
+        let after = operator_get(
             &app,
             &format!("/admin/v1/tenants/{tenant}/invoices/{old_id}"),
         )
         .await;
         let list = operator_get(&app, &format!("/admin/v1/tenants/{tenant}/invoices")).await;
-        if let Some(d) = list["data"]
+        let draft = list["data"]
             .as_array()
             .unwrap()
             .iter()
             .find(|i| i["id"] == current_id.as_str())
-        {
-            draft = d.clone();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            .cloned();
+        draft.map(|draft| (after, draft))
+    })
+    .await;
     assert_eq!(after, before, "the finalized invoice is unchanged");
     assert_eq!(draft["status"], "draft", "{draft}");
     let lines = draft["lines"].as_array().unwrap();

@@ -9,7 +9,6 @@
 //! explanations, usage analytics, invoices, a replay of every projection, the
 //! audit chain and an offline export, tampering, and tenant isolation.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_openai::{
     CACHED_TOKENS, COMPLETION_TOKENS, EMBEDDING_PROMPT_TOKENS, PROMPT_TOKENS,
@@ -111,33 +110,6 @@ async fn deliver(app: &TestApp, event: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-async fn get(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}{path}", app.address))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn get_json(app: &TestApp, key: &str, path: &str) -> Value {
-    let response = get(app, key, path).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    body
-}
-
-async fn post(app: &TestApp, key: &str, path: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// What one model call should have been charged, from the prices and the mock's usage.
 #[derive(Clone, Debug)]
 struct Call {
@@ -221,7 +193,7 @@ async fn call(app: &TestApp, key: &str, ask: Ask) -> Call {
             ("/v1/images/generations", body, expected)
         }
     };
-    let response = post(app, key, path, &body).await;
+    let response = app.post(key, path, &body).await;
     let status = response.status();
     expected.request_id = response
         .headers()
@@ -268,8 +240,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": IMAGE.1})),
     )
     .await;
-    let tenant = app.create_tenant(INITIAL).await;
-    let admin = app.issue_key(&tenant, "admin").await;
+    let (tenant, admin) = app.tenant_with_key(INITIAL, "admin").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
     let member = app.issue_key(&tenant, "member").await;
@@ -344,15 +315,15 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     app.hub
         .clock
         .advance(promo_expires_at - app.hub.clock.now() + TimeDelta::minutes(1));
-    let mut lots_expired = 0;
-    for _ in 0..50 {
+    // The pass finds the tenant through the balances projection, which may
+    // trail the log for a moment: run it until it expires something.
+    let lots_expired = poll_for(Duration::from_secs(5), || async {
         app.projections_caught_up().await;
-        lots_expired += app.hub.expire_due_credits().await.unwrap();
-        if lots_expired > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let expired = app.hub.expire_due_credits().await.unwrap();
+        (expired > 0).then_some(expired)
+    })
+    .await
+    .unwrap_or(0);
     // The pass picks the tenants with a lot due on the business clock, the same
     // clock that stamps the `ExpireCredits` it sends.
     assert_eq!(
@@ -433,12 +404,9 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     // ---- Every call explained, at the prices and usage computed above -------
     let mut explained: Vec<Value> = Vec::new();
     for c in &calls {
-        let e = get_json(
-            &app,
-            &billing,
-            &format!("/v1/billing/requests/{}", c.request_id),
-        )
-        .await;
+        let e = app
+            .get_json(&billing, &format!("/v1/billing/requests/{}", c.request_id))
+            .await;
         assert_eq!(e["status"], "settled", "{e}");
         assert_eq!(e["model"], c.model.as_str(), "{e}");
         assert_eq!(e["charged_model"], c.model.as_str(), "{e}");
@@ -513,7 +481,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     let revoked = pico_of(REFUND);
     let available = granted - spent - expired - revoked;
     let live = app.balance(&tenant).await;
-    let mine = get_json(&app, &billing, "/v1/billing/balance").await;
+    let mine = app.get_json(&billing, "/v1/billing/balance").await;
     for balance in [&live, &mine] {
         assert_eq!(pico(&balance["granted"]), granted, "{balance}");
         assert_eq!(pico(&balance["spent"]), spent, "{balance}");
@@ -540,16 +508,12 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     // The projections follow the log a moment behind (on PostgreSQL, until older
     // transactions of the cluster end): wait for every request and invoice line.
     let expected_lines = expected_invoice_lines(&calls, &explained, &settings);
-    let mut waited = 0;
-    loop {
+    let caught_up = || async {
         app.projections_caught_up().await;
-        let totals = get_json(
-            &app,
-            &billing,
-            &format!("/v1/billing/usage?group_by=&{range}"),
-        )
-        .await;
-        let list = get_json(&app, &billing, "/v1/billing/invoices").await;
+        let totals = app
+            .get_json(&billing, &format!("/v1/billing/usage?group_by=&{range}"))
+            .await;
+        let list = app.get_json(&billing, "/v1/billing/invoices").await;
         let lines: usize = list["data"]
             .as_array()
             .unwrap()
@@ -557,23 +521,21 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
             .map(|i| i["lines"].as_array().unwrap().len())
             .sum();
         let expected: usize = expected_lines.values().map(BTreeMap::len).sum();
-        if totals["data"][0]["requests"].as_u64() == Some(calls.len() as u64) && lines == expected {
-            break;
-        }
-        waited += 1;
-        assert!(
-            waited < 300,
-            "the projections never caught up: {totals} {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let usage = get_json(
-        &app,
-        &billing,
-        &format!("/v1/billing/usage?group_by=model,day&{range}"),
+        totals["data"][0]["requests"].as_u64() == Some(calls.len() as u64) && lines == expected
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the projections caught up",
+        caught_up,
     )
     .await;
+
+    let usage = app
+        .get_json(
+            &billing,
+            &format!("/v1/billing/usage?group_by=model,day&{range}"),
+        )
+        .await;
     let mut expected_usage: BTreeMap<(String, String), [i128; 8]> = BTreeMap::new();
     for (c, e) in calls.iter().zip(&explained) {
         let day = at(&e["closed_at"]).date_naive().to_string();
@@ -622,20 +584,19 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         .collect();
     assert_eq!(got, expected_usage, "{usage}");
     assert_eq!(
-        get_json(
-            &app,
+        app.get_json(
             &auditor,
             &format!("/v1/billing/usage?group_by=model,day&{range}")
         )
         .await["data"],
         usage["data"]
     );
-    let by_capability = get_json(
-        &app,
-        &billing,
-        &format!("/v1/billing/usage?group_by=capability&{range}"),
-    )
-    .await;
+    let by_capability = app
+        .get_json(
+            &billing,
+            &format!("/v1/billing/usage?group_by=capability&{range}"),
+        )
+        .await;
     let mut expected_capabilities: BTreeMap<String, (u64, i128)> = BTreeMap::new();
     for c in &calls {
         let entry = expected_capabilities
@@ -656,18 +617,15 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         })
         .collect();
     assert_eq!(got, expected_capabilities, "{by_capability}");
-    let totals = get_json(
-        &app,
-        &billing,
-        &format!("/v1/billing/usage?group_by=&{range}"),
-    )
-    .await;
+    let totals = app
+        .get_json(&billing, &format!("/v1/billing/usage?group_by=&{range}"))
+        .await;
     assert_eq!(totals["data"].as_array().unwrap().len(), 1, "{totals}");
     assert_eq!(totals["data"][0]["requests"], calls.len() as u64);
     assert_eq!(pico(&totals["data"][0]["amount"]), spent, "{totals}");
 
     // ---- Invoices: last period finalized, this one a draft; lines add up ----
-    let list = get_json(&app, &billing, "/v1/billing/invoices").await;
+    let list = app.get_json(&billing, "/v1/billing/invoices").await;
     let tenant_id: domain::TenantId = tenant.parse().unwrap();
     let first_id = invoices::invoice_id(tenant_id, first_period);
     let second_id = invoices::invoice_id(tenant_id, second_period);
@@ -733,12 +691,12 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         );
         invoiced_total += total;
         for key in [&billing, &auditor, &admin] {
-            let one = get_json(
-                &app,
-                key,
-                &format!("/v1/billing/invoices/{}", invoice["id"].as_str().unwrap()),
-            )
-            .await;
+            let one = app
+                .get_json(
+                    key,
+                    &format!("/v1/billing/invoices/{}", invoice["id"].as_str().unwrap()),
+                )
+                .await;
             assert_eq!(&one, invoice);
         }
     }
@@ -883,21 +841,22 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     );
 
     // ---- Isolation: another tenant sees none of this -----------------------
-    let other = app.create_tenant("1").await;
-    let other_admin = app.issue_key(&other, "admin").await;
+    let (other, other_admin) = app.tenant_with_key("1", "admin").await;
     let other_billing = app.issue_key(&other, "billing").await;
     for key in [&other_admin, &other_billing] {
         for c in &calls {
-            let response = get(&app, key, &format!("/v1/billing/requests/{}", c.request_id)).await;
+            let response = app
+                .get(key, &format!("/v1/billing/requests/{}", c.request_id))
+                .await;
             assert_eq!(response.status(), 404, "{}", c.request_id);
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], "not_found", "{body}");
         }
         for id in [&first_id, &second_id] {
-            let response = get(&app, key, &format!("/v1/billing/invoices/{id}")).await;
+            let response = app.get(key, &format!("/v1/billing/invoices/{id}")).await;
             assert_eq!(response.status(), 404, "{id}");
         }
-        let theirs = get_json(&app, key, "/v1/billing/invoices").await;
+        let theirs = app.get_json(key, "/v1/billing/invoices").await;
         for invoice in theirs["data"].as_array().unwrap() {
             assert_eq!(invoice["tenant_id"], other.as_str(), "{theirs}");
             assert!(invoice["lines"].as_array().unwrap().is_empty(), "{theirs}");
@@ -905,7 +864,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     }
     // (And the first tenant's keys still read their own.)
     assert_eq!(
-        get(&app, &billing, &format!("/v1/billing/invoices/{first_id}"))
+        app.get(&billing, &format!("/v1/billing/invoices/{first_id}"))
             .await
             .status(),
         200
@@ -1030,7 +989,9 @@ async fn export(app: &TestApp, key: &str) -> String {
     let mut file = String::new();
     let mut after = 0;
     loop {
-        let page = get_json(app, key, &format!("/v1/audit/events?after={after}&limit=7")).await;
+        let page = app
+            .get_json(key, &format!("/v1/audit/events?after={after}&limit=7"))
+            .await;
         file.push_str(&page.to_string());
         file.push('\n');
         match page["next_after"].as_u64() {

@@ -72,13 +72,16 @@ async fn concurrent_writers_never_make_a_reader_skip(kind: StoreKind) {
                     read += 1;
                 }
                 if page.is_empty() {
+                    // A reader polling the log while it is written is what this
+                    // test is about: it backs off briefly on an empty page.
                     tokio::time::sleep(std::time::Duration::from_millis(
                         if done.load(Ordering::SeqCst) { 20 } else { 1 },
                     ))
                     .await;
                 }
             }
-            // Nothing more may arrive after everything was read.
+            // Nothing more may arrive after everything was read (a check that
+            // nothing happens, so it can only wait a while).
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             assert!(
                 store.read_log(after, None, 50).await.unwrap().is_empty(),

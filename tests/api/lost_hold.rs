@@ -12,7 +12,6 @@ use crate::on_both_stores;
 use aigne_hub::audit::verify_store;
 use aigne_hub::store::{Durability, StoreError};
 use domain::TenantId;
-use std::time::{Duration, Instant};
 
 async fn append_needs_the_event_before_it(kind: StoreKind) {
     let app = spawn_app(kind).await;
@@ -92,20 +91,13 @@ async fn a_lost_hold_fails_its_request_without_a_gap(kind: StoreKind) {
                 .unwrap()
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let (sequence, event_type) = wait_for(WAIT_DEADLINE, "the hold reaches the store", || async {
         let (sequence, event_type) = last_event(&app, tenant_id).await;
-        if sequence > head_before {
-            assert_eq!(sequence, head_before + 1);
-            assert_eq!(event_type, "CreditsReserved");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hold never reached the store"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (sequence > head_before).then_some((sequence, event_type))
+    })
+    .await;
+    assert_eq!(sequence, head_before + 1);
+    assert_eq!(event_type, "CreditsReserved");
     // The database "crashes" before the hold reached its disk: the hold is gone,
     // while the hub still has it in memory.
     tamper(

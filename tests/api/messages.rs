@@ -3,14 +3,12 @@
 //! answer pass through unchanged; against an OpenAI-compatible upstream both are
 //! translated.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_anthropic::{self, MockAnthropic};
 use crate::mock_openai;
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::{Credits, Ingress, Usage};
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -80,37 +78,25 @@ const MODELS: [&str; 9] = [
 async fn setup(kind: StoreKind, credits: &str) -> Setup {
     let app = spawn_app(kind).await;
     let anthropic = MockAnthropic::start();
-    app.admin_json(
-        Method::POST,
-        "/admin/v1/providers",
-        Some(
-            json!({"name": "anth", "kind": "anthropic", "base_url": anthropic.base_url,
+    app.add_provider(
+        json!({"name": "anth", "kind": "anthropic", "base_url": anthropic.base_url,
             "api_key": mock_anthropic::MOCK_API_KEY}),
-        ),
     )
     .await;
-    app.admin_json(
-        Method::POST,
-        "/admin/v1/providers",
-        Some(
-            json!({"name": "mock", "kind": "openai", "base_url": app.mock.base_url,
+    app.add_provider(
+        json!({"name": "mock", "kind": "openai", "base_url": app.mock.base_url,
             "api_key": mock_openai::MOCK_API_KEY}),
-        ),
     )
     .await;
     for model in MODELS {
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/{model}"),
-            Some(
-                json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5",
+        app.set_price(
+            model,
+            json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5",
                 "cache_write_per_mtok": "1.25", "max_output_tokens": 1000}),
-            ),
         )
         .await;
     }
-    let tenant = app.create_tenant(credits).await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key(credits, "member").await;
     Setup {
         app,
         anthropic,
@@ -202,44 +188,8 @@ impl Setup {
     }
 
     async fn wait_until_nothing_held(&self) {
-        for _ in 0..100 {
-            if self.app.balance(&self.tenant).await["held"] == "0" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("a hold was never settled or released");
+        self.app.wait_until_nothing_held(&self.tenant).await;
     }
-}
-
-fn request_id(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("x-request-id")
-        .expect("x-request-id header")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// An SSE body as (event name, data) pairs; every frame is named and its data's
-/// `type` is its name, as in Anthropic's streams.
-fn events(text: &str) -> Vec<(String, Value)> {
-    assert!(text.ends_with("\n\n"), "{text}");
-    text.trim_end()
-        .split("\n\n")
-        .map(|frame| {
-            let (event, data) = frame.split_once('\n').expect("two lines per frame");
-            let name = event.strip_prefix("event: ").expect("an event line");
-            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-            assert_eq!(data["type"], name, "{frame}");
-            (name.to_string(), data)
-        })
-        .collect()
-}
-
-fn names(events: &[(String, Value)]) -> Vec<&str> {
-    events.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 /// A request using what only Anthropic understands: cache_control markers, a
@@ -332,9 +282,9 @@ async fn anthropic_upstream_stream_is_relayed(kind: StoreKind) {
     assert_eq!(sent.body, expected);
     // Every event as the upstream sent it, ping included, message_stop last.
     assert_eq!(text, s.direct(&sent.body).await);
-    let streamed = events(&text);
+    let streamed = anthropic_events(&text);
     assert_eq!(
-        names(&streamed),
+        event_names(&streamed),
         [
             "message_start",
             "content_block_start",
@@ -476,12 +426,12 @@ async fn openai_upstream_stream_is_translated(kind: StoreKind) {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     request_id(&response);
-    let streamed = events(&response.text().await.unwrap());
+    let streamed = anthropic_events(&response.text().await.unwrap());
     let sent = s.app.mock.requests().pop().unwrap();
     assert_eq!(sent["stream"], true);
     assert_eq!(sent["max_completion_tokens"], 100);
     assert_eq!(
-        names(&streamed),
+        event_names(&streamed),
         [
             "message_start",
             "ping",
@@ -516,7 +466,7 @@ async fn openai_upstream_stream_is_translated(kind: StoreKind) {
     let body = json!({"model": "mock/conf-tools", "max_tokens": 100, "stream": true,
         "tools": [weather_tool()], "tool_choice": {"type": "tool", "name": "get_weather"},
         "messages": [{"role": "user", "content": "Weather in Paris?"}]});
-    let streamed = events(&s.messages(&body).await.text().await.unwrap());
+    let streamed = anthropic_events(&s.messages(&body).await.text().await.unwrap());
     assert_eq!(
         s.app.mock.requests().pop().unwrap()["tool_choice"],
         json!({"type": "function", "function": {"name": "get_weather"}})
@@ -544,7 +494,7 @@ async fn openai_upstream_stream_is_translated(kind: StoreKind) {
         .unwrap()
         .1;
     assert_eq!(delta["delta"]["stop_reason"], "tool_use");
-    assert_eq!(names(&streamed).last(), Some(&"message_stop"));
+    assert_eq!(event_names(&streamed).last(), Some(&"message_stop"));
     s.assert_billed(&[openai_usage(), openai_usage()]).await;
 }
 on_both_stores!(
@@ -642,10 +592,7 @@ async fn invalid_requests_are_refused_in_anthropic_shape(kind: StoreKind) {
     assert!(s.app.mock.requests().is_empty());
     assert!(s.reservations().await.is_empty());
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     invalid_requests_are_refused_in_anthropic_shape,
@@ -672,10 +619,7 @@ async fn insufficient_credits_is_402(kind: StoreKind) {
     }
     assert!(s.anthropic.requests().is_empty());
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(insufficient_credits_is_402, insufficient_credits_is_402);
 
@@ -707,7 +651,8 @@ async fn client_leaving_mid_stream_is_billed_once(kind: StoreKind) {
         assert!(usage.output_tokens > 0, "{usage:?}");
         assert_eq!(*charged, cost(usage));
     }
-    // Nothing more is charged later (the upstreams stopped being read).
+    // Nothing more is charged later (the upstreams stopped being read): a check
+    // that nothing happens, so it can only wait a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.settlements().await.len(), 2);
 }
@@ -744,9 +689,9 @@ async fn upstream_failures_in_anthropic_shape(kind: StoreKind) {
         .text()
         .await
         .unwrap();
-    let streamed = events(&text);
-    assert_eq!(names(&streamed).last(), Some(&"error"), "{text}");
-    assert!(!names(&streamed).contains(&"message_stop"));
+    let streamed = anthropic_events(&text);
+    assert_eq!(event_names(&streamed).last(), Some(&"error"), "{text}");
+    assert!(!event_names(&streamed).contains(&"message_stop"));
     assert_anthropic_error(&streamed.last().unwrap().1, "api_error");
     s.wait_until_nothing_held().await;
     assert_eq!(s.settlements().await.len(), 1);
@@ -759,12 +704,8 @@ on_both_stores!(
 async fn fallback_from_anthropic_to_openai_translates_per_attempt(kind: StoreKind) {
     let s = setup(kind, "10").await;
     s.app
-        .admin_json(
-            Method::PUT,
-            "/admin/v1/prices/anth/conf-status-500",
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5",
-                "cache_write_per_mtok": "1.25", "max_output_tokens": 1000, "fallbacks": ["mock/gpt-mock"]})),
-        )
+        .set_price("anth/conf-status-500", json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5",
+                "cache_write_per_mtok": "1.25", "max_output_tokens": 1000, "fallbacks": ["mock/gpt-mock"]}))
         .await;
     let body = anthropic_only_request("anth/conf-status-500", false);
     let response = s.messages(&body).await;

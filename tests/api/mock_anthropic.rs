@@ -13,11 +13,11 @@
 //! `huge-answer` (a message of [`HUGE_ANSWER_BYTES`], made as it is sent) and
 //! `endless-stream` (text events that never stop).
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use crate::helpers::serve_mock;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,22 +61,14 @@ pub struct MockAnthropic {
 
 impl MockAnthropic {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(MockState::default()));
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
+        let port = serve_mock(move |routes| {
+            routes
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(1 << 20))
-                .route("/v1/messages", web::post().to(messages))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+                .route("/v1/messages", web::post().to(messages));
+        });
         Self {
             base_url: format!("http://127.0.0.1:{port}"),
             state,

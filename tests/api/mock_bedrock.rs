@@ -28,12 +28,12 @@
 //! `{"images":[base64 PNG…]}`). An id containing `conf-status-<N>` fails with
 //! status N and "mock N message".
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use crate::helpers::serve_mock;
+use actix_web::{web, HttpRequest, HttpResponse};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -80,21 +80,13 @@ pub struct MockBedrock {
 
 impl MockBedrock {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(MockState::default()));
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
+        let port = serve_mock(move |routes| {
+            routes
                 .app_data(data.clone())
-                .default_service(web::to(handle))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+                .default_service(web::to(handle));
+        });
         Self {
             base_url: format!("http://127.0.0.1:{port}"),
             state,

@@ -25,11 +25,11 @@
 //! prediction with `raiFilteredReason` only, when `includeRaiReason` is set);
 //! `conf-all-filtered` answers `{}`.
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use crate::helpers::serve_mock;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,22 +75,14 @@ pub struct MockGemini {
 
 impl MockGemini {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(MockGeminiState::default()));
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
+        let port = serve_mock(move |routes| {
+            routes
                 .app_data(data.clone())
                 // `{model_action}` is one path segment such as `conf-text:generateContent`.
-                .route("/v1beta/models/{model_action}", web::post().to(handle))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+                .route("/v1beta/models/{model_action}", web::post().to(handle));
+        });
         Self {
             base_url: format!("http://127.0.0.1:{port}/v1beta"),
             state,

@@ -24,10 +24,10 @@
 //! and `POST /api/v3/images/generations`, each in its provider's answer shape. A
 //! model named `conf-status-<N>` fails with status N and "mock N message".
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use crate::helpers::serve_mock;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,12 +69,10 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(MockState::default()));
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
+        let port = serve_mock(move |routes| {
+            routes
                 .app_data(data.clone())
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/v1/embeddings", web::post().to(embeddings))
@@ -82,14 +80,8 @@ impl MockUpstream {
                 .route("/api/embed", web::post().to(ollama_embed))
                 .route("/api/v1/embeddings", web::post().to(openrouter_embeddings))
                 .route("/api/v3/embeddings", web::post().to(ark_embeddings))
-                .route("/api/v3/images/generations", web::post().to(ark_images))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+                .route("/api/v3/images/generations", web::post().to(ark_images));
+        });
         Self {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             state,

@@ -2,7 +2,7 @@
 //! by the tenant's aggregate, delivered at least once to a receiver this test
 //! starts on 127.0.0.1, signed like the payment webhooks.
 
-use crate::billing::{tenant_events, GPT_MOCK};
+use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -97,14 +97,12 @@ impl Receiver {
 
     /// Waits until at least `n` deliveries arrived (fails the test after 10 s).
     async fn wait_for(&self, n: usize) -> Vec<Delivery> {
-        for _ in 0..200 {
+        let what = format!("{n} deliveries");
+        wait_for(WAIT_DEADLINE, &what, || async {
             let got = self.deliveries();
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("expected {n} deliveries, got {:?}", self.deliveries());
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 }
 
@@ -182,8 +180,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     let receiver = Receiver::start(0);
     let app = spawn_app_with(kind, notifying(&receiver)).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = set_threshold(&app, &tenant, json!("0.99995")).await;
     assert_eq!(response.status(), 200);
@@ -196,6 +193,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     chat_ok(&app, &key).await;
     chat_ok(&app, &key).await;
     let got = receiver.wait_for(1).await;
+    // No second delivery may come: a check that nothing happens, so it waits a while.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.deliveries().len(), 1, "one crossing, one delivery");
 
@@ -233,6 +231,7 @@ async fn one_notification_per_crossing_signed_with_the_right_amounts(kind: Store
     assert_eq!(crossed.len(), 2);
     assert_eq!(second["id"], format!("{tenant}:{}", crossed[1].0));
     assert_eq!(second["available"], crossed[1].2.to_decimal_string());
+    // No third delivery may come: a check that nothing happens.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.deliveries().len(), 2);
 }
@@ -245,8 +244,7 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_redeliver(kind: St
     let receiver = Receiver::start(2);
     let app = spawn_app_with(kind, notifying(&receiver)).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     assert_eq!(
         set_threshold(&app, &tenant, json!("0.99995"))
             .await
@@ -273,17 +271,15 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_redeliver(kind: St
         .find(|e| matches!(e.event, TenantEvent::LowBalanceCrossed { .. }))
         .unwrap()
         .log_position;
-    let mut moved = false;
-    for _ in 0..200 {
-        if store.projection_checkpoint(CHECKPOINT_NAME).await.unwrap() >= position {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(moved, "the checkpoint moves past a delivered page");
+    wait_until(
+        WAIT_DEADLINE,
+        "the checkpoint moves past a delivered page",
+        || async { store.projection_checkpoint(CHECKPOINT_NAME).await.unwrap() >= position },
+    )
+    .await;
     let app = app.restart().await;
     chat_ok(&app, &key).await;
+    // No delivery may come again: a check that nothing happens, so it waits a while.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         receiver.deliveries().len(),
@@ -301,8 +297,7 @@ async fn without_a_url_nothing_is_sent_and_requests_still_work(kind: StoreKind) 
     let receiver = Receiver::start(0);
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     // Bad thresholds and unknown tenants are refused.
     assert_eq!(

@@ -1,38 +1,25 @@
 //! `POST /v1/embeddings` (billed by input tokens) and `POST /v1/images/generations`
 //! (billed per image), through the OpenAI mock.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_openai::{EMBEDDING_PROMPT_TOKENS, MOCK_API_KEY};
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::Capability;
-use reqwest::Method;
 use serde_json::{json, Value};
-
-async fn post(app: &TestApp, key: &str, path: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
 
 async fn embeddings_are_billed_by_input_tokens(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[("text-embedding-3-small", "1", "0", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
-    let response = post(
-        &app,
-        &key,
-        "/v1/embeddings",
-        json!({"model": "mock/text-embedding-3-small", "input": ["a", "b"]}),
-    )
-    .await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
+    let response = app
+        .post(
+            &key,
+            "/v1/embeddings",
+            &json!({"model": "mock/text-embedding-3-small", "input": ["a", "b"]}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     let body: Value = response.json().await.unwrap();
@@ -54,13 +41,13 @@ async fn embeddings_are_billed_by_input_tokens(kind: StoreKind) {
         }
     )));
 
-    let bad = post(
-        &app,
-        &key,
-        "/v1/embeddings",
-        json!({"model": "mock/text-embedding-3-small", "input": []}),
-    )
-    .await;
+    let bad = app
+        .post(
+            &key,
+            "/v1/embeddings",
+            &json!({"model": "mock/text-embedding-3-small", "input": []}),
+        )
+        .await;
     assert_eq!(bad.status(), 400);
 }
 on_both_stores!(
@@ -71,16 +58,14 @@ on_both_stores!(
 async fn images_are_billed_per_image(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[]).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/gpt-image-1",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "mock/gpt-image-1",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     for (format, field) in [("b64_json", "b64_json"), ("url", "url")] {
-        let response = post(&app, &key, "/v1/images/generations", json!({"model": "mock/gpt-image-1", "prompt": "a cat", "n": 2, "response_format": format})).await;
+        let response = app.post(&key, "/v1/images/generations", &json!({"model": "mock/gpt-image-1", "prompt": "a cat", "n": 2, "response_format": format})).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["data"].as_array().unwrap().len(), 2);
@@ -92,46 +77,43 @@ async fn images_are_billed_per_image(kind: StoreKind) {
 
     // Not enough for the 10 images asked: refused before the upstream is called.
     let requests = app.mock.requests().len();
-    let poor = app.create_tenant("0.1").await;
-    let poor_key = app.issue_key(&poor, "member").await;
-    let response = post(
-        &app,
-        &poor_key,
-        "/v1/images/generations",
-        json!({"model": "mock/gpt-image-1", "prompt": "a cat", "n": 10}),
-    )
-    .await;
+    let (_, poor_key) = app.tenant_with_key("0.1", "member").await;
+    let response = app
+        .post(
+            &poor_key,
+            "/v1/images/generations",
+            &json!({"model": "mock/gpt-image-1", "prompt": "a cat", "n": 10}),
+        )
+        .await;
     assert_eq!(response.status(), 402);
     assert_eq!(app.mock.requests().len(), requests);
-    let response = post(
-        &app,
-        &key,
-        "/v1/images/generations",
-        json!({"model": "mock/gpt-image-1", "prompt": "a cat", "response_format": "gif"}),
-    )
-    .await;
+    let response = app
+        .post(
+            &key,
+            "/v1/images/generations",
+            &json!({"model": "mock/gpt-image-1", "prompt": "a cat", "response_format": "gif"}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
 }
 on_both_stores!(images_are_billed_per_image, images_are_billed_per_image);
 
 async fn a_provider_without_images_says_so_and_charges_nothing(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(json!({"name": "ds", "kind": "deepseek", "base_url": app.mock.base_url, "api_key": MOCK_API_KEY}))).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/ds/some-image-model",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.add_provider(json!({"name": "ds", "kind": "deepseek", "base_url": app.mock.base_url, "api_key": MOCK_API_KEY})).await;
+    app.set_price(
+        "ds/some-image-model",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
-    let response = post(
-        &app,
-        &key,
-        "/v1/images/generations",
-        json!({"model": "ds/some-image-model", "prompt": "a cat"}),
-    )
-    .await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
+    let response = app
+        .post(
+            &key,
+            "/v1/images/generations",
+            &json!({"model": "ds/some-image-model", "prompt": "a cat"}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(
@@ -142,10 +124,7 @@ async fn a_provider_without_images_says_so_and_charges_nothing(kind: StoreKind) 
         "{body}"
     );
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_provider_without_images_says_so_and_charges_nothing,

@@ -5,7 +5,6 @@
 //! the test fails, never skips, if Python or the package index is unavailable.
 
 use crate::helpers::*;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,14 +50,12 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         ("text-embedding-3-small", "1", "0", None),
     ])
     .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/gpt-image-1",
-        Some(json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})),
+    app.set_price(
+        "mock/gpt-image-1",
+        json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"}),
     )
     .await;
-    let tenant = app.create_tenant("5").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("5", "member").await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let (address, key_env) = (format!("{}/v1", app.address), key.clone());

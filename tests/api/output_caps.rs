@@ -7,7 +7,6 @@
 //! through. A 402 says which `max_tokens` would fit.
 
 use crate::aigne::{chat_call, post_v2};
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_anthropic::{self, MockAnthropic};
 use crate::mock_bedrock::{MockBedrock, MOCK_ACCESS_KEY_ID, MOCK_REGION, MOCK_SECRET_ACCESS_KEY};
@@ -16,7 +15,6 @@ use crate::mock_openai::MOCK_API_KEY;
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::Credits;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// 1 pico-credit per prompt token, 0.001 credit (10^9 pico) per output token: a
@@ -36,20 +34,16 @@ fn caps(request: &Value) -> Vec<(&'static str, Value)> {
 
 async fn add_provider(app: &TestApp, name: &str, mut provider: Value) {
     provider["name"] = json!(name);
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(provider))
-        .await;
+    app.add_provider(provider).await;
 }
 
 /// Prices `model` (`provider/name`) at the rates above, with `max_output_tokens`.
 async fn price(app: &TestApp, model: &str, max_output_tokens: u32) {
-    app.admin_json(
-        Method::PUT,
-        &format!("/admin/v1/prices/{model}"),
-        Some(
-            json!({"input_per_mtok": "0.000001", "output_per_mtok": "1000",
+    app.set_price(
+        model,
+        json!({"input_per_mtok": "0.000001", "output_per_mtok": "1000",
             "cache_read_per_mtok": "0.000001", "cache_write_per_mtok": "0.000001",
             "max_output_tokens": max_output_tokens}),
-        ),
     )
     .await;
 }
@@ -66,8 +60,7 @@ async fn setup(
         json!({"kind": "openai", "base_url": app.mock.base_url, "api_key": MOCK_API_KEY});
     add_provider(&app, "mock", provider).await;
     price(&app, "mock/largest-cap", max_output_tokens).await;
-    let tenant = app.create_tenant(credits).await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key(credits, "member").await;
     (app, tenant, key)
 }
 

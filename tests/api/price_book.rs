@@ -22,15 +22,6 @@ fn answer_cost(input: Rate, output: Rate) -> Credits {
     input.cost_of(PROMPT_TOKENS) + output.cost_of(COMPLETION_TOKENS)
 }
 
-fn credits(value: &Value) -> Credits {
-    Credits::parse(
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("not a string: {value}")),
-    )
-    .unwrap()
-}
-
 async fn put(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     let response = app
         .client
@@ -63,12 +54,8 @@ async fn charged(app: &TestApp, key: &str, billing_key: &str) -> Value {
         .unwrap()
         .to_string();
     let explained = app
-        .client
-        .get(format!("{}/v1/billing/requests/{request_id}", app.address))
-        .bearer_auth(billing_key)
-        .send()
-        .await
-        .unwrap();
+        .get(billing_key, &format!("/v1/billing/requests/{request_id}"))
+        .await;
     assert_eq!(explained.status(), 200);
     explained.json().await.unwrap()
 }
@@ -125,17 +112,17 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
     ] {
         let member = app.issue_key(tenant, "member").await;
         let billing = app.issue_key(tenant, "billing").await;
-        let before = credits(&app.balance(tenant).await["available"]);
+        let before = credits_of(&app.balance(tenant).await["available"]);
         let body = charged(&app, &member, &billing).await;
 
         let sell_in = Rate::from_pico_per_token(sell_in);
         let sell_out = Rate::from_pico_per_token(sell_out);
         let expected = answer_cost(sell_in, sell_out);
-        assert_eq!(credits(&body["cost"]), expected, "{body}");
+        assert_eq!(credits_of(&body["cost"]), expected, "{body}");
         assert_eq!(body["margin"]["margin_bps"], bps, "{body}");
         assert_eq!(body["margin"]["source"], source, "{body}");
         assert_eq!(
-            credits(&body["margin"]["provider_cost"]),
+            credits_of(&body["margin"]["provider_cost"]),
             answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT)),
             "the provider's cost is the same whoever pays: {body}"
         );
@@ -143,20 +130,11 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
             body["rates"]["input_per_mtok"],
             sell_in.to_per_million_string()
         );
-        let after = credits(&app.balance(tenant).await["available"]);
+        let after = credits_of(&app.balance(tenant).await["available"]);
         assert_eq!(before - after, expected, "the balance moved by the charge");
 
         // The tenant's own model list shows what it pays, never the cost.
-        let models: Value = app
-            .client
-            .get(format!("{}/v1/models", app.address))
-            .bearer_auth(&member)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let models: Value = app.get(&member, "/v1/models").await.json().await.unwrap();
         let pricing = &models["data"][0]["pricing"];
         assert_eq!(
             pricing["input_per_mtok"],
@@ -186,9 +164,9 @@ async fn each_tenant_pays_its_own_margin_then_its_plans_then_the_default(kind: S
             Rate::from_pico_per_token(sell_in),
             Rate::from_pico_per_token(sell_out),
         );
-        assert_eq!(credits(&row["amount"]), sold, "{usage}");
-        assert_eq!(credits(&row["provider_cost"]), cost, "{usage}");
-        assert_eq!(credits(&row["margin"]), sold - cost, "{usage}");
+        assert_eq!(credits_of(&row["amount"]), sold, "{usage}");
+        assert_eq!(credits_of(&row["provider_cost"]), cost, "{usage}");
+        assert_eq!(credits_of(&row["margin"]), sold - cost, "{usage}");
     }
 
     let margins = operator_get(&app, "/admin/v1/margins").await;
@@ -216,8 +194,7 @@ on_both_stores!(
 async fn a_new_price_is_a_new_version_and_old_charges_keep_theirs(kind: StoreKind) {
     let app = spawn_app(kind).await;
     provider_with_cost(&app).await;
-    let tenant = app.create_tenant("10").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("10", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
 
     let first = charged(&app, &member, &billing).await;
@@ -242,25 +219,21 @@ async fn a_new_price_is_a_new_version_and_old_charges_keep_theirs(kind: StoreKin
     let second = charged(&app, &member, &billing).await;
     assert_eq!(second["price_version"], 2);
     assert_eq!(
-        credits(&second["cost"]),
+        credits_of(&second["cost"]),
         answer_cost(per_mtok("3"), per_mtok("5"))
     );
 
     // The first charge is explained as it was made.
     let request_id = first["request_id"].as_str().unwrap();
     let first_again: Value = app
-        .client
-        .get(format!("{}/v1/billing/requests/{request_id}", app.address))
-        .bearer_auth(&billing)
-        .send()
+        .get(&billing, &format!("/v1/billing/requests/{request_id}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(first_again["price_version"], 1);
     assert_eq!(
-        credits(&first_again["cost"]),
+        credits_of(&first_again["cost"]),
         answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT))
     );
 
@@ -318,8 +291,7 @@ async fn charged_at_a_direct_sell_price_with_a_margin(app: &TestApp) -> Value {
         json!({"margin_bps": 9000}),
     )
     .await;
-    let tenant = app.create_tenant("10").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("10", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     charged(app, &member, &billing).await
 }
@@ -328,14 +300,14 @@ async fn a_direct_sell_price_ignores_margins(kind: StoreKind) {
     let app = spawn_app(kind).await;
     let body = charged_at_a_direct_sell_price_with_a_margin(&app).await;
     assert_eq!(
-        credits(&body["cost"]),
+        credits_of(&body["cost"]),
         answer_cost(per_mtok("4"), per_mtok("7")),
         "{body}"
     );
     assert_eq!(body["margin"]["source"], "direct_sell_price");
     assert_eq!(body["margin"]["margin_bps"], Value::Null);
     assert_eq!(
-        credits(&body["margin"]["provider_cost"]),
+        credits_of(&body["margin"]["provider_cost"]),
         answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT))
     );
 }
@@ -348,8 +320,8 @@ async fn the_enterprise_mode_charges_the_providers_cost(kind: StoreKind) {
     .await;
     let body = charged_at_a_direct_sell_price_with_a_margin(&app).await;
     let cost = answer_cost(per_mtok(COST_IN), per_mtok(COST_OUT));
-    assert_eq!(credits(&body["cost"]), cost, "{body}");
-    assert_eq!(credits(&body["margin"]["provider_cost"]), cost);
+    assert_eq!(credits_of(&body["cost"]), cost, "{body}");
+    assert_eq!(credits_of(&body["margin"]["provider_cost"]), cost);
     assert_eq!(body["margin"]["source"], "at_cost");
 }
 on_both_stores!(
@@ -376,8 +348,7 @@ async fn images_are_priced_by_size_and_quality(kind: StoreKind) {
         json!({"margin_bps": 5000}),
     )
     .await;
-    let tenant = app.create_tenant("10").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("10", "member").await;
     let image_credits = |s: &str| Credits::parse(s).unwrap();
     for (size, quality, n, each) in [
         (Some("1024x1024"), Some("hd"), 2u64, image_credits("0.1")),
@@ -391,7 +362,7 @@ async fn images_are_priced_by_size_and_quality(kind: StoreKind) {
         // Nothing fits 512x512: the default per-image cost 0.04 + 50%.
         (Some("512x512"), None, 3, image_credits("0.06")),
     ] {
-        let before = credits(&app.balance(&tenant).await["available"]);
+        let before = credits_of(&app.balance(&tenant).await["available"]);
         let mut body = json!({"model": "mock/image-mock", "prompt": "a cat", "n": n});
         if let Some(size) = size {
             body["size"] = json!(size);
@@ -399,22 +370,15 @@ async fn images_are_priced_by_size_and_quality(kind: StoreKind) {
         if let Some(quality) = quality {
             body["quality"] = json!(quality);
         }
-        let response = app
-            .client
-            .post(format!("{}/v1/images/generations", app.address))
-            .bearer_auth(&member)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post(&member, "/v1/images/generations", &body).await;
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
-        let after = credits(&app.balance(&tenant).await["available"]);
+        let after = credits_of(&app.balance(&tenant).await["available"]);
         let expected = Credits::from_pico(each.pico() * n as i128);
         assert_eq!(before - after, expected, "{size:?} {quality:?} × {n}");
     }
 
     // The AIGNE protocol's image calls are priced the same way.
-    let before = credits(&app.balance(&tenant).await["available"]);
+    let before = credits_of(&app.balance(&tenant).await["available"]);
     let response = app
         .client
         .post(format!("{}/api/v2/image", app.address))
@@ -426,7 +390,7 @@ async fn images_are_priced_by_size_and_quality(kind: StoreKind) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    let after = credits(&app.balance(&tenant).await["available"]);
+    let after = credits_of(&app.balance(&tenant).await["available"]);
     assert_eq!(
         before - after,
         Credits::from_pico(image_credits("0.1").pico() * 2)
@@ -544,13 +508,12 @@ async fn the_old_price_table_moves_into_the_price_book_at_start(kind: StoreKind)
         "sold directly: {history}"
     );
 
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let body = charged(&app, &member, &billing).await;
     assert_eq!(body["price_version"], 3);
     assert_eq!(
-        credits(&body["cost"]),
+        credits_of(&body["cost"]),
         answer_cost(per_mtok("1"), per_mtok("2"))
     );
 

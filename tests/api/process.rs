@@ -1,7 +1,7 @@
 //! Runs the real `aigne-hub` binary as a child process, for tests that kill it or
 //! read its logs.
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{free_port, poll_for, TestDatabase};
 use crate::mock_openai::MOCK_API_KEY;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -22,14 +22,6 @@ pub struct HubProcess {
     pub address: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl HubEnv {
     /// An environment that owns `database`: it goes with the environment.
     pub fn new(dir: &Path, database: TestDatabase) -> Self {
@@ -48,6 +40,32 @@ impl HubEnv {
             log_path: dir.join("hub.log"),
             _database: None,
         }
+    }
+
+    /// Runs one CLI command, with `stdin` as its input, to success; returns
+    /// its output.
+    pub fn run_ok(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
     }
 
     pub fn command(&self) -> Command {
@@ -83,16 +101,12 @@ impl HubEnv {
             .unwrap();
         let address = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client
-                .get(format!("{address}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return HubProcess { child, address };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let healthy = || async {
+            let answer = client.get(format!("{address}/healthz")).send().await;
+            answer.is_ok_and(|r| r.status() == 200).then_some(())
+        };
+        if poll_for(Duration::from_secs(10), healthy).await.is_some() {
+            return HubProcess { child, address };
         }
         let _ = child.kill();
         let _ = child.wait();

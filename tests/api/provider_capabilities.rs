@@ -5,7 +5,6 @@
 //! after is the balance before minus the cost of the usage the mock reported
 //! (or of the image count), and the settled usage is that usage.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_bedrock::{
     cohere_token_count, titan_token_count, MockBedrock, MOCK_ACCESS_KEY_ID, MOCK_REGION,
@@ -19,7 +18,6 @@ use crate::mock_openai::{
 use crate::on_both_stores;
 use domain::tenant::TenantEvent;
 use domain::{Credits, Rate, Usage};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// The price of every embeddings model here, in credits per million input tokens.
@@ -69,49 +67,27 @@ struct Hub {
 impl Hub {
     async fn start(kind: StoreKind) -> Hub {
         let app = spawn_app(kind).await;
-        let tenant = app.create_tenant("100").await;
-        let key = app.issue_key(&tenant, "member").await;
+        let (tenant, key) = app.tenant_with_key("100", "member").await;
         Hub { app, tenant, key }
     }
 
     async fn provider(&self, body: Value) {
-        self.app
-            .admin_json(Method::POST, "/admin/v1/providers", Some(body))
-            .await;
+        self.app.add_provider(body).await;
     }
 
     async fn embedding_model(&self, model: &str) {
         let price = json!({"input_per_mtok": EMBEDDING_PRICE, "output_per_mtok": "0"});
-        self.app
-            .admin_json(
-                Method::PUT,
-                &format!("/admin/v1/prices/{model}"),
-                Some(price),
-            )
-            .await;
+        self.app.set_price(model, price).await;
     }
 
     async fn image_model(&self, model: &str) {
         let price =
             json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": IMAGE_PRICE});
-        self.app
-            .admin_json(
-                Method::PUT,
-                &format!("/admin/v1/prices/{model}"),
-                Some(price),
-            )
-            .await;
+        self.app.set_price(model, price).await;
     }
 
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.app
-            .client
-            .post(format!("{}{path}", self.app.address))
-            .bearer_auth(&self.key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.app.post(&self.key, path, body).await
     }
 
     async fn available(&self) -> Credits {

@@ -3,7 +3,7 @@
 
 use crate::conformance::{self, Fixture};
 use crate::conformance_suite;
-use crate::helpers::StoreKind;
+use crate::helpers::{assert_charged_nothing, StoreKind};
 use crate::mock_anthropic::*;
 use domain::Usage;
 use serde_json::{json, Value};
@@ -188,8 +188,5 @@ async fn rejected_key_is_a_provider_credential_error() {
         assert!(!text.contains("sk-ant-wrong-key"), "{text}");
     }
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }

@@ -2,7 +2,6 @@
 //! Bedrock runtime, plus focused tests of the request and response translation,
 //! SigV4 signing and the event-stream decoding.
 
-use crate::billing::tenant_events;
 use crate::conformance::{self, sse_data, Fixture, Setup};
 use crate::conformance_suite;
 use crate::helpers::*;
@@ -18,7 +17,6 @@ use bytes::Bytes;
 use domain::tenant::TenantEvent;
 use domain::Usage;
 use futures_util::StreamExt;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
@@ -574,11 +572,7 @@ async fn setup_with(kind: StoreKind, models: &[&str]) -> (Setup, MockBedrock) {
     let s = conformance::setup(kind, fixture).await;
     for model in models {
         s.app
-            .admin_json(
-                Method::PUT,
-                &format!("/admin/v1/prices/conf/{model}"),
-                Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5", "cache_write_per_mtok": "1.25", "max_output_tokens": 1000})),
-            )
+            .set_price(&format!("conf/{model}"), json!({"input_per_mtok": "1", "output_per_mtok": "2", "cache_read_per_mtok": "0.5", "cache_write_per_mtok": "1.25", "max_output_tokens": 1000}))
             .await;
     }
     (s, mock)
@@ -597,16 +591,6 @@ async fn settled(s: &Setup) -> Vec<Usage> {
             _ => None,
         })
         .collect()
-}
-
-async fn wait_until_nothing_held(s: &Setup) {
-    for _ in 0..100 {
-        if s.app.balance(&s.tenant).await["held"] == "0" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("a hold was never released");
 }
 
 on_both_stores!(
@@ -678,16 +662,13 @@ on_both_stores!(
         let app = spawn_app(kind).await;
         let mut provider = provider_body(&mock, "not-the-right-secret-at-all");
         provider["name"] = json!("conf");
-        app.admin_json(Method::POST, "/admin/v1/providers", Some(provider))
-            .await;
-        app.admin_json(
-            Method::PUT,
-            "/admin/v1/prices/conf/conf-text",
-            Some(json!({"input_per_mtok": "1", "output_per_mtok": "2"})),
+        app.add_provider(provider).await;
+        app.set_price(
+            "conf/conf-text",
+            json!({"input_per_mtok": "1", "output_per_mtok": "2"}),
         )
         .await;
-        let tenant = app.create_tenant("10").await;
-        let key = app.issue_key(&tenant, "member").await;
+        let (tenant, key) = app.tenant_with_key("10", "member").await;
         for stream in [false, true] {
             let mut body = stream_request("conf-text");
             body["stream"] = json!(stream);
@@ -711,10 +692,7 @@ on_both_stores!(
             "{rejections:?}"
         );
         let balance = app.balance(&tenant).await;
-        assert_eq!(
-            (balance["spent"].as_str(), balance["held"].as_str()),
-            (Some("0"), Some("0"))
-        );
+        assert_charged_nothing(&balance);
     }
 );
 
@@ -757,7 +735,7 @@ async fn broken_stream(kind: StoreKind, model: &str, expected_code: &str) {
     assert_eq!(last["error"]["code"], expected_code, "{last}");
     let first: Value = serde_json::from_str(&frames[1]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["content"], "Hel");
-    wait_until_nothing_held(&s).await;
+    s.app.wait_until_nothing_held(&s.tenant).await;
     let usage = settled(&s).await;
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert!(usage[0].estimated);

@@ -4,14 +4,13 @@
 
 use crate::conformance::{setup, sse_data, Fixture, Setup};
 use crate::conformance_suite;
-use crate::helpers::{test_limits, StoreKind};
+use crate::helpers::{assert_charged_nothing, test_limits, StoreKind};
 use crate::mock_gemini::{MockGemini, MOCK_GEMINI_KEY, THOUGHT_SIGNATURE};
 use aigne_hub::crypto::Secret;
 use aigne_hub::providers::{
     api_for, Credential, Provider, ProviderKind, Upstream, UpstreamCall, UpstreamError,
 };
 use domain::Usage;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// `conf-text`, normalized: promptTokenCount 40 includes 16 cached; the 6
@@ -196,10 +195,7 @@ async fn a_key_google_rejects_is_a_provider_credential_error_and_costs_nothing()
         );
     }
     let balance = s.app.balance(&s.tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 
 #[actix_web::test]
@@ -207,13 +203,7 @@ async fn a_stream_that_ends_before_a_finish_reason_is_an_error_not_a_completion(
     let mock = MockGemini::start();
     let s = setup_with(&mock, MOCK_GEMINI_KEY).await;
     let price = json!({"input_per_mtok": "1", "output_per_mtok": "2", "max_output_tokens": 1000});
-    s.app
-        .admin_json(
-            Method::PUT,
-            "/admin/v1/prices/conf/conf-cut-short",
-            Some(price),
-        )
-        .await;
+    s.app.set_price("conf/conf-cut-short", price).await;
     let body = json!({"model": "conf/conf-cut-short", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let text = s.app.chat(&s.key, &body).await.text().await.unwrap();
     let frames = sse_data(&text);

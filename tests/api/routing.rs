@@ -1,7 +1,6 @@
 //! Routing and resilience: fallbacks, retries, credential rotation, and one event
 //! per attempt under one logical request.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::mock_openai::{CACHED_TOKENS, COMPLETION_TOKENS, MOCK_API_KEY, PROMPT_TOKENS};
 use crate::on_both_stores;
@@ -37,22 +36,8 @@ fn attempts(
 
 async fn fallback_bills_once_at_the_second_candidates_price(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    app.setup_provider(&[]).await;
-    app.admin_json(Method::POST, "/admin/v1/providers", Some(json!({"name": "backup", "kind": "openai", "base_url": app.mock.base_url, "api_key": MOCK_API_KEY}))).await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/backup/gpt-mock",
-        Some(json!({"input_per_mtok": "3", "output_per_mtok": "4"})),
-    )
-    .await;
-    app.admin_json(
-        Method::PUT,
-        "/admin/v1/prices/mock/fail-503",
-        Some(json!({"input_per_mtok": "1", "output_per_mtok": "2", "fallbacks": ["backup/gpt-mock"]})),
-    )
-    .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    app.setup_fallback_to_backup().await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
 
     let response = app.chat(&key, &chat_body("fail-503", false)).await;
     assert_eq!(response.status(), 200);
@@ -141,8 +126,7 @@ async fn a_rejected_credential_is_disabled_and_rotation_moves_on(kind: StoreKind
         )
         .await;
     let bad_id = bad["credential_id"].as_str().unwrap().to_string();
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     for _ in 0..5 {
         assert_eq!(
             app.chat(&key, &chat_body("gpt-mock", false)).await.status(),
@@ -222,8 +206,7 @@ async fn a_rate_limited_credential_cools_down_and_the_next_one_is_tried(kind: St
         Some(json!({"api_key": MOCK_API_KEY})),
     )
     .await;
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     let response = app.chat(&key, &chat_body("conf-status-429", false)).await;
     assert_eq!(
         response.status(),
@@ -237,10 +220,7 @@ async fn a_rate_limited_credential_cools_down_and_the_next_one_is_tried(kind: St
         "the retry avoids the credential that is cooling down"
     );
     let balance = app.balance(&tenant).await;
-    assert_eq!(
-        (balance["spent"].as_str(), balance["held"].as_str()),
-        (Some("0"), Some("0"))
-    );
+    assert_charged_nothing(&balance);
 }
 on_both_stores!(
     a_rate_limited_credential_cools_down_and_the_next_one_is_tried,

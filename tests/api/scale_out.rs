@@ -2,7 +2,6 @@
 //! has one writer at a time (optimistic concurrency, reload and retry on
 //! conflict), so no credit is spent twice however requests are spread.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use aigne_hub::startup::Application;
 use domain::tenant::TenantEvent;
@@ -18,8 +17,7 @@ async fn two_hubs_on_one_database_never_overspend() {
     first
         .setup_provider(&[("exact-hold", "0", "1", Some(100))])
         .await;
-    let tenant = first.create_tenant("0.002").await;
-    let key = first.issue_key(&tenant, "member").await;
+    let (tenant, key) = first.tenant_with_key("0.002", "member").await;
 
     // A second process: same database, same master key (read from the data dir).
     let second = Application::build(first.settings.clone())

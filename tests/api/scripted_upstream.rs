@@ -13,11 +13,11 @@
 //!   for [`STALL`];
 //! - any model on `/v1/images/generations`: `n` base64 images.
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use crate::helpers::{serve_mock, wait_until, WAIT_DEADLINE};
+use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -28,77 +28,66 @@ pub const COMPLETION_TOKENS: u64 = 20;
 /// How long a stalling answer stalls: far longer than the timeouts under test.
 pub const STALL: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
-struct Calls {
+/// What the handlers share with the test: the calls seen and the gate.
+struct Script {
     /// `(path, model)` of every call, in arrival order.
-    seen: Vec<(String, String)>,
+    seen: Mutex<Vec<(String, String)>>,
+    gate: Semaphore,
+}
+
+impl Script {
+    fn record(&self, path: &str, body: &Value) -> String {
+        let model = body["model"].as_str().unwrap_or_default().to_string();
+        let mut seen = self.seen.lock().unwrap();
+        seen.push((path.to_string(), model.clone()));
+        model
+    }
 }
 
 #[derive(Clone)]
 pub struct ScriptedUpstream {
     pub base_url: String,
-    calls: Arc<Mutex<Calls>>,
-    gate: Arc<Semaphore>,
+    script: Arc<Script>,
 }
 
 impl ScriptedUpstream {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let upstream = Self {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-            calls: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        };
-        let data = web::Data::new(upstream.clone());
-        let server = HttpServer::new(move || {
-            App::new()
+        let script = Arc::new(Script {
+            seen: Mutex::default(),
+            gate: Semaphore::new(0),
+        });
+        let data = web::Data::from(script.clone());
+        let port = serve_mock(move |routes| {
+            routes
                 .app_data(data.clone())
                 .route("/v1/chat/completions", web::post().to(chat))
-                .route("/v1/images/generations", web::post().to(images))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
-        upstream
+                .route("/v1/images/generations", web::post().to(images));
+        });
+        Self {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            script,
+        }
     }
 
     /// The models of the calls received, in arrival order.
     pub fn models_called(&self) -> Vec<String> {
-        let calls = self.calls.lock().unwrap();
-        calls.seen.iter().map(|(_, model)| model.clone()).collect()
+        let seen = self.script.seen.lock().unwrap();
+        seen.iter().map(|(_, model)| model.clone()).collect()
     }
 
     pub fn calls(&self) -> usize {
-        self.calls.lock().unwrap().seen.len()
+        self.script.seen.lock().unwrap().len()
     }
 
     /// Lets one `gated` call answer.
     pub fn open_gate(&self) {
-        self.gate.add_permits(1);
+        self.script.gate.add_permits(1);
     }
 
     /// Waits until `count` calls arrived (fails the test after 10 s).
     pub async fn until_calls(&self, count: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.calls() < count {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} upstream calls arrived, expected {count}",
-                self.calls()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn record(&self, path: &str, body: &Value) -> String {
-        let model = body["model"].as_str().unwrap_or_default().to_string();
-        let mut calls = self.calls.lock().unwrap();
-        calls.seen.push((path.to_string(), model.clone()));
-        model
+        let what = format!("{count} upstream calls");
+        wait_until(WAIT_DEADLINE, &what, || async { self.calls() >= count }).await;
     }
 }
 
@@ -123,8 +112,8 @@ fn stalling(content_type: &str, first: String) -> HttpResponse {
         .streaming(stream)
 }
 
-async fn chat(upstream: web::Data<ScriptedUpstream>, body: web::Json<Value>) -> HttpResponse {
-    let model = upstream.record("/v1/chat/completions", &body);
+async fn chat(script: web::Data<Script>, body: web::Json<Value>) -> HttpResponse {
+    let model = script.record("/v1/chat/completions", &body);
     if model.starts_with("fail-") {
         return HttpResponse::ServiceUnavailable().json(
             json!({"error": {"message": "overloaded", "type": "server_error", "param": null, "code": null}}),
@@ -132,7 +121,7 @@ async fn chat(upstream: web::Data<ScriptedUpstream>, body: web::Json<Value>) -> 
     }
     match model.as_str() {
         "gated" => {
-            upstream
+            script
                 .gate
                 .acquire()
                 .await
@@ -154,8 +143,8 @@ async fn chat(upstream: web::Data<ScriptedUpstream>, body: web::Json<Value>) -> 
     }
 }
 
-async fn images(upstream: web::Data<ScriptedUpstream>, body: web::Json<Value>) -> HttpResponse {
-    upstream.record("/v1/images/generations", &body);
+async fn images(script: web::Data<Script>, body: web::Json<Value>) -> HttpResponse {
+    script.record("/v1/images/generations", &body);
     let n = body["n"].as_u64().unwrap_or(1);
     let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": "aW1hZ2U="})).collect();
     HttpResponse::Ok().json(json!({"created": 1_700_000_000, "data": data}))
@@ -163,11 +152,7 @@ async fn images(upstream: web::Data<ScriptedUpstream>, body: web::Json<Value>) -
 
 /// Adds the scripted upstream to `app` as provider `scripted`.
 pub async fn add_scripted_provider(app: &crate::helpers::TestApp, upstream: &ScriptedUpstream) {
-    app.admin_json(
-        reqwest::Method::POST,
-        "/admin/v1/providers",
-        Some(json!({"name": "scripted", "kind": "openai", "base_url": upstream.base_url, "api_key": SCRIPTED_API_KEY})),
-    )
+    app.add_provider(json!({"name": "scripted", "kind": "openai", "base_url": upstream.base_url, "api_key": SCRIPTED_API_KEY}))
     .await;
 }
 

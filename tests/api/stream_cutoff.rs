@@ -55,27 +55,21 @@ async fn setup(
             mock_openai::MOCK_API_KEY,
         ),
     ] {
-        app.admin_json(
-            Method::POST,
-            "/admin/v1/providers",
-            Some(json!({"name": name, "kind": kind, "base_url": base_url, "api_key": api_key})),
+        app.add_provider(
+            json!({"name": name, "kind": kind, "base_url": base_url, "api_key": api_key}),
         )
         .await;
     }
     for model in ["anth/conf-text", "mock/gpt-mock"] {
-        app.admin_json(
-            Method::PUT,
-            &format!("/admin/v1/prices/{model}"),
-            Some(
-                json!({"input_per_mtok": "0.000001", "output_per_mtok": "1000",
+        app.set_price(
+            model,
+            json!({"input_per_mtok": "0.000001", "output_per_mtok": "1000",
                 "cache_read_per_mtok": "0.000001", "cache_write_per_mtok": "0.000001",
                 "max_output_tokens": 1}),
-            ),
         )
         .await;
     }
-    let tenant = app.create_tenant(credits).await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key(credits, "member").await;
     Setup {
         app,
         _anthropic: anthropic,
@@ -129,35 +123,8 @@ impl Setup {
     }
 }
 
-fn request_id(response: &reqwest::Response) -> String {
-    response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 fn pico(p: u64) -> Credits {
     Credits::from_pico(p as i128)
-}
-
-/// An Anthropic SSE body as (event name, data) pairs; every frame is named and
-/// its data's `type` is its name.
-fn anthropic_events(text: &str) -> Vec<(String, Value)> {
-    assert!(text.ends_with("\n\n"), "{text}");
-    text.trim_end()
-        .split("\n\n")
-        .map(|frame| {
-            let (event, data) = frame.split_once('\n').expect("two lines per frame");
-            let name = event.strip_prefix("event: ").expect("an event line");
-            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-            assert_eq!(data["type"], name, "{frame}");
-            (name.to_string(), data)
-        })
-        .collect()
-}
-
-fn names(events: &[(String, Value)]) -> Vec<&str> {
-    events.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 fn text_of(events: &[(String, Value)]) -> String {
@@ -185,7 +152,7 @@ async fn anthropic_passthrough_stream_is_cut(kind: StoreKind) {
     let id = request_id(&response);
     let events = anthropic_events(&response.text().await.unwrap());
     assert_eq!(
-        names(&events),
+        event_names(&events),
         [
             "message_start",
             "content_block_start",
@@ -253,7 +220,7 @@ async fn translated_stream_is_cut(kind: StoreKind) {
     let id = request_id(&response);
     let events = anthropic_events(&response.text().await.unwrap());
     assert_eq!(
-        names(&events),
+        event_names(&events),
         [
             "message_start",
             "ping",
@@ -380,21 +347,23 @@ async fn streams_are_not_cut_when_the_cutoff_is_off(kind: StoreKind) {
         ("anth/conf-text", anthropic_cost),
         ("mock/gpt-mock", openai_cost),
     ] {
-        let tenant = s.app.create_tenant("0.0015").await;
-        let key = s.app.issue_key(&tenant, "member").await;
+        let (tenant, key) = s.app.tenant_with_key("0.0015", "member").await;
         let response = s.messages_with(&key, &messages_request(model)).await;
         assert_eq!(response.status(), 200);
         let events = anthropic_events(&response.text().await.unwrap());
         assert_eq!(text_of(&events), "Hello there", "{model}");
-        assert_eq!(names(&events).last(), Some(&"message_stop"), "{model}");
+        assert_eq!(
+            event_names(&events).last(),
+            Some(&"message_stop"),
+            "{model}"
+        );
         let delta = &events[events.len() - 2].1;
         assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{delta}");
         assert!(delta.get("aigne_hub").is_none(), "{delta}");
         assert_overshot(&s.app, &tenant, cost).await;
     }
 
-    let tenant = s.app.create_tenant("0.0015").await;
-    let key = s.app.issue_key(&tenant, "member").await;
+    let (tenant, key) = s.app.tenant_with_key("0.0015", "member").await;
     let response = post_v2(
         &s.app,
         &key,

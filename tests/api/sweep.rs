@@ -18,32 +18,36 @@ async fn the_sweep_visits_tenants_only_when_a_hold_could_be_due(kind: StoreKind)
     let stale_ms = app.settings.limits.instance_stale_after_ms;
     let full_sweeps = || app.hub.full_hold_sweeps();
     // The first pass.
-    for _ in 0..50 {
-        if full_sweeps() >= 1 {
-            break;
-        }
-        tokio::time::sleep(tick).await;
-    }
+    wait_until(WAIT_DEADLINE, "the first full sweep", || async {
+        full_sweeps() >= 1
+    })
+    .await;
     assert_eq!(full_sweeps(), 1);
 
-    // Nothing changes: passes go on without visiting anyone.
+    // Nothing changes: passes go on without visiting anyone. (A check that
+    // nothing happens: it can only wait for a few passes of the loop.)
     tokio::time::sleep(tick * 5).await;
     assert_eq!(full_sweeps(), 1, "no process left, no hold expired");
 
     // Another process joins (it beats once), is seen, then falls silent.
     let other = InstanceId::new_random();
     app.store().heartbeat(other, now_ms()).await.unwrap();
+    // Nothing may happen: wait for a few passes.
     tokio::time::sleep(tick * 3).await;
     assert_eq!(full_sweeps(), 1, "a process joining releases nothing");
-    let deadline = std::time::Instant::now() + Duration::from_millis(stale_ms) + tick * 20;
-    while full_sweeps() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(tick).await;
-    }
+    let stale_and_seen = Duration::from_millis(stale_ms) + tick * 20;
+    wait_until(
+        stale_and_seen,
+        "the process that left has its holds swept",
+        || async { full_sweeps() >= 2 },
+    )
+    .await;
     assert_eq!(
         full_sweeps(),
         2,
         "the process that left has its holds swept"
     );
+    // Nothing more may happen: wait for a few passes.
     tokio::time::sleep(tick * 3).await;
     assert_eq!(full_sweeps(), 2);
 }

@@ -3,7 +3,6 @@
 //! told `upstream_timeout` (a 504, or the stream's last event once it started),
 //! and the request's hold is released with nothing charged.
 
-use crate::billing::tenant_events;
 use crate::helpers::*;
 use crate::on_both_stores;
 use crate::scripted_upstream::{add_scripted_provider, price, ScriptedUpstream, STALL};
@@ -40,8 +39,7 @@ async fn app_with_stalling_upstream(
         .await;
         assert_eq!(response.status(), 200);
     }
-    let tenant = app.create_tenant("1").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("1", "member").await;
     (app, upstream, tenant, key)
 }
 

@@ -17,22 +17,17 @@ fn other_answer_cost() -> Credits {
 }
 
 async fn get(app: &TestApp, key: &str, query: &str, csv: bool) -> reqwest::Response {
-    let mut request = app
-        .client
-        .get(format!("{}/v1/billing/usage?{query}", app.address))
-        .bearer_auth(key);
+    let path = format!("/v1/billing/usage?{query}");
     if csv {
-        request = request.header("accept", "text/csv");
+        app.get_csv(key, &path).await
+    } else {
+        app.get(key, &path).await
     }
-    request.send().await.unwrap()
 }
 
 async fn get_json(app: &TestApp, key: &str, query: &str) -> Value {
-    let response = get(app, key, query, false).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{query}: {body}");
-    body
+    app.get_json(key, &format!("/v1/billing/usage?{query}"))
+        .await
 }
 
 fn total_requests(body: &Value) -> u64 {
@@ -47,15 +42,13 @@ fn total_requests(body: &Value) -> u64 {
 /// Waits until the projection shows `requests` finished requests (on PostgreSQL
 /// the log is readable once every older transaction in the cluster has ended).
 async fn usage_with(app: &TestApp, key: &str, query: &str, requests: u64) -> Value {
-    for _ in 0..200 {
+    let what = format!("usage shows {requests} requests");
+    wait_for(WAIT_DEADLINE, &what, || async {
         app.projections_caught_up().await;
         let body = get_json(app, key, query).await;
-        if total_requests(&body) == requests {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("usage never showed {requests} requests");
+        (total_requests(&body) == requests).then_some(body)
+    })
+    .await
 }
 
 fn pico(amount: &Value) -> Credits {
@@ -68,8 +61,7 @@ async fn usage_equals_the_ledger(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK, OTHER_MOCK, ("fail-503", "1", "2", None)])
         .await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
     for _ in 0..3 {
@@ -88,8 +80,7 @@ async fn usage_equals_the_ledger(kind: StoreKind) {
         502
     );
     // Another tenant's call must not show.
-    let other = app.create_tenant("1").await;
-    let other_member = app.issue_key(&other, "member").await;
+    let (other, other_member) = app.tenant_with_key("1", "member").await;
     let other_admin = app.issue_key(&other, "admin").await;
     assert_eq!(
         app.chat(&other_member, &chat_body("gpt-mock", false))
@@ -278,8 +269,7 @@ on_both_stores!(usage_equals_the_ledger, usage_equals_the_ledger);
 
 async fn usage_refuses_members_and_bad_queries(kind: StoreKind) {
     let app = spawn_app(kind).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let admin = app.issue_key(&tenant, "admin").await;
     assert_eq!(get(&app, &member, "", false).await.status(), 403);
     assert_eq!(get(&app, "aih_bad", "", false).await.status(), 401);
@@ -339,8 +329,7 @@ on_both_stores!(
 async fn a_formula_in_a_csv_cell_is_neutralised(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("1").await;
-    let member = app.issue_key(&tenant, "member").await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let formula = "=HYPERLINK(\"http://evil.example\",\"click\")";
     let response = app

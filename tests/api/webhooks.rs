@@ -2,7 +2,7 @@
 //! rotation, staleness), permanent idempotency of payment events, refunds that
 //! turn a balance negative, and grants that expire.
 
-use crate::billing::{tenant_events, GPT_MOCK};
+use crate::billing::GPT_MOCK;
 use crate::helpers::*;
 use crate::on_both_stores;
 use aigne_hub::config::WebhookSettings;
@@ -296,8 +296,7 @@ on_both_stores!(
 async fn a_refund_revokes_credit_and_then_model_requests_get_402(kind: StoreKind) {
     let app = spawn_app_with(kind, with_secrets(&[SECRET])).await;
     app.setup_provider(&[GPT_MOCK]).await;
-    let tenant = app.create_tenant("0").await;
-    let key = app.issue_key(&tenant, "member").await;
+    let (tenant, key) = app.tenant_with_key("0", "member").await;
     let (status, _) = deliver(&app, &succeeded("evt_1", &tenant, "1", "pay_1")).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -402,16 +401,17 @@ async fn an_expiring_grant_expires_and_the_balance_shows_it(kind: StoreKind) {
         .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
     // The pass finds the tenant through the balances projection, which may trail
     // the log for a moment (on PostgreSQL, while older transactions of the
-    // cluster are open): poll.
-    let mut expired_lots = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while expired_lots == 0 && std::time::Instant::now() < deadline {
-        app.projections_caught_up().await;
-        expired_lots += app.hub.expire_due_credits().await.unwrap();
-        if expired_lots == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    // cluster are open): run the pass until it expires something.
+    let expired_lots = wait_for(
+        Duration::from_secs(30),
+        "the pass expires a lot",
+        || async {
+            app.projections_caught_up().await;
+            let expired = app.hub.expire_due_credits().await.unwrap();
+            (expired > 0).then_some(expired)
+        },
+    )
+    .await;
     assert_eq!(expired_lots, 1);
     let balance = app.balance(&tenant).await;
     assert_eq!(balance["expired"], "2", "{balance}");
@@ -473,8 +473,7 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         settings.limits.credit_expiry_interval_ms = 100;
     })
     .await;
-    let tenant = app.create_tenant("0").await;
-    let billing = app.issue_key(&tenant, "billing").await;
+    let (tenant, billing) = app.tenant_with_key("0", "billing").await;
     let expires_at = app.hub.clock.now() + chrono::TimeDelta::hours(1);
     assert_eq!(
         grant(&app, &tenant, "promo", "1", Some(expires_at.to_rfc3339()))
@@ -483,12 +482,8 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         200
     );
     let read = || async {
-        app.client
-            .get(format!("{}/v1/billing/balance", app.address))
-            .bearer_auth(&billing)
-            .send()
+        app.get(&billing, "/v1/billing/balance")
             .await
-            .unwrap()
             .json::<Value>()
             .await
             .unwrap()
@@ -502,12 +497,15 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
         .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
     // Generous: the pass reads the balances projection, which may trail the log
     // while other tests hold transactions open on the same PostgreSQL server.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut balance = read().await;
-    while balance["expired"] != "1" && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        balance = read().await;
-    }
+    let balance = wait_for(
+        Duration::from_secs(30),
+        "the loop expires the lot",
+        || async {
+            let balance = read().await;
+            (balance["expired"] == "1").then_some(balance)
+        },
+    )
+    .await;
     assert_eq!(balance["expired"], "1", "{balance}");
     assert_eq!(balance["available"], "0");
     assert_eq!(balance["expiring_soon"], "0");
