@@ -14,6 +14,7 @@ pub mod gemini;
 pub mod openai;
 mod redact;
 pub mod sse;
+pub(crate) mod wire;
 
 use crate::config::Limits;
 use crate::crypto::Secret;
