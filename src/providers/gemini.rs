@@ -17,15 +17,16 @@
 //! every chunk carries the usage so far (cumulative), so the last one wins.
 //! A stream has no `[DONE]`: it just ends after the chunk with a `finishReason`.
 
+use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
-    error_dot_message, image_item, image_size, images_answer, openai_usage_json, AnswerKind,
-    ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem,
-    UpstreamCall, UpstreamError,
+    image_item, image_size, images_answer, openai_usage_json, AnswerKind, ChatOutcome, ChatStream,
+    EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use base64::Engine;
 use domain::Usage;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,21 +44,211 @@ fn unsupported(capability: &'static str) -> UpstreamError {
 }
 
 // ---------------------------------------------------------------------------
+// Wire shapes: what Gemini answers
+//
+// Read leniently (see `super::wire`): a field of the wrong type counts as absent.
+
+/// A `GenerateContentResponse`, whole or one streamed chunk of it. An `error`
+/// may stand in its place, in a 200 answer or in a stream.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    candidates: Option<Vec<GeminiCandidate>>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_feedback: Option<GeminiPromptFeedback>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage_metadata: Option<GeminiUsage>,
+    #[serde(default, deserialize_with = "lenient")]
+    response_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    model_version: Option<String>,
+    /// Read by [`gemini_error_status`]; present at all, it is an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+impl GeminiAnswer {
+    fn candidates(&self) -> &[GeminiCandidate] {
+        self.candidates.as_deref().unwrap_or_default()
+    }
+
+    fn completion_id(&self) -> String {
+        match self.response_id.as_deref() {
+            Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
+            _ => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// No candidates because the prompt itself was blocked.
+    fn prompt_blocked(&self) -> bool {
+        self.prompt_feedback
+            .as_ref()
+            .is_some_and(|f| f.block_reason.is_some())
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiCandidate {
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<GeminiAnswerContent>,
+    #[serde(default, deserialize_with = "lenient")]
+    finish_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    index: Option<u64>,
+}
+
+impl GeminiCandidate {
+    fn parts(&self) -> &[GeminiAnswerPart] {
+        self.content
+            .as_ref()
+            .and_then(|c| c.parts.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Its `index`, else its position among the candidates.
+    fn index(&self, position: usize) -> u64 {
+        self.index.unwrap_or(position as u64)
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiAnswerContent {
+    #[serde(default, deserialize_with = "lenient_items")]
+    parts: Option<Vec<GeminiAnswerPart>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiAnswerPart {
+    /// Read as a [`GeminiFunctionCall`]; present at all, the part is a call.
+    #[serde(default, deserialize_with = "present")]
+    function_call: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    thought: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    thought_signature: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    /// Passed on as it came, even `null`.
+    #[serde(default, deserialize_with = "present")]
+    args: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiPromptFeedback {
+    #[serde(default, deserialize_with = "present")]
+    block_reason: Option<Value>,
+}
+
+/// `usageMetadata` (see the module documentation for what each count covers).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cached_content_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_use_prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    candidates_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    thoughts_token_count: Option<u64>,
+}
+
+/// The `error` object of an error body, of a 200 answer or of a stream chunk.
+#[derive(Default, Deserialize)]
+struct GeminiError {
+    #[serde(default, deserialize_with = "lenient")]
+    code: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<String>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    details: Option<Vec<GeminiErrorDetail>>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiErrorDetail {
+    #[serde(default, deserialize_with = "lenient")]
+    reason: Option<String>,
+}
+
+/// A Google error body: `{"error": {…}}`.
+#[derive(Default, Deserialize)]
+struct GeminiErrorBody {
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<GeminiError>,
+}
+
+/// A `BatchEmbedContentsResponse`.
+#[derive(Default, Deserialize)]
+struct GeminiEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    embeddings: Option<Vec<GeminiEmbedding>>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiEmbedding {
+    /// The numbers passed on as they came.
+    #[serde(default, deserialize_with = "lenient")]
+    values: Option<Vec<Value>>,
+}
+
+/// An Imagen `predict` answer.
+#[derive(Default, Deserialize)]
+struct ImagenAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    predictions: Option<Vec<ImagenPrediction>>,
+    /// Read by [`gemini_error_status`]; present at all, it is an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImagenPrediction {
+    #[serde(default, deserialize_with = "lenient")]
+    bytes_base64_encoded: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    mime_type: Option<String>,
+    /// The prompt as rewritten, when Imagen enhanced it.
+    #[serde(default, deserialize_with = "lenient")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    rai_filtered_reason: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
 // Usage
 
 /// Normalizes a Gemini `usageMetadata` object; `None` if absent or without a
 /// prompt count.
 pub fn usage_from_gemini(meta: &Value) -> Option<Usage> {
-    let count = |name: &str| meta.get(name).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = meta.get("promptTokenCount")?.as_u64()?;
+    usage_of(&read_or_default(meta))
+}
+
+fn usage_of(meta: &GeminiUsage) -> Option<Usage> {
+    let count = |n: Option<u64>| n.unwrap_or(0);
+    let prompt = meta.prompt_token_count?;
     // The prompt count includes the cached tokens; the ledger keeps them apart.
-    let cached = count("cachedContentTokenCount").min(prompt);
-    let thoughts = count("thoughtsTokenCount");
+    let cached = count(meta.cached_content_token_count).min(prompt);
+    let thoughts = count(meta.thoughts_token_count);
     Some(Usage {
-        input_tokens: prompt - cached + count("toolUsePromptTokenCount"),
+        input_tokens: prompt - cached + count(meta.tool_use_prompt_token_count),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
-        output_tokens: count("candidatesTokenCount") + thoughts,
+        output_tokens: count(meta.candidates_token_count) + thoughts,
         reasoning_tokens: thoughts,
         ..Usage::default()
     })
@@ -106,14 +297,17 @@ const KEY_REJECTED_MARK: &str = "[API key rejected]";
 /// The message of a Google error body (`{"error":{"code","message","status"}}`,
 /// sometimes wrapped in an array).
 fn gemini_error_message(body: &Value) -> Option<String> {
-    let body = body.as_array().and_then(|a| a.first()).unwrap_or(body);
-    let message = error_dot_message(body)?;
-    let key_rejected = body
-        .pointer("/error/details")
-        .and_then(Value::as_array)
-        .into_iter()
+    let body = match body {
+        Value::Array(items) => items.first().unwrap_or(body),
+        _ => body,
+    };
+    let error = read_or_default::<GeminiErrorBody>(body).error?;
+    let message = error.message?;
+    let key_rejected = error
+        .details
+        .iter()
         .flatten()
-        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+        .filter_map(|d| d.reason.as_deref())
         .any(|reason| matches!(reason, "API_KEY_INVALID" | "API_KEY_EXPIRED"));
     Some(if key_rejected {
         format!("{message} {KEY_REJECTED_MARK}")
@@ -138,16 +332,12 @@ fn credential_rejected_as_401(e: UpstreamError) -> UpstreamError {
 
 /// An error object inside a 200 answer or a stream.
 fn gemini_error_status(error: &Value) -> UpstreamError {
-    let status = error
-        .get("code")
-        .and_then(Value::as_u64)
+    let detail: GeminiError = read_or_default(error);
+    let status = detail
+        .code
         .filter(|c| (400..=599).contains(c))
         .unwrap_or(502) as u16;
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("stream error")
-        .to_string();
+    let message = detail.message.unwrap_or_else(|| "stream error".to_string());
     let code = super::redact::error_code(&serde_json::json!({ "error": error }));
     UpstreamError::Status {
         status,
@@ -727,34 +917,34 @@ struct OpenAiPieces {
 }
 
 /// Reads Gemini parts; `calls_so_far` numbers the tool calls of the candidate.
-fn gemini_parts_to_openai(parts: &[Value], calls_so_far: &mut usize) -> OpenAiPieces {
+fn gemini_parts_to_openai(parts: &[GeminiAnswerPart], calls_so_far: &mut usize) -> OpenAiPieces {
     let mut pieces = OpenAiPieces::default();
     for part in parts {
-        if let Some(call) = part.get("functionCall") {
+        if let Some(call) = &part.function_call {
+            let call: GeminiFunctionCall = read_or_default(call);
             let index = *calls_so_far;
             *calls_so_far += 1;
             let id = call
-                .get("id")
-                .and_then(Value::as_str)
+                .id
                 .filter(|id| !id.is_empty())
-                .map_or_else(|| format!("call_{index}"), str::to_string);
-            let arguments = call.get("args").cloned().unwrap_or_else(|| json!({}));
+                .unwrap_or_else(|| format!("call_{index}"));
+            let arguments = call.args.unwrap_or_else(|| json!({}));
             let mut tool_call = json!({
                 "index": index,
                 "id": id,
                 "type": "function",
                 "function": {
-                    "name": call.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    "name": call.name.unwrap_or_default(),
                     "arguments": arguments.to_string(),
                 },
             });
-            if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str) {
+            if let Some(signature) = &part.thought_signature {
                 tool_call["extra_content"] =
                     json!({ "google": { "thought_signature": signature } });
             }
             pieces.tool_calls.push(tool_call);
-        } else if let Some(text) = part.get("text").and_then(Value::as_str) {
-            if part.get("thought").and_then(Value::as_bool) == Some(true) {
+        } else if let Some(text) = &part.text {
+            if part.thought == Some(true) {
                 pieces.reasoning.push_str(text);
             } else {
                 pieces.content.push_str(text);
@@ -764,94 +954,21 @@ fn gemini_parts_to_openai(parts: &[Value], calls_so_far: &mut usize) -> OpenAiPi
     pieces
 }
 
-fn candidate_parts(candidate: &Value) -> &[Value] {
-    candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-fn candidate_index(candidate: &Value, position: usize) -> u64 {
-    candidate
-        .get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position as u64)
-}
-
-fn openai_completion_id(answer: &Value) -> String {
-    match answer.get("responseId").and_then(Value::as_str) {
-        Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
-        _ => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-    }
-}
-
-fn answer_model(answer: &Value, model: &str) -> String {
-    answer
-        .get("modelVersion")
-        .and_then(Value::as_str)
-        .unwrap_or(model)
-        .to_string()
-}
-
-fn prompt_blocked(answer: &Value) -> bool {
-    answer.pointer("/promptFeedback/blockReason").is_some()
-}
-
 /// Translates a `GenerateContentResponse` into an OpenAI `chat.completion`.
 pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
-    let candidates = answer
-        .get("candidates")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut choices: Vec<Value> = candidates
+    answer_to_openai(&read_or_default(answer), model)
+}
+
+fn answer_to_openai(answer: &GeminiAnswer, model: &str) -> ChatOutcome {
+    let mut choices: Vec<Value> = answer
+        .candidates()
         .iter()
         .enumerate()
-        .map(|(position, candidate)| {
-            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut 0);
-            let called_tools = !pieces.tool_calls.is_empty();
-            let mut message = json!({
-                "role": "assistant",
-                "content": if called_tools && pieces.content.is_empty() {
-                    Value::Null
-                } else {
-                    json!(pieces.content)
-                },
-            });
-            if !pieces.reasoning.is_empty() {
-                message["reasoning_content"] = json!(pieces.reasoning);
-            }
-            if called_tools {
-                let calls: Vec<Value> = pieces
-                    .tool_calls
-                    .into_iter()
-                    .map(|mut c| {
-                        if let Some(c) = c.as_object_mut() {
-                            c.remove("index");
-                        }
-                        c
-                    })
-                    .collect();
-                message["tool_calls"] = Value::Array(calls);
-            }
-            let finish_reason = candidate
-                .get("finishReason")
-                .and_then(Value::as_str)
-                .map_or(if called_tools { "tool_calls" } else { "stop" }, |r| {
-                    gemini_finish_reason_to_openai(r, called_tools)
-                });
-            json!({
-                "index": candidate_index(candidate, position),
-                "message": message,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            })
-        })
+        .map(|(position, candidate)| candidate_to_openai_choice(candidate, position))
         .collect();
     if choices.is_empty() {
         // No candidates: the prompt itself was blocked (`promptFeedback.blockReason`).
-        let finish_reason = if prompt_blocked(answer) {
+        let finish_reason = if answer.prompt_blocked() {
             "content_filter"
         } else {
             "stop"
@@ -863,18 +980,60 @@ pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
             "finish_reason": finish_reason,
         }));
     }
-    let usage = answer.get("usageMetadata").and_then(usage_from_gemini);
+    let usage = answer.usage_metadata.as_ref().and_then(usage_of);
     let mut body = json!({
-        "id": openai_completion_id(answer),
+        "id": answer.completion_id(),
         "object": "chat.completion",
         "created": chrono::Utc::now().timestamp(),
-        "model": answer_model(answer, model),
+        "model": answer.model_version.as_deref().unwrap_or(model),
         "choices": choices,
     });
     if let Some(usage) = &usage {
         body["usage"] = openai_usage_json(usage);
     }
     ChatOutcome { body, usage }
+}
+
+/// One candidate as an OpenAI `choice`.
+fn candidate_to_openai_choice(candidate: &GeminiCandidate, position: usize) -> Value {
+    let pieces = gemini_parts_to_openai(candidate.parts(), &mut 0);
+    let called_tools = !pieces.tool_calls.is_empty();
+    let mut message = json!({
+        "role": "assistant",
+        "content": if called_tools && pieces.content.is_empty() {
+            Value::Null
+        } else {
+            json!(pieces.content)
+        },
+    });
+    if !pieces.reasoning.is_empty() {
+        message["reasoning_content"] = json!(pieces.reasoning);
+    }
+    if called_tools {
+        let calls: Vec<Value> = pieces
+            .tool_calls
+            .into_iter()
+            .map(|mut c| {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("index");
+                }
+                c
+            })
+            .collect();
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let finish_reason = candidate
+        .finish_reason
+        .as_deref()
+        .map_or(if called_tools { "tool_calls" } else { "stop" }, |r| {
+            gemini_finish_reason_to_openai(r, called_tools)
+        });
+    json!({
+        "index": candidate.index(position),
+        "message": message,
+        "logprobs": null,
+        "finish_reason": finish_reason,
+    })
 }
 
 #[derive(Default)]
@@ -917,28 +1076,27 @@ impl GeminiStreamTranslator {
     }
 
     fn gemini_chunk_to_openai(&mut self, chunk: &Value) -> Result<Vec<StreamItem>, UpstreamError> {
-        if let Some(error) = chunk.get("error") {
+        self.on_chunk(read_or_default(chunk))
+    }
+
+    fn on_chunk(&mut self, chunk: GeminiAnswer) -> Result<Vec<StreamItem>, UpstreamError> {
+        if let Some(error) = &chunk.error {
             return Err(gemini_error_status(error));
         }
         if self.id.is_none() {
-            self.id = Some(openai_completion_id(chunk));
+            self.id = Some(chunk.completion_id());
         }
-        if let Some(model) = chunk.get("modelVersion").and_then(Value::as_str) {
-            self.model = model.to_string();
+        if let Some(model) = &chunk.model_version {
+            self.model = model.clone();
         }
         let mut items = Vec::new();
-        let candidates = chunk
-            .get("candidates")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for (position, candidate) in candidates.iter().enumerate() {
-            let index = candidate_index(candidate, position);
+        for (position, candidate) in chunk.candidates().iter().enumerate() {
+            let index = candidate.index(position);
             let state = self.candidates.entry(index).or_default();
-            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut state.tool_calls);
+            let pieces = gemini_parts_to_openai(candidate.parts(), &mut state.tool_calls);
             let finish = candidate
-                .get("finishReason")
-                .and_then(Value::as_str)
+                .finish_reason
+                .as_deref()
                 .map(|r| gemini_finish_reason_to_openai(r, state.tool_calls > 0));
             let mut delta = Map::new();
             if !pieces.content.is_empty() {
@@ -960,7 +1118,7 @@ impl GeminiStreamTranslator {
             self.finished |= finish.is_some();
             items.push(StreamItem::Chunk(self.openai_chunk(index, delta, finish)));
         }
-        if candidates.is_empty() && prompt_blocked(chunk) {
+        if chunk.candidates().is_empty() && chunk.prompt_blocked() {
             self.finished = true;
             let mut delta = Map::new();
             delta.insert("role".into(), json!("assistant"));
@@ -971,7 +1129,7 @@ impl GeminiStreamTranslator {
             )));
         }
         // Cumulative: the newest replaces the last, never adds to it.
-        if let Some(usage) = chunk.get("usageMetadata").and_then(usage_from_gemini) {
+        if let Some(usage) = chunk.usage_metadata.as_ref().and_then(usage_of) {
             if self.usage != Some(usage) {
                 self.usage = Some(usage);
                 items.push(StreamItem::Usage(usage));
@@ -1032,9 +1190,9 @@ fn gemini_to_openai_embeddings(
     inputs: &[String],
     base64: bool,
 ) -> Result<Value, UpstreamError> {
+    let answer: GeminiEmbedAnswer = read_or_default(answer);
     let embeddings = answer
-        .get("embeddings")
-        .and_then(Value::as_array)
+        .embeddings
         .filter(|e| e.len() == inputs.len())
         .ok_or_else(|| {
             UpstreamError::Protocol(
@@ -1042,10 +1200,9 @@ fn gemini_to_openai_embeddings(
             )
         })?;
     let mut data = Vec::with_capacity(embeddings.len());
-    for (index, embedding) in embeddings.iter().enumerate() {
+    for (index, embedding) in embeddings.into_iter().enumerate() {
         let values = embedding
-            .get("values")
-            .and_then(Value::as_array)
+            .values
             .ok_or_else(|| UpstreamError::Protocol("an embedding without values".into()))?;
         let vector = if base64 {
             let mut bytes = Vec::with_capacity(values.len() * 4);
@@ -1054,7 +1211,7 @@ fn gemini_to_openai_embeddings(
             }
             json!(base64::engine::general_purpose::STANDARD.encode(bytes))
         } else {
-            Value::Array(values.clone())
+            Value::Array(values)
         };
         data.push(json!({ "object": "embedding", "index": index, "embedding": vector }));
     }
@@ -1119,35 +1276,27 @@ pub fn openai_to_imagen_request(request: &Value) -> Result<Value, UpstreamError>
 /// bytes (filtered by Google's safety filters) are left out, so only images
 /// returned are billed; an answer with none is a refusal.
 pub fn imagen_to_openai(answer: &Value, request: &Value) -> Result<ImagesOutcome, UpstreamError> {
-    let predictions = answer
-        .get("predictions")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    imagen_answer_to_openai(read_or_default(answer), request)
+}
+
+fn imagen_answer_to_openai(
+    answer: ImagenAnswer,
+    request: &Value,
+) -> Result<ImagesOutcome, UpstreamError> {
+    let predictions = answer.predictions.unwrap_or_default();
     let mut data = Vec::with_capacity(predictions.len());
     let mut filtered = None;
     for prediction in predictions {
-        match prediction.get("bytesBase64Encoded").and_then(Value::as_str) {
+        match prediction.bytes_base64_encoded {
             Some(b64) => {
-                let mime_type = prediction
-                    .get("mimeType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("image/png");
-                let mut item = image_item(request, b64, mime_type);
-                // The prompt as rewritten, when Imagen enhanced it.
-                if let Some(prompt) = prediction.get("prompt").filter(|p| p.is_string()) {
-                    item["revised_prompt"] = prompt.clone();
+                let mime_type = prediction.mime_type.as_deref().unwrap_or("image/png");
+                let mut item = image_item(request, &b64, mime_type);
+                if let Some(prompt) = prediction.prompt {
+                    item["revised_prompt"] = json!(prompt);
                 }
                 data.push(item);
             }
-            None => {
-                filtered = filtered.or_else(|| {
-                    prediction
-                        .get("raiFilteredReason")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-            }
+            None => filtered = filtered.or(prediction.rai_filtered_reason),
         }
     }
     if data.is_empty() {
@@ -1178,10 +1327,11 @@ impl ProviderApi for Gemini {
             let path = gemini_model_path(model, "generateContent");
             let response = send(call, &path, &[], &body).await?;
             let answer = call.http.json_body(response, AnswerKind::Chat).await?;
-            if let Some(error) = answer.get("error") {
+            let answer: GeminiAnswer = serde_json::from_value(answer).unwrap_or_default();
+            if let Some(error) = &answer.error {
                 return Err(gemini_error_status(error));
             }
-            Ok(gemini_to_openai_response(&answer, model))
+            Ok(answer_to_openai(&answer, model))
         };
         tokio::time::timeout(total, exchange)
             .await
@@ -1216,11 +1366,12 @@ impl ProviderApi for Gemini {
                         Some(Err(e)) => return Some((vec![Err(e)], (events, translator, true))),
                         Some(Ok(event)) => event,
                     };
-                    // Keep-alives or anything else that is not JSON carries nothing.
-                    let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                    // Keep-alives or anything else that is not a JSON object carries
+                    // nothing.
+                    let Ok(chunk) = serde_json::from_str::<GeminiAnswer>(&event.data) else {
                         continue;
                     };
-                    match translator.gemini_chunk_to_openai(&chunk) {
+                    match translator.on_chunk(chunk) {
                         Ok(items) if items.is_empty() => continue,
                         Ok(items) => {
                             let items = items.into_iter().map(Ok).collect();
@@ -1272,10 +1423,11 @@ impl ProviderApi for Gemini {
             let path = gemini_model_path(model, "predict");
             let response = send(call, &path, &[], &body).await?;
             let answer = call.http.json_body(response, AnswerKind::Images).await?;
-            if let Some(error) = answer.get("error") {
+            let answer: ImagenAnswer = serde_json::from_value(answer).unwrap_or_default();
+            if let Some(error) = &answer.error {
                 return Err(gemini_error_status(error));
             }
-            imagen_to_openai(&answer, request)
+            imagen_answer_to_openai(answer, request)
         };
         tokio::time::timeout(total, exchange)
             .await
