@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use domain::Usage;
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -374,104 +374,430 @@ async fn send(
         .map_err(credential_rejected_as_401)
 }
 
+/// The fields of an OpenAI chat request the translation reads, each read
+/// leniently (a field of the wrong type counts as absent).
+#[derive(Default, Deserialize)]
+struct ChatRequest {
+    #[serde(default, deserialize_with = "lenient_items")]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_tokens: Option<u64>,
+    /// The sampling options are passed on as given (Gemini judges them).
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    n: Option<Value>,
+    #[serde(default)]
+    seed: Option<Value>,
+    #[serde(default)]
+    presence_penalty: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop: Option<ChatStop>,
+    #[serde(default, deserialize_with = "lenient")]
+    response_format: Option<ChatResponseFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatStop {
+    One(String),
+    /// Passed on as given.
+    Many(Vec<Value>),
+}
+
+#[derive(Default, Deserialize)]
+struct ChatMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    role: Option<String>,
+    /// A string, an array of parts, or null: checked by the translation.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_call_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tool_calls: Option<Vec<ChatToolCall>>,
+    /// The deprecated single function call; present at all, it is a call.
+    #[serde(default, deserialize_with = "present")]
+    function_call: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatToolCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    /// Read as a [`ChatFunctionCall`].
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+    /// Gemini's thought signature, as Google's own OpenAI layer carries it.
+    #[serde(default, deserialize_with = "lenient")]
+    extra_content: Option<ChatExtraContent>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    /// A JSON text, an object, or absent.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatExtraContent {
+    #[serde(default, deserialize_with = "lenient")]
+    google: Option<ChatGoogleExtra>,
+}
+
+#[derive(Deserialize)]
+struct ChatGoogleExtra {
+    #[serde(default, deserialize_with = "lenient")]
+    thought_signature: Option<String>,
+}
+
+/// One part of a message's `content` array.
+#[derive(Default, Deserialize)]
+struct ChatPart {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    image_url: Option<ChatImageUrl>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_audio: Option<ChatAudio>,
+    #[serde(default, deserialize_with = "lenient")]
+    file: Option<ChatFile>,
+}
+
+/// `image_url` as `{"url": …}` or, as some clients send it, the URL itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+#[derive(Deserialize)]
+struct ChatAudio {
+    #[serde(default, deserialize_with = "lenient")]
+    data: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatFile {
+    #[serde(default, deserialize_with = "lenient")]
+    file_data: Option<String>,
+}
+
+/// A tool: `{"type": "function", "function": {…}}`, or the function's fields
+/// given on the tool itself.
+#[derive(Default, Deserialize)]
+struct ChatTool {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    /// Read as a [`ChatFunction`]; absent, the tool's own fields are read.
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+    #[serde(flatten)]
+    own: ChatFunction,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunction {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice: {"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+struct ChatNamedToolChoice {
+    function: ChatFunctionName,
+}
+
+#[derive(Deserialize)]
+struct ChatFunctionName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ChatResponseFormat {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    json_schema: Option<ChatJsonSchema>,
+}
+
+#[derive(Deserialize)]
+struct ChatJsonSchema {
+    #[serde(default, deserialize_with = "present")]
+    schema: Option<Value>,
+}
+
+/// A `GenerateContentRequest`. It goes out through `serde_json::to_value`, so its
+/// keys are sent sorted, as they always were.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<GeminiRolelessContent>,
+    contents: Vec<GeminiContent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[GeminiTools; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<GeminiToolConfig>,
+    #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
+    generation_config: GenerationConfig,
+}
+
+/// `{"parts": […]}`: the system instruction, or the content of an embed request.
+#[derive(Serialize)]
+struct GeminiRolelessContent {
+    parts: Vec<GeminiPart>,
+}
+
+#[derive(Serialize)]
+struct GeminiContent {
+    role: &'static str,
+    parts: Vec<GeminiPart>,
+}
+
+/// One part: exactly one of the data fields (a function call may carry its
+/// thought signature).
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiPart {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inline_data: Option<GeminiBlob>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_data: Option<GeminiFileData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<GeminiCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_response: Option<GeminiFunctionResponse>,
+}
+
+impl GeminiPart {
+    fn text(text: String) -> Self {
+        Self {
+            text: Some(text),
+            ..Self::default()
+        }
+    }
+
+    fn inline_data(mime_type: &str, data: &str) -> Self {
+        Self {
+            inline_data: Some(GeminiBlob {
+                mime_type: mime_type.to_string(),
+                data: data.to_string(),
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiBlob {
+    mime_type: String,
+    data: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiFileData {
+    file_uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct GeminiCall {
+    name: String,
+    args: Value,
+}
+
+#[derive(Serialize)]
+struct GeminiFunctionResponse {
+    name: String,
+    response: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiTools {
+    function_declarations: Vec<GeminiFunctionDeclaration>,
+}
+
+#[derive(Serialize)]
+struct GeminiFunctionDeclaration {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiToolConfig {
+    function_calling_config: GeminiFunctionCallingConfig,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiFunctionCallingConfig {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_function_names: Option<[String; 1]>,
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<Value>,
+}
+
+impl GenerationConfig {
+    fn is_empty(&self) -> bool {
+        self.max_output_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.candidate_count.is_none()
+            && self.seed.is_none()
+            && self.presence_penalty.is_none()
+            && self.frequency_penalty.is_none()
+            && self.stop_sequences.is_none()
+            && self.response_mime_type.is_none()
+            && self.response_schema.is_none()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Requests: OpenAI -> Gemini
 
 /// Translates an OpenAI chat request into a Gemini `GenerateContentRequest`.
 pub fn openai_to_gemini_request(request: &Value) -> Result<Value, UpstreamError> {
-    let messages = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let (system, contents) = openai_messages_to_gemini(messages)?;
-    let mut body = Map::new();
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
-    body.insert("contents".into(), Value::Array(contents));
-    if let Some(tools) = openai_tools_to_gemini(request.get("tools"))? {
-        body.insert("tools".into(), tools);
-        if let Some(config) = request
-            .get("tool_choice")
-            .and_then(openai_tool_choice_to_gemini)
-        {
-            body.insert("toolConfig".into(), config);
-        }
-    }
-    let config = openai_to_gemini_generation_config(request);
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    Ok(Value::Object(body))
+    let request: ChatRequest = read_or_default(request);
+    let generation_config = openai_to_gemini_generation_config(&request);
+    let (system, contents) = openai_messages_to_gemini(request.messages.unwrap_or_default())?;
+    let tools = openai_tools_to_gemini(request.tools)?;
+    let tool_config = match (&tools, &request.tool_choice) {
+        (Some(_), Some(choice)) => openai_tool_choice_to_gemini(choice),
+        _ => None,
+    };
+    let body = GeminiRequest {
+        system_instruction: (!system.is_empty()).then_some(GeminiRolelessContent { parts: system }),
+        contents,
+        tools,
+        tool_config,
+        generation_config,
+    };
+    serde_json::to_value(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
 }
 
 /// Appends parts to the last content if it has the same role (Gemini wants turns
 /// to alternate), else starts a new content.
-fn push_gemini_content(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["parts"].as_array_mut() {
-                existing.extend(parts);
-                return;
-            }
-        }
+fn push_gemini_content(
+    contents: &mut Vec<GeminiContent>,
+    role: &'static str,
+    parts: Vec<GeminiPart>,
+) {
+    match contents.last_mut() {
+        Some(last) if last.role == role => last.parts.extend(parts),
+        _ => contents.push(GeminiContent { role, parts }),
     }
-    contents.push(json!({ "role": role, "parts": parts }));
 }
 
 /// System instruction parts and `contents` from OpenAI messages.
 fn openai_messages_to_gemini(
-    messages: &[Value],
-) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+    messages: Vec<ChatMessage>,
+) -> Result<(Vec<GeminiPart>, Vec<GeminiContent>), UpstreamError> {
     let mut system = Vec::new();
     let mut contents = Vec::new();
     // Tool call id -> function name, for the tool results that answer them.
     let mut call_names: HashMap<String, String> = HashMap::new();
     for message in messages {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or("user");
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (gemini_role, parts) = match role {
+        let content = message.content.unwrap_or(Value::Null);
+        let (gemini_role, parts) = match message.role.as_deref().unwrap_or("user") {
             "system" | "developer" => {
-                system.extend(
-                    openai_text_of(content)?
-                        .into_iter()
-                        .map(|text| json!({ "text": text })),
-                );
+                system.extend(openai_text_of(&content)?.into_iter().map(GeminiPart::text));
                 continue;
             }
-            "user" => ("user", openai_user_content_to_gemini_parts(content)?),
+            "user" => ("user", openai_user_content_to_gemini_parts(&content)?),
             "assistant" => (
                 "model",
-                openai_assistant_to_gemini_parts(message, &mut call_names)?,
+                openai_assistant_to_gemini_parts(
+                    &content,
+                    message.tool_calls,
+                    message.function_call,
+                    &mut call_names,
+                )?,
             ),
             "tool" => {
                 let name = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
+                    .tool_call_id
+                    .as_ref()
                     .and_then(|id| call_names.get(id))
-                    .map(String::as_str)
-                    .or_else(|| message.get("name").and_then(Value::as_str))
+                    .or(message.name.as_ref())
                     .ok_or_else(|| {
                         unsupported("tool results whose tool_call_id matches no earlier tool call")
                     })?;
                 (
                     "user",
-                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                    vec![openai_tool_result_to_gemini_part(name, &content)?],
                 )
             }
             // The deprecated function-calling messages.
             "function" => {
                 let name = message
-                    .get("name")
-                    .and_then(Value::as_str)
+                    .name
+                    .as_ref()
                     .ok_or_else(|| unsupported("function results without a name"))?;
                 (
                     "user",
-                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                    vec![openai_tool_result_to_gemini_part(name, &content)?],
                 )
             }
             _ => {
@@ -495,13 +821,10 @@ fn openai_text_of(content: &Value) -> Result<Vec<String>, UpstreamError> {
         Value::String(s) => Ok(vec![s.clone()]),
         Value::Array(parts) => parts
             .iter()
-            .filter(|p| !matches!(p.get("type").and_then(Value::as_str), Some("refusal")))
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") | None => p
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| unsupported("text parts without text")),
+            .map(read_or_default::<ChatPart>)
+            .filter(|p| p.kind.as_deref() != Some("refusal"))
+            .map(|p| match p.kind.as_deref() {
+                Some("text") | None => p.text.ok_or_else(|| unsupported("text parts without text")),
                 Some(_) => Err(unsupported(
                     "content parts other than text in system, assistant or tool messages",
                 )),
@@ -514,54 +837,51 @@ fn openai_text_of(content: &Value) -> Result<Vec<String>, UpstreamError> {
     }
 }
 
-fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<GeminiPart>, UpstreamError> {
     let Value::Array(parts) = content else {
         return Ok(openai_text_of(content)?
             .into_iter()
-            .map(|text| json!({ "text": text }))
+            .map(GeminiPart::text)
             .collect());
     };
     let mut out = Vec::with_capacity(parts.len());
-    for part in parts {
-        match part.get("type").and_then(Value::as_str) {
+    for part in parts.iter().map(read_or_default::<ChatPart>) {
+        match part.kind.as_deref() {
             Some("text") => {
                 let text = part
-                    .get("text")
-                    .and_then(Value::as_str)
+                    .text
                     .ok_or_else(|| unsupported("text parts without text"))?;
                 if !text.is_empty() {
-                    out.push(json!({ "text": text }));
+                    out.push(GeminiPart::text(text));
                 }
             }
             Some("image_url") => {
-                let image = part.get("image_url").unwrap_or(&Value::Null);
-                let url = image
-                    .get("url")
-                    .or(Some(image))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| unsupported("image_url parts without a url"))?;
-                out.push(openai_url_to_gemini_part(url)?);
+                let url = match part.image_url {
+                    Some(ChatImageUrl::Url(url) | ChatImageUrl::Object { url }) => url,
+                    None => return Err(unsupported("image_url parts without a url")),
+                };
+                out.push(openai_url_to_gemini_part(&url)?);
             }
             Some("input_audio") => {
-                let audio = part.get("input_audio").unwrap_or(&Value::Null);
-                let (Some(data), Some(format)) = (
-                    audio.get("data").and_then(Value::as_str),
-                    audio.get("format").and_then(Value::as_str),
-                ) else {
+                let Some(ChatAudio {
+                    data: Some(data),
+                    format: Some(format),
+                }) = part.input_audio
+                else {
                     return Err(unsupported("input_audio parts without data and format"));
                 };
-                let mime_type = match format {
+                let mime_type = match format.as_str() {
                     "mp3" => "audio/mp3".to_string(),
                     other => format!("audio/{other}"),
                 };
-                out.push(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+                out.push(GeminiPart::inline_data(&mime_type, &data));
             }
             Some("file") => {
                 let data = part
-                    .pointer("/file/file_data")
-                    .and_then(Value::as_str)
+                    .file
+                    .and_then(|f| f.file_data)
                     .ok_or_else(|| unsupported("file parts other than inline file_data"))?;
-                out.push(openai_url_to_gemini_part(data)?);
+                out.push(openai_url_to_gemini_part(&data)?);
             }
             _ => {
                 return Err(unsupported(
@@ -574,7 +894,7 @@ fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<Value>, Up
 }
 
 /// A data URL becomes `inlineData`; an http(s) or gs:// URL becomes `fileData`.
-fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
+fn openai_url_to_gemini_part(url: &str) -> Result<GeminiPart, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest
             .split_once(',')
@@ -587,7 +907,7 @@ fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
         } else {
             mime_type
         };
-        return Ok(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+        return Ok(GeminiPart::inline_data(mime_type, data));
     }
     let lower = url.to_ascii_lowercase();
     if !["http://", "https://", "gs://"]
@@ -598,11 +918,13 @@ fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
             "media URLs other than data:, http(s):// and gs:// URLs",
         ));
     }
-    let mut file = json!({ "fileUri": url });
-    if let Some(mime_type) = mime_type_from_extension(&lower) {
-        file["mimeType"] = json!(mime_type);
-    }
-    Ok(json!({ "fileData": file }))
+    Ok(GeminiPart {
+        file_data: Some(GeminiFileData {
+            file_uri: url.to_string(),
+            mime_type: mime_type_from_extension(&lower),
+        }),
+        ..GeminiPart::default()
+    })
 }
 
 fn mime_type_from_extension(url: &str) -> Option<&'static str> {
@@ -625,130 +947,151 @@ fn mime_type_from_extension(url: &str) -> Option<&'static str> {
 
 /// An assistant message: its text, then one `functionCall` part per tool call.
 fn openai_assistant_to_gemini_parts(
-    message: &Value,
+    content: &Value,
+    tool_calls: Option<Vec<ChatToolCall>>,
+    legacy_function_call: Option<Value>,
     call_names: &mut HashMap<String, String>,
-) -> Result<Vec<Value>, UpstreamError> {
-    let mut parts: Vec<Value> = openai_text_of(message.get("content").unwrap_or(&Value::Null))?
+) -> Result<Vec<GeminiPart>, UpstreamError> {
+    let mut parts: Vec<GeminiPart> = openai_text_of(content)?
         .into_iter()
-        .map(|text| json!({ "text": text }))
+        .map(GeminiPart::text)
         .collect();
-    let legacy_call = message
-        .get("function_call")
-        .map(|f| json!({ "function": f }));
-    let calls = message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .chain(legacy_call.as_ref());
+    let legacy_call = legacy_function_call.map(|function| ChatToolCall {
+        function: Some(function),
+        ..ChatToolCall::default()
+    });
+    let calls = tool_calls.into_iter().flatten().chain(legacy_call);
     for call in calls {
-        let function = call.get("function").unwrap_or(&Value::Null);
+        let function: ChatFunctionCall =
+            read_or_default(call.function.as_ref().unwrap_or(&Value::Null));
         let name = function
-            .get("name")
-            .and_then(Value::as_str)
+            .name
             .ok_or_else(|| unsupported("tool calls without a function name"))?;
-        let args = match function.get("arguments") {
+        let args = match function.arguments {
             None | Some(Value::Null) => json!({}),
             Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+            Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
                 .ok()
                 .filter(Value::is_object)
                 .ok_or_else(|| unsupported("tool call arguments that are not a JSON object"))?,
-            Some(v @ Value::Object(_)) => v.clone(),
+            Some(v @ Value::Object(_)) => v,
             Some(_) => {
                 return Err(unsupported(
                     "tool call arguments that are not a JSON object",
                 ))
             }
         };
-        if let Some(id) = call.get("id").and_then(Value::as_str) {
-            call_names.insert(id.to_string(), name.to_string());
+        if let Some(id) = call.id {
+            call_names.insert(id, name.clone());
         }
-        let mut part = json!({ "functionCall": { "name": name, "args": args } });
-        // Gemini's thought signature, as Google's own OpenAI layer carries it.
-        if let Some(signature) = call
-            .pointer("/extra_content/google/thought_signature")
-            .and_then(Value::as_str)
-        {
-            part["thoughtSignature"] = json!(signature);
-        }
-        parts.push(part);
+        parts.push(GeminiPart {
+            function_call: Some(GeminiCall { name, args }),
+            thought_signature: call
+                .extra_content
+                .and_then(|e| e.google)
+                .and_then(|g| g.thought_signature),
+            ..GeminiPart::default()
+        });
     }
     Ok(parts)
 }
 
 /// A tool result: a JSON object is the response as is; anything else is its
 /// `output` (Google's documented convention).
-fn openai_tool_result_to_gemini_part(name: &str, content: &Value) -> Result<Value, UpstreamError> {
+fn openai_tool_result_to_gemini_part(
+    name: &str,
+    content: &Value,
+) -> Result<GeminiPart, UpstreamError> {
     let text = openai_text_of(content)?.concat();
     let response = match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => object,
         Ok(other) => json!({ "output": other }),
         Err(_) => json!({ "output": text }),
     };
-    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+    Ok(GeminiPart {
+        function_response: Some(GeminiFunctionResponse {
+            name: name.to_string(),
+            response,
+        }),
+        ..GeminiPart::default()
+    })
 }
 
-fn openai_tools_to_gemini(tools: Option<&Value>) -> Result<Option<Value>, UpstreamError> {
-    let Some(tools) = tools.and_then(Value::as_array).filter(|t| !t.is_empty()) else {
+fn openai_tools_to_gemini(
+    tools: Option<Vec<ChatTool>>,
+) -> Result<Option<[GeminiTools; 1]>, UpstreamError> {
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
     let mut declarations = Vec::with_capacity(tools.len());
     for tool in tools {
-        if tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function")
-            != "function"
-        {
+        if tool.kind.as_deref().unwrap_or("function") != "function" {
             return Err(unsupported("tools other than functions"));
         }
-        let function = tool.get("function").unwrap_or(tool);
+        let function = match &tool.function {
+            Some(function) => read_or_default(function),
+            None => tool.own,
+        };
         let name = function
-            .get("name")
-            .and_then(Value::as_str)
+            .name
             .ok_or_else(|| unsupported("function tools without a name"))?;
-        let mut declaration = json!({ "name": name });
-        if let Some(description) = function.get("description").and_then(Value::as_str) {
-            declaration["description"] = json!(description);
-        }
-        if let Some(parameters) = function.get("parameters").filter(|p| p.is_object()) {
-            let schema = openai_schema_to_gemini(parameters);
+        let parameters = function.parameters.and_then(|parameters| {
+            let schema = openai_schema_to_gemini(&Value::Object(parameters));
             // Gemini refuses an object schema without properties; no parameters is the
             // same thing.
-            let empty_object = schema
-                .get("type")
-                .and_then(Value::as_str)
-                .map(str::to_lowercase)
-                == Some("object".into())
-                && schema
-                    .get("properties")
-                    .and_then(Value::as_object)
-                    .is_none_or(Map::is_empty);
-            if !empty_object {
-                declaration["parameters"] = schema;
-            }
-        }
-        declarations.push(declaration);
+            (!is_empty_object_schema(&schema)).then_some(schema)
+        });
+        declarations.push(GeminiFunctionDeclaration {
+            name,
+            description: function.description,
+            parameters,
+        });
     }
-    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+    Ok(Some([GeminiTools {
+        function_declarations: declarations,
+    }]))
 }
 
-fn openai_tool_choice_to_gemini(choice: &Value) -> Option<Value> {
+/// Whether a (Gemini) schema is an object without properties.
+fn is_empty_object_schema(schema: &Value) -> bool {
+    #[derive(Default, Deserialize)]
+    struct ObjectSchema {
+        #[serde(rename = "type", default, deserialize_with = "lenient")]
+        kind: Option<String>,
+        #[serde(default, deserialize_with = "lenient")]
+        properties: Option<Map<String, Value>>,
+    }
+    let schema: ObjectSchema = read_or_default(schema);
+    schema
+        .kind
+        .is_some_and(|t| t.eq_ignore_ascii_case("object"))
+        && schema.properties.is_none_or(|p| p.is_empty())
+}
+
+fn openai_tool_choice_to_gemini(choice: &Value) -> Option<GeminiToolConfig> {
+    let mode = |mode| GeminiFunctionCallingConfig {
+        mode,
+        allowed_function_names: None,
+    };
     let config = match choice {
-        Value::String(mode) => match mode.as_str() {
-            "auto" => json!({ "mode": "AUTO" }),
-            "none" => json!({ "mode": "NONE" }),
-            "required" => json!({ "mode": "ANY" }),
+        Value::String(choice) => match choice.as_str() {
+            "auto" => mode("AUTO"),
+            "none" => mode("NONE"),
+            "required" => mode("ANY"),
             _ => return None,
         },
         Value::Object(_) => {
-            let name = choice.pointer("/function/name").and_then(Value::as_str)?;
-            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+            let named = ChatNamedToolChoice::deserialize(choice).ok()?;
+            GeminiFunctionCallingConfig {
+                mode: "ANY",
+                allowed_function_names: Some([named.function.name]),
+            }
         }
         _ => return None,
     };
-    Some(json!({ "functionCallingConfig": config }))
+    Some(GeminiToolConfig {
+        function_calling_config: config,
+    })
 }
 
 /// The keywords of Gemini's `Schema` (an OpenAPI subset).
@@ -841,47 +1184,35 @@ fn openai_schema_to_gemini(schema: &Value) -> Value {
 }
 
 /// `generationConfig` from the OpenAI sampling and output options.
-fn openai_to_gemini_generation_config(request: &Value) -> Map<String, Value> {
-    let field = |name: &str| request.get(name).filter(|v| !v.is_null());
-    let mut config = Map::new();
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .filter_map(|f| field(f).and_then(Value::as_u64))
-        .min();
-    if let Some(max) = max_tokens {
-        config.insert("maxOutputTokens".into(), json!(max));
-    }
-    for (openai, gemini) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ] {
-        if let Some(value) = field(openai) {
-            config.insert(gemini.into(), value.clone());
-        }
-    }
-    match field("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
-    }
-    if let Some(format) = field("response_format") {
-        match format.get("type").and_then(Value::as_str) {
-            Some("json_object") => {
-                config.insert("responseMimeType".into(), json!("application/json"));
-            }
+fn openai_to_gemini_generation_config(request: &ChatRequest) -> GenerationConfig {
+    let mut config = GenerationConfig {
+        max_output_tokens: [request.max_completion_tokens, request.max_tokens]
+            .into_iter()
+            .flatten()
+            .min(),
+        temperature: request.temperature.clone(),
+        top_p: request.top_p.clone(),
+        candidate_count: request.n.clone(),
+        seed: request.seed.clone(),
+        presence_penalty: request.presence_penalty.clone(),
+        frequency_penalty: request.frequency_penalty.clone(),
+        stop_sequences: match &request.stop {
+            Some(ChatStop::One(s)) => Some(vec![json!(s)]),
+            Some(ChatStop::Many(stops)) if !stops.is_empty() => Some(stops.clone()),
+            _ => None,
+        },
+        ..GenerationConfig::default()
+    };
+    if let Some(format) = &request.response_format {
+        match format.kind.as_deref() {
+            Some("json_object") => config.response_mime_type = Some("application/json"),
             Some("json_schema") => {
-                config.insert("responseMimeType".into(), json!("application/json"));
-                if let Some(schema) = format.pointer("/json_schema/schema") {
-                    config.insert("responseSchema".into(), openai_schema_to_gemini(schema));
-                }
+                config.response_mime_type = Some("application/json");
+                config.response_schema = format
+                    .json_schema
+                    .as_ref()
+                    .and_then(|s| s.schema.as_ref())
+                    .map(openai_schema_to_gemini);
             }
             _ => {}
         }
@@ -1075,6 +1406,8 @@ impl GeminiStreamTranslator {
         })
     }
 
+    /// [`Self::on_chunk`] of a chunk given as JSON.
+    #[cfg(test)]
     fn gemini_chunk_to_openai(&mut self, chunk: &Value) -> Result<Vec<StreamItem>, UpstreamError> {
         self.on_chunk(read_or_default(chunk))
     }
@@ -1148,39 +1481,36 @@ impl GeminiStreamTranslator {
 // ---------------------------------------------------------------------------
 // Embeddings
 
-fn openai_embedding_inputs(request: &Value) -> Result<Vec<String>, UpstreamError> {
-    match request.get("input") {
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| unsupported("embeddings of token arrays"))
-            })
-            .collect(),
-        _ => Err(unsupported("embeddings without a text input")),
-    }
-}
-
 /// A `BatchEmbedContentsRequest` with one request per input.
 fn openai_to_gemini_embed_request(model: &str, inputs: &[String], request: &Value) -> Value {
+    #[derive(Default, Deserialize)]
+    struct EmbeddingsRequest {
+        #[serde(default, deserialize_with = "lenient")]
+        dimensions: Option<u64>,
+    }
     let (collection, name) = gemini_resource(model);
-    let dimensions = request.get("dimensions").and_then(Value::as_u64);
-    let requests: Vec<Value> = inputs
+    let dimensions = read_or_default::<EmbeddingsRequest>(request).dimensions;
+    let requests: Vec<GeminiEmbedRequest> = inputs
         .iter()
-        .map(|text| {
-            let mut one = json!({
-                "model": format!("{collection}/{name}"),
-                "content": { "parts": [{ "text": text }] },
-            });
-            if let Some(d) = dimensions {
-                one["outputDimensionality"] = json!(d);
-            }
-            one
+        .map(|text| GeminiEmbedRequest {
+            model: format!("{collection}/{name}"),
+            content: GeminiRolelessContent {
+                parts: vec![GeminiPart::text(text.clone())],
+            },
+            output_dimensionality: dimensions,
         })
         .collect();
     json!({ "requests": requests })
+}
+
+/// One request of a `BatchEmbedContentsRequest`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiEmbedRequest {
+    model: String,
+    content: GeminiRolelessContent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u64>,
 }
 
 /// An OpenAI embeddings `list` from a `BatchEmbedContentsResponse`.
@@ -1253,16 +1583,20 @@ fn imagen_aspect_ratio(width: u32, height: u32) -> Result<String, UpstreamError>
 /// An OpenAI images request as an Imagen `predict` body: `n` → `sampleCount`,
 /// `size` → `aspectRatio`.
 pub fn openai_to_imagen_request(request: &Value) -> Result<Value, UpstreamError> {
-    let prompt = request
-        .get("prompt")
-        .and_then(Value::as_str)
+    #[derive(Default, Deserialize)]
+    struct ImagesRequest {
+        #[serde(default, deserialize_with = "lenient")]
+        prompt: Option<String>,
+        #[serde(default, deserialize_with = "lenient")]
+        n: Option<u64>,
+    }
+    let images: ImagesRequest = read_or_default(request);
+    let prompt = images
+        .prompt
         .filter(|p| !p.is_empty())
         .ok_or_else(|| unsupported("image requests without a prompt"))?;
     let mut parameters = Map::new();
-    parameters.insert(
-        "sampleCount".into(),
-        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
-    );
+    parameters.insert("sampleCount".into(), json!(images.n.unwrap_or(1)));
     if let Some((width, height)) = image_size(request, "gemini")? {
         parameters.insert(
             "aspectRatio".into(),
@@ -1391,8 +1725,8 @@ impl ProviderApi for Gemini {
         request: &Value,
     ) -> Result<EmbeddingsOutcome, UpstreamError> {
         let model = upstream_model(request)?;
-        let inputs = openai_embedding_inputs(request)?;
-        let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let inputs = super::embedding_texts(request, "gemini")?;
+        let base64 = super::wants_base64_embeddings(request);
         let body = openai_to_gemini_embed_request(model, &inputs, request);
         let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
         let exchange = async {
