@@ -35,6 +35,7 @@
 //!   (`{"taskType","textToImageParams","imageGenerationConfig"}` → `{"images":[base64]}`).
 //!   Bedrock returns no URLs: `response_format: "url"` gets `data:` URLs.
 
+use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
     embedding_texts, embedding_vector, embeddings_list, image_item, image_size, images_answer,
     wants_base64_embeddings, AnswerBudget, AnswerKind, ChatOutcome, ChatStream, Credential,
@@ -45,6 +46,7 @@ use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::{StreamExt, TryStreamExt};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -64,6 +66,198 @@ const EVENT_STREAM_MESSAGE_MIN_BYTES: usize = 16;
 const EVENT_STREAM_PRELUDE_BYTES: usize = 12;
 
 pub struct Bedrock;
+
+// ---------------------------------------------------------------------------
+// Wire shapes: what Bedrock answers
+//
+// Read leniently (see `super::wire`): a field of the wrong type counts as absent.
+
+/// A Converse answer.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    output: Option<ConverseOutput>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<ConverseUsage>,
+}
+
+#[derive(Deserialize)]
+struct ConverseOutput {
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<ConverseAnswerMessage>,
+}
+
+#[derive(Deserialize)]
+struct ConverseAnswerMessage {
+    #[serde(default, deserialize_with = "lenient_items")]
+    content: Option<Vec<ConverseAnswerBlock>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseAnswerBlock {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    /// Read as a [`ConverseToolUse`]; present at all, the block is a tool call.
+    #[serde(default, deserialize_with = "present")]
+    tool_use: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<ConverseReasoning>,
+}
+
+/// A `toolUse` block (whole in an answer, its start in a stream).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolUse {
+    /// The id and name are passed on as they came (`""` when absent).
+    #[serde(default, deserialize_with = "present")]
+    tool_use_id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    input: Option<Value>,
+}
+
+impl ConverseToolUse {
+    fn id(&mut self) -> Value {
+        self.tool_use_id.take().unwrap_or_else(|| json!(""))
+    }
+
+    fn name(&mut self) -> Value {
+        self.name.take().unwrap_or_else(|| json!(""))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseReasoning {
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_text: Option<ConverseText>,
+}
+
+#[derive(Deserialize)]
+struct ConverseText {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+}
+
+/// Converse's `usage` (see the module documentation).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_write_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    output_tokens: Option<u64>,
+}
+
+/// The JSON payload of a ConverseStream event (its kind is in the
+/// `:event-type` header); each kind reads only its own fields.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseStreamEvent {
+    /// `contentBlockStart`, `contentBlockDelta`.
+    #[serde(default, deserialize_with = "lenient")]
+    content_block_index: Option<u64>,
+    /// `contentBlockStart`.
+    #[serde(default, deserialize_with = "lenient")]
+    start: Option<ConverseBlockStart>,
+    /// `contentBlockDelta`.
+    #[serde(default, deserialize_with = "lenient")]
+    delta: Option<ConverseBlockDelta>,
+    /// `messageStop`.
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+    /// `metadata`.
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<ConverseUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseBlockStart {
+    /// Read as a [`ConverseToolUse`]; present at all, a tool call starts.
+    #[serde(default, deserialize_with = "present")]
+    tool_use: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseBlockDelta {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_use: Option<ConverseToolInputDelta>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<ConverseText>,
+}
+
+#[derive(Deserialize)]
+struct ConverseToolInputDelta {
+    #[serde(default, deserialize_with = "lenient")]
+    input: Option<String>,
+}
+
+/// A Bedrock error body: `{"message": …}`, capitalized by some AWS front ends.
+#[derive(Default, Deserialize)]
+struct BedrockErrorBody {
+    /// Kept as it came: a `message` that is not text hides `Message`.
+    #[serde(default, deserialize_with = "present")]
+    message: Option<Value>,
+    #[serde(rename = "Message", default, deserialize_with = "lenient")]
+    capitalized_message: Option<String>,
+}
+
+/// A Titan Text Embeddings answer.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    embedding: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    embeddings_by_type: Option<FloatEmbedding>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_text_token_count: Option<u64>,
+}
+
+/// `{"float": […]}`: the float entry of embeddings asked for by type.
+#[derive(Deserialize)]
+struct FloatEmbedding {
+    #[serde(default, deserialize_with = "lenient")]
+    float: Option<Vec<Value>>,
+}
+
+/// A Cohere Embed answer.
+#[derive(Default, Deserialize)]
+struct CohereEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    embeddings: Option<CohereEmbeddings>,
+}
+
+/// A list of vectors (`embeddings_floats`) or, when types were asked for,
+/// `{"float": [...]}` (`embeddings_by_type`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CohereEmbeddings {
+    Floats(Vec<Value>),
+    ByType(FloatEmbedding),
+}
+
+/// A `TEXT_IMAGE` answer.
+#[derive(Default, Deserialize)]
+struct TextImageAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    images: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<String>,
+}
 
 /// The request path of Converse (or ConverseStream) for a model id, with the id
 /// percent-encoded as one path segment (ids hold `:`, ARNs hold `/` too).
@@ -92,10 +286,11 @@ fn encode_path_segment(segment: &str) -> String {
 /// The message of a Bedrock error body (`{"message": "..."}`; some AWS front
 /// ends capitalize it).
 pub fn bedrock_error_message(body: &Value) -> Option<String> {
-    body.get("message")
-        .or_else(|| body.get("Message"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    let body: BedrockErrorBody = read_or_default(body);
+    match body.message {
+        Some(message) => String::deserialize(message).ok(),
+        None => body.capitalized_message,
+    }
 }
 
 /// The SigV4 headers (`x-amz-date`, `authorization`) for one request whose other
@@ -470,12 +665,15 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 
 /// Reads a Converse `usage` object; `None` if absent or malformed.
 pub fn usage_from_converse(usage: &Value) -> Option<Usage> {
-    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+    usage_of(&read_or_default(usage))
+}
+
+fn usage_of(usage: &ConverseUsage) -> Option<Usage> {
     Some(Usage {
-        input_tokens: field("inputTokens")?,
-        cache_read_tokens: field("cacheReadInputTokens").unwrap_or(0),
-        cache_write_tokens: field("cacheWriteInputTokens").unwrap_or(0),
-        output_tokens: field("outputTokens").unwrap_or(0),
+        input_tokens: usage.input_tokens?,
+        cache_read_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+        cache_write_tokens: usage.cache_write_input_tokens.unwrap_or(0),
+        output_tokens: usage.output_tokens.unwrap_or(0),
         ..Usage::default()
     })
 }
@@ -490,31 +688,35 @@ pub fn converse_to_openai_response(
     model: &str,
     id: &str,
 ) -> Result<ChatOutcome, UpstreamError> {
-    let content = body
-        .pointer("/output/message/content")
-        .and_then(Value::as_array)
+    let answer: ConverseAnswer = read_or_default(body);
+    let content = answer
+        .output
+        .and_then(|o| o.message)
+        .and_then(|m| m.content)
         .ok_or_else(|| UpstreamError::Protocol("Converse answer without output.message".into()))?;
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for block in content {
-        if let Some(t) = block.get("text").and_then(Value::as_str) {
-            text.push_str(t);
-        } else if let Some(tool_use) = block.get("toolUse") {
-            let input = tool_use.get("input").cloned().unwrap_or(json!({}));
+        if let Some(t) = block.text {
+            text.push_str(&t);
+        } else if let Some(tool_use) = &block.tool_use {
+            let mut tool_use: ConverseToolUse = read_or_default(tool_use);
+            let input = tool_use.input.take().unwrap_or(json!({}));
             tool_calls.push(json!({
-                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                "id": tool_use.id(),
                 "type": "function",
                 "function": {
-                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                    "name": tool_use.name(),
                     "arguments": input.to_string(),
                 },
             }));
         } else if let Some(t) = block
-            .pointer("/reasoningContent/reasoningText/text")
-            .and_then(Value::as_str)
+            .reasoning_content
+            .and_then(|r| r.reasoning_text)
+            .and_then(|r| r.text)
         {
-            reasoning.push_str(t);
+            reasoning.push_str(&t);
         }
     }
     let mut message = json!({
@@ -527,11 +729,8 @@ pub fn converse_to_openai_response(
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
-    let stop_reason = body
-        .get("stopReason")
-        .and_then(Value::as_str)
-        .unwrap_or("end_turn");
-    let usage = body.get("usage").and_then(usage_from_converse);
+    let stop_reason = answer.stop_reason.as_deref().unwrap_or("end_turn");
+    let usage = answer.usage.as_ref().and_then(usage_of);
     let mut answer = json!({
         "id": id,
         "object": "chat.completion",
@@ -689,16 +888,19 @@ impl ConverseStreamTranslator {
     /// The stream items one event-stream message stands for; an exception is an
     /// error.
     pub fn items_for(&mut self, message: &Message) -> Result<Vec<StreamItem>, UpstreamError> {
-        let payload = || -> Result<Value, UpstreamError> {
+        let json = || -> Result<Value, UpstreamError> {
             serde_json::from_slice(message.payload()).map_err(|e| {
                 UpstreamError::Protocol(format!("event-stream payload is not JSON: {e}"))
             })
+        };
+        let payload = || -> Result<ConverseStreamEvent, UpstreamError> {
+            Ok(serde_json::from_value(json()?).unwrap_or_default())
         };
         match event_header(message, ":message-type").unwrap_or("event") {
             "event" => {}
             "exception" => {
                 let kind = event_header(message, ":exception-type").unwrap_or("exception");
-                let message_text = payload()
+                let message_text = json()
                     .ok()
                     .and_then(|p| bedrock_error_message(&p))
                     .unwrap_or_else(|| kind.to_string());
@@ -725,21 +927,19 @@ impl ConverseStreamTranslator {
             }
             "contentBlockStart" => {
                 let event = payload()?;
-                match event.pointer("/start/toolUse") {
+                match event.start.and_then(|s| s.tool_use) {
                     Some(tool_use) => {
-                        let block = event
-                            .get("contentBlockIndex")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
+                        let mut tool_use: ConverseToolUse = read_or_default(&tool_use);
+                        let block = event.content_block_index.unwrap_or(0);
                         let index = self.tool_indices.len() as u64;
                         self.tool_indices.insert(block, index);
                         vec![self.chunk(
                             json!({"tool_calls": [{
                                 "index": index,
-                                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                                "id": tool_use.id(),
                                 "type": "function",
                                 "function": {
-                                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                                    "name": tool_use.name(),
                                     "arguments": "",
                                 },
                             }]}),
@@ -751,15 +951,11 @@ impl ConverseStreamTranslator {
             }
             "contentBlockDelta" => {
                 let event = payload()?;
-                let delta = event.get("delta").unwrap_or(&Value::Null);
-                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                let delta = event.delta.unwrap_or_default();
+                if let Some(text) = delta.text {
                     vec![self.chunk(json!({"content": text}), Value::Null)]
-                } else if let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str)
-                {
-                    let block = event
-                        .get("contentBlockIndex")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
+                } else if let Some(input) = delta.tool_use.and_then(|t| t.input) {
+                    let block = event.content_block_index.unwrap_or(0);
                     let index = self.tool_indices.get(&block).copied().ok_or_else(|| {
                         UpstreamError::Protocol("tool input for a block that never started".into())
                     })?;
@@ -767,10 +963,7 @@ impl ConverseStreamTranslator {
                         json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
                         Value::Null,
                     )]
-                } else if let Some(text) = delta
-                    .pointer("/reasoningContent/text")
-                    .and_then(Value::as_str)
-                {
+                } else if let Some(text) = delta.reasoning_content.and_then(|r| r.text) {
                     vec![self.chunk(json!({"reasoning_content": text}), Value::Null)]
                 } else {
                     Vec::new()
@@ -779,15 +972,13 @@ impl ConverseStreamTranslator {
             "messageStop" => {
                 let event = payload()?;
                 self.stopped = true;
-                let reason = event
-                    .get("stopReason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("end_turn");
+                let reason = event.stop_reason.as_deref().unwrap_or("end_turn");
                 vec![self.chunk(json!({}), json!(finish_reason(reason)))]
             }
             "metadata" => payload()?
-                .get("usage")
-                .and_then(usage_from_converse)
+                .usage
+                .as_ref()
+                .and_then(usage_of)
                 .map(StreamItem::Usage)
                 .into_iter()
                 .collect(),
@@ -1007,33 +1198,28 @@ pub fn cohere_embed_request(
 /// The float vectors of a Cohere Embed answer: `embeddings` is a list of vectors
 /// (`embeddings_floats`) or, when types were asked for, `{"float": [...]}`
 /// (`embeddings_by_type`).
-fn cohere_vectors(answer: &Value, texts: usize) -> Result<&Vec<Value>, UpstreamError> {
-    let embeddings = answer.get("embeddings");
-    embeddings
-        .and_then(Value::as_array)
-        .or_else(|| {
-            embeddings
-                .and_then(|e| e.get("float"))
-                .and_then(Value::as_array)
-        })
-        .filter(|v| v.len() == texts)
-        .ok_or_else(|| {
-            UpstreamError::Protocol("Cohere Embed answered the wrong number of embeddings".into())
-        })
+fn cohere_vectors(answer: &Value, texts: usize) -> Result<Vec<Value>, UpstreamError> {
+    let answer: CohereEmbedAnswer = read_or_default(answer);
+    match answer.embeddings {
+        Some(CohereEmbeddings::Floats(vectors)) => Some(vectors),
+        Some(CohereEmbeddings::ByType(by_type)) => by_type.float,
+        None => None,
+    }
+    .filter(|v| v.len() == texts)
+    .ok_or_else(|| {
+        UpstreamError::Protocol("Cohere Embed answered the wrong number of embeddings".into())
+    })
 }
 
 /// The vector of a Titan Embeddings answer (`embedding`, or the float entry of
-/// `embeddingsByType`).
-fn titan_vector(answer: &Value) -> Result<&Vec<Value>, UpstreamError> {
-    answer
-        .get("embedding")
-        .and_then(Value::as_array)
-        .or_else(|| {
-            answer
-                .pointer("/embeddingsByType/float")
-                .and_then(Value::as_array)
-        })
-        .ok_or_else(|| UpstreamError::Protocol("Titan Embeddings answered no embedding".into()))
+/// `embeddingsByType`), and the input tokens it reports.
+fn titan_vector(answer: &Value) -> Result<(Vec<Value>, Option<u64>), UpstreamError> {
+    let answer: TitanEmbedAnswer = read_or_default(answer);
+    let vector = answer
+        .embedding
+        .or_else(|| answer.embeddings_by_type.and_then(|e| e.float))
+        .ok_or_else(|| UpstreamError::Protocol("Titan Embeddings answered no embedding".into()))?;
+    Ok((vector, answer.input_text_token_count))
 }
 
 /// The input tokens InvokeModel reports in a response header (not part of the
@@ -1093,8 +1279,9 @@ async fn embed(
                 .try_collect()
                 .await?;
             for (text, (_, answer)) in texts.iter().zip(answers) {
-                vectors.push(titan_vector(&answer)?.clone());
-                match answer.get("inputTextTokenCount").and_then(Value::as_u64) {
+                let (vector, input_tokens) = titan_vector(&answer)?;
+                vectors.push(vector);
+                match input_tokens {
                     Some(tokens) => usage.input_tokens += tokens,
                     None => {
                         usage.input_tokens += estimated_tokens(std::slice::from_ref(text));
@@ -1108,11 +1295,12 @@ async fn embed(
                 let body = cohere_embed_request(model_id, batch, request)?;
                 let (header_tokens, answer) = invoke(call, model_id, &body, &budget).await?;
                 for vector in cohere_vectors(&answer, batch.len())? {
-                    vectors.push(vector.as_array().cloned().ok_or_else(|| {
-                        UpstreamError::Protocol(
+                    let Value::Array(vector) = vector else {
+                        return Err(UpstreamError::Protocol(
                             "Cohere Embed answered a malformed embedding".into(),
-                        )
-                    })?);
+                        ));
+                    };
+                    vectors.push(vector);
                 }
                 // The body has no token count; the header, when Bedrock sends it,
                 // is exact. Otherwise estimate, flagged.
@@ -1187,27 +1375,24 @@ pub fn text_image_to_openai(
     answer: &Value,
     request: &Value,
 ) -> Result<ImagesOutcome, UpstreamError> {
-    let images = answer
-        .get("images")
-        .and_then(Value::as_array)
-        .filter(|i| !i.is_empty());
-    let Some(images) = images else {
-        return Err(match answer.get("error").and_then(Value::as_str) {
+    let answer: TextImageAnswer = read_or_default(answer);
+    let Some(images) = answer.images.filter(|i| !i.is_empty()) else {
+        return Err(match answer.error {
             Some(message) if !message.is_empty() => UpstreamError::Status {
                 status: 400,
                 code: None,
-                message: message.to_string(),
+                message,
             },
             _ => UpstreamError::Protocol("InvokeModel answered no images".into()),
         });
     };
     let data = images
         .iter()
-        .map(|image| {
-            let b64 = image
-                .as_str()
-                .ok_or_else(|| UpstreamError::Protocol("an image that is not base64".into()))?;
-            Ok(image_item(request, b64, base64_image_mime(b64)))
+        .map(|image| match image {
+            Value::String(b64) => Ok(image_item(request, b64, base64_image_mime(b64))),
+            _ => Err(UpstreamError::Protocol(
+                "an image that is not base64".into(),
+            )),
         })
         .collect::<Result<Vec<_>, UpstreamError>>()?;
     Ok(images_answer(data))
