@@ -46,8 +46,8 @@ use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::{StreamExt, TryStreamExt};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Number, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
@@ -395,6 +395,297 @@ fn unsupported(capability: &'static str) -> UpstreamError {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Wire shapes: the OpenAI embeddings and images requests read, the InvokeModel
+// requests written
+
+/// The fields of an OpenAI embeddings request the InvokeModel bodies read.
+#[derive(Default, Deserialize)]
+struct EmbeddingsRequest {
+    /// Titan takes a whole number; Cohere is given the value as it came.
+    #[serde(default)]
+    dimensions: Option<Value>,
+    /// Not OpenAI fields: passed on when a client sends them.
+    #[serde(default, deserialize_with = "lenient")]
+    normalize: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_type: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    truncate: Option<String>,
+}
+
+/// The fields of an OpenAI images request a `TEXT_IMAGE` body reads.
+#[derive(Default, Deserialize)]
+struct ImagesRequest {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    quality: Option<String>,
+}
+
+/// A Titan Text Embeddings request.
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbedRequest {
+    input_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalize: Option<bool>,
+    /// Titan Multimodal Embeddings' form of `dimensions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding_config: Option<TitanEmbeddingConfig>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbeddingConfig {
+    output_embedding_length: u64,
+}
+
+/// A Cohere Embed request.
+#[derive(Serialize)]
+struct CohereEmbedRequest<'a> {
+    texts: &'a [String],
+    input_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimension: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------
+// Wire shapes: the OpenAI chat request read, the Converse request written
+
+/// The fields of an OpenAI chat request the translation reads, each read
+/// leniently (a field of the wrong type counts as absent).
+#[derive(Default, Deserialize)]
+struct ChatRequest {
+    #[serde(default, deserialize_with = "lenient_items")]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    temperature: Option<Number>,
+    #[serde(default, deserialize_with = "lenient")]
+    top_p: Option<Number>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop: Option<ChatStop>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatStop {
+    One(String),
+    /// Passed on as given.
+    Many(Vec<Value>),
+}
+
+#[derive(Default, Deserialize)]
+struct ChatMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    role: Option<String>,
+    /// A string, an array of parts, or null: checked by the translation.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tool_calls: Option<Vec<ChatToolCall>>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatToolCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    function: Option<ChatFunctionCall>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    arguments: Option<String>,
+}
+
+/// One part of a message's `content` array.
+#[derive(Default, Deserialize)]
+struct ChatPart {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    image_url: Option<ChatImageUrl>,
+}
+
+/// `image_url` as `{"url": …}` or, as some clients send it, the URL itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+#[derive(Default, Deserialize)]
+struct ChatTool {
+    /// Read as a [`ChatFunction`]; a tool without one is left out.
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunction {
+    /// Passed on as given (`""` when absent).
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice: {"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+struct ChatNamedToolChoice {
+    function: ChatFunctionName,
+}
+
+#[derive(Deserialize)]
+struct ChatFunctionName {
+    name: String,
+}
+
+/// A Converse request body. It goes out through `serde_json::to_value`, so its
+/// keys are sent sorted, as they always were.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseRequest {
+    messages: Vec<ConverseMessage>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<ConverseBlock>,
+    #[serde(skip_serializing_if = "InferenceConfig::is_empty")]
+    inference_config: InferenceConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ConverseToolConfig>,
+}
+
+#[derive(Serialize)]
+struct ConverseMessage {
+    role: &'static str,
+    content: Vec<ConverseBlock>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseBlock {
+    Text(String),
+    Image(ConverseImage),
+    ToolUse(ConverseToolUseBlock),
+    ToolResult(ConverseToolResult),
+}
+
+#[derive(Serialize)]
+struct ConverseImage {
+    format: &'static str,
+    source: ConverseImageSource,
+}
+
+#[derive(Serialize)]
+struct ConverseImageSource {
+    bytes: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolUseBlock {
+    tool_use_id: String,
+    name: String,
+    input: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolResult {
+    tool_use_id: String,
+    content: [ConverseToolResultContent; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseToolResultContent {
+    Json(Value),
+    Text(String),
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<Value>>,
+}
+
+impl InferenceConfig {
+    fn is_empty(&self) -> bool {
+        self.max_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.stop_sequences.is_none()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolConfig {
+    tools: Vec<ConverseTool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ConverseToolChoice>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseTool {
+    tool_spec: ConverseToolSpec,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolSpec {
+    name: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    input_schema: ConverseSchema,
+}
+
+#[derive(Serialize)]
+struct ConverseSchema {
+    json: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseToolChoice {
+    Any {},
+    Auto {},
+    Tool { name: String },
+}
+
 /// The text of an OpenAI message `content` that may only hold text: a string, or
 /// an array of `{"type":"text","text":…}` parts (joined).
 fn text_of(content: &Value) -> String {
@@ -402,7 +693,7 @@ fn text_of(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .filter_map(|p| read_or_default::<ChatPart>(p).text)
             .collect::<Vec<_>>()
             .join(""),
         _ => String::new(),
@@ -410,7 +701,7 @@ fn text_of(content: &Value) -> String {
 }
 
 /// A base64 `data:` URL as a Converse image block.
-fn image_block(url: &str) -> Result<Value, UpstreamError> {
+fn image_block(url: &str) -> Result<ConverseBlock, UpstreamError> {
     let rest = url
         .strip_prefix("data:")
         .ok_or_else(|| unsupported("images by URL (send a base64 data: URL)"))?;
@@ -427,35 +718,39 @@ fn image_block(url: &str) -> Result<Value, UpstreamError> {
         "image/webp" => "webp",
         _ => return Err(unsupported("images other than PNG, JPEG, GIF or WebP")),
     };
-    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+    Ok(ConverseBlock::Image(ConverseImage {
+        format,
+        source: ConverseImageSource {
+            bytes: data.to_string(),
+        },
+    }))
 }
 
 /// Converse content blocks of a user or assistant message's `content`.
-fn content_blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn content_blocks(content: &Value) -> Result<Vec<ConverseBlock>, UpstreamError> {
     let mut blocks = Vec::new();
     match content {
         Value::Null => {}
         Value::String(s) => {
             if !s.is_empty() {
-                blocks.push(json!({"text": s}));
+                blocks.push(ConverseBlock::Text(s.clone()));
             }
         }
         Value::Array(parts) => {
-            for part in parts {
-                match part.get("type").and_then(Value::as_str) {
+            for part in parts.iter().map(read_or_default::<ChatPart>) {
+                match part.kind.as_deref() {
                     Some("text") => {
-                        let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+                        let text = part.text.unwrap_or_default();
                         if !text.is_empty() {
-                            blocks.push(json!({"text": text}));
+                            blocks.push(ConverseBlock::Text(text));
                         }
                     }
                     Some("image_url") => {
-                        let url = part
-                            .pointer("/image_url/url")
-                            .or_else(|| part.get("image_url"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        blocks.push(image_block(url)?);
+                        let url = match part.image_url {
+                            Some(ChatImageUrl::Url(url) | ChatImageUrl::Object { url }) => url,
+                            None => String::new(),
+                        };
+                        blocks.push(image_block(&url)?);
                     }
                     _ => return Err(unsupported("message parts other than text and images")),
                 }
@@ -472,26 +767,24 @@ fn content_blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
 
 /// A tool result's content: a JSON object is passed as `json`, anything else as
 /// `text`.
-fn tool_result_content(content: &Value) -> Value {
+fn tool_result_content(content: &Value) -> ConverseToolResultContent {
     let text = text_of(content);
     match serde_json::from_str::<Value>(&text) {
-        Ok(object @ Value::Object(_)) => json!([{"json": object}]),
-        _ => json!([{"text": text}]),
+        Ok(object @ Value::Object(_)) => ConverseToolResultContent::Json(object),
+        _ => ConverseToolResultContent::Text(text),
     }
 }
 
 /// `tool_calls` of an assistant message as `toolUse` blocks.
-fn tool_use_blocks(tool_calls: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn tool_use_blocks(tool_calls: Vec<ChatToolCall>) -> Result<Vec<ConverseBlock>, UpstreamError> {
     let mut blocks = Vec::new();
-    for call in tool_calls.as_array().into_iter().flatten() {
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    for call in tool_calls {
+        let function = call.function.unwrap_or_default();
+        let arguments = function.arguments.unwrap_or_default();
         let input = if arguments.trim().is_empty() {
             json!({})
         } else {
-            match serde_json::from_str::<Value>(arguments) {
+            match serde_json::from_str::<Value>(&arguments) {
                 Ok(object @ Value::Object(_)) => object,
                 _ => {
                     return Err(unsupported(
@@ -500,95 +793,84 @@ fn tool_use_blocks(tool_calls: &Value) -> Result<Vec<Value>, UpstreamError> {
                 }
             }
         };
-        blocks.push(json!({"toolUse": {
-            "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or(""),
-            "name": call.pointer("/function/name").and_then(Value::as_str).unwrap_or(""),
-            "input": input,
-        }}));
+        blocks.push(ConverseBlock::ToolUse(ConverseToolUseBlock {
+            tool_use_id: call.id.unwrap_or_default(),
+            name: function.name.unwrap_or_default(),
+            input,
+        }));
     }
     Ok(blocks)
 }
 
 /// `toolConfig` from OpenAI `tools` and `tool_choice`; `None` when there are no
 /// tools or the choice is `"none"`.
-fn tool_config(request: &Value) -> Option<Value> {
-    let tools = request.get("tools")?.as_array()?;
-    if tools.is_empty() {
-        return None;
-    }
-    let choice = match request.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => return None,
-            "required" => Some(json!({"any": {}})),
-            _ => Some(json!({"auto": {}})),
-        },
-        Some(object) => object
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .map(|name| json!({"tool": {"name": name}})),
-    };
-    let specs: Vec<Value> = tools
-        .iter()
-        .filter_map(|tool| tool.get("function"))
+fn tool_config(tools: Option<Vec<ChatTool>>, choice: Option<&Value>) -> Option<ConverseToolConfig> {
+    let tools = tools.filter(|t| !t.is_empty())?;
+    let choice =
+        match choice {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.as_str() {
+                "none" => return None,
+                "required" => Some(ConverseToolChoice::Any {}),
+                _ => Some(ConverseToolChoice::Auto {}),
+            },
+            Some(object) => ChatNamedToolChoice::deserialize(object).ok().map(|named| {
+                ConverseToolChoice::Tool {
+                    name: named.function.name,
+                }
+            }),
+        };
+    let tools = tools
+        .into_iter()
+        .filter_map(|tool| tool.function)
         .map(|function| {
-            let mut spec = Map::new();
-            spec.insert(
-                "name".into(),
-                function.get("name").cloned().unwrap_or(json!("")),
-            );
-            if let Some(description) = function.get("description").filter(|d| d.is_string()) {
-                spec.insert("description".into(), description.clone());
-            }
+            let function: ChatFunction = read_or_default(&function);
             let schema = function
-                .get("parameters")
-                .filter(|p| p.is_object())
-                .cloned()
+                .parameters
+                .map(Value::Object)
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            spec.insert("inputSchema".into(), json!({"json": schema}));
-            json!({"toolSpec": spec})
+            ConverseTool {
+                tool_spec: ConverseToolSpec {
+                    name: function.name.unwrap_or_else(|| json!("")),
+                    description: function.description,
+                    input_schema: ConverseSchema { json: schema },
+                },
+            }
         })
         .collect();
-    let mut config = json!({"tools": specs});
-    if let Some(choice) = choice {
-        config["toolChoice"] = choice;
-    }
-    Some(config)
+    Some(ConverseToolConfig {
+        tools,
+        tool_choice: choice,
+    })
 }
 
 /// An OpenAI chat request as a Converse (or ConverseStream) request body; the
 /// model id goes in the path, not the body.
 pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamError> {
+    let request: ChatRequest = read_or_default(request);
     let mut system = Vec::new();
-    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for message in request
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match message.get("role").and_then(Value::as_str) {
+    let mut messages: Vec<ConverseMessage> = Vec::new();
+    for message in request.messages.into_iter().flatten() {
+        let content = message.content.unwrap_or(Value::Null);
+        let (role, blocks) = match message.role.as_deref() {
             Some("system" | "developer") => {
-                let text = text_of(content);
+                let text = text_of(&content);
                 if !text.is_empty() {
-                    system.push(json!({"text": text}));
+                    system.push(ConverseBlock::Text(text));
                 }
                 continue;
             }
-            Some("user") => ("user", content_blocks(content)?),
+            Some("user") => ("user", content_blocks(&content)?),
             Some("assistant") => {
-                let mut blocks = content_blocks(content)?;
-                blocks.extend(tool_use_blocks(
-                    message.get("tool_calls").unwrap_or(&Value::Null),
-                )?);
+                let mut blocks = content_blocks(&content)?;
+                blocks.extend(tool_use_blocks(message.tool_calls.unwrap_or_default())?);
                 ("assistant", blocks)
             }
             Some("tool") => {
-                let block = json!({"toolResult": {
-                    "toolUseId": message.get("tool_call_id").and_then(Value::as_str).unwrap_or(""),
-                    "content": tool_result_content(content),
-                }});
+                let block = ConverseBlock::ToolResult(ConverseToolResult {
+                    tool_use_id: message.tool_call_id.unwrap_or_default(),
+                    content: [tool_result_content(&content)],
+                });
                 ("user", vec![block])
             }
             _ => {
@@ -603,54 +885,35 @@ pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamErro
         // Converse requires alternating roles: consecutive tool results (and a user
         // message after them) become one user message.
         match messages.last_mut() {
-            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
-            _ => messages.push((role, blocks)),
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(ConverseMessage {
+                role,
+                content: blocks,
+            }),
         }
     }
-    let mut body = Map::new();
-    body.insert(
-        "messages".into(),
-        Value::Array(
-            messages
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
-    }
-    let mut inference = Map::new();
-    // The hub sends one cap; should two come, the smaller (what a hold assumes).
-    if let Some(max) = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .filter_map(|f| request.get(*f).and_then(Value::as_u64))
-        .min()
-    {
-        inference.insert("maxTokens".into(), json!(max));
-    }
-    if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
-        inference.insert("temperature".into(), t.clone());
-    }
-    if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
-        inference.insert("topP".into(), p.clone());
-    }
-    match request.get("stop") {
-        Some(Value::String(s)) => {
-            inference.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            inference.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
-    }
-    if !inference.is_empty() {
-        body.insert("inferenceConfig".into(), Value::Object(inference));
-    }
-    if let Some(config) = tool_config(request) {
-        body.insert("toolConfig".into(), config);
-    }
-    Ok(Value::Object(body))
+    let inference_config = InferenceConfig {
+        // The hub sends one cap; should two come, the smaller (what a hold assumes).
+        max_tokens: [request.max_completion_tokens, request.max_tokens]
+            .into_iter()
+            .flatten()
+            .min(),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop_sequences: match request.stop {
+            Some(ChatStop::One(s)) => Some(vec![Value::String(s)]),
+            Some(ChatStop::Many(stops)) if !stops.is_empty() => Some(stops),
+            _ => None,
+        },
+    };
+    let body = ConverseRequest {
+        messages,
+        system,
+        inference_config,
+        tool_config: tool_config(request.tools, request.tool_choice.as_ref()),
+    };
+    serde_json::to_value(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
 }
 
 /// A Converse `stopReason` as an OpenAI `finish_reason`.
@@ -1150,22 +1413,21 @@ const TITAN_CONCURRENT_CALLS: usize = 4;
 /// `dimensions` (256, 512 or 1024) and `normalize`; the multimodal model takes
 /// `embeddingConfig.outputEmbeddingLength` instead.
 pub fn titan_embed_request(model_id: &str, text: &str, request: &Value) -> Value {
-    let mut body = json!({"inputText": text});
-    let dimensions = request.get("dimensions").filter(|d| d.is_u64());
+    let request: EmbeddingsRequest = read_or_default(request);
+    let dimensions = request.dimensions.and_then(|d| u64::deserialize(d).ok());
+    let mut body = TitanEmbedRequest {
+        input_text: text.to_string(),
+        ..TitanEmbedRequest::default()
+    };
     if base_model_id(model_id).starts_with("amazon.titan-embed-image") {
-        if let Some(d) = dimensions {
-            body["embeddingConfig"] = json!({"outputEmbeddingLength": d});
-        }
-        return body;
+        body.embedding_config = dimensions.map(|d| TitanEmbeddingConfig {
+            output_embedding_length: d,
+        });
+    } else {
+        body.dimensions = dimensions;
+        body.normalize = request.normalize;
     }
-    if let Some(d) = dimensions {
-        body["dimensions"] = d.clone();
-    }
-    // Not an OpenAI field: passed on when a client sends it.
-    if let Some(normalize) = request.get("normalize").filter(|n| n.is_boolean()) {
-        body["normalize"] = normalize.clone();
-    }
-    body
+    json!(body)
 }
 
 /// The Cohere Embed body for a batch of texts. `input_type` defaults to
@@ -1176,23 +1438,20 @@ pub fn cohere_embed_request(
     texts: &[String],
     request: &Value,
 ) -> Result<Value, UpstreamError> {
-    let input_type = request
-        .get("input_type")
-        .and_then(Value::as_str)
-        .unwrap_or("search_document");
-    let mut body = json!({"texts": texts, "input_type": input_type});
-    if let Some(truncate) = request.get("truncate").filter(|t| t.is_string()) {
-        body["truncate"] = truncate.clone();
+    let request: EmbeddingsRequest = read_or_default(request);
+    if request.dimensions.is_some() && !base_model_id(model_id).starts_with("cohere.embed-v4") {
+        return Err(unsupported(
+            "`dimensions` with Cohere Embed models before v4",
+        ));
     }
-    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
-        if !base_model_id(model_id).starts_with("cohere.embed-v4") {
-            return Err(unsupported(
-                "`dimensions` with Cohere Embed models before v4",
-            ));
-        }
-        body["output_dimension"] = d.clone();
-    }
-    Ok(body)
+    Ok(json!(CohereEmbedRequest {
+        texts,
+        input_type: request
+            .input_type
+            .unwrap_or_else(|| "search_document".to_string()),
+        truncate: request.truncate,
+        output_dimension: request.dimensions,
+    }))
 }
 
 /// The float vectors of a Cohere Embed answer: `embeddings` is a list of vectors
@@ -1328,21 +1587,18 @@ pub fn is_text_image_model(model_id: &str) -> bool {
 /// `TEXT_IMAGE` body: `n` → `numberOfImages`, `size` → `width`/`height`,
 /// `quality` `hd`/`high` → `premium`, `standard`/`medium`/`low` → `standard`.
 pub fn openai_to_text_image_request(request: &Value) -> Result<Value, UpstreamError> {
-    let prompt = request
-        .get("prompt")
-        .and_then(Value::as_str)
+    let images: ImagesRequest = read_or_default(request);
+    let prompt = images
+        .prompt
         .filter(|p| !p.is_empty())
         .ok_or_else(|| unsupported("image requests without a prompt"))?;
     let mut config = Map::new();
-    config.insert(
-        "numberOfImages".into(),
-        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
-    );
+    config.insert("numberOfImages".into(), json!(images.n.unwrap_or(1)));
     if let Some((width, height)) = image_size(request, "bedrock")? {
         config.insert("width".into(), json!(width));
         config.insert("height".into(), json!(height));
     }
-    match request.get("quality").and_then(Value::as_str) {
+    match images.quality.as_deref() {
         None | Some("auto") => {}
         Some("hd" | "high") => {
             config.insert("quality".into(), json!("premium"));
