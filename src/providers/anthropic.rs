@@ -1546,6 +1546,35 @@ mod tests {
     }
 
     #[test]
+    fn fields_of_the_wrong_type_count_as_absent_and_null_markers_pass_on() {
+        let out = translate(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "x", "cache_control": null}]}],
+            "temperature": "hot", "top_p": "high", "user": 7, "stop": 3, "n": "two",
+            "thinking": "yes", "parallel_tool_calls": "no",
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "x", "cache_control": null}]}],
+                "max_tokens": DEFAULT_MAX_TOKENS,
+            })
+        );
+        // The keys go out sorted, as they did when the body was built as a JSON value.
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0.5, "stop": "S", "user": "u"}),
+        );
+        assert_eq!(
+            out.to_string(),
+            r#"{"max_tokens":4096,"messages":[{"content":"x","role":"user"}],"metadata":{"user_id":"u"},"model":"m","stop_sequences":["S"],"temperature":0.5}"#
+        );
+    }
+
+    #[test]
     fn tools_and_tool_choice_map() {
         let tools = json!([{"type": "function", "function": {"name": "get_weather",
             "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
