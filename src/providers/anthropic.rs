@@ -22,8 +22,8 @@
 
 use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
-    error_dot_message, openai_usage_json, AnswerKind, ChatOutcome, ChatStream, ProviderApi,
-    SseEvent, StreamItem, UpstreamCall, UpstreamError,
+    chat_completion, error_dot_message, AnswerKind, AssistantMessage, ChatOutcome, ChatStream,
+    ProviderApi, SseEvent, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
@@ -234,6 +234,8 @@ struct AnthropicRequest {
     tools: Option<Vec<AnthropicTool>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<AnthropicToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -358,8 +360,14 @@ impl AnthropicToolChoice {
 /// Translates an OpenAI chat request (with `model` already the upstream's name)
 /// into an Anthropic Messages request. Does not set `stream`.
 pub fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamError> {
-    let request: OpenAiChatRequest = read_or_default(request);
-    let body = translate_request(request)?;
+    anthropic_body(request, false)
+}
+
+/// The Anthropic request body for an OpenAI chat request, with `"stream": true`
+/// when `stream`.
+fn anthropic_body(request: &Value, stream: bool) -> Result<Value, UpstreamError> {
+    let mut body = translate_request(read_or_default(request))?;
+    body.stream = stream.then_some(true);
     serde_json::to_value(body)
         .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
 }
@@ -453,6 +461,7 @@ fn translate_request(request: OpenAiChatRequest) -> Result<AnthropicRequest, Ups
         thinking: request.thinking,
         tools,
         tool_choice,
+        stream: None,
     })
 }
 
@@ -933,33 +942,20 @@ fn answer_to_openai(answer: AnthropicAnswer) -> Result<Value, UpstreamError> {
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant"});
-    message["content"] = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        json!(text)
-    };
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
+    let message = AssistantMessage::new(text, reasoning, tool_calls);
     let finish_reason = answer
         .stop_reason
         .as_deref()
         .map(anthropic_to_openai_finish_reason);
-    let mut out = json!({
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": now_unix(),
-        "model": answer.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-    });
-    if let Some(usage) = answer.usage.as_ref().and_then(usage_of) {
-        out["usage"] = openai_usage_json(&usage);
-    }
-    Ok(out)
+    let choice = json!({"index": 0, "message": message, "finish_reason": finish_reason});
+    let usage = answer.usage.as_ref().and_then(usage_of);
+    Ok(chat_completion(
+        answer.id,
+        now_unix(),
+        answer.model,
+        vec![choice],
+        usage.as_ref(),
+    ))
 }
 
 /// The status an in-stream `error` event stands for, from its `error.type`.
@@ -1341,8 +1337,7 @@ impl ProviderApi for Anthropic {
         call: &UpstreamCall<'_>,
         request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        let mut body = openai_to_anthropic_request(request)?;
-        body["stream"] = json!(true);
+        let body = anthropic_body(request, true)?;
         let response = call.http.send(post(call, &body), error_dot_message).await?;
         Ok(anthropic_to_openai_stream(call.http.sse_events(response)))
     }

@@ -38,8 +38,9 @@
 use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
     embedding_texts, embedding_vector, embeddings_list, image_item, image_size, images_answer,
-    wants_base64_embeddings, AnswerBudget, AnswerKind, ChatOutcome, ChatStream, Credential,
-    EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
+    wants_base64_embeddings, AnswerBudget, AnswerKind, AssistantMessage, ChatOutcome, ChatStream,
+    Credential, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall,
+    UpstreamError,
 };
 use async_trait::async_trait;
 use aws_smithy_types::event_stream::Message;
@@ -982,32 +983,19 @@ pub fn converse_to_openai_response(
             reasoning.push_str(&t);
         }
     }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
-    });
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
+    let message = AssistantMessage::new(text, reasoning, tool_calls);
     let stop_reason = answer.stop_reason.as_deref().unwrap_or("end_turn");
     let usage = answer.usage.as_ref().and_then(usage_of);
-    let mut answer = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": now_seconds(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stop_reason)}],
-    });
-    if let Some(usage) = &usage {
-        answer["usage"] = super::openai_usage_json(usage);
-    }
-    Ok(ChatOutcome {
-        body: answer,
-        usage,
-    })
+    let choice =
+        json!({"index": 0, "message": message, "finish_reason": finish_reason(stop_reason)});
+    let body = super::chat_completion(
+        json!(id),
+        now_seconds(),
+        json!(model),
+        vec![choice],
+        usage.as_ref(),
+    );
+    Ok(ChatOutcome { body, usage })
 }
 
 /// An incremental decoder of AWS event-stream messages: bytes are pushed as they
@@ -1343,9 +1331,7 @@ fn decode_converse_stream(
 }
 
 fn model_of(request: &Value) -> Result<&str, UpstreamError> {
-    request
-        .get("model")
-        .and_then(Value::as_str)
+    super::request_model(request)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| UpstreamError::Protocol("request without a model".into()))
 }

@@ -19,8 +19,9 @@
 
 use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
-    image_item, image_size, images_answer, openai_usage_json, AnswerKind, ChatOutcome, ChatStream,
-    EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
+    chat_completion, image_item, image_size, images_answer, AnswerKind, AssistantMessage,
+    ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem,
+    UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use base64::Engine;
@@ -282,9 +283,7 @@ fn gemini_model_path(model: &str, action: &str) -> String {
 }
 
 fn upstream_model(request: &Value) -> Result<&str, UpstreamError> {
-    request
-        .get("model")
-        .and_then(Value::as_str)
+    super::request_model(request)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| unsupported("requests without a model"))
 }
@@ -1312,16 +1311,13 @@ fn answer_to_openai(answer: &GeminiAnswer, model: &str) -> ChatOutcome {
         }));
     }
     let usage = answer.usage_metadata.as_ref().and_then(usage_of);
-    let mut body = json!({
-        "id": answer.completion_id(),
-        "object": "chat.completion",
-        "created": chrono::Utc::now().timestamp(),
-        "model": answer.model_version.as_deref().unwrap_or(model),
-        "choices": choices,
-    });
-    if let Some(usage) = &usage {
-        body["usage"] = openai_usage_json(usage);
-    }
+    let body = chat_completion(
+        json!(answer.completion_id()),
+        chrono::Utc::now().timestamp(),
+        json!(answer.model_version.as_deref().unwrap_or(model)),
+        choices,
+        usage.as_ref(),
+    );
     ChatOutcome { body, usage }
 }
 
@@ -1329,30 +1325,18 @@ fn answer_to_openai(answer: &GeminiAnswer, model: &str) -> ChatOutcome {
 fn candidate_to_openai_choice(candidate: &GeminiCandidate, position: usize) -> Value {
     let pieces = gemini_parts_to_openai(candidate.parts(), &mut 0);
     let called_tools = !pieces.tool_calls.is_empty();
-    let mut message = json!({
-        "role": "assistant",
-        "content": if called_tools && pieces.content.is_empty() {
-            Value::Null
-        } else {
-            json!(pieces.content)
-        },
-    });
-    if !pieces.reasoning.is_empty() {
-        message["reasoning_content"] = json!(pieces.reasoning);
-    }
-    if called_tools {
-        let calls: Vec<Value> = pieces
-            .tool_calls
-            .into_iter()
-            .map(|mut c| {
-                if let Some(c) = c.as_object_mut() {
-                    c.remove("index");
-                }
-                c
-            })
-            .collect();
-        message["tool_calls"] = Value::Array(calls);
-    }
+    // A whole answer's tool calls have no `index` (a stream's do).
+    let calls: Vec<Value> = pieces
+        .tool_calls
+        .into_iter()
+        .map(|mut call| {
+            if let Value::Object(fields) = &mut call {
+                fields.remove("index");
+            }
+            call
+        })
+        .collect();
+    let message = AssistantMessage::new(pieces.content, pieces.reasoning, calls);
     let finish_reason = candidate
         .finish_reason
         .as_deref()

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -667,6 +667,17 @@ struct ErrorBodyDetail {
     message: Option<String>,
 }
 
+/// The `model` of an OpenAI request (by then the upstream's own name); `None`
+/// when absent or not a string.
+pub fn request_model(request: &Value) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct ModelField<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a str>,
+    }
+    ModelField::deserialize(request).ok()?.model
+}
+
 /// The `error.message` of an error body (OpenAI's and Anthropic's shape).
 pub fn error_dot_message(body: &Value) -> Option<String> {
     wire::read_or_default::<ErrorBody>(body).error?.message
@@ -724,6 +735,62 @@ fn sse_events(bytes: UpstreamBytes, parser: sse::SseParser, idle: Duration) -> S
             }
         },
     ))
+}
+
+/// An OpenAI `chat.completion` as the translating providers (Anthropic, Gemini,
+/// Bedrock) build it, with `usage` when the upstream reported it. Built as a JSON
+/// value, so its keys are sorted, as they always were.
+pub fn chat_completion(
+    id: Value,
+    created: i64,
+    model: Value,
+    choices: Vec<Value>,
+    usage: Option<&Usage>,
+) -> Value {
+    #[derive(Serialize)]
+    struct ChatCompletion {
+        id: Value,
+        object: &'static str,
+        created: i64,
+        model: Value,
+        choices: Vec<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Value>,
+    }
+    serde_json::json!(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices,
+        usage: usage.map(openai_usage_json),
+    })
+}
+
+/// The assistant `message` of an OpenAI `chat.completion` choice.
+#[derive(Serialize)]
+pub struct AssistantMessage {
+    role: &'static str,
+    /// `null` when the answer is tool calls and no text.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<Value>>,
+}
+
+impl AssistantMessage {
+    /// The message of an answer's text, reasoning and tool calls (the empty ones
+    /// left out).
+    pub fn new(text: String, reasoning: String, tool_calls: Vec<Value>) -> Self {
+        let tool_calls_only = text.is_empty() && !tool_calls.is_empty();
+        Self {
+            role: "assistant",
+            content: (!tool_calls_only).then_some(text),
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+        }
+    }
 }
 
 /// Usage in OpenAI's shape, as the hub reports it to clients.

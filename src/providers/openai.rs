@@ -316,7 +316,7 @@ async fn ollama_embeddings(
     request: &Value,
 ) -> Result<EmbeddingsOutcome, UpstreamError> {
     let texts = embedding_texts(request, "ollama")?;
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+    let model = super::request_model(request).unwrap_or("");
     let body = ollama_embed_request(request, &texts);
     let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
     let exchange = async {
