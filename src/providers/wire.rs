@@ -31,7 +31,12 @@ where
     T: DeserializeOwned + Default,
 {
     Ok(match Value::deserialize(deserializer)? {
-        Value::Array(items) => Some(items.iter().map(read_or_default).collect()),
+        Value::Array(items) => Some(
+            items
+                .into_iter()
+                .map(|item| T::deserialize(item).unwrap_or_default())
+                .collect(),
+        ),
         _ => None,
     })
 }
