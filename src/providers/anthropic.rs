@@ -20,14 +20,16 @@
 //! and `messages_passthrough_stream` send the client's body as it is and hand the
 //! answer back as it came, reading only the usage.
 
+use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
-    error_dot_message, openai_usage_json, AnswerKind, ChatOutcome, ChatStream, ProviderApi,
-    SseEvent, StreamItem, UpstreamCall, UpstreamError,
+    chat_completion, error_dot_message, AnswerKind, AssistantMessage, ChatOutcome, ChatStream,
+    ProviderApi, SseEvent, StreamItem, UpstreamCall, UpstreamError,
 };
 use async_trait::async_trait;
 use domain::Usage;
 use futures_util::{Stream, StreamExt};
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Number, Value};
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
@@ -49,40 +51,349 @@ fn bad_request(message: impl Into<String>) -> UpstreamError {
 }
 
 // ---------------------------------------------------------------------------
+// Wire shapes: the OpenAI request read, the Anthropic request written
+// ---------------------------------------------------------------------------
+
+/// The fields of an OpenAI chat request the translation reads. Each is read
+/// leniently (see [`super::wire`]): a field of the wrong type counts as absent.
+#[derive(Default, Deserialize)]
+struct OpenAiChatRequest {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    messages: Option<Vec<OpenAiMessage>>,
+    #[serde(default, deserialize_with = "lenient")]
+    n: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    temperature: Option<f64>,
+    #[serde(default, deserialize_with = "lenient")]
+    top_p: Option<Number>,
+    /// Not OpenAI, but accepted by several OpenAI-compatible gateways.
+    #[serde(default, deserialize_with = "lenient")]
+    top_k: Option<Number>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop: Option<OpenAiStop>,
+    #[serde(default, deserialize_with = "lenient")]
+    user: Option<String>,
+    /// Extended thinking, in Anthropic's own shape.
+    #[serde(default, deserialize_with = "lenient")]
+    thinking: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tools: Option<Vec<OpenAiTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    response_format: Option<OpenAiResponseFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OpenAiStop {
+    One(String),
+    /// Passed on as given.
+    Many(Vec<Value>),
+}
+
+#[derive(Default, Deserialize)]
+struct OpenAiMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    role: Option<String>,
+    /// A string, an array of parts, or null: checked by the translation, which
+    /// refuses any other shape.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tool_calls: Option<Vec<OpenAiToolCall>>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_call_id: Option<String>,
+}
+
+/// One part of a message's `content` array.
+#[derive(Default, Deserialize)]
+struct OpenAiPart {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    refusal: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    image_url: Option<OpenAiImageUrl>,
+    #[serde(default, deserialize_with = "lenient")]
+    file: Option<OpenAiFile>,
+    /// Anthropic's prompt-caching marker, passed on as given.
+    #[serde(default, deserialize_with = "present")]
+    cache_control: Option<Value>,
+}
+
+/// `image_url` as `{"url": …}` or, as some clients send it, the URL itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OpenAiImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+#[derive(Deserialize)]
+struct OpenAiFile {
+    #[serde(default, deserialize_with = "lenient")]
+    file_data: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct OpenAiToolCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    function: Option<OpenAiFunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    arguments: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct OpenAiTool {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    /// Kept as it came so that a `function` of the wrong shape is reported as
+    /// lacking `function.name`, not as absent.
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    cache_control: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct OpenAiFunction {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice: {"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+struct OpenAiNamedToolChoice {
+    function: OpenAiFunctionName,
+}
+
+#[derive(Deserialize)]
+struct OpenAiFunctionName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct OpenAiResponseFormat {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    json_schema: Option<OpenAiJsonSchema>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiJsonSchema {
+    #[serde(default, deserialize_with = "present")]
+    schema: Option<Value>,
+}
+
+/// An Anthropic Messages request. It goes out through `serde_json::to_value`, so
+/// its keys are sent sorted, as they always were.
+#[derive(Serialize)]
+struct AnthropicRequest {
+    model: String,
+    messages: Vec<AnthropicMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<AnthropicContent>,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<AnthropicMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<AnthropicTool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<AnthropicToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct AnthropicMessage {
+    role: &'static str,
+    content: AnthropicContent,
+}
+
+/// Content as a plain string (the shortest form) or as blocks.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnthropicContent {
+    Text(String),
+    Blocks(Vec<AnthropicBlock>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnthropicBlock {
+    Text {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    Image {
+        source: AnthropicSource,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    Document {
+        source: AnthropicSource,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: AnthropicContent,
+    },
+}
+
+impl AnthropicBlock {
+    fn text(text: impl Into<String>) -> Self {
+        AnthropicBlock::Text {
+            text: text.into(),
+            cache_control: None,
+        }
+    }
+
+    /// The text of a text block without a cache marker (one that can be sent as a
+    /// plain string).
+    fn plain_text(&self) -> Option<&str> {
+        match self {
+            AnthropicBlock::Text {
+                text,
+                cache_control: None,
+            } => Some(text),
+            _ => None,
+        }
+    }
+
+    fn set_cache_control(&mut self, marker: Value) {
+        match self {
+            AnthropicBlock::Text { cache_control, .. }
+            | AnthropicBlock::Image { cache_control, .. }
+            | AnthropicBlock::Document { cache_control, .. } => *cache_control = Some(marker),
+            AnthropicBlock::ToolUse { .. } | AnthropicBlock::ToolResult { .. } => {}
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnthropicSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+#[derive(Serialize)]
+struct AnthropicMetadata {
+    user_id: String,
+}
+
+#[derive(Serialize)]
+struct AnthropicTool {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    input_schema: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct AnthropicToolChoice {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+impl AnthropicToolChoice {
+    fn of_kind(kind: &'static str) -> Self {
+        Self {
+            kind,
+            name: None,
+            disable_parallel_tool_use: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // OpenAI request → Anthropic request
 // ---------------------------------------------------------------------------
 
 /// Translates an OpenAI chat request (with `model` already the upstream's name)
 /// into an Anthropic Messages request. Does not set `stream`.
 pub fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamError> {
+    anthropic_body(request, false)
+}
+
+/// The Anthropic request body for an OpenAI chat request, with `"stream": true`
+/// when `stream`.
+fn anthropic_body(request: &Value, stream: bool) -> Result<Value, UpstreamError> {
+    let mut body = translate_request(read_or_default(request))?;
+    body.stream = stream.then_some(true);
+    serde_json::to_value(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
+}
+
+fn translate_request(request: OpenAiChatRequest) -> Result<AnthropicRequest, UpstreamError> {
     let model = request
-        .get("model")
-        .and_then(Value::as_str)
+        .model
         .ok_or_else(|| bad_request("`model` is required"))?;
     let openai_messages = request
-        .get("messages")
-        .and_then(Value::as_array)
+        .messages
         .ok_or_else(|| bad_request("`messages` is required"))?;
-    if request
-        .get("n")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 1)
-    {
+    if request.n.is_some_and(|n| n > 1) {
         return Err(bad_request(
             "Anthropic returns a single choice: `n` must be 1",
         ));
     }
 
-    let mut system: Vec<Value> = Vec::new();
-    let mut messages: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut system: Vec<AnthropicBlock> = Vec::new();
+    let mut messages: Vec<(&'static str, Vec<AnthropicBlock>)> = Vec::new();
     for message in openai_messages {
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        match role {
+        match message.role.as_deref().unwrap_or("") {
             "system" | "developer" => {
-                system.extend(openai_to_anthropic_content(message.get("content"), true)?);
+                system.extend(openai_to_anthropic_content(message.content.as_ref(), true)?);
             }
             "user" => {
-                let blocks = openai_to_anthropic_content(message.get("content"), false)?;
+                let blocks = openai_to_anthropic_content(message.content.as_ref(), false)?;
                 push_message(&mut messages, "user", blocks);
             }
             "assistant" => {
@@ -105,104 +416,85 @@ pub fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamErr
 
     // `response_format` has no equivalent in the Messages API: best effort, the
     // wanted format is asked for in the system prompt (the answer is not validated).
-    if let Some(instruction) = response_format_instruction(request.get("response_format")) {
-        system.push(json!({"type": "text", "text": instruction}));
+    if let Some(instruction) = request
+        .response_format
+        .and_then(response_format_instruction)
+    {
+        system.push(AnthropicBlock::text(instruction));
     }
 
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert(
-        "messages".into(),
-        Value::Array(
-            messages
+    let max_tokens = requested_max_tokens(&request.max_completion_tokens, &request.max_tokens)?;
+    let tools = match request.tools.filter(|t| !t.is_empty()) {
+        Some(tools) => Some(
+            tools
                 .into_iter()
-                .map(|(role, blocks)| json!({"role": role, "content": collapse_blocks(blocks)}))
-                .collect(),
+                .map(openai_to_anthropic_tool)
+                .collect::<Result<Vec<_>, _>>()?,
         ),
-    );
-    if !system.is_empty() {
-        let plain = system
-            .iter()
-            .all(|b| b.as_object().is_some_and(|o| o.len() == 2));
-        let value = if plain {
-            let texts: Vec<&str> = system
-                .iter()
-                .filter_map(|b| b.get("text").and_then(Value::as_str))
-                .collect();
-            json!(texts.join("\n\n"))
-        } else {
-            // Keeps `cache_control` markers a client put on system parts.
-            Value::Array(system)
-        };
-        out.insert("system".into(), value);
-    }
-    out.insert("max_tokens".into(), json!(requested_max_tokens(request)?));
-    if let Some(t) = request.get("temperature").and_then(Value::as_f64) {
+        None => None,
+    };
+    let tool_choice =
+        openai_to_anthropic_tool_choice(request.tool_choice.as_ref(), request.parallel_tool_calls)?
+            .filter(|_| tools.is_some());
+    let stop_sequences = match request.stop {
+        Some(OpenAiStop::One(s)) => Some(vec![Value::String(s)]),
+        Some(OpenAiStop::Many(list)) if !list.is_empty() => Some(list),
+        _ => None,
+    };
+    Ok(AnthropicRequest {
+        model,
+        messages: messages
+            .into_iter()
+            .map(|(role, blocks)| AnthropicMessage {
+                role,
+                content: collapse_blocks(blocks),
+            })
+            .collect(),
+        system: system_content(system),
+        max_tokens,
         // OpenAI accepts 0..=2, Anthropic 0..=1.
-        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
-        out.insert("top_p".into(), p.clone());
-    }
-    // Not OpenAI, but accepted by several OpenAI-compatible gateways.
-    if let Some(k) = request.get("top_k").filter(|v| v.is_number()) {
-        out.insert("top_k".into(), k.clone());
-    }
-    match request.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(list)) if !list.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(list.clone()));
-        }
-        _ => {}
-    }
-    if let Some(user) = request.get("user").and_then(Value::as_str) {
-        out.insert("metadata".into(), json!({"user_id": user}));
-    }
-    // Extended thinking, in Anthropic's own shape, passes through when asked for.
-    if let Some(thinking) = request.get("thinking").filter(|v| v.is_object()) {
-        out.insert("thinking".into(), thinking.clone());
-    }
+        temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
+        top_p: request.top_p,
+        top_k: request.top_k,
+        stop_sequences,
+        metadata: request.user.map(|user_id| AnthropicMetadata { user_id }),
+        thinking: request.thinking,
+        tools,
+        tool_choice,
+        stream: None,
+    })
+}
 
-    let tools = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .filter(|t| !t.is_empty());
-    if let Some(tools) = tools {
-        out.insert(
-            "tools".into(),
-            Value::Array(
-                tools
-                    .iter()
-                    .map(openai_to_anthropic_tool)
-                    .collect::<Result<_, _>>()?,
-            ),
-        );
+/// The system blocks as one string when they are all plain text, else as blocks
+/// (which keeps `cache_control` markers a client put on system parts).
+fn system_content(system: Vec<AnthropicBlock>) -> Option<AnthropicContent> {
+    if system.is_empty() {
+        return None;
     }
-    let parallel = request.get("parallel_tool_calls").and_then(Value::as_bool);
-    if let Some(choice) = openai_to_anthropic_tool_choice(request.get("tool_choice"), parallel)? {
-        if tools.is_some() {
-            out.insert("tool_choice".into(), choice);
-        }
-    }
-    Ok(Value::Object(out))
+    let texts: Option<Vec<&str>> = system.iter().map(AnthropicBlock::plain_text).collect();
+    Some(match texts {
+        Some(texts) => AnthropicContent::Text(texts.join("\n\n")),
+        None => AnthropicContent::Blocks(system),
+    })
 }
 
 /// `max_completion_tokens` / `max_tokens` (the smaller when both are given, as the
 /// hold assumes), else [`DEFAULT_MAX_TOKENS`].
-fn requested_max_tokens(request: &Value) -> Result<u64, UpstreamError> {
+fn requested_max_tokens(
+    max_completion_tokens: &Option<Value>,
+    max_tokens: &Option<Value>,
+) -> Result<u64, UpstreamError> {
     let mut max = None;
-    for field in ["max_completion_tokens", "max_tokens"] {
-        match request.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                let n = v
-                    .as_u64()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| bad_request(format!("`{field}` must be a positive integer")))?;
-                max = Some(max.map_or(n, |m: u64| m.min(n)));
-            }
+    for (field, value) in [
+        ("max_completion_tokens", max_completion_tokens),
+        ("max_tokens", max_tokens),
+    ] {
+        if let Some(v) = value {
+            let n = v
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad_request(format!("`{field}` must be a positive integer")))?;
+            max = Some(max.map_or(n, |m: u64| m.min(n)));
         }
     }
     Ok(max.unwrap_or(DEFAULT_MAX_TOKENS))
@@ -210,26 +502,28 @@ fn requested_max_tokens(request: &Value) -> Result<u64, UpstreamError> {
 
 /// Appends a turn, merging it into the previous one when the role is the same
 /// (Anthropic wants user and assistant turns to alternate).
-fn push_message(messages: &mut Vec<(String, Vec<Value>)>, role: &str, blocks: Vec<Value>) {
+fn push_message(
+    messages: &mut Vec<(&'static str, Vec<AnthropicBlock>)>,
+    role: &'static str,
+    blocks: Vec<AnthropicBlock>,
+) {
     if blocks.is_empty() {
         return;
     }
     match messages.last_mut() {
-        Some((last_role, last_blocks)) if last_role == role => last_blocks.extend(blocks),
-        _ => messages.push((role.to_string(), blocks)),
+        Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
+        _ => messages.push((role, blocks)),
     }
 }
 
 /// A turn of one plain text block is sent as a string, the shortest form.
-fn collapse_blocks(mut blocks: Vec<Value>) -> Value {
-    let single_plain_text = blocks.len() == 1
-        && blocks[0]["type"] == "text"
-        && blocks[0].as_object().is_some_and(|o| o.len() == 2);
-    if single_plain_text {
-        blocks.pop().unwrap()["text"].take()
-    } else {
-        Value::Array(blocks)
+fn collapse_blocks(mut blocks: Vec<AnthropicBlock>) -> AnthropicContent {
+    if blocks.len() == 1 && blocks[0].plain_text().is_some() {
+        if let Some(AnthropicBlock::Text { text, .. }) = blocks.pop() {
+            return AnthropicContent::Text(text);
+        }
     }
+    AnthropicContent::Blocks(blocks)
 }
 
 /// Content of a system or user message (a string or an array of parts) as
@@ -237,15 +531,15 @@ fn collapse_blocks(mut blocks: Vec<Value>) -> Value {
 fn openai_to_anthropic_content(
     content: Option<&Value>,
     text_only: bool,
-) -> Result<Vec<Value>, UpstreamError> {
+) -> Result<Vec<AnthropicBlock>, UpstreamError> {
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::String(s)) => Ok(vec![AnthropicBlock::text(s.as_str())]),
         Some(Value::Array(parts)) => {
             let mut blocks = Vec::with_capacity(parts.len());
             for part in parts {
-                if let Some(block) = openai_to_anthropic_part(part, text_only)? {
+                if let Some(block) = openai_to_anthropic_part(read_or_default(part), text_only)? {
                     blocks.push(block);
                 }
             }
@@ -258,38 +552,48 @@ fn openai_to_anthropic_content(
 }
 
 /// One OpenAI content part as an Anthropic block (`None` for empty text).
-fn openai_to_anthropic_part(part: &Value, text_only: bool) -> Result<Option<Value>, UpstreamError> {
-    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+fn openai_to_anthropic_part(
+    part: OpenAiPart,
+    text_only: bool,
+) -> Result<Option<AnthropicBlock>, UpstreamError> {
+    let kind = part.kind.as_deref().unwrap_or("");
     let mut block = match kind {
         "text" | "refusal" => {
-            let text = part
-                .get(kind)
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request(format!("a `{kind}` part needs `{kind}`")))?;
+            let text = if kind == "text" {
+                part.text
+            } else {
+                part.refusal
+            }
+            .ok_or_else(|| bad_request(format!("a `{kind}` part needs `{kind}`")))?;
             if text.is_empty() {
                 return Ok(None);
             }
-            json!({"type": "text", "text": text})
+            AnthropicBlock::text(text)
         }
         "image_url" if !text_only => {
-            let url = part
-                .pointer("/image_url/url")
-                .or_else(|| part.get("image_url").filter(|v| v.is_string()))
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request("an `image_url` part needs `image_url.url`"))?;
-            json!({"type": "image", "source": image_source(url)?})
+            let url = match part.image_url {
+                Some(OpenAiImageUrl::Url(url) | OpenAiImageUrl::Object { url }) => url,
+                None => return Err(bad_request("an `image_url` part needs `image_url.url`")),
+            };
+            AnthropicBlock::Image {
+                source: image_source(&url)?,
+                cache_control: None,
+            }
         }
         "file" if !text_only => {
             // PDFs as base64 data URLs become `document` blocks.
-            let data = part
-                .pointer("/file/file_data")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    bad_request("only `file` parts with `file_data` are supported for Anthropic")
-                })?;
-            let (media_type, data) = parse_data_url(data)
+            let data = part.file.and_then(|f| f.file_data).ok_or_else(|| {
+                bad_request("only `file` parts with `file_data` are supported for Anthropic")
+            })?;
+            let (media_type, data) = parse_data_url(&data)
                 .ok_or_else(|| bad_request("`file.file_data` must be a base64 data URL"))?;
-            json!({"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}})
+            AnthropicBlock::Document {
+                source: AnthropicSource::Base64 {
+                    media_type: media_type.to_string(),
+                    data: data.to_string(),
+                },
+                cache_control: None,
+            }
         }
         other => {
             return Err(bad_request(format!(
@@ -297,8 +601,8 @@ fn openai_to_anthropic_part(part: &Value, text_only: bool) -> Result<Option<Valu
             )))
         }
     };
-    if let Some(cache_control) = part.get("cache_control") {
-        block["cache_control"] = cache_control.clone();
+    if let Some(cache_control) = part.cache_control {
+        block.set_cache_control(cache_control);
     }
     Ok(Some(block))
 }
@@ -313,139 +617,139 @@ fn parse_data_url(url: &str) -> Option<(&str, &str)> {
 
 /// An image URL as an Anthropic image `source`: data URLs inline as base64, web
 /// URLs by reference.
-fn image_source(url: &str) -> Result<Value, UpstreamError> {
+fn image_source(url: &str) -> Result<AnthropicSource, UpstreamError> {
     if url.starts_with("data:") {
         let (media_type, data) = parse_data_url(url)
             .ok_or_else(|| bad_request("image data URLs must be base64 encoded"))?;
-        Ok(json!({"type": "base64", "media_type": media_type, "data": data}))
+        Ok(AnthropicSource::Base64 {
+            media_type: media_type.to_string(),
+            data: data.to_string(),
+        })
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(json!({"type": "url", "url": url}))
+        Ok(AnthropicSource::Url {
+            url: url.to_string(),
+        })
     } else {
         Err(bad_request("an image URL must be an http(s) or data URL"))
     }
 }
 
 /// An assistant message: its text, then its tool calls as `tool_use` blocks.
-fn openai_to_anthropic_assistant_blocks(message: &Value) -> Result<Vec<Value>, UpstreamError> {
-    let mut blocks = openai_to_anthropic_content(message.get("content"), true)?;
-    for call in message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+fn openai_to_anthropic_assistant_blocks(
+    message: OpenAiMessage,
+) -> Result<Vec<AnthropicBlock>, UpstreamError> {
+    let mut blocks = openai_to_anthropic_content(message.content.as_ref(), true)?;
+    for call in message.tool_calls.into_iter().flatten() {
         let id = call
-            .get("id")
-            .and_then(Value::as_str)
+            .id
             .ok_or_else(|| bad_request("a tool call needs an `id`"))?;
-        let name = call
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request("a tool call needs `function.name`"))?;
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let (name, arguments) = match call.function {
+            Some(OpenAiFunctionCall {
+                name: Some(name),
+                arguments,
+            }) => (name, arguments.unwrap_or_default()),
+            _ => return Err(bad_request("a tool call needs `function.name`")),
+        };
         // Anthropic wants the input as an object; arguments that are not a JSON
         // object (or empty) are sent as an empty input.
-        let input = serde_json::from_str::<Value>(arguments)
+        let input = serde_json::from_str::<Value>(&arguments)
             .ok()
             .filter(Value::is_object)
             .unwrap_or_else(|| json!({}));
-        blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+        blocks.push(AnthropicBlock::ToolUse { id, name, input });
     }
     Ok(blocks)
 }
 
 /// A `role: "tool"` message as a `tool_result` block.
-fn openai_to_anthropic_tool_result(message: &Value) -> Result<Value, UpstreamError> {
-    let id = message
-        .get("tool_call_id")
-        .and_then(Value::as_str)
+fn openai_to_anthropic_tool_result(
+    message: OpenAiMessage,
+) -> Result<AnthropicBlock, UpstreamError> {
+    let tool_use_id = message
+        .tool_call_id
         .ok_or_else(|| bad_request("a tool message needs `tool_call_id`"))?;
-    let content = match message.get("content") {
-        Some(Value::String(s)) => json!(s),
-        Some(Value::Array(_)) => {
-            Value::Array(openai_to_anthropic_content(message.get("content"), false)?)
+    let content = match message.content {
+        Some(Value::String(s)) => AnthropicContent::Text(s),
+        Some(parts @ Value::Array(_)) => {
+            AnthropicContent::Blocks(openai_to_anthropic_content(Some(&parts), false)?)
         }
-        _ => json!(""),
+        _ => AnthropicContent::Text(String::new()),
     };
-    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
+    Ok(AnthropicBlock::ToolResult {
+        tool_use_id,
+        content,
+    })
 }
 
 /// An OpenAI function tool as an Anthropic tool.
-fn openai_to_anthropic_tool(tool: &Value) -> Result<Value, UpstreamError> {
-    if tool.get("type").and_then(Value::as_str) != Some("function") {
+fn openai_to_anthropic_tool(tool: OpenAiTool) -> Result<AnthropicTool, UpstreamError> {
+    if tool.kind.as_deref() != Some("function") {
         return Err(bad_request(
             "only `function` tools are supported for Anthropic",
         ));
     }
     let function = tool
-        .get("function")
+        .function
         .ok_or_else(|| bad_request("a tool needs `function`"))?;
+    let function: OpenAiFunction = read_or_default(&function);
     let name = function
-        .get("name")
-        .and_then(Value::as_str)
+        .name
         .ok_or_else(|| bad_request("a tool needs `function.name`"))?;
-    let mut out = json!({"name": name});
-    if let Some(description) = function.get("description").and_then(Value::as_str) {
-        out["description"] = json!(description);
-    }
-    out["input_schema"] = function
-        .get("parameters")
-        .filter(|p| p.is_object())
-        .cloned()
-        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-    if let Some(cache_control) = tool.get("cache_control") {
-        out["cache_control"] = cache_control.clone();
-    }
-    Ok(out)
+    Ok(AnthropicTool {
+        name,
+        description: function.description,
+        input_schema: function
+            .parameters
+            .map(Value::Object)
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        cache_control: tool.cache_control,
+    })
 }
 
 /// OpenAI `tool_choice` (and `parallel_tool_calls`) as Anthropic `tool_choice`.
 fn openai_to_anthropic_tool_choice(
     choice: Option<&Value>,
     parallel_tool_calls: Option<bool>,
-) -> Result<Option<Value>, UpstreamError> {
+) -> Result<Option<AnthropicToolChoice>, UpstreamError> {
     let mut out = match choice {
         None | Some(Value::Null) => {
             if parallel_tool_calls == Some(false) {
-                json!({"type": "auto"})
+                AnthropicToolChoice::of_kind("auto")
             } else {
                 return Ok(None);
             }
         }
         Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "none" => return Ok(Some(json!({"type": "none"}))),
-            "required" => json!({"type": "any"}),
+            "auto" => AnthropicToolChoice::of_kind("auto"),
+            "none" => return Ok(Some(AnthropicToolChoice::of_kind("none"))),
+            "required" => AnthropicToolChoice::of_kind("any"),
             other => return Err(bad_request(format!("unknown `tool_choice` {other:?}"))),
         },
         Some(object) => {
-            let name = object
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request("`tool_choice` needs `function.name`"))?;
-            json!({"type": "tool", "name": name})
+            let named = OpenAiNamedToolChoice::deserialize(object)
+                .map_err(|_| bad_request("`tool_choice` needs `function.name`"))?;
+            AnthropicToolChoice {
+                name: Some(named.function.name),
+                ..AnthropicToolChoice::of_kind("tool")
+            }
         }
     };
     if parallel_tool_calls == Some(false) {
-        out["disable_parallel_tool_use"] = json!(true);
+        out.disable_parallel_tool_use = Some(true);
     }
     Ok(Some(out))
 }
 
 /// The system instruction standing in for `response_format` (best effort: the
 /// Messages API has no JSON mode).
-fn response_format_instruction(format: Option<&Value>) -> Option<String> {
-    let format = format?;
-    match format.get("type").and_then(Value::as_str)? {
+fn response_format_instruction(format: OpenAiResponseFormat) -> Option<String> {
+    match format.kind.as_deref()? {
         "json_object" => Some(
             "Respond only with a single valid JSON object, without any other text or code fences."
                 .to_string(),
         ),
         "json_schema" => {
-            let schema = format.pointer("/json_schema/schema");
+            let schema = format.json_schema.and_then(|s| s.schema);
             let mut text = String::from(
                 "Respond only with a single valid JSON value, without any other text or code fences",
             );
@@ -463,11 +767,134 @@ fn response_format_instruction(format: Option<&Value>) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------
+// Wire shapes: Anthropic's answer, stream events, usage and errors
+// ---------------------------------------------------------------------------
+
+/// An Anthropic message (the answer of a call without `stream`).
+#[derive(Default, Deserialize)]
+struct AnthropicAnswer {
+    /// Passed on as it came (`null` when absent).
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    model: Value,
+    #[serde(default, deserialize_with = "lenient_items")]
+    content: Option<Vec<AnswerBlock>>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<AnthropicUsage>,
+}
+
+/// A content block of an answer, or the block a stream's `content_block_start`
+/// opens. Only the fields of the kinds the hub passes on are read.
+#[derive(Default, Deserialize)]
+struct AnswerBlock {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    thinking: Option<String>,
+    /// A `tool_use` block's id and name, passed on as they came.
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    name: Value,
+    #[serde(default, deserialize_with = "present")]
+    input: Option<Value>,
+}
+
+/// Anthropic's `usage` block (see the module documentation for what each counts).
+#[derive(Clone, Copy, Default, Deserialize)]
+struct AnthropicUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    output_tokens: Option<u64>,
+}
+
+/// One stream event. A flat struct rather than an enum over `type`: an event
+/// without `type` takes its kind from the SSE event name, and each kind reads only
+/// its own fields.
+#[derive(Default, Deserialize)]
+struct StreamEvent {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    /// `message_start`: the message being streamed.
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<StartedMessage>,
+    /// `content_block_*`: the block's position in the message.
+    #[serde(default, deserialize_with = "lenient")]
+    index: Option<u64>,
+    /// `content_block_start`.
+    #[serde(default, deserialize_with = "lenient")]
+    content_block: Option<AnswerBlock>,
+    /// `content_block_delta` and `message_delta`.
+    #[serde(default, deserialize_with = "lenient")]
+    delta: Option<StreamDelta>,
+    /// `message_delta`.
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<AnthropicUsage>,
+    /// `error`.
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<AnthropicErrorDetail>,
+}
+
+impl StreamEvent {
+    /// The event's kind: its payload's `type`, else the SSE event name.
+    fn kind<'a>(&'a self, event: Option<&'a str>) -> &'a str {
+        self.kind.as_deref().or(event).unwrap_or("")
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct StartedMessage {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    model: Value,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Default, Deserialize)]
+struct StreamDelta {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    thinking: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    partial_json: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+}
+
+/// `error` of an error body or of a stream's `error` event.
+#[derive(Default, Deserialize)]
+struct AnthropicErrorDetail {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
 // Anthropic response → OpenAI response
 // ---------------------------------------------------------------------------
 
 /// Normalized usage from an Anthropic `usage` object; `None` if it has no counts.
 pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
+    usage_of(&read_or_default(usage))
+}
+
+fn usage_of(usage: &AnthropicUsage) -> Option<Usage> {
     let merged = UsageMerge::default().merged_with(usage);
     merged.any().then(|| merged.usage())
 }
@@ -490,57 +917,45 @@ fn now_unix() -> i64 {
 /// An Anthropic message as an OpenAI `chat.completion` (with `usage` when the
 /// message reported it).
 pub fn anthropic_to_openai_response(body: &Value) -> Result<Value, UpstreamError> {
-    let blocks = body
-        .get("content")
-        .and_then(Value::as_array)
+    answer_to_openai(read_or_default(body))
+}
+
+fn answer_to_openai(answer: AnthropicAnswer) -> Result<Value, UpstreamError> {
+    let blocks = answer
+        .content
         .ok_or_else(|| UpstreamError::Protocol("message without `content`".into()))?;
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for block in blocks {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("thinking") => {
-                reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""))
-            }
+        match block.kind.as_deref() {
+            Some("text") => text.push_str(block.text.as_deref().unwrap_or("")),
+            Some("thinking") => reasoning.push_str(block.thinking.as_deref().unwrap_or("")),
             Some("tool_use") => tool_calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "id": block.id,
                 "type": "function",
                 "function": {
-                    "name": block.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
+                    "name": block.name,
+                    "arguments": block.input.unwrap_or_else(|| json!({})).to_string(),
                 },
             })),
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant"});
-    message["content"] = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        json!(text)
-    };
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let finish_reason = body
-        .get("stop_reason")
-        .and_then(Value::as_str)
+    let message = AssistantMessage::new(text, reasoning, tool_calls);
+    let finish_reason = answer
+        .stop_reason
+        .as_deref()
         .map(anthropic_to_openai_finish_reason);
-    let mut out = json!({
-        "id": body.get("id").cloned().unwrap_or(Value::Null),
-        "object": "chat.completion",
-        "created": now_unix(),
-        "model": body.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-    });
-    if let Some(usage) = body.get("usage").and_then(usage_from_anthropic) {
-        out["usage"] = openai_usage_json(&usage);
-    }
-    Ok(out)
+    let choice = json!({"index": 0, "message": message, "finish_reason": finish_reason});
+    let usage = answer.usage.as_ref().and_then(usage_of);
+    Ok(chat_completion(
+        answer.id,
+        now_unix(),
+        answer.model,
+        vec![choice],
+        usage.as_ref(),
+    ))
 }
 
 /// The status an in-stream `error` event stands for, from its `error.type`.
@@ -560,6 +975,17 @@ fn status_of_error_type(kind: &str) -> u16 {
     }
 }
 
+/// The error an in-stream `error` event stands for; `code` is the upstream's
+/// error code read from the whole event.
+fn stream_error(error: Option<AnthropicErrorDetail>, code: Option<String>) -> UpstreamError {
+    let error = error.unwrap_or_default();
+    UpstreamError::Status {
+        status: status_of_error_type(error.kind.as_deref().unwrap_or("")),
+        code,
+        message: error.message.unwrap_or_else(|| "stream error".to_string()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Anthropic stream → OpenAI chunks
 // ---------------------------------------------------------------------------
@@ -576,12 +1002,13 @@ pub struct UsageMerge {
 impl UsageMerge {
     /// Takes every count `usage` reports (replacing, never adding: Anthropic's
     /// counts are cumulative); absent or null fields keep their previous value.
-    pub fn merged_with(mut self, usage: &Value) -> Self {
-        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-        self.input_tokens = field("input_tokens").or(self.input_tokens);
-        self.cache_write_tokens = field("cache_creation_input_tokens").or(self.cache_write_tokens);
-        self.cache_read_tokens = field("cache_read_input_tokens").or(self.cache_read_tokens);
-        self.output_tokens = field("output_tokens").or(self.output_tokens);
+    fn merged_with(mut self, usage: &AnthropicUsage) -> Self {
+        self.input_tokens = usage.input_tokens.or(self.input_tokens);
+        self.cache_write_tokens = usage
+            .cache_creation_input_tokens
+            .or(self.cache_write_tokens);
+        self.cache_read_tokens = usage.cache_read_input_tokens.or(self.cache_read_tokens);
+        self.output_tokens = usage.output_tokens.or(self.output_tokens);
         self
     }
 
@@ -648,11 +1075,11 @@ impl AnthropicToOpenAiStream {
         }))
     }
 
-    fn merge_usage(&mut self, usage: Option<&Value>, items: &mut Vec<StreamItem>) {
-        let Some(usage) = usage.filter(|u| u.is_object()) else {
+    fn merge_usage(&mut self, usage: Option<AnthropicUsage>, items: &mut Vec<StreamItem>) {
+        let Some(usage) = usage else {
             return;
         };
-        self.usage = self.usage.merged_with(usage);
+        self.usage = self.usage.merged_with(&usage);
         if !self.usage.any() {
             return;
         }
@@ -670,96 +1097,28 @@ impl AnthropicToOpenAiStream {
         event: Option<&str>,
         data: &Value,
     ) -> Result<Vec<StreamItem>, UpstreamError> {
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .or(event)
-            .unwrap_or("");
+        let parsed: StreamEvent = read_or_default(data);
         let mut items = Vec::new();
-        match kind {
+        match parsed.kind(event) {
             "message_start" => {
-                let message = data.get("message").unwrap_or(&Value::Null);
-                self.id = message.get("id").cloned().unwrap_or(Value::Null);
-                self.model = message.get("model").cloned().unwrap_or(Value::Null);
+                let message = parsed.message.unwrap_or_default();
+                self.id = message.id;
+                self.model = message.model;
                 items.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
-                self.merge_usage(message.get("usage"), &mut items);
+                self.merge_usage(message.usage, &mut items);
             }
             "content_block_start" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                match block.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let text = block.get("text").and_then(Value::as_str).unwrap_or("");
-                        if !text.is_empty() {
-                            items.push(self.chunk(json!({"content": text}), None));
-                        }
-                    }
-                    Some("tool_use") => {
-                        let tool_index = self.tools.len();
-                        self.tools.insert(
-                            index,
-                            ToolBlock {
-                                index: tool_index,
-                                sent_arguments: false,
-                            },
-                        );
-                        items.push(self.chunk(
-                            json!({"tool_calls": [{
-                                "index": tool_index,
-                                "id": block.get("id").cloned().unwrap_or(Value::Null),
-                                "type": "function",
-                                "function": {
-                                    "name": block.get("name").cloned().unwrap_or(Value::Null),
-                                    "arguments": "",
-                                },
-                            }]}),
-                            None,
-                        ));
-                    }
-                    Some("thinking") => {
-                        let text = block.get("thinking").and_then(Value::as_str).unwrap_or("");
-                        if !text.is_empty() {
-                            items.push(self.chunk(json!({"reasoning_content": text}), None));
-                        }
-                    }
-                    _ => {}
-                }
+                let index = parsed.index.unwrap_or(0);
+                let block = parsed.content_block.unwrap_or_default();
+                self.on_block_start(index, block, &mut items);
             }
             "content_block_delta" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                let text_of = |field: &str| delta.get(field).and_then(Value::as_str).unwrap_or("");
-                match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") if !text_of("text").is_empty() => {
-                        items.push(self.chunk(json!({"content": text_of("text")}), None));
-                    }
-                    Some("thinking_delta") if !text_of("thinking").is_empty() => {
-                        items.push(
-                            self.chunk(json!({"reasoning_content": text_of("thinking")}), None),
-                        );
-                    }
-                    Some("input_json_delta") if !text_of("partial_json").is_empty() => {
-                        let tool = self.tools.get_mut(&index).ok_or_else(|| {
-                            UpstreamError::Protocol(
-                                "input_json_delta outside a tool_use block".into(),
-                            )
-                        })?;
-                        tool.sent_arguments = true;
-                        let tool_index = tool.index;
-                        items.push(self.chunk(
-                            json!({"tool_calls": [{
-                                "index": tool_index,
-                                "function": {"arguments": text_of("partial_json")},
-                            }]}),
-                            None,
-                        ));
-                    }
-                    // signature_delta, citations_delta, empty deltas: nothing to pass on.
-                    _ => {}
-                }
+                let index = parsed.index.unwrap_or(0);
+                let delta = parsed.delta.unwrap_or_default();
+                self.on_block_delta(index, delta, &mut items)?;
             }
             "content_block_stop" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let index = parsed.index.unwrap_or(0);
                 // A tool called without input streams no JSON at all: give the client
                 // arguments it can parse.
                 if let Some(tool) = self.tools.get_mut(&index) {
@@ -774,33 +1133,99 @@ impl AnthropicToOpenAiStream {
                 }
             }
             "message_delta" => {
-                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
                     items.push(
-                        self.chunk(json!({}), Some(anthropic_to_openai_finish_reason(reason))),
+                        self.chunk(json!({}), Some(anthropic_to_openai_finish_reason(&reason))),
                     );
                 }
-                self.merge_usage(data.get("usage"), &mut items);
+                self.merge_usage(parsed.usage, &mut items);
             }
             "message_stop" => self.finished = true,
-            "error" => {
-                let error = data.get("error").unwrap_or(&Value::Null);
-                let status =
-                    status_of_error_type(error.get("type").and_then(Value::as_str).unwrap_or(""));
-                let message = error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("stream error")
-                    .to_string();
-                return Err(UpstreamError::Status {
-                    status,
-                    code: super::redact::error_code(data),
-                    message,
-                });
-            }
+            "error" => return Err(stream_error(parsed.error, super::redact::error_code(data))),
             // `ping`, and event types added later, carry nothing for the client.
             _ => {}
         }
         Ok(items)
+    }
+
+    fn on_block_start(&mut self, index: u64, block: AnswerBlock, items: &mut Vec<StreamItem>) {
+        match block.kind.as_deref() {
+            Some("text") => {
+                let text = block.text.unwrap_or_default();
+                if !text.is_empty() {
+                    items.push(self.chunk(json!({"content": text}), None));
+                }
+            }
+            Some("tool_use") => {
+                let tool_index = self.tools.len();
+                self.tools.insert(
+                    index,
+                    ToolBlock {
+                        index: tool_index,
+                        sent_arguments: false,
+                    },
+                );
+                items.push(self.chunk(
+                    json!({"tool_calls": [{
+                        "index": tool_index,
+                        "id": block.id,
+                        "type": "function",
+                        "function": {
+                            "name": block.name,
+                            "arguments": "",
+                        },
+                    }]}),
+                    None,
+                ));
+            }
+            Some("thinking") => {
+                let text = block.thinking.unwrap_or_default();
+                if !text.is_empty() {
+                    items.push(self.chunk(json!({"reasoning_content": text}), None));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_block_delta(
+        &mut self,
+        index: u64,
+        delta: StreamDelta,
+        items: &mut Vec<StreamItem>,
+    ) -> Result<(), UpstreamError> {
+        let non_empty = |text: Option<String>| text.filter(|t| !t.is_empty());
+        match delta.kind.as_deref() {
+            Some("text_delta") => {
+                if let Some(text) = non_empty(delta.text) {
+                    items.push(self.chunk(json!({"content": text}), None));
+                }
+            }
+            Some("thinking_delta") => {
+                if let Some(text) = non_empty(delta.thinking) {
+                    items.push(self.chunk(json!({"reasoning_content": text}), None));
+                }
+            }
+            Some("input_json_delta") => {
+                if let Some(partial_json) = non_empty(delta.partial_json) {
+                    let tool = self.tools.get_mut(&index).ok_or_else(|| {
+                        UpstreamError::Protocol("input_json_delta outside a tool_use block".into())
+                    })?;
+                    tool.sent_arguments = true;
+                    let tool_index = tool.index;
+                    items.push(self.chunk(
+                        json!({"tool_calls": [{
+                            "index": tool_index,
+                            "function": {"arguments": partial_json},
+                        }]}),
+                        None,
+                    ));
+                }
+            }
+            // signature_delta, citations_delta, empty deltas: nothing to pass on.
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -897,8 +1322,9 @@ impl ProviderApi for Anthropic {
         let exchange = async {
             let response = call.http.send(post(call, &body), error_dot_message).await?;
             let answer = call.http.json_body(response, AnswerKind::Chat).await?;
-            let usage = answer.get("usage").and_then(usage_from_anthropic);
-            let body = anthropic_to_openai_response(&answer)?;
+            let answer: AnthropicAnswer = serde_json::from_value(answer).unwrap_or_default();
+            let usage = answer.usage.as_ref().and_then(usage_of);
+            let body = answer_to_openai(answer)?;
             Ok(ChatOutcome { body, usage })
         };
         tokio::time::timeout(total, exchange)
@@ -911,8 +1337,7 @@ impl ProviderApi for Anthropic {
         call: &UpstreamCall<'_>,
         request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        let mut body = openai_to_anthropic_request(request)?;
-        body["stream"] = json!(true);
+        let body = anthropic_body(request, true)?;
         let response = call.http.send(post(call, &body), error_dot_message).await?;
         Ok(anthropic_to_openai_stream(call.http.sse_events(response)))
     }
@@ -962,7 +1387,10 @@ pub async fn messages_passthrough(
                 "response is not a message object".into(),
             ));
         }
-        let usage = answer.get("usage").and_then(usage_from_anthropic);
+        let usage = read_or_default::<AnswerUsage>(&answer)
+            .usage
+            .as_ref()
+            .and_then(usage_of);
         Ok(MessagesOutcome { body, usage })
     };
     tokio::time::timeout(total, exchange)
@@ -1026,6 +1454,13 @@ pub async fn messages_passthrough_stream(
     )))
 }
 
+/// The usage of a passed-through answer (the rest is not read).
+#[derive(Default, Deserialize)]
+struct AnswerUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<AnthropicUsage>,
+}
+
 /// Reads the usage (and the end, and errors) of a passed-through stream.
 #[derive(Default)]
 struct PassthroughUsage {
@@ -1037,35 +1472,21 @@ impl PassthroughUsage {
     /// The items one event yields (a usage change first, then the event itself)
     /// and whether it was the last (`message_stop`).
     fn on_event(&mut self, event: SseEvent) -> Result<(Vec<MessagesItem>, bool), UpstreamError> {
-        let data = serde_json::from_str::<Value>(&event.data).unwrap_or(Value::Null);
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .or(event.event.as_deref())
-            .unwrap_or("")
-            .to_string();
+        // A payload that is not a JSON object carries nothing but its event name.
+        let parsed: StreamEvent = serde_json::from_str(&event.data).unwrap_or_default();
+        let kind = parsed.kind(event.event.as_deref()).to_string();
         let usage = match kind.as_str() {
-            "message_start" => data.pointer("/message/usage"),
-            "message_delta" => data.get("usage"),
+            "message_start" => parsed.message.and_then(|m| m.usage),
+            "message_delta" => parsed.usage,
             "error" => {
-                let error = data.get("error").unwrap_or(&Value::Null);
-                return Err(UpstreamError::Status {
-                    code: super::redact::error_code(&data),
-                    status: status_of_error_type(
-                        error.get("type").and_then(Value::as_str).unwrap_or(""),
-                    ),
-                    message: error
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("stream error")
-                        .to_string(),
-                });
+                let data = serde_json::from_str::<Value>(&event.data).unwrap_or(Value::Null);
+                return Err(stream_error(parsed.error, super::redact::error_code(&data)));
             }
             _ => None,
         };
         let mut items = Vec::new();
-        if let Some(usage) = usage.filter(|u| u.is_object()) {
-            self.usage = self.usage.merged_with(usage);
+        if let Some(usage) = usage {
+            self.usage = self.usage.merged_with(&usage);
             let merged = self.usage.usage();
             if self.usage.any() && self.last != Some(merged) {
                 self.last = Some(merged);
@@ -1117,6 +1538,35 @@ mod tests {
         assert_eq!(out["max_tokens"], 200);
         assert_eq!(out["stop_sequences"], json!(["a", "b"]));
         assert!(out.get("system").is_none());
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_count_as_absent_and_null_markers_pass_on() {
+        let out = translate(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "x", "cache_control": null}]}],
+            "temperature": "hot", "top_p": "high", "user": 7, "stop": 3, "n": "two",
+            "thinking": "yes", "parallel_tool_calls": "no",
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "x", "cache_control": null}]}],
+                "max_tokens": DEFAULT_MAX_TOKENS,
+            })
+        );
+        // The keys go out sorted, as they did when the body was built as a JSON value.
+        let out = translate(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0.5, "stop": "S", "user": "u"}),
+        );
+        assert_eq!(
+            out.to_string(),
+            r#"{"max_tokens":4096,"messages":[{"content":"x","role":"user"}],"metadata":{"user_id":"u"},"model":"m","stop_sequences":["S"],"temperature":0.5}"#
+        );
     }
 
     #[test]

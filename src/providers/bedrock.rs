@@ -35,17 +35,20 @@
 //!   (`{"taskType","textToImageParams","imageGenerationConfig"}` → `{"images":[base64]}`).
 //!   Bedrock returns no URLs: `response_format: "url"` gets `data:` URLs.
 
+use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
     embedding_texts, embedding_vector, embeddings_list, image_item, image_size, images_answer,
-    wants_base64_embeddings, AnswerBudget, AnswerKind, ChatOutcome, ChatStream, Credential,
-    EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall, UpstreamError,
+    wants_base64_embeddings, AnswerBudget, AnswerKind, AssistantMessage, ChatOutcome, ChatStream,
+    Credential, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem, UpstreamCall,
+    UpstreamError,
 };
 use async_trait::async_trait;
 use aws_smithy_types::event_stream::Message;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::{StreamExt, TryStreamExt};
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Number, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +67,198 @@ const EVENT_STREAM_MESSAGE_MIN_BYTES: usize = 16;
 const EVENT_STREAM_PRELUDE_BYTES: usize = 12;
 
 pub struct Bedrock;
+
+// ---------------------------------------------------------------------------
+// Wire shapes: what Bedrock answers
+//
+// Read leniently (see `super::wire`): a field of the wrong type counts as absent.
+
+/// A Converse answer.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    output: Option<ConverseOutput>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<ConverseUsage>,
+}
+
+#[derive(Deserialize)]
+struct ConverseOutput {
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<ConverseAnswerMessage>,
+}
+
+#[derive(Deserialize)]
+struct ConverseAnswerMessage {
+    #[serde(default, deserialize_with = "lenient_items")]
+    content: Option<Vec<ConverseAnswerBlock>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseAnswerBlock {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    /// Read as a [`ConverseToolUse`]; present at all, the block is a tool call.
+    #[serde(default, deserialize_with = "present")]
+    tool_use: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<ConverseReasoning>,
+}
+
+/// A `toolUse` block (whole in an answer, its start in a stream).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolUse {
+    /// The id and name are passed on as they came (`""` when absent).
+    #[serde(default, deserialize_with = "present")]
+    tool_use_id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    input: Option<Value>,
+}
+
+impl ConverseToolUse {
+    fn id(&mut self) -> Value {
+        self.tool_use_id.take().unwrap_or_else(|| json!(""))
+    }
+
+    fn name(&mut self) -> Value {
+        self.name.take().unwrap_or_else(|| json!(""))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseReasoning {
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_text: Option<ConverseText>,
+}
+
+#[derive(Deserialize)]
+struct ConverseText {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+}
+
+/// Converse's `usage` (see the module documentation).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cache_write_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    output_tokens: Option<u64>,
+}
+
+/// The JSON payload of a ConverseStream event (its kind is in the
+/// `:event-type` header); each kind reads only its own fields.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseStreamEvent {
+    /// `contentBlockStart`, `contentBlockDelta`.
+    #[serde(default, deserialize_with = "lenient")]
+    content_block_index: Option<u64>,
+    /// `contentBlockStart`.
+    #[serde(default, deserialize_with = "lenient")]
+    start: Option<ConverseBlockStart>,
+    /// `contentBlockDelta`.
+    #[serde(default, deserialize_with = "lenient")]
+    delta: Option<ConverseBlockDelta>,
+    /// `messageStop`.
+    #[serde(default, deserialize_with = "lenient")]
+    stop_reason: Option<String>,
+    /// `metadata`.
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<ConverseUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseBlockStart {
+    /// Read as a [`ConverseToolUse`]; present at all, a tool call starts.
+    #[serde(default, deserialize_with = "present")]
+    tool_use: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseBlockDelta {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_use: Option<ConverseToolInputDelta>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<ConverseText>,
+}
+
+#[derive(Deserialize)]
+struct ConverseToolInputDelta {
+    #[serde(default, deserialize_with = "lenient")]
+    input: Option<String>,
+}
+
+/// A Bedrock error body: `{"message": …}`, capitalized by some AWS front ends.
+#[derive(Default, Deserialize)]
+struct BedrockErrorBody {
+    /// Kept as it came: a `message` that is not text hides `Message`.
+    #[serde(default, deserialize_with = "present")]
+    message: Option<Value>,
+    #[serde(rename = "Message", default, deserialize_with = "lenient")]
+    capitalized_message: Option<String>,
+}
+
+/// A Titan Text Embeddings answer.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    embedding: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    embeddings_by_type: Option<FloatEmbedding>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_text_token_count: Option<u64>,
+}
+
+/// `{"float": […]}`: the float entry of embeddings asked for by type.
+#[derive(Deserialize)]
+struct FloatEmbedding {
+    #[serde(default, deserialize_with = "lenient")]
+    float: Option<Vec<Value>>,
+}
+
+/// A Cohere Embed answer.
+#[derive(Default, Deserialize)]
+struct CohereEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    embeddings: Option<CohereEmbeddings>,
+}
+
+/// A list of vectors (`embeddings_floats`) or, when types were asked for,
+/// `{"float": [...]}` (`embeddings_by_type`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CohereEmbeddings {
+    Floats(Vec<Value>),
+    ByType(FloatEmbedding),
+}
+
+/// A `TEXT_IMAGE` answer.
+#[derive(Default, Deserialize)]
+struct TextImageAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    images: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<String>,
+}
 
 /// The request path of Converse (or ConverseStream) for a model id, with the id
 /// percent-encoded as one path segment (ids hold `:`, ARNs hold `/` too).
@@ -92,10 +287,11 @@ fn encode_path_segment(segment: &str) -> String {
 /// The message of a Bedrock error body (`{"message": "..."}`; some AWS front
 /// ends capitalize it).
 pub fn bedrock_error_message(body: &Value) -> Option<String> {
-    body.get("message")
-        .or_else(|| body.get("Message"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    let body: BedrockErrorBody = read_or_default(body);
+    match body.message {
+        Some(message) => String::deserialize(message).ok(),
+        None => body.capitalized_message,
+    }
 }
 
 /// The SigV4 headers (`x-amz-date`, `authorization`) for one request whose other
@@ -200,6 +396,297 @@ fn unsupported(capability: &'static str) -> UpstreamError {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Wire shapes: the OpenAI embeddings and images requests read, the InvokeModel
+// requests written
+
+/// The fields of an OpenAI embeddings request the InvokeModel bodies read.
+#[derive(Default, Deserialize)]
+struct EmbeddingsRequest {
+    /// Titan takes a whole number; Cohere is given the value as it came.
+    #[serde(default)]
+    dimensions: Option<Value>,
+    /// Not OpenAI fields: passed on when a client sends them.
+    #[serde(default, deserialize_with = "lenient")]
+    normalize: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_type: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    truncate: Option<String>,
+}
+
+/// The fields of an OpenAI images request a `TEXT_IMAGE` body reads.
+#[derive(Default, Deserialize)]
+struct ImagesRequest {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    quality: Option<String>,
+}
+
+/// A Titan Text Embeddings request.
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbedRequest {
+    input_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalize: Option<bool>,
+    /// Titan Multimodal Embeddings' form of `dimensions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding_config: Option<TitanEmbeddingConfig>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEmbeddingConfig {
+    output_embedding_length: u64,
+}
+
+/// A Cohere Embed request.
+#[derive(Serialize)]
+struct CohereEmbedRequest<'a> {
+    texts: &'a [String],
+    input_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimension: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------
+// Wire shapes: the OpenAI chat request read, the Converse request written
+
+/// The fields of an OpenAI chat request the translation reads, each read
+/// leniently (a field of the wrong type counts as absent).
+#[derive(Default, Deserialize)]
+struct ChatRequest {
+    #[serde(default, deserialize_with = "lenient_items")]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    temperature: Option<Number>,
+    #[serde(default, deserialize_with = "lenient")]
+    top_p: Option<Number>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop: Option<ChatStop>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatStop {
+    One(String),
+    /// Passed on as given.
+    Many(Vec<Value>),
+}
+
+#[derive(Default, Deserialize)]
+struct ChatMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    role: Option<String>,
+    /// A string, an array of parts, or null: checked by the translation.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tool_calls: Option<Vec<ChatToolCall>>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatToolCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    function: Option<ChatFunctionCall>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    arguments: Option<String>,
+}
+
+/// One part of a message's `content` array.
+#[derive(Default, Deserialize)]
+struct ChatPart {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    image_url: Option<ChatImageUrl>,
+}
+
+/// `image_url` as `{"url": …}` or, as some clients send it, the URL itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+#[derive(Default, Deserialize)]
+struct ChatTool {
+    /// Read as a [`ChatFunction`]; a tool without one is left out.
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunction {
+    /// Passed on as given (`""` when absent).
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice: {"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+struct ChatNamedToolChoice {
+    function: ChatFunctionName,
+}
+
+#[derive(Deserialize)]
+struct ChatFunctionName {
+    name: String,
+}
+
+/// A Converse request body. It goes out through `serde_json::to_value`, so its
+/// keys are sent sorted, as they always were.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseRequest {
+    messages: Vec<ConverseMessage>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<ConverseBlock>,
+    #[serde(skip_serializing_if = "InferenceConfig::is_empty")]
+    inference_config: InferenceConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ConverseToolConfig>,
+}
+
+#[derive(Serialize)]
+struct ConverseMessage {
+    role: &'static str,
+    content: Vec<ConverseBlock>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseBlock {
+    Text(String),
+    Image(ConverseImage),
+    ToolUse(ConverseToolUseBlock),
+    ToolResult(ConverseToolResult),
+}
+
+#[derive(Serialize)]
+struct ConverseImage {
+    format: &'static str,
+    source: ConverseImageSource,
+}
+
+#[derive(Serialize)]
+struct ConverseImageSource {
+    bytes: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolUseBlock {
+    tool_use_id: String,
+    name: String,
+    input: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolResult {
+    tool_use_id: String,
+    content: [ConverseToolResultContent; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseToolResultContent {
+    Json(Value),
+    Text(String),
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<Value>>,
+}
+
+impl InferenceConfig {
+    fn is_empty(&self) -> bool {
+        self.max_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.stop_sequences.is_none()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolConfig {
+    tools: Vec<ConverseTool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ConverseToolChoice>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseTool {
+    tool_spec: ConverseToolSpec,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseToolSpec {
+    name: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    input_schema: ConverseSchema,
+}
+
+#[derive(Serialize)]
+struct ConverseSchema {
+    json: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseToolChoice {
+    Any {},
+    Auto {},
+    Tool { name: String },
+}
+
 /// The text of an OpenAI message `content` that may only hold text: a string, or
 /// an array of `{"type":"text","text":…}` parts (joined).
 fn text_of(content: &Value) -> String {
@@ -207,7 +694,7 @@ fn text_of(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .filter_map(|p| read_or_default::<ChatPart>(p).text)
             .collect::<Vec<_>>()
             .join(""),
         _ => String::new(),
@@ -215,7 +702,7 @@ fn text_of(content: &Value) -> String {
 }
 
 /// A base64 `data:` URL as a Converse image block.
-fn image_block(url: &str) -> Result<Value, UpstreamError> {
+fn image_block(url: &str) -> Result<ConverseBlock, UpstreamError> {
     let rest = url
         .strip_prefix("data:")
         .ok_or_else(|| unsupported("images by URL (send a base64 data: URL)"))?;
@@ -232,35 +719,39 @@ fn image_block(url: &str) -> Result<Value, UpstreamError> {
         "image/webp" => "webp",
         _ => return Err(unsupported("images other than PNG, JPEG, GIF or WebP")),
     };
-    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+    Ok(ConverseBlock::Image(ConverseImage {
+        format,
+        source: ConverseImageSource {
+            bytes: data.to_string(),
+        },
+    }))
 }
 
 /// Converse content blocks of a user or assistant message's `content`.
-fn content_blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn content_blocks(content: &Value) -> Result<Vec<ConverseBlock>, UpstreamError> {
     let mut blocks = Vec::new();
     match content {
         Value::Null => {}
         Value::String(s) => {
             if !s.is_empty() {
-                blocks.push(json!({"text": s}));
+                blocks.push(ConverseBlock::Text(s.clone()));
             }
         }
         Value::Array(parts) => {
-            for part in parts {
-                match part.get("type").and_then(Value::as_str) {
+            for part in parts.iter().map(read_or_default::<ChatPart>) {
+                match part.kind.as_deref() {
                     Some("text") => {
-                        let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+                        let text = part.text.unwrap_or_default();
                         if !text.is_empty() {
-                            blocks.push(json!({"text": text}));
+                            blocks.push(ConverseBlock::Text(text));
                         }
                     }
                     Some("image_url") => {
-                        let url = part
-                            .pointer("/image_url/url")
-                            .or_else(|| part.get("image_url"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        blocks.push(image_block(url)?);
+                        let url = match part.image_url {
+                            Some(ChatImageUrl::Url(url) | ChatImageUrl::Object { url }) => url,
+                            None => String::new(),
+                        };
+                        blocks.push(image_block(&url)?);
                     }
                     _ => return Err(unsupported("message parts other than text and images")),
                 }
@@ -277,26 +768,24 @@ fn content_blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
 
 /// A tool result's content: a JSON object is passed as `json`, anything else as
 /// `text`.
-fn tool_result_content(content: &Value) -> Value {
+fn tool_result_content(content: &Value) -> ConverseToolResultContent {
     let text = text_of(content);
     match serde_json::from_str::<Value>(&text) {
-        Ok(object @ Value::Object(_)) => json!([{"json": object}]),
-        _ => json!([{"text": text}]),
+        Ok(object @ Value::Object(_)) => ConverseToolResultContent::Json(object),
+        _ => ConverseToolResultContent::Text(text),
     }
 }
 
 /// `tool_calls` of an assistant message as `toolUse` blocks.
-fn tool_use_blocks(tool_calls: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn tool_use_blocks(tool_calls: Vec<ChatToolCall>) -> Result<Vec<ConverseBlock>, UpstreamError> {
     let mut blocks = Vec::new();
-    for call in tool_calls.as_array().into_iter().flatten() {
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    for call in tool_calls {
+        let function = call.function.unwrap_or_default();
+        let arguments = function.arguments.unwrap_or_default();
         let input = if arguments.trim().is_empty() {
             json!({})
         } else {
-            match serde_json::from_str::<Value>(arguments) {
+            match serde_json::from_str::<Value>(&arguments) {
                 Ok(object @ Value::Object(_)) => object,
                 _ => {
                     return Err(unsupported(
@@ -305,95 +794,84 @@ fn tool_use_blocks(tool_calls: &Value) -> Result<Vec<Value>, UpstreamError> {
                 }
             }
         };
-        blocks.push(json!({"toolUse": {
-            "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or(""),
-            "name": call.pointer("/function/name").and_then(Value::as_str).unwrap_or(""),
-            "input": input,
-        }}));
+        blocks.push(ConverseBlock::ToolUse(ConverseToolUseBlock {
+            tool_use_id: call.id.unwrap_or_default(),
+            name: function.name.unwrap_or_default(),
+            input,
+        }));
     }
     Ok(blocks)
 }
 
 /// `toolConfig` from OpenAI `tools` and `tool_choice`; `None` when there are no
 /// tools or the choice is `"none"`.
-fn tool_config(request: &Value) -> Option<Value> {
-    let tools = request.get("tools")?.as_array()?;
-    if tools.is_empty() {
-        return None;
-    }
-    let choice = match request.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => return None,
-            "required" => Some(json!({"any": {}})),
-            _ => Some(json!({"auto": {}})),
-        },
-        Some(object) => object
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .map(|name| json!({"tool": {"name": name}})),
-    };
-    let specs: Vec<Value> = tools
-        .iter()
-        .filter_map(|tool| tool.get("function"))
+fn tool_config(tools: Option<Vec<ChatTool>>, choice: Option<&Value>) -> Option<ConverseToolConfig> {
+    let tools = tools.filter(|t| !t.is_empty())?;
+    let choice =
+        match choice {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.as_str() {
+                "none" => return None,
+                "required" => Some(ConverseToolChoice::Any {}),
+                _ => Some(ConverseToolChoice::Auto {}),
+            },
+            Some(object) => ChatNamedToolChoice::deserialize(object).ok().map(|named| {
+                ConverseToolChoice::Tool {
+                    name: named.function.name,
+                }
+            }),
+        };
+    let tools = tools
+        .into_iter()
+        .filter_map(|tool| tool.function)
         .map(|function| {
-            let mut spec = Map::new();
-            spec.insert(
-                "name".into(),
-                function.get("name").cloned().unwrap_or(json!("")),
-            );
-            if let Some(description) = function.get("description").filter(|d| d.is_string()) {
-                spec.insert("description".into(), description.clone());
-            }
+            let function: ChatFunction = read_or_default(&function);
             let schema = function
-                .get("parameters")
-                .filter(|p| p.is_object())
-                .cloned()
+                .parameters
+                .map(Value::Object)
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            spec.insert("inputSchema".into(), json!({"json": schema}));
-            json!({"toolSpec": spec})
+            ConverseTool {
+                tool_spec: ConverseToolSpec {
+                    name: function.name.unwrap_or_else(|| json!("")),
+                    description: function.description,
+                    input_schema: ConverseSchema { json: schema },
+                },
+            }
         })
         .collect();
-    let mut config = json!({"tools": specs});
-    if let Some(choice) = choice {
-        config["toolChoice"] = choice;
-    }
-    Some(config)
+    Some(ConverseToolConfig {
+        tools,
+        tool_choice: choice,
+    })
 }
 
 /// An OpenAI chat request as a Converse (or ConverseStream) request body; the
 /// model id goes in the path, not the body.
 pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamError> {
+    let request: ChatRequest = read_or_default(request);
     let mut system = Vec::new();
-    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for message in request
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match message.get("role").and_then(Value::as_str) {
+    let mut messages: Vec<ConverseMessage> = Vec::new();
+    for message in request.messages.into_iter().flatten() {
+        let content = message.content.unwrap_or(Value::Null);
+        let (role, blocks) = match message.role.as_deref() {
             Some("system" | "developer") => {
-                let text = text_of(content);
+                let text = text_of(&content);
                 if !text.is_empty() {
-                    system.push(json!({"text": text}));
+                    system.push(ConverseBlock::Text(text));
                 }
                 continue;
             }
-            Some("user") => ("user", content_blocks(content)?),
+            Some("user") => ("user", content_blocks(&content)?),
             Some("assistant") => {
-                let mut blocks = content_blocks(content)?;
-                blocks.extend(tool_use_blocks(
-                    message.get("tool_calls").unwrap_or(&Value::Null),
-                )?);
+                let mut blocks = content_blocks(&content)?;
+                blocks.extend(tool_use_blocks(message.tool_calls.unwrap_or_default())?);
                 ("assistant", blocks)
             }
             Some("tool") => {
-                let block = json!({"toolResult": {
-                    "toolUseId": message.get("tool_call_id").and_then(Value::as_str).unwrap_or(""),
-                    "content": tool_result_content(content),
-                }});
+                let block = ConverseBlock::ToolResult(ConverseToolResult {
+                    tool_use_id: message.tool_call_id.unwrap_or_default(),
+                    content: [tool_result_content(&content)],
+                });
                 ("user", vec![block])
             }
             _ => {
@@ -408,54 +886,35 @@ pub fn openai_to_converse_request(request: &Value) -> Result<Value, UpstreamErro
         // Converse requires alternating roles: consecutive tool results (and a user
         // message after them) become one user message.
         match messages.last_mut() {
-            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
-            _ => messages.push((role, blocks)),
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(ConverseMessage {
+                role,
+                content: blocks,
+            }),
         }
     }
-    let mut body = Map::new();
-    body.insert(
-        "messages".into(),
-        Value::Array(
-            messages
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
-    }
-    let mut inference = Map::new();
-    // The hub sends one cap; should two come, the smaller (what a hold assumes).
-    if let Some(max) = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .filter_map(|f| request.get(*f).and_then(Value::as_u64))
-        .min()
-    {
-        inference.insert("maxTokens".into(), json!(max));
-    }
-    if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
-        inference.insert("temperature".into(), t.clone());
-    }
-    if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
-        inference.insert("topP".into(), p.clone());
-    }
-    match request.get("stop") {
-        Some(Value::String(s)) => {
-            inference.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            inference.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
-    }
-    if !inference.is_empty() {
-        body.insert("inferenceConfig".into(), Value::Object(inference));
-    }
-    if let Some(config) = tool_config(request) {
-        body.insert("toolConfig".into(), config);
-    }
-    Ok(Value::Object(body))
+    let inference_config = InferenceConfig {
+        // The hub sends one cap; should two come, the smaller (what a hold assumes).
+        max_tokens: [request.max_completion_tokens, request.max_tokens]
+            .into_iter()
+            .flatten()
+            .min(),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop_sequences: match request.stop {
+            Some(ChatStop::One(s)) => Some(vec![Value::String(s)]),
+            Some(ChatStop::Many(stops)) if !stops.is_empty() => Some(stops),
+            _ => None,
+        },
+    };
+    let body = ConverseRequest {
+        messages,
+        system,
+        inference_config,
+        tool_config: tool_config(request.tools, request.tool_choice.as_ref()),
+    };
+    serde_json::to_value(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
 }
 
 /// A Converse `stopReason` as an OpenAI `finish_reason`.
@@ -470,12 +929,15 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 
 /// Reads a Converse `usage` object; `None` if absent or malformed.
 pub fn usage_from_converse(usage: &Value) -> Option<Usage> {
-    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+    usage_of(&read_or_default(usage))
+}
+
+fn usage_of(usage: &ConverseUsage) -> Option<Usage> {
     Some(Usage {
-        input_tokens: field("inputTokens")?,
-        cache_read_tokens: field("cacheReadInputTokens").unwrap_or(0),
-        cache_write_tokens: field("cacheWriteInputTokens").unwrap_or(0),
-        output_tokens: field("outputTokens").unwrap_or(0),
+        input_tokens: usage.input_tokens?,
+        cache_read_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+        cache_write_tokens: usage.cache_write_input_tokens.unwrap_or(0),
+        output_tokens: usage.output_tokens.unwrap_or(0),
         ..Usage::default()
     })
 }
@@ -490,62 +952,50 @@ pub fn converse_to_openai_response(
     model: &str,
     id: &str,
 ) -> Result<ChatOutcome, UpstreamError> {
-    let content = body
-        .pointer("/output/message/content")
-        .and_then(Value::as_array)
+    let answer: ConverseAnswer = read_or_default(body);
+    let content = answer
+        .output
+        .and_then(|o| o.message)
+        .and_then(|m| m.content)
         .ok_or_else(|| UpstreamError::Protocol("Converse answer without output.message".into()))?;
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for block in content {
-        if let Some(t) = block.get("text").and_then(Value::as_str) {
-            text.push_str(t);
-        } else if let Some(tool_use) = block.get("toolUse") {
-            let input = tool_use.get("input").cloned().unwrap_or(json!({}));
+        if let Some(t) = block.text {
+            text.push_str(&t);
+        } else if let Some(tool_use) = &block.tool_use {
+            let mut tool_use: ConverseToolUse = read_or_default(tool_use);
+            let input = tool_use.input.take().unwrap_or(json!({}));
             tool_calls.push(json!({
-                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                "id": tool_use.id(),
                 "type": "function",
                 "function": {
-                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                    "name": tool_use.name(),
                     "arguments": input.to_string(),
                 },
             }));
         } else if let Some(t) = block
-            .pointer("/reasoningContent/reasoningText/text")
-            .and_then(Value::as_str)
+            .reasoning_content
+            .and_then(|r| r.reasoning_text)
+            .and_then(|r| r.text)
         {
-            reasoning.push_str(t);
+            reasoning.push_str(&t);
         }
     }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
-    });
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let stop_reason = body
-        .get("stopReason")
-        .and_then(Value::as_str)
-        .unwrap_or("end_turn");
-    let usage = body.get("usage").and_then(usage_from_converse);
-    let mut answer = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": now_seconds(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stop_reason)}],
-    });
-    if let Some(usage) = &usage {
-        answer["usage"] = super::openai_usage_json(usage);
-    }
-    Ok(ChatOutcome {
-        body: answer,
-        usage,
-    })
+    let message = AssistantMessage::new(text, reasoning, tool_calls);
+    let stop_reason = answer.stop_reason.as_deref().unwrap_or("end_turn");
+    let usage = answer.usage.as_ref().and_then(usage_of);
+    let choice =
+        json!({"index": 0, "message": message, "finish_reason": finish_reason(stop_reason)});
+    let body = super::chat_completion(
+        json!(id),
+        now_seconds(),
+        json!(model),
+        vec![choice],
+        usage.as_ref(),
+    );
+    Ok(ChatOutcome { body, usage })
 }
 
 /// An incremental decoder of AWS event-stream messages: bytes are pushed as they
@@ -689,16 +1139,19 @@ impl ConverseStreamTranslator {
     /// The stream items one event-stream message stands for; an exception is an
     /// error.
     pub fn items_for(&mut self, message: &Message) -> Result<Vec<StreamItem>, UpstreamError> {
-        let payload = || -> Result<Value, UpstreamError> {
+        let json = || -> Result<Value, UpstreamError> {
             serde_json::from_slice(message.payload()).map_err(|e| {
                 UpstreamError::Protocol(format!("event-stream payload is not JSON: {e}"))
             })
+        };
+        let payload = || -> Result<ConverseStreamEvent, UpstreamError> {
+            Ok(serde_json::from_value(json()?).unwrap_or_default())
         };
         match event_header(message, ":message-type").unwrap_or("event") {
             "event" => {}
             "exception" => {
                 let kind = event_header(message, ":exception-type").unwrap_or("exception");
-                let message_text = payload()
+                let message_text = json()
                     .ok()
                     .and_then(|p| bedrock_error_message(&p))
                     .unwrap_or_else(|| kind.to_string());
@@ -725,21 +1178,19 @@ impl ConverseStreamTranslator {
             }
             "contentBlockStart" => {
                 let event = payload()?;
-                match event.pointer("/start/toolUse") {
+                match event.start.and_then(|s| s.tool_use) {
                     Some(tool_use) => {
-                        let block = event
-                            .get("contentBlockIndex")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
+                        let mut tool_use: ConverseToolUse = read_or_default(&tool_use);
+                        let block = event.content_block_index.unwrap_or(0);
                         let index = self.tool_indices.len() as u64;
                         self.tool_indices.insert(block, index);
                         vec![self.chunk(
                             json!({"tool_calls": [{
                                 "index": index,
-                                "id": tool_use.get("toolUseId").cloned().unwrap_or(json!("")),
+                                "id": tool_use.id(),
                                 "type": "function",
                                 "function": {
-                                    "name": tool_use.get("name").cloned().unwrap_or(json!("")),
+                                    "name": tool_use.name(),
                                     "arguments": "",
                                 },
                             }]}),
@@ -751,15 +1202,11 @@ impl ConverseStreamTranslator {
             }
             "contentBlockDelta" => {
                 let event = payload()?;
-                let delta = event.get("delta").unwrap_or(&Value::Null);
-                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                let delta = event.delta.unwrap_or_default();
+                if let Some(text) = delta.text {
                     vec![self.chunk(json!({"content": text}), Value::Null)]
-                } else if let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str)
-                {
-                    let block = event
-                        .get("contentBlockIndex")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
+                } else if let Some(input) = delta.tool_use.and_then(|t| t.input) {
+                    let block = event.content_block_index.unwrap_or(0);
                     let index = self.tool_indices.get(&block).copied().ok_or_else(|| {
                         UpstreamError::Protocol("tool input for a block that never started".into())
                     })?;
@@ -767,10 +1214,7 @@ impl ConverseStreamTranslator {
                         json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
                         Value::Null,
                     )]
-                } else if let Some(text) = delta
-                    .pointer("/reasoningContent/text")
-                    .and_then(Value::as_str)
-                {
+                } else if let Some(text) = delta.reasoning_content.and_then(|r| r.text) {
                     vec![self.chunk(json!({"reasoning_content": text}), Value::Null)]
                 } else {
                     Vec::new()
@@ -779,15 +1223,13 @@ impl ConverseStreamTranslator {
             "messageStop" => {
                 let event = payload()?;
                 self.stopped = true;
-                let reason = event
-                    .get("stopReason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("end_turn");
+                let reason = event.stop_reason.as_deref().unwrap_or("end_turn");
                 vec![self.chunk(json!({}), json!(finish_reason(reason)))]
             }
             "metadata" => payload()?
-                .get("usage")
-                .and_then(usage_from_converse)
+                .usage
+                .as_ref()
+                .and_then(usage_of)
                 .map(StreamItem::Usage)
                 .into_iter()
                 .collect(),
@@ -889,9 +1331,7 @@ fn decode_converse_stream(
 }
 
 fn model_of(request: &Value) -> Result<&str, UpstreamError> {
-    request
-        .get("model")
-        .and_then(Value::as_str)
+    super::request_model(request)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| UpstreamError::Protocol("request without a model".into()))
 }
@@ -959,22 +1399,21 @@ const TITAN_CONCURRENT_CALLS: usize = 4;
 /// `dimensions` (256, 512 or 1024) and `normalize`; the multimodal model takes
 /// `embeddingConfig.outputEmbeddingLength` instead.
 pub fn titan_embed_request(model_id: &str, text: &str, request: &Value) -> Value {
-    let mut body = json!({"inputText": text});
-    let dimensions = request.get("dimensions").filter(|d| d.is_u64());
+    let request: EmbeddingsRequest = read_or_default(request);
+    let dimensions = request.dimensions.and_then(|d| u64::deserialize(d).ok());
+    let mut body = TitanEmbedRequest {
+        input_text: text.to_string(),
+        ..TitanEmbedRequest::default()
+    };
     if base_model_id(model_id).starts_with("amazon.titan-embed-image") {
-        if let Some(d) = dimensions {
-            body["embeddingConfig"] = json!({"outputEmbeddingLength": d});
-        }
-        return body;
+        body.embedding_config = dimensions.map(|d| TitanEmbeddingConfig {
+            output_embedding_length: d,
+        });
+    } else {
+        body.dimensions = dimensions;
+        body.normalize = request.normalize;
     }
-    if let Some(d) = dimensions {
-        body["dimensions"] = d.clone();
-    }
-    // Not an OpenAI field: passed on when a client sends it.
-    if let Some(normalize) = request.get("normalize").filter(|n| n.is_boolean()) {
-        body["normalize"] = normalize.clone();
-    }
-    body
+    json!(body)
 }
 
 /// The Cohere Embed body for a batch of texts. `input_type` defaults to
@@ -985,55 +1424,47 @@ pub fn cohere_embed_request(
     texts: &[String],
     request: &Value,
 ) -> Result<Value, UpstreamError> {
-    let input_type = request
-        .get("input_type")
-        .and_then(Value::as_str)
-        .unwrap_or("search_document");
-    let mut body = json!({"texts": texts, "input_type": input_type});
-    if let Some(truncate) = request.get("truncate").filter(|t| t.is_string()) {
-        body["truncate"] = truncate.clone();
+    let request: EmbeddingsRequest = read_or_default(request);
+    if request.dimensions.is_some() && !base_model_id(model_id).starts_with("cohere.embed-v4") {
+        return Err(unsupported(
+            "`dimensions` with Cohere Embed models before v4",
+        ));
     }
-    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
-        if !base_model_id(model_id).starts_with("cohere.embed-v4") {
-            return Err(unsupported(
-                "`dimensions` with Cohere Embed models before v4",
-            ));
-        }
-        body["output_dimension"] = d.clone();
-    }
-    Ok(body)
+    Ok(json!(CohereEmbedRequest {
+        texts,
+        input_type: request
+            .input_type
+            .unwrap_or_else(|| "search_document".to_string()),
+        truncate: request.truncate,
+        output_dimension: request.dimensions,
+    }))
 }
 
 /// The float vectors of a Cohere Embed answer: `embeddings` is a list of vectors
 /// (`embeddings_floats`) or, when types were asked for, `{"float": [...]}`
 /// (`embeddings_by_type`).
-fn cohere_vectors(answer: &Value, texts: usize) -> Result<&Vec<Value>, UpstreamError> {
-    let embeddings = answer.get("embeddings");
-    embeddings
-        .and_then(Value::as_array)
-        .or_else(|| {
-            embeddings
-                .and_then(|e| e.get("float"))
-                .and_then(Value::as_array)
-        })
-        .filter(|v| v.len() == texts)
-        .ok_or_else(|| {
-            UpstreamError::Protocol("Cohere Embed answered the wrong number of embeddings".into())
-        })
+fn cohere_vectors(answer: &Value, texts: usize) -> Result<Vec<Value>, UpstreamError> {
+    let answer: CohereEmbedAnswer = read_or_default(answer);
+    match answer.embeddings {
+        Some(CohereEmbeddings::Floats(vectors)) => Some(vectors),
+        Some(CohereEmbeddings::ByType(by_type)) => by_type.float,
+        None => None,
+    }
+    .filter(|v| v.len() == texts)
+    .ok_or_else(|| {
+        UpstreamError::Protocol("Cohere Embed answered the wrong number of embeddings".into())
+    })
 }
 
 /// The vector of a Titan Embeddings answer (`embedding`, or the float entry of
-/// `embeddingsByType`).
-fn titan_vector(answer: &Value) -> Result<&Vec<Value>, UpstreamError> {
-    answer
-        .get("embedding")
-        .and_then(Value::as_array)
-        .or_else(|| {
-            answer
-                .pointer("/embeddingsByType/float")
-                .and_then(Value::as_array)
-        })
-        .ok_or_else(|| UpstreamError::Protocol("Titan Embeddings answered no embedding".into()))
+/// `embeddingsByType`), and the input tokens it reports.
+fn titan_vector(answer: &Value) -> Result<(Vec<Value>, Option<u64>), UpstreamError> {
+    let answer: TitanEmbedAnswer = read_or_default(answer);
+    let vector = answer
+        .embedding
+        .or_else(|| answer.embeddings_by_type.and_then(|e| e.float))
+        .ok_or_else(|| UpstreamError::Protocol("Titan Embeddings answered no embedding".into()))?;
+    Ok((vector, answer.input_text_token_count))
 }
 
 /// The input tokens InvokeModel reports in a response header (not part of the
@@ -1093,8 +1524,9 @@ async fn embed(
                 .try_collect()
                 .await?;
             for (text, (_, answer)) in texts.iter().zip(answers) {
-                vectors.push(titan_vector(&answer)?.clone());
-                match answer.get("inputTextTokenCount").and_then(Value::as_u64) {
+                let (vector, input_tokens) = titan_vector(&answer)?;
+                vectors.push(vector);
+                match input_tokens {
                     Some(tokens) => usage.input_tokens += tokens,
                     None => {
                         usage.input_tokens += estimated_tokens(std::slice::from_ref(text));
@@ -1108,11 +1540,12 @@ async fn embed(
                 let body = cohere_embed_request(model_id, batch, request)?;
                 let (header_tokens, answer) = invoke(call, model_id, &body, &budget).await?;
                 for vector in cohere_vectors(&answer, batch.len())? {
-                    vectors.push(vector.as_array().cloned().ok_or_else(|| {
-                        UpstreamError::Protocol(
+                    let Value::Array(vector) = vector else {
+                        return Err(UpstreamError::Protocol(
                             "Cohere Embed answered a malformed embedding".into(),
-                        )
-                    })?);
+                        ));
+                    };
+                    vectors.push(vector);
                 }
                 // The body has no token count; the header, when Bedrock sends it,
                 // is exact. Otherwise estimate, flagged.
@@ -1140,21 +1573,18 @@ pub fn is_text_image_model(model_id: &str) -> bool {
 /// `TEXT_IMAGE` body: `n` → `numberOfImages`, `size` → `width`/`height`,
 /// `quality` `hd`/`high` → `premium`, `standard`/`medium`/`low` → `standard`.
 pub fn openai_to_text_image_request(request: &Value) -> Result<Value, UpstreamError> {
-    let prompt = request
-        .get("prompt")
-        .and_then(Value::as_str)
+    let images: ImagesRequest = read_or_default(request);
+    let prompt = images
+        .prompt
         .filter(|p| !p.is_empty())
         .ok_or_else(|| unsupported("image requests without a prompt"))?;
     let mut config = Map::new();
-    config.insert(
-        "numberOfImages".into(),
-        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
-    );
+    config.insert("numberOfImages".into(), json!(images.n.unwrap_or(1)));
     if let Some((width, height)) = image_size(request, "bedrock")? {
         config.insert("width".into(), json!(width));
         config.insert("height".into(), json!(height));
     }
-    match request.get("quality").and_then(Value::as_str) {
+    match images.quality.as_deref() {
         None | Some("auto") => {}
         Some("hd" | "high") => {
             config.insert("quality".into(), json!("premium"));
@@ -1187,27 +1617,24 @@ pub fn text_image_to_openai(
     answer: &Value,
     request: &Value,
 ) -> Result<ImagesOutcome, UpstreamError> {
-    let images = answer
-        .get("images")
-        .and_then(Value::as_array)
-        .filter(|i| !i.is_empty());
-    let Some(images) = images else {
-        return Err(match answer.get("error").and_then(Value::as_str) {
+    let answer: TextImageAnswer = read_or_default(answer);
+    let Some(images) = answer.images.filter(|i| !i.is_empty()) else {
+        return Err(match answer.error {
             Some(message) if !message.is_empty() => UpstreamError::Status {
                 status: 400,
                 code: None,
-                message: message.to_string(),
+                message,
             },
             _ => UpstreamError::Protocol("InvokeModel answered no images".into()),
         });
     };
     let data = images
         .iter()
-        .map(|image| {
-            let b64 = image
-                .as_str()
-                .ok_or_else(|| UpstreamError::Protocol("an image that is not base64".into()))?;
-            Ok(image_item(request, b64, base64_image_mime(b64)))
+        .map(|image| match image {
+            Value::String(b64) => Ok(image_item(request, b64, base64_image_mime(b64))),
+            _ => Err(UpstreamError::Protocol(
+                "an image that is not base64".into(),
+            )),
         })
         .collect::<Result<Vec<_>, UpstreamError>>()?;
     Ok(images_answer(data))

@@ -17,8 +17,9 @@
 //! every chunk carries the usage so far (cumulative), so the last one wins.
 //! A stream has no `[DONE]`: it just ends after the chunk with a `finishReason`.
 
+use super::wire::{lenient, lenient_items, present, read_or_default};
 use super::{
-    error_dot_message, image_item, image_size, images_answer, openai_usage_json, AnswerKind,
+    chat_completion, image_item, image_size, images_answer, AnswerKind, AssistantMessage,
     ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, ProviderApi, StreamItem,
     UpstreamCall, UpstreamError,
 };
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use domain::Usage;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,21 +45,211 @@ fn unsupported(capability: &'static str) -> UpstreamError {
 }
 
 // ---------------------------------------------------------------------------
+// Wire shapes: what Gemini answers
+//
+// Read leniently (see `super::wire`): a field of the wrong type counts as absent.
+
+/// A `GenerateContentResponse`, whole or one streamed chunk of it. An `error`
+/// may stand in its place, in a 200 answer or in a stream.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    candidates: Option<Vec<GeminiCandidate>>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_feedback: Option<GeminiPromptFeedback>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage_metadata: Option<GeminiUsage>,
+    #[serde(default, deserialize_with = "lenient")]
+    response_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    model_version: Option<String>,
+    /// Read by [`gemini_error_status`]; present at all, it is an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+impl GeminiAnswer {
+    fn candidates(&self) -> &[GeminiCandidate] {
+        self.candidates.as_deref().unwrap_or_default()
+    }
+
+    fn completion_id(&self) -> String {
+        match self.response_id.as_deref() {
+            Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
+            _ => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// No candidates because the prompt itself was blocked.
+    fn prompt_blocked(&self) -> bool {
+        self.prompt_feedback
+            .as_ref()
+            .is_some_and(|f| f.block_reason.is_some())
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiCandidate {
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<GeminiAnswerContent>,
+    #[serde(default, deserialize_with = "lenient")]
+    finish_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    index: Option<u64>,
+}
+
+impl GeminiCandidate {
+    fn parts(&self) -> &[GeminiAnswerPart] {
+        self.content
+            .as_ref()
+            .and_then(|c| c.parts.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Its `index`, else its position among the candidates.
+    fn index(&self, position: usize) -> u64 {
+        self.index.unwrap_or(position as u64)
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiAnswerContent {
+    #[serde(default, deserialize_with = "lenient_items")]
+    parts: Option<Vec<GeminiAnswerPart>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiAnswerPart {
+    /// Read as a [`GeminiFunctionCall`]; present at all, the part is a call.
+    #[serde(default, deserialize_with = "present")]
+    function_call: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    thought: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    thought_signature: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    /// Passed on as it came, even `null`.
+    #[serde(default, deserialize_with = "present")]
+    args: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiPromptFeedback {
+    #[serde(default, deserialize_with = "present")]
+    block_reason: Option<Value>,
+}
+
+/// `usageMetadata` (see the module documentation for what each count covers).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cached_content_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_use_prompt_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    candidates_token_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    thoughts_token_count: Option<u64>,
+}
+
+/// The `error` object of an error body, of a 200 answer or of a stream chunk.
+#[derive(Default, Deserialize)]
+struct GeminiError {
+    #[serde(default, deserialize_with = "lenient")]
+    code: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<String>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    details: Option<Vec<GeminiErrorDetail>>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiErrorDetail {
+    #[serde(default, deserialize_with = "lenient")]
+    reason: Option<String>,
+}
+
+/// A Google error body: `{"error": {…}}`.
+#[derive(Default, Deserialize)]
+struct GeminiErrorBody {
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<GeminiError>,
+}
+
+/// A `BatchEmbedContentsResponse`.
+#[derive(Default, Deserialize)]
+struct GeminiEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    embeddings: Option<Vec<GeminiEmbedding>>,
+}
+
+#[derive(Default, Deserialize)]
+struct GeminiEmbedding {
+    /// The numbers passed on as they came.
+    #[serde(default, deserialize_with = "lenient")]
+    values: Option<Vec<Value>>,
+}
+
+/// An Imagen `predict` answer.
+#[derive(Default, Deserialize)]
+struct ImagenAnswer {
+    #[serde(default, deserialize_with = "lenient_items")]
+    predictions: Option<Vec<ImagenPrediction>>,
+    /// Read by [`gemini_error_status`]; present at all, it is an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImagenPrediction {
+    #[serde(default, deserialize_with = "lenient")]
+    bytes_base64_encoded: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    mime_type: Option<String>,
+    /// The prompt as rewritten, when Imagen enhanced it.
+    #[serde(default, deserialize_with = "lenient")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    rai_filtered_reason: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
 // Usage
 
 /// Normalizes a Gemini `usageMetadata` object; `None` if absent or without a
 /// prompt count.
 pub fn usage_from_gemini(meta: &Value) -> Option<Usage> {
-    let count = |name: &str| meta.get(name).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = meta.get("promptTokenCount")?.as_u64()?;
+    usage_of(&read_or_default(meta))
+}
+
+fn usage_of(meta: &GeminiUsage) -> Option<Usage> {
+    let count = |n: Option<u64>| n.unwrap_or(0);
+    let prompt = meta.prompt_token_count?;
     // The prompt count includes the cached tokens; the ledger keeps them apart.
-    let cached = count("cachedContentTokenCount").min(prompt);
-    let thoughts = count("thoughtsTokenCount");
+    let cached = count(meta.cached_content_token_count).min(prompt);
+    let thoughts = count(meta.thoughts_token_count);
     Some(Usage {
-        input_tokens: prompt - cached + count("toolUsePromptTokenCount"),
+        input_tokens: prompt - cached + count(meta.tool_use_prompt_token_count),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
-        output_tokens: count("candidatesTokenCount") + thoughts,
+        output_tokens: count(meta.candidates_token_count) + thoughts,
         reasoning_tokens: thoughts,
         ..Usage::default()
     })
@@ -91,9 +283,7 @@ fn gemini_model_path(model: &str, action: &str) -> String {
 }
 
 fn upstream_model(request: &Value) -> Result<&str, UpstreamError> {
-    request
-        .get("model")
-        .and_then(Value::as_str)
+    super::request_model(request)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| unsupported("requests without a model"))
 }
@@ -106,14 +296,17 @@ const KEY_REJECTED_MARK: &str = "[API key rejected]";
 /// The message of a Google error body (`{"error":{"code","message","status"}}`,
 /// sometimes wrapped in an array).
 fn gemini_error_message(body: &Value) -> Option<String> {
-    let body = body.as_array().and_then(|a| a.first()).unwrap_or(body);
-    let message = error_dot_message(body)?;
-    let key_rejected = body
-        .pointer("/error/details")
-        .and_then(Value::as_array)
-        .into_iter()
+    let body = match body {
+        Value::Array(items) => items.first().unwrap_or(body),
+        _ => body,
+    };
+    let error = read_or_default::<GeminiErrorBody>(body).error?;
+    let message = error.message?;
+    let key_rejected = error
+        .details
+        .iter()
         .flatten()
-        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+        .filter_map(|d| d.reason.as_deref())
         .any(|reason| matches!(reason, "API_KEY_INVALID" | "API_KEY_EXPIRED"));
     Some(if key_rejected {
         format!("{message} {KEY_REJECTED_MARK}")
@@ -138,16 +331,12 @@ fn credential_rejected_as_401(e: UpstreamError) -> UpstreamError {
 
 /// An error object inside a 200 answer or a stream.
 fn gemini_error_status(error: &Value) -> UpstreamError {
-    let status = error
-        .get("code")
-        .and_then(Value::as_u64)
+    let detail: GeminiError = read_or_default(error);
+    let status = detail
+        .code
         .filter(|c| (400..=599).contains(c))
         .unwrap_or(502) as u16;
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("stream error")
-        .to_string();
+    let message = detail.message.unwrap_or_else(|| "stream error".to_string());
     let code = super::redact::error_code(&serde_json::json!({ "error": error }));
     UpstreamError::Status {
         status,
@@ -184,104 +373,430 @@ async fn send(
         .map_err(credential_rejected_as_401)
 }
 
+/// The fields of an OpenAI chat request the translation reads, each read
+/// leniently (a field of the wrong type counts as absent).
+#[derive(Default, Deserialize)]
+struct ChatRequest {
+    #[serde(default, deserialize_with = "lenient_items")]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_tokens: Option<u64>,
+    /// The sampling options are passed on as given (Gemini judges them).
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    n: Option<Value>,
+    #[serde(default)]
+    seed: Option<Value>,
+    #[serde(default)]
+    presence_penalty: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    stop: Option<ChatStop>,
+    #[serde(default, deserialize_with = "lenient")]
+    response_format: Option<ChatResponseFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatStop {
+    One(String),
+    /// Passed on as given.
+    Many(Vec<Value>),
+}
+
+#[derive(Default, Deserialize)]
+struct ChatMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    role: Option<String>,
+    /// A string, an array of parts, or null: checked by the translation.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_call_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_items")]
+    tool_calls: Option<Vec<ChatToolCall>>,
+    /// The deprecated single function call; present at all, it is a call.
+    #[serde(default, deserialize_with = "present")]
+    function_call: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatToolCall {
+    #[serde(default, deserialize_with = "lenient")]
+    id: Option<String>,
+    /// Read as a [`ChatFunctionCall`].
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+    /// Gemini's thought signature, as Google's own OpenAI layer carries it.
+    #[serde(default, deserialize_with = "lenient")]
+    extra_content: Option<ChatExtraContent>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunctionCall {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    /// A JSON text, an object, or absent.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatExtraContent {
+    #[serde(default, deserialize_with = "lenient")]
+    google: Option<ChatGoogleExtra>,
+}
+
+#[derive(Deserialize)]
+struct ChatGoogleExtra {
+    #[serde(default, deserialize_with = "lenient")]
+    thought_signature: Option<String>,
+}
+
+/// One part of a message's `content` array.
+#[derive(Default, Deserialize)]
+struct ChatPart {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    image_url: Option<ChatImageUrl>,
+    #[serde(default, deserialize_with = "lenient")]
+    input_audio: Option<ChatAudio>,
+    #[serde(default, deserialize_with = "lenient")]
+    file: Option<ChatFile>,
+}
+
+/// `image_url` as `{"url": …}` or, as some clients send it, the URL itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatImageUrl {
+    Url(String),
+    Object { url: String },
+}
+
+#[derive(Deserialize)]
+struct ChatAudio {
+    #[serde(default, deserialize_with = "lenient")]
+    data: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatFile {
+    #[serde(default, deserialize_with = "lenient")]
+    file_data: Option<String>,
+}
+
+/// A tool: `{"type": "function", "function": {…}}`, or the function's fields
+/// given on the tool itself.
+#[derive(Default, Deserialize)]
+struct ChatTool {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    /// Read as a [`ChatFunction`]; absent, the tool's own fields are read.
+    #[serde(default, deserialize_with = "present")]
+    function: Option<Value>,
+    #[serde(flatten)]
+    own: ChatFunction,
+}
+
+#[derive(Default, Deserialize)]
+struct ChatFunction {
+    #[serde(default, deserialize_with = "lenient")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    description: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// `tool_choice: {"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+struct ChatNamedToolChoice {
+    function: ChatFunctionName,
+}
+
+#[derive(Deserialize)]
+struct ChatFunctionName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ChatResponseFormat {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    json_schema: Option<ChatJsonSchema>,
+}
+
+#[derive(Deserialize)]
+struct ChatJsonSchema {
+    #[serde(default, deserialize_with = "present")]
+    schema: Option<Value>,
+}
+
+/// A `GenerateContentRequest`. It goes out through `serde_json::to_value`, so its
+/// keys are sent sorted, as they always were.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<GeminiRolelessContent>,
+    contents: Vec<GeminiContent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[GeminiTools; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<GeminiToolConfig>,
+    #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
+    generation_config: GenerationConfig,
+}
+
+/// `{"parts": […]}`: the system instruction, or the content of an embed request.
+#[derive(Serialize)]
+struct GeminiRolelessContent {
+    parts: Vec<GeminiPart>,
+}
+
+#[derive(Serialize)]
+struct GeminiContent {
+    role: &'static str,
+    parts: Vec<GeminiPart>,
+}
+
+/// One part: exactly one of the data fields (a function call may carry its
+/// thought signature).
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiPart {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inline_data: Option<GeminiBlob>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_data: Option<GeminiFileData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<GeminiCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_response: Option<GeminiFunctionResponse>,
+}
+
+impl GeminiPart {
+    fn text(text: String) -> Self {
+        Self {
+            text: Some(text),
+            ..Self::default()
+        }
+    }
+
+    fn inline_data(mime_type: &str, data: &str) -> Self {
+        Self {
+            inline_data: Some(GeminiBlob {
+                mime_type: mime_type.to_string(),
+                data: data.to_string(),
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiBlob {
+    mime_type: String,
+    data: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiFileData {
+    file_uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct GeminiCall {
+    name: String,
+    args: Value,
+}
+
+#[derive(Serialize)]
+struct GeminiFunctionResponse {
+    name: String,
+    response: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiTools {
+    function_declarations: Vec<GeminiFunctionDeclaration>,
+}
+
+#[derive(Serialize)]
+struct GeminiFunctionDeclaration {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiToolConfig {
+    function_calling_config: GeminiFunctionCallingConfig,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiFunctionCallingConfig {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_function_names: Option<[String; 1]>,
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<Value>,
+}
+
+impl GenerationConfig {
+    fn is_empty(&self) -> bool {
+        self.max_output_tokens.is_none()
+            && self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.candidate_count.is_none()
+            && self.seed.is_none()
+            && self.presence_penalty.is_none()
+            && self.frequency_penalty.is_none()
+            && self.stop_sequences.is_none()
+            && self.response_mime_type.is_none()
+            && self.response_schema.is_none()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Requests: OpenAI -> Gemini
 
 /// Translates an OpenAI chat request into a Gemini `GenerateContentRequest`.
 pub fn openai_to_gemini_request(request: &Value) -> Result<Value, UpstreamError> {
-    let messages = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let (system, contents) = openai_messages_to_gemini(messages)?;
-    let mut body = Map::new();
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
-    body.insert("contents".into(), Value::Array(contents));
-    if let Some(tools) = openai_tools_to_gemini(request.get("tools"))? {
-        body.insert("tools".into(), tools);
-        if let Some(config) = request
-            .get("tool_choice")
-            .and_then(openai_tool_choice_to_gemini)
-        {
-            body.insert("toolConfig".into(), config);
-        }
-    }
-    let config = openai_to_gemini_generation_config(request);
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    Ok(Value::Object(body))
+    let request: ChatRequest = read_or_default(request);
+    let generation_config = openai_to_gemini_generation_config(&request);
+    let (system, contents) = openai_messages_to_gemini(request.messages.unwrap_or_default())?;
+    let tools = openai_tools_to_gemini(request.tools)?;
+    let tool_config = match (&tools, &request.tool_choice) {
+        (Some(_), Some(choice)) => openai_tool_choice_to_gemini(choice),
+        _ => None,
+    };
+    let body = GeminiRequest {
+        system_instruction: (!system.is_empty()).then_some(GeminiRolelessContent { parts: system }),
+        contents,
+        tools,
+        tool_config,
+        generation_config,
+    };
+    serde_json::to_value(body)
+        .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))
 }
 
 /// Appends parts to the last content if it has the same role (Gemini wants turns
 /// to alternate), else starts a new content.
-fn push_gemini_content(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["parts"].as_array_mut() {
-                existing.extend(parts);
-                return;
-            }
-        }
+fn push_gemini_content(
+    contents: &mut Vec<GeminiContent>,
+    role: &'static str,
+    parts: Vec<GeminiPart>,
+) {
+    match contents.last_mut() {
+        Some(last) if last.role == role => last.parts.extend(parts),
+        _ => contents.push(GeminiContent { role, parts }),
     }
-    contents.push(json!({ "role": role, "parts": parts }));
 }
 
 /// System instruction parts and `contents` from OpenAI messages.
 fn openai_messages_to_gemini(
-    messages: &[Value],
-) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+    messages: Vec<ChatMessage>,
+) -> Result<(Vec<GeminiPart>, Vec<GeminiContent>), UpstreamError> {
     let mut system = Vec::new();
     let mut contents = Vec::new();
     // Tool call id -> function name, for the tool results that answer them.
     let mut call_names: HashMap<String, String> = HashMap::new();
     for message in messages {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or("user");
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let (gemini_role, parts) = match role {
+        let content = message.content.unwrap_or(Value::Null);
+        let (gemini_role, parts) = match message.role.as_deref().unwrap_or("user") {
             "system" | "developer" => {
-                system.extend(
-                    openai_text_of(content)?
-                        .into_iter()
-                        .map(|text| json!({ "text": text })),
-                );
+                system.extend(openai_text_of(&content)?.into_iter().map(GeminiPart::text));
                 continue;
             }
-            "user" => ("user", openai_user_content_to_gemini_parts(content)?),
+            "user" => ("user", openai_user_content_to_gemini_parts(&content)?),
             "assistant" => (
                 "model",
-                openai_assistant_to_gemini_parts(message, &mut call_names)?,
+                openai_assistant_to_gemini_parts(
+                    &content,
+                    message.tool_calls,
+                    message.function_call,
+                    &mut call_names,
+                )?,
             ),
             "tool" => {
                 let name = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
+                    .tool_call_id
+                    .as_ref()
                     .and_then(|id| call_names.get(id))
-                    .map(String::as_str)
-                    .or_else(|| message.get("name").and_then(Value::as_str))
+                    .or(message.name.as_ref())
                     .ok_or_else(|| {
                         unsupported("tool results whose tool_call_id matches no earlier tool call")
                     })?;
                 (
                     "user",
-                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                    vec![openai_tool_result_to_gemini_part(name, &content)?],
                 )
             }
             // The deprecated function-calling messages.
             "function" => {
                 let name = message
-                    .get("name")
-                    .and_then(Value::as_str)
+                    .name
+                    .as_ref()
                     .ok_or_else(|| unsupported("function results without a name"))?;
                 (
                     "user",
-                    vec![openai_tool_result_to_gemini_part(name, content)?],
+                    vec![openai_tool_result_to_gemini_part(name, &content)?],
                 )
             }
             _ => {
@@ -305,13 +820,10 @@ fn openai_text_of(content: &Value) -> Result<Vec<String>, UpstreamError> {
         Value::String(s) => Ok(vec![s.clone()]),
         Value::Array(parts) => parts
             .iter()
-            .filter(|p| !matches!(p.get("type").and_then(Value::as_str), Some("refusal")))
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") | None => p
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| unsupported("text parts without text")),
+            .map(read_or_default::<ChatPart>)
+            .filter(|p| p.kind.as_deref() != Some("refusal"))
+            .map(|p| match p.kind.as_deref() {
+                Some("text") | None => p.text.ok_or_else(|| unsupported("text parts without text")),
                 Some(_) => Err(unsupported(
                     "content parts other than text in system, assistant or tool messages",
                 )),
@@ -324,54 +836,51 @@ fn openai_text_of(content: &Value) -> Result<Vec<String>, UpstreamError> {
     }
 }
 
-fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<Value>, UpstreamError> {
+fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<GeminiPart>, UpstreamError> {
     let Value::Array(parts) = content else {
         return Ok(openai_text_of(content)?
             .into_iter()
-            .map(|text| json!({ "text": text }))
+            .map(GeminiPart::text)
             .collect());
     };
     let mut out = Vec::with_capacity(parts.len());
-    for part in parts {
-        match part.get("type").and_then(Value::as_str) {
+    for part in parts.iter().map(read_or_default::<ChatPart>) {
+        match part.kind.as_deref() {
             Some("text") => {
                 let text = part
-                    .get("text")
-                    .and_then(Value::as_str)
+                    .text
                     .ok_or_else(|| unsupported("text parts without text"))?;
                 if !text.is_empty() {
-                    out.push(json!({ "text": text }));
+                    out.push(GeminiPart::text(text));
                 }
             }
             Some("image_url") => {
-                let image = part.get("image_url").unwrap_or(&Value::Null);
-                let url = image
-                    .get("url")
-                    .or(Some(image))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| unsupported("image_url parts without a url"))?;
-                out.push(openai_url_to_gemini_part(url)?);
+                let url = match part.image_url {
+                    Some(ChatImageUrl::Url(url) | ChatImageUrl::Object { url }) => url,
+                    None => return Err(unsupported("image_url parts without a url")),
+                };
+                out.push(openai_url_to_gemini_part(&url)?);
             }
             Some("input_audio") => {
-                let audio = part.get("input_audio").unwrap_or(&Value::Null);
-                let (Some(data), Some(format)) = (
-                    audio.get("data").and_then(Value::as_str),
-                    audio.get("format").and_then(Value::as_str),
-                ) else {
+                let Some(ChatAudio {
+                    data: Some(data),
+                    format: Some(format),
+                }) = part.input_audio
+                else {
                     return Err(unsupported("input_audio parts without data and format"));
                 };
-                let mime_type = match format {
+                let mime_type = match format.as_str() {
                     "mp3" => "audio/mp3".to_string(),
                     other => format!("audio/{other}"),
                 };
-                out.push(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+                out.push(GeminiPart::inline_data(&mime_type, &data));
             }
             Some("file") => {
                 let data = part
-                    .pointer("/file/file_data")
-                    .and_then(Value::as_str)
+                    .file
+                    .and_then(|f| f.file_data)
                     .ok_or_else(|| unsupported("file parts other than inline file_data"))?;
-                out.push(openai_url_to_gemini_part(data)?);
+                out.push(openai_url_to_gemini_part(&data)?);
             }
             _ => {
                 return Err(unsupported(
@@ -384,7 +893,7 @@ fn openai_user_content_to_gemini_parts(content: &Value) -> Result<Vec<Value>, Up
 }
 
 /// A data URL becomes `inlineData`; an http(s) or gs:// URL becomes `fileData`.
-fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
+fn openai_url_to_gemini_part(url: &str) -> Result<GeminiPart, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest
             .split_once(',')
@@ -397,7 +906,7 @@ fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
         } else {
             mime_type
         };
-        return Ok(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+        return Ok(GeminiPart::inline_data(mime_type, data));
     }
     let lower = url.to_ascii_lowercase();
     if !["http://", "https://", "gs://"]
@@ -408,11 +917,13 @@ fn openai_url_to_gemini_part(url: &str) -> Result<Value, UpstreamError> {
             "media URLs other than data:, http(s):// and gs:// URLs",
         ));
     }
-    let mut file = json!({ "fileUri": url });
-    if let Some(mime_type) = mime_type_from_extension(&lower) {
-        file["mimeType"] = json!(mime_type);
-    }
-    Ok(json!({ "fileData": file }))
+    Ok(GeminiPart {
+        file_data: Some(GeminiFileData {
+            file_uri: url.to_string(),
+            mime_type: mime_type_from_extension(&lower),
+        }),
+        ..GeminiPart::default()
+    })
 }
 
 fn mime_type_from_extension(url: &str) -> Option<&'static str> {
@@ -435,130 +946,151 @@ fn mime_type_from_extension(url: &str) -> Option<&'static str> {
 
 /// An assistant message: its text, then one `functionCall` part per tool call.
 fn openai_assistant_to_gemini_parts(
-    message: &Value,
+    content: &Value,
+    tool_calls: Option<Vec<ChatToolCall>>,
+    legacy_function_call: Option<Value>,
     call_names: &mut HashMap<String, String>,
-) -> Result<Vec<Value>, UpstreamError> {
-    let mut parts: Vec<Value> = openai_text_of(message.get("content").unwrap_or(&Value::Null))?
+) -> Result<Vec<GeminiPart>, UpstreamError> {
+    let mut parts: Vec<GeminiPart> = openai_text_of(content)?
         .into_iter()
-        .map(|text| json!({ "text": text }))
+        .map(GeminiPart::text)
         .collect();
-    let legacy_call = message
-        .get("function_call")
-        .map(|f| json!({ "function": f }));
-    let calls = message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .chain(legacy_call.as_ref());
+    let legacy_call = legacy_function_call.map(|function| ChatToolCall {
+        function: Some(function),
+        ..ChatToolCall::default()
+    });
+    let calls = tool_calls.into_iter().flatten().chain(legacy_call);
     for call in calls {
-        let function = call.get("function").unwrap_or(&Value::Null);
+        let function: ChatFunctionCall =
+            read_or_default(call.function.as_ref().unwrap_or(&Value::Null));
         let name = function
-            .get("name")
-            .and_then(Value::as_str)
+            .name
             .ok_or_else(|| unsupported("tool calls without a function name"))?;
-        let args = match function.get("arguments") {
+        let args = match function.arguments {
             None | Some(Value::Null) => json!({}),
             Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+            Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
                 .ok()
                 .filter(Value::is_object)
                 .ok_or_else(|| unsupported("tool call arguments that are not a JSON object"))?,
-            Some(v @ Value::Object(_)) => v.clone(),
+            Some(v @ Value::Object(_)) => v,
             Some(_) => {
                 return Err(unsupported(
                     "tool call arguments that are not a JSON object",
                 ))
             }
         };
-        if let Some(id) = call.get("id").and_then(Value::as_str) {
-            call_names.insert(id.to_string(), name.to_string());
+        if let Some(id) = call.id {
+            call_names.insert(id, name.clone());
         }
-        let mut part = json!({ "functionCall": { "name": name, "args": args } });
-        // Gemini's thought signature, as Google's own OpenAI layer carries it.
-        if let Some(signature) = call
-            .pointer("/extra_content/google/thought_signature")
-            .and_then(Value::as_str)
-        {
-            part["thoughtSignature"] = json!(signature);
-        }
-        parts.push(part);
+        parts.push(GeminiPart {
+            function_call: Some(GeminiCall { name, args }),
+            thought_signature: call
+                .extra_content
+                .and_then(|e| e.google)
+                .and_then(|g| g.thought_signature),
+            ..GeminiPart::default()
+        });
     }
     Ok(parts)
 }
 
 /// A tool result: a JSON object is the response as is; anything else is its
 /// `output` (Google's documented convention).
-fn openai_tool_result_to_gemini_part(name: &str, content: &Value) -> Result<Value, UpstreamError> {
+fn openai_tool_result_to_gemini_part(
+    name: &str,
+    content: &Value,
+) -> Result<GeminiPart, UpstreamError> {
     let text = openai_text_of(content)?.concat();
     let response = match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => object,
         Ok(other) => json!({ "output": other }),
         Err(_) => json!({ "output": text }),
     };
-    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+    Ok(GeminiPart {
+        function_response: Some(GeminiFunctionResponse {
+            name: name.to_string(),
+            response,
+        }),
+        ..GeminiPart::default()
+    })
 }
 
-fn openai_tools_to_gemini(tools: Option<&Value>) -> Result<Option<Value>, UpstreamError> {
-    let Some(tools) = tools.and_then(Value::as_array).filter(|t| !t.is_empty()) else {
+fn openai_tools_to_gemini(
+    tools: Option<Vec<ChatTool>>,
+) -> Result<Option<[GeminiTools; 1]>, UpstreamError> {
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
     let mut declarations = Vec::with_capacity(tools.len());
     for tool in tools {
-        if tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function")
-            != "function"
-        {
+        if tool.kind.as_deref().unwrap_or("function") != "function" {
             return Err(unsupported("tools other than functions"));
         }
-        let function = tool.get("function").unwrap_or(tool);
+        let function = match &tool.function {
+            Some(function) => read_or_default(function),
+            None => tool.own,
+        };
         let name = function
-            .get("name")
-            .and_then(Value::as_str)
+            .name
             .ok_or_else(|| unsupported("function tools without a name"))?;
-        let mut declaration = json!({ "name": name });
-        if let Some(description) = function.get("description").and_then(Value::as_str) {
-            declaration["description"] = json!(description);
-        }
-        if let Some(parameters) = function.get("parameters").filter(|p| p.is_object()) {
-            let schema = openai_schema_to_gemini(parameters);
+        let parameters = function.parameters.and_then(|parameters| {
+            let schema = openai_schema_to_gemini(&Value::Object(parameters));
             // Gemini refuses an object schema without properties; no parameters is the
             // same thing.
-            let empty_object = schema
-                .get("type")
-                .and_then(Value::as_str)
-                .map(str::to_lowercase)
-                == Some("object".into())
-                && schema
-                    .get("properties")
-                    .and_then(Value::as_object)
-                    .is_none_or(Map::is_empty);
-            if !empty_object {
-                declaration["parameters"] = schema;
-            }
-        }
-        declarations.push(declaration);
+            (!is_empty_object_schema(&schema)).then_some(schema)
+        });
+        declarations.push(GeminiFunctionDeclaration {
+            name,
+            description: function.description,
+            parameters,
+        });
     }
-    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+    Ok(Some([GeminiTools {
+        function_declarations: declarations,
+    }]))
 }
 
-fn openai_tool_choice_to_gemini(choice: &Value) -> Option<Value> {
+/// Whether a (Gemini) schema is an object without properties.
+fn is_empty_object_schema(schema: &Value) -> bool {
+    #[derive(Default, Deserialize)]
+    struct ObjectSchema {
+        #[serde(rename = "type", default, deserialize_with = "lenient")]
+        kind: Option<String>,
+        #[serde(default, deserialize_with = "lenient")]
+        properties: Option<Map<String, Value>>,
+    }
+    let schema: ObjectSchema = read_or_default(schema);
+    schema
+        .kind
+        .is_some_and(|t| t.eq_ignore_ascii_case("object"))
+        && schema.properties.is_none_or(|p| p.is_empty())
+}
+
+fn openai_tool_choice_to_gemini(choice: &Value) -> Option<GeminiToolConfig> {
+    let mode = |mode| GeminiFunctionCallingConfig {
+        mode,
+        allowed_function_names: None,
+    };
     let config = match choice {
-        Value::String(mode) => match mode.as_str() {
-            "auto" => json!({ "mode": "AUTO" }),
-            "none" => json!({ "mode": "NONE" }),
-            "required" => json!({ "mode": "ANY" }),
+        Value::String(choice) => match choice.as_str() {
+            "auto" => mode("AUTO"),
+            "none" => mode("NONE"),
+            "required" => mode("ANY"),
             _ => return None,
         },
         Value::Object(_) => {
-            let name = choice.pointer("/function/name").and_then(Value::as_str)?;
-            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+            let named = ChatNamedToolChoice::deserialize(choice).ok()?;
+            GeminiFunctionCallingConfig {
+                mode: "ANY",
+                allowed_function_names: Some([named.function.name]),
+            }
         }
         _ => return None,
     };
-    Some(json!({ "functionCallingConfig": config }))
+    Some(GeminiToolConfig {
+        function_calling_config: config,
+    })
 }
 
 /// The keywords of Gemini's `Schema` (an OpenAPI subset).
@@ -651,47 +1183,35 @@ fn openai_schema_to_gemini(schema: &Value) -> Value {
 }
 
 /// `generationConfig` from the OpenAI sampling and output options.
-fn openai_to_gemini_generation_config(request: &Value) -> Map<String, Value> {
-    let field = |name: &str| request.get(name).filter(|v| !v.is_null());
-    let mut config = Map::new();
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .filter_map(|f| field(f).and_then(Value::as_u64))
-        .min();
-    if let Some(max) = max_tokens {
-        config.insert("maxOutputTokens".into(), json!(max));
-    }
-    for (openai, gemini) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ] {
-        if let Some(value) = field(openai) {
-            config.insert(gemini.into(), value.clone());
-        }
-    }
-    match field("stop") {
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            config.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
-    }
-    if let Some(format) = field("response_format") {
-        match format.get("type").and_then(Value::as_str) {
-            Some("json_object") => {
-                config.insert("responseMimeType".into(), json!("application/json"));
-            }
+fn openai_to_gemini_generation_config(request: &ChatRequest) -> GenerationConfig {
+    let mut config = GenerationConfig {
+        max_output_tokens: [request.max_completion_tokens, request.max_tokens]
+            .into_iter()
+            .flatten()
+            .min(),
+        temperature: request.temperature.clone(),
+        top_p: request.top_p.clone(),
+        candidate_count: request.n.clone(),
+        seed: request.seed.clone(),
+        presence_penalty: request.presence_penalty.clone(),
+        frequency_penalty: request.frequency_penalty.clone(),
+        stop_sequences: match &request.stop {
+            Some(ChatStop::One(s)) => Some(vec![json!(s)]),
+            Some(ChatStop::Many(stops)) if !stops.is_empty() => Some(stops.clone()),
+            _ => None,
+        },
+        ..GenerationConfig::default()
+    };
+    if let Some(format) = &request.response_format {
+        match format.kind.as_deref() {
+            Some("json_object") => config.response_mime_type = Some("application/json"),
             Some("json_schema") => {
-                config.insert("responseMimeType".into(), json!("application/json"));
-                if let Some(schema) = format.pointer("/json_schema/schema") {
-                    config.insert("responseSchema".into(), openai_schema_to_gemini(schema));
-                }
+                config.response_mime_type = Some("application/json");
+                config.response_schema = format
+                    .json_schema
+                    .as_ref()
+                    .and_then(|s| s.schema.as_ref())
+                    .map(openai_schema_to_gemini);
             }
             _ => {}
         }
@@ -727,34 +1247,34 @@ struct OpenAiPieces {
 }
 
 /// Reads Gemini parts; `calls_so_far` numbers the tool calls of the candidate.
-fn gemini_parts_to_openai(parts: &[Value], calls_so_far: &mut usize) -> OpenAiPieces {
+fn gemini_parts_to_openai(parts: &[GeminiAnswerPart], calls_so_far: &mut usize) -> OpenAiPieces {
     let mut pieces = OpenAiPieces::default();
     for part in parts {
-        if let Some(call) = part.get("functionCall") {
+        if let Some(call) = &part.function_call {
+            let call: GeminiFunctionCall = read_or_default(call);
             let index = *calls_so_far;
             *calls_so_far += 1;
             let id = call
-                .get("id")
-                .and_then(Value::as_str)
+                .id
                 .filter(|id| !id.is_empty())
-                .map_or_else(|| format!("call_{index}"), str::to_string);
-            let arguments = call.get("args").cloned().unwrap_or_else(|| json!({}));
+                .unwrap_or_else(|| format!("call_{index}"));
+            let arguments = call.args.unwrap_or_else(|| json!({}));
             let mut tool_call = json!({
                 "index": index,
                 "id": id,
                 "type": "function",
                 "function": {
-                    "name": call.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    "name": call.name.unwrap_or_default(),
                     "arguments": arguments.to_string(),
                 },
             });
-            if let Some(signature) = part.get("thoughtSignature").and_then(Value::as_str) {
+            if let Some(signature) = &part.thought_signature {
                 tool_call["extra_content"] =
                     json!({ "google": { "thought_signature": signature } });
             }
             pieces.tool_calls.push(tool_call);
-        } else if let Some(text) = part.get("text").and_then(Value::as_str) {
-            if part.get("thought").and_then(Value::as_bool) == Some(true) {
+        } else if let Some(text) = &part.text {
+            if part.thought == Some(true) {
                 pieces.reasoning.push_str(text);
             } else {
                 pieces.content.push_str(text);
@@ -764,94 +1284,21 @@ fn gemini_parts_to_openai(parts: &[Value], calls_so_far: &mut usize) -> OpenAiPi
     pieces
 }
 
-fn candidate_parts(candidate: &Value) -> &[Value] {
-    candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-fn candidate_index(candidate: &Value, position: usize) -> u64 {
-    candidate
-        .get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position as u64)
-}
-
-fn openai_completion_id(answer: &Value) -> String {
-    match answer.get("responseId").and_then(Value::as_str) {
-        Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
-        _ => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-    }
-}
-
-fn answer_model(answer: &Value, model: &str) -> String {
-    answer
-        .get("modelVersion")
-        .and_then(Value::as_str)
-        .unwrap_or(model)
-        .to_string()
-}
-
-fn prompt_blocked(answer: &Value) -> bool {
-    answer.pointer("/promptFeedback/blockReason").is_some()
-}
-
 /// Translates a `GenerateContentResponse` into an OpenAI `chat.completion`.
 pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
-    let candidates = answer
-        .get("candidates")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut choices: Vec<Value> = candidates
+    answer_to_openai(&read_or_default(answer), model)
+}
+
+fn answer_to_openai(answer: &GeminiAnswer, model: &str) -> ChatOutcome {
+    let mut choices: Vec<Value> = answer
+        .candidates()
         .iter()
         .enumerate()
-        .map(|(position, candidate)| {
-            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut 0);
-            let called_tools = !pieces.tool_calls.is_empty();
-            let mut message = json!({
-                "role": "assistant",
-                "content": if called_tools && pieces.content.is_empty() {
-                    Value::Null
-                } else {
-                    json!(pieces.content)
-                },
-            });
-            if !pieces.reasoning.is_empty() {
-                message["reasoning_content"] = json!(pieces.reasoning);
-            }
-            if called_tools {
-                let calls: Vec<Value> = pieces
-                    .tool_calls
-                    .into_iter()
-                    .map(|mut c| {
-                        if let Some(c) = c.as_object_mut() {
-                            c.remove("index");
-                        }
-                        c
-                    })
-                    .collect();
-                message["tool_calls"] = Value::Array(calls);
-            }
-            let finish_reason = candidate
-                .get("finishReason")
-                .and_then(Value::as_str)
-                .map_or(if called_tools { "tool_calls" } else { "stop" }, |r| {
-                    gemini_finish_reason_to_openai(r, called_tools)
-                });
-            json!({
-                "index": candidate_index(candidate, position),
-                "message": message,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            })
-        })
+        .map(|(position, candidate)| candidate_to_openai_choice(candidate, position))
         .collect();
     if choices.is_empty() {
         // No candidates: the prompt itself was blocked (`promptFeedback.blockReason`).
-        let finish_reason = if prompt_blocked(answer) {
+        let finish_reason = if answer.prompt_blocked() {
             "content_filter"
         } else {
             "stop"
@@ -863,18 +1310,45 @@ pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
             "finish_reason": finish_reason,
         }));
     }
-    let usage = answer.get("usageMetadata").and_then(usage_from_gemini);
-    let mut body = json!({
-        "id": openai_completion_id(answer),
-        "object": "chat.completion",
-        "created": chrono::Utc::now().timestamp(),
-        "model": answer_model(answer, model),
-        "choices": choices,
-    });
-    if let Some(usage) = &usage {
-        body["usage"] = openai_usage_json(usage);
-    }
+    let usage = answer.usage_metadata.as_ref().and_then(usage_of);
+    let body = chat_completion(
+        json!(answer.completion_id()),
+        chrono::Utc::now().timestamp(),
+        json!(answer.model_version.as_deref().unwrap_or(model)),
+        choices,
+        usage.as_ref(),
+    );
     ChatOutcome { body, usage }
+}
+
+/// One candidate as an OpenAI `choice`.
+fn candidate_to_openai_choice(candidate: &GeminiCandidate, position: usize) -> Value {
+    let pieces = gemini_parts_to_openai(candidate.parts(), &mut 0);
+    let called_tools = !pieces.tool_calls.is_empty();
+    // A whole answer's tool calls have no `index` (a stream's do).
+    let calls: Vec<Value> = pieces
+        .tool_calls
+        .into_iter()
+        .map(|mut call| {
+            if let Value::Object(fields) = &mut call {
+                fields.remove("index");
+            }
+            call
+        })
+        .collect();
+    let message = AssistantMessage::new(pieces.content, pieces.reasoning, calls);
+    let finish_reason = candidate
+        .finish_reason
+        .as_deref()
+        .map_or(if called_tools { "tool_calls" } else { "stop" }, |r| {
+            gemini_finish_reason_to_openai(r, called_tools)
+        });
+    json!({
+        "index": candidate.index(position),
+        "message": message,
+        "logprobs": null,
+        "finish_reason": finish_reason,
+    })
 }
 
 #[derive(Default)]
@@ -916,29 +1390,30 @@ impl GeminiStreamTranslator {
         })
     }
 
+    /// [`Self::on_chunk`] of a chunk given as JSON.
+    #[cfg(test)]
     fn gemini_chunk_to_openai(&mut self, chunk: &Value) -> Result<Vec<StreamItem>, UpstreamError> {
-        if let Some(error) = chunk.get("error") {
+        self.on_chunk(read_or_default(chunk))
+    }
+
+    fn on_chunk(&mut self, chunk: GeminiAnswer) -> Result<Vec<StreamItem>, UpstreamError> {
+        if let Some(error) = &chunk.error {
             return Err(gemini_error_status(error));
         }
         if self.id.is_none() {
-            self.id = Some(openai_completion_id(chunk));
+            self.id = Some(chunk.completion_id());
         }
-        if let Some(model) = chunk.get("modelVersion").and_then(Value::as_str) {
-            self.model = model.to_string();
+        if let Some(model) = &chunk.model_version {
+            self.model = model.clone();
         }
         let mut items = Vec::new();
-        let candidates = chunk
-            .get("candidates")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for (position, candidate) in candidates.iter().enumerate() {
-            let index = candidate_index(candidate, position);
+        for (position, candidate) in chunk.candidates().iter().enumerate() {
+            let index = candidate.index(position);
             let state = self.candidates.entry(index).or_default();
-            let pieces = gemini_parts_to_openai(candidate_parts(candidate), &mut state.tool_calls);
+            let pieces = gemini_parts_to_openai(candidate.parts(), &mut state.tool_calls);
             let finish = candidate
-                .get("finishReason")
-                .and_then(Value::as_str)
+                .finish_reason
+                .as_deref()
                 .map(|r| gemini_finish_reason_to_openai(r, state.tool_calls > 0));
             let mut delta = Map::new();
             if !pieces.content.is_empty() {
@@ -960,7 +1435,7 @@ impl GeminiStreamTranslator {
             self.finished |= finish.is_some();
             items.push(StreamItem::Chunk(self.openai_chunk(index, delta, finish)));
         }
-        if candidates.is_empty() && prompt_blocked(chunk) {
+        if chunk.candidates().is_empty() && chunk.prompt_blocked() {
             self.finished = true;
             let mut delta = Map::new();
             delta.insert("role".into(), json!("assistant"));
@@ -971,7 +1446,7 @@ impl GeminiStreamTranslator {
             )));
         }
         // Cumulative: the newest replaces the last, never adds to it.
-        if let Some(usage) = chunk.get("usageMetadata").and_then(usage_from_gemini) {
+        if let Some(usage) = chunk.usage_metadata.as_ref().and_then(usage_of) {
             if self.usage != Some(usage) {
                 self.usage = Some(usage);
                 items.push(StreamItem::Usage(usage));
@@ -990,39 +1465,36 @@ impl GeminiStreamTranslator {
 // ---------------------------------------------------------------------------
 // Embeddings
 
-fn openai_embedding_inputs(request: &Value) -> Result<Vec<String>, UpstreamError> {
-    match request.get("input") {
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| unsupported("embeddings of token arrays"))
-            })
-            .collect(),
-        _ => Err(unsupported("embeddings without a text input")),
-    }
-}
-
 /// A `BatchEmbedContentsRequest` with one request per input.
 fn openai_to_gemini_embed_request(model: &str, inputs: &[String], request: &Value) -> Value {
+    #[derive(Default, Deserialize)]
+    struct EmbeddingsRequest {
+        #[serde(default, deserialize_with = "lenient")]
+        dimensions: Option<u64>,
+    }
     let (collection, name) = gemini_resource(model);
-    let dimensions = request.get("dimensions").and_then(Value::as_u64);
-    let requests: Vec<Value> = inputs
+    let dimensions = read_or_default::<EmbeddingsRequest>(request).dimensions;
+    let requests: Vec<GeminiEmbedRequest> = inputs
         .iter()
-        .map(|text| {
-            let mut one = json!({
-                "model": format!("{collection}/{name}"),
-                "content": { "parts": [{ "text": text }] },
-            });
-            if let Some(d) = dimensions {
-                one["outputDimensionality"] = json!(d);
-            }
-            one
+        .map(|text| GeminiEmbedRequest {
+            model: format!("{collection}/{name}"),
+            content: GeminiRolelessContent {
+                parts: vec![GeminiPart::text(text.clone())],
+            },
+            output_dimensionality: dimensions,
         })
         .collect();
     json!({ "requests": requests })
+}
+
+/// One request of a `BatchEmbedContentsRequest`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiEmbedRequest {
+    model: String,
+    content: GeminiRolelessContent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u64>,
 }
 
 /// An OpenAI embeddings `list` from a `BatchEmbedContentsResponse`.
@@ -1032,9 +1504,9 @@ fn gemini_to_openai_embeddings(
     inputs: &[String],
     base64: bool,
 ) -> Result<Value, UpstreamError> {
+    let answer: GeminiEmbedAnswer = read_or_default(answer);
     let embeddings = answer
-        .get("embeddings")
-        .and_then(Value::as_array)
+        .embeddings
         .filter(|e| e.len() == inputs.len())
         .ok_or_else(|| {
             UpstreamError::Protocol(
@@ -1042,10 +1514,9 @@ fn gemini_to_openai_embeddings(
             )
         })?;
     let mut data = Vec::with_capacity(embeddings.len());
-    for (index, embedding) in embeddings.iter().enumerate() {
+    for (index, embedding) in embeddings.into_iter().enumerate() {
         let values = embedding
-            .get("values")
-            .and_then(Value::as_array)
+            .values
             .ok_or_else(|| UpstreamError::Protocol("an embedding without values".into()))?;
         let vector = if base64 {
             let mut bytes = Vec::with_capacity(values.len() * 4);
@@ -1054,7 +1525,7 @@ fn gemini_to_openai_embeddings(
             }
             json!(base64::engine::general_purpose::STANDARD.encode(bytes))
         } else {
-            Value::Array(values.clone())
+            Value::Array(values)
         };
         data.push(json!({ "object": "embedding", "index": index, "embedding": vector }));
     }
@@ -1096,16 +1567,20 @@ fn imagen_aspect_ratio(width: u32, height: u32) -> Result<String, UpstreamError>
 /// An OpenAI images request as an Imagen `predict` body: `n` → `sampleCount`,
 /// `size` → `aspectRatio`.
 pub fn openai_to_imagen_request(request: &Value) -> Result<Value, UpstreamError> {
-    let prompt = request
-        .get("prompt")
-        .and_then(Value::as_str)
+    #[derive(Default, Deserialize)]
+    struct ImagesRequest {
+        #[serde(default, deserialize_with = "lenient")]
+        prompt: Option<String>,
+        #[serde(default, deserialize_with = "lenient")]
+        n: Option<u64>,
+    }
+    let images: ImagesRequest = read_or_default(request);
+    let prompt = images
+        .prompt
         .filter(|p| !p.is_empty())
         .ok_or_else(|| unsupported("image requests without a prompt"))?;
     let mut parameters = Map::new();
-    parameters.insert(
-        "sampleCount".into(),
-        json!(request.get("n").and_then(Value::as_u64).unwrap_or(1)),
-    );
+    parameters.insert("sampleCount".into(), json!(images.n.unwrap_or(1)));
     if let Some((width, height)) = image_size(request, "gemini")? {
         parameters.insert(
             "aspectRatio".into(),
@@ -1119,35 +1594,27 @@ pub fn openai_to_imagen_request(request: &Value) -> Result<Value, UpstreamError>
 /// bytes (filtered by Google's safety filters) are left out, so only images
 /// returned are billed; an answer with none is a refusal.
 pub fn imagen_to_openai(answer: &Value, request: &Value) -> Result<ImagesOutcome, UpstreamError> {
-    let predictions = answer
-        .get("predictions")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    imagen_answer_to_openai(read_or_default(answer), request)
+}
+
+fn imagen_answer_to_openai(
+    answer: ImagenAnswer,
+    request: &Value,
+) -> Result<ImagesOutcome, UpstreamError> {
+    let predictions = answer.predictions.unwrap_or_default();
     let mut data = Vec::with_capacity(predictions.len());
     let mut filtered = None;
     for prediction in predictions {
-        match prediction.get("bytesBase64Encoded").and_then(Value::as_str) {
+        match prediction.bytes_base64_encoded {
             Some(b64) => {
-                let mime_type = prediction
-                    .get("mimeType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("image/png");
-                let mut item = image_item(request, b64, mime_type);
-                // The prompt as rewritten, when Imagen enhanced it.
-                if let Some(prompt) = prediction.get("prompt").filter(|p| p.is_string()) {
-                    item["revised_prompt"] = prompt.clone();
+                let mime_type = prediction.mime_type.as_deref().unwrap_or("image/png");
+                let mut item = image_item(request, &b64, mime_type);
+                if let Some(prompt) = prediction.prompt {
+                    item["revised_prompt"] = json!(prompt);
                 }
                 data.push(item);
             }
-            None => {
-                filtered = filtered.or_else(|| {
-                    prediction
-                        .get("raiFilteredReason")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-            }
+            None => filtered = filtered.or(prediction.rai_filtered_reason),
         }
     }
     if data.is_empty() {
@@ -1178,10 +1645,11 @@ impl ProviderApi for Gemini {
             let path = gemini_model_path(model, "generateContent");
             let response = send(call, &path, &[], &body).await?;
             let answer = call.http.json_body(response, AnswerKind::Chat).await?;
-            if let Some(error) = answer.get("error") {
+            let answer: GeminiAnswer = serde_json::from_value(answer).unwrap_or_default();
+            if let Some(error) = &answer.error {
                 return Err(gemini_error_status(error));
             }
-            Ok(gemini_to_openai_response(&answer, model))
+            Ok(answer_to_openai(&answer, model))
         };
         tokio::time::timeout(total, exchange)
             .await
@@ -1216,11 +1684,12 @@ impl ProviderApi for Gemini {
                         Some(Err(e)) => return Some((vec![Err(e)], (events, translator, true))),
                         Some(Ok(event)) => event,
                     };
-                    // Keep-alives or anything else that is not JSON carries nothing.
-                    let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                    // Keep-alives or anything else that is not a JSON object carries
+                    // nothing.
+                    let Ok(chunk) = serde_json::from_str::<GeminiAnswer>(&event.data) else {
                         continue;
                     };
-                    match translator.gemini_chunk_to_openai(&chunk) {
+                    match translator.on_chunk(chunk) {
                         Ok(items) if items.is_empty() => continue,
                         Ok(items) => {
                             let items = items.into_iter().map(Ok).collect();
@@ -1240,8 +1709,8 @@ impl ProviderApi for Gemini {
         request: &Value,
     ) -> Result<EmbeddingsOutcome, UpstreamError> {
         let model = upstream_model(request)?;
-        let inputs = openai_embedding_inputs(request)?;
-        let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let inputs = super::embedding_texts(request, "gemini")?;
+        let base64 = super::wants_base64_embeddings(request);
         let body = openai_to_gemini_embed_request(model, &inputs, request);
         let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
         let exchange = async {
@@ -1272,10 +1741,11 @@ impl ProviderApi for Gemini {
             let path = gemini_model_path(model, "predict");
             let response = send(call, &path, &[], &body).await?;
             let answer = call.http.json_body(response, AnswerKind::Images).await?;
-            if let Some(error) = answer.get("error") {
+            let answer: ImagenAnswer = serde_json::from_value(answer).unwrap_or_default();
+            if let Some(error) = &answer.error {
                 return Err(gemini_error_status(error));
             }
-            imagen_to_openai(&answer, request)
+            imagen_answer_to_openai(answer, request)
         };
         tokio::time::timeout(total, exchange)
             .await

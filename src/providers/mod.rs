@@ -14,6 +14,7 @@ pub mod gemini;
 pub mod openai;
 mod redact;
 pub mod sse;
+pub(crate) mod wire;
 
 use crate::config::Limits;
 use crate::crypto::Secret;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use domain::Usage;
 use futures_util::Stream;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -652,11 +654,33 @@ async fn error_body_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// An error body in OpenAI's and Anthropic's shape: `{"error": {"message": …}}`.
+#[derive(Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default, deserialize_with = "wire::lenient")]
+    error: Option<ErrorBodyDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBodyDetail {
+    #[serde(default, deserialize_with = "wire::lenient")]
+    message: Option<String>,
+}
+
+/// The `model` of an OpenAI request (by then the upstream's own name); `None`
+/// when absent or not a string.
+pub fn request_model(request: &Value) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct ModelField<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a str>,
+    }
+    ModelField::deserialize(request).ok()?.model
+}
+
 /// The `error.message` of an error body (OpenAI's and Anthropic's shape).
 pub fn error_dot_message(body: &Value) -> Option<String> {
-    body.pointer("/error/message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    wire::read_or_default::<ErrorBody>(body).error?.message
 }
 
 /// Maps a reqwest failure without ever printing the request (headers hold the key).
@@ -713,6 +737,62 @@ fn sse_events(bytes: UpstreamBytes, parser: sse::SseParser, idle: Duration) -> S
     ))
 }
 
+/// An OpenAI `chat.completion` as the translating providers (Anthropic, Gemini,
+/// Bedrock) build it, with `usage` when the upstream reported it. Built as a JSON
+/// value, so its keys are sorted, as they always were.
+pub fn chat_completion(
+    id: Value,
+    created: i64,
+    model: Value,
+    choices: Vec<Value>,
+    usage: Option<&Usage>,
+) -> Value {
+    #[derive(Serialize)]
+    struct ChatCompletion {
+        id: Value,
+        object: &'static str,
+        created: i64,
+        model: Value,
+        choices: Vec<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Value>,
+    }
+    serde_json::json!(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices,
+        usage: usage.map(openai_usage_json),
+    })
+}
+
+/// The assistant `message` of an OpenAI `chat.completion` choice.
+#[derive(Serialize)]
+pub struct AssistantMessage {
+    role: &'static str,
+    /// `null` when the answer is tool calls and no text.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<Value>>,
+}
+
+impl AssistantMessage {
+    /// The message of an answer's text, reasoning and tool calls (the empty ones
+    /// left out).
+    pub fn new(text: String, reasoning: String, tool_calls: Vec<Value>) -> Self {
+        let tool_calls_only = text.is_empty() && !tool_calls.is_empty();
+        Self {
+            role: "assistant",
+            content: (!tool_calls_only).then_some(text),
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+        }
+    }
+}
+
 /// Usage in OpenAI's shape, as the hub reports it to clients.
 pub fn openai_usage_json(usage: &Usage) -> Value {
     serde_json::json!({
@@ -735,18 +815,23 @@ pub fn embedding_texts(
     request: &Value,
     provider: &'static str,
 ) -> Result<Vec<String>, UpstreamError> {
+    /// A string, an array of strings, or token arrays (refused).
+    #[derive(Default, Deserialize)]
+    struct EmbeddingsInput {
+        #[serde(default)]
+        input: Option<Value>,
+    }
     let unsupported = |capability| UpstreamError::Unsupported {
         provider,
         capability,
     };
-    match request.get("input") {
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
+    match wire::read_or_default::<EmbeddingsInput>(request).input {
+        Some(Value::String(s)) => Ok(vec![s]),
         Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| unsupported("embeddings of token arrays"))
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(unsupported("embeddings of token arrays")),
             })
             .collect(),
         _ => Err(unsupported("embeddings without a text input")),
@@ -755,7 +840,15 @@ pub fn embedding_texts(
 
 /// Whether an embeddings request asks for `encoding_format: "base64"`.
 pub fn wants_base64_embeddings(request: &Value) -> bool {
-    request.get("encoding_format").and_then(Value::as_str) == Some("base64")
+    #[derive(Default, Deserialize)]
+    struct EncodingFormat {
+        #[serde(default, deserialize_with = "wire::lenient")]
+        encoding_format: Option<String>,
+    }
+    wire::read_or_default::<EncodingFormat>(request)
+        .encoding_format
+        .as_deref()
+        == Some("base64")
 }
 
 /// One OpenAI `embedding` value: the numbers as they are, or, for
@@ -800,7 +893,13 @@ pub fn embeddings_list(model: &str, vectors: Vec<Value>, prompt_tokens: u64) -> 
 /// `response_format: "url"`, a `data:` URL (upstreams that only return bytes
 /// have no URL to give); otherwise (`"b64_json"` or absent) `b64_json`.
 pub fn image_item(request: &Value, b64: &str, mime_type: &str) -> Value {
-    if request.get("response_format").and_then(Value::as_str) == Some("url") {
+    #[derive(Default, Deserialize)]
+    struct ResponseFormat {
+        #[serde(default, deserialize_with = "wire::lenient")]
+        response_format: Option<String>,
+    }
+    let format = wire::read_or_default::<ResponseFormat>(request).response_format;
+    if format.as_deref() == Some("url") {
         serde_json::json!({"url": format!("data:{mime_type};base64,{b64}")})
     } else {
         serde_json::json!({"b64_json": b64})
@@ -825,12 +924,18 @@ pub fn image_size(
     request: &Value,
     provider: &'static str,
 ) -> Result<Option<(u32, u32)>, UpstreamError> {
-    let size = match request.get("size") {
-        None | Some(Value::Null) => return Ok(None),
+    #[derive(Default, Deserialize)]
+    struct ImageSize {
+        #[serde(default)]
+        size: Option<Value>,
+    }
+    let size = match wire::read_or_default::<ImageSize>(request).size {
+        None => return Ok(None),
         Some(Value::String(s)) if s == "auto" => return Ok(None),
-        Some(size) => size,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => None,
     };
-    size.as_str()
+    size.as_deref()
         .and_then(|s| s.split_once('x'))
         .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
         .filter(|(w, h)| *w > 0 && *h > 0)

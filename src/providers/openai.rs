@@ -14,6 +14,7 @@
 //! when asked with `stream_options.include_usage`, in a final chunk that may still
 //! carry `choices`.
 
+use super::wire::{lenient, present, read_or_default};
 use super::{
     embedding_texts, embedding_vector, embeddings_list, error_dot_message, wants_base64_embeddings,
     AnswerKind, ChatOutcome, ChatStream, EmbeddingsOutcome, ImagesOutcome, Provider, ProviderApi,
@@ -22,22 +23,160 @@ use super::{
 use async_trait::async_trait;
 use domain::Usage;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 pub struct OpenAiCompatible;
 
+// ---------------------------------------------------------------------------
+// Wire shapes. Requests and answers pass through as they came; these read (and,
+// for streams, add) only the fields the hub itself needs, leniently (see
+// `super::wire`): a field of the wrong type counts as absent.
+
+/// An OpenAI-style `usage` object (DeepSeek's cache fields included).
+#[derive(Default, Deserialize)]
+struct OpenAiUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_cache_hit_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_tokens: Option<u64>,
+}
+
+/// The usage of an answer (the rest passes through unread).
+#[derive(Default, Deserialize)]
+struct AnswerUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<OpenAiUsage>,
+}
+
+/// What the hub reads of a streamed chunk (which passes on otherwise as it came).
+#[derive(Default, Deserialize)]
+struct ChunkView {
+    /// Present at all, the chunk is an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+    #[serde(default, deserialize_with = "lenient")]
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// The `error` of an error body or chunk.
+#[derive(Default, Deserialize)]
+struct ErrorDetail {
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<String>,
+}
+
+/// A chat request sent for a stream: the client's fields as they came, with the
+/// two the hub sets.
+#[derive(Serialize)]
+struct StreamingChatRequest {
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// The fields of an embeddings request Ollama's native API reads; its own
+/// options pass through as given.
+#[derive(Default, Deserialize)]
+struct OllamaEmbedOptions {
+    #[serde(default)]
+    model: Value,
+    #[serde(default)]
+    dimensions: Option<Value>,
+    #[serde(default)]
+    truncate: Option<Value>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    options: Option<Value>,
+}
+
+/// An `/api/embed` request.
+#[derive(Serialize)]
+struct OllamaEmbedRequest<'a> {
+    model: Value,
+    input: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncate: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_alive: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<Value>,
+}
+
+/// An `/api/embed` answer.
+#[derive(Default, Deserialize)]
+struct OllamaEmbedAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    embeddings: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_eval_count: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+}
+
+/// An Ollama error body: `{"error": "…"}`, or OpenAI's shape from proxies.
+#[derive(Default, Deserialize)]
+struct OllamaErrorBody {
+    #[serde(default, deserialize_with = "lenient")]
+    error: Option<OllamaError>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OllamaError {
+    Text(String),
+    Detail(ErrorDetail),
+}
+
+/// An images answer: only how many images it holds is read.
+#[derive(Default, Deserialize)]
+struct ImagesAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    data: Option<Vec<IgnoredAny>>,
+}
+
 /// Reads usage from an OpenAI-style `usage` object; `None` if absent or malformed.
 pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
-    let prompt_tokens = usage.get("prompt_tokens")?.as_u64()?;
-    let output_tokens = usage
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let detail = |path: &str| usage.pointer(path).and_then(Value::as_u64);
+    usage_of(read_or_default(usage))
+}
+
+fn usage_of(usage: OpenAiUsage) -> Option<Usage> {
+    let prompt_tokens = usage.prompt_tokens?;
+    let output_tokens = usage.completion_tokens.unwrap_or(0);
     // OpenAI counts cached tokens inside prompt_tokens; the ledger keeps them apart.
-    let cached = detail("/prompt_tokens_details/cached_tokens")
-        .or_else(|| detail("/prompt_cache_hit_tokens"))
+    let cached = usage
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .or(usage.prompt_cache_hit_tokens)
         .unwrap_or(0);
     let cache_read_tokens = cached.min(prompt_tokens);
     Some(Usage {
@@ -45,10 +184,20 @@ pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
         cache_read_tokens,
         cache_write_tokens: 0,
         output_tokens,
-        reasoning_tokens: detail("/completion_tokens_details/reasoning_tokens").unwrap_or(0),
+        reasoning_tokens: usage
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0),
         estimated: false,
         images: 0,
     })
+}
+
+/// The usage an answer reports.
+fn answer_usage(body: &Value) -> Option<Usage> {
+    read_or_default::<AnswerUsage>(body)
+        .usage
+        .and_then(usage_of)
 }
 
 fn chat_path(kind: ProviderKind) -> &'static str {
@@ -71,12 +220,11 @@ fn post(call: &UpstreamCall<'_>, path: &str, body: &Value) -> reqwest::RequestBu
 /// Turns one streamed OpenAI chunk into stream items: its usage (if any) and the
 /// chunk itself without `usage` (dropped when only usage was left).
 fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
-    if let Some(error) = chunk.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("stream error")
-            .to_string();
+    let view: ChunkView = read_or_default(&chunk);
+    if let Some(error) = view.error {
+        let message = read_or_default::<ErrorDetail>(&error)
+            .message
+            .unwrap_or_else(|| "stream error".to_string());
         return Err(UpstreamError::Status {
             status: 502,
             code: super::redact::error_code(&chunk),
@@ -84,7 +232,10 @@ fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
         });
     }
     let mut items = Vec::with_capacity(2);
-    let usage = chunk.as_object_mut().and_then(|o| o.remove("usage"));
+    let usage = match &mut chunk {
+        Value::Object(fields) => fields.remove("usage"),
+        _ => None,
+    };
     if let Some(usage) = usage
         .as_ref()
         .filter(|u| !u.is_null())
@@ -92,11 +243,7 @@ fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
     {
         items.push(StreamItem::Usage(usage));
     }
-    let has_choices = chunk
-        .get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(|c| !c.is_empty());
-    if has_choices {
+    if view.choices.is_some_and(|c| !c.is_empty()) {
         items.insert(0, StreamItem::Chunk(chunk));
     }
     Ok(items)
@@ -105,23 +252,24 @@ fn chunk_items(mut chunk: Value) -> Result<Vec<StreamItem>, UpstreamError> {
 /// The message of an Ollama error body: `{"error": "…"}` (a string), or OpenAI's
 /// shape from proxies in front of it.
 fn ollama_error_message(body: &Value) -> Option<String> {
-    body.get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| error_dot_message(body))
+    match read_or_default::<OllamaErrorBody>(body).error? {
+        OllamaError::Text(message) => Some(message),
+        OllamaError::Detail(detail) => detail.message,
+    }
 }
 
 /// The native `/api/embed` body for an OpenAI embeddings request; Ollama's own
 /// options (`truncate`, `keep_alive`, `options`) and `dimensions` pass through.
 pub fn ollama_embed_request(request: &Value, texts: &[String]) -> Value {
-    let mut body =
-        json!({"model": request.get("model").cloned().unwrap_or(Value::Null), "input": texts});
-    for field in ["dimensions", "truncate", "keep_alive", "options"] {
-        if let Some(value) = request.get(field).filter(|v| !v.is_null()) {
-            body[field] = value.clone();
-        }
-    }
-    body
+    let options: OllamaEmbedOptions = read_or_default(request);
+    json!(OllamaEmbedRequest {
+        model: options.model,
+        input: texts,
+        dimensions: options.dimensions,
+        truncate: options.truncate,
+        keep_alive: options.keep_alive,
+        options: options.options,
+    })
 }
 
 /// An OpenAI embeddings answer from Ollama's `/api/embed` answer for `texts`; its
@@ -133,28 +281,30 @@ pub fn ollama_embed_to_openai(
     texts: &[String],
     base64: bool,
 ) -> Result<EmbeddingsOutcome, UpstreamError> {
-    let inputs = texts.len();
+    let answer: OllamaEmbedAnswer = read_or_default(answer);
     let vectors = answer
-        .get("embeddings")
-        .and_then(Value::as_array)
-        .filter(|e| e.len() == inputs)
+        .embeddings
+        .filter(|e| e.len() == texts.len())
         .ok_or_else(|| {
             UpstreamError::Protocol("/api/embed answered the wrong number of embeddings".into())
         })?
         .iter()
-        .map(|v| v.as_array().and_then(|v| embedding_vector(v, base64)))
+        .map(|v| match v {
+            Value::Array(v) => embedding_vector(v, base64),
+            _ => None,
+        })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| {
             UpstreamError::Protocol("/api/embed answered a malformed embedding".into())
         })?;
-    let usage = match answer.get("prompt_eval_count").and_then(Value::as_u64) {
+    let usage = match answer.prompt_eval_count {
         Some(tokens) => Usage {
             input_tokens: tokens,
             ..Usage::default()
         },
         None => Usage::estimate(texts.iter().map(|t| t.len() as u64).sum(), 0),
     };
-    let model = answer.get("model").and_then(Value::as_str).unwrap_or(model);
+    let model = answer.model.as_deref().unwrap_or(model);
     Ok(EmbeddingsOutcome {
         body: embeddings_list(model, vectors, usage.input_tokens),
         usage: Some(usage),
@@ -166,7 +316,7 @@ async fn ollama_embeddings(
     request: &Value,
 ) -> Result<EmbeddingsOutcome, UpstreamError> {
     let texts = embedding_texts(request, "ollama")?;
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+    let model = super::request_model(request).unwrap_or("");
     let body = ollama_embed_request(request, &texts);
     let total = Duration::from_millis(call.http.limits.upstream_total_timeout_ms);
     let exchange = async {
@@ -202,7 +352,7 @@ impl ProviderApi for OpenAiCompatible {
                 )
                 .await?;
             let body = call.http.json_body(response, AnswerKind::Chat).await?;
-            let usage = body.get("usage").and_then(usage_from_openai);
+            let usage = answer_usage(&body);
             Ok(ChatOutcome { body, usage })
         };
         tokio::time::timeout(total, exchange)
@@ -215,10 +365,24 @@ impl ProviderApi for OpenAiCompatible {
         call: &UpstreamCall<'_>,
         request: &Value,
     ) -> Result<ChatStream, UpstreamError> {
-        let mut request = request.clone();
-        request["stream"] = json!(true);
-        // Always ask for usage: billing settles from it.
-        request["stream_options"] = json!({"include_usage": true});
+        let mut fields = match request {
+            Value::Object(fields) => fields.clone(),
+            _ => Map::new(),
+        };
+        // Set below: the client's own values give way.
+        fields.remove("stream");
+        fields.remove("stream_options");
+        let request = StreamingChatRequest {
+            fields,
+            stream: true,
+            // Always ask for usage: billing settles from it.
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        };
+        // Through a JSON value, so that the keys go out sorted, as they always did.
+        let request = serde_json::to_value(request)
+            .map_err(|e| UpstreamError::Protocol(format!("request not encodable: {e}")))?;
         let response = call
             .http
             .send(
@@ -276,7 +440,7 @@ impl ProviderApi for OpenAiCompatible {
             .http
             .json_body(response, AnswerKind::Embeddings)
             .await?;
-        let usage = body.get("usage").and_then(usage_from_openai);
+        let usage = answer_usage(&body);
         Ok(EmbeddingsOutcome { body, usage })
     }
 
@@ -300,9 +464,8 @@ impl ProviderApi for OpenAiCompatible {
             .send(post(call, "images/generations", request), error_dot_message)
             .await?;
         let body = call.http.json_body(response, AnswerKind::Images).await?;
-        let images = body
-            .get("data")
-            .and_then(Value::as_array)
+        let images = read_or_default::<ImagesAnswer>(&body)
+            .data
             .map_or(0, |d| d.len() as u64);
         Ok(ImagesOutcome { body, images })
     }
