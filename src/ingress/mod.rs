@@ -9,8 +9,10 @@
 //! Adding an ingress is one codec module here and its routes.
 
 pub mod aigne;
+pub(crate) mod lenient;
 pub mod messages;
 pub mod openai;
+pub(crate) mod openai_wire;
 
 use crate::auth::{presented_key, PresentedKey};
 use crate::body::{parse_json, read_limited};
@@ -208,6 +210,18 @@ pub(crate) fn frames(rx: mpsc::Receiver<Bytes>) -> impl Stream<Item = Bytes> {
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|frame| (frame, rx))
     })
+}
+
+/// A wire struct as JSON. The codecs' structs have string keys and fields that
+/// always serialize, so this does not fail; were it to, the answer would be
+/// null rather than a panic.
+pub(crate) fn to_json(wire: &impl serde::Serialize) -> Value {
+    serde_json::to_value(wire).unwrap_or_default()
+}
+
+/// [`to_json`] as text (an SSE frame's data).
+pub(crate) fn to_json_text(wire: &impl serde::Serialize) -> String {
+    serde_json::to_string(wire).unwrap_or_default()
 }
 
 /// A request body's top-level object.

@@ -15,6 +15,7 @@
 
 pub mod convert;
 pub mod stream;
+pub(crate) mod wire;
 
 use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
 use crate::error::{AuthFailure, HubError};
@@ -34,9 +35,10 @@ use domain::tenant::Attempt;
 use domain::{Ingress, RequestId, Usage};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use stream::{event_frame, event_output_bytes, typed_frame, OpenAiToAnthropicStream};
 use tracing::Instrument;
+use wire::{ErrorDetail, ErrorEvent, ErrorType, UpstreamAnswer, UpstreamEvent};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -102,13 +104,24 @@ pub fn anthropic_error_type(e: &HubError) -> &'static str {
     }
 }
 
+/// A hub error in Anthropic's shape.
+fn anthropic_error(e: &HubError) -> ErrorEvent {
+    ErrorEvent {
+        kind: ErrorType::Error,
+        error: ErrorDetail {
+            kind: anthropic_error_type(e),
+            message: e.to_string(),
+        },
+    }
+}
+
 pub fn anthropic_error_body(e: &HubError) -> Value {
-    json!({"type": "error", "error": {"type": anthropic_error_type(e), "message": e.to_string()}})
+    ingress::to_json(&anthropic_error(e))
 }
 
 /// The `error` event that ends a stream that failed after it started.
 fn error_frame(e: &HubError) -> Bytes {
-    event_frame(Some("error"), &anthropic_error_body(e).to_string())
+    event_frame(Some("error"), &ingress::to_json_text(&anthropic_error(e)))
 }
 
 // ---------------------------------------------------------------------------
@@ -183,11 +196,9 @@ fn openai_request(call: &UpstreamCall<'_>, request: &Value) -> Result<Value, Ups
     let mut openai = convert::anthropic_to_openai_request(request)?;
     // OpenAI's reasoning models refuse `max_tokens`; the compatible kinds know it.
     if call.provider.kind == ProviderKind::OpenAi {
-        if let Some(max) = openai.as_object_mut().and_then(|o| o.remove("max_tokens")) {
-            openai["max_completion_tokens"] = max;
-        }
+        openai.max_completion_tokens = openai.max_tokens.take();
     }
-    Ok(openai)
+    Ok(ingress::to_json(&openai))
 }
 
 /// One attempt: the client's body as it is to an Anthropic upstream
@@ -219,7 +230,7 @@ const MESSAGES: Billed<MessagesReply> = Billed {
     },
     usage: |answer, _, prompt_bytes| match answer {
         Upstream::Anthropic(outcome) => outcome.usage.unwrap_or_else(|| {
-            let message: Value = serde_json::from_slice(&outcome.body).unwrap_or_default();
+            let message: UpstreamAnswer = serde_json::from_slice(&outcome.body).unwrap_or_default();
             Usage::estimate(
                 prompt_bytes,
                 convert::anthropic_message_output_bytes(&message),
@@ -286,18 +297,20 @@ pub async fn messages(call: ModelCall<Anthropic>) -> Result<HttpResponse, Messag
 /// One piece of a relayed stream: an Anthropic upstream's event, or an OpenAI
 /// chunk to translate.
 enum MessagesPiece {
-    Event { event: SseEvent, data: Value },
+    Event {
+        event: SseEvent,
+        data: UpstreamEvent,
+    },
     Chunk(Value),
 }
 
 impl MessagesPiece {
     /// An event's type: its `type` field, else its SSE name.
-    fn event_type(event: &SseEvent, data: &Value) -> String {
-        data.get("type")
-            .and_then(Value::as_str)
+    fn event_type<'a>(event: &'a SseEvent, data: &'a UpstreamEvent) -> &'a str {
+        data.kind
+            .as_deref()
             .or(event.event.as_deref())
             .unwrap_or("")
-            .to_string()
     }
 }
 
@@ -388,8 +401,8 @@ impl StreamCodec for AnthropicEvents {
             MessagesPiece::Event { event, data } => (event, data),
         };
         let frame = event_frame(event.event.as_deref(), &event.data);
-        match MessagesPiece::event_type(&event, &data).as_str() {
-            "content_block_start" => self.open_block = data.get("index").and_then(Value::as_u64),
+        match MessagesPiece::event_type(&event, &data) {
+            "content_block_start" => self.open_block = data.index,
             "content_block_stop" => self.open_block = None,
             "message_stop" => {
                 self.message_stop = Some(frame);
@@ -429,6 +442,7 @@ impl StreamCodec for AnthropicEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_messages_request_needs_max_tokens_and_message_objects() {
