@@ -13,7 +13,9 @@ use serde_json::{Number, Value};
 /// operation: the provider modules set it).
 #[derive(Serialize, Default, Debug)]
 pub(crate) struct ChatRequest {
-    pub(crate) model: String,
+    /// Absent where the hub sets it per attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<String>,
     pub(crate) messages: Vec<ChatMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_tokens: Option<u64>,
@@ -24,6 +26,10 @@ pub(crate) struct ChatRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) top_p: Option<Number>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) frequency_penalty: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_penalty: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stop: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) user: Option<String>,
@@ -33,34 +39,82 @@ pub(crate) struct ChatRequest {
     pub(crate) tool_choice: Option<ChatToolChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) response_format: Option<ResponseFormat>,
+    /// Set by a codec that decides it (the Messages translation leaves it to
+    /// the provider modules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stream: Option<bool>,
 }
 
-/// One message of a chat request, by role.
+/// `{"type": "json_schema", "json_schema": …}`: structured output.
 #[derive(Serialize, Debug)]
-#[serde(tag = "role", rename_all = "lowercase")]
-pub(crate) enum ChatMessage {
-    System {
-        content: String,
-    },
-    User {
-        content: UserContent,
-    },
-    Assistant {
-        /// Null when the turn is only tool calls.
-        content: Option<String>,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        tool_calls: Vec<ChatToolCall>,
-    },
-    Tool {
-        tool_call_id: String,
-        content: String,
-    },
+pub(crate) struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub(crate) kind: JsonSchemaType,
+    pub(crate) json_schema: JsonSchemaFormat,
 }
 
-/// A user message's content: its text, or parts.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum JsonSchemaType {
+    JsonSchema,
+}
+
+/// The client's schema settings, passed on as they came.
+#[derive(Serialize, Debug)]
+pub(crate) struct JsonSchemaFormat {
+    pub(crate) name: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) description: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) strict: Option<Value>,
+    pub(crate) schema: Value,
+}
+
+/// One message of a chat request.
+#[derive(Serialize, Debug)]
+pub(crate) struct ChatMessage {
+    pub(crate) role: ChatRole,
+    /// Null when an assistant's turn is only tool calls.
+    pub(crate) content: Option<MessageContent>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tool_calls: Vec<ChatToolCall>,
+    /// Which call a `tool` message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of `role` with `content` and nothing else.
+    pub(crate) fn new(role: ChatRole, content: Option<MessageContent>) -> Self {
+        ChatMessage {
+            role,
+            content,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChatRole {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// A message's content: its text, or parts.
 #[derive(Serialize, Debug)]
 #[serde(untagged)]
-pub(crate) enum UserContent {
+pub(crate) enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
@@ -145,6 +199,64 @@ pub(crate) struct FunctionName {
     pub(crate) name: String,
 }
 
+/// An embeddings request built by a codec.
+#[derive(Serialize, Debug)]
+pub(crate) struct EmbeddingsRequest {
+    /// The texts, as the client sent them (checked by `check_embeddings_input`).
+    pub(crate) input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dimensions: Option<u64>,
+}
+
+/// An image request built by a codec.
+#[derive(Serialize, Debug)]
+pub(crate) struct ImageRequest {
+    pub(crate) prompt: String,
+    pub(crate) n: u32,
+    #[serde(flatten)]
+    pub(crate) options: ImageRequestOptions,
+}
+
+/// Image options, each a string or a number as the client sent it.
+#[derive(Serialize, Debug, Default)]
+pub(crate) struct ImageRequestOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) size: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quality: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) style: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) background: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) moderation: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_compression: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<Value>,
+}
+
+impl ImageRequestOptions {
+    /// These options, each filled from `fallback` where absent.
+    pub(crate) fn or(self, fallback: ImageRequestOptions) -> Self {
+        ImageRequestOptions {
+            size: self.size.or(fallback.size),
+            quality: self.quality.or(fallback.quality),
+            style: self.style.or(fallback.style),
+            background: self.background.or(fallback.background),
+            moderation: self.moderation.or(fallback.moderation),
+            output_compression: self.output_compression.or(fallback.output_compression),
+            output_format: self.output_format.or(fallback.output_format),
+            response_format: self.response_format.or(fallback.response_format),
+            user: self.user.or(fallback.user),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Answer and stream chunks (read)
 
@@ -152,6 +264,8 @@ pub(crate) struct FunctionName {
 /// translations read.
 #[derive(Deserialize, Default)]
 pub(crate) struct ChatAnswer {
+    #[serde(default, deserialize_with = "lenient")]
+    pub(crate) model: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub(crate) choices: Option<Items<Choice>>,
 }
@@ -166,6 +280,8 @@ impl ChatAnswer {
 /// A choice: its `message` in an answer, its `delta` in a chunk.
 #[derive(Deserialize, Default)]
 pub(crate) struct Choice {
+    #[serde(default, deserialize_with = "lenient")]
+    pub(crate) index: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     pub(crate) message: Option<AnswerMessage>,
     #[serde(default, deserialize_with = "present")]
@@ -180,6 +296,11 @@ pub(crate) struct AnswerMessage {
     pub(crate) content: Option<AnswerContent>,
     #[serde(default, deserialize_with = "lenient")]
     pub(crate) reasoning_content: Option<String>,
+    /// Some compatible upstreams' name for `reasoning_content`.
+    #[serde(default, deserialize_with = "lenient")]
+    pub(crate) reasoning: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub(crate) refusal: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub(crate) tool_calls: Option<Items<AnswerToolCall>>,
 }
@@ -190,6 +311,25 @@ pub(crate) struct AnswerMessage {
 pub(crate) enum AnswerContent {
     Text(String),
     Parts(Items<AnswerPart>),
+}
+
+impl AnswerMessage {
+    /// The content when it is a string (parts are not read).
+    pub(crate) fn text(&self) -> Option<&str> {
+        match &self.content {
+            Some(AnswerContent::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The reasoning, under either name, if not empty.
+    pub(crate) fn thoughts(&self) -> Option<&str> {
+        [&self.reasoning_content, &self.reasoning]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .find(|t| !t.is_empty())
+    }
 }
 
 impl AnswerContent {

@@ -15,9 +15,9 @@ use super::wire::{
 };
 use crate::ingress::lenient::{self, Items};
 use crate::ingress::openai_wire::{
-    AnswerContent, ChatAnswer, ChatMessage, ChatRequest, ChatTool, ChatToolCall, ChatToolChoice,
-    ContentPart, FileData, FunctionCall, FunctionName, FunctionSpec, FunctionType, ImageUrl,
-    ToolMode, UserContent,
+    AnswerContent, ChatAnswer, ChatMessage, ChatRequest, ChatRole, ChatTool, ChatToolCall,
+    ChatToolChoice, ContentPart, FileData, FunctionCall, FunctionName, FunctionSpec, FunctionType,
+    ImageUrl, MessageContent, ToolMode,
 };
 use crate::providers::UpstreamError;
 use domain::Usage;
@@ -59,7 +59,10 @@ pub(crate) fn anthropic_to_openai_request(request: &Value) -> Result<ChatRequest
 
     let mut messages = Vec::new();
     if let Some(system) = anthropic_to_openai_system(request.system)? {
-        messages.push(ChatMessage::System { content: system });
+        messages.push(ChatMessage::new(
+            ChatRole::System,
+            Some(MessageContent::Text(system)),
+        ));
     }
     for (i, message) in anthropic_messages.0.into_iter().enumerate() {
         let content = message.content;
@@ -79,7 +82,7 @@ pub(crate) fn anthropic_to_openai_request(request: &Value) -> Result<ChatRequest
     }
 
     let mut out = ChatRequest {
-        model,
+        model: Some(model),
         messages,
         max_tokens: request.max_tokens,
         temperature: request.temperature,
@@ -144,9 +147,10 @@ fn anthropic_to_openai_user(
 ) -> Result<(), ConvertError> {
     let blocks = match content {
         Some(Content::Text(s)) => {
-            messages.push(ChatMessage::User {
-                content: UserContent::Text(s),
-            });
+            messages.push(ChatMessage::new(
+                ChatRole::User,
+                Some(MessageContent::Text(s)),
+            ));
             return Ok(());
         }
         Some(Content::Blocks(blocks)) => blocks,
@@ -170,13 +174,13 @@ fn anthropic_to_openai_user(
     }
     let content = match (parts.pop(), parts.is_empty()) {
         (None, _) => return Ok(()),
-        (Some(ContentPart::Text { text }), true) => UserContent::Text(text),
+        (Some(ContentPart::Text { text }), true) => MessageContent::Text(text),
         (Some(last), _) => {
             parts.push(last);
-            UserContent::Parts(parts)
+            MessageContent::Parts(parts)
         }
     };
-    messages.push(ChatMessage::User { content });
+    messages.push(ChatMessage::new(ChatRole::User, Some(content)));
     Ok(())
 }
 
@@ -247,9 +251,9 @@ fn anthropic_to_openai_tool_result(block: Block) -> Result<ChatMessage, ConvertE
     if block.is_error == Some(true) {
         text = format!("Error: {text}");
     }
-    Ok(ChatMessage::Tool {
-        tool_call_id: id,
-        content: text,
+    Ok(ChatMessage {
+        tool_call_id: Some(id),
+        ..ChatMessage::new(ChatRole::Tool, Some(MessageContent::Text(text)))
     })
 }
 
@@ -260,10 +264,10 @@ fn anthropic_to_openai_assistant(
 ) -> Result<Option<ChatMessage>, ConvertError> {
     let blocks = match content {
         Some(Content::Text(s)) => {
-            return Ok(Some(ChatMessage::Assistant {
-                content: Some(s),
-                tool_calls: Vec::new(),
-            }))
+            return Ok(Some(ChatMessage::new(
+                ChatRole::Assistant,
+                Some(MessageContent::Text(s)),
+            )))
         }
         Some(Content::Blocks(blocks)) => blocks,
         _ => return Err(refuse("message `content` must be a string or an array")),
@@ -296,9 +300,10 @@ fn anthropic_to_openai_assistant(
     if text.is_empty() && tool_calls.is_empty() {
         return Ok(None);
     }
-    Ok(Some(ChatMessage::Assistant {
-        content: (!text.is_empty()).then_some(text),
+    let content = (!text.is_empty()).then_some(MessageContent::Text(text));
+    Ok(Some(ChatMessage {
         tool_calls,
+        ..ChatMessage::new(ChatRole::Assistant, content)
     }))
 }
 
