@@ -2,9 +2,9 @@
 //! the chat request they write for an upstream that speaks OpenAI's shape, and
 //! the fields of its answers and stream chunks they read.
 
-use crate::ingress::lenient::{lenient, present, Items};
+use crate::ingress::lenient::{any_value, lenient, present, Items};
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 // ---------------------------------------------------------------------------
 // Request (written)
@@ -253,6 +253,63 @@ impl ImageRequestOptions {
             output_format: self.output_format.or(fallback.output_format),
             response_format: self.response_format.or(fallback.response_format),
             user: self.user.or(fallback.user),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stream chunks the hub adds (written)
+
+/// The fields of an upstream chunk that the chunks the hub adds repeat, as
+/// they came.
+#[derive(Deserialize, Default)]
+pub(crate) struct ChunkHeader {
+    #[serde(default, deserialize_with = "any_value")]
+    pub(crate) id: Option<Value>,
+    #[serde(default, deserialize_with = "any_value")]
+    pub(crate) created: Option<Value>,
+    #[serde(default, deserialize_with = "any_value")]
+    pub(crate) model: Option<Value>,
+}
+
+/// A `chat.completion.chunk` the hub adds to a stream (the usage, or the end
+/// of a stream cut for credit).
+#[derive(Serialize, Debug)]
+pub(crate) struct AddedChunk {
+    pub(crate) id: Value,
+    pub(crate) object: ChunkObject,
+    pub(crate) created: Value,
+    pub(crate) model: Value,
+    pub(crate) choices: Vec<AddedChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<Value>,
+    /// Why the hub ended the stream, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) aigne_hub: Option<Value>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) enum ChunkObject {
+    #[serde(rename = "chat.completion.chunk")]
+    ChatCompletionChunk,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct AddedChoice {
+    pub(crate) index: u32,
+    pub(crate) delta: Map<String, Value>,
+    pub(crate) logprobs: Option<Value>,
+    pub(crate) finish_reason: &'static str,
+}
+
+impl AddedChoice {
+    /// The end of a choice cut at a length (`finish_reason: "length"`).
+    pub(crate) fn cut_at_length() -> Self {
+        AddedChoice {
+            index: 0,
+            delta: Map::new(),
+            logprobs: None,
+            finish_reason: "length",
         }
     }
 }

@@ -20,7 +20,7 @@ pub(crate) mod wire;
 use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
 use crate::error::{AuthFailure, HubError};
 use crate::hub::Hub;
-use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
+use crate::ingress::{self, frames, sse_response, ModelCall, RequestFields, Wire, WireError};
 use crate::pipeline::{
     chat_pieces, map_pieces, openai_chunk_bytes, Billed, Ending, Operation, OutputCap, Perform,
     Pieces, StreamCodec, Upstreamed, CHAT, CHAT_STREAM,
@@ -135,14 +135,14 @@ struct MessagesRequest {
 }
 
 fn parse_messages_request(request: &Value) -> Result<MessagesRequest, HubError> {
-    let object = ingress::json_object(request)?;
-    let model = ingress::model_field(request, "anthropic/claude-sonnet-4-5")?;
-    let max_tokens = ingress::token_cap(object, "max_tokens")?.ok_or_else(|| {
+    ingress::json_object(request)?;
+    let fields = RequestFields::of(request);
+    let model = ingress::model_field(fields.model.as_deref(), "anthropic/claude-sonnet-4-5")?;
+    let max_tokens = ingress::token_cap(fields.max_tokens, "max_tokens")?.ok_or_else(|| {
         HubError::BadRequest("`max_tokens` is required (the Messages API has no default)".into())
     })?;
-    match object.get("messages") {
-        Some(Value::Array(messages))
-            if !messages.is_empty() && messages.iter().all(Value::is_object) => {}
+    match fields.messages {
+        Some(messages) if !messages.is_empty() && messages.iter().all(Value::is_object) => {}
         _ => {
             return Err(HubError::BadRequest(
                 "`messages` is required and must be a non-empty array of objects".into(),
@@ -152,7 +152,7 @@ fn parse_messages_request(request: &Value) -> Result<MessagesRequest, HubError> 
     Ok(MessagesRequest {
         model,
         max_tokens,
-        stream: ingress::flag(object, "stream")?,
+        stream: ingress::flag(fields.stream, "stream")?,
     })
 }
 
