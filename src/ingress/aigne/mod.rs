@@ -54,9 +54,10 @@ use convert::{InputCall, StreamAccumulator};
 use images::ImageStore;
 use serde::Serialize;
 use wire::{
-    AigneUsage, Answer, DeltaBody, Embedding, EmbeddingsAnswer, EmbeddingsCall, EmbeddingsInput,
-    EmbeddingsOutput, ErrorBody, ErrorEvent, FileOutput, ImageInput, ImageItem, ImagesAnswer,
-    ImagesOutput, LateErrorBody, StreamDelta,
+    AigneUsage, Answer, Availability, BlockletInfo, CreditBalance, DeltaBody, Embedding,
+    EmbeddingsAnswer, EmbeddingsCall, EmbeddingsInput, EmbeddingsOutput, ErrorBody, ErrorEvent,
+    FileOutput, ImageInput, ImageItem, ImagesAnswer, ImagesOutput, LateErrorBody, ModelEntry,
+    ModelMetadata, MountPoint, StreamDelta, UserIdentity, UserInfo,
 };
 
 /// The DID the AIGNE client looks for in `/__blocklet__.js` to find the hub.
@@ -382,22 +383,25 @@ fn public_base(state: &AigneState, req: &HttpRequest) -> String {
 
 /// `GET /__blocklet__.js?type=json`: where the client finds the hub's endpoints.
 pub async fn blocklet(query: web::Query<HashMap<String, String>>) -> HttpResponse {
-    let info = json!({
-        "appName": "aigne-hub",
-        "componentMountPoints": [{
-            "title": "AIGNE Hub",
-            "name": "ai-kit",
-            "did": AIGNE_HUB_DID,
-            "mountPoint": MOUNT_POINT,
-            "status": "running",
+    let info = BlockletInfo {
+        app_name: "aigne-hub",
+        component_mount_points: vec![MountPoint {
+            title: "AIGNE Hub",
+            name: "ai-kit",
+            did: AIGNE_HUB_DID,
+            mount_point: MOUNT_POINT,
+            status: "running",
         }],
-    });
+    };
     if query.get("type").map(String::as_str) == Some("json") {
         HttpResponse::Ok().json(info)
     } else {
         HttpResponse::Ok()
             .content_type("application/javascript")
-            .body(format!("window.blocklet = {info};\n"))
+            .body(format!(
+                "window.blocklet = {};\n",
+                ingress::to_json_text(&info)
+            ))
     }
 }
 
@@ -454,7 +458,7 @@ pub async fn models(
         other => other,
     });
     let catalog = hub.catalog.snapshot();
-    let list: Vec<Value> = catalog
+    let list: Vec<ModelEntry> = catalog
         .models
         .values()
         .filter_map(|m| {
@@ -473,17 +477,22 @@ pub async fn models(
                 .credentials
                 .iter()
                 .any(|c| c.disabled_reason.is_none());
-            Some(json!({
-                "key": m.model.as_str(),
-                "model": m.model.upstream_model(),
-                "type": kind,
-                "provider": provider.name,
-                "providerDisplayName": provider_display_name(&provider.name, provider.kind),
-                "input_credits_per_token": credits_per_token(rates.input),
-                "output_credits_per_token": credits_per_token(output),
-                "modelMetadata": {"maxTokens": m.price.max_output_tokens},
-                "status": {"available": available},
-            }))
+            Some(ModelEntry {
+                key: m.model.as_str().to_string(),
+                model: m.model.upstream_model().to_string(),
+                kind,
+                provider: provider.name.clone(),
+                provider_display_name: provider_display_name(&provider.name, provider.kind),
+                input_credits_per_token: credits_per_token(rates.input),
+                output_credits_per_token: credits_per_token(output),
+                model_metadata: ModelMetadata {
+                    max_tokens: m.price.max_output_tokens,
+                },
+                status: Availability {
+                    available,
+                    error: None,
+                },
+            })
         })
         .collect();
     HttpResponse::Ok().json(list)
@@ -496,8 +505,12 @@ pub async fn status(
     req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, AigneError> {
-    let unavailable =
-        |error: String| Ok(HttpResponse::Ok().json(json!({"available": false, "error": error})));
+    let unavailable = |error: String| {
+        Ok(HttpResponse::Ok().json(Availability {
+            available: false,
+            error: Some(error),
+        }))
+    };
     if bearer(&req).is_some() {
         let key = presented_key(&req)?;
         let auth = Some(Hub::key_auth(&key, Permission::CallModels));
@@ -545,7 +558,10 @@ pub async fn status(
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"available": true})))
+    Ok(HttpResponse::Ok().json(Availability {
+        available: true,
+        error: None,
+    }))
 }
 
 /// `GET /api/user/info` (with a key): the tenant's credit in AIGNE's shape, so
@@ -570,19 +586,23 @@ pub async fn user_info(
         other => other?,
     };
     let b = &reply.balance;
-    Ok(HttpResponse::Ok().json(json!({
-        "user": {"did": key.tenant_id.to_string(), "fullName": reply.tenant_name, "email": ""},
-        "creditBalance": {
-            "balance": b.available.to_decimal_string(),
-            "total": b.granted.to_decimal_string(),
-            "pendingCredit": b.held.to_decimal_string(),
-            "spent": b.spent.to_decimal_string(),
+    Ok(HttpResponse::Ok().json(UserInfo {
+        user: UserIdentity {
+            did: key.tenant_id.to_string(),
+            full_name: reply.tenant_name.clone(),
+            email: String::new(),
         },
-        "paymentLink": null,
-        "profileLink": null,
-        "enableCredit": true,
-        "creditPrefix": state.credit_prefix,
-    })))
+        credit_balance: CreditBalance {
+            balance: b.available.to_decimal_string(),
+            total: b.granted.to_decimal_string(),
+            pending_credit: b.held.to_decimal_string(),
+            spent: b.spent.to_decimal_string(),
+        },
+        payment_link: None,
+        profile_link: None,
+        enable_credit: true,
+        credit_prefix: state.credit_prefix.clone(),
+    }))
 }
 
 /// `GET /api/v2/images/{id}`: a generated image, without a key (the id is the

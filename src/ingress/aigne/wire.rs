@@ -510,3 +510,87 @@ pub(crate) struct ErrorEvent<'a> {
     #[serde(rename = "type")]
     pub(crate) kind: Option<&'a str>,
 }
+
+// ---------------------------------------------------------------------------
+// Discovery, catalogue, status, user info (written)
+
+/// `/__blocklet__.js`: where the client finds the hub's endpoints.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BlockletInfo {
+    pub(crate) app_name: &'static str,
+    pub(crate) component_mount_points: Vec<MountPoint>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MountPoint {
+    pub(crate) title: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) did: &'static str,
+    pub(crate) mount_point: &'static str,
+    pub(crate) status: &'static str,
+}
+
+/// One model of `/api/ai/models`.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ModelEntry {
+    pub(crate) key: String,
+    pub(crate) model: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+    pub(crate) provider: String,
+    pub(crate) provider_display_name: String,
+    #[serde(rename = "input_credits_per_token")]
+    pub(crate) input_credits_per_token: String,
+    #[serde(rename = "output_credits_per_token")]
+    pub(crate) output_credits_per_token: String,
+    pub(crate) model_metadata: ModelMetadata,
+    pub(crate) status: Availability,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ModelMetadata {
+    pub(crate) max_tokens: u32,
+}
+
+/// Whether calls can succeed (`/api/v2/status`, a model's `status`), and why
+/// not.
+#[derive(Serialize, Debug)]
+pub(crate) struct Availability {
+    pub(crate) available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+/// `/api/user/info`: the tenant's credit in AIGNE's shape.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserInfo {
+    pub(crate) user: UserIdentity,
+    pub(crate) credit_balance: CreditBalance,
+    pub(crate) payment_link: Option<String>,
+    pub(crate) profile_link: Option<String>,
+    pub(crate) enable_credit: bool,
+    pub(crate) credit_prefix: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserIdentity {
+    pub(crate) did: String,
+    pub(crate) full_name: String,
+    pub(crate) email: String,
+}
+
+/// Credit amounts as decimal strings.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreditBalance {
+    pub(crate) balance: String,
+    pub(crate) total: String,
+    pub(crate) pending_credit: String,
+    pub(crate) spent: String,
+}
