@@ -24,6 +24,11 @@ pub(crate) fn read<T: DeserializeOwned + Default>(value: &Value) -> T {
     read_or_default(value.clone())
 }
 
+/// JSON text as a `T`, or `T`'s default when it is not JSON or not one.
+pub(crate) fn parse<T: DeserializeOwned + Default>(json: &[u8]) -> T {
+    serde_json::from_slice(json).map_or_else(|_| T::default(), read_or_default)
+}
+
 /// For `#[serde(default, deserialize_with = "lenient")]`: a field of another
 /// type (null included) reads as absent.
 pub(crate) fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(
@@ -194,6 +199,10 @@ mod tests {
         assert!(s.inner.is_none() && s.items.is_none() && s.raw.is_none());
         let s: Sample = read(&json!([1]));
         assert!(s.name.is_none());
+        let s: Sample = parse(br#"["x"]"#);
+        assert!(s.name.is_none());
+        let s: Sample = parse(br#"{"name": "x"}"#);
+        assert_eq!(s.name.as_deref(), Some("x"));
         // An array does not fill a struct field by field.
         let s: Sample = read(&json!({"inner": [5], "items": [[6]]}));
         assert_eq!(s.inner.map(|i| i.n), Some(None));

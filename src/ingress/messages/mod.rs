@@ -20,6 +20,7 @@ pub(crate) mod wire;
 use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
 use crate::error::{AuthFailure, HubError};
 use crate::hub::Hub;
+use crate::ingress::lenient;
 use crate::ingress::{self, frames, sse_response, ModelCall, RequestFields, Wire, WireError};
 use crate::pipeline::{
     chat_pieces, map_pieces, openai_chunk_bytes, Billed, Ending, Operation, OutputCap, Perform,
@@ -230,7 +231,7 @@ const MESSAGES: Billed<MessagesReply> = Billed {
     },
     usage: |answer, _, prompt_bytes| match answer {
         Upstream::Anthropic(outcome) => outcome.usage.unwrap_or_else(|| {
-            let message: UpstreamAnswer = serde_json::from_slice(&outcome.body).unwrap_or_default();
+            let message: UpstreamAnswer = lenient::parse(&outcome.body);
             Usage::estimate(
                 prompt_bytes,
                 convert::anthropic_message_output_bytes(&message),
@@ -343,7 +344,7 @@ impl AnthropicEvents {
                     item.map(|item| match item {
                         MessagesItem::Usage(usage) => Upstreamed::Usage(usage),
                         MessagesItem::Event(event) => {
-                            let data = serde_json::from_str(&event.data).unwrap_or_default();
+                            let data = lenient::parse(event.data.as_bytes());
                             Upstreamed::Piece(MessagesPiece::Event { event, data })
                         }
                     })

@@ -38,7 +38,7 @@ pub(crate) fn typed_frame(event: &StreamEvent) -> Bytes {
 
 /// Bytes of generated text in one Anthropic stream event (for estimates only).
 pub fn anthropic_event_output_bytes(data: &str) -> u64 {
-    serde_json::from_str::<UpstreamEvent>(data).map_or(0, |event| event_output_bytes(&event))
+    event_output_bytes(&lenient::parse(data.as_bytes()))
 }
 
 /// [`anthropic_event_output_bytes`] of an event already parsed.
