@@ -9,8 +9,10 @@
 //! Adding an ingress is one codec module here and its routes.
 
 pub mod aigne;
+pub(crate) mod lenient;
 pub mod messages;
 pub mod openai;
+pub(crate) mod openai_wire;
 
 use crate::actors::ActorError;
 use crate::auth::{presented_key, AuthFailure, PresentedKey};
@@ -26,6 +28,8 @@ use bytes::Bytes;
 use domain::Ingress;
 use futures_util::future::LocalBoxFuture;
 use futures_util::{Stream, StreamExt};
+use lenient::Shaped;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -229,6 +233,18 @@ pub(crate) fn frames(rx: mpsc::Receiver<Bytes>) -> impl Stream<Item = Bytes> {
     })
 }
 
+/// A wire struct as JSON. The codecs' structs have string keys and fields that
+/// always serialize, so this does not fail; were it to, the answer would be
+/// null rather than a panic.
+pub(crate) fn to_json(wire: &impl serde::Serialize) -> Value {
+    serde_json::to_value(wire).unwrap_or_default()
+}
+
+/// [`to_json`] as text (an SSE frame's data).
+pub(crate) fn to_json_text(wire: &impl serde::Serialize) -> String {
+    serde_json::to_string(wire).unwrap_or_default()
+}
+
 /// A request body's top-level object.
 pub(crate) fn json_object(request: &Value) -> Result<&Map<String, Value>, HubError> {
     request
@@ -236,11 +252,51 @@ pub(crate) fn json_object(request: &Value) -> Result<&Map<String, Value>, HubErr
         .ok_or_else(|| HubError::BadRequest("request body must be a JSON object".into()))
 }
 
+/// The fields of a model request (OpenAI's or Anthropic's) that the hub reads
+/// the same way in both; the request itself goes upstream as it came. A field
+/// of the wrong type is refused by the function that reads it, naming it.
+#[derive(Deserialize, Default)]
+pub(crate) struct RequestFields {
+    #[serde(default, deserialize_with = "lenient::lenient")]
+    pub(crate) model: Option<String>,
+    #[serde(default, deserialize_with = "lenient::lenient")]
+    pub(crate) messages: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(crate) stream: Option<Shaped<bool>>,
+    #[serde(default)]
+    pub(crate) max_tokens: Option<Shaped<u64>>,
+    #[serde(default)]
+    pub(crate) max_completion_tokens: Option<Shaped<u64>>,
+    /// Choices or images asked for (checked by [`count`]).
+    #[serde(default, deserialize_with = "lenient::any_value")]
+    pub(crate) n: Option<Value>,
+    #[serde(default, deserialize_with = "lenient::lenient")]
+    pub(crate) stream_options: Option<StreamOptions>,
+    /// An embeddings request's texts (checked by [`check_embeddings_input`]).
+    #[serde(default, deserialize_with = "lenient::any_value")]
+    pub(crate) input: Option<Value>,
+    #[serde(default, deserialize_with = "lenient::lenient")]
+    pub(crate) prompt: Option<String>,
+    #[serde(default)]
+    pub(crate) response_format: Option<Shaped<String>>,
+}
+
+impl RequestFields {
+    /// The fields of `request` (none, if it is not an object).
+    pub(crate) fn of(request: &Value) -> Self {
+        lenient::read(request)
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct StreamOptions {
+    #[serde(default, deserialize_with = "lenient::lenient")]
+    pub(crate) include_usage: Option<bool>,
+}
+
 /// A request's `model`: a non-empty string (the message shows one like `example`).
-pub(crate) fn model_field(request: &Value, example: &str) -> Result<String, HubError> {
-    request
-        .get("model")
-        .and_then(Value::as_str)
+pub(crate) fn model_field(model: Option<&str>, example: &str) -> Result<String, HubError> {
+    model
         .filter(|m| !m.is_empty())
         .map(str::to_string)
         .ok_or_else(|| {
@@ -251,20 +307,20 @@ pub(crate) fn model_field(request: &Value, example: &str) -> Result<String, HubE
 }
 
 /// An optional boolean field (`stream`): `false` when absent.
-pub(crate) fn flag(object: &Map<String, Value>, field: &str) -> Result<bool, HubError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(HubError::BadRequest(format!("`{field}` must be a boolean"))),
+pub(crate) fn flag(value: Option<Shaped<bool>>, field: &str) -> Result<bool, HubError> {
+    match value {
+        None => Ok(false),
+        Some(Shaped::Is(b)) => Ok(b),
+        Some(Shaped::Not) => Err(HubError::BadRequest(format!("`{field}` must be a boolean"))),
     }
 }
 
 /// An optional output cap (`max_tokens`): a positive integer that fits 32 bits.
-pub(crate) fn token_cap(object: &Map<String, Value>, field: &str) -> Result<Option<u32>, HubError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
+pub(crate) fn token_cap(value: Option<Shaped<u64>>, field: &str) -> Result<Option<u32>, HubError> {
+    match value {
+        None => Ok(None),
         Some(v) => v
-            .as_u64()
+            .ok()
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
             .map(Some)
@@ -339,19 +395,23 @@ mod tests {
             Err(other) => panic!("expected BadRequest, got {other:?}"),
             Ok(()) => panic!("expected BadRequest"),
         };
-        let request = json!({"stream": "yes", "max_tokens": -1, "model": ""});
-        let object = json_object(&request).unwrap();
-        assert!(refusal(model_field(&request, "x/y").map(|_| ())).contains("like \"x/y\""));
-        assert!(refusal(flag(object, "stream").map(|_| ())).contains("`stream`"));
-        assert!(refusal(token_cap(object, "max_tokens").map(|_| ())).contains("`max_tokens`"));
+        let request = RequestFields::of(&json!({"stream": "yes", "max_tokens": -1, "model": ""}));
+        assert!(
+            refusal(model_field(request.model.as_deref(), "x/y").map(|_| ()))
+                .contains("like \"x/y\"")
+        );
+        assert!(refusal(flag(request.stream, "stream").map(|_| ())).contains("`stream`"));
+        assert!(
+            refusal(token_cap(request.max_tokens, "max_tokens").map(|_| ()))
+                .contains("`max_tokens`")
+        );
         assert!(refusal(json_object(&json!([])).map(|_| ())).contains("JSON object"));
-        let big = json!({"max_tokens": u64::from(u32::MAX) + 1});
-        assert!(token_cap(json_object(&big).unwrap(), "max_tokens").is_err());
-        let good = json!({"stream": true, "max_tokens": 7, "model": "a/b"});
-        let object = json_object(&good).unwrap();
-        assert!(flag(object, "stream").unwrap());
-        assert_eq!(token_cap(object, "max_tokens").unwrap(), Some(7));
-        assert_eq!(token_cap(object, "absent").unwrap(), None);
+        let big = RequestFields::of(&json!({"max_tokens": u64::from(u32::MAX) + 1}));
+        assert!(token_cap(big.max_tokens, "max_tokens").is_err());
+        let good = RequestFields::of(&json!({"stream": true, "max_tokens": 7, "model": "a/b"}));
+        assert!(flag(good.stream, "stream").unwrap());
+        assert_eq!(token_cap(good.max_tokens, "max_tokens").unwrap(), Some(7));
+        assert_eq!(token_cap(None, "absent").unwrap(), None);
         assert_eq!(count(None, "n", 3).unwrap(), 1);
         assert!(count(Some(&json!(4)), "n", 3).is_err());
     }

@@ -5,7 +5,9 @@
 //! committed).
 
 use crate::error::HubError;
-use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
+use crate::ingress::lenient;
+use crate::ingress::openai_wire::{AddedChoice, AddedChunk, ChunkHeader, ChunkObject};
+use crate::ingress::{self, frames, sse_response, ModelCall, RequestFields, Wire, WireError};
 use crate::pipeline::{
     chat_pieces, credit_exhausted_note, openai_chunk_bytes, Ending, PipelineError, StreamCodec,
     CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES,
@@ -15,7 +17,7 @@ use actix_web::HttpResponse;
 use bytes::Bytes;
 use domain::tenant::Attempt;
 use domain::{Ingress, Usage};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::Instrument;
 
 /// The parts of an OpenAI chat request the hub needs; the rest passes through.
@@ -34,10 +36,11 @@ struct ChatRequest {
 pub(crate) const CHOICES_MAX: u64 = 128;
 
 fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
-    let object = ingress::json_object(request)?;
-    let model = ingress::model_field(request, "openai/gpt-4o-mini")?;
-    match object.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => {
+    ingress::json_object(request)?;
+    let fields = RequestFields::of(request);
+    let model = ingress::model_field(fields.model.as_deref(), "openai/gpt-4o-mini")?;
+    match fields.messages {
+        Some(messages) if !messages.is_empty() => {
             if messages.iter().any(|m| !m.is_object()) {
                 return Err(HubError::BadRequest(
                     "every entry of `messages` must be an object".into(),
@@ -50,17 +53,20 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
             ))
         }
     }
-    let stream = ingress::flag(object, "stream")?;
+    let stream = ingress::flag(fields.stream, "stream")?;
     let mut max_tokens: Option<u32> = None;
-    for field in ["max_completion_tokens", "max_tokens"] {
-        if let Some(cap) = ingress::token_cap(object, field)? {
+    for (field, cap) in [
+        ("max_completion_tokens", fields.max_completion_tokens),
+        ("max_tokens", fields.max_tokens),
+    ] {
+        if let Some(cap) = ingress::token_cap(cap, field)? {
             max_tokens = Some(max_tokens.map_or(cap, |m| m.min(cap)));
         }
     }
-    let choices = ingress::count(object.get("n"), "n", CHOICES_MAX)?;
-    let client_wants_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
+    let choices = ingress::count(fields.n.as_ref(), "n", CHOICES_MAX)?;
+    let client_wants_usage = fields
+        .stream_options
+        .and_then(|o| o.include_usage)
         .unwrap_or(false);
     Ok(ChatRequest {
         model,
@@ -110,8 +116,9 @@ pub async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
 
 /// `POST /v1/embeddings`: billed by input tokens.
 pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
-    let model = required_model(&call.json)?;
-    ingress::check_embeddings_input(call.json.get("input"), "input", &call.hub.limits)?;
+    let fields = RequestFields::of(&call.json);
+    let model = required_model(&fields)?;
+    ingress::check_embeddings_input(fields.input.as_ref(), "input", &call.hub.limits)?;
     prepare_upstream_request(&mut call.json);
     let admitted = call.admit(call.embeddings_ask(&model)).await?;
     let settled = admitted.complete(&EMBEDDINGS, &call.json).await?;
@@ -120,21 +127,17 @@ pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
 
 /// `POST /v1/images/generations`: billed per image.
 pub async fn images(mut call: ModelCall<OpenAi>) -> Answer {
-    let request = &call.json;
-    let model = required_model(request)?;
-    if request
-        .get("prompt")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+    let fields = RequestFields::of(&call.json);
+    let model = required_model(&fields)?;
+    if fields.prompt.as_deref().is_none_or(str::is_empty) {
         return Err(HubError::BadRequest(
             "`prompt` is required and must be a non-empty string".into(),
         )
         .into());
     }
-    let n = ingress::images_asked(request.get("n"), "n", &call.hub.limits)?;
-    if let Some(format) = request.get("response_format").filter(|f| !f.is_null()) {
-        if !matches!(format.as_str(), Some("url" | "b64_json")) {
+    let n = ingress::images_asked(fields.n.as_ref(), "n", &call.hub.limits)?;
+    if let Some(format) = fields.response_format {
+        if !matches!(format.ok().as_deref(), Some("url" | "b64_json")) {
             return Err(HubError::BadRequest(
                 "`response_format` must be \"url\" or \"b64_json\"".into(),
             )
@@ -147,8 +150,8 @@ pub async fn images(mut call: ModelCall<OpenAi>) -> Answer {
     Ok(HttpResponse::Ok().json(settled.answer.body))
 }
 
-fn required_model(request: &Value) -> Result<String, HubError> {
-    ingress::model_field(request, "openai/text-embedding-3-small")
+fn required_model(fields: &RequestFields) -> Result<String, HubError> {
+    ingress::model_field(fields.model.as_deref(), "openai/text-embedding-3-small")
 }
 
 fn prepare_upstream_request(request: &mut Value) {
@@ -174,33 +177,29 @@ struct OpenAiStream {
     client_wants_usage: bool,
     /// The last chunk passed on: the chunks the hub adds take its id, created
     /// time and model.
-    last_chunk: Option<Value>,
+    last_chunk: ChunkHeader,
 }
 
 impl OpenAiStream {
     fn new(client_wants_usage: bool) -> Self {
         OpenAiStream {
             client_wants_usage,
-            last_chunk: None,
+            last_chunk: ChunkHeader::default(),
         }
     }
 
     /// A chunk the hub adds to the stream.
-    fn chunk_like(&self, choices: Value) -> Value {
-        let field = |name: &str| {
-            self.last_chunk
-                .as_ref()
-                .and_then(|c| c.get(name))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        json!({
-            "id": field("id"),
-            "object": "chat.completion.chunk",
-            "created": field("created"),
-            "model": field("model"),
-            "choices": choices,
-        })
+    fn chunk_like(&self, choices: Vec<AddedChoice>) -> AddedChunk {
+        let field = |value: &Option<Value>| value.clone().unwrap_or(Value::Null);
+        AddedChunk {
+            id: field(&self.last_chunk.id),
+            object: ChunkObject::ChatCompletionChunk,
+            created: field(&self.last_chunk.created),
+            model: field(&self.last_chunk.model),
+            choices,
+            usage: None,
+            aigne_hub: None,
+        }
     }
 }
 
@@ -213,26 +212,24 @@ impl StreamCodec for OpenAiStream {
 
     fn encode(&mut self, chunk: Value) -> Vec<Bytes> {
         let frame = sse_frame(&chunk.to_string());
-        self.last_chunk = Some(chunk);
+        self.last_chunk = lenient::read(&chunk);
         vec![frame]
     }
 
     fn closing(&mut self, ending: Ending, charged: &Usage) -> Vec<Bytes> {
         let mut last = match ending {
             Ending::Done if !self.client_wants_usage => return Vec::new(),
-            Ending::Done => self.chunk_like(json!([])),
+            Ending::Done => self.chunk_like(Vec::new()),
             Ending::CreditExhausted => {
-                let mut chunk = self.chunk_like(
-                    json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}]),
-                );
-                chunk["aigne_hub"] = credit_exhausted_note();
+                let mut chunk = self.chunk_like(vec![AddedChoice::cut_at_length()]);
+                chunk.aigne_hub = Some(credit_exhausted_note());
                 chunk
             }
         };
         if self.client_wants_usage {
-            last["usage"] = openai_usage_json(charged);
+            last.usage = Some(openai_usage_json(charged));
         }
-        vec![sse_frame(&last.to_string())]
+        vec![sse_frame(&ingress::to_json_text(&last))]
     }
 
     fn settled(&mut self, _: Ending, _: &Usage, _: &Attempt) -> Vec<Bytes> {
@@ -247,6 +244,7 @@ impl StreamCodec for OpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_chat_request_keeps_the_smallest_cap_and_its_stream_options() {

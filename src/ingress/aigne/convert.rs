@@ -3,8 +3,22 @@
 //! `ChatModel` input and output. The client's source (`@aigne/core` 1.72.0,
 //! `agents/chat-model.js`) is the authority for these shapes.
 
+use super::wire::{
+    Call, ChatFrame, ChatInput, ChatOutput, ContentPart, DeltaBody, FunctionKind, JsonSchema,
+    Message, MessageContent, ReasoningEffort, StreamDelta, TextDelta, Tool, ToolCall,
+    ToolCallOutput, ToolCallOutputFunction, ToolChoice,
+};
 use crate::error::HubError;
-use serde_json::{json, Map, Value};
+use crate::ingress;
+use crate::ingress::lenient::{self, Items, Shaped};
+use crate::ingress::openai_wire::{
+    AnswerToolCall, ChatAnswer, ChatMessage, ChatRequest, ChatRole, ChatTool, ChatToolCall,
+    ChatToolChoice, ContentPart as ChatPart, FunctionCall, FunctionName, FunctionSpec,
+    FunctionType, ImageUrl, JsonSchemaFormat, JsonSchemaType, MessageContent as ChatContent,
+    ResponseFormat, ToolMode,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Number, Value};
 
 fn bad(message: impl Into<String>) -> HubError {
     HubError::BadRequest(message.into())
@@ -30,14 +44,46 @@ pub struct ChatCall {
     pub openai: Value,
 }
 
-/// The hub model id of a call: `input.modelOptions.model`, else a top-level
-/// `model` (older clients). `aignehub/` in front is the client's own provider
-/// name and is dropped.
-pub fn model_of(call: &Value, input: &Value) -> Result<String, HubError> {
-    let model = input
-        .pointer("/modelOptions/model")
-        .or_else(|| call.get("model"))
-        .and_then(Value::as_str)
+/// A call whose `input` is an object, read as an `I`.
+pub(crate) struct InputCall<I> {
+    pub(crate) input: I,
+    /// The top-level `model` of older clients.
+    pub(crate) model: Option<String>,
+    /// `options.streaming === true` only.
+    pub(crate) streaming: bool,
+}
+
+/// A call's `input`, which must be an object.
+pub(crate) fn input_of<I: DeserializeOwned + Default>(
+    call: &Value,
+) -> Result<InputCall<I>, HubError> {
+    if !call.is_object() {
+        return Err(bad("request body must be a JSON object"));
+    }
+    let call: Call<I> = lenient::read(call);
+    let input = call
+        .input
+        .ok_or_else(|| bad("`input` is required and must be an object"))?;
+    Ok(InputCall {
+        input,
+        model: call.model,
+        streaming: call.options.and_then(|o| o.streaming) == Some(true),
+    })
+}
+
+/// The hub model id of a call: `input.modelOptions.model` (`chosen`), else a
+/// top-level `model` (older clients). `aignehub/` in front is the client's own
+/// provider name and is dropped.
+pub(crate) fn model_of(
+    chosen: Option<Shaped<String>>,
+    top_level: Option<String>,
+) -> Result<String, HubError> {
+    let model = match chosen {
+        Some(chosen) => chosen.ok(),
+        None => top_level,
+    };
+    let model = model
+        .as_deref()
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| {
@@ -47,110 +93,59 @@ pub fn model_of(call: &Value, input: &Value) -> Result<String, HubError> {
     Ok(model.to_string())
 }
 
-/// `input`, which must be an object.
-pub fn input_of(call: &Value) -> Result<&Value, HubError> {
-    if !call.is_object() {
-        return Err(bad("request body must be a JSON object"));
-    }
-    call.get("input")
-        .filter(|i| i.is_object())
-        .ok_or_else(|| bad("`input` is required and must be an object"))
-}
-
-/// Whether the caller asked for a stream: `options.streaming === true` only.
-pub fn wants_stream(call: &Value) -> bool {
-    call.pointer("/options/streaming") == Some(&Value::Bool(true))
+/// Every item converted by `convert` (given its index, for messages that name it).
+fn each<T, U>(
+    items: Items<T>,
+    convert: fn(usize, T) -> Result<U, HubError>,
+) -> Result<Vec<U>, HubError> {
+    let items = items.0.into_iter().enumerate();
+    items.map(|(i, item)| convert(i, item)).collect()
 }
 
 /// Converts `POST /api/v2/chat` to an OpenAI chat request. Unknown keys are
 /// ignored; known ones of the wrong shape are a 400 naming the field.
-/// Every item converted by `convert` (given its index, for messages that name it).
-fn each(
-    items: &[Value],
-    convert: fn(usize, &Value) -> Result<Value, HubError>,
-) -> Result<Value, HubError> {
-    let items = items.iter().enumerate().map(|(i, item)| convert(i, item));
-    Ok(Value::Array(items.collect::<Result<_, _>>()?))
-}
-
 pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
-    let input = input_of(call)?;
-    let model = model_of(call, input)?;
-    let messages = match input.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => messages,
+    let call: InputCall<ChatInput> = input_of(call)?;
+    let input = call.input;
+    let options = input.model_options.unwrap_or_default();
+    let model = model_of(options.model, call.model)?;
+    let messages = match input.messages {
+        Some(messages) if !messages.0.is_empty() => messages,
         _ => {
             return Err(bad(
                 "`input.messages` is required and must be a non-empty array",
             ))
         }
     };
-    if messages.len() > MESSAGES_MAX {
+    if messages.0.len() > MESSAGES_MAX {
         return Err(bad(format!(
             "`input.messages` has more than {MESSAGES_MAX} messages"
         )));
     }
-    let mut out = Map::new();
-    out.insert("messages".into(), each(messages, message)?);
-
-    let has_tools = match input.get("tools") {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(tools)) => {
-            if !tools.is_empty() {
-                out.insert("tools".into(), each(tools, tool)?);
-            }
-            !tools.is_empty()
-        }
-        Some(_) => return Err(bad("`input.tools` must be an array")),
+    let mut out = ChatRequest {
+        messages: each(messages, message)?,
+        ..ChatRequest::default()
     };
-    match input.get("toolChoice") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(choice)) if matches!(choice.as_str(), "auto" | "none" | "required") => {
-            out.insert("tool_choice".into(), json!(choice));
+
+    let has_tools = match input.tools {
+        None => false,
+        Some(Shaped::Is(tools)) => {
+            let has_tools = !tools.0.is_empty();
+            if has_tools {
+                out.tools = Some(each(tools, tool)?);
+            }
+            has_tools
         }
-        Some(choice) => {
-            let name = choice
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    bad("`input.toolChoice` must be \"auto\", \"none\", \"required\" or a tool")
-                })?;
-            out.insert(
-                "tool_choice".into(),
-                json!({"type": "function", "function": {"name": name}}),
-            );
-        }
-    }
-    let mut json_mode = false;
-    match input.get("responseFormat") {
-        None | Some(Value::Null) => {}
-        Some(format) => match format.get("type").and_then(Value::as_str) {
-            Some("text") => {}
+        Some(Shaped::Not) => return Err(bad("`input.tools` must be an array")),
+    };
+    out.tool_choice = input.tool_choice.map(tool_choice).transpose()?;
+    let json_mode = match input.response_format {
+        None => false,
+        Some(format) => match format.kind.as_deref() {
+            Some("text") => false,
             Some("json_schema") => {
-                let schema = format.get("jsonSchema").filter(|s| s.is_object()).ok_or_else(|| {
-                    bad("`input.responseFormat.jsonSchema` is required for type \"json_schema\"")
-                })?;
-                let mut json_schema = Map::new();
-                json_schema.insert(
-                    "name".into(),
-                    schema.get("name").cloned().unwrap_or(json!("output")),
-                );
-                for field in ["description", "strict"] {
-                    if let Some(v) = schema.get(field).filter(|v| !v.is_null()) {
-                        json_schema.insert(field.into(), v.clone());
-                    }
-                }
-                let inner = schema
-                    .get("schema")
-                    .filter(|s| s.is_object())
-                    .ok_or_else(|| {
-                        bad("`input.responseFormat.jsonSchema.schema` must be an object")
-                    })?;
-                json_schema.insert("schema".into(), strict_json_schema(inner));
-                out.insert(
-                    "response_format".into(),
-                    json!({"type": "json_schema", "json_schema": json_schema}),
-                );
-                json_mode = true;
+                out.response_format = Some(json_schema_format(format.json_schema)?);
+                true
             }
             _ => {
                 return Err(bad(
@@ -158,67 +153,92 @@ pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
                 ))
             }
         },
-    }
-    let options = input.get("modelOptions").cloned().unwrap_or(Value::Null);
-    let number = |field: &str| -> Result<Option<Value>, HubError> {
-        match options.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) if v.is_number() => Ok(Some(v.clone())),
-            Some(_) => Err(bad(format!(
-                "`input.modelOptions.{field}` must be a number"
-            ))),
-        }
     };
-    for (field, openai) in [
-        ("temperature", "temperature"),
-        ("topP", "top_p"),
-        ("frequencyPenalty", "frequency_penalty"),
-        ("presencePenalty", "presence_penalty"),
-    ] {
-        if let Some(v) = number(field)? {
-            out.insert(openai.into(), v);
-        }
-    }
+    let number = |field: &str, value: Option<Shaped<Number>>| match value {
+        None => Ok(None),
+        Some(Shaped::Is(n)) => Ok(Some(n)),
+        Some(Shaped::Not) => Err(bad(format!(
+            "`input.modelOptions.{field}` must be a number"
+        ))),
+    };
+    out.temperature = number("temperature", options.temperature)?;
+    out.top_p = number("topP", options.top_p)?;
+    out.frequency_penalty = number("frequencyPenalty", options.frequency_penalty)?;
+    out.presence_penalty = number("presencePenalty", options.presence_penalty)?;
     if has_tools {
-        if let Some(parallel) = options.get("parallelToolCalls").and_then(Value::as_bool) {
-            out.insert("parallel_tool_calls".into(), json!(parallel));
-        }
+        out.parallel_tool_calls = options.parallel_tool_calls;
     }
-    if let Some(effort) = reasoning_effort(options.get("reasoningEffort")) {
-        out.insert("reasoning_effort".into(), json!(effort));
-    }
-    let max_tokens = match options.get("maxTokens") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
-                .ok_or_else(|| bad("`input.modelOptions.maxTokens` must be a positive integer"))?
-                as u32,
+    out.reasoning_effort = options.reasoning_effort.and_then(reasoning_effort);
+    let max_tokens = match options.max_tokens {
+        None => None,
+        Some(cap) => Some(
+            cap.ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("`input.modelOptions.maxTokens` must be a positive integer"))?,
         ),
     };
-    let streaming = wants_stream(call);
-    out.insert("stream".into(), json!(streaming));
+    out.stream = Some(call.streaming);
     Ok(ChatCall {
         model,
-        streaming,
+        streaming: call.streaming,
         json_mode,
         max_tokens,
-        openai: Value::Object(out),
+        openai: ingress::to_json(&out),
+    })
+}
+
+/// `input.toolChoice` in OpenAI's shape.
+fn tool_choice(choice: ToolChoice) -> Result<ChatToolChoice, HubError> {
+    let name = match choice {
+        ToolChoice::Mode(mode) => match mode.as_str() {
+            "auto" => return Ok(ChatToolChoice::Mode(ToolMode::Auto)),
+            "none" => return Ok(ChatToolChoice::Mode(ToolMode::None)),
+            "required" => return Ok(ChatToolChoice::Mode(ToolMode::Required)),
+            _ => None,
+        },
+        ToolChoice::Tool(tool) => tool.function.and_then(|f| f.name),
+    };
+    let name = name.ok_or_else(|| {
+        bad("`input.toolChoice` must be \"auto\", \"none\", \"required\" or a tool")
+    })?;
+    Ok(ChatToolChoice::Function {
+        kind: FunctionType::Function,
+        function: FunctionName { name },
+    })
+}
+
+/// `responseFormat.jsonSchema` as OpenAI's strict structured output.
+fn json_schema_format(schema: Option<JsonSchema>) -> Result<ResponseFormat, HubError> {
+    let schema = schema.ok_or_else(|| {
+        bad("`input.responseFormat.jsonSchema` is required for type \"json_schema\"")
+    })?;
+    let inner = schema
+        .schema
+        .ok_or_else(|| bad("`input.responseFormat.jsonSchema.schema` must be an object"))?;
+    Ok(ResponseFormat {
+        kind: JsonSchemaType::JsonSchema,
+        json_schema: JsonSchemaFormat {
+            name: schema.name.unwrap_or_else(|| json!("output")),
+            description: schema.description,
+            strict: schema.strict,
+            schema: strict_json_schema(&Value::Object(inner)),
+        },
     })
 }
 
 /// `modelOptions.reasoningEffort`: a level, or a token budget mapped to one the
 /// way the AIGNE OpenAI model does.
-fn reasoning_effort(value: Option<&Value>) -> Option<&'static str> {
-    match value? {
-        Value::String(s) => match s.as_str() {
+fn reasoning_effort(value: ReasoningEffort) -> Option<&'static str> {
+    match value {
+        ReasoningEffort::Level(level) => match level.as_str() {
             "minimal" => Some("minimal"),
             "low" => Some("low"),
             "medium" => Some("medium"),
             "high" => Some("high"),
             _ => None,
         },
-        Value::Number(n) => {
+        ReasoningEffort::Budget(n) => {
             let n = n.as_f64()?;
             if n > 5000.0 {
                 Some("high")
@@ -232,17 +252,16 @@ fn reasoning_effort(value: Option<&Value>) -> Option<&'static str> {
                 None
             }
         }
-        _ => None,
     }
 }
 
-fn message(index: usize, m: &Value) -> Result<Value, HubError> {
+fn message(index: usize, m: Message) -> Result<ChatMessage, HubError> {
     let at = |field: &str| format!("`input.messages[{index}].{field}`");
-    let role = match m.get("role").and_then(Value::as_str) {
-        Some("system") => "system",
-        Some("user") => "user",
-        Some("agent") | Some("assistant") => "assistant",
-        Some("tool") => "tool",
+    let role = match m.role.as_deref() {
+        Some("system") => ChatRole::System,
+        Some("user") => ChatRole::User,
+        Some("agent") | Some("assistant") => ChatRole::Assistant,
+        Some("tool") => ChatRole::Tool,
         _ => {
             return Err(bad(format!(
                 "{} must be \"system\", \"user\", \"agent\" or \"tool\"",
@@ -250,71 +269,74 @@ fn message(index: usize, m: &Value) -> Result<Value, HubError> {
             )))
         }
     };
-    let mut out = Map::new();
-    out.insert("role".into(), json!(role));
-    let content = match m.get("content") {
-        None | Some(Value::Null) => Value::Null,
-        Some(Value::String(s)) => json!(s),
-        Some(Value::Array(parts)) => Value::Array(
+    let content = match m.content {
+        None => None,
+        Some(Shaped::Is(MessageContent::Text(s))) => Some(ChatContent::Text(s)),
+        Some(Shaped::Is(MessageContent::Parts(parts))) => Some(ChatContent::Parts(
             parts
-                .iter()
+                .0
+                .into_iter()
                 .enumerate()
                 .map(|(j, p)| content_part(index, j, p))
                 .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Some(_) => {
+        )),
+        Some(Shaped::Not) => {
             return Err(bad(format!(
                 "{} must be a string or an array of parts",
                 at("content")
             )))
         }
     };
-    match m.get("toolCalls") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(calls)) if !calls.is_empty() => {
-            let calls = calls
-                .iter()
-                .enumerate()
-                .map(|(j, c)| tool_call_to_openai(index, j, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.insert("tool_calls".into(), Value::Array(calls));
-        }
-        Some(Value::Array(_)) => {}
-        Some(_) => return Err(bad(format!("{} must be an array", at("toolCalls")))),
-    }
-    out.insert("content".into(), content);
-    if role == "tool" {
-        let id = m.get("toolCallId").and_then(Value::as_str).ok_or_else(|| {
+    let tool_calls = match m.tool_calls {
+        None => Vec::new(),
+        Some(Shaped::Is(calls)) => calls
+            .0
+            .into_iter()
+            .enumerate()
+            .map(|(j, c)| tool_call_to_openai(index, j, c))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Shaped::Not) => return Err(bad(format!("{} must be an array", at("toolCalls")))),
+    };
+    let tool_call_id = if role == ChatRole::Tool {
+        let id = m.tool_call_id.ok_or_else(|| {
             bad(format!(
                 "{} is required for a tool message",
                 at("toolCallId")
             ))
         })?;
-        out.insert("tool_call_id".into(), json!(id));
-    }
-    if let Some(name) = m.get("name").and_then(Value::as_str) {
-        out.insert("name".into(), json!(name));
-    }
-    Ok(Value::Object(out))
+        Some(id)
+    } else {
+        None
+    };
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+        name: m.name,
+    })
 }
 
-fn content_part(index: usize, part_index: usize, p: &Value) -> Result<Value, HubError> {
+fn content_part(index: usize, part_index: usize, p: ContentPart) -> Result<ChatPart, HubError> {
     let at = format!("`input.messages[{index}].content[{part_index}]`");
-    let text_of = |field: &str| {
-        p.get(field)
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("{at}.{field} must be a string")))
+    let text_of = |field: &str, value: Option<String>| {
+        value.ok_or_else(|| bad(format!("{at}.{field} must be a string")))
     };
-    match p.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text", "text": text_of("text")?})),
-        Some("url") => Ok(json!({"type": "image_url", "image_url": {"url": text_of("url")?}})),
+    let image = |url: String| ChatPart::ImageUrl {
+        image_url: ImageUrl { url },
+    };
+    match p.kind.as_deref() {
+        Some("text") => Ok(ChatPart::Text {
+            text: text_of("text", p.text)?,
+        }),
+        Some("url") => Ok(image(text_of("url", p.url)?)),
         Some("file") => {
             let mime = p
-                .get("mimeType")
-                .and_then(Value::as_str)
+                .mime_type
                 .filter(|m| !m.is_empty())
-                .unwrap_or("image/png");
-            Ok(json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{}", text_of("data")?)}}))
+                .unwrap_or_else(|| "image/png".into());
+            let data = text_of("data", p.data)?;
+            Ok(image(format!("data:{mime};base64,{data}")))
         }
         Some("local") => Err(bad(format!(
             "{at} is a local file: the hub cannot read the caller's disk; send it as {{\"type\":\"file\",\"data\":<base64>}}"
@@ -326,46 +348,51 @@ fn content_part(index: usize, part_index: usize, p: &Value) -> Result<Value, Hub
 }
 
 /// An AIGNE tool call (arguments as an object) to OpenAI's (arguments as a JSON string).
-fn tool_call_to_openai(index: usize, call_index: usize, c: &Value) -> Result<Value, HubError> {
+fn tool_call_to_openai(
+    index: usize,
+    call_index: usize,
+    c: ToolCall,
+) -> Result<ChatToolCall, HubError> {
     let at = format!("`input.messages[{index}].toolCalls[{call_index}]`");
-    let id = c
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(format!("{at}.id must be a string")))?;
-    let name = c
-        .pointer("/function/name")
-        .and_then(Value::as_str)
+    let id =
+        c.id.ok_or_else(|| bad(format!("{at}.id must be a string")))?;
+    let function = c.function.unwrap_or_default();
+    let name = function
+        .name
         .ok_or_else(|| bad(format!("{at}.function.name must be a string")))?;
-    let arguments = match c.pointer("/function/arguments") {
+    let arguments = match function.arguments {
         None | Some(Value::Null) => "{}".to_string(),
         // Tolerated: an OpenAI-style string is passed on as it is.
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s,
         Some(v) => v.to_string(),
     };
-    Ok(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
+    Ok(ChatToolCall {
+        id,
+        kind: FunctionType::Function,
+        function: FunctionCall { name, arguments },
+    })
 }
 
-fn tool(index: usize, t: &Value) -> Result<Value, HubError> {
+fn tool(index: usize, t: Tool) -> Result<ChatTool, HubError> {
     let at = format!("`input.tools[{index}]`");
     let function = t
-        .get("function")
-        .filter(|f| f.is_object())
+        .function
         .ok_or_else(|| bad(format!("{at}.function must be an object")))?;
     let name = function
-        .get("name")
-        .and_then(Value::as_str)
+        .name
         .ok_or_else(|| bad(format!("{at}.function.name must be a string")))?;
-    let mut out = Map::new();
-    out.insert("name".into(), json!(name));
-    if let Some(d) = function.get("description").and_then(Value::as_str) {
-        out.insert("description".into(), json!(d));
-    }
-    let parameters = match function.get("parameters") {
-        Some(p) if p.is_object() => p.clone(),
-        _ => json!({"type": "object", "properties": {}}),
-    };
-    out.insert("parameters".into(), parameters);
-    Ok(json!({"type": "function", "function": out}))
+    let parameters = function.parameters.map_or_else(
+        || json!({"type": "object", "properties": {}}),
+        Value::Object,
+    );
+    Ok(ChatTool {
+        kind: FunctionType::Function,
+        function: FunctionSpec {
+            name,
+            description: function.description,
+            parameters,
+        },
+    })
 }
 
 /// A JSON schema as OpenAI's strict structured outputs need it: every property
@@ -422,77 +449,65 @@ pub fn arguments_object(arguments: &str) -> Value {
     }
 }
 
-fn tool_calls_to_aigne(calls: &[Value]) -> Vec<Value> {
+fn tool_call_output(id: String, name: String, arguments: &str) -> ToolCallOutput {
+    ToolCallOutput {
+        id,
+        kind: FunctionKind::Function,
+        function: ToolCallOutputFunction {
+            name,
+            arguments: arguments_object(arguments),
+        },
+    }
+}
+
+fn tool_calls_to_aigne(calls: &Items<AnswerToolCall>) -> Vec<ToolCallOutput> {
     calls
         .iter()
         .map(|c| {
-            let arguments = c
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            json!({
-                "id": c.get("id").and_then(Value::as_str).unwrap_or_default(),
-                "type": "function",
-                "function": {
-                    "name": c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default(),
-                    "arguments": arguments_object(arguments),
-                },
-            })
+            tool_call_output(
+                c.id.clone().unwrap_or_default(),
+                c.name().unwrap_or_default().to_string(),
+                c.arguments().unwrap_or(""),
+            )
         })
         .collect()
 }
 
 /// Sets `text`, or `json` in JSON mode when the text is a JSON object.
-fn put_text(out: &mut Map<String, Value>, text: String, json_mode: bool) {
+fn put_text(out: &mut ChatOutput, text: String, json_mode: bool) {
     if json_mode {
         if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-            out.insert("json".into(), v);
+            out.json = Some(v);
             return;
         }
     }
     if !text.is_empty() {
-        out.insert("text".into(), json!(text));
+        out.text = Some(text);
     }
 }
 
-/// The parts of an OpenAI `chat.completion` an AIGNE answer carries: `text` or
-/// `json`, `thoughts`, `toolCalls`, `model` (the upstream's name). Usage is added
-/// by the caller.
-pub fn chat_output(body: &Value, json_mode: bool) -> Map<String, Value> {
-    let mut out = Map::new();
-    let message = body.pointer("/choices/0/message").unwrap_or(&Value::Null);
-    let mut text = message
-        .get("content")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+/// The parts of an OpenAI `chat.completion` an AIGNE answer carries (`text` or
+/// `json`, `thoughts`, `toolCalls`), and the upstream's name of the model. Usage
+/// is added by the caller.
+pub(crate) fn chat_output(body: &Value, json_mode: bool) -> (ChatOutput, Option<String>) {
+    let answer: ChatAnswer = lenient::read(body);
+    let mut out = ChatOutput::default();
+    let message = answer.first_choice().and_then(|c| c.message.as_ref());
+    let Some(message) = message else {
+        return (out, answer.model);
+    };
+    let mut text = message.text().unwrap_or_default().to_string();
     if text.is_empty() {
-        if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
-            text = refusal.to_string();
+        if let Some(refusal) = &message.refusal {
+            text = refusal.clone();
         }
     }
     put_text(&mut out, text, json_mode);
-    for field in ["reasoning_content", "reasoning"] {
-        if let Some(thoughts) = message
-            .get(field)
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            out.insert("thoughts".into(), json!(thoughts));
-            break;
-        }
+    out.thoughts = message.thoughts().map(str::to_string);
+    if let Some(calls) = message.tool_calls.as_ref().filter(|c| !c.0.is_empty()) {
+        out.tool_calls = Some(tool_calls_to_aigne(calls));
     }
-    if let Some(calls) = message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .filter(|c| !c.is_empty())
-    {
-        out.insert("toolCalls".into(), Value::Array(tool_calls_to_aigne(calls)));
-    }
-    if let Some(model) = body.get("model").and_then(Value::as_str) {
-        out.insert("model".into(), json!(model));
-    }
-    out
+    (out, answer.model)
 }
 
 /// A tool call being assembled from stream deltas.
@@ -518,8 +533,10 @@ pub struct StreamAccumulator {
     model: Option<String>,
 }
 
-fn text_delta(key: &str, text: &str) -> Value {
-    json!({"delta": {"text": {key: text}}})
+fn text_delta(delta: TextDelta) -> ChatFrame {
+    StreamDelta {
+        delta: DeltaBody::Text(delta),
+    }
 }
 
 impl StreamAccumulator {
@@ -532,120 +549,114 @@ impl StreamAccumulator {
 
     /// The deltas to send for one upstream chunk (choice 0 only: an AIGNE answer
     /// has one output).
-    pub fn push(&mut self, chunk: &Value) -> Vec<Value> {
+    pub(crate) fn push(&mut self, chunk: &Value) -> Vec<ChatFrame> {
+        let chunk: ChatAnswer = lenient::read(chunk);
         if self.model.is_none() {
-            self.model = chunk
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            self.model = chunk.model;
         }
         let mut frames = Vec::new();
-        let Some(choice) = chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-            })
-        else {
+        let choices = chunk.choices.iter().flat_map(Items::iter);
+        let Some(choice) = choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
             return frames;
         };
-        let Some(delta) = choice.get("delta") else {
+        let Some(delta) = &choice.delta else {
             return frames;
         };
-        for field in ["reasoning_content", "reasoning"] {
-            if let Some(t) = delta
-                .get(field)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
-                frames.push(text_delta("thoughts", t));
-                break;
-            }
+        if let Some(thoughts) = delta.thoughts() {
+            frames.push(text_delta(TextDelta::Thoughts(thoughts.to_string())));
         }
-        if let Some(t) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
+        if let Some(t) = delta.text().filter(|t| !t.is_empty()) {
             if self.json_mode {
                 self.held_text.push_str(t);
             } else {
                 self.sent_text = true;
-                frames.push(text_delta("text", t));
+                frames.push(text_delta(TextDelta::Text(t.to_string())));
             }
         }
-        if let Some(r) = delta.get("refusal").and_then(Value::as_str) {
+        if let Some(r) = &delta.refusal {
             self.refusal.push_str(r);
         }
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            for call in calls {
-                let index = call
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .map_or(self.calls.len(), |i| i as usize);
-                // Indexes come from the upstream: never allocate past one new call.
-                let index = index.min(self.calls.len());
-                if index == self.calls.len() {
-                    self.calls.push(PartialCall::default());
-                }
-                let partial = &mut self.calls[index];
-                if let Some(id) = call.get("id").and_then(Value::as_str) {
-                    partial.id = id.to_string();
-                }
-                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
-                    partial.name.push_str(name);
-                }
-                if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    partial.arguments.push_str(args);
-                }
-            }
+        for call in delta.tool_calls.iter().flat_map(Items::iter) {
+            self.push_call(call);
         }
         frames
     }
 
+    /// Adds a tool call's piece to the call it continues (or a new one).
+    fn push_call(&mut self, call: &AnswerToolCall) {
+        let index = call.index.map_or(self.calls.len(), |i| i as usize);
+        // Indexes come from the upstream: never allocate past one new call.
+        let index = index.min(self.calls.len());
+        if index == self.calls.len() {
+            self.calls.push(PartialCall::default());
+        }
+        let partial = &mut self.calls[index];
+        if let Some(id) = &call.id {
+            partial.id = id.clone();
+        }
+        if let Some(name) = call.name() {
+            partial.name.push_str(name);
+        }
+        if let Some(args) = call.arguments() {
+            partial.arguments.push_str(args);
+        }
+    }
+
     /// After the upstream finished: text still to send (JSON mode whose text was
-    /// not JSON, or a refusal), and the structured parts for the final frame
-    /// (`toolCalls`, `json`, `model`).
-    pub fn finish(self) -> (Vec<Value>, Map<String, Value>) {
+    /// not JSON, or a refusal), the structured parts for the final frame
+    /// (`toolCalls`, `json`), and the upstream's name of the model.
+    pub(crate) fn finish(self) -> (Vec<ChatFrame>, ChatOutput, Option<String>) {
         let mut frames = Vec::new();
-        let mut parts = Map::new();
+        let mut parts = ChatOutput::default();
         if !self.held_text.is_empty() {
-            let mut out = Map::new();
+            let mut out = ChatOutput::default();
             put_text(&mut out, self.held_text, true);
-            if let Some(json) = out.remove("json") {
-                parts.insert("json".into(), json);
-            } else if let Some(Value::String(text)) = out.remove("text") {
-                frames.push(text_delta("text", &text));
+            if let Some(json) = out.json {
+                parts.json = Some(json);
+            } else if let Some(text) = out.text {
+                frames.push(text_delta(TextDelta::Text(text)));
             }
         }
-        if !self.sent_text && !parts.contains_key("json") && !self.refusal.is_empty() {
-            frames.push(text_delta("text", &self.refusal));
+        if !self.sent_text && parts.json.is_none() && !self.refusal.is_empty() {
+            frames.push(text_delta(TextDelta::Text(self.refusal)));
         }
         if !self.calls.is_empty() {
-            let calls: Vec<Value> = self
-                .calls
-                .into_iter()
-                .map(|c| {
-                    json!({
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": arguments_object(&c.arguments)},
-                    })
-                })
-                .collect();
-            parts.insert("toolCalls".into(), Value::Array(calls));
+            let calls = self.calls.into_iter();
+            let calls = calls.map(|c| tool_call_output(c.id, c.name, &c.arguments));
+            parts.tool_calls = Some(calls.collect());
         }
-        if let Some(model) = self.model {
-            parts.insert("model".into(), json!(model));
-        }
-        (frames, parts)
+        (frames, parts, self.model)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::to_json;
+
+    /// An answer's output as the client reads it, with the upstream's model.
+    fn with_model(output: &ChatOutput, model: Option<String>) -> Value {
+        let mut out = to_json(output);
+        if let Some(model) = model {
+            out["model"] = json!(model);
+        }
+        out
+    }
+
+    fn chat_output_json(body: &Value, json_mode: bool) -> Value {
+        let (output, model) = chat_output(body, json_mode);
+        with_model(&output, model)
+    }
+
+    fn frames_json(frames: Vec<ChatFrame>) -> Vec<Value> {
+        frames.iter().map(to_json).collect()
+    }
+
+    /// A finished stream's text frames and final parts, as the client reads them.
+    fn finished(acc: StreamAccumulator) -> (Vec<Value>, Value) {
+        let (frames, output, model) = acc.finish();
+        (frames_json(frames), with_model(&output, model))
+    }
 
     fn call(input: Value) -> Value {
         json!({"input": input, "agent": "$CHAT_MODEL", "options": {"userContext": {}, "memories": []}})
@@ -774,7 +785,7 @@ mod tests {
         let body = json!({"model": "gpt-4o-mini-2024", "choices": [{"message": {"role": "assistant", "content": null,
             "reasoning_content": "thinking",
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]}}]});
-        let out = chat_output(&body, false);
+        let out = chat_output_json(&body, false);
         assert!(out.get("text").is_none());
         assert_eq!(out["thoughts"], "thinking");
         assert_eq!(
@@ -783,8 +794,8 @@ mod tests {
         );
         assert_eq!(out["model"], "gpt-4o-mini-2024");
         let body = json!({"choices": [{"message": {"content": "{\"a\":1}"}}]});
-        assert_eq!(chat_output(&body, true)["json"], json!({"a": 1}));
-        assert_eq!(chat_output(&body, false)["text"], "{\"a\":1}");
+        assert_eq!(chat_output_json(&body, true)["json"], json!({"a": 1}));
+        assert_eq!(chat_output_json(&body, false)["text"], "{\"a\":1}");
         assert_eq!(arguments_object("not json"), json!({}));
     }
 
@@ -794,11 +805,11 @@ mod tests {
         let chunk =
             |delta: Value| json!({"model": "m1", "choices": [{"index": 0, "delta": delta}]});
         assert_eq!(
-            acc.push(&chunk(json!({"content": "Hel"}))),
+            frames_json(acc.push(&chunk(json!({"content": "Hel"})))),
             vec![json!({"delta": {"text": {"text": "Hel"}}})]
         );
         assert_eq!(
-            acc.push(&chunk(json!({"reasoning_content": "hm"}))),
+            frames_json(acc.push(&chunk(json!({"reasoning_content": "hm"})))),
             vec![json!({"delta": {"text": {"thoughts": "hm"}}})]
         );
         assert!(acc
@@ -806,7 +817,7 @@ mod tests {
             .is_empty());
         acc.push(&chunk(json!({"tool_calls": [{"index": 0, "function": {"name": "weather", "arguments": "ty\":\"Paris\"}"}}]})));
         acc.push(&chunk(json!({"tool_calls": [{"index": 7, "id": "c2", "function": {"name": "g", "arguments": ""}}]})));
-        let (frames, parts) = acc.finish();
+        let (frames, parts) = finished(acc);
         assert!(frames.is_empty());
         assert_eq!(parts["model"], "m1");
         assert_eq!(
@@ -824,13 +835,13 @@ mod tests {
         let chunk = |t: &str| json!({"choices": [{"index": 0, "delta": {"content": t}}]});
         assert!(acc.push(&chunk("{\"a\":")).is_empty());
         assert!(acc.push(&chunk("1}")).is_empty());
-        let (frames, parts) = acc.finish();
+        let (frames, parts) = finished(acc);
         assert!(frames.is_empty());
         assert_eq!(parts["json"], json!({"a": 1}));
 
         let mut acc = StreamAccumulator::new(true);
         acc.push(&chunk("not json"));
-        let (frames, parts) = acc.finish();
+        let (frames, parts) = finished(acc);
         assert_eq!(
             frames,
             vec![json!({"delta": {"text": {"text": "not json"}}})]

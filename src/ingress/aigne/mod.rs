@@ -17,6 +17,7 @@
 
 pub mod convert;
 pub mod images;
+pub(crate) mod wire;
 
 use crate::actors::TenantOp;
 use crate::auth::{bearer, presented_key};
@@ -39,7 +40,7 @@ use bytes::Bytes;
 use domain::tenant::Attempt;
 use domain::{Credits, Ingress, Permission, RequestId, Usage};
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,8 +49,17 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use convert::StreamAccumulator;
+use crate::ingress::lenient::{self, Items};
+use crate::ingress::openai_wire::{EmbeddingsRequest, ImageRequest};
+use convert::{InputCall, StreamAccumulator};
 use images::ImageStore;
+use serde::Serialize;
+use wire::{
+    AigneUsage, Answer, Availability, BlockletInfo, CreditBalance, DeltaBody, Embedding,
+    EmbeddingsAnswer, EmbeddingsCall, EmbeddingsInput, EmbeddingsOutput, ErrorBody, ErrorEvent,
+    FileOutput, ImageInput, ImageItem, ImagesAnswer, ImagesOutput, LateErrorBody, ModelEntry,
+    ModelMetadata, MountPoint, StreamDelta, UserIdentity, UserInfo,
+};
 
 /// The DID the AIGNE client looks for in `/__blocklet__.js` to find the hub.
 pub const AIGNE_HUB_DID: &str = "z8ia3xzq2tMq8CRHfaXj1BTYJyYnEcHbqP8cJ";
@@ -165,13 +175,18 @@ fn error_message(e: &HubError) -> String {
     }
 }
 
-pub fn error_body(e: &HubError) -> Value {
-    let mut body = e.body();
-    body["error"]["message"] = json!(error_message(e));
+/// The hub's error body with the message and type in AIGNE's words.
+fn aigne_error(e: &HubError) -> ErrorBody {
+    let mut body: ErrorBody = lenient::read(&e.body());
+    body.error.message = error_message(e);
     if matches!(e, HubError::InsufficientCredits { .. }) {
-        body["error"]["type"] = json!("NOT_ENOUGH");
+        body.error.kind = Some("NOT_ENOUGH".into());
     }
     body
+}
+
+pub fn error_body(e: &HubError) -> Value {
+    ingress::to_json(&aigne_error(e))
 }
 
 /// The body of a call that failed after its status (200) was already sent (a
@@ -181,30 +196,35 @@ pub fn error_body(e: &HubError) -> Value {
 /// body therefore also carries a `usage.creditPrefix` its schema refuses, with
 /// the message in it: the client then fails with the message.
 fn late_error_body(e: &HubError, images: bool) -> Value {
-    let mut body = error_body(e);
     let message = error_message(e);
-    body["usage"] = json!({
-        "inputTokens": 0,
-        "outputTokens": 0,
-        "aigneHubCredits": 0,
-        "creditPrefix": format!("error: {message}"),
-    });
-    if images {
-        body["images"] = json!([]);
-    }
-    body
+    ingress::to_json(&LateErrorBody {
+        body: aigne_error(e),
+        usage: AigneUsage {
+            input_tokens: 0,
+            output_tokens: 0,
+            aigne_hub_credits: json!(0),
+            credit_prefix: Some(format!("error: {message}")),
+            cache_read_input_tokens: None,
+            cache_creation_input_tokens: None,
+        },
+        images: images.then(Vec::new),
+    })
 }
 
 fn error_event(e: &HubError) -> Bytes {
-    let error = error_body(e);
+    let body = aigne_error(e);
+    let event = ErrorEvent {
+        message: &body.error.message,
+        kind: body.error.kind.as_deref(),
+    };
     Bytes::from(format!(
         "event: error\ndata: {}\n\n",
-        json!({"message": error["error"]["message"], "type": error["error"]["type"]})
+        ingress::to_json_text(&event)
     ))
 }
 
-fn data_frame(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
+fn data_frame(frame: &impl Serialize) -> Bytes {
+    Bytes::from(format!("data: {}\n\n", ingress::to_json_text(frame)))
 }
 
 // ---------------------------------------------------------------------------
@@ -221,37 +241,37 @@ pub fn credits_number(credits: Credits) -> Value {
 }
 
 /// `usage` in AIGNE's shape: numbers, and the charge in credits.
-fn usage_json(state: &AigneState, usage: &Usage, cost: Credits) -> Value {
-    let mut out = json!({
-        "inputTokens": usage.prompt_tokens(),
-        "outputTokens": usage.output_tokens,
-        "aigneHubCredits": credits_number(cost),
-        "creditPrefix": state.credit_prefix,
-    });
-    if usage.cache_read_tokens > 0 {
-        out["cacheReadInputTokens"] = json!(usage.cache_read_tokens);
+fn aigne_usage(state: &AigneState, usage: &Usage, cost: Credits) -> AigneUsage {
+    AigneUsage {
+        input_tokens: usage.prompt_tokens(),
+        output_tokens: usage.output_tokens,
+        aigne_hub_credits: credits_number(cost),
+        credit_prefix: state.credit_prefix.clone(),
+        cache_read_input_tokens: (usage.cache_read_tokens > 0).then_some(usage.cache_read_tokens),
+        cache_creation_input_tokens: (usage.cache_write_tokens > 0)
+            .then_some(usage.cache_write_tokens),
     }
-    if usage.cache_write_tokens > 0 {
-        out["cacheCreationInputTokens"] = json!(usage.cache_write_tokens);
-    }
-    out
 }
 
-/// Adds what every answer carries: the model (the upstream's name unless the
-/// answer named one), `modelWithProvider` (the hub id of the candidate that
-/// answered) and `usage` with the charge.
-fn finish_output(
+/// An answer: `output` and what every answer carries: the model (the
+/// upstream's name, `upstream_model`, if the answer named one),
+/// `modelWithProvider` (the hub id of the candidate that answered) and `usage`
+/// with the charge.
+fn finish_output<O>(
     state: &AigneState,
-    out: &mut Map<String, Value>,
+    output: O,
+    upstream_model: Option<String>,
     attempt: &Attempt,
     usage: &Usage,
-) {
-    if !out.get("model").is_some_and(Value::is_string) {
-        out.insert("model".into(), json!(attempt.model.upstream_model()));
-    }
-    out.insert("modelWithProvider".into(), json!(attempt.model.as_str()));
+) -> Answer<O> {
     let cost = attempt.rates.cost_of(usage);
-    out.insert("usage".into(), usage_json(state, usage, cost));
+    Answer {
+        output,
+        model: upstream_model.unwrap_or_else(|| attempt.model.upstream_model().to_string()),
+        model_with_provider: attempt.model.as_str().to_string(),
+        usage: aigne_usage(state, usage, cost),
+        aigne_hub: None,
+    }
 }
 
 /// While a slow call's body is pending, a byte is sent this often so that
@@ -294,19 +314,19 @@ fn join_failed(e: tokio::task::JoinError) -> HubError {
 /// Answers a call whose answer comes whole: `billed`'s attempts and settlement,
 /// then `encode` of what was settled, on a task of their own (see
 /// [`json_answer`]); `images` says the answer is images (for its error shape).
-async fn settled_answer<A: 'static>(
+async fn settled_answer<A: 'static, O: Serialize>(
     call: &ModelCall<Aigne>,
     state: State,
     admitted: Admitted,
     billed: &'static Billed<A>,
     request: Value,
     images: bool,
-    encode: impl FnOnce(&AigneState, Settled<A>) -> Map<String, Value> + 'static,
+    encode: impl FnOnce(&AigneState, Settled<A>) -> Answer<O> + 'static,
 ) -> HttpResponse {
     let request_id = admitted.request_id();
     let work = async move {
         let settled = admitted.complete(billed, &request).await?;
-        Ok(Value::Object(encode(&state, settled)))
+        Ok(ingress::to_json(&encode(&state, settled)))
     };
     json_answer(&call.hub, request_id, images, work).await
 }
@@ -364,22 +384,25 @@ fn public_base(state: &AigneState, req: &HttpRequest) -> String {
 
 /// `GET /__blocklet__.js?type=json`: where the client finds the hub's endpoints.
 pub async fn blocklet(query: web::Query<HashMap<String, String>>) -> HttpResponse {
-    let info = json!({
-        "appName": "aigne-hub",
-        "componentMountPoints": [{
-            "title": "AIGNE Hub",
-            "name": "ai-kit",
-            "did": AIGNE_HUB_DID,
-            "mountPoint": MOUNT_POINT,
-            "status": "running",
+    let info = BlockletInfo {
+        app_name: "aigne-hub",
+        component_mount_points: vec![MountPoint {
+            title: "AIGNE Hub",
+            name: "ai-kit",
+            did: AIGNE_HUB_DID,
+            mount_point: MOUNT_POINT,
+            status: "running",
         }],
-    });
+    };
     if query.get("type").map(String::as_str) == Some("json") {
         HttpResponse::Ok().json(info)
     } else {
         HttpResponse::Ok()
             .content_type("application/javascript")
-            .body(format!("window.blocklet = {info};\n"))
+            .body(format!(
+                "window.blocklet = {};\n",
+                ingress::to_json_text(&info)
+            ))
     }
 }
 
@@ -436,7 +459,7 @@ pub async fn models(
         other => other,
     });
     let catalog = hub.catalog.snapshot();
-    let list: Vec<Value> = catalog
+    let list: Vec<ModelEntry> = catalog
         .models
         .values()
         .filter_map(|m| {
@@ -455,17 +478,22 @@ pub async fn models(
                 .credentials
                 .iter()
                 .any(|c| c.disabled_reason.is_none());
-            Some(json!({
-                "key": m.model.as_str(),
-                "model": m.model.upstream_model(),
-                "type": kind,
-                "provider": provider.name,
-                "providerDisplayName": provider_display_name(&provider.name, provider.kind),
-                "input_credits_per_token": credits_per_token(rates.input),
-                "output_credits_per_token": credits_per_token(output),
-                "modelMetadata": {"maxTokens": m.price.max_output_tokens},
-                "status": {"available": available},
-            }))
+            Some(ModelEntry {
+                key: m.model.as_str().to_string(),
+                model: m.model.upstream_model().to_string(),
+                kind,
+                provider: provider.name.clone(),
+                provider_display_name: provider_display_name(&provider.name, provider.kind),
+                input_credits_per_token: credits_per_token(rates.input),
+                output_credits_per_token: credits_per_token(output),
+                model_metadata: ModelMetadata {
+                    max_tokens: m.price.max_output_tokens,
+                },
+                status: Availability {
+                    available,
+                    error: None,
+                },
+            })
         })
         .collect();
     HttpResponse::Ok().json(list)
@@ -478,8 +506,12 @@ pub async fn status(
     req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, AigneError> {
-    let unavailable =
-        |error: String| Ok(HttpResponse::Ok().json(json!({"available": false, "error": error})));
+    let unavailable = |error: String| {
+        Ok(HttpResponse::Ok().json(Availability {
+            available: false,
+            error: Some(error),
+        }))
+    };
     if bearer(&req).is_some() {
         let key = presented_key(&req)?;
         let auth = Some(Hub::key_auth(&key, Permission::CallModels));
@@ -531,7 +563,10 @@ pub async fn status(
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"available": true})))
+    Ok(HttpResponse::Ok().json(Availability {
+        available: true,
+        error: None,
+    }))
 }
 
 /// `GET /api/user/info` (with a key): the tenant's credit in AIGNE's shape, so
@@ -556,19 +591,23 @@ pub async fn user_info(
         other => other?,
     };
     let b = &reply.balance;
-    Ok(HttpResponse::Ok().json(json!({
-        "user": {"did": key.tenant_id.to_string(), "fullName": reply.tenant_name, "email": ""},
-        "creditBalance": {
-            "balance": b.available.to_decimal_string(),
-            "total": b.granted.to_decimal_string(),
-            "pendingCredit": b.held.to_decimal_string(),
-            "spent": b.spent.to_decimal_string(),
+    Ok(HttpResponse::Ok().json(UserInfo {
+        user: UserIdentity {
+            did: key.tenant_id.to_string(),
+            full_name: reply.tenant_name.clone(),
+            email: String::new(),
         },
-        "paymentLink": null,
-        "profileLink": null,
-        "enableCredit": true,
-        "creditPrefix": state.credit_prefix,
-    })))
+        credit_balance: CreditBalance {
+            balance: b.available.to_decimal_string(),
+            total: b.granted.to_decimal_string(),
+            pending_credit: b.held.to_decimal_string(),
+            spent: b.spent.to_decimal_string(),
+        },
+        payment_link: None,
+        profile_link: None,
+        enable_credit: true,
+        credit_prefix: state.credit_prefix.clone(),
+    }))
 }
 
 /// `GET /api/v2/images/{id}`: a generated image, without a key (the id is the
@@ -614,9 +653,8 @@ pub async fn chat(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, 
             return Ok(stream_chat(&call.hub, state, admitted, chat.openai, json_mode).await);
         }
         let encode = move |state: &AigneState, settled: Settled<ChatOutcome>| {
-            let mut out = convert::chat_output(&settled.answer.body, json_mode);
-            finish_output(state, &mut out, &settled.attempt, &settled.usage);
-            out
+            let (output, model) = convert::chat_output(&settled.answer.body, json_mode);
+            finish_output(state, output, model, &settled.attempt, &settled.usage)
         };
         Ok(settled_answer(&call, state, admitted, &CHAT, chat.openai, false, encode).await)
     }
@@ -707,14 +745,17 @@ impl StreamCodec for AigneFrames {
 
     fn settled(&mut self, ending: Ending, charged: &Usage, attempt: &Attempt) -> Vec<Bytes> {
         let acc = std::mem::replace(&mut self.acc, StreamAccumulator::new(self.json_mode));
-        let (frames, mut parts) = acc.finish();
-        finish_output(&self.state, &mut parts, attempt, charged);
+        let (frames, output, model) = acc.finish();
+        let mut answer = finish_output(&self.state, output, model, attempt, charged);
         if ending == Ending::CreditExhausted {
-            parts.insert("aigne_hub".into(), credit_exhausted_note());
+            answer.aigne_hub = Some(credit_exhausted_note());
         }
+        let last = StreamDelta {
+            delta: DeltaBody::Json(answer),
+        };
         frames
             .iter()
-            .chain(std::iter::once(&json!({"delta": {"json": parts}})))
+            .chain(std::iter::once(&last))
             .map(data_frame)
             .collect()
     }
@@ -727,48 +768,28 @@ impl StreamCodec for AigneFrames {
 // ---------------------------------------------------------------------------
 // Images
 
-/// Image options passed on to the upstream (OpenAI's names; camelCase accepted).
-const IMAGE_OPTIONS: [(&str, &str); 9] = [
-    ("size", "size"),
-    ("quality", "quality"),
-    ("style", "style"),
-    ("background", "background"),
-    ("moderation", "moderation"),
-    ("outputCompression", "output_compression"),
-    ("outputFormat", "output_format"),
-    ("responseFormat", "response_format"),
-    ("user", "user"),
-];
-
 /// `POST /api/v2/image`: billed per image. Images come back as hub URLs (served
 /// without a key until they expire) or inline base64 (`outputFileType: "file"`).
 pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
-    let input = convert::input_of(&call.json)?;
-    let model = convert::model_of(&call.json, input)?;
-    let prompt = input
-        .get("prompt")
-        .and_then(Value::as_str)
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            HubError::BadRequest("`input.prompt` is required and must be a non-empty string".into())
-        })?;
-    if input
-        .get("image")
-        .and_then(Value::as_array)
-        .is_some_and(|i| !i.is_empty())
-    {
+    let image_call: InputCall<ImageInput> = convert::input_of(&call.json)?;
+    let input = image_call.input;
+    let options = input.model_options.unwrap_or_default();
+    let model = convert::model_of(options.model, image_call.model)?;
+    let prompt = input.prompt.filter(|p| !p.is_empty()).ok_or_else(|| {
+        HubError::BadRequest("`input.prompt` is required and must be a non-empty string".into())
+    })?;
+    if input.image.is_some_and(|i| !i.is_empty()) {
         return Err(HubError::BadRequest(
             "image editing (`input.image`) is not supported by this hub; send a prompt only".into(),
         )
         .into());
     }
-    let options = input.get("modelOptions").cloned().unwrap_or(Value::Null);
     let n = ingress::images_asked(
-        input.get("n").or_else(|| options.get("n")),
+        input.n.as_ref().or(options.n.as_ref()),
         "input.n",
         &call.hub.limits,
     )?;
-    let inline = match input.get("outputFileType").and_then(Value::as_str) {
+    let inline = match input.output_file_type.as_deref() {
         None | Some("url") => false,
         Some("file") => true,
         Some(_) => {
@@ -778,78 +799,65 @@ pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse,
             .into())
         }
     };
-    let mut request = json!({"prompt": prompt, "n": n});
-    for source in [&options, input] {
-        for (aigne, openai) in IMAGE_OPTIONS {
-            if let Some(v) = source
-                .get(aigne)
-                .or_else(|| source.get(openai))
-                .filter(|v| v.is_string() || v.is_number())
-            {
-                request[openai] = v.clone();
-            }
-        }
-    }
+    let request = ingress::to_json(&ImageRequest {
+        prompt,
+        n,
+        options: input.options.passed().or(options.options.passed()),
+    });
     // Priced by size and quality like `/v1/images/generations` (docs/billing.md).
     let admitted = call.admit(call.images_ask(&model, n, &request)).await?;
     let base = public_base(&state, &call.req);
     let encode = move |state: &AigneState, settled: Settled<ImagesOutcome>| {
-        let body = &settled.answer.body;
-        let images: Vec<Value> = body
-            .get("data")
-            .and_then(Value::as_array)
-            .map(|data| {
-                data.iter()
-                    .filter_map(|item| image_output(state, &base, item, inline))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut out = answer_with_model(body, "images", Value::Array(images));
-        finish_output(state, &mut out, &settled.attempt, &settled.usage);
+        let body: ImagesAnswer = lenient::read(&settled.answer.body);
+        let images = body.data.iter().flat_map(Items::iter);
+        let images = images
+            .filter_map(|item| image_output(state, &base, item, inline))
+            .collect();
+        let output = ImagesOutput { images };
+        let mut answer = finish_output(state, output, body.model, &settled.attempt, &settled.usage);
         // Token counts the upstream reported for images (display only; images
         // are billed per image).
-        for (field, upstream) in [
-            ("inputTokens", "input_tokens"),
-            ("outputTokens", "output_tokens"),
-        ] {
-            let tokens = body.pointer(&format!("/usage/{upstream}"));
-            if let Some(tokens) = tokens.and_then(Value::as_u64) {
-                out["usage"][field] = json!(tokens);
-            }
+        let usage = body.usage.unwrap_or_default();
+        if let Some(tokens) = usage.input_tokens {
+            answer.usage.input_tokens = tokens;
         }
-        out
+        if let Some(tokens) = usage.output_tokens {
+            answer.usage.output_tokens = tokens;
+        }
+        answer
     };
     Ok(settled_answer(&call, state, admitted, &IMAGES, request, true, encode).await)
 }
 
-/// An answer's `field` (the images, the embeddings), with the model the
-/// upstream named, if it named one.
-fn answer_with_model(body: &Value, field: &str, value: Value) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert(field.into(), value);
-    if let Some(model) = body.get("model").and_then(Value::as_str) {
-        out.insert("model".into(), json!(model));
-    }
-    out
-}
-
 /// One upstream image as AIGNE file content: a hub URL for base64 data (or the
 /// data inline, if asked or too large to keep), the upstream's URL as it is.
-fn image_output(state: &AigneState, base: &str, item: &Value, inline: bool) -> Option<Value> {
-    if let Some(b64) = item.get("b64_json").and_then(Value::as_str) {
+fn image_output(
+    state: &AigneState,
+    base: &str,
+    item: &ImageItem,
+    inline: bool,
+) -> Option<FileOutput> {
+    if let Some(b64) = &item.b64_json {
         let data = BASE64.decode(b64).ok();
         let mime = data.as_deref().map_or("image/png", images::sniff_mime);
         if !inline {
             if let Some(id) = data.and_then(|d| state.images.put(Bytes::from(d), mime)) {
-                return Some(
-                    json!({"type": "url", "url": format!("{base}/api/v2/images/{id}"), "mimeType": mime}),
-                );
+                return Some(FileOutput::Url {
+                    url: format!("{base}/api/v2/images/{id}"),
+                    mime_type: mime.to_string(),
+                });
             }
         }
-        return Some(json!({"type": "file", "data": b64, "mimeType": mime}));
+        return Some(FileOutput::File {
+            data: b64.clone(),
+            mime_type: mime.to_string(),
+        });
     }
-    let url = item.get("url").and_then(Value::as_str)?;
-    Some(json!({"type": "url", "url": url, "mimeType": "image/png"}))
+    let url = item.url.clone()?;
+    Some(FileOutput::Url {
+        url,
+        mime_type: "image/png".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -858,39 +866,34 @@ fn image_output(state: &AigneState, base: &str, item: &Value, inline: bool) -> O
 /// `POST /api/v2/embeddings`: `{"input":{"input","modelOptions":{"model"}}}` (or
 /// the older `{"model","input"}`), billed by input tokens.
 pub async fn embeddings(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
-    let (model, texts, options) = match call.json.get("input") {
-        Some(input) if input.is_object() => (
-            convert::model_of(&call.json, input)?,
-            input.get("input"),
-            input.get("modelOptions"),
-        ),
-        _ => (
-            convert::model_of(&call.json, &Value::Null)?,
-            call.json.get("input"),
-            None,
-        ),
+    let embeddings_call: EmbeddingsCall = lenient::read(&call.json);
+    let top_level_model = embeddings_call.model;
+    let (model, texts, dimensions) = match embeddings_call.input {
+        Some(input @ Value::Object(_)) => {
+            let input: EmbeddingsInput = lenient::read(&input);
+            let options = input.model_options.unwrap_or_default();
+            let model = convert::model_of(options.model, top_level_model)?;
+            (model, input.input, options.dimensions)
+        }
+        texts => (convert::model_of(None, top_level_model)?, texts, None),
     };
-    ingress::check_embeddings_input(texts, "input.input", &call.hub.limits)?;
-    let texts = texts.cloned().unwrap_or(Value::Null);
-    let mut request = json!({"input": texts});
-    if let Some(dimensions) = options
-        .and_then(|o| o.get("dimensions"))
-        .filter(|d| d.is_u64())
-    {
-        request["dimensions"] = dimensions.clone();
-    }
+    ingress::check_embeddings_input(texts.as_ref(), "input.input", &call.hub.limits)?;
+    let request = ingress::to_json(&EmbeddingsRequest {
+        input: texts.unwrap_or(Value::Null),
+        dimensions,
+    });
     let admitted = call.admit(call.embeddings_ask(&model)).await?;
     let encode = |state: &AigneState, settled: Settled<EmbeddingsOutcome>| {
-        let body = &settled.answer.body;
-        let data = body.get("data").cloned().unwrap_or(json!([]));
-        let vectors: Vec<Value> = data
-            .as_array()
-            .map(|d| d.iter().map(|e| e["embedding"].clone()).collect())
-            .unwrap_or_default();
-        let mut out = answer_with_model(body, "embeddings", Value::Array(vectors));
-        out.insert("data".into(), data);
-        finish_output(state, &mut out, &settled.attempt, &settled.usage);
-        out
+        let body: EmbeddingsAnswer = lenient::read(&settled.answer.body);
+        let data = body.data.unwrap_or_else(|| json!([]));
+        let items: Items<Embedding> = lenient::read(&data);
+        let embeddings = items
+            .0
+            .into_iter()
+            .map(|e| e.embedding.unwrap_or(Value::Null))
+            .collect();
+        let output = EmbeddingsOutput { embeddings, data };
+        finish_output(state, output, body.model, &settled.attempt, &settled.usage)
     };
     Ok(settled_answer(&call, state, admitted, &EMBEDDINGS, request, false, encode).await)
 }

@@ -9,9 +9,19 @@
 //! other than text, image, document (base64 PDF or plain text), tool_use,
 //! tool_result and thinking, and images inside tool results.
 
+use super::wire::{
+    AnthropicUsage, Block, Content, ContentBlock, Message, MessageType, MessagesRequest, Role,
+    Tool, ToolChoice, UpstreamAnswer,
+};
+use crate::ingress::lenient::{self, Items};
+use crate::ingress::openai_wire::{
+    AnswerContent, ChatAnswer, ChatMessage, ChatRequest, ChatRole, ChatTool, ChatToolCall,
+    ChatToolChoice, ContentPart, FileData, FunctionCall, FunctionName, FunctionSpec, FunctionType,
+    ImageUrl, MessageContent, ToolMode,
+};
 use crate::providers::UpstreamError;
 use domain::Usage;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// A request the translation cannot express in OpenAI's shape.
 #[derive(Debug, thiserror::Error)]
@@ -40,23 +50,23 @@ fn refuse(message: impl Into<String>) -> ConvertError {
 
 /// Translates an Anthropic Messages request into an OpenAI chat request (same
 /// `model`; `stream` is left to the operation: the provider modules set it).
-pub fn anthropic_to_openai_request(request: &Value) -> Result<Value, ConvertError> {
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse("`model` is required"))?;
+pub(crate) fn anthropic_to_openai_request(request: &Value) -> Result<ChatRequest, ConvertError> {
+    let request: MessagesRequest = lenient::read(request);
+    let model = request.model.ok_or_else(|| refuse("`model` is required"))?;
     let anthropic_messages = request
-        .get("messages")
-        .and_then(Value::as_array)
+        .messages
         .ok_or_else(|| refuse("`messages` is required"))?;
 
     let mut messages = Vec::new();
-    if let Some(system) = anthropic_to_openai_system(request.get("system"))? {
-        messages.push(json!({"role": "system", "content": system}));
+    if let Some(system) = anthropic_to_openai_system(request.system)? {
+        messages.push(ChatMessage::new(
+            ChatRole::System,
+            Some(MessageContent::Text(system)),
+        ));
     }
-    for (i, message) in anthropic_messages.iter().enumerate() {
-        let content = message.get("content");
-        match message.get("role").and_then(Value::as_str) {
+    for (i, message) in anthropic_messages.0.into_iter().enumerate() {
+        let content = message.content;
+        match message.role.as_deref() {
             Some("user") => anthropic_to_openai_user(content, &mut messages)?,
             Some("assistant") => {
                 if let Some(m) = anthropic_to_openai_assistant(content)? {
@@ -71,65 +81,42 @@ pub fn anthropic_to_openai_request(request: &Value) -> Result<Value, ConvertErro
         }
     }
 
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert("messages".into(), Value::Array(messages));
-    if let Some(max) = request.get("max_tokens").filter(|v| v.is_u64()) {
-        out.insert("max_tokens".into(), max.clone());
-    }
-    for field in ["temperature", "top_p"] {
-        if let Some(v) = request.get(field).filter(|v| v.is_number()) {
-            out.insert(field.into(), v.clone());
-        }
-    }
-    if let Some(stop) = request
-        .get("stop_sequences")
-        .and_then(Value::as_array)
-        .filter(|s| !s.is_empty())
-    {
-        out.insert("stop".into(), Value::Array(stop.clone()));
-    }
-    if let Some(user) = request
-        .pointer("/metadata/user_id")
-        .filter(|u| u.is_string())
-    {
-        out.insert("user".into(), user.clone());
-    }
-    let tools = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .filter(|t| !t.is_empty());
+    let mut out = ChatRequest {
+        model: Some(model),
+        messages,
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop: request.stop_sequences.filter(|s| !s.is_empty()),
+        user: request.metadata.and_then(|m| m.user_id),
+        ..ChatRequest::default()
+    };
+    let tools = request.tools.filter(|t| !t.0.is_empty());
     if let Some(tools) = tools {
-        out.insert(
-            "tools".into(),
-            Value::Array(
-                tools
-                    .iter()
-                    .map(anthropic_to_openai_tool)
-                    .collect::<Result<_, _>>()?,
-            ),
+        out.tools = Some(
+            tools
+                .0
+                .into_iter()
+                .map(anthropic_to_openai_tool)
+                .collect::<Result<_, _>>()?,
         );
-        if let Some(choice) = request.get("tool_choice").filter(|c| !c.is_null()) {
+        if let Some(choice) = request.tool_choice {
             let (choice, parallel) = anthropic_to_openai_tool_choice(choice)?;
-            out.insert("tool_choice".into(), choice);
+            out.tool_choice = Some(choice);
             if parallel == Some(false) {
-                out.insert("parallel_tool_calls".into(), json!(false));
+                out.parallel_tool_calls = Some(false);
             }
         }
     }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// The text of content blocks that must all be text (system, tool results).
-fn text_of_blocks(blocks: &[Value], what: &str) -> Result<Vec<String>, ConvertError> {
+fn text_of_blocks(blocks: Vec<Block>, what: &str) -> Result<Vec<String>, ConvertError> {
     blocks
-        .iter()
-        .map(|b| match b.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(b
-                .get("text")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()),
+        .into_iter()
+        .map(|b| match b.kind.as_deref() {
+            Some("text") => Ok(b.text.unwrap_or_default()),
             other => Err(refuse(format!(
                 "{what} may only hold text blocks for this model, not {}",
                 other.unwrap_or("an untyped block")
@@ -139,12 +126,14 @@ fn text_of_blocks(blocks: &[Value], what: &str) -> Result<Vec<String>, ConvertEr
 }
 
 /// `system` (a string or text blocks) as one system message's text.
-fn anthropic_to_openai_system(system: Option<&Value>) -> Result<Option<String>, ConvertError> {
+fn anthropic_to_openai_system(system: Option<Content>) -> Result<Option<String>, ConvertError> {
     let text = match system {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(blocks)) => text_of_blocks(blocks, "`system`")?.join("\n\n"),
-        Some(_) => return Err(refuse("`system` must be a string or an array of blocks")),
+        None => return Ok(None),
+        Some(Content::Text(s)) => s,
+        Some(Content::Blocks(blocks)) => text_of_blocks(blocks, "`system`")?.join("\n\n"),
+        Some(Content::Other) => {
+            return Err(refuse("`system` must be a string or an array of blocks"))
+        }
     };
     Ok((!text.is_empty()).then_some(text))
 }
@@ -153,22 +142,27 @@ fn anthropic_to_openai_system(system: Option<&Value>) -> Result<Option<String>, 
 /// OpenAI wants them right after the assistant's calls), then the rest as one
 /// user message.
 fn anthropic_to_openai_user(
-    content: Option<&Value>,
-    messages: &mut Vec<Value>,
+    content: Option<Content>,
+    messages: &mut Vec<ChatMessage>,
 ) -> Result<(), ConvertError> {
     let blocks = match content {
-        Some(Value::String(s)) => {
-            messages.push(json!({"role": "user", "content": s}));
+        Some(Content::Text(s)) => {
+            messages.push(ChatMessage::new(
+                ChatRole::User,
+                Some(MessageContent::Text(s)),
+            ));
             return Ok(());
         }
-        Some(Value::Array(blocks)) => blocks,
+        Some(Content::Blocks(blocks)) => blocks,
         _ => return Err(refuse("message `content` must be a string or an array")),
     };
     let mut parts = Vec::new();
     for block in blocks {
-        match block.get("type").and_then(Value::as_str).unwrap_or("") {
+        match block.kind.as_deref().unwrap_or("") {
             "tool_result" => messages.push(anthropic_to_openai_tool_result(block)?),
-            "text" => parts.push(json!({"type": "text", "text": block.get("text").and_then(Value::as_str).unwrap_or("")})),
+            "text" => parts.push(ContentPart::Text {
+                text: block.text.unwrap_or_default(),
+            }),
             "image" => parts.push(anthropic_to_openai_image(block)?),
             "document" => parts.push(anthropic_to_openai_document(block)?),
             other => {
@@ -178,38 +172,34 @@ fn anthropic_to_openai_user(
             }
         }
     }
-    let single_text = parts.len() == 1 && parts[0]["type"] == "text";
-    match parts.len() {
-        0 => {}
-        _ if single_text => {
-            let text = parts.pop().and_then(|p| p.get("text").cloned());
-            messages.push(json!({"role": "user", "content": text}));
+    let content = match (parts.pop(), parts.is_empty()) {
+        (None, _) => return Ok(()),
+        (Some(ContentPart::Text { text }), true) => MessageContent::Text(text),
+        (Some(last), _) => {
+            parts.push(last);
+            MessageContent::Parts(parts)
         }
-        _ => messages.push(json!({"role": "user", "content": parts})),
-    }
+    };
+    messages.push(ChatMessage::new(ChatRole::User, Some(content)));
     Ok(())
 }
 
 /// A base64 or URL image as an OpenAI `image_url` part.
-fn anthropic_to_openai_image(block: &Value) -> Result<Value, ConvertError> {
-    let source = block.get("source").unwrap_or(&Value::Null);
-    let url = match source.get("type").and_then(Value::as_str) {
+fn anthropic_to_openai_image(block: Block) -> Result<ContentPart, ConvertError> {
+    let source = block.source.unwrap_or_default();
+    let url = match source.kind.as_deref() {
         Some("base64") => format!(
             "data:{};base64,{}",
             source
-                .get("media_type")
-                .and_then(Value::as_str)
+                .media_type
                 .ok_or_else(|| refuse("an image source needs `media_type`"))?,
             source
-                .get("data")
-                .and_then(Value::as_str)
+                .data
                 .ok_or_else(|| refuse("an image source needs `data`"))?
         ),
         Some("url") => source
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| refuse("an image source needs `url`"))?
-            .to_string(),
+            .url
+            .ok_or_else(|| refuse("an image source needs `url`"))?,
         other => {
             return Err(refuse(format!(
                 "image source type {:?} is not supported for this model",
@@ -217,25 +207,28 @@ fn anthropic_to_openai_image(block: &Value) -> Result<Value, ConvertError> {
             )))
         }
     };
-    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+    Ok(ContentPart::ImageUrl {
+        image_url: ImageUrl { url },
+    })
 }
 
 /// A base64 PDF as an OpenAI `file` part; a plain-text document as text.
-fn anthropic_to_openai_document(block: &Value) -> Result<Value, ConvertError> {
-    let source = block.get("source").unwrap_or(&Value::Null);
-    let field = |name: &str| source.get(name).and_then(Value::as_str);
-    match (field("type"), field("media_type"), field("data")) {
+fn anthropic_to_openai_document(block: Block) -> Result<ContentPart, ConvertError> {
+    let source = block.source.unwrap_or_default();
+    match (
+        source.kind.as_deref(),
+        source.media_type.as_deref(),
+        source.data,
+    ) {
         (Some("base64"), Some(media_type @ "application/pdf"), Some(data)) => {
-            let filename = block
-                .get("title")
-                .and_then(Value::as_str)
-                .unwrap_or("document.pdf");
-            Ok(json!({"type": "file", "file": {
-                "filename": filename,
-                "file_data": format!("data:{media_type};base64,{data}"),
-            }}))
+            Ok(ContentPart::File {
+                file: FileData {
+                    filename: block.title.unwrap_or_else(|| "document.pdf".into()),
+                    file_data: format!("data:{media_type};base64,{data}"),
+                },
+            })
         }
-        (Some("text"), _, Some(text)) => Ok(json!({"type": "text", "text": text})),
+        (Some("text"), _, Some(text)) => Ok(ContentPart::Text { text }),
         _ => Err(refuse(
             "only base64 PDF and plain-text documents are supported for this model",
         )),
@@ -243,46 +236,59 @@ fn anthropic_to_openai_document(block: &Value) -> Result<Value, ConvertError> {
 }
 
 /// A `tool_result` block as a `tool` message (text only; an error result says so).
-fn anthropic_to_openai_tool_result(block: &Value) -> Result<Value, ConvertError> {
+fn anthropic_to_openai_tool_result(block: Block) -> Result<ChatMessage, ConvertError> {
     let id = block
-        .get("tool_use_id")
-        .and_then(Value::as_str)
+        .tool_use_id
         .ok_or_else(|| refuse("a tool_result block needs `tool_use_id`"))?;
-    let mut text = match block.get("content") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(blocks)) => text_of_blocks(blocks, "a tool_result")?.join("\n"),
-        Some(_) => return Err(refuse("tool_result `content` must be a string or an array")),
+    let mut text = match block.content {
+        None => String::new(),
+        Some(Content::Text(s)) => s,
+        Some(Content::Blocks(blocks)) => text_of_blocks(blocks, "a tool_result")?.join("\n"),
+        Some(Content::Other) => {
+            return Err(refuse("tool_result `content` must be a string or an array"))
+        }
     };
-    if block.get("is_error").and_then(Value::as_bool) == Some(true) {
+    if block.is_error == Some(true) {
         text = format!("Error: {text}");
     }
-    Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
+    Ok(ChatMessage {
+        tool_call_id: Some(id),
+        ..ChatMessage::new(ChatRole::Tool, Some(MessageContent::Text(text)))
+    })
 }
 
 /// An assistant turn: its text, and its `tool_use` blocks as tool calls.
 /// Thinking blocks are dropped (OpenAI's chat input has no place for them).
-fn anthropic_to_openai_assistant(content: Option<&Value>) -> Result<Option<Value>, ConvertError> {
+fn anthropic_to_openai_assistant(
+    content: Option<Content>,
+) -> Result<Option<ChatMessage>, ConvertError> {
     let blocks = match content {
-        Some(Value::String(s)) => return Ok(Some(json!({"role": "assistant", "content": s}))),
-        Some(Value::Array(blocks)) => blocks,
+        Some(Content::Text(s)) => {
+            return Ok(Some(ChatMessage::new(
+                ChatRole::Assistant,
+                Some(MessageContent::Text(s)),
+            )))
+        }
+        Some(Content::Blocks(blocks)) => blocks,
         _ => return Err(refuse("message `content` must be a string or an array")),
     };
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in blocks {
-        match block.get("type").and_then(Value::as_str).unwrap_or("") {
-            "text" => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            "tool_use" => tool_calls.push(json!({
-                "id": block.get("id").and_then(Value::as_str)
+        match block.kind.as_deref().unwrap_or("") {
+            "text" => text.push_str(block.text.as_deref().unwrap_or("")),
+            "tool_use" => tool_calls.push(ChatToolCall {
+                id: block
+                    .id
                     .ok_or_else(|| refuse("a tool_use block needs `id`"))?,
-                "type": "function",
-                "function": {
-                    "name": block.get("name").and_then(Value::as_str)
+                kind: FunctionType::Function,
+                function: FunctionCall {
+                    name: block
+                        .name
                         .ok_or_else(|| refuse("a tool_use block needs `name`"))?,
-                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
+                    arguments: block.input.unwrap_or_else(|| json!({})).to_string(),
                 },
-            })),
+            }),
             "thinking" | "redacted_thinking" => {}
             other => {
                 return Err(refuse(format!(
@@ -294,61 +300,51 @@ fn anthropic_to_openai_assistant(content: Option<&Value>) -> Result<Option<Value
     if text.is_empty() && tool_calls.is_empty() {
         return Ok(None);
     }
-    let mut message = json!({"role": "assistant"});
-    message["content"] = if text.is_empty() {
-        Value::Null
-    } else {
-        json!(text)
-    };
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    Ok(Some(message))
+    let content = (!text.is_empty()).then_some(MessageContent::Text(text));
+    Ok(Some(ChatMessage {
+        tool_calls,
+        ..ChatMessage::new(ChatRole::Assistant, content)
+    }))
 }
 
 /// A client tool as an OpenAI function tool; server tools are Anthropic's own.
-fn anthropic_to_openai_tool(tool: &Value) -> Result<Value, ConvertError> {
-    if let Some(kind) = tool
-        .get("type")
-        .and_then(Value::as_str)
-        .filter(|t| *t != "custom")
-    {
+fn anthropic_to_openai_tool(tool: Tool) -> Result<ChatTool, ConvertError> {
+    if let Some(kind) = tool.kind.as_deref().filter(|t| *t != "custom") {
         return Err(refuse(format!(
             "tool type {kind:?} is an Anthropic server tool"
         )));
     }
-    let name = tool
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse("a tool needs `name`"))?;
-    let mut function = json!({"name": name});
-    if let Some(description) = tool.get("description").filter(|d| d.is_string()) {
-        function["description"] = description.clone();
-    }
-    function["parameters"] = tool
-        .get("input_schema")
-        .filter(|s| s.is_object())
-        .cloned()
-        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-    Ok(json!({"type": "function", "function": function}))
+    let name = tool.name.ok_or_else(|| refuse("a tool needs `name`"))?;
+    Ok(ChatTool {
+        kind: FunctionType::Function,
+        function: FunctionSpec {
+            name,
+            description: tool.description,
+            parameters: tool.input_schema.map_or_else(
+                || json!({"type": "object", "properties": {}}),
+                Value::Object,
+            ),
+        },
+    })
 }
 
 /// Anthropic `tool_choice` as OpenAI's, and whether parallel calls are allowed.
-fn anthropic_to_openai_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), ConvertError> {
-    let parallel = choice
-        .get("disable_parallel_tool_use")
-        .and_then(Value::as_bool)
-        .map(|disabled| !disabled);
-    let out = match choice.get("type").and_then(Value::as_str) {
-        Some("auto") => json!("auto"),
-        Some("any") => json!("required"),
-        Some("none") => json!("none"),
+fn anthropic_to_openai_tool_choice(
+    choice: ToolChoice,
+) -> Result<(ChatToolChoice, Option<bool>), ConvertError> {
+    let parallel = choice.disable_parallel_tool_use.map(|disabled| !disabled);
+    let out = match choice.kind.as_deref() {
+        Some("auto") => ChatToolChoice::Mode(ToolMode::Auto),
+        Some("any") => ChatToolChoice::Mode(ToolMode::Required),
+        Some("none") => ChatToolChoice::Mode(ToolMode::None),
         Some("tool") => {
             let name = choice
-                .get("name")
-                .and_then(Value::as_str)
+                .name
                 .ok_or_else(|| refuse("`tool_choice` of type tool needs `name`"))?;
-            json!({"type": "function", "function": {"name": name}})
+            ChatToolChoice::Function {
+                kind: FunctionType::Function,
+                function: FunctionName { name },
+            }
         }
         other => {
             return Err(refuse(format!(
@@ -366,7 +362,7 @@ fn anthropic_to_openai_tool_choice(choice: &Value) -> Result<(Value, Option<bool
 
 /// An OpenAI `finish_reason` as an Anthropic `stop_reason`. OpenAI's `stop` does
 /// not say whether a stop sequence matched, so it is always `end_turn`.
-pub fn openai_to_anthropic_stop_reason(finish_reason: Option<&str>) -> &'static str {
+pub(crate) fn openai_to_anthropic_stop_reason(finish_reason: Option<&str>) -> &'static str {
     match finish_reason {
         Some("length") => "max_tokens",
         Some("tool_calls" | "function_call") => "tool_use",
@@ -377,17 +373,17 @@ pub fn openai_to_anthropic_stop_reason(finish_reason: Option<&str>) -> &'static 
 
 /// Normalized usage in Anthropic's shape (`input_tokens` excludes cache reads
 /// and writes, as Anthropic's does).
-pub fn anthropic_usage_json(usage: &Usage) -> Value {
-    json!({
-        "input_tokens": usage.input_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cache_read_tokens,
-        "output_tokens": usage.output_tokens,
-    })
+pub(crate) fn anthropic_usage(usage: &Usage) -> AnthropicUsage {
+    AnthropicUsage {
+        input_tokens: usage.input_tokens,
+        cache_creation_input_tokens: usage.cache_write_tokens,
+        cache_read_input_tokens: usage.cache_read_tokens,
+        output_tokens: usage.output_tokens,
+    }
 }
 
 /// A tool call's `arguments` (a JSON string) as a tool_use `input` (an object).
-pub fn tool_input(arguments: Option<&str>) -> Value {
+pub(crate) fn tool_input(arguments: Option<&str>) -> Value {
     arguments
         .and_then(|a| serde_json::from_str::<Value>(a).ok())
         .filter(Value::is_object)
@@ -395,68 +391,66 @@ pub fn tool_input(arguments: Option<&str>) -> Value {
 }
 
 /// An OpenAI `chat.completion` as an Anthropic `message`, with the usage charged.
-pub fn openai_to_anthropic_response(body: &Value, usage: &Usage, id: &str, model: &str) -> Value {
-    let choice = body.pointer("/choices/0").unwrap_or(&Value::Null);
-    let message = choice.get("message").unwrap_or(&Value::Null);
+pub(crate) fn openai_to_anthropic_response(
+    body: &Value,
+    usage: &Usage,
+    id: &str,
+    model: &str,
+) -> Message<AnthropicUsage> {
+    let answer: ChatAnswer = lenient::read(body);
+    let choice = answer.first_choice();
+    let message = choice.and_then(|c| c.message.as_ref());
     let mut content = Vec::new();
     if let Some(reasoning) = message
-        .get("reasoning_content")
-        .and_then(Value::as_str)
+        .and_then(|m| m.reasoning_content.as_deref())
         .filter(|r| !r.is_empty())
     {
         // No signature: the upstream gave none.
-        content.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+        content.push(ContentBlock::Thinking {
+            thinking: reasoning.to_string(),
+            signature: String::new(),
+        });
     }
-    let text = match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    };
+    let text = message
+        .and_then(|m| m.content.as_ref())
+        .map(AnswerContent::text)
+        .unwrap_or_default();
     if !text.is_empty() {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(ContentBlock::Text { text });
     }
-    for call in message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        content.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or(Value::Null),
-            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-            "input": tool_input(call.pointer("/function/arguments").and_then(Value::as_str)),
-        }));
+    let calls = message.and_then(|m| m.tool_calls.as_ref());
+    for call in calls.into_iter().flat_map(Items::iter) {
+        content.push(ContentBlock::ToolUse {
+            id: call.id.clone(),
+            name: call.name().map(str::to_string),
+            input: tool_input(call.arguments()),
+        });
     }
-    json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": openai_to_anthropic_stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
-        "stop_sequence": null,
-        "usage": anthropic_usage_json(usage),
-    })
+    Message {
+        id: id.to_string(),
+        kind: MessageType::Message,
+        role: Role::Assistant,
+        model: model.to_string(),
+        content,
+        stop_reason: Some(openai_to_anthropic_stop_reason(
+            choice.and_then(|c| c.finish_reason.as_deref()),
+        )),
+        stop_sequence: None,
+        usage: anthropic_usage(usage),
+    }
 }
 
 /// Bytes of generated text in an Anthropic message (for estimates only).
-pub fn anthropic_message_output_bytes(message: &Value) -> u64 {
-    message
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+pub(crate) fn anthropic_message_output_bytes(message: &UpstreamAnswer) -> u64 {
+    let blocks = message.content.iter().flat_map(Items::iter);
+    blocks
         .map(|block| {
-            let text = ["text", "thinking"]
-                .iter()
-                .filter_map(|f| block.get(*f).and_then(Value::as_str))
-                .map(str::len)
+            let text = [&block.text, &block.thinking]
+                .into_iter()
+                .flatten()
+                .map(String::len)
                 .sum::<usize>();
-            let input = block.get("input").map_or(0, |i| i.to_string().len());
+            let input = block.input.as_ref().map_or(0, |i| i.to_string().len());
             (text + input) as u64
         })
         .sum()
@@ -465,6 +459,7 @@ pub fn anthropic_message_output_bytes(message: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::to_json;
 
     #[test]
     fn request_maps_system_messages_tools_and_parameters() {
@@ -499,7 +494,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            out,
+            to_json(&out),
             json!({
                 "model": "gpt-x",
                 "max_tokens": 100,
@@ -528,7 +523,13 @@ mod tests {
 
     #[test]
     fn tool_choice_and_errors_map() {
-        let choice = |c: Value| anthropic_to_openai_tool_choice(&c).unwrap().0;
+        let choice = |c: Value| {
+            to_json(
+                &anthropic_to_openai_tool_choice(lenient::read(&c))
+                    .unwrap()
+                    .0,
+            )
+        };
         assert_eq!(choice(json!({"type": "auto"})), json!("auto"));
         assert_eq!(choice(json!({"type": "none"})), json!("none"));
         assert_eq!(
@@ -544,10 +545,12 @@ mod tests {
         assert!(refused(json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]}))
         .contains("tool_result"));
-        let error = anthropic_to_openai_tool_result(
-            &json!({"type": "tool_result", "tool_use_id": "t", "content": "boom", "is_error": true}),
-        )
-        .unwrap();
+        let error = to_json(
+            &anthropic_to_openai_tool_result(lenient::read(
+                &json!({"type": "tool_result", "tool_use_id": "t", "content": "boom", "is_error": true}),
+            ))
+            .unwrap(),
+        );
         assert_eq!(error["content"], "Error: boom");
     }
 
@@ -564,7 +567,7 @@ mod tests {
         };
         let out = openai_to_anthropic_response(&body, &usage, "msg_1", "gpt-x");
         assert_eq!(
-            out,
+            to_json(&out),
             json!({
                 "id": "msg_1", "type": "message", "role": "assistant", "model": "gpt-x",
                 "content": [

@@ -15,11 +15,13 @@
 
 pub mod convert;
 pub mod stream;
+pub(crate) mod wire;
 
 use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
 use crate::error::{AuthFailure, HubError};
 use crate::hub::Hub;
-use crate::ingress::{self, frames, sse_response, ModelCall, Wire, WireError};
+use crate::ingress::lenient;
+use crate::ingress::{self, frames, sse_response, ModelCall, RequestFields, Wire, WireError};
 use crate::pipeline::{
     chat_pieces, map_pieces, openai_chunk_bytes, Billed, Ending, Operation, OutputCap, Perform,
     Pieces, PipelineError, StreamCodec, Upstreamed, CHAT, CHAT_STREAM,
@@ -34,9 +36,10 @@ use domain::tenant::Attempt;
 use domain::{Ingress, RequestId, Usage};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use stream::{event_frame, event_output_bytes, typed_frame, OpenAiToAnthropicStream};
 use tracing::Instrument;
+use wire::{ErrorDetail, ErrorEvent, ErrorType, UpstreamAnswer, UpstreamEvent};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -102,13 +105,24 @@ pub fn anthropic_error_type(e: &HubError) -> &'static str {
     }
 }
 
+/// A hub error in Anthropic's shape.
+fn anthropic_error(e: &HubError) -> ErrorEvent {
+    ErrorEvent {
+        kind: ErrorType::Error,
+        error: ErrorDetail {
+            kind: anthropic_error_type(e),
+            message: e.to_string(),
+        },
+    }
+}
+
 pub fn anthropic_error_body(e: &HubError) -> Value {
-    json!({"type": "error", "error": {"type": anthropic_error_type(e), "message": e.to_string()}})
+    ingress::to_json(&anthropic_error(e))
 }
 
 /// The `error` event that ends a stream that failed after it started.
 fn error_frame(e: &HubError) -> Bytes {
-    event_frame(Some("error"), &anthropic_error_body(e).to_string())
+    event_frame(Some("error"), &ingress::to_json_text(&anthropic_error(e)))
 }
 
 // ---------------------------------------------------------------------------
@@ -122,14 +136,14 @@ struct MessagesRequest {
 }
 
 fn parse_messages_request(request: &Value) -> Result<MessagesRequest, HubError> {
-    let object = ingress::json_object(request)?;
-    let model = ingress::model_field(request, "anthropic/claude-sonnet-4-5")?;
-    let max_tokens = ingress::token_cap(object, "max_tokens")?.ok_or_else(|| {
+    ingress::json_object(request)?;
+    let fields = RequestFields::of(request);
+    let model = ingress::model_field(fields.model.as_deref(), "anthropic/claude-sonnet-4-5")?;
+    let max_tokens = ingress::token_cap(fields.max_tokens, "max_tokens")?.ok_or_else(|| {
         HubError::BadRequest("`max_tokens` is required (the Messages API has no default)".into())
     })?;
-    match object.get("messages") {
-        Some(Value::Array(messages))
-            if !messages.is_empty() && messages.iter().all(Value::is_object) => {}
+    match fields.messages {
+        Some(messages) if !messages.is_empty() && messages.iter().all(Value::is_object) => {}
         _ => {
             return Err(HubError::BadRequest(
                 "`messages` is required and must be a non-empty array of objects".into(),
@@ -139,7 +153,7 @@ fn parse_messages_request(request: &Value) -> Result<MessagesRequest, HubError> 
     Ok(MessagesRequest {
         model,
         max_tokens,
-        stream: ingress::flag(object, "stream")?,
+        stream: ingress::flag(fields.stream, "stream")?,
     })
 }
 
@@ -183,11 +197,9 @@ fn openai_request(call: &UpstreamCall<'_>, request: &Value) -> Result<Value, Ups
     let mut openai = convert::anthropic_to_openai_request(request)?;
     // OpenAI's reasoning models refuse `max_tokens`; the compatible kinds know it.
     if call.provider.kind == ProviderKind::OpenAi {
-        if let Some(max) = openai.as_object_mut().and_then(|o| o.remove("max_tokens")) {
-            openai["max_completion_tokens"] = max;
-        }
+        openai.max_completion_tokens = openai.max_tokens.take();
     }
-    Ok(openai)
+    Ok(ingress::to_json(&openai))
 }
 
 /// One attempt: the client's body as it is to an Anthropic upstream
@@ -219,7 +231,7 @@ const MESSAGES: Billed<MessagesReply> = Billed {
     },
     usage: |answer, _, prompt_bytes| match answer {
         Upstream::Anthropic(outcome) => outcome.usage.unwrap_or_else(|| {
-            let message: Value = serde_json::from_slice(&outcome.body).unwrap_or_default();
+            let message: UpstreamAnswer = lenient::parse(&outcome.body);
             Usage::estimate(
                 prompt_bytes,
                 convert::anthropic_message_output_bytes(&message),
@@ -286,18 +298,20 @@ pub async fn messages(call: ModelCall<Anthropic>) -> Result<HttpResponse, Messag
 /// One piece of a relayed stream: an Anthropic upstream's event, or an OpenAI
 /// chunk to translate.
 enum MessagesPiece {
-    Event { event: SseEvent, data: Value },
+    Event {
+        event: SseEvent,
+        data: UpstreamEvent,
+    },
     Chunk(Value),
 }
 
 impl MessagesPiece {
     /// An event's type: its `type` field, else its SSE name.
-    fn event_type(event: &SseEvent, data: &Value) -> String {
-        data.get("type")
-            .and_then(Value::as_str)
+    fn event_type<'a>(event: &'a SseEvent, data: &'a UpstreamEvent) -> &'a str {
+        data.kind
+            .as_deref()
             .or(event.event.as_deref())
             .unwrap_or("")
-            .to_string()
     }
 }
 
@@ -330,7 +344,7 @@ impl AnthropicEvents {
                     item.map(|item| match item {
                         MessagesItem::Usage(usage) => Upstreamed::Usage(usage),
                         MessagesItem::Event(event) => {
-                            let data = serde_json::from_str(&event.data).unwrap_or_default();
+                            let data = lenient::parse(event.data.as_bytes());
                             Upstreamed::Piece(MessagesPiece::Event { event, data })
                         }
                     })
@@ -388,8 +402,8 @@ impl StreamCodec for AnthropicEvents {
             MessagesPiece::Event { event, data } => (event, data),
         };
         let frame = event_frame(event.event.as_deref(), &event.data);
-        match MessagesPiece::event_type(&event, &data).as_str() {
-            "content_block_start" => self.open_block = data.get("index").and_then(Value::as_u64),
+        match MessagesPiece::event_type(&event, &data) {
+            "content_block_start" => self.open_block = data.index,
             "content_block_stop" => self.open_block = None,
             "message_stop" => {
                 self.message_stop = Some(frame);
@@ -429,6 +443,7 @@ impl StreamCodec for AnthropicEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_messages_request_needs_max_tokens_and_message_objects() {
