@@ -111,7 +111,7 @@ pub async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
 /// `POST /v1/embeddings`: billed by input tokens.
 pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
     let model = required_model(&call.json)?;
-    ingress::check_embeddings_input(call.json.get("input"), "input", &call.hub.limits)?;
+    ingress::check_embeddings_input(call.json.get("input"), "input", call.hub.limits())?;
     prepare_upstream_request(&mut call.json);
     let admitted = call.admit(call.embeddings_ask(&model)).await?;
     let settled = admitted.complete(&EMBEDDINGS, &call.json).await?;
@@ -132,7 +132,7 @@ pub async fn images(mut call: ModelCall<OpenAi>) -> Answer {
         )
         .into());
     }
-    let n = ingress::images_asked(request.get("n"), "n", &call.hub.limits)?;
+    let n = ingress::images_asked(request.get("n"), "n", call.hub.limits())?;
     if let Some(format) = request.get("response_format").filter(|f| !f.is_null()) {
         if !matches!(format.as_str(), Some("url" | "b64_json")) {
             return Err(HubError::BadRequest(

@@ -323,7 +323,7 @@ async fn json_answer(
     work: impl Future<Output = Result<Value, HubError>> + 'static,
 ) -> HttpResponse {
     let mut handle = actix_web::rt::spawn(work);
-    let deadline = Duration::from_millis(hub.limits.aigne_headers_after_ms);
+    let deadline = Duration::from_millis(hub.limits().aigne_headers_after_ms);
     let early = tokio::select! {
         joined = &mut handle => Some(joined.map_err(join_failed).and_then(|r| r)),
         _ = tokio::time::sleep(deadline) => None,
@@ -435,7 +435,7 @@ pub async fn models(
         "imageGeneration" => "image",
         other => other,
     });
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     let list: Vec<Value> = catalog
         .models
         .values()
@@ -501,7 +501,7 @@ pub async fn status(
             Err(e) => return Err(e.into()),
         }
     }
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     let usable = |provider: &str| {
         catalog
             .providers
@@ -544,7 +544,7 @@ pub async fn user_info(
 ) -> Result<HttpResponse, AigneError> {
     let key = presented_key(&req)?;
     let read = |permission| {
-        hub.tenants.call(
+        hub.call_tenant(
             key.tenant_id,
             TenantOp::Read {
                 auth: Some(Hub::key_auth(&key, permission)),
@@ -653,7 +653,7 @@ async fn stream_chat(
         let _ = started_tx.send(started);
     });
     let frames = frames(rx);
-    let deadline = Duration::from_millis(hub.limits.aigne_headers_after_ms);
+    let deadline = Duration::from_millis(hub.limits().aigne_headers_after_ms);
     let early = tokio::select! {
         started = &mut started_rx => Some(started),
         _ = tokio::time::sleep(deadline) => None,
@@ -766,7 +766,7 @@ pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse,
     let n = ingress::images_asked(
         input.get("n").or_else(|| options.get("n")),
         "input.n",
-        &call.hub.limits,
+        call.hub.limits(),
     )?;
     let inline = match input.get("outputFileType").and_then(Value::as_str) {
         None | Some("url") => false,
@@ -870,7 +870,7 @@ pub async fn embeddings(call: ModelCall<Aigne>, state: State) -> Result<HttpResp
             None,
         ),
     };
-    ingress::check_embeddings_input(texts, "input.input", &call.hub.limits)?;
+    ingress::check_embeddings_input(texts, "input.input", call.hub.limits())?;
     let texts = texts.cloned().unwrap_or(Value::Null);
     let mut request = json!({"input": texts});
     if let Some(dimensions) = options
