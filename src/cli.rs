@@ -332,7 +332,7 @@ async fn run(
                 Some(raw) => {
                     Credits::parse(&raw).map_err(|e| anyhow::anyhow!("--initial-credits: {e}"))?
                 }
-                None => hub.limits.initial_credits,
+                None => hub.limits().initial_credits,
             };
             // Errors read as the HTTP API words them (`HubError`).
             let tenant_id = hub
@@ -380,8 +380,8 @@ async fn run(
         Command::Balance { tenant } => crate::billing::balance_body(
             tenant,
             &hub.balance(tenant, None).await.map_err(HubError::from)?,
-            hub.clock.now(),
-            hub.limits.expiring_soon_window_secs,
+            hub.now(),
+            hub.limits().expiring_soon_window_secs,
         ),
         Command::Provider(ProviderCmd::Add {
             name,
@@ -436,7 +436,7 @@ async fn run(
                 .set_price(&model, &spec)
                 .await
                 .map_err(HubError::from)?;
-            let priced = hub.catalog.snapshot().models.get(&model).cloned();
+            let priced = hub.catalog().snapshot().models.get(&model).cloned();
             priced
                 .map(|p| crate::routes::models::price_json(&p))
                 .unwrap_or_default()
@@ -456,10 +456,10 @@ async fn run(
             serde_json::json!({"alias": alias, "removed": true})
         }
         Command::Audit(AuditCmd::Verify { tenant, .. }) => {
-            let reports = crate::audit::verify_store(hub.store.as_ref(), tenant).await?;
+            let reports = crate::audit::verify_store(hub.store().as_ref(), tenant).await?;
             let ok = reports.iter().all(|r| r.first_break.is_none());
             print(serde_json::json!({"ok": ok, "tenants": reports}));
-            hub.tenants.shutdown();
+            hub.shutdown_tenants();
             return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -468,10 +468,10 @@ async fn run(
         }
         Command::Replay => {
             let report =
-                crate::replay::replay(hub.store.as_ref(), hub.projector.projections()).await?;
+                crate::replay::replay(hub.store().as_ref(), hub.projector().projections()).await?;
             let ok = report.all_identical && report.chains_intact;
             print(serde_json::to_value(&report)?);
-            hub.tenants.shutdown();
+            hub.shutdown_tenants();
             return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -479,7 +479,7 @@ async fn run(
             });
         }
     };
-    hub.tenants.shutdown();
+    hub.shutdown_tenants();
     print(result);
     Ok(ExitCode::SUCCESS)
 }

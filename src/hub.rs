@@ -7,11 +7,13 @@
 use crate::actors::{ActorError, Auth, TenantOp, TenantRegistry, TenantReply};
 use crate::auth::{new_key, PresentedKey};
 use crate::catalog::Catalog;
-use crate::config::Limits;
+use crate::config::{Limits, Settings};
 use crate::crypto::{credential_binding, Secret, SecretBox, SECRET_MAX_BYTES};
 use crate::projector::Projector;
 use crate::providers::{Credential, ProviderKind, Upstream};
-use crate::store::{Change, CredentialRow, ProviderRow, Store, StoreError};
+use crate::store::{
+    Change, CredentialRow, EventLog, LiveSet, ProjectionRows, ProviderRow, Store, StoreError,
+};
 use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
@@ -19,22 +21,28 @@ use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The hub's services: what routes, codecs, the CLI and start-up call.
+///
+/// Its parts are private. Tenants are reached through one door,
+/// [`Hub::call_tenant`] (their actors decide every change); stored data through
+/// the store's role that a caller needs ([`Hub::event_log`], [`Hub::read_models`],
+/// [`Hub::live_set`]); the rest through narrow readers.
 pub struct Hub {
-    pub mode: crate::config::DeploymentMode,
-    pub store: Arc<dyn Store>,
-    pub tenants: TenantRegistry,
-    pub catalog: Catalog,
-    pub upstream: Upstream,
-    pub router: crate::routing::Router,
-    pub secrets: Arc<SecretBox>,
-    pub projector: Projector,
-    pub instance_id: InstanceId,
-    pub limits: Limits,
-    pub operator_token: String,
+    mode: crate::config::DeploymentMode,
+    store: Arc<dyn Store>,
+    tenants: TenantRegistry,
+    catalog: Catalog,
+    upstream: Upstream,
+    router: crate::routing::Router,
+    secrets: Arc<SecretBox>,
+    projector: Projector,
+    instance_id: InstanceId,
+    limits: Limits,
+    operator_token: String,
     /// Business time (see `clock`): wall time in production, movable in tests.
-    pub clock: crate::clock::Clock,
+    clock: crate::clock::Clock,
     /// See [`Hub::full_hold_sweeps`].
-    pub full_hold_sweeps: std::sync::atomic::AtomicU64,
+    full_hold_sweeps: std::sync::atomic::AtomicU64,
 }
 
 /// What the hold sweep remembers from one pass to the next, so that it visits
@@ -160,6 +168,120 @@ pub fn now_ms() -> i64 {
 }
 
 impl Hub {
+    /// Builds the hub's services on an open store. Must run inside an actix System
+    /// (the tenant actors start on its arbiters).
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        secrets: Arc<SecretBox>,
+        operator_token: String,
+    ) -> anyhow::Result<Self> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let instance_id = InstanceId::new_random();
+        Ok(Hub {
+            tenants: TenantRegistry::new(
+                store.clone(),
+                instance_id,
+                settings.limits.clone(),
+                settings.actor_threads,
+                wake.clone(),
+            ),
+            catalog: Catalog::new(store.clone(), secrets.clone()),
+            upstream: Upstream::new(&settings.limits)?,
+            router: crate::routing::Router::default(),
+            projector: Projector::new(
+                store.clone(),
+                wake,
+                projections::registry(&settings.limits.projection_settings()),
+            ),
+            secrets,
+            instance_id,
+            limits: settings.limits.clone(),
+            mode: settings.mode,
+            operator_token,
+            store,
+            clock: Default::default(),
+            full_hold_sweeps: Default::default(),
+        })
+    }
+
+    /// The one door to a tenant: its actor checks `op`'s key, if any, and decides.
+    pub(crate) async fn call_tenant(
+        &self,
+        tenant_id: TenantId,
+        op: TenantOp,
+    ) -> Result<TenantReply, ActorError> {
+        self.tenants.call(tenant_id, op).await
+    }
+
+    /// Stops every tenant actor (at shutdown, or at the end of a CLI command).
+    pub fn shutdown_tenants(&self) {
+        self.tenants.shutdown();
+    }
+
+    /// The whole store, for operations that replay or verify it and for tests.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stored events: tenant streams (read only here; written by the actors) and
+    /// the price book.
+    pub(crate) fn event_log(&self) -> &dyn EventLog {
+        self.store.as_ref()
+    }
+
+    /// The projections' rows (balances, analytics, invoices).
+    pub(crate) fn read_models(&self) -> &dyn ProjectionRows {
+        self.store.as_ref()
+    }
+
+    /// The processes alive on this store.
+    pub(crate) fn live_set(&self) -> &dyn LiveSet {
+        self.store.as_ref()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn mode(&self) -> crate::config::DeploymentMode {
+        self.mode
+    }
+
+    /// Business time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The business clock (tests move it).
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub(crate) fn router(&self) -> &crate::routing::Router {
+        &self.router
+    }
+
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub fn instance_id(&self) -> InstanceId {
+        self.instance_id
+    }
+
+    pub(crate) fn operator_token(&self) -> &str {
+        &self.operator_token
+    }
+
+    pub fn projector(&self) -> &Projector {
+        &self.projector
+    }
+
     /// The price book's writer (set prices, aliases, margins and plans).
     pub fn price_book(&self) -> PriceBookWriter<'_> {
         PriceBookWriter {

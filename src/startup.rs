@@ -1,21 +1,17 @@
 //! Builds the hub and its HTTP server; reports the port it really bound (tests
 //! bind port 0).
 
-use crate::actors::TenantRegistry;
 use crate::auth::random_secret;
-use crate::catalog::Catalog;
 use crate::config::{self, Settings};
 use crate::crypto::SecretBox;
 use crate::hub::Hub;
 use crate::notify::Notifier;
 use crate::projector::Projector;
-use crate::providers::Upstream;
 use crate::routes;
 use crate::store::{self, Store};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use domain::InstanceId;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,33 +33,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
         store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
     let secrets = Arc::new(master_key(settings)?);
     let (operator_token, _) = operator_token(settings)?;
-    let wake = Arc::new(Notify::new());
-    let instance_id = InstanceId::new_random();
-    let hub = Hub {
-        tenants: TenantRegistry::new(
-            store.clone(),
-            instance_id,
-            settings.limits.clone(),
-            settings.actor_threads,
-            wake.clone(),
-        ),
-        catalog: Catalog::new(store.clone(), secrets.clone()),
-        upstream: Upstream::new(&settings.limits)?,
-        router: crate::routing::Router::default(),
-        projector: Projector::new(
-            store.clone(),
-            wake,
-            projections::registry(&settings.limits.projection_settings()),
-        ),
-        secrets,
-        instance_id,
-        limits: settings.limits.clone(),
-        mode: settings.mode,
-        operator_token,
-        store,
-        clock: Default::default(),
-        full_hold_sweeps: Default::default(),
-    };
+    let hub = Hub::new(settings, store, secrets, operator_token)?;
     let imported = hub
         .price_book()
         .import_price_table()
@@ -75,7 +45,7 @@ pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
             "the old price table was moved into the price book"
         );
     }
-    hub.catalog.refresh().await?;
+    hub.catalog().refresh().await?;
     Ok(Arc::new(hub))
 }
 
@@ -163,7 +133,7 @@ impl Application {
             &settings.limits,
         )?);
         let hub = build_hub(&settings).await?;
-        let notifier = Notifier::new(hub.store.clone(), &settings.notify)?;
+        let notifier = Notifier::new(hub.store().clone(), &settings.notify)?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -173,7 +143,8 @@ impl Application {
             })?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(hub.clone());
-        let operator_token = web::Data::new(crate::auth::OperatorToken(hub.operator_token.clone()));
+        let operator_token =
+            web::Data::new(crate::auth::OperatorToken(hub.operator_token().to_string()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -187,7 +158,7 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?
         .run();
-        let projector = ProjectorThread::start(&settings, hub.projector.wake.clone())?;
+        let projector = ProjectorThread::start(&settings, hub.projector().wake.clone())?;
         let mut background = vec![
             actix_web::rt::spawn(hub.clone().run_maintenance()),
             actix_web::rt::spawn(hub.clone().run_freshness()),
@@ -230,7 +201,12 @@ impl Application {
         // gone). More attempts than a pool has connections.
         const WITHDRAW_ATTEMPTS: usize = 20;
         for attempt in 1..=WITHDRAW_ATTEMPTS {
-            match self.hub.store.remove_instance(self.hub.instance_id).await {
+            match self
+                .hub
+                .live_set()
+                .remove_instance(self.hub.instance_id())
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if attempt == WITHDRAW_ATTEMPTS => {
                     tracing::warn!(error = %e, "could not withdraw this process from the live set")
@@ -238,7 +214,7 @@ impl Application {
                 Err(_) => {}
             }
         }
-        self.hub.tenants.shutdown();
+        self.hub.shutdown_tenants();
         result
     }
 }

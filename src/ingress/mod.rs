@@ -130,7 +130,7 @@ impl<W: Wire> FromRequest for ModelCall<W> {
                 .clone()
                 .into_inner();
             let key = W::key(&req)?;
-            let body = read_limited(payload, hub.limits.max_request_body_bytes).await?;
+            let body = read_limited(payload, hub.limits().max_request_body_bytes).await?;
             let json = parse_json(&body)?;
             Ok(ModelCall {
                 hub,

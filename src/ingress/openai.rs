@@ -118,7 +118,7 @@ pub async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
 pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
     let fields = RequestFields::of(&call.json);
     let model = required_model(&fields)?;
-    ingress::check_embeddings_input(fields.input.as_ref(), "input", &call.hub.limits)?;
+    ingress::check_embeddings_input(fields.input.as_ref(), "input", call.hub.limits())?;
     prepare_upstream_request(&mut call.json);
     let admitted = call.admit(call.embeddings_ask(&model)).await?;
     let settled = admitted.complete(&EMBEDDINGS, &call.json).await?;
@@ -135,7 +135,7 @@ pub async fn images(mut call: ModelCall<OpenAi>) -> Answer {
         )
         .into());
     }
-    let n = ingress::images_asked(fields.n.as_ref(), "n", &call.hub.limits)?;
+    let n = ingress::images_asked(fields.n.as_ref(), "n", call.hub.limits())?;
     if let Some(format) = fields.response_format {
         if !matches!(format.ok().as_deref(), Some("url" | "b64_json")) {
             return Err(HubError::BadRequest(

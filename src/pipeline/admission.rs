@@ -122,20 +122,19 @@ pub(crate) async fn admit(
         tenant_id: key.tenant_id,
         image_size,
         image_quality,
-        at_cost: hub.mode.charges_at_cost(),
+        at_cost: hub.mode().charges_at_cost(),
     };
-    let mut catalog = hub.catalog.snapshot();
+    let mut catalog = hub.catalog().snapshot();
     let mut candidates = catalog.candidates_for(ask.model, who);
     // Never refuse a model from a stale catalog: another writer may have just
     // added it (one query, on the refusal path only).
-    if candidates.is_empty() && hub.catalog.refresh_if_changed().await? {
-        catalog = hub.catalog.snapshot();
+    if candidates.is_empty() && hub.catalog().refresh_if_changed().await? {
+        catalog = hub.catalog().snapshot();
         candidates = catalog.candidates_for(ask.model, who);
     }
     if candidates.is_empty() {
         // Check the key first, so an unknown model is never a way to probe keys.
-        hub.tenants
-            .call(key.tenant_id, TenantOp::Read { auth })
+        hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
             .await?;
         return Err(PipelineError::ModelNotFound(crate::catalog::UnknownModel {
             model: ask.model.to_string(),
@@ -158,15 +157,14 @@ pub(crate) async fn admit(
         prompt_bytes: ask.prompt_bytes,
         max_tokens: Some(max_tokens),
         images: ask.images,
-        instance_id: hub.instance_id,
-        expires_at: hub.clock.now() + Duration::from_millis(hub.limits.hold_ttl_ms),
-        enforce_credit: hub.mode.enforces_credit(),
-        at: hub.clock.now(),
+        instance_id: hub.instance_id(),
+        expires_at: hub.now() + Duration::from_millis(hub.limits().hold_ttl_ms),
+        enforce_credit: hub.mode().enforces_credit(),
+        at: hub.now(),
     };
     let hold = price.hold_for(ask.prompt_bytes, Some(max_tokens), ask.images);
     let reply = hub
-        .tenants
-        .call(
+        .call_tenant(
             key.tenant_id,
             TenantOp::Execute {
                 auth,
@@ -176,8 +174,8 @@ pub(crate) async fn admit(
         )
         .await
         .map_err(|e| advice_per_choice(e, ask.choices))?;
-    hub.router.earn();
-    let spend_limit = (hub.mode.enforces_credit() && hub.limits.stream_credit_cutoff)
+    hub.router().earn();
+    let spend_limit = (hub.mode().enforces_credit() && hub.limits().stream_credit_cutoff)
         .then(|| reply.balance.available + hold);
     let billing = Billing {
         hub: hub.clone(),

@@ -150,14 +150,15 @@ pub(super) async fn attempt<A>(
     request: &Value,
 ) -> Result<(A, Attempt, Provider), PipelineError> {
     let hub = &billing.hub;
-    let limits = &hub.limits;
+    let limits = hub.limits();
     let mut number = 0u32;
     let mut last_error: Option<UpstreamError> = None;
     let mut rejected: Vec<String> = Vec::new();
     'candidates: for candidate in candidates {
         let mut retry = 0u32;
         while number < ATTEMPTS_PER_REQUEST_MAX {
-            let Some(provider) = hub.router.pick(&candidate.provider, &rejected, retry > 0) else {
+            let Some(provider) = hub.router().pick(&candidate.provider, &rejected, retry > 0)
+            else {
                 last_error.get_or_insert(UpstreamError::Status {
                     status: 401,
                     code: None,
@@ -190,7 +191,7 @@ pub(super) async fn attempt<A>(
             );
             let started = Instant::now();
             let call = UpstreamCall {
-                http: &hub.upstream,
+                http: hub.upstream(),
                 provider: &provider,
             };
             let error = match (operation.perform)(&call, &upstream_request).await {
@@ -222,12 +223,12 @@ pub(super) async fn attempt<A>(
                     continue;
                 }
                 Failure::RateLimited => hub
-                    .router
+                    .router()
                     .cool_down(&provider.credential_id, limits.rate_limit_cooldown_ms),
                 Failure::Transient => {}
             }
             last_error = Some(error);
-            if retry >= limits.retries_per_candidate || !hub.router.take_retry() {
+            if retry >= limits.retries_per_candidate || !hub.router().take_retry() {
                 continue 'candidates;
             }
             tokio::time::sleep(backoff(

@@ -37,8 +37,7 @@ impl Billing {
             request_id: Some(self.request_id),
         };
         self.hub
-            .tenants
-            .call(self.key.tenant_id, op)
+            .call_tenant(self.key.tenant_id, op)
             .await
             .map(|_| ())
     }
@@ -54,7 +53,7 @@ impl Billing {
             attempt: attempt.clone(),
             usage,
             upstream_latency_ms: self.started.elapsed().as_millis() as u64,
-            at: self.hub.clock.now(),
+            at: self.hub.now(),
         })
         .await
         .map_err(|e| match e {
@@ -82,7 +81,7 @@ impl Billing {
             status,
             reason: error.to_string(),
             latency_ms: latency.as_millis() as u64,
-            at: self.hub.clock.now(),
+            at: self.hub.now(),
         };
         if let Err(e) = self.execute(command).await {
             tracing::warn!(request_id = %self.request_id, error = %e, "recording a failed attempt failed");
@@ -166,7 +165,7 @@ impl Billing {
         let command = TenantCommand::ReleaseHold {
             request_id: self.request_id,
             reason,
-            at: self.hub.clock.now(),
+            at: self.hub.now(),
         };
         if let Err(e) = self.execute(command).await {
             // The hold stays until the sweeper releases it at its time to live.

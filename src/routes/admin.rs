@@ -18,7 +18,7 @@ use serde_json::json;
 const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
 
 pub(super) fn operator(hub: &Hub, req: &HttpRequest) -> Result<(), HubError> {
-    Ok(check_operator(req, &hub.operator_token)?)
+    Ok(check_operator(req, hub.operator_token())?)
 }
 
 fn credits(field: &str, raw: &str) -> Result<Credits, HubError> {
@@ -40,7 +40,7 @@ pub async fn create_tenant(
     operator(&hub, &req)?;
     let body: CreateTenant = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let initial = match body.initial_credits.as_deref() {
-        None => hub.limits.initial_credits,
+        None => hub.limits().initial_credits,
         Some("0") => Credits::ZERO,
         Some(raw) => credits("initial_credits", raw)?,
     };
@@ -152,8 +152,8 @@ pub async fn balance(
     Ok(HttpResponse::Ok().json(balance_body(
         tenant_id,
         &balance,
-        hub.clock.now(),
-        hub.limits.expiring_soon_window_secs,
+        hub.now(),
+        hub.limits().expiring_soon_window_secs,
     )))
 }
 
@@ -192,11 +192,10 @@ pub async fn set_low_balance(
         .transpose()?;
     let command = TenantCommand::SetLowBalanceThreshold {
         threshold,
-        at: hub.clock.now(),
+        at: hub.now(),
     };
     let reply = hub
-        .tenants
-        .call(
+        .call_tenant(
             tenant_id,
             TenantOp::Execute {
                 auth: None,
@@ -231,7 +230,7 @@ pub async fn list_providers(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let data: Vec<_> = hub
-        .catalog
+        .catalog()
         .snapshot()
         .providers
         .values()

@@ -27,8 +27,7 @@ pub async fn events(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRespons
     let key = presented_key(&req)?;
     let query = page_query(&req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadAudit));
-    hub.tenants
-        .call(key.tenant_id, TenantOp::Read { auth })
+    hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     page(&hub, key.tenant_id, query).await
 }
@@ -39,11 +38,10 @@ pub async fn admin_events(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, HubError> {
-    check_operator(&req, &hub.operator_token)?;
+    check_operator(&req, hub.operator_token())?;
     let tenant_id = tenant_path(&path)?;
     let query = page_query(&req)?;
-    hub.tenants
-        .call(tenant_id, TenantOp::Read { auth: None })
+    hub.call_tenant(tenant_id, TenantOp::Read { auth: None })
         .await?;
     page(&hub, tenant_id, query).await
 }
@@ -63,7 +61,7 @@ fn page_query(req: &HttpRequest) -> Result<PageQuery, HubError> {
 async fn page(hub: &Hub, tenant_id: TenantId, query: PageQuery) -> Result<HttpResponse, HubError> {
     let limit = query.limit.unwrap_or(EXPORT_PAGE_EVENTS_MAX);
     let events = hub
-        .store
+        .event_log()
         .raw_tenant_events(tenant_id, query.after, limit)
         .await?;
     // A full page may have more behind it; a short one is the end of the stream.

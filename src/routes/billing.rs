@@ -19,7 +19,7 @@ pub async fn balance(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(balance_body(
         key.tenant_id,
         &balance,
-        hub.clock.now(),
-        hub.limits.expiring_soon_window_secs,
+        hub.now(),
+        hub.limits().expiring_soon_window_secs,
     )))
 }

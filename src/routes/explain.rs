@@ -22,8 +22,7 @@ pub async fn request(
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
-    hub.tenants
-        .call(key.tenant_id, TenantOp::Read { auth })
+    hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     answer(&hub, key.tenant_id, &path).await
 }
@@ -34,11 +33,10 @@ pub async fn admin_request(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, HubError> {
-    check_operator(&req, &hub.operator_token)?;
+    check_operator(&req, hub.operator_token())?;
     let (tenant, request_id) = path.into_inner();
     let tenant_id = tenant_path(&tenant)?;
-    hub.tenants
-        .call(tenant_id, TenantOp::Read { auth: None })
+    hub.call_tenant(tenant_id, TenantOp::Read { auth: None })
         .await?;
     answer(&hub, tenant_id, &request_id).await
 }
@@ -60,7 +58,7 @@ async fn answer(hub: &Hub, tenant_id: TenantId, raw_id: &str) -> Result<HttpResp
     let mut before = None;
     loop {
         let page = hub
-            .store
+            .event_log()
             .tenant_events_backward(tenant_id, before, EXPLAIN_PAGE_EVENTS)
             .await?;
         let at_start = page.len() < EXPLAIN_PAGE_EVENTS;

@@ -63,8 +63,7 @@ pub async fn admin_get(
 async fn authorize_key(hub: &Hub, req: &HttpRequest) -> Result<TenantId, HubError> {
     let key = presented_key(req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
-    hub.tenants
-        .call(key.tenant_id, TenantOp::Read { auth })
+    hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     Ok(key.tenant_id)
 }
@@ -74,18 +73,21 @@ async fn authorize_operator(
     req: &HttpRequest,
     tenant: &str,
 ) -> Result<TenantId, HubError> {
-    check_operator(req, &hub.operator_token)?;
+    check_operator(req, hub.operator_token())?;
     let tenant_id = tenant_path(tenant)?;
-    hub.tenants
-        .call(tenant_id, TenantOp::Read { auth: None })
+    hub.call_tenant(tenant_id, TenantOp::Read { auth: None })
         .await?;
     Ok(tenant_id)
 }
 
 async fn rows(hub: &Hub, keys: &[String]) -> Result<Vec<(String, InvoiceRow)>, HubError> {
-    let name = hub.limits.invoice_settings().projection_name();
+    let name = hub.limits().invoice_settings().projection_name();
     let mut out = Vec::new();
-    for (key, payload) in hub.store.projection_rows_by_keys(&name, keys).await? {
+    for (key, payload) in hub
+        .read_models()
+        .projection_rows_by_keys(&name, keys)
+        .await?
+    {
         let row: InvoiceRow = serde_json::from_str(&payload)
             .map_err(|e| HubError::Internal(format!("invoice row {key}: {e}")))?;
         out.push((key, row));
@@ -94,8 +96,8 @@ async fn rows(hub: &Hub, keys: &[String]) -> Result<Vec<(String, InvoiceRow)>, H
 }
 
 async fn list_answer(hub: &Hub, tenant_id: TenantId) -> Result<HttpResponse, HubError> {
-    let now = hub.clock.now();
-    let current = hub.limits.invoice_settings().period_start(now);
+    let now = hub.now();
+    let current = hub.limits().invoice_settings().period_start(now);
     let keys: Vec<String> = (0..INVOICES_LISTED_PERIODS)
         .filter_map(|back| current.checked_sub_months(Months::new(back)))
         .map(|start| invoices::period_key(tenant_id, start))
@@ -120,7 +122,7 @@ async fn one_answer(
     if owner != tenant_id {
         return Err(not_found());
     }
-    let now: DateTime<Utc> = hub.clock.now();
+    let now: DateTime<Utc> = hub.now();
     let view = rows(hub, &[invoices::period_key(tenant_id, start)])
         .await?
         .iter()

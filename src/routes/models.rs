@@ -17,8 +17,7 @@ async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>,
     let key = presented_key(req)?;
     // Any valid key may list models; a role without model access is still a valid key.
     match hub
-        .tenants
-        .call(
+        .call_tenant(
             key.tenant_id,
             TenantOp::Read {
                 auth: Some(Hub::key_auth(&key, Permission::CallModels)),
@@ -35,7 +34,7 @@ async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>,
         tenant_id: key.tenant_id,
         image_size: None,
         image_quality: None,
-        at_cost: hub.mode.charges_at_cost(),
+        at_cost: hub.mode().charges_at_cost(),
     })
 }
 
@@ -65,7 +64,7 @@ fn servable(catalog: &CatalogData, id: &str, who: PriceFor<'_>) -> Option<Priced
 
 pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let who = check_reader(&hub, &req).await?;
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     let ids = catalog.models.keys().chain(catalog.book.aliases.keys());
     let data: Vec<_> = ids
         .filter_map(|id| Some(model_json(id, &servable(&catalog, id, who)?)))
@@ -82,7 +81,7 @@ pub async fn retrieve_model(
 ) -> Result<HttpResponse, HubError> {
     let who = check_reader(&hub, &req).await?;
     let id = path.into_inner();
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     match servable(&catalog, &id, who) {
         Some(model) => Ok(HttpResponse::Ok().json(model_json(&id, &model))),
         None => Err(HubError::ModelNotFound(unknown_model(&catalog, &id))),

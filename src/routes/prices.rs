@@ -56,7 +56,7 @@ fn version_json(model: &ModelId, v: &PriceVersion) -> Value {
 /// A model's price as the operator sees it: the current version as set, and what
 /// a tenant with no margin or plan of its own pays.
 fn operator_price_json(hub: &Hub, priced: &PricedModel) -> Value {
-    let snapshot = hub.catalog.snapshot();
+    let snapshot = hub.catalog().snapshot();
     let mut body = snapshot
         .book
         .current(&priced.model)
@@ -79,7 +79,7 @@ pub async fn set_price(
     let spec: PriceSpec = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
     hub.price_book().set_price(&model, &spec).await?;
     let priced = hub
-        .catalog
+        .catalog()
         .snapshot()
         .models
         .get(&model)
@@ -133,14 +133,14 @@ pub async fn remove_alias(
 /// `GET /admin/v1/aliases`: every alias and the model it stands for.
 pub async fn list_aliases(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
-    let snapshot = hub.catalog.snapshot();
+    let snapshot = hub.catalog().snapshot();
     Ok(HttpResponse::Ok().json(json!({ "data": aliases_json(&snapshot.book) })))
 }
 
 /// `GET /admin/v1/prices`: every model's current price.
 pub async fn list_prices(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
-    let snapshot = hub.catalog.snapshot();
+    let snapshot = hub.catalog().snapshot();
     let data: Vec<_> = snapshot
         .models
         .values()
@@ -159,7 +159,7 @@ pub async fn price_history(
     operator(&hub, &req)?;
     let not_found = || HubError::NotFound("no price for this model".into());
     let model = ModelId::parse(&path.into_inner()).map_err(|_| not_found())?;
-    let snapshot = hub.catalog.snapshot();
+    let snapshot = hub.catalog().snapshot();
     let versions = snapshot.book.models.get(&model).ok_or_else(not_found)?;
     let data: Vec<_> = versions
         .iter()
@@ -177,7 +177,7 @@ pub async fn price_book_events(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let data: Vec<_> = hub
-        .store
+        .event_log()
         .price_book_events()
         .await?
         .into_iter()
@@ -219,7 +219,7 @@ fn event_body(event: &PriceBookEvent) -> Value {
 /// plan and margin.
 pub async fn margins(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
-    let snapshot = hub.catalog.snapshot();
+    let snapshot = hub.catalog().snapshot();
     let book = &snapshot.book;
     let mut tenants: Vec<_> = book
         .tenant_plans

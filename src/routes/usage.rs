@@ -81,8 +81,7 @@ struct UsageQuery {
 pub async fn usage(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
-    hub.tenants
-        .call(key.tenant_id, TenantOp::Read { auth })
+    hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     answer(&hub, &req, key.tenant_id).await
 }
@@ -93,10 +92,9 @@ pub async fn admin_usage(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, HubError> {
-    check_operator(&req, &hub.operator_token)?;
+    check_operator(&req, hub.operator_token())?;
     let tenant_id = tenant_path(&path)?;
-    hub.tenants
-        .call(tenant_id, TenantOp::Read { auth: None })
+    hub.call_tenant(tenant_id, TenantOp::Read { auth: None })
         .await?;
     answer(&hub, &req, tenant_id).await
 }
@@ -289,7 +287,7 @@ async fn grouped(hub: &Hub, tenant_id: TenantId, plan: &Plan) -> Result<Groups, 
     let mut groups = Groups::new();
     for chunk in keys.chunks(HOUR_KEYS_PER_READ) {
         let rows = hub
-            .store
+            .read_models()
             .projection_rows_by_keys(analytics::NAME, chunk)
             .await?;
         for (key, payload) in rows {
@@ -364,7 +362,7 @@ async fn answer(
     req: &HttpRequest,
     tenant_id: TenantId,
 ) -> Result<HttpResponse, HubError> {
-    let plan = plan(req, hub.clock.now())?;
+    let plan = plan(req, hub.now())?;
     let groups = grouped(hub, tenant_id, &plan).await?;
     let wants_csv = req
         .headers()

@@ -151,7 +151,7 @@ pub async fn payments(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, WebhookError> {
-    let settings = &hub.limits.webhooks;
+    let settings = &hub.limits().webhooks;
     if settings.secrets.is_empty() {
         return Err(WebhookError::NotConfigured);
     }
@@ -172,7 +172,7 @@ pub async fn payments(
     let amount = Credits::parse_positive(&event.amount)
         .map_err(|e| HubError::BadRequest(format!("amount: {e}")))?;
     let tenant_id = tenant_path(&event.tenant_id)?;
-    let at = hub.clock.now();
+    let at = hub.now();
     let command = match event.kind.as_str() {
         "payment.succeeded" => TenantCommand::RecordPayment {
             payment_event_id: event.id.clone(),
@@ -198,8 +198,7 @@ pub async fn payments(
         }
     };
     let reply = hub
-        .tenants
-        .call(
+        .call_tenant(
             tenant_id,
             TenantOp::Execute {
                 auth: None,

@@ -238,7 +238,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // The stop command is sent at once; nothing to wait for here.
         drop(self.app_handle.stop(false));
-        self.hub.tenants.shutdown();
+        self.hub.shutdown_tenants();
     }
 }
 
@@ -257,7 +257,7 @@ impl TestApp {
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
-        self.hub.store.clone()
+        self.hub.store().clone()
     }
 
     pub async fn admin(
@@ -465,7 +465,7 @@ impl TestApp {
             })
             .await;
         }
-        self.hub.projector.catch_up().await.unwrap();
+        self.hub.projector().catch_up().await.unwrap();
     }
 }
 

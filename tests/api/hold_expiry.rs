@@ -51,14 +51,14 @@ async fn a_settlement_after_the_holds_time_to_live_is_refused_and_charges_nothin
     let held = app.balance(&tenant).await;
     assert_ne!(held["held"], "0", "the request holds credit: {held}");
 
-    let live = vec![app.hub.instance_id];
+    let live = vec![app.hub.instance_id()];
     assert_eq!(
         app.hub.release_abandoned_holds(live.clone()).await.unwrap(),
         0,
         "within its time to live the hold stays"
     );
     let ttl = TimeDelta::milliseconds(app.settings.limits.hold_ttl_ms as i64);
-    app.hub.clock.advance(ttl + TimeDelta::seconds(1));
+    app.hub.clock().advance(ttl + TimeDelta::seconds(1));
     assert_eq!(
         app.hub.release_abandoned_holds(live).await.unwrap(),
         1,

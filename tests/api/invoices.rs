@@ -87,7 +87,7 @@ async fn the_draft_shows_the_calls_rounded_per_line(kind: StoreKind) {
     let invoices = body["data"].as_array().unwrap();
     assert_eq!(invoices.len(), 1, "{body}");
     let invoice = &invoices[0];
-    let start = Settings::default().period_start(app.hub.clock.now());
+    let start = Settings::default().period_start(app.hub.now());
     let id = format!("inv_{tenant}_{}", start.format("%Y%m%d"));
     assert_eq!(invoice["id"], id.as_str());
     assert_eq!(invoice["status"], "draft");
@@ -313,7 +313,7 @@ async fn late_usage_is_an_adjustment_in_the_current_draft(kind: StoreKind) {
     let store = app.store();
     let tenant = TenantId::new_random();
     let key = KeyId::new_random();
-    let now = app.hub.clock.now();
+    let now = app.hub.now();
     let old = now - TimeDelta::days(70);
     let settings = Settings::default();
     let old_start = settings.period_start(old);

@@ -219,13 +219,13 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     };
     // Steps 1–6 must fall in one billing period: if this one ends within two
     // days, live them in the next one.
-    let now = app.hub.clock.now();
+    let now = app.hub.now();
     if period_end(now) - now < TimeDelta::days(2) {
         app.hub
-            .clock
+            .clock()
             .advance(period_end(now) - now + TimeDelta::days(1));
     }
-    let first_period = settings.period_start(app.hub.clock.now());
+    let first_period = settings.period_start(app.hub.now());
 
     // ---- 1. The tenant, its keys, its prices --------------------------------
     app.setup_provider(&[
@@ -260,7 +260,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     };
     let standing = grant(STANDING_KEY, STANDING, None).await;
     assert_eq!(standing["expires_at"], Value::Null, "{standing}");
-    let promo_expires_at = (app.hub.clock.now() + TimeDelta::hours(1)).trunc_subsecs(0);
+    let promo_expires_at = (app.hub.now() + TimeDelta::hours(1)).trunc_subsecs(0);
     let promo = grant(PROMO_KEY, PROMO, Some(promo_expires_at.to_rfc3339())).await;
     assert_eq!(
         DateTime::parse_from_rfc3339(promo["expires_at"].as_str().unwrap()).unwrap(),
@@ -313,8 +313,8 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
 
     // ---- 5. The expiry: past the lot's expiry on the business clock ---------
     app.hub
-        .clock
-        .advance(promo_expires_at - app.hub.clock.now() + TimeDelta::minutes(1));
+        .clock()
+        .advance(promo_expires_at - app.hub.now() + TimeDelta::minutes(1));
     // The pass finds the tenant through the balances projection, which may
     // trail the log for a moment: run it until it expires something.
     let lots_expired = poll_for(Duration::from_secs(5), || async {
@@ -331,7 +331,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         1,
         "the expiry pass must expire the lot once the business clock ({}) is past its \
          expiry ({promo_expires_at})",
-        app.hub.clock.now()
+        app.hub.now()
     );
     let expiries: Vec<(String, i128, DateTime<Utc>)> = tenant_events(&app, &tenant)
         .await
@@ -380,16 +380,15 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         vec![(PAYMENT_ID.to_string(), pico_of(REFUND), pico_of(REFUND))]
     );
     assert!(
-        settings.period_start(app.hub.clock.now()) == first_period,
+        settings.period_start(app.hub.now()) == first_period,
         "steps 1–6 stay in one period"
     );
 
     // ---- 7. A month boundary, past the grace window; more calls ------------
-    let target = period_end(app.hub.clock.now())
-        + TimeDelta::seconds(settings.grace_secs)
-        + TimeDelta::hours(1);
-    app.hub.clock.advance(target - app.hub.clock.now());
-    let second_period = settings.period_start(app.hub.clock.now());
+    let target =
+        period_end(app.hub.now()) + TimeDelta::seconds(settings.grace_secs) + TimeDelta::hours(1);
+    app.hub.clock().advance(target - app.hub.now());
+    let second_period = settings.period_start(app.hub.now());
     assert_eq!(second_period, invoices::next_period_start(first_period));
     let first_in_second_period = calls.len();
     for ask in [
@@ -503,7 +502,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     assert_eq!(live, mine);
 
     // ---- Usage analytics agree with the per-request costs ------------------
-    let today = app.hub.clock.now().date_naive();
+    let today = app.hub.now().date_naive();
     let range = format!("from={first_period}&to={today}");
     // The projections follow the log a moment behind (on PostgreSQL, until older
     // transactions of the cluster end): wait for every request and invoice line.
@@ -824,7 +823,7 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["balance"], offline);
     // The invoices, recomputed from the exported events alone, are the hub's.
-    let recomputed = invoices_from_export(&file, tenant_id, app.hub.clock.now());
+    let recomputed = invoices_from_export(&file, tenant_id, app.hub.now());
     assert_eq!(
         recomputed, list["data"],
         "invoices recomputed from the export"

@@ -78,5 +78,5 @@ async fn two_hubs_on_one_database_never_overspend() {
     assert_eq!(spent.to_decimal_string(), "0.002");
     assert_eq!(open_holds, 0);
     second_handle.stop(false).await;
-    second_hub.tenants.shutdown();
+    second_hub.shutdown_tenants();
 }

@@ -379,7 +379,7 @@ async fn an_expiring_grant_expires_and_the_balance_shows_it(kind: StoreKind) {
     .await;
     let tenant = app.create_tenant("1").await;
     // Time to expiry passes on the hub's business clock, moved by the test.
-    let expires_at = app.hub.clock.now() + chrono::TimeDelta::hours(1);
+    let expires_at = app.hub.now() + chrono::TimeDelta::hours(1);
     let response = grant(&app, &tenant, "promo-1", "2", Some(expires_at.to_rfc3339())).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -397,8 +397,8 @@ async fn an_expiring_grant_expires_and_the_balance_shows_it(kind: StoreKind) {
     assert_eq!(app.hub.expire_due_credits().await.unwrap(), 0);
 
     app.hub
-        .clock
-        .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
+        .clock()
+        .advance(expires_at - app.hub.now() + chrono::TimeDelta::seconds(1));
     // The pass finds the tenant through the balances projection, which may trail
     // the log for a moment (on PostgreSQL, while older transactions of the
     // cluster are open): run the pass until it expires something.
@@ -448,7 +448,7 @@ async fn an_expiring_grant_expires_and_the_balance_shows_it(kind: StoreKind) {
     // past or not a time is refused.
     let response = grant(&app, &tenant, "promo-1", "2", Some(expires_at.to_rfc3339())).await;
     assert_eq!(response.status(), 200);
-    let past = (app.hub.clock.now() - chrono::TimeDelta::seconds(5)).to_rfc3339();
+    let past = (app.hub.now() - chrono::TimeDelta::seconds(5)).to_rfc3339();
     assert_eq!(
         grant(&app, &tenant, "promo-2", "1", Some(past))
             .await
@@ -474,7 +474,7 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
     })
     .await;
     let (tenant, billing) = app.tenant_with_key("0", "billing").await;
-    let expires_at = app.hub.clock.now() + chrono::TimeDelta::hours(1);
+    let expires_at = app.hub.now() + chrono::TimeDelta::hours(1);
     assert_eq!(
         grant(&app, &tenant, "promo", "1", Some(expires_at.to_rfc3339()))
             .await
@@ -493,8 +493,8 @@ async fn the_maintenance_loop_expires_due_credit(kind: StoreKind) {
     assert_eq!(before["expired"], "0", "{before}");
     // Past the expiry on the business clock: the loop's next pass expires it.
     app.hub
-        .clock
-        .advance(expires_at - app.hub.clock.now() + chrono::TimeDelta::seconds(1));
+        .clock()
+        .advance(expires_at - app.hub.now() + chrono::TimeDelta::seconds(1));
     // Generous: the pass reads the balances projection, which may trail the log
     // while other tests hold transactions open on the same PostgreSQL server.
     let balance = wait_for(

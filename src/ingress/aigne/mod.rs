@@ -343,7 +343,7 @@ async fn json_answer(
     work: impl Future<Output = Result<Value, HubError>> + 'static,
 ) -> HttpResponse {
     let mut handle = actix_web::rt::spawn(work);
-    let deadline = Duration::from_millis(hub.limits.aigne_headers_after_ms);
+    let deadline = Duration::from_millis(hub.limits().aigne_headers_after_ms);
     let early = tokio::select! {
         joined = &mut handle => Some(joined.map_err(join_failed).and_then(|r| r)),
         _ = tokio::time::sleep(deadline) => None,
@@ -458,7 +458,7 @@ pub async fn models(
         "imageGeneration" => "image",
         other => other,
     });
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     let list: Vec<ModelEntry> = catalog
         .models
         .values()
@@ -533,7 +533,7 @@ pub async fn status(
             Err(e) => return Err(e.into()),
         }
     }
-    let catalog = hub.catalog.snapshot();
+    let catalog = hub.catalog().snapshot();
     let usable = |provider: &str| {
         catalog
             .providers
@@ -579,7 +579,7 @@ pub async fn user_info(
 ) -> Result<HttpResponse, AigneError> {
     let key = presented_key(&req)?;
     let read = |permission| {
-        hub.tenants.call(
+        hub.call_tenant(
             key.tenant_id,
             TenantOp::Read {
                 auth: Some(Hub::key_auth(&key, permission)),
@@ -691,7 +691,7 @@ async fn stream_chat(
         let _ = started_tx.send(started);
     });
     let frames = frames(rx);
-    let deadline = Duration::from_millis(hub.limits.aigne_headers_after_ms);
+    let deadline = Duration::from_millis(hub.limits().aigne_headers_after_ms);
     let early = tokio::select! {
         started = &mut started_rx => Some(started),
         _ = tokio::time::sleep(deadline) => None,
@@ -787,7 +787,7 @@ pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse,
     let n = ingress::images_asked(
         input.n.as_ref().or(options.n.as_ref()),
         "input.n",
-        &call.hub.limits,
+        call.hub.limits(),
     )?;
     let inline = match input.output_file_type.as_deref() {
         None | Some("url") => false,
@@ -877,7 +877,7 @@ pub async fn embeddings(call: ModelCall<Aigne>, state: State) -> Result<HttpResp
         }
         texts => (convert::model_of(None, top_level_model)?, texts, None),
     };
-    ingress::check_embeddings_input(texts.as_ref(), "input.input", &call.hub.limits)?;
+    ingress::check_embeddings_input(texts.as_ref(), "input.input", call.hub.limits())?;
     let request = ingress::to_json(&EmbeddingsRequest {
         input: texts.unwrap_or(Value::Null),
         dimensions,

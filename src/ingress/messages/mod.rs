@@ -161,7 +161,7 @@ fn parse_messages_request(request: &Value) -> Result<MessagesRequest, HubError> 
 /// translated once before the hold, so that one the translation cannot express is
 /// refused (400) without a hold or an attempt.
 fn refuse_untranslatable(hub: &Hub, model: &str, request: &Value) -> Result<(), HubError> {
-    let candidates = hub.catalog.snapshot().candidates(model);
+    let candidates = hub.catalog().snapshot().candidates(model);
     if !candidates.is_empty()
         && candidates
             .iter()
