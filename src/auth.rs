@@ -16,12 +16,12 @@ use uuid::Uuid;
 
 const KEY_PREFIX: &str = "aih";
 /// Longest bearer token looked at; real keys are about 120 bytes.
-pub const BEARER_MAX_BYTES: usize = 512;
+pub(crate) const BEARER_MAX_BYTES: usize = 512;
 
 /// Why a request was not authenticated: each 401 says which, so a newcomer can
 /// fix it. None of them shows any part of the presented token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFailure {
+pub(crate) enum AuthFailure {
     #[error("no Authorization header: send `Authorization: Bearer <hub API key>`")]
     MissingHeader,
     #[error("the Authorization header is not a Bearer token: send `Authorization: Bearer <hub API key>`")]
@@ -40,20 +40,20 @@ pub enum AuthFailure {
     WrongOperatorToken,
 }
 
-pub fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A freshly issued key: the full text is returned to the caller once.
-pub struct NewKey {
+pub(crate) struct NewKey {
     pub key_id: KeyId,
     pub full_key: String,
     pub key_hash: KeyHash,
 }
 
-pub fn new_key(tenant_id: TenantId) -> NewKey {
+pub(crate) fn new_key(tenant_id: TenantId) -> NewKey {
     let key_id = KeyId::new_random();
     let secret = random_secret();
     NewKey {
@@ -75,7 +75,7 @@ pub struct PresentedKey {
     pub key_hash: KeyHash,
 }
 
-pub fn parse_key(text: &str) -> Result<PresentedKey, AuthFailure> {
+pub(crate) fn parse_key(text: &str) -> Result<PresentedKey, AuthFailure> {
     let malformed = || AuthFailure::MalformedKey;
     let mut parts = text.splitn(4, '_');
     let (Some(KEY_PREFIX), Some(tenant), Some(key), Some(secret)) =
@@ -96,7 +96,7 @@ pub fn parse_key(text: &str) -> Result<PresentedKey, AuthFailure> {
 }
 
 /// The bearer token of a request, or why there is none.
-pub fn bearer_token(req: &HttpRequest) -> Result<&str, AuthFailure> {
+pub(crate) fn bearer_token(req: &HttpRequest) -> Result<&str, AuthFailure> {
     let value = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -113,23 +113,23 @@ pub fn bearer_token(req: &HttpRequest) -> Result<&str, AuthFailure> {
 }
 
 /// The bearer token of a request, if any.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     bearer_token(req).ok()
 }
 
 /// The hub key of a tenant route's request.
-pub fn presented_key(req: &HttpRequest) -> Result<PresentedKey, AuthFailure> {
+pub(crate) fn presented_key(req: &HttpRequest) -> Result<PresentedKey, AuthFailure> {
     let token = bearer_token(req)?;
     tenant_key(req, token)
 }
 
 /// The operator token as app data of the HTTP server, so that a tenant route can
 /// tell a caller who presented it there what went wrong.
-pub struct OperatorToken(pub String);
+pub(crate) struct OperatorToken(pub String);
 
 /// Parses `token` as a hub key; the operator token gets its own refusal, since
 /// trying it on a tenant route is a common first mistake.
-pub fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, AuthFailure> {
+pub(crate) fn tenant_key(req: &HttpRequest, token: &str) -> Result<PresentedKey, AuthFailure> {
     parse_key(token).map_err(|e| {
         let operator = req
             .app_data::<actix_web::web::Data<OperatorToken>>()
@@ -154,7 +154,7 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 }
 
 /// Checks the operator token of an `/admin` request.
-pub fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), AuthFailure> {
+pub(crate) fn check_operator(req: &HttpRequest, expected_token: &str) -> Result<(), AuthFailure> {
     let presented = bearer_token(req)?;
     if same_secret(presented, expected_token) {
         return Ok(());

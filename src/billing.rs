@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// The figures every balance view shows, in credits:
 /// `{"tenant_id","granted","spent","held","available"}`.
-pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> Value {
+pub(crate) fn balance_json(tenant_id: TenantId, balance: &Balance) -> Value {
     json!({
         "tenant_id": tenant_id.to_string(),
         "granted": balance.granted.to_decimal_string(),
@@ -28,7 +28,7 @@ pub fn balance_json(tenant_id: TenantId, balance: &Balance) -> Value {
 /// `now` (lots past their expiry that the expiry pass has not reached yet
 /// included). It depends on when it is read, so it is computed here, from the
 /// lots, and never stored.
-pub fn balance_body(
+pub(crate) fn balance_body(
     tenant_id: TenantId,
     balance: &Balance,
     now: DateTime<Utc>,

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 /// Reads the whole body (a `web::Payload`, or the raw payload an extractor
 /// gets), refusing (413) past `limit_bytes`.
-pub async fn read_limited(
+pub(crate) async fn read_limited(
     mut payload: impl Stream<Item = Result<bytes::Bytes, PayloadError>> + Unpin,
     limit_bytes: usize,
 ) -> Result<bytes::Bytes, HubError> {
@@ -29,7 +29,7 @@ pub async fn read_limited(
 }
 
 /// Parses JSON into `T`; the error names the field or position that is wrong.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
     if body.is_empty() {
         return Err(HubError::BadRequest(
             "request body is empty; expected a JSON object".into(),
@@ -40,7 +40,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
 }
 
 /// Reads and parses in one step (operator and billing endpoints: small bodies).
-pub async fn json_body<T: DeserializeOwned>(
+pub(crate) async fn json_body<T: DeserializeOwned>(
     payload: web::Payload,
     limit_bytes: usize,
 ) -> Result<T, HubError> {

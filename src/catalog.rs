@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 /// A model the hub cannot serve, with the closest ids it can.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownModel {
+pub(crate) struct UnknownModel {
     pub model: String,
     pub suggestions: Vec<String>,
 }
@@ -40,27 +40,26 @@ impl std::fmt::Display for UnknownModel {
 }
 
 /// Fallback candidates a model may list at most (bounds a request's attempts).
-pub const FALLBACKS_MAX: usize = domain::price_book::FALLBACKS_MAX;
+pub(crate) const FALLBACKS_MAX: usize = domain::price_book::FALLBACKS_MAX;
 
 /// A model with its price. In [`CatalogData::models`] the price is the one a
 /// tenant without a margin or plan of its own pays; [`CatalogData::candidates_for`]
 /// prices each model for the tenant asking.
 #[derive(Clone, Debug)]
-pub struct PricedModel {
+pub(crate) struct PricedModel {
     pub model: ModelId,
     /// Sell rates and output cap.
     pub price: ModelPrice,
     /// The provider's cost rates and the margin that led to `price`.
     pub terms: ChargeTerms,
     pub price_version: i64,
-    pub updated_at: String,
     /// Model ids tried in order when this one fails.
     pub fallbacks: Vec<String>,
 }
 
 /// One usable credential of a provider.
 #[derive(Clone, Debug)]
-pub struct CredentialEntry {
+pub(crate) struct CredentialEntry {
     pub credential_id: String,
     pub weight: u32,
     pub credential: Credential,
@@ -69,7 +68,7 @@ pub struct CredentialEntry {
 
 /// A provider with all its credentials.
 #[derive(Clone, Debug)]
-pub struct ProviderEntry {
+pub(crate) struct ProviderEntry {
     pub provider_id: String,
     pub name: String,
     pub kind: ProviderKind,
@@ -80,7 +79,7 @@ pub struct ProviderEntry {
 
 impl ProviderEntry {
     /// The provider as one call sees it: with one chosen credential.
-    pub fn with_credential(&self, credential: &CredentialEntry) -> Provider {
+    pub(crate) fn with_credential(&self, credential: &CredentialEntry) -> Provider {
         Provider {
             provider_id: self.provider_id.clone(),
             name: self.name.clone(),
@@ -95,7 +94,7 @@ impl ProviderEntry {
 
 /// A model that can serve a request, with its provider.
 #[derive(Clone, Debug)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub priced: PricedModel,
     pub provider: ProviderEntry,
 }
@@ -103,7 +102,7 @@ pub struct Candidate {
 /// How a request is priced: for which tenant, which image variant, and whether
 /// at the provider's cost (the `enterprise` mode).
 #[derive(Clone, Copy, Debug)]
-pub struct PriceFor<'a> {
+pub(crate) struct PriceFor<'a> {
     pub tenant_id: TenantId,
     pub image_size: Option<&'a str>,
     pub image_quality: Option<&'a str>,
@@ -111,7 +110,7 @@ pub struct PriceFor<'a> {
 }
 
 #[derive(Default)]
-pub struct CatalogData {
+pub(crate) struct CatalogData {
     pub providers: BTreeMap<String, ProviderEntry>,
     pub models: BTreeMap<String, PricedModel>,
     /// Every price, margin and plan, with their history.
@@ -120,7 +119,7 @@ pub struct CatalogData {
 
 impl CatalogData {
     /// Like [`Self::candidates`], each priced for `who`.
-    pub fn candidates_for(&self, model: &str, who: PriceFor<'_>) -> Vec<Candidate> {
+    pub(crate) fn candidates_for(&self, model: &str, who: PriceFor<'_>) -> Vec<Candidate> {
         let mut candidates = self.candidates(model);
         for c in &mut candidates {
             self.price_for(&mut c.priced, who);
@@ -129,7 +128,7 @@ impl CatalogData {
     }
 
     /// A model as `who` pays for it.
-    pub fn priced_for(&self, model: &ModelId, who: PriceFor<'_>) -> Option<PricedModel> {
+    pub(crate) fn priced_for(&self, model: &ModelId, who: PriceFor<'_>) -> Option<PricedModel> {
         let mut priced = self.models.get(model.as_str())?.clone();
         self.price_for(&mut priced, who);
         Some(priced)
@@ -152,7 +151,7 @@ impl CatalogData {
 
     /// The model and then its fallbacks, each that has a price and a provider.
     /// Empty when the model itself cannot be served. `model` may be an alias.
-    pub fn candidates(&self, model: &str) -> Vec<Candidate> {
+    pub(crate) fn candidates(&self, model: &str) -> Vec<Candidate> {
         let Some(first) = self.candidate(self.book.resolve(model)) else {
             return Vec::new();
         };
@@ -175,7 +174,7 @@ impl CatalogData {
     }
 }
 
-pub struct Catalog {
+pub(crate) struct Catalog {
     store: Arc<dyn Store>,
     secrets: Arc<SecretBox>,
     current: RwLock<Arc<CatalogData>>,
@@ -188,7 +187,7 @@ pub struct Catalog {
 
 /// A row of the price table the hub kept before the price book, as a price book
 /// spec: its rates were sold directly, so they are both the cost and the sell rates.
-pub fn spec_from_row(row: &PriceRow) -> Option<ModelPriceSpec> {
+pub(crate) fn spec_from_row(row: &PriceRow) -> Option<ModelPriceSpec> {
     let rate = |s: &str| s.parse::<i128>().ok().map(Rate::from_pico_per_token);
     let input = rate(&row.input_pico_per_token)?;
     let cache_rate = |s: &Option<String>| match s {
@@ -218,7 +217,7 @@ pub fn spec_from_row(row: &PriceRow) -> Option<ModelPriceSpec> {
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn Store>, secrets: Arc<SecretBox>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, secrets: Arc<SecretBox>) -> Self {
         Self {
             store,
             secrets,
@@ -231,7 +230,7 @@ impl Catalog {
     /// Reloads if another writer changed the catalog since the last load; true
     /// if it did. One query when nothing changed: cheap enough before every
     /// refusal and every `catalog_refresh_ms`.
-    pub async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
         let version = self.store.catalog_version().await?;
         if version == self.loaded_version.load(Ordering::Acquire) {
             return Ok(false);
@@ -240,11 +239,11 @@ impl Catalog {
         Ok(true)
     }
 
-    pub fn snapshot(&self) -> Arc<CatalogData> {
+    pub(crate) fn snapshot(&self) -> Arc<CatalogData> {
         self.current.read().expect("catalog lock poisoned").clone()
     }
 
-    pub async fn refresh(&self) -> Result<(), StoreError> {
+    pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.loading.lock().await;
         let version = self.store.catalog_version().await?;
         let data = self.load().await?;
@@ -312,7 +311,6 @@ impl Catalog {
                     price: quote.price,
                     terms: quote.terms(),
                     price_version: current.version,
-                    updated_at: current.at.to_rfc3339(),
                     fallbacks: current.spec.fallbacks.clone(),
                 },
             );

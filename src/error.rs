@@ -5,8 +5,8 @@
 //! hub keys are never formatted into an error.
 
 use crate::actors::ActorError;
-pub use crate::auth::AuthFailure;
-pub use crate::catalog::UnknownModel;
+pub(crate) use crate::auth::AuthFailure;
+pub(crate) use crate::catalog::UnknownModel;
 use crate::hub::HubOpError;
 use crate::pipeline::PipelineError;
 use crate::prices::PriceError;
@@ -18,7 +18,7 @@ use domain::tenant::TenantError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     #[error("{0}")]
     Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
@@ -101,7 +101,7 @@ impl HubError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let (kind, code) = self.kind_and_code();
         let mut body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
         if let HubError::InsufficientCredits {
@@ -154,7 +154,7 @@ impl ResponseError for HubError {
 /// two, and every hub error. Its own are a separate type so that code matching
 /// every `HubError` (other protocols' error shapes) needs no arm for them.
 #[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
+pub(crate) enum WebhookError {
     /// The `AIGNE-Hub-Signature` header is missing, malformed or stale, or no
     /// signature in it matches a configured secret.
     #[error("webhook signature rejected: {0}")]
@@ -166,7 +166,7 @@ pub enum WebhookError {
 }
 
 impl WebhookError {
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let (kind, code) = match self {
             WebhookError::InvalidSignature(_) => ("authentication_error", "invalid_signature"),
             WebhookError::NotConfigured => ("api_error", "webhooks_not_configured"),
@@ -248,7 +248,7 @@ impl From<ActorError> for WebhookError {
 
 /// What a client is told when the store failed. The cause (a driver's words
 /// about pools, sockets and tables) is logged for the operator, never sent.
-pub const LEDGER_UNAVAILABLE: &str = "the ledger is unavailable, retry";
+pub(crate) const LEDGER_UNAVAILABLE: &str = "the ledger is unavailable, retry";
 
 impl HubError {
     /// A 503 for a store failure: logs `cause`, answers [`LEDGER_UNAVAILABLE`].

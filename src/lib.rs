@@ -2,27 +2,27 @@
 //!
 //! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
 
-pub mod actors;
+pub(crate) mod actors;
 pub mod audit;
-pub mod auth;
-pub mod billing;
-pub mod body;
-pub mod catalog;
+pub(crate) mod auth;
+pub(crate) mod billing;
+pub(crate) mod body;
+pub(crate) mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod error;
+pub(crate) mod error;
 pub mod hub;
-pub mod ingress;
+pub(crate) mod ingress;
 pub mod notify;
 pub(crate) mod pipeline;
-pub mod prices;
+pub(crate) mod prices;
 pub mod projector;
 pub mod providers;
 pub mod replay;
-pub mod routes;
-pub mod routing;
+pub(crate) mod routes;
+pub(crate) mod routing;
 pub mod startup;
 // The store's modules are being narrowed to `pub(crate)` (issue 13, "Narrow
 // doors"); until then their internal `pub` items are allowed here.

@@ -24,13 +24,13 @@ const BUDGET_MAX_MILLI: i64 = 100_000;
 const BUDGET_EARNED_PER_REQUEST_MILLI: i64 = 100;
 const BUDGET_COST_PER_RETRY_MILLI: i64 = 1_000;
 /// Upstream attempts one request may make at most, over all its candidates.
-pub const ATTEMPTS_PER_REQUEST_MAX: u32 = 8;
+pub(crate) const ATTEMPTS_PER_REQUEST_MAX: u32 = 8;
 /// Credentials remembered in the cool-down table at most.
 const COOLDOWNS_MAX: usize = 10_000;
 
 /// What a failed try means for the next one.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The request itself is wrong (or the capability is not offered): stop.
     Fatal,
     /// The credential was rejected (401/403): disable it, try another.
@@ -41,7 +41,7 @@ pub enum Failure {
     Transient,
 }
 
-pub fn classify(error: &UpstreamError) -> Failure {
+pub(crate) fn classify(error: &UpstreamError) -> Failure {
     match error {
         UpstreamError::Status {
             status: 401 | 403, ..
@@ -58,7 +58,7 @@ pub fn classify(error: &UpstreamError) -> Failure {
     }
 }
 
-pub struct Router {
+pub(crate) struct Router {
     cooldowns: Mutex<HashMap<String, Instant>>,
     budget_milli: AtomicI64,
 }
@@ -80,7 +80,7 @@ impl Router {
     /// retry gets `None`: the upstream has just said to wait, so the request moves
     /// on to its next candidate instead. `None` also when every credential is
     /// disabled. `excluded`: credentials rejected earlier in the same request.
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         provider: &ProviderEntry,
         excluded: &[String],
@@ -129,7 +129,7 @@ impl Router {
         Some(provider.with_credential(chosen))
     }
 
-    pub fn cool_down(&self, credential_id: &str, for_ms: u64) {
+    pub(crate) fn cool_down(&self, credential_id: &str, for_ms: u64) {
         let mut cooldowns = self.cooldowns.lock().expect("cooldown lock poisoned");
         let now = Instant::now();
         if cooldowns.len() >= COOLDOWNS_MAX {
@@ -142,7 +142,7 @@ impl Router {
     }
 
     /// Every request earns a little retry budget.
-    pub fn earn(&self) {
+    pub(crate) fn earn(&self) {
         let _ = self
             .budget_milli
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
@@ -151,7 +151,7 @@ impl Router {
     }
 
     /// Takes one retry from the budget; false when it is spent.
-    pub fn take_retry(&self) -> bool {
+    pub(crate) fn take_retry(&self) -> bool {
         self.budget_milli
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b >= BUDGET_COST_PER_RETRY_MILLI).then_some(b - BUDGET_COST_PER_RETRY_MILLI)
@@ -161,7 +161,7 @@ impl Router {
 }
 
 /// Capped exponential backoff before retry number `retry` (0-based).
-pub fn backoff(retry: u32, base_ms: u64, max_ms: u64) -> Duration {
+pub(crate) fn backoff(retry: u32, base_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(base_ms.saturating_mul(1u64 << retry.min(16)).min(max_ms))
 }
 

@@ -7,9 +7,9 @@
 //! do not have" hold under any concurrency.
 
 mod error;
-pub mod registry;
-pub mod tenant;
+pub(crate) mod registry;
+pub(crate) mod tenant;
 
-pub use error::ActorError;
-pub use registry::TenantRegistry;
-pub use tenant::{Auth, TenantOp, TenantReply};
+pub(crate) use error::ActorError;
+pub(crate) use registry::TenantRegistry;
+pub(crate) use tenant::{Auth, TenantOp, TenantReply};

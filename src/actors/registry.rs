@@ -16,10 +16,10 @@ type ActorMap = Arc<Mutex<HashMap<TenantId, (u64, Addr<TenantActor>)>>>;
 
 /// Upper bound on tenant actors alive at once in one process (each holds a
 /// tenant's state in memory); past it new tenants wait for idle ones to stop.
-pub const LIVE_TENANT_ACTORS_MAX: usize = 100_000;
+pub(crate) const LIVE_TENANT_ACTORS_MAX: usize = 100_000;
 
 #[derive(Clone)]
-pub struct TenantRegistry {
+pub(crate) struct TenantRegistry {
     actors: ActorMap,
     arbiters: Arc<Vec<ArbiterHandle>>,
     next_generation: Arc<AtomicU64>,
@@ -32,7 +32,7 @@ pub struct TenantRegistry {
 
 impl TenantRegistry {
     /// Must run inside an actix `System`: it starts the actor threads.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn EventLog>,
         instance_id: InstanceId,
         limits: Limits,
@@ -90,7 +90,11 @@ impl TenantRegistry {
     }
 
     /// Runs one operation on a tenant and waits for its committed answer.
-    pub async fn call(&self, tenant_id: TenantId, op: TenantOp) -> Result<TenantReply, ActorError> {
+    pub(crate) async fn call(
+        &self,
+        tenant_id: TenantId,
+        op: TenantOp,
+    ) -> Result<TenantReply, ActorError> {
         let timeout = Duration::from_millis(self.limits.tenant_call_timeout_ms);
         // An actor that stopped between lookup and send never saw the message
         // (Closed): start a fresh one and send again, once.
@@ -109,7 +113,7 @@ impl TenantRegistry {
     /// Another writer appended to `tenant_id`'s stream up to `sequence`: its
     /// actor, if one is running here, reloads before its next decision. (One
     /// that is not running loads the stream when next used.)
-    pub fn catch_up(&self, tenant_id: TenantId, sequence: usize) {
+    pub(crate) fn catch_up(&self, tenant_id: TenantId, sequence: usize) {
         let actors = self.actors.lock().expect("actor map lock poisoned");
         if let Some((_, addr)) = actors.get(&tenant_id) {
             // Not bounded by the mailbox: dropping it would leave a stale view.
@@ -119,7 +123,7 @@ impl TenantRegistry {
 
     /// Changes may have been missed: every running actor reloads before its
     /// next decision.
-    pub fn catch_up_all(&self) {
+    pub(crate) fn catch_up_all(&self) {
         let actors = self.actors.lock().expect("actor map lock poisoned");
         for (_, addr) in actors.values() {
             addr.do_send(CatchUp(usize::MAX));
@@ -133,12 +137,13 @@ impl TenantRegistry {
         actors.get(&tenant_id).map(|(_, addr)| addr.clone())
     }
 
-    pub fn live_actor_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn live_actor_count(&self) -> usize {
         self.actors.lock().expect("actor map lock poisoned").len()
     }
 
     /// Stops the actor threads (after the HTTP server has drained).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         for arbiter in self.arbiters.iter() {
             arbiter.stop();
         }

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 /// Commands decided and committed together at most (bounds one transaction).
-pub const GROUP_COMMIT_MAX_COMMANDS: usize = 256;
+pub(crate) const GROUP_COMMIT_MAX_COMMANDS: usize = 256;
 /// Times a batch is retried after another process wrote to the same tenant.
-pub const CONFLICT_RETRIES_MAX: u32 = 5;
+pub(crate) const CONFLICT_RETRIES_MAX: u32 = 5;
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_MS: u64 = 1_000;
 /// How often an actor with holds of unknown outcome (see `unsure_holds`) tries
@@ -55,7 +55,7 @@ pub struct Auth {
 // Short-lived messages: boxing the command would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
-pub enum TenantOp {
+pub(crate) enum TenantOp {
     /// Decide a command (after checking `auth`, if any) and commit its events.
     Execute {
         auth: Option<Auth>,
@@ -82,14 +82,14 @@ pub struct TenantReply {
 
 #[derive(Message)]
 #[rtype(result = "Result<TenantReply, ActorError>")]
-pub struct Call(pub TenantOp);
+pub(crate) struct Call(pub TenantOp);
 
 /// Another writer appended to this tenant's stream up to `0` (its newest
 /// sequence; `usize::MAX` when unknown, e.g. after missed notifications): the
 /// actor reloads before its next decision if it is behind.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CatchUp(pub usize);
+pub(crate) struct CatchUp(pub usize);
 
 struct Pending {
     op: TenantOp,
@@ -110,7 +110,7 @@ fn is_refusal(answer: &Result<TenantReply, ActorError>) -> bool {
     answer.as_ref().is_err_and(ActorError::is_refusal)
 }
 
-pub struct TenantActor {
+pub(crate) struct TenantActor {
     pub(super) tenant_id: TenantId,
     pub(super) generation: u64,
     /// A tenant actor needs its stream only.

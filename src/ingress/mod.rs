@@ -8,10 +8,10 @@
 //!
 //! Adding an ingress is one codec module here and its routes.
 
-pub mod aigne;
+pub(crate) mod aigne;
 pub(crate) mod lenient;
-pub mod messages;
-pub mod openai;
+pub(crate) mod messages;
+pub(crate) mod openai;
 pub(crate) mod openai_wire;
 
 use crate::actors::ActorError;
@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 /// What differs between the ingresses at the HTTP edge: how a request presents
 /// its key, and the shape of an error.
-pub trait Wire: 'static {
+pub(crate) trait Wire: 'static {
     /// How the requests' reservations record the ingress.
     const INGRESS: Ingress;
 
@@ -54,7 +54,7 @@ pub trait Wire: 'static {
 
 /// A `HubError` answered in `W`'s shape, with the hub's status (and, once the
 /// request is admitted, its id: `routes::request_id_header`).
-pub struct WireError<W>(pub HubError, PhantomData<W>);
+pub(crate) struct WireError<W>(pub HubError, PhantomData<W>);
 
 impl<W> From<HubError> for WireError<W> {
     fn from(error: HubError) -> Self {
@@ -107,7 +107,7 @@ impl<W: Wire> ResponseError for WireError<W> {
 
 /// A model request as it arrives: its key checked for form first, then its body
 /// read within `Limits::max_request_body_bytes` and parsed as JSON.
-pub struct ModelCall<W> {
+pub(crate) struct ModelCall<W> {
     pub(crate) hub: Arc<Hub>,
     pub(crate) req: HttpRequest,
     pub(crate) key: PresentedKey,

@@ -78,7 +78,7 @@ fn parse_chat_request(request: &Value) -> Result<ChatRequest, HubError> {
 }
 
 /// OpenAI's wire format: the hub's own error shape.
-pub struct OpenAi;
+pub(crate) struct OpenAi;
 
 impl Wire for OpenAi {
     const INGRESS: Ingress = Ingress::Openai;
@@ -91,7 +91,7 @@ impl Wire for OpenAi {
 type Answer = Result<HttpResponse, WireError<OpenAi>>;
 
 /// `POST /v1/chat/completions`: JSON, or SSE when `"stream": true`.
-pub async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
+pub(crate) async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
     let chat = parse_chat_request(&call.json)?;
     prepare_upstream_request(&mut call.json);
     let span = call.span(&chat.model);
@@ -115,7 +115,7 @@ pub async fn chat_completions(mut call: ModelCall<OpenAi>) -> Answer {
 }
 
 /// `POST /v1/embeddings`: billed by input tokens.
-pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
+pub(crate) async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
     let fields = RequestFields::of(&call.json);
     let model = required_model(&fields)?;
     ingress::check_embeddings_input(fields.input.as_ref(), "input", call.hub.limits())?;
@@ -126,7 +126,7 @@ pub async fn embeddings(mut call: ModelCall<OpenAi>) -> Answer {
 }
 
 /// `POST /v1/images/generations`: billed per image.
-pub async fn images(mut call: ModelCall<OpenAi>) -> Answer {
+pub(crate) async fn images(mut call: ModelCall<OpenAi>) -> Answer {
     let fields = RequestFields::of(&call.json);
     let model = required_model(&fields)?;
     if fields.prompt.as_deref().is_none_or(str::is_empty) {

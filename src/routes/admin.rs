@@ -27,12 +27,12 @@ fn credits(field: &str, raw: &str) -> Result<Credits, HubError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateTenant {
+pub(crate) struct CreateTenant {
     name: String,
     initial_credits: Option<String>,
 }
 
-pub async fn create_tenant(
+pub(crate) async fn create_tenant(
     hub: web::Data<Hub>,
     req: HttpRequest,
     payload: web::Payload,
@@ -50,12 +50,12 @@ pub async fn create_tenant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssueKey {
+pub(crate) struct IssueKey {
     name: String,
     role: String,
 }
 
-pub async fn issue_key(
+pub(crate) async fn issue_key(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -70,7 +70,7 @@ pub async fn issue_key(
         .json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
 }
 
-pub async fn revoke_key(
+pub(crate) async fn revoke_key(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -87,7 +87,7 @@ pub async fn revoke_key(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrantCredits {
+pub(crate) struct GrantCredits {
     amount: String,
     idempotency_key: String,
     reason: String,
@@ -96,7 +96,7 @@ pub struct GrantCredits {
 }
 
 /// Parses an RFC 3339 time (`2026-07-01T00:00:00Z`, any offset).
-pub fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, HubError> {
+pub(crate) fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, HubError> {
     DateTime::parse_from_rfc3339(raw.trim())
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -106,7 +106,7 @@ pub fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, HubError> {
         })
 }
 
-pub async fn grant_credits(
+pub(crate) async fn grant_credits(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -141,7 +141,7 @@ pub async fn grant_credits(
     })))
 }
 
-pub async fn balance(
+pub(crate) async fn balance(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -159,7 +159,7 @@ pub async fn balance(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LowBalanceThreshold {
+pub(crate) struct LowBalanceThreshold {
     /// Credits, a decimal string, zero or more; `null` (or absent): no notification.
     threshold: Option<String>,
 }
@@ -167,7 +167,7 @@ pub struct LowBalanceThreshold {
 /// `PUT /admin/v1/tenants/{id}/low_balance` `{"threshold": "5"}`: a low-balance
 /// notification is sent when the tenant's available credit falls below it
 /// (docs/billing.md, "Low-balance notifications"); `null` turns it off.
-pub async fn set_low_balance(
+pub(crate) async fn set_low_balance(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -211,7 +211,7 @@ pub async fn set_low_balance(
     })))
 }
 
-pub async fn add_provider(
+pub(crate) async fn add_provider(
     hub: web::Data<Hub>,
     req: HttpRequest,
     payload: web::Payload,
@@ -224,7 +224,7 @@ pub async fn add_provider(
     })))
 }
 
-pub async fn list_providers(
+pub(crate) async fn list_providers(
     hub: web::Data<Hub>,
     req: HttpRequest,
 ) -> Result<HttpResponse, HubError> {
@@ -247,7 +247,7 @@ pub async fn list_providers(
 }
 
 /// `POST /admin/v1/providers/{name}/credentials`: another credential for rotation.
-pub async fn add_credential(
+pub(crate) async fn add_credential(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -262,13 +262,13 @@ pub async fn add_credential(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CredentialState {
+pub(crate) struct CredentialState {
     enabled: bool,
 }
 
 /// `PUT /admin/v1/credentials/{id}` `{"enabled": true}`: re-enables a credential the
 /// upstream had rejected (after the operator fixed it), or disables one.
-pub async fn set_credential_state(
+pub(crate) async fn set_credential_state(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,

@@ -23,7 +23,10 @@ struct PageQuery {
 }
 
 /// `GET /v1/audit/events?after=&limit=`, for `admin` and `auditor` keys.
-pub async fn events(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn events(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let query = page_query(&req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadAudit));
@@ -33,7 +36,7 @@ pub async fn events(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRespons
 }
 
 /// `GET /admin/v1/tenants/{id}/audit/events?after=&limit=`, for the operator.
-pub async fn admin_events(
+pub(crate) async fn admin_events(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,

@@ -8,7 +8,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use domain::Permission;
 
 /// `GET /v1/billing/balance`, for `admin`, `billing` and `auditor` keys.
-pub async fn balance(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn balance(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let balance = hub
         .balance(

@@ -15,7 +15,7 @@ use domain::{Credits, Permission, Rate, Rates, RequestId, TenantId, Usage};
 use serde_json::{json, Value};
 
 /// `GET /v1/billing/requests/{request_id}`, for `admin`, `billing` and `auditor` keys.
-pub async fn request(
+pub(crate) async fn request(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -28,7 +28,7 @@ pub async fn request(
 }
 
 /// `GET /admin/v1/tenants/{tenant_id}/requests/{request_id}`, for the operator.
-pub async fn admin_request(
+pub(crate) async fn admin_request(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -169,7 +169,7 @@ fn attempt_json(event: &TenantEvent) -> Option<Value> {
 
 /// The explanation of one request from its events (in stream order), or `None`
 /// when the tenant has no reservation under that id.
-pub fn explain<'a>(
+pub(crate) fn explain<'a>(
     request_id: RequestId,
     events: impl IntoIterator<Item = &'a TenantEvent>,
 ) -> Option<Value> {

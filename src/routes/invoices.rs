@@ -21,16 +21,16 @@ use projections::invoices::{self, InvoiceRow, InvoiceView};
 use serde_json::json;
 
 /// Periods the list looks back over, the current one included.
-pub const INVOICES_LISTED_PERIODS: u32 = 24;
+pub(crate) const INVOICES_LISTED_PERIODS: u32 = 24;
 
 /// `GET /v1/billing/invoices`, for `admin`, `billing` and `auditor` keys.
-pub async fn list(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn list(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let tenant_id = authorize_key(&hub, &req).await?;
     list_answer(&hub, tenant_id).await
 }
 
 /// `GET /v1/billing/invoices/{id}`. Another tenant's invoice is 404.
-pub async fn get(
+pub(crate) async fn get(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -40,7 +40,7 @@ pub async fn get(
 }
 
 /// `GET /admin/v1/tenants/{id}/invoices`, for the operator.
-pub async fn admin_list(
+pub(crate) async fn admin_list(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -50,7 +50,7 @@ pub async fn admin_list(
 }
 
 /// `GET /admin/v1/tenants/{id}/invoices/{invoice_id}`, for the operator.
-pub async fn admin_get(
+pub(crate) async fn admin_get(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<(String, String)>,

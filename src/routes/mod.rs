@@ -1,16 +1,16 @@
 //! HTTP routes. Handlers are thin: they parse, call [`crate::hub::Hub`] or
 //! [`crate::ingress`], and shape JSON. Errors become HTTP in `crate::error`.
 
-pub mod admin;
-pub mod audit;
-pub mod billing;
+pub(crate) mod admin;
+pub(crate) mod audit;
+pub(crate) mod billing;
 mod csv;
-pub mod explain;
-pub mod invoices;
-pub mod models;
-pub mod prices;
-pub mod usage;
-pub mod webhooks;
+pub(crate) mod explain;
+pub(crate) mod invoices;
+pub(crate) mod models;
+pub(crate) mod prices;
+pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use crate::error::HubError;
 use actix_web::body::MessageBody;
@@ -26,7 +26,7 @@ use serde_json::json;
 /// protocol: `ingress::admit` leaves the id in the request's extensions once the
 /// hold is placed, so the id always names a request `GET /v1/billing/requests/{id}`
 /// explains.
-pub async fn request_id_header(
+pub(crate) async fn request_id_header(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -41,7 +41,7 @@ pub async fn request_id_header(
     Ok(response)
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     // The AIGNE Hub v2 protocol (`/api/v2/...`, `/__blocklet__.js`).
     crate::ingress::aigne::configure(cfg);
     webhooks::configure(cfg);
@@ -234,7 +234,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Unknown paths answer JSON too, naming what was asked; a model path sent
 /// without its `/v1` (a base URL set without it) is told so.
-pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, HubError> {
     Err(HubError::NotFound(unknown_path_message(
         req.method().as_str(),
         req.path(),
@@ -267,7 +267,7 @@ fn unknown_path_message(method: &str, path: &str) -> String {
 }
 
 /// A tenant id from a path; anything malformed is simply a tenant that does not exist.
-pub fn tenant_path(raw: &str) -> Result<TenantId, HubError> {
+pub(crate) fn tenant_path(raw: &str) -> Result<TenantId, HubError> {
     raw.parse()
         .map_err(|_| HubError::NotFound("tenant not found".into()))
 }

@@ -62,7 +62,10 @@ fn servable(catalog: &CatalogData, id: &str, who: PriceFor<'_>) -> Option<Priced
     catalog.priced_for(&model.model, who)
 }
 
-pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn list_models(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     let who = check_reader(&hub, &req).await?;
     let catalog = hub.catalog().snapshot();
     let ids = catalog.models.keys().chain(catalog.book.aliases.keys());
@@ -74,7 +77,7 @@ pub async fn list_models(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRe
 
 /// `GET /v1/models/{id}`: one model or alias; 404 (`model_not_found`, with the
 /// closest ids) otherwise.
-pub async fn retrieve_model(
+pub(crate) async fn retrieve_model(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -97,7 +100,7 @@ pub(crate) fn unknown_model(catalog: &CatalogData, asked: &str) -> UnknownModel 
 }
 
 /// A model's price as the API shows it: credits per million tokens.
-pub fn price_json(m: &PricedModel) -> serde_json::Value {
+pub(crate) fn price_json(m: &PricedModel) -> serde_json::Value {
     let rates = &m.price.rates;
     json!({
         "model": m.model.as_str(),

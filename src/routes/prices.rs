@@ -68,7 +68,7 @@ fn operator_price_json(hub: &Hub, priced: &PricedModel) -> Value {
 }
 
 /// `PUT /admin/v1/prices/{provider}/{model}`: a new version of a model's price.
-pub async fn set_price(
+pub(crate) async fn set_price(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -105,7 +105,7 @@ pub(crate) fn aliases_json(book: &domain::price_book::PriceBook) -> Vec<Value> {
 
 /// `PUT /admin/v1/aliases/{alias}` `{"model": "provider/model"}`: requests for
 /// the bare name `alias` go to that model.
-pub async fn set_alias(
+pub(crate) async fn set_alias(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -119,7 +119,7 @@ pub async fn set_alias(
 }
 
 /// `DELETE /admin/v1/aliases/{alias}`.
-pub async fn remove_alias(
+pub(crate) async fn remove_alias(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -131,14 +131,20 @@ pub async fn remove_alias(
 }
 
 /// `GET /admin/v1/aliases`: every alias and the model it stands for.
-pub async fn list_aliases(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn list_aliases(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let snapshot = hub.catalog().snapshot();
     Ok(HttpResponse::Ok().json(json!({ "data": aliases_json(&snapshot.book) })))
 }
 
 /// `GET /admin/v1/prices`: every model's current price.
-pub async fn list_prices(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn list_prices(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let snapshot = hub.catalog().snapshot();
     let data: Vec<_> = snapshot
@@ -151,7 +157,7 @@ pub async fn list_prices(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRe
 
 /// `GET /admin/v1/prices/{provider}/{model}`: every version of a model's price,
 /// newest first.
-pub async fn price_history(
+pub(crate) async fn price_history(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -171,7 +177,7 @@ pub async fn price_history(
 
 /// `GET /admin/v1/price-book/events`: the price book's whole history (prices,
 /// margins, plans) in order, for auditors.
-pub async fn price_book_events(
+pub(crate) async fn price_book_events(
     hub: web::Data<Hub>,
     req: HttpRequest,
 ) -> Result<HttpResponse, HubError> {
@@ -217,7 +223,10 @@ fn event_body(event: &PriceBookEvent) -> Value {
 
 /// `GET /admin/v1/margins`: the default margin, plans' margins, and each tenant's
 /// plan and margin.
-pub async fn margins(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn margins(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let snapshot = hub.catalog().snapshot();
     let book = &snapshot.book;
@@ -247,14 +256,14 @@ pub async fn margins(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpRespon
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MarginBody {
+pub(crate) struct MarginBody {
     /// Basis points (2500 = 25%); `null` clears the margin.
     margin_bps: Option<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlanBody {
+pub(crate) struct PlanBody {
     /// `null`: the tenant is on no plan.
     plan: Option<String>,
 }
@@ -273,7 +282,7 @@ async fn margin_answer(
 }
 
 /// `PUT /admin/v1/margins/default` `{"margin_bps"}`.
-pub async fn set_default_margin(
+pub(crate) async fn set_default_margin(
     hub: web::Data<Hub>,
     req: HttpRequest,
     payload: web::Payload,
@@ -284,7 +293,7 @@ pub async fn set_default_margin(
 }
 
 /// `PUT /admin/v1/plans/{plan}/margin` `{"margin_bps"}`.
-pub async fn set_plan_margin(
+pub(crate) async fn set_plan_margin(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -297,7 +306,7 @@ pub async fn set_plan_margin(
 }
 
 /// `PUT /admin/v1/tenants/{tenant_id}/margin` `{"margin_bps"}`.
-pub async fn set_tenant_margin(
+pub(crate) async fn set_tenant_margin(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,
@@ -312,7 +321,7 @@ pub async fn set_tenant_margin(
 }
 
 /// `PUT /admin/v1/tenants/{tenant_id}/plan` `{"plan"}`.
-pub async fn set_tenant_plan(
+pub(crate) async fn set_tenant_plan(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,

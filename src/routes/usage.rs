@@ -31,16 +31,16 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// The longest range one read covers.
-pub const USAGE_RANGE_MAX_DAYS: i64 = 93;
+pub(crate) const USAGE_RANGE_MAX_DAYS: i64 = 93;
 /// The range read when `from` is absent.
-pub const USAGE_DEFAULT_RANGE_DAYS: i64 = 30;
+pub(crate) const USAGE_DEFAULT_RANGE_DAYS: i64 = 30;
 /// The most rows one answer holds; more is a 400 asking for a narrower query.
-pub const USAGE_ROWS_MAX: usize = 10_000;
+pub(crate) const USAGE_ROWS_MAX: usize = 10_000;
 /// Hour rows asked of the store per query (bounds the `IN` list).
 const HOUR_KEYS_PER_READ: usize = 500;
 
 /// What `group_by` accepts.
-pub const GROUP_KEYS: [&str; 7] = [
+pub(crate) const GROUP_KEYS: [&str; 7] = [
     "key",
     "app",
     "provider",
@@ -78,7 +78,7 @@ struct UsageQuery {
 }
 
 /// `GET /v1/billing/usage`, for `admin`, `billing` and `auditor` keys.
-pub async fn usage(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
+pub(crate) async fn usage(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
     hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
@@ -87,7 +87,7 @@ pub async fn usage(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse
 }
 
 /// `GET /admin/v1/tenants/{id}/usage`, for the operator.
-pub async fn admin_usage(
+pub(crate) async fn admin_usage(
     hub: web::Data<Hub>,
     req: HttpRequest,
     path: web::Path<String>,

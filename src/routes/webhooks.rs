@@ -30,13 +30,13 @@ use serde_json::json;
 use sha2::Sha256;
 
 /// The signature header.
-pub const SIGNATURE_HEADER: &str = "AIGNE-Hub-Signature";
+pub(crate) const SIGNATURE_HEADER: &str = "AIGNE-Hub-Signature";
 /// Webhook bodies are a few hundred bytes; this bounds them well above that.
-pub const WEBHOOK_BODY_MAX_BYTES: usize = 64 * 1024;
+pub(crate) const WEBHOOK_BODY_MAX_BYTES: usize = 64 * 1024;
 /// `v1` values looked at in one header at most (two while a secret rotates).
-pub const SIGNATURES_MAX: usize = 8;
+pub(crate) const SIGNATURES_MAX: usize = 8;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/payments")
             .route(web::post().to(payments))
@@ -64,7 +64,7 @@ struct PaymentEvent {
 const MALFORMED: &str = "malformed AIGNE-Hub-Signature header: expected t=<unix seconds>,v1=<hex>";
 
 /// Checks an `AIGNE-Hub-Signature` header against the raw body at `now_unix`.
-pub fn verify_signature(
+pub(crate) fn verify_signature(
     header: Option<&str>,
     body: &[u8],
     settings: &WebhookSettings,
@@ -139,14 +139,14 @@ fn signature_mac(secret: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
 /// An `AIGNE-Hub-Signature` header value, `t=<timestamp>,v1=<hex>`, for `body`
 /// signed with `secret` at `timestamp` (unix seconds). The hub signs its outbound
 /// webhooks (low-balance notifications) with it.
-pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let t = timestamp.to_string();
     let v1 = hex::encode(signature_mac(secret, &t, body).finalize().into_bytes());
     format!("t={t},v1={v1}")
 }
 
 /// `POST /webhooks/payments`.
-pub async fn payments(
+pub(crate) async fn payments(
     hub: web::Data<Hub>,
     req: HttpRequest,
     payload: web::Payload,

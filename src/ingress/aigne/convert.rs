@@ -25,11 +25,11 @@ fn bad(message: impl Into<String>) -> HubError {
 }
 
 /// Most messages one chat call may carry (bounds the conversion work).
-pub const MESSAGES_MAX: usize = 10_000;
+pub(crate) const MESSAGES_MAX: usize = 10_000;
 
 /// A chat call as the hub needs it.
 #[derive(Debug)]
-pub struct ChatCall {
+pub(crate) struct ChatCall {
     /// The hub model id, `provider/model`.
     pub model: String,
     /// `options.streaming === true`, and nothing else, makes a stream.
@@ -104,7 +104,7 @@ fn each<T, U>(
 
 /// Converts `POST /api/v2/chat` to an OpenAI chat request. Unknown keys are
 /// ignored; known ones of the wrong shape are a 400 naming the field.
-pub fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
+pub(crate) fn chat_call(call: &Value) -> Result<ChatCall, HubError> {
     let call: InputCall<ChatInput> = input_of(call)?;
     let input = call.input;
     let options = input.model_options.unwrap_or_default();
@@ -399,7 +399,7 @@ fn tool(index: usize, t: Tool) -> Result<ChatTool, HubError> {
 /// of an object is required, and the ones that were optional may be null (the
 /// AIGNE client drops null fields before it validates the answer). As the AIGNE
 /// OpenAI model does it.
-pub fn strict_json_schema(schema: &Value) -> Value {
+pub(crate) fn strict_json_schema(schema: &Value) -> Value {
     let Some(object) = schema.as_object() else {
         return schema.clone();
     };
@@ -442,7 +442,7 @@ pub fn strict_json_schema(schema: &Value) -> Value {
 /// An OpenAI tool call's arguments (a JSON string) as the object AIGNE expects.
 /// Arguments that are not a JSON object become `{}` (the client then checks them
 /// against the tool's schema).
-pub fn arguments_object(arguments: &str) -> Value {
+pub(crate) fn arguments_object(arguments: &str) -> Value {
     match serde_json::from_str::<Value>(arguments) {
         Ok(v @ Value::Object(_)) => v,
         _ => json!({}),
@@ -523,7 +523,7 @@ struct PartialCall {
 /// assembled and sent once, complete, at the end (the client merges `json`
 /// deltas by shallow assignment, so a partial list would replace the whole).
 #[derive(Default, Debug)]
-pub struct StreamAccumulator {
+pub(crate) struct StreamAccumulator {
     json_mode: bool,
     /// Text held back in JSON mode (sent as `json` at the end).
     held_text: String,
@@ -540,7 +540,7 @@ fn text_delta(delta: TextDelta) -> ChatFrame {
 }
 
 impl StreamAccumulator {
-    pub fn new(json_mode: bool) -> Self {
+    pub(crate) fn new(json_mode: bool) -> Self {
         Self {
             json_mode,
             ..Self::default()

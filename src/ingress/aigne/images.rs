@@ -45,7 +45,7 @@ impl Inner {
     }
 }
 
-pub struct ImageStore {
+pub(crate) struct ImageStore {
     inner: Mutex<Inner>,
     ttl: Duration,
     max_bytes: usize,
@@ -53,7 +53,7 @@ pub struct ImageStore {
 }
 
 /// An image as served.
-pub struct StoredImage {
+pub(crate) struct StoredImage {
     pub data: Bytes,
     pub mime: String,
     /// Time left before it expires.
@@ -61,7 +61,7 @@ pub struct StoredImage {
 }
 
 impl ImageStore {
-    pub fn new(ttl: Duration, max_bytes: usize, max_count: usize) -> Self {
+    pub(crate) fn new(ttl: Duration, max_bytes: usize, max_count: usize) -> Self {
         Self {
             inner: Mutex::default(),
             ttl,
@@ -72,7 +72,7 @@ impl ImageStore {
 
     /// Keeps an image and returns its id, or `None` if it alone is over the byte
     /// limit (the caller then answers with the bytes inline).
-    pub fn put(&self, data: Bytes, mime: &str) -> Option<String> {
+    pub(crate) fn put(&self, data: Bytes, mime: &str) -> Option<String> {
         if data.len() > self.max_bytes || self.max_count == 0 {
             return None;
         }
@@ -96,7 +96,7 @@ impl ImageStore {
         Some(id)
     }
 
-    pub fn get(&self, id: &str) -> Option<StoredImage> {
+    pub(crate) fn get(&self, id: &str) -> Option<StoredImage> {
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("image store lock poisoned");
         inner.drop_expired(now);
@@ -108,7 +108,8 @@ impl ImageStore {
     }
 
     /// Images and bytes held.
-    pub fn usage(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("image store lock poisoned");
         (inner.entries.len(), inner.bytes)
     }
@@ -116,7 +117,7 @@ impl ImageStore {
 
 /// The MIME type of image bytes, from their signature (PNG when unknown: what
 /// image models produce by default).
-pub fn sniff_mime(data: &[u8]) -> &'static str {
+pub(crate) fn sniff_mime(data: &[u8]) -> &'static str {
     if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
         "image/jpeg"
     } else if data.starts_with(b"GIF8") {

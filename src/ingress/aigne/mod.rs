@@ -15,8 +15,8 @@
 //! - it merges streamed `json` deltas by shallow assignment, so the last frame
 //!   carries the complete `usage` (tokens and credits together).
 
-pub mod convert;
-pub mod images;
+pub(crate) mod convert;
+pub(crate) mod images;
 pub(crate) mod wire;
 
 use crate::actors::TenantOp;
@@ -62,18 +62,18 @@ use wire::{
 };
 
 /// The DID the AIGNE client looks for in `/__blocklet__.js` to find the hub.
-pub const AIGNE_HUB_DID: &str = "z8ia3xzq2tMq8CRHfaXj1BTYJyYnEcHbqP8cJ";
+pub(crate) const AIGNE_HUB_DID: &str = "z8ia3xzq2tMq8CRHfaXj1BTYJyYnEcHbqP8cJ";
 /// Where the v2 endpoints are served (the client appends it to the origin).
-pub const MOUNT_POINT: &str = "/";
+pub(crate) const MOUNT_POINT: &str = "/";
 /// The only credit prefixes the AIGNE client accepts in `usage.creditPrefix`.
-pub const CREDIT_PREFIXES: [&str; 3] = ["$", "€", "¥"];
+pub(crate) const CREDIT_PREFIXES: [&str; 3] = ["$", "€", "¥"];
 
 /// The protocol's state, as the app's data.
 type State = web::Data<AigneState>;
 
 /// The protocol's settings and its store of generated images (one per process,
 /// registered as the app's data).
-pub struct AigneState {
+pub(crate) struct AigneState {
     pub credit_prefix: Option<String>,
     /// Origin for image URLs, without a trailing `/`; `None`: from the request.
     pub public_url: Option<String>,
@@ -81,7 +81,7 @@ pub struct AigneState {
 }
 
 impl AigneState {
-    pub fn new(settings: &AigneSettings, limits: &Limits) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: &AigneSettings, limits: &Limits) -> anyhow::Result<Self> {
         if let Some(prefix) = &settings.credit_prefix {
             if !CREDIT_PREFIXES.contains(&prefix.as_str()) {
                 anyhow::bail!(
@@ -112,7 +112,7 @@ impl AigneState {
     }
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     let routes = [
         ("/__blocklet__.js", web::get().to(blocklet)),
         ("/api/v2/chat", web::post().to(chat)),
@@ -139,7 +139,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// AIGNE's wire format: errors as `{"error":{"message","type"}}` (the client
 /// throws `message`), with `type: "NOT_ENOUGH"` for missing credit.
-pub struct Aigne;
+pub(crate) struct Aigne;
 
 impl Wire for Aigne {
     const INGRESS: Ingress = Ingress::AigneV2;
@@ -150,7 +150,7 @@ impl Wire for Aigne {
 }
 
 /// A `HubError` answered in the AIGNE shape.
-pub type AigneError = WireError<Aigne>;
+pub(crate) type AigneError = WireError<Aigne>;
 
 /// How a tenant out of credit gets more.
 const TOP_UP: &str = "Ask the operator of this hub to add credits to your tenant \
@@ -185,7 +185,7 @@ fn aigne_error(e: &HubError) -> ErrorBody {
     body
 }
 
-pub fn error_body(e: &HubError) -> Value {
+pub(crate) fn error_body(e: &HubError) -> Value {
     ingress::to_json(&aigne_error(e))
 }
 
@@ -231,7 +231,7 @@ fn data_frame(frame: &impl Serialize) -> Bytes {
 // Shared answer parts
 
 /// A credit amount as a JSON number, for display (the ledger keeps it exact).
-pub fn credits_number(credits: Credits) -> Value {
+pub(crate) fn credits_number(credits: Credits) -> Value {
     credits
         .to_decimal_string()
         .parse::<f64>()
@@ -277,7 +277,7 @@ fn finish_output<O>(
 /// While a slow call's body is pending, a byte is sent this often so that
 /// proxies between the hub and the client do not close an idle connection: a
 /// space before the JSON (JSON allows it), an SSE comment before the frames.
-pub const SLOW_BODY_KEEPALIVE: Duration = Duration::from_secs(15);
+pub(crate) const SLOW_BODY_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A body that sends `keepalive` every `every` until `wait` is done, then what
 /// `finish` makes of its output (nothing: the body goes on with what follows).
@@ -383,7 +383,7 @@ fn public_base(state: &AigneState, req: &HttpRequest) -> String {
 // Discovery, catalogue, status
 
 /// `GET /__blocklet__.js?type=json`: where the client finds the hub's endpoints.
-pub async fn blocklet(query: web::Query<HashMap<String, String>>) -> HttpResponse {
+pub(crate) async fn blocklet(query: web::Query<HashMap<String, String>>) -> HttpResponse {
     let info = BlockletInfo {
         app_name: "aigne-hub",
         component_mount_points: vec![MountPoint {
@@ -427,7 +427,7 @@ fn provider_display_name(name: &str, kind: ProviderKind) -> String {
 
 /// A model's type, which the catalogue does not record: a per-image price makes
 /// an image model, `embed` in the name an embedding model, anything else chat.
-pub fn model_type(m: &PricedModel) -> &'static str {
+pub(crate) fn model_type(m: &PricedModel) -> &'static str {
     if m.price.rates.image.pico_per_token() > 0 {
         "image"
     } else if m
@@ -449,7 +449,7 @@ fn credits_per_token(rate: domain::Rate) -> String {
 /// `GET /api/ai/models?type=chat|image|embedding` (public): a JSON array, rates
 /// as decimal strings in credits per token (per image for an image model's
 /// output).
-pub async fn models(
+pub(crate) async fn models(
     hub: web::Data<Hub>,
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
@@ -501,7 +501,7 @@ pub async fn models(
 
 /// `GET /api/v2/status[?model=]`: whether calls can succeed. With a key, also
 /// whether its tenant has credit left.
-pub async fn status(
+pub(crate) async fn status(
     hub: web::Data<Hub>,
     req: HttpRequest,
     query: web::Query<HashMap<String, String>>,
@@ -572,7 +572,7 @@ pub async fn status(
 /// `GET /api/user/info` (with a key): the tenant's credit in AIGNE's shape, so
 /// that AIGNE CLI's `hub status` works. Any valid key may read it (an app's key
 /// is usually a `member` key, and its 402s already tell the available credit).
-pub async fn user_info(
+pub(crate) async fn user_info(
     hub: web::Data<Hub>,
     state: State,
     req: HttpRequest,
@@ -612,7 +612,7 @@ pub async fn user_info(
 
 /// `GET /api/v2/images/{id}`: a generated image, without a key (the id is the
 /// secret), until it expires.
-pub async fn generated_image(state: State, path: web::Path<String>) -> HttpResponse {
+pub(crate) async fn generated_image(state: State, path: web::Path<String>) -> HttpResponse {
     match state.images.get(&path.into_inner()) {
         Some(image) => HttpResponse::Ok()
             .content_type(image.mime)
@@ -633,7 +633,7 @@ pub async fn generated_image(state: State, path: web::Path<String>) -> HttpRespo
 // Chat
 
 /// `POST /api/v2/chat`: JSON, or SSE when `options.streaming` is `true`.
-pub async fn chat(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
+pub(crate) async fn chat(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
     let chat = convert::chat_call(&call.json)?;
     let span = call.span(&chat.model);
     async move {
@@ -770,7 +770,10 @@ impl StreamCodec for AigneFrames {
 
 /// `POST /api/v2/image`: billed per image. Images come back as hub URLs (served
 /// without a key until they expire) or inline base64 (`outputFileType: "file"`).
-pub async fn image(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
+pub(crate) async fn image(
+    call: ModelCall<Aigne>,
+    state: State,
+) -> Result<HttpResponse, AigneError> {
     let image_call: InputCall<ImageInput> = convert::input_of(&call.json)?;
     let input = image_call.input;
     let options = input.model_options.unwrap_or_default();
@@ -865,7 +868,10 @@ fn image_output(
 
 /// `POST /api/v2/embeddings`: `{"input":{"input","modelOptions":{"model"}}}` (or
 /// the older `{"model","input"}`), billed by input tokens.
-pub async fn embeddings(call: ModelCall<Aigne>, state: State) -> Result<HttpResponse, AigneError> {
+pub(crate) async fn embeddings(
+    call: ModelCall<Aigne>,
+    state: State,
+) -> Result<HttpResponse, AigneError> {
     let embeddings_call: EmbeddingsCall = lenient::read(&call.json);
     let top_level_model = embeddings_call.model;
     let (model, texts, dimensions) = match embeddings_call.input {

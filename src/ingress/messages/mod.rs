@@ -13,8 +13,8 @@
 //! As on every model endpoint, the client gets the end of an answer (the JSON, a
 //! stream's `message_stop`) only after its charge is committed.
 
-pub mod convert;
-pub mod stream;
+pub(crate) mod convert;
+pub(crate) mod stream;
 pub(crate) mod wire;
 
 use crate::auth::{self, PresentedKey, BEARER_MAX_BYTES};
@@ -41,7 +41,7 @@ use stream::{event_frame, event_output_bytes, typed_frame, OpenAiToAnthropicStre
 use tracing::Instrument;
 use wire::{ErrorDetail, ErrorEvent, ErrorType, UpstreamAnswer, UpstreamEvent};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/messages")
             .route(web::post().to(messages))
@@ -57,7 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Anthropic's wire format: the key in `x-api-key` (what Anthropic's SDKs
 /// send) or `Authorization: Bearer`; errors as
 /// `{"type":"error","error":{"type","message"}}`.
-pub struct Anthropic;
+pub(crate) struct Anthropic;
 
 impl Wire for Anthropic {
     const INGRESS: Ingress = Ingress::Anthropic;
@@ -82,10 +82,10 @@ impl Wire for Anthropic {
 }
 
 /// A `HubError` answered in Anthropic's shape.
-pub type MessagesError = WireError<Anthropic>;
+pub(crate) type MessagesError = WireError<Anthropic>;
 
 /// Anthropic's error type for a hub error.
-pub fn anthropic_error_type(e: &HubError) -> &'static str {
+pub(crate) fn anthropic_error_type(e: &HubError) -> &'static str {
     match e {
         HubError::Unauthenticated(_) => "authentication_error",
         HubError::PermissionDenied(_) => "permission_error",
@@ -116,7 +116,7 @@ fn anthropic_error(e: &HubError) -> ErrorEvent {
     }
 }
 
-pub fn anthropic_error_body(e: &HubError) -> Value {
+pub(crate) fn anthropic_error_body(e: &HubError) -> Value {
     ingress::to_json(&anthropic_error(e))
 }
 
@@ -255,7 +255,7 @@ const MESSAGES_STREAM: Operation<MessagesEvents> = Operation {
 // Handler
 
 /// `POST /v1/messages`: JSON, or named SSE events when `"stream": true`.
-pub async fn messages(call: ModelCall<Anthropic>) -> Result<HttpResponse, MessagesError> {
+pub(crate) async fn messages(call: ModelCall<Anthropic>) -> Result<HttpResponse, MessagesError> {
     let parsed = parse_messages_request(&call.json)?;
     refuse_untranslatable(&call.hub, &parsed.model, &call.json)?;
     let span = call.span(&parsed.model);

@@ -37,7 +37,8 @@ pub(crate) fn typed_frame(event: &StreamEvent) -> Bytes {
 }
 
 /// Bytes of generated text in one Anthropic stream event (for estimates only).
-pub fn anthropic_event_output_bytes(data: &str) -> u64 {
+#[cfg(test)]
+pub(crate) fn anthropic_event_output_bytes(data: &str) -> u64 {
     event_output_bytes(&lenient::parse(data.as_bytes()))
 }
 
