@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Events read per page when verifying from the store (bounds memory per read).
-pub const VERIFY_PAGE_EVENTS: usize = 10_000;
+pub(crate) const VERIFY_PAGE_EVENTS: usize = 10_000;
 /// Most events one `GET /v1/audit/events` page returns.
-pub const EXPORT_PAGE_EVENTS_MAX: usize = 1_000;
+pub(crate) const EXPORT_PAGE_EVENTS_MAX: usize = 1_000;
 
 /// Checks the chain of one tenant, or of every tenant, as stored.
 pub async fn verify_store(

@@ -69,7 +69,7 @@ pub(crate) fn new_key(tenant_id: TenantId) -> NewKey {
 
 /// A presented key, parsed but not yet checked against its tenant.
 #[derive(Clone, Debug)]
-pub struct PresentedKey {
+pub(crate) struct PresentedKey {
     pub tenant_id: TenantId,
     pub key_id: KeyId,
     pub key_hash: KeyHash,

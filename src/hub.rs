@@ -67,32 +67,32 @@ struct SweepState {
 /// `secret_access_key` for Bedrock. No `Debug`: it holds secrets.
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderSpec {
-    pub name: String,
-    pub kind: String,
+pub(crate) struct ProviderSpec {
+    pub(crate) name: String,
+    pub(crate) kind: String,
     /// Defaults to the kind's public endpoint.
-    pub base_url: Option<String>,
-    pub api_key: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub(crate) base_url: Option<String>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
     /// Share of requests in rotation once the provider has several credentials.
-    pub weight: Option<u32>,
+    pub(crate) weight: Option<u32>,
 }
 
 /// Another credential for an existing provider. No `Debug`: it holds secrets.
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CredentialSpec {
-    pub api_key: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub weight: Option<u32>,
+pub(crate) struct CredentialSpec {
+    pub(crate) api_key: Option<String>,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
+    pub(crate) weight: Option<u32>,
 }
 
 /// Why an operation of the hub was refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HubOpError {
+pub(crate) enum HubOpError {
     /// A provider or credential spec that does not hold.
     #[error("{0}")]
     Invalid(String),
@@ -112,7 +112,7 @@ pub enum HubOpError {
 }
 
 /// Largest rotation weight of a credential.
-pub const CREDENTIAL_WEIGHT_MAX: u32 = 1_000;
+pub(crate) const CREDENTIAL_WEIGHT_MAX: u32 = 1_000;
 
 /// Checks a credential's fields for a kind of provider.
 fn parse_credential(
@@ -144,15 +144,15 @@ fn parse_credential(
 }
 
 use crate::prices::PriceBookWriter;
-pub use crate::prices::PriceSpec;
+pub(crate) use crate::prices::PriceSpec;
 
 /// Tenants given an `ExpireCredits` in one expiry pass at most, so that a pass
 /// stays short however many lots fall due at once.
-pub const EXPIRY_TENANTS_PER_PASS: usize = 256;
+pub(crate) const EXPIRY_TENANTS_PER_PASS: usize = 256;
 
 /// Changes reported by the store and not yet applied, at most: past it the
 /// store's watcher waits (PostgreSQL queues notifications meanwhile).
-pub const CHANGES_QUEUE_MAX: usize = 4_096;
+pub(crate) const CHANGES_QUEUE_MAX: usize = 4_096;
 
 /// Aborts a background task when dropped (with the task that started it).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -170,7 +170,7 @@ pub fn now_ms() -> i64 {
 impl Hub {
     /// Builds the hub's services on an open store. Must run inside an actix System
     /// (the tenant actors start on its arbiters).
-    pub fn new(
+    pub(crate) fn new(
         settings: &Settings,
         store: Arc<dyn Store>,
         secrets: Arc<SecretBox>,
@@ -240,7 +240,7 @@ impl Hub {
         self.store.as_ref()
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
@@ -283,7 +283,7 @@ impl Hub {
     }
 
     /// The price book's writer (set prices, aliases, margins and plans).
-    pub fn price_book(&self) -> PriceBookWriter<'_> {
+    pub(crate) fn price_book(&self) -> PriceBookWriter<'_> {
         PriceBookWriter {
             store: self.store.as_ref(),
             catalog: &self.catalog,
@@ -291,7 +291,7 @@ impl Hub {
         }
     }
 
-    pub fn key_auth(key: &PresentedKey, permission: Permission) -> Auth {
+    pub(crate) fn key_auth(key: &PresentedKey, permission: Permission) -> Auth {
         Auth {
             key_id: key.key_id,
             key_hash: key.key_hash.clone(),
@@ -313,7 +313,7 @@ impl Hub {
         self.tenants.call(tenant_id, op).await
     }
 
-    pub async fn create_tenant(
+    pub(crate) async fn create_tenant(
         &self,
         name: String,
         initial_credits: Credits,
@@ -330,7 +330,7 @@ impl Hub {
     }
 
     /// Issues a key; the returned text is the only copy of its secret.
-    pub async fn issue_key(
+    pub(crate) async fn issue_key(
         &self,
         tenant_id: TenantId,
         name: String,
@@ -348,7 +348,11 @@ impl Hub {
         Ok((key.key_id, key.full_key))
     }
 
-    pub async fn revoke_key(&self, tenant_id: TenantId, key_id: KeyId) -> Result<(), HubOpError> {
+    pub(crate) async fn revoke_key(
+        &self,
+        tenant_id: TenantId,
+        key_id: KeyId,
+    ) -> Result<(), HubOpError> {
         let command = TenantCommand::RevokeApiKey {
             key_id,
             at: self.clock.now(),
@@ -357,7 +361,7 @@ impl Hub {
         Ok(())
     }
 
-    pub async fn grant(
+    pub(crate) async fn grant(
         &self,
         tenant_id: TenantId,
         amount: Credits,
@@ -377,7 +381,7 @@ impl Hub {
         Ok((grant, reply))
     }
 
-    pub async fn balance(
+    pub(crate) async fn balance(
         &self,
         tenant_id: TenantId,
         auth: Option<Auth>,
@@ -390,7 +394,7 @@ impl Hub {
     }
 
     /// Adds a provider; its credential is sealed before it is stored.
-    pub async fn add_provider(&self, spec: ProviderSpec) -> Result<ProviderRow, HubOpError> {
+    pub(crate) async fn add_provider(&self, spec: ProviderSpec) -> Result<ProviderRow, HubOpError> {
         let kind: ProviderKind = spec.kind.parse().map_err(HubOpError::Invalid)?;
         if !kind.is_available() {
             return Err(HubOpError::Invalid(format!(
@@ -456,7 +460,7 @@ impl Hub {
     }
 
     /// Adds another credential to a provider (rotation by weight).
-    pub async fn add_credential(
+    pub(crate) async fn add_credential(
         &self,
         provider_name: &str,
         spec: CredentialSpec,
@@ -482,7 +486,7 @@ impl Hub {
     }
 
     /// Disables a credential the upstream rejected, or re-enables one (`None`).
-    pub async fn set_credential_disabled(
+    pub(crate) async fn set_credential_disabled(
         &self,
         credential_id: &str,
         reason: Option<&str>,
@@ -652,7 +656,7 @@ impl Hub {
     /// until the process ends: the store reports them (see `store::Change`),
     /// and every `catalog_refresh_ms` the catalog version is compared too, in
     /// case a report was lost.
-    pub async fn run_freshness(self: Arc<Self>) {
+    pub(crate) async fn run_freshness(self: Arc<Self>) {
         let (changes, mut reported) = tokio::sync::mpsc::channel(CHANGES_QUEUE_MAX);
         let store = self.store.clone();
         let poll_ms = self.limits.catalog_refresh_ms;
@@ -703,7 +707,7 @@ impl Hub {
     }
 
     /// Heartbeat, hold sweep and credit expiry, until the process ends.
-    pub async fn run_maintenance(self: Arc<Self>) {
+    pub(crate) async fn run_maintenance(self: Arc<Self>) {
         // Expiry runs in its own task, stopped with this one: a long pass must never
         // delay a heartbeat (a process that misses them looks dead, and its holds
         // are released).

@@ -34,29 +34,29 @@ use std::time::Duration;
 /// The loop's checkpoint, among the projections' (it has no rows).
 pub const CHECKPOINT_NAME: &str = "low_balance_webhook";
 /// The notification's `type`.
-pub const EVENT_TYPE: &str = "balance.low";
+pub(crate) const EVENT_TYPE: &str = "balance.low";
 /// Connecting to the receiver.
-pub const DELIVERY_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DELIVERY_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// One whole delivery (request and answer); past it, the delivery failed.
-pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 
 /// One notification, as the receiver gets it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LowBalance {
+pub(crate) struct LowBalance {
     /// `<tenant_id>:<sequence>`: the crossing's event; the same on every delivery.
-    pub id: String,
+    pub(crate) id: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub tenant_id: TenantId,
+    pub(crate) kind: &'static str,
+    pub(crate) tenant_id: TenantId,
     /// Credits, decimal strings.
-    pub threshold: String,
-    pub available: String,
-    pub at: DateTime<Utc>,
+    pub(crate) threshold: String,
+    pub(crate) available: String,
+    pub(crate) at: DateTime<Utc>,
 }
 
 impl LowBalance {
     /// The notification for a logged event, if it is a crossing.
-    pub fn from_event(e: &StoredEvent) -> Option<Self> {
+    pub(crate) fn from_event(e: &StoredEvent) -> Option<Self> {
         let TenantEvent::LowBalanceCrossed {
             threshold_pico,
             available_pico,
@@ -81,7 +81,7 @@ fn credits(c: Credits) -> String {
 }
 
 /// Delivers low-balance notifications from the log (see the module's doc).
-pub struct Notifier {
+pub(crate) struct Notifier {
     store: Arc<dyn Store>,
     client: reqwest::Client,
     url: reqwest::Url,
@@ -91,7 +91,10 @@ pub struct Notifier {
 
 impl Notifier {
     /// `None` when no URL is configured; an error when the settings are wrong.
-    pub fn new(store: Arc<dyn Store>, settings: &NotifySettings) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        settings: &NotifySettings,
+    ) -> anyhow::Result<Option<Self>> {
         let Some((url, secret)) = settings.target()? else {
             return Ok(None);
         };
@@ -110,7 +113,7 @@ impl Notifier {
     }
 
     /// Runs until its task is aborted (when the hub stops).
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         loop {
             if let Err(e) = self.deliver_pending().await {
                 tracing::warn!(error = %e, "low-balance notifications: reading the log failed; retrying");
@@ -122,7 +125,7 @@ impl Notifier {
     /// Delivers every crossing after the checkpoint, page by page, moving the
     /// checkpoint past each page once all its crossings were delivered. Returns how
     /// many notifications were delivered.
-    pub async fn deliver_pending(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn deliver_pending(&self) -> Result<u64, StoreError> {
         let mut delivered = 0;
         loop {
             let from = self.store.projection_checkpoint(CHECKPOINT_NAME).await?;

@@ -26,7 +26,7 @@ const PRICE_BOOK_WRITE_ATTEMPTS: usize = 5;
 /// (docs/billing.md, "Price book").
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PriceSpec {
+pub(crate) struct PriceSpec {
     pub input_per_mtok: String,
     pub output_per_mtok: String,
     /// Defaults to the input rate.
@@ -48,7 +48,7 @@ pub struct PriceSpec {
 /// per-image price to the cost's.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SellSpec {
+pub(crate) struct SellSpec {
     pub input_per_mtok: String,
     pub output_per_mtok: String,
     pub cache_read_per_mtok: Option<String>,
@@ -59,7 +59,7 @@ pub struct SellSpec {
 /// One image variant's price; an absent `size` or `quality` fits any.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImagePriceSpec {
+pub(crate) struct ImagePriceSpec {
     pub size: Option<String>,
     pub quality: Option<String>,
     /// The provider's cost per image, credits.
@@ -107,7 +107,7 @@ fn rates(
 }
 
 impl PriceSpec {
-    pub fn to_model_spec(&self) -> Result<ModelPriceSpec, PriceError> {
+    pub(crate) fn to_model_spec(&self) -> Result<ModelPriceSpec, PriceError> {
         let cost = rates(
             "",
             &self.input_per_mtok,
@@ -161,7 +161,7 @@ impl PriceSpec {
 
 /// Why a price book write was refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PriceError {
+pub(crate) enum PriceError {
     /// A price, rate or model id that does not parse.
     #[error("{0}")]
     Invalid(String),
@@ -182,7 +182,7 @@ pub enum PriceError {
 
 /// Writes to the price book: what a write needs (the store, the catalog it
 /// refreshes, business time) and nothing more. `Hub::price_book` lends one.
-pub struct PriceBookWriter<'a> {
+pub(crate) struct PriceBookWriter<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) catalog: &'a Catalog,
     pub(crate) clock: &'a Clock,
@@ -191,7 +191,7 @@ pub struct PriceBookWriter<'a> {
 impl PriceBookWriter<'_> {
     /// Decides `command` on the current price book and appends what it decides;
     /// retried when another process wrote first. Refreshes the catalog after a write.
-    pub async fn execute_price_book(
+    pub(crate) async fn execute_price_book(
         &self,
         command: PriceBookCommand,
     ) -> Result<Vec<PriceBookEvent>, PriceError> {
@@ -224,7 +224,7 @@ impl PriceBookWriter<'_> {
 
     /// Sets a model's price; returns its current price version (unchanged when the
     /// price is the same as before).
-    pub async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, PriceError> {
+    pub(crate) async fn set_price(&self, model: &str, spec: &PriceSpec) -> Result<i64, PriceError> {
         let model = ModelId::parse(model).map_err(|e| PriceError::Invalid(e.to_string()))?;
         let spec = spec.to_model_spec()?;
         self.check_provider_exists(model.provider()).await?;
@@ -254,7 +254,7 @@ impl PriceBookWriter<'_> {
     }
 
     /// Makes a bare name (`gpt-4o-mini`) stand for a priced `provider/model`.
-    pub async fn set_alias(&self, alias: &str, model: &str) -> Result<(), PriceError> {
+    pub(crate) async fn set_alias(&self, alias: &str, model: &str) -> Result<(), PriceError> {
         let model =
             ModelId::parse(model).map_err(|e| PriceError::Invalid(format!("model: {e}")))?;
         self.execute_price_book(PriceBookCommand::SetModelAlias {
@@ -267,7 +267,7 @@ impl PriceBookWriter<'_> {
     }
 
     /// Removes an alias; 404 when there is none of that name.
-    pub async fn remove_alias(&self, alias: &str) -> Result<(), PriceError> {
+    pub(crate) async fn remove_alias(&self, alias: &str) -> Result<(), PriceError> {
         self.execute_price_book(PriceBookCommand::RemoveModelAlias {
             alias: alias.to_string(),
             at: self.clock.now(),
@@ -276,7 +276,7 @@ impl PriceBookWriter<'_> {
         .map(drop)
     }
 
-    pub async fn set_margin(
+    pub(crate) async fn set_margin(
         &self,
         scope: MarginScope,
         margin_bps: Option<u32>,
@@ -290,7 +290,7 @@ impl PriceBookWriter<'_> {
         .map(drop)
     }
 
-    pub async fn set_tenant_plan(
+    pub(crate) async fn set_tenant_plan(
         &self,
         tenant_id: TenantId,
         plan: Option<String>,
@@ -307,7 +307,7 @@ impl PriceBookWriter<'_> {
     /// Moves the price table of hubs from before the price book into it, once: when
     /// the book is empty and the table is not. Each price keeps its version, so
     /// charges recorded at it find it in the history.
-    pub async fn import_price_table(&self) -> Result<usize, PriceError> {
+    pub(crate) async fn import_price_table(&self) -> Result<usize, PriceError> {
         if !self.store.price_book_events().await?.is_empty() {
             return Ok(0);
         }

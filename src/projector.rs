@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
+pub(crate) fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
     LoggedEvent {
         tenant_id: e.tenant_id,
         sequence: e.sequence,
@@ -31,7 +31,7 @@ pub fn logged(e: &StoredEvent) -> LoggedEvent<'_> {
 #[derive(Clone)]
 pub struct Projector {
     store: Arc<dyn Store>,
-    pub wake: Arc<Notify>,
+    pub(crate) wake: Arc<Notify>,
     /// The projections' common checkpoint as this process last committed or
     /// read it: the next pass starts there without reading the checkpoints
     /// (if another process moved them, its commit fails and it reads them).
@@ -42,7 +42,7 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         wake: Arc<Notify>,
         projections: Vec<Box<dyn Registered>>,
@@ -56,7 +56,7 @@ impl Projector {
     }
 
     /// The projections it keeps, in registry order: what replay rebuilds.
-    pub fn projections(&self) -> &[Box<dyn Registered>] {
+    pub(crate) fn projections(&self) -> &[Box<dyn Registered>] {
         &self.projections
     }
 
@@ -76,7 +76,7 @@ impl Projector {
     }
 
     /// Runs until the process ends.
-    pub async fn run(self, poll_ms: u64, batch_delay_ms: u64) {
+    pub(crate) async fn run(self, poll_ms: u64, batch_delay_ms: u64) {
         loop {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "projection catch-up failed; retrying");
@@ -269,7 +269,7 @@ async fn catch_up_one<S: EventLog + ProjectionRows + ?Sized>(
 
 /// Brings one projection up to the end of the log (replay catches the live
 /// one up before it rebuilds it).
-pub async fn catch_up_projection<S: EventLog + ProjectionRows + ?Sized>(
+pub(crate) async fn catch_up_projection<S: EventLog + ProjectionRows + ?Sized>(
     store: &S,
     projection: &dyn Registered,
 ) -> Result<u64, StoreError> {

@@ -14,13 +14,13 @@ pub struct ProjectionReplay {
     #[serde(flatten)]
     pub comparison: Comparison,
     pub events: u64,
-    pub seconds: f64,
-    pub events_per_second: u64,
+    pub(crate) seconds: f64,
+    pub(crate) events_per_second: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ReplayReport {
-    pub store: &'static str,
+    pub(crate) store: &'static str,
     /// The same log read and decoded with nothing folded, in the same run: the
     /// yardstick for each projection's `events_per_second`.
     pub raw_read: RawRead,
@@ -37,8 +37,8 @@ pub struct ReplayReport {
 #[derive(Debug, Serialize)]
 pub struct RawRead {
     pub events: u64,
-    pub seconds: f64,
-    pub events_per_second: u64,
+    pub(crate) seconds: f64,
+    pub(crate) events_per_second: u64,
 }
 
 /// Reads and decodes the whole log once, folding nothing.
@@ -92,7 +92,7 @@ pub async fn replay_all(store: &dyn Store) -> Result<ReplayReport, StoreError> {
 /// Rebuilds every projection in `projections` (the live projector's list,
 /// `Projector::projections`) and compares each with the live one, in that
 /// order: callers index the report by position.
-pub async fn replay(
+pub(crate) async fn replay(
     store: &dyn Store,
     projections: &[Box<dyn Registered>],
 ) -> Result<ReplayReport, StoreError> {

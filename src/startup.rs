@@ -18,16 +18,16 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Seconds in-flight requests get to finish on shutdown.
-pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+pub(crate) const SHUTDOWN_GRACE_SECS: u64 = 30;
 
 /// Two rustls crypto providers are compiled in with this dependency set; TLS
 /// builders panic unless one is chosen before first use.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Builds the hub core (store, actors, catalog). Must run inside an actix System.
-pub async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
+pub(crate) async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
     install_crypto_provider();
     let store: Arc<dyn Store> =
         store::open(settings.database_url.as_deref(), &settings.data_dir).await?;
@@ -243,7 +243,7 @@ fn file_secret(
 }
 
 /// The embedded store's file in the data dir.
-pub const SQLITE_FILE_NAME: &str = "aigne-hub.sqlite";
+pub(crate) const SQLITE_FILE_NAME: &str = "aigne-hub.sqlite";
 const OPERATOR_TOKEN_FILE_NAME: &str = "operator_token";
 const MASTER_KEY_FILE_NAME: &str = "master.key";
 
@@ -251,7 +251,7 @@ const MASTER_KEY_FILE_NAME: &str = "master.key";
 /// path looked in, unless the store and its master key already exist. The
 /// operator token is not needed by commands; when it is neither set nor on
 /// disk, a throwaway one is used so that nothing is written.
-pub fn require_existing_store(settings: &mut Settings) -> anyhow::Result<()> {
+pub(crate) fn require_existing_store(settings: &mut Settings) -> anyhow::Result<()> {
     const HINT: &str = "start `aigne-hub serve` once to create a store, or point --data-dir \
         (AIGNE_HUB_DATA_DIR) or --database-url (DATABASE_URL) at the server's store";
     if let Some(path) = sqlite_path(settings) {
@@ -289,12 +289,12 @@ fn sqlite_path(settings: &Settings) -> Option<PathBuf> {
 }
 
 /// Where the operator token came from, for the startup banner.
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     Env,
     File { path: PathBuf, created: bool },
 }
 
-pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSource)> {
+pub(crate) fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSource)> {
     if let Some(token) = &settings.operator_token {
         return Ok((token.clone(), TokenSource::Env));
     }
@@ -304,7 +304,7 @@ pub fn operator_token(settings: &Settings) -> anyhow::Result<(String, TokenSourc
     Ok((token, TokenSource::File { path, created }))
 }
 
-pub fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
+pub(crate) fn master_key(settings: &Settings) -> anyhow::Result<SecretBox> {
     let text = match &settings.master_key {
         Some(text) => text.clone(),
         None => {

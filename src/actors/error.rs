@@ -12,7 +12,7 @@ use domain::tenant::TenantError;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ActorError {
+pub(crate) enum ActorError {
     /// A rule of the tenant refused the operation (unknown key, short credit, ...).
     #[error(transparent)]
     Refused(#[from] TenantError),

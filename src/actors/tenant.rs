@@ -21,7 +21,7 @@ use chrono::Utc;
 use domain::tenant::{
     Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent,
 };
-use domain::{InstanceId, KeyId, Permission, RequestId, Role, TenantId};
+use domain::{InstanceId, KeyId, Permission, RequestId, TenantId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ pub(crate) const TENANT_BUSY: &str = "the tenant is busy; retry shortly";
 
 /// A key to check before an operation: the caller must hold `permission`.
 #[derive(Clone, Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     pub key_id: KeyId,
     pub key_hash: KeyHash,
     pub permission: Permission,
@@ -68,10 +68,9 @@ pub(crate) enum TenantOp {
 
 /// What an operation answers: the tenant's committed position after it.
 #[derive(Clone, Debug)]
-pub struct TenantReply {
+pub(crate) struct TenantReply {
     pub tenant_name: String,
     pub balance: Balance,
-    pub role: Option<Role>,
     /// For a grant: the grant recorded under its idempotency key (the original one
     /// when the grant was a repeat).
     pub grant: Option<GrantRecord>,
@@ -346,14 +345,11 @@ impl TenantActor {
         {
             return Err(ActorError::TenantNotFound);
         }
-        let role = match auth {
-            Some(a) => Some(
-                self.state
-                    .authorize(a.key_id, &a.key_hash, a.permission)
-                    .map_err(not_found)?,
-            ),
-            None => None,
-        };
+        if let Some(a) = auth {
+            self.state
+                .authorize(a.key_id, &a.key_hash, a.permission)
+                .map_err(not_found)?;
+        }
         let mut written = 0;
         let mut grant_key = None;
         if let Some(command) = command {
@@ -384,7 +380,6 @@ impl TenantActor {
         Ok(TenantReply {
             tenant_name: self.state.name.clone(),
             balance: self.state.balance(),
-            role,
             grant: grant_key.and_then(|k| self.state.grants.get(&k).cloned()),
             events_written: written,
         })

@@ -2,7 +2,7 @@
 //!
 //! Requests arrive in OpenAI's chat format and are translated to Anthropic's
 //! (`openai_to_anthropic_request`); answers are translated back to OpenAI's
-//! `chat.completion` object (`anthropic_to_openai_response`) or, for streams, to
+//! `chat.completion` object (`answer_to_openai`) or, for streams, to
 //! `chat.completion.chunk` objects (`AnthropicToOpenAiStream`).
 //!
 //! Usage facts relied on: Anthropic's `usage.input_tokens` EXCLUDES the prompt
@@ -35,15 +35,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = true;
+pub(crate) const AVAILABLE: bool = true;
 
 /// The API version this module speaks (sent as `anthropic-version`).
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Output cap sent when the request names none (Anthropic requires `max_tokens`).
-pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+pub(crate) const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-pub struct Anthropic;
+pub(crate) struct Anthropic;
 
 /// A request the translation cannot express in Anthropic's format.
 fn bad_request(message: impl Into<String>) -> UpstreamError {
@@ -359,7 +359,7 @@ impl AnthropicToolChoice {
 
 /// Translates an OpenAI chat request (with `model` already the upstream's name)
 /// into an Anthropic Messages request. Does not set `stream`.
-pub fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamError> {
+pub(crate) fn openai_to_anthropic_request(request: &Value) -> Result<Value, UpstreamError> {
     anthropic_body(request, false)
 }
 
@@ -890,7 +890,8 @@ struct AnthropicErrorDetail {
 // ---------------------------------------------------------------------------
 
 /// Normalized usage from an Anthropic `usage` object; `None` if it has no counts.
-pub fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
+#[cfg(test)]
+pub(crate) fn usage_from_anthropic(usage: &Value) -> Option<Usage> {
     usage_of(&read_or_default(usage))
 }
 
@@ -900,7 +901,7 @@ fn usage_of(usage: &AnthropicUsage) -> Option<Usage> {
 }
 
 /// An Anthropic `stop_reason` as an OpenAI `finish_reason`.
-pub fn anthropic_to_openai_finish_reason(stop_reason: &str) -> &'static str {
+pub(crate) fn anthropic_to_openai_finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
         "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
@@ -916,7 +917,8 @@ fn now_unix() -> i64 {
 
 /// An Anthropic message as an OpenAI `chat.completion` (with `usage` when the
 /// message reported it).
-pub fn anthropic_to_openai_response(body: &Value) -> Result<Value, UpstreamError> {
+#[cfg(test)]
+pub(crate) fn anthropic_to_openai_response(body: &Value) -> Result<Value, UpstreamError> {
     answer_to_openai(read_or_default(body))
 }
 
@@ -992,7 +994,7 @@ fn stream_error(error: Option<AnthropicErrorDetail>, code: Option<String>) -> Up
 
 /// Usage reported piecewise in a stream: each field keeps its latest value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UsageMerge {
+pub(crate) struct UsageMerge {
     input_tokens: Option<u64>,
     cache_write_tokens: Option<u64>,
     cache_read_tokens: Option<u64>,
@@ -1019,7 +1021,7 @@ impl UsageMerge {
             || self.output_tokens.is_some()
     }
 
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         Usage {
             input_tokens: self.input_tokens.unwrap_or(0),
             cache_read_tokens: self.cache_read_tokens.unwrap_or(0),
@@ -1038,7 +1040,7 @@ struct ToolBlock {
 }
 
 /// Translates Anthropic stream events, one at a time, into OpenAI stream items.
-pub struct AnthropicToOpenAiStream {
+pub(crate) struct AnthropicToOpenAiStream {
     id: Value,
     model: Value,
     created: i64,
@@ -1047,7 +1049,7 @@ pub struct AnthropicToOpenAiStream {
     /// Tool-use blocks by Anthropic content-block index.
     tools: HashMap<u64, ToolBlock>,
     /// Whether `message_stop` arrived (the stream is complete).
-    pub finished: bool,
+    pub(crate) finished: bool,
 }
 
 impl Default for AnthropicToOpenAiStream {
@@ -1092,7 +1094,7 @@ impl AnthropicToOpenAiStream {
 
     /// The items one event yields. `event` is the SSE event name; the payload's own
     /// `type` decides (they are the same in Anthropic's streams).
-    pub fn on_event(
+    pub(crate) fn on_event(
         &mut self,
         event: Option<&str>,
         data: &Value,
@@ -1348,27 +1350,28 @@ impl ProviderApi for Anthropic {
 // ---------------------------------------------------------------------------
 
 /// An Anthropic Messages answer exactly as the upstream sent it, and its usage.
-pub struct MessagesOutcome {
+pub(crate) struct MessagesOutcome {
     /// The upstream's JSON body, byte for byte.
-    pub body: bytes::Bytes,
-    pub usage: Option<Usage>,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) usage: Option<Usage>,
 }
 
 /// What a passed-through stream yields.
 #[derive(Clone, Debug, PartialEq)]
-pub enum MessagesItem {
+pub(crate) enum MessagesItem {
     /// One upstream event as it came; `message_stop` is the last.
     Event(SseEvent),
     /// The usage so far (merged, see [`UsageMerge`]): the last one wins.
     Usage(Usage),
 }
 
-pub type MessagesStream = Pin<Box<dyn Stream<Item = Result<MessagesItem, UpstreamError>> + Send>>;
+pub(crate) type MessagesStream =
+    Pin<Box<dyn Stream<Item = Result<MessagesItem, UpstreamError>> + Send>>;
 
 /// Sends an Anthropic Messages request as it is (the caller has set `model` to
 /// the upstream's name; its `stream` is absent or false) and returns the answer
 /// untouched, with the usage read from it.
-pub async fn messages_passthrough(
+pub(crate) async fn messages_passthrough(
     call: &UpstreamCall<'_>,
     request: &Value,
 ) -> Result<MessagesOutcome, UpstreamError> {
@@ -1403,7 +1406,7 @@ pub async fn messages_passthrough(
 /// `message_delta`. An `error` event becomes the stream's error; a stream that
 /// stops before `message_stop` ends with an error (a cut stream must not look
 /// complete).
-pub async fn messages_passthrough_stream(
+pub(crate) async fn messages_passthrough_stream(
     call: &UpstreamCall<'_>,
     request: &Value,
 ) -> Result<MessagesStream, UpstreamError> {

@@ -53,10 +53,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = true;
+pub(crate) const AVAILABLE: bool = true;
 
 /// The SigV4 signing name of the Bedrock runtime.
-pub const SIGNING_SERVICE: &str = "bedrock";
+pub(crate) const SIGNING_SERVICE: &str = "bedrock";
 
 /// Largest event-stream message accepted (the format's own limit is 16 MiB), which
 /// bounds what the hub buffers for one upstream stream.
@@ -66,7 +66,7 @@ pub const EVENT_STREAM_MESSAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
 const EVENT_STREAM_MESSAGE_MIN_BYTES: usize = 16;
 const EVENT_STREAM_PRELUDE_BYTES: usize = 12;
 
-pub struct Bedrock;
+pub(crate) struct Bedrock;
 
 // ---------------------------------------------------------------------------
 // Wire shapes: what Bedrock answers
@@ -286,7 +286,7 @@ fn encode_path_segment(segment: &str) -> String {
 
 /// The message of a Bedrock error body (`{"message": "..."}`; some AWS front
 /// ends capitalize it).
-pub fn bedrock_error_message(body: &Value) -> Option<String> {
+pub(crate) fn bedrock_error_message(body: &Value) -> Option<String> {
     let body: BedrockErrorBody = read_or_default(body);
     match body.message {
         Some(message) => String::deserialize(message).ok(),
@@ -1076,7 +1076,7 @@ impl EventStreamParser {
 }
 
 /// The string value of an event-stream header.
-pub fn event_header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+pub(crate) fn event_header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
     message
         .headers()
         .iter()
@@ -1390,7 +1390,7 @@ pub fn embedding_family(model_id: &str) -> Option<EmbeddingFamily> {
 }
 
 /// Texts one Cohere Embed call may carry (Bedrock's documented maximum).
-pub const COHERE_TEXTS_PER_CALL: usize = 96;
+pub(crate) const COHERE_TEXTS_PER_CALL: usize = 96;
 
 /// Titan embedding calls in flight at once for one request.
 const TITAN_CONCURRENT_CALLS: usize = 4;

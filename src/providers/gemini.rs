@@ -33,9 +33,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Whether this protocol passes the conformance suite.
-pub const AVAILABLE: bool = true;
+pub(crate) const AVAILABLE: bool = true;
 
-pub struct Gemini;
+pub(crate) struct Gemini;
 
 fn unsupported(capability: &'static str) -> UpstreamError {
     UpstreamError::Unsupported {
@@ -235,7 +235,8 @@ struct ImagenPrediction {
 
 /// Normalizes a Gemini `usageMetadata` object; `None` if absent or without a
 /// prompt count.
-pub fn usage_from_gemini(meta: &Value) -> Option<Usage> {
+#[cfg(test)]
+pub(crate) fn usage_from_gemini(meta: &Value) -> Option<Usage> {
     usage_of(&read_or_default(meta))
 }
 
@@ -716,7 +717,7 @@ impl GenerationConfig {
 // Requests: OpenAI -> Gemini
 
 /// Translates an OpenAI chat request into a Gemini `GenerateContentRequest`.
-pub fn openai_to_gemini_request(request: &Value) -> Result<Value, UpstreamError> {
+pub(crate) fn openai_to_gemini_request(request: &Value) -> Result<Value, UpstreamError> {
     let request: ChatRequest = read_or_default(request);
     let generation_config = openai_to_gemini_generation_config(&request);
     let (system, contents) = openai_messages_to_gemini(request.messages.unwrap_or_default())?;
@@ -1285,7 +1286,8 @@ fn gemini_parts_to_openai(parts: &[GeminiAnswerPart], calls_so_far: &mut usize) 
 }
 
 /// Translates a `GenerateContentResponse` into an OpenAI `chat.completion`.
-pub fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
+#[cfg(test)]
+pub(crate) fn gemini_to_openai_response(answer: &Value, model: &str) -> ChatOutcome {
     answer_to_openai(&read_or_default(answer), model)
 }
 

@@ -8,12 +8,12 @@
 //! Ollama's compatibility API) share [`openai`], with per-kind quirks there.
 //! Billing never depends on which provider answered.
 
-pub mod anthropic;
+pub(crate) mod anthropic;
 pub mod bedrock;
 pub mod gemini;
-pub mod openai;
+pub(crate) mod openai;
 mod redact;
-pub mod sse;
+pub(crate) mod sse;
 pub(crate) mod wire;
 
 use crate::config::Limits;
@@ -45,7 +45,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 10] = [
+    pub(crate) const ALL: [ProviderKind; 10] = [
         ProviderKind::OpenAi,
         ProviderKind::Anthropic,
         ProviderKind::Bedrock,
@@ -58,7 +58,7 @@ impl ProviderKind {
         ProviderKind::Poe,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
@@ -75,7 +75,7 @@ impl ProviderKind {
 
     /// The provider's public endpoint; every kind accepts a `base_url` override.
     /// Bedrock's depends on the region, so it has none here.
-    pub fn default_base_url(self) -> Option<&'static str> {
+    pub(crate) fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
@@ -92,7 +92,7 @@ impl ProviderKind {
 
     /// Whether this hub can call the kind yet (a protocol module is done only when
     /// it passes the conformance suite).
-    pub fn is_available(self) -> bool {
+    pub(crate) fn is_available(self) -> bool {
         match self {
             ProviderKind::Anthropic => anthropic::AVAILABLE,
             ProviderKind::Bedrock => bedrock::AVAILABLE,
@@ -102,7 +102,7 @@ impl ProviderKind {
     }
 
     /// Whether the kind authenticates with AWS credentials instead of an API key.
-    pub fn uses_aws_credentials(self) -> bool {
+    pub(crate) fn uses_aws_credentials(self) -> bool {
         self == ProviderKind::Bedrock
     }
 }
@@ -152,7 +152,7 @@ pub struct Provider {
 
 impl Provider {
     /// The API key, for kinds that use one ("" for AWS credentials).
-    pub fn api_key(&self) -> &str {
+    pub(crate) fn api_key(&self) -> &str {
         match &self.credential {
             Credential::ApiKey { api_key } => api_key.expose(),
             Credential::Aws { .. } => "",
@@ -160,7 +160,7 @@ impl Provider {
     }
 
     /// Every secret of the credential, to scrub from upstream error text.
-    pub fn secrets(&self) -> Vec<&str> {
+    pub(crate) fn secrets(&self) -> Vec<&str> {
         match &self.credential {
             Credential::ApiKey { api_key } => vec![api_key.expose()],
             Credential::Aws {
@@ -169,7 +169,7 @@ impl Provider {
         }
     }
 
-    pub fn endpoint(&self, path: &str) -> String {
+    pub(crate) fn endpoint(&self, path: &str) -> String {
         format!(
             "{}/{}",
             self.base_url.trim_end_matches('/'),
@@ -223,7 +223,7 @@ fn status_words(status: u16, code: Option<&str>) -> String {
 impl UpstreamError {
     /// Scrubs every credential-shaped token (any piece of the provider's secrets,
     /// in any case or base64, and keys of any kind) from the upstream's text.
-    pub fn redacted(self, provider: &Provider) -> Self {
+    pub(crate) fn redacted(self, provider: &Provider) -> Self {
         let secrets = provider.secrets();
         let scrub = |s: String| redact::redact(&s, &secrets);
         match self {
@@ -243,7 +243,7 @@ impl UpstreamError {
     }
 
     /// The upstream's own words, for the operator's log (after [`Self::redacted`]).
-    pub fn upstream_text(&self) -> &str {
+    pub(crate) fn upstream_text(&self) -> &str {
         match self {
             UpstreamError::Status { message, .. } => message,
             _ => "",
@@ -347,9 +347,9 @@ pub fn api_for(kind: ProviderKind) -> &'static dyn ProviderApi {
 
 /// One server-sent event.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
+pub(crate) struct SseEvent {
+    pub(crate) event: Option<String>,
+    pub(crate) data: String,
 }
 
 /// The HTTP client of all upstream calls, with the named timeouts.
@@ -365,7 +365,7 @@ pub struct Upstream {
     id: u64,
     /// Used where a thread's own client cannot be built.
     shared: reqwest::Client,
-    pub limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 static NEXT_UPSTREAM_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -392,7 +392,7 @@ impl Upstream {
     }
 
     /// This thread's client (a cheap handle to its connection pool).
-    pub fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         UPSTREAM_CLIENTS.with(|clients| {
             let mut clients = clients.borrow_mut();
             if let Some(client) = clients.get(&self.id) {
@@ -408,7 +408,7 @@ impl Upstream {
     /// Sends a request, waiting at most the first-byte timeout for the response
     /// headers; a non-2xx answer becomes `UpstreamError::Status` with the message
     /// `error_message` extracts from the body.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: reqwest::RequestBuilder,
         error_message: fn(&Value) -> Option<String>,
@@ -425,7 +425,7 @@ impl Upstream {
     }
 
     /// The byte budget of one request's answers of `kind`.
-    pub fn answer_budget(&self, kind: AnswerKind) -> AnswerBudget {
+    pub(crate) fn answer_budget(&self, kind: AnswerKind) -> AnswerBudget {
         let limits = &self.limits;
         AnswerBudget::new(match kind {
             AnswerKind::Chat => limits.upstream_chat_answer_max_bytes,
@@ -436,7 +436,7 @@ impl Upstream {
 
     /// Reads a whole JSON answer of `kind` within the total timeout and its size
     /// limit.
-    pub async fn json_body(
+    pub(crate) async fn json_body(
         &self,
         response: reqwest::Response,
         kind: AnswerKind,
@@ -445,7 +445,7 @@ impl Upstream {
     }
 
     /// [`Self::json_body`] counted against a budget shared with other calls.
-    pub async fn json_within(
+    pub(crate) async fn json_within(
         &self,
         response: reqwest::Response,
         budget: &AnswerBudget,
@@ -458,7 +458,7 @@ impl Upstream {
     }
 
     /// Reads a whole body within the total timeout, counted against `budget`.
-    pub async fn body_within(
+    pub(crate) async fn body_within(
         &self,
         response: reqwest::Response,
         budget: &AnswerBudget,
@@ -479,13 +479,13 @@ impl Upstream {
 
     /// A streamed body as it arrives, failing once it passes
     /// `Limits::upstream_stream_answer_max_bytes`.
-    pub fn stream_bytes(&self, response: reqwest::Response) -> UpstreamBytes {
+    pub(crate) fn stream_bytes(&self, response: reqwest::Response) -> UpstreamBytes {
         bounded_bytes(response, self.limits.upstream_stream_answer_max_bytes)
     }
 
     /// A streamed body's server-sent events, within the stream's limits (idle
     /// time, total bytes, bytes of one event). Used by every SSE-speaking provider.
-    pub fn sse_events(&self, response: reqwest::Response) -> SseEvents {
+    pub(crate) fn sse_events(&self, response: reqwest::Response) -> SseEvents {
         let idle = Duration::from_millis(self.limits.upstream_idle_timeout_ms);
         let parser = sse::SseParser::new(self.limits.upstream_stream_event_max_bytes);
         sse_events(self.stream_bytes(response), parser, idle)
@@ -494,7 +494,7 @@ impl Upstream {
 
 /// What an upstream answer carries, for its size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AnswerKind {
+pub(crate) enum AnswerKind {
     Chat,
     Embeddings,
     Images,
@@ -502,13 +502,13 @@ pub enum AnswerKind {
 
 /// Bytes the upstream answers of one request may still take. The calls one
 /// request makes share it (Bedrock's Titan embeds one text per call).
-pub struct AnswerBudget {
+pub(crate) struct AnswerBudget {
     limit_bytes: usize,
     remaining_bytes: AtomicUsize,
 }
 
 impl AnswerBudget {
-    pub fn new(limit_bytes: usize) -> Self {
+    pub(crate) fn new(limit_bytes: usize) -> Self {
         Self {
             limit_bytes,
             remaining_bytes: AtomicUsize::new(limit_bytes),
@@ -516,7 +516,7 @@ impl AnswerBudget {
     }
 
     /// Counts `bytes` more of an answer; past the limit, the answer is too large.
-    pub fn take(&self, bytes: usize) -> Result<(), UpstreamError> {
+    pub(crate) fn take(&self, bytes: usize) -> Result<(), UpstreamError> {
         self.remaining_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(bytes)
@@ -603,7 +603,7 @@ impl std::io::Read for PiecesReader<'_> {
 }
 
 /// An upstream body as it arrives.
-pub type UpstreamBytes = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+pub(crate) type UpstreamBytes = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
 /// `response`'s body as it arrives, ending with `AnswerTooLarge` once it passes
 /// `limit_bytes` in all.
@@ -669,7 +669,7 @@ struct ErrorBodyDetail {
 
 /// The `model` of an OpenAI request (by then the upstream's own name); `None`
 /// when absent or not a string.
-pub fn request_model(request: &Value) -> Option<&str> {
+pub(crate) fn request_model(request: &Value) -> Option<&str> {
     #[derive(Deserialize)]
     struct ModelField<'a> {
         #[serde(borrow, default)]
@@ -679,12 +679,12 @@ pub fn request_model(request: &Value) -> Option<&str> {
 }
 
 /// The `error.message` of an error body (OpenAI's and Anthropic's shape).
-pub fn error_dot_message(body: &Value) -> Option<String> {
+pub(crate) fn error_dot_message(body: &Value) -> Option<String> {
     wire::read_or_default::<ErrorBody>(body).error?.message
 }
 
 /// Maps a reqwest failure without ever printing the request (headers hold the key).
-pub fn transport_error(e: reqwest::Error) -> UpstreamError {
+pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
     if e.is_timeout() {
         UpstreamError::Timeout
     } else if e.is_connect() {
@@ -695,7 +695,7 @@ pub fn transport_error(e: reqwest::Error) -> UpstreamError {
 }
 
 /// The server-sent events of a stream.
-pub type SseEvents = Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>>;
+pub(crate) type SseEvents = Pin<Box<dyn Stream<Item = Result<SseEvent, UpstreamError>> + Send>>;
 
 /// Turns a byte stream of server-sent events into events, with the idle timeout
 /// between chunks.
@@ -740,7 +740,7 @@ fn sse_events(bytes: UpstreamBytes, parser: sse::SseParser, idle: Duration) -> S
 /// An OpenAI `chat.completion` as the translating providers (Anthropic, Gemini,
 /// Bedrock) build it, with `usage` when the upstream reported it. Built as a JSON
 /// value, so its keys are sorted, as they always were.
-pub fn chat_completion(
+pub(crate) fn chat_completion(
     id: Value,
     created: i64,
     model: Value,
@@ -769,7 +769,7 @@ pub fn chat_completion(
 
 /// The assistant `message` of an OpenAI `chat.completion` choice.
 #[derive(Serialize)]
-pub struct AssistantMessage {
+pub(crate) struct AssistantMessage {
     role: &'static str,
     /// `null` when the answer is tool calls and no text.
     content: Option<String>,
@@ -782,7 +782,7 @@ pub struct AssistantMessage {
 impl AssistantMessage {
     /// The message of an answer's text, reasoning and tool calls (the empty ones
     /// left out).
-    pub fn new(text: String, reasoning: String, tool_calls: Vec<Value>) -> Self {
+    pub(crate) fn new(text: String, reasoning: String, tool_calls: Vec<Value>) -> Self {
         let tool_calls_only = text.is_empty() && !tool_calls.is_empty();
         Self {
             role: "assistant",
@@ -794,7 +794,7 @@ impl AssistantMessage {
 }
 
 /// Usage in OpenAI's shape, as the hub reports it to clients.
-pub fn openai_usage_json(usage: &Usage) -> Value {
+pub(crate) fn openai_usage_json(usage: &Usage) -> Value {
     serde_json::json!({
         "prompt_tokens": usage.prompt_tokens(),
         "completion_tokens": usage.output_tokens,
@@ -811,7 +811,7 @@ pub fn openai_usage_json(usage: &Usage) -> Value {
 
 /// The texts of an OpenAI embeddings request's `input` (a string or an array of
 /// strings); token arrays have no equivalent in the native APIs and are refused.
-pub fn embedding_texts(
+pub(crate) fn embedding_texts(
     request: &Value,
     provider: &'static str,
 ) -> Result<Vec<String>, UpstreamError> {
@@ -839,7 +839,7 @@ pub fn embedding_texts(
 }
 
 /// Whether an embeddings request asks for `encoding_format: "base64"`.
-pub fn wants_base64_embeddings(request: &Value) -> bool {
+pub(crate) fn wants_base64_embeddings(request: &Value) -> bool {
     #[derive(Default, Deserialize)]
     struct EncodingFormat {
         #[serde(default, deserialize_with = "wire::lenient")]
@@ -854,7 +854,7 @@ pub fn wants_base64_embeddings(request: &Value) -> bool {
 /// One OpenAI `embedding` value: the numbers as they are, or, for
 /// `encoding_format: "base64"`, little-endian f32s in base64 (as OpenAI encodes
 /// them). `None` if a value is not a number.
-pub fn embedding_vector(values: &[Value], base64: bool) -> Option<Value> {
+pub(crate) fn embedding_vector(values: &[Value], base64: bool) -> Option<Value> {
     if !values.iter().all(Value::is_number) {
         return None;
     }
@@ -873,7 +873,7 @@ pub fn embedding_vector(values: &[Value], base64: bool) -> Option<Value> {
 
 /// An OpenAI embeddings `list` of `vectors` (in input order) with the prompt
 /// tokens they cost.
-pub fn embeddings_list(model: &str, vectors: Vec<Value>, prompt_tokens: u64) -> Value {
+pub(crate) fn embeddings_list(model: &str, vectors: Vec<Value>, prompt_tokens: u64) -> Value {
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
@@ -892,7 +892,7 @@ pub fn embeddings_list(model: &str, vectors: Vec<Value>, prompt_tokens: u64) -> 
 /// One OpenAI `data` item of an images answer from base64 image bytes: with
 /// `response_format: "url"`, a `data:` URL (upstreams that only return bytes
 /// have no URL to give); otherwise (`"b64_json"` or absent) `b64_json`.
-pub fn image_item(request: &Value, b64: &str, mime_type: &str) -> Value {
+pub(crate) fn image_item(request: &Value, b64: &str, mime_type: &str) -> Value {
     #[derive(Default, Deserialize)]
     struct ResponseFormat {
         #[serde(default, deserialize_with = "wire::lenient")]
@@ -907,7 +907,7 @@ pub fn image_item(request: &Value, b64: &str, mime_type: &str) -> Value {
 }
 
 /// An OpenAI images answer holding `data`.
-pub fn images_answer(data: Vec<Value>) -> ImagesOutcome {
+pub(crate) fn images_answer(data: Vec<Value>) -> ImagesOutcome {
     let images = data.len() as u64;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -920,7 +920,7 @@ pub fn images_answer(data: Vec<Value>) -> ImagesOutcome {
 
 /// `size` (`"WIDTHxHEIGHT"`) of an OpenAI images request; `None` when absent or
 /// `"auto"`, an error when it is not of that form.
-pub fn image_size(
+pub(crate) fn image_size(
     request: &Value,
     provider: &'static str,
 ) -> Result<Option<(u32, u32)>, UpstreamError> {

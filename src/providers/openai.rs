@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-pub struct OpenAiCompatible;
+pub(crate) struct OpenAiCompatible;
 
 // ---------------------------------------------------------------------------
 // Wire shapes. Requests and answers pass through as they came; these read (and,
@@ -165,7 +165,7 @@ struct ImagesAnswer {
 }
 
 /// Reads usage from an OpenAI-style `usage` object; `None` if absent or malformed.
-pub fn usage_from_openai(usage: &Value) -> Option<Usage> {
+pub(crate) fn usage_from_openai(usage: &Value) -> Option<Usage> {
     usage_of(read_or_default(usage))
 }
 
@@ -260,7 +260,7 @@ fn ollama_error_message(body: &Value) -> Option<String> {
 
 /// The native `/api/embed` body for an OpenAI embeddings request; Ollama's own
 /// options (`truncate`, `keep_alive`, `options`) and `dimensions` pass through.
-pub fn ollama_embed_request(request: &Value, texts: &[String]) -> Value {
+pub(crate) fn ollama_embed_request(request: &Value, texts: &[String]) -> Value {
     let options: OllamaEmbedOptions = read_or_default(request);
     json!(OllamaEmbedRequest {
         model: options.model,
@@ -275,7 +275,7 @@ pub fn ollama_embed_request(request: &Value, texts: &[String]) -> Value {
 /// An OpenAI embeddings answer from Ollama's `/api/embed` answer for `texts`; its
 /// `prompt_eval_count` is the usage (an estimate from the texts, flagged, if it
 /// is missing).
-pub fn ollama_embed_to_openai(
+pub(crate) fn ollama_embed_to_openai(
     answer: &Value,
     model: &str,
     texts: &[String],

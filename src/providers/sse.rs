@@ -7,9 +7,9 @@ use bytes::{Buf, BytesMut};
 
 /// Longest event accepted by a parser made with `default()` (the hub's own use
 /// takes `Limits::upstream_stream_event_max_bytes`).
-pub const SSE_EVENT_MAX_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+pub(crate) const SSE_EVENT_MAX_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 
-pub struct SseParser {
+pub(crate) struct SseParser {
     buffer: BytesMut,
     event: Option<String>,
     data: Vec<String>,
@@ -26,7 +26,7 @@ impl Default for SseParser {
 }
 
 impl SseParser {
-    pub fn new(event_max_bytes: usize) -> Self {
+    pub(crate) fn new(event_max_bytes: usize) -> Self {
         Self {
             buffer: BytesMut::new(),
             event: None,
@@ -44,7 +44,7 @@ impl SseParser {
 
     /// Adds bytes; the caller takes every complete event before pushing more,
     /// so that what is held stays within one event and one chunk.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
         self.buffer.extend_from_slice(chunk);
         // Only the new bytes are scanned: without a line end in them the line
         // being read grew by all of them.
@@ -55,7 +55,7 @@ impl SseParser {
     }
 
     /// The next complete event in what was pushed so far, if any.
-    pub fn next_event(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
+    pub(crate) fn next_event(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
         while let Some(newline) = self.buffer.iter().position(|&b| b == b'\n') {
             let mut line = self.buffer.split_to(newline + 1);
             line.truncate(newline);
@@ -99,7 +99,7 @@ impl SseParser {
     }
 
     /// Whether bytes of an unfinished event remain (the stream ended mid-event).
-    pub fn has_partial(&self) -> bool {
+    pub(crate) fn has_partial(&self) -> bool {
         self.buffer.has_remaining() || !self.data.is_empty()
     }
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Notified on every change to providers, credentials or the price book.
-pub const CATALOG_CHANNEL: &str = "aigne_hub_catalog";
+pub(crate) const CATALOG_CHANNEL: &str = "aigne_hub_catalog";
 /// Notified on every append to a tenant stream: "<tenant> <sequence> <instance>".
-pub const TENANT_CHANNEL: &str = "aigne_hub_tenant";
+pub(crate) const TENANT_CHANNEL: &str = "aigne_hub_tenant";
 /// Wait before listening again after the listener's connection failed (the
 /// database is down or restarting; retrying faster only adds load).
-pub const LISTEN_RETRY_MS: u64 = 500;
+pub(crate) const LISTEN_RETRY_MS: u64 = 500;
 
 /// A change some writer committed.
 #[derive(Clone, Debug, PartialEq, Eq)]

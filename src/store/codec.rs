@@ -35,7 +35,7 @@ pub struct StoredEvent {
     pub metadata: EventMetadata,
 }
 
-pub fn serialize(
+pub(crate) fn serialize(
     tenant_id: TenantId,
     sequence: usize,
     event: &TenantEvent,
@@ -54,7 +54,7 @@ pub fn serialize(
 }
 
 /// The stored form of an event, as the audit chain sees it.
-pub fn raw(event: SerializedEvent) -> RawEvent {
+pub(crate) fn raw(event: SerializedEvent) -> RawEvent {
     RawEvent {
         tenant_id: event.aggregate_id,
         sequence: event.sequence,
@@ -105,7 +105,9 @@ fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     domain::tenant::upcasters()
 }
 
-pub fn deserialize(event: SerializedEvent) -> Result<(TenantEvent, EventMetadata), StoreError> {
+pub(crate) fn deserialize(
+    event: SerializedEvent,
+) -> Result<(TenantEvent, EventMetadata), StoreError> {
     let event = upcasters().iter().fold(event, |e, u| {
         if u.can_upcast(&e.event_type, &e.event_version) {
             u.upcast(e)
@@ -128,7 +130,7 @@ pub fn deserialize(event: SerializedEvent) -> Result<(TenantEvent, EventMetadata
 
 /// Folds loaded events onto a state, checking that sequences follow each other.
 /// Returns the state, its version, the events folded and the last one's chain hash.
-pub fn fold(
+pub(crate) fn fold(
     mut state: Tenant,
     mut version: usize,
     events: Vec<SerializedEvent>,

@@ -27,25 +27,25 @@ const CHAIN_SCHEME: &str = "aigne-hub/event-chain/v1";
 /// One stored event, exactly as kept in the log (and as exported).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RawEvent {
-    pub tenant_id: String,
+    pub(crate) tenant_id: String,
     pub sequence: usize,
     pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    pub(crate) event_version: String,
+    pub(crate) payload: Value,
+    pub(crate) metadata: Value,
 }
 
 impl RawEvent {
-    pub fn hash(&self) -> Option<&str> {
+    pub(crate) fn hash(&self) -> Option<&str> {
         self.metadata.get("hash").and_then(Value::as_str)
     }
 
-    pub fn prev_hash(&self) -> Option<&str> {
+    pub(crate) fn prev_hash(&self) -> Option<&str> {
         self.metadata.get("prev_hash").and_then(Value::as_str)
     }
 
     /// The hash this event should carry, computed from its contents.
-    pub fn computed_hash(&self) -> String {
+    pub(crate) fn computed_hash(&self) -> String {
         let mut metadata = self.metadata.clone();
         if let Value::Object(map) = &mut metadata {
             map.remove("hash");

@@ -20,11 +20,11 @@ mod postgres;
 mod price_book;
 mod sqlite;
 
-pub use changes::Change;
+pub(crate) use changes::Change;
 pub use codec::{chain, decode_raw, EventMetadata, StoredEvent};
 pub use hash_chain::{verify_chain, ChainBreak, ChainReport, RawEvent, GENESIS_HASH};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use domain::tenant::{Tenant, TenantEvent};
@@ -33,15 +33,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Largest number of events read from the log in one query (bounds memory).
-pub const LOG_PAGE_MAX_EVENTS: i64 = 5_000;
+pub(crate) const LOG_PAGE_MAX_EVENTS: i64 = 5_000;
 /// A snapshot is written after this many new events of a tenant, so that loading a
 /// cold tenant reads at most this many events after the snapshot.
 pub const SNAPSHOT_EVERY_EVENTS: usize = 1_000;
 /// Bumped whenever `Tenant`'s serialized shape changes; older snapshots are ignored
 /// (the tenant is then rebuilt from its events).
-pub const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
+pub(crate) const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
 /// Longest wait for a database connection before a request fails with 503.
-pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 
 /// How long [`EventLog::append`] waits before it returns: until its events are on
 /// disk, or only until every reader can see them.
@@ -111,8 +111,8 @@ impl From<cqrs_es::persist::PersistenceError> for StoreError {
     serde::Deserialize,
 )]
 pub struct LogPosition {
-    pub txid: i64,
-    pub position: i64,
+    pub(crate) txid: i64,
+    pub(crate) position: i64,
 }
 
 /// A tenant as loaded from the store: its state and the sequence of its last event.
@@ -126,25 +126,25 @@ pub struct LoadedTenant {
 
 #[derive(Clone, Debug)]
 pub struct ProviderRow {
-    pub provider_id: String,
-    pub name: String,
-    pub kind: String,
-    pub base_url: String,
-    pub region: Option<String>,
-    pub created_at: String,
+    pub(crate) provider_id: String,
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) base_url: String,
+    pub(crate) region: Option<String>,
+    pub(crate) created_at: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct CredentialRow {
-    pub credential_id: String,
-    pub provider_id: String,
+    pub(crate) credential_id: String,
+    pub(crate) provider_id: String,
     /// Share of requests in weighted rotation.
-    pub weight: i64,
+    pub(crate) weight: i64,
     /// The sealed credential (JSON inside AES-SIV; see `crypto`).
-    pub secret_ciphertext: String,
+    pub(crate) secret_ciphertext: String,
     /// Set when the upstream rejected it (401/403); it is then skipped.
-    pub disabled_reason: Option<String>,
-    pub created_at: String,
+    pub(crate) disabled_reason: Option<String>,
+    pub(crate) created_at: String,
 }
 
 #[derive(Clone, Debug)]
@@ -168,10 +168,10 @@ pub struct PriceRow {
 /// from `from` to `to` and upsert `rows` (key, payload).
 #[derive(Clone, Copy, Debug)]
 pub struct ProjectionCommit<'a> {
-    pub projection: &'a str,
-    pub from: LogPosition,
-    pub to: LogPosition,
-    pub rows: &'a [(String, String)],
+    pub(crate) projection: &'a str,
+    pub(crate) from: LogPosition,
+    pub(crate) to: LogPosition,
+    pub(crate) rows: &'a [(String, String)],
 }
 
 /// The tenants' event streams and the price book's: what is appended, read in

@@ -39,7 +39,7 @@ thread_local! {
     static IDLE: RefCell<HashMap<u64, Vec<PgConnection>>> = RefCell::new(HashMap::new());
 }
 
-pub struct LocalConnections {
+pub(crate) struct LocalConnections {
     /// Key of this set's connections in every thread's [`IDLE`].
     id: u64,
     options: PgConnectOptions,
@@ -49,7 +49,7 @@ pub struct LocalConnections {
 }
 
 impl LocalConnections {
-    pub fn new(options: PgConnectOptions, open_max: usize) -> Self {
+    pub(crate) fn new(options: PgConnectOptions, open_max: usize) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             options,
@@ -61,7 +61,7 @@ impl LocalConnections {
     /// A connection of this thread, opened now if none is idle. `None` when
     /// `open_max` are open already or a new one cannot be opened: the caller uses
     /// the pool, which waits for a connection or reports the error.
-    pub async fn lease(&self) -> Option<Lease> {
+    pub(crate) async fn lease(&self) -> Option<Lease> {
         let idle = IDLE.with(|idle| idle.borrow_mut().get_mut(&self.id).and_then(Vec::pop));
         if let Some(conn) = idle {
             return Some(self.leased(Some(conn)));
@@ -103,7 +103,7 @@ impl LocalConnections {
 }
 
 /// A connection in use. Dropped without [`Lease::finish`], it is closed.
-pub struct Lease {
+pub(crate) struct Lease {
     conn: Option<PgConnection>,
     id: u64,
     open: Arc<AtomicUsize>,
@@ -112,7 +112,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn conn(&mut self) -> &mut PgConnection {
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
         self.conn
             .as_mut()
             .expect("a lease holds its connection until it ends")
@@ -121,7 +121,7 @@ impl Lease {
     /// Ends the lease after a statement completed with `outcome`: the connection
     /// goes back to this thread's idle ones, unless the failure may have left it
     /// unusable (then it is closed).
-    pub fn finish<T>(mut self, outcome: &Result<T, sqlx::Error>) {
+    pub(crate) fn finish<T>(mut self, outcome: &Result<T, sqlx::Error>) {
         if !matches!(outcome, Ok(_) | Err(sqlx::Error::Database(_))) {
             return;
         }

@@ -19,13 +19,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Connections per hub process; PostgreSQL's default limit is 100 for all of them.
-pub const PG_MAX_CONNECTIONS: u32 = 16;
+pub(crate) const PG_MAX_CONNECTIONS: u32 = 16;
 /// Connections per hub process for appends that do not wait for the disk
 /// ([`Durability::HoldsOnly`]), on top of [`PG_MAX_CONNECTIONS`].
-pub const PG_HOLDS_MAX_CONNECTIONS: u32 = 8;
+pub(crate) const PG_HOLDS_MAX_CONNECTIONS: u32 = 8;
 /// Connections per hub process that appends keep per thread (see `pg_local`), for
 /// each durability; past these, appends use the pools above.
-pub const PG_APPEND_LOCAL_CONNECTIONS_MAX: usize = 8;
+pub(crate) const PG_APPEND_LOCAL_CONNECTIONS_MAX: usize = 8;
 
 pub struct PgStore {
     pool: PgPool,
@@ -143,7 +143,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
         let pool_options = |max_connections| {

@@ -18,11 +18,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// SQLite writes one transaction at a time; a few connections serve the readers.
-pub const SQLITE_MAX_CONNECTIONS: u32 = 4;
+pub(crate) const SQLITE_MAX_CONNECTIONS: u32 = 4;
 /// How long a writer waits for SQLite's lock before failing.
-pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     pool: SqlitePool,
     repo: SqliteEventRepository,
 }
@@ -73,7 +73,7 @@ impl SqliteStore {
     /// and the database file 0600 before SQLite opens it: SQLite gives its `-wal`
     /// and `-shm` files the database file's mode. Files from an older version
     /// are tightened the same way.
-    pub async fn open_file(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn open_file(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::config::create_private_dir(dir)?;
         }
@@ -111,7 +111,7 @@ impl SqliteStore {
         }
     }
 
-    pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect_url(url: &str) -> anyhow::Result<Self> {
         Self::connect_options(SqliteConnectOptions::from_str(url)?).await
     }
 
