@@ -287,7 +287,9 @@ impl From<ActorError> for HubError {
             | ActorError::Unreachable => HubError::Unavailable(e.to_string()),
             // The actor logged the cause with its tenant.
             ActorError::LedgerUnavailable(_) => HubError::Unavailable(LEDGER_UNAVAILABLE.into()),
-            ActorError::RefusalUnverified(cause) => HubError::Unavailable(cause.to_string()),
+            // The store's words stay in the operator's log, as for every
+            // store failure.
+            ActorError::RefusalUnverified(cause) => HubError::ledger_unavailable(&cause),
             ActorError::Store(e) => e.into(),
         }
     }
@@ -418,6 +420,12 @@ mod tests {
             (ActorError::TenantNotFound, 404, "tenant not found".to_string()),
             (
                 ActorError::LedgerUnavailable(store_failed()),
+                503,
+                format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}"),
+            ),
+            // Not the store's words: they stay in the operator's log.
+            (
+                ActorError::RefusalUnverified(store_failed()),
                 503,
                 format!("service temporarily unavailable: {LEDGER_UNAVAILABLE}"),
             ),
