@@ -277,9 +277,37 @@ async fn commands_queued_during_a_commit_are_committed_together_in_order() {
 
 #[actix_web::test]
 async fn an_idle_actor_stops_and_reloads_the_same_state_past_a_snapshot() {
-    let fixture = Fixture::new(|l| l.tenant_idle_stop_ms = 100).await;
-    let grants = SNAPSHOT_EVERY_EVENTS + 50;
-    answers(fixture.send_all((0..grants).map(grant))).await;
+    // Long enough that the actor is still running when the test looks inside it
+    // on a loaded machine; short enough to wait for.
+    let fixture = Fixture::new(|l| l.tenant_idle_stop_ms = 1_000).await;
+    let past_the_threshold = SNAPSHOT_EVERY_EVENTS + 50;
+    answers(fixture.send_all((0..past_the_threshold).map(grant))).await;
+    // Grants after the commit that crossed the threshold, so that events after
+    // the snapshot exist however the first ones were grouped.
+    let grants = past_the_threshold + 10;
+    for n in past_the_threshold..grants {
+        fixture
+            .registry
+            .call(fixture.tenant_id, grant(n))
+            .await
+            .unwrap();
+    }
+
+    // Looked at first, while the actor surely runs: it stops once idle.
+    let look = |actor: &mut TenantActor, _: &mut Context<TenantActor>| {
+        (
+            actor.state.clone(),
+            actor.version,
+            actor.chain_head.clone(),
+            actor.generation,
+        )
+    };
+    let (state, version, chain_head, generation) = inside(&fixture.actor(), look).await;
+    assert_eq!(
+        state.balance().available.pico(),
+        grants as i128,
+        "every grant counted before the stop"
+    );
 
     // The snapshot is saved after the commit that passed the threshold.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -295,21 +323,6 @@ async fn an_idle_actor_stops_and_reloads_the_same_state_past_a_snapshot() {
         assert!(Instant::now() < deadline, "no snapshot was saved");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-
-    let look = |actor: &mut TenantActor, _: &mut Context<TenantActor>| {
-        (
-            actor.state.clone(),
-            actor.version,
-            actor.chain_head.clone(),
-            actor.generation,
-        )
-    };
-    let (state, version, chain_head, generation) = inside(&fixture.actor(), look).await;
-    assert_eq!(
-        state.balance().available.pico(),
-        grants as i128,
-        "every grant counted before the stop"
-    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while fixture.registry.live_actor_count() > 0 {
