@@ -100,6 +100,9 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
     let balance = run(&env, &["balance", "--tenant", &tenant], None);
     assert_eq!(balance["granted"], "0.5");
     assert_eq!(balance["spent"], "0.000072");
+    if let Some(url) = &env.database_url {
+        crate::helpers::log_readable_up_to_now(url).await;
+    }
     let report = run(&env, &["replay"], None);
     assert_eq!(report["all_identical"], true);
     assert_eq!(report["chains_intact"], true);

@@ -446,24 +446,7 @@ impl TestApp {
     /// back this test's events too, and a narrower wait would return early.
     pub async fn projections_caught_up(&self) {
         if let Some(url) = &self.settings.database_url {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-            let now: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            let conn = tokio::sync::Mutex::new(conn);
-            let what = format!("the transactions older than {now} ended");
-            wait_until(WAIT_DEADLINE, &what, || async {
-                let oldest_running: i64 = sqlx::query_scalar(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-                )
-                .fetch_one(&mut *conn.lock().await)
-                .await
-                .unwrap();
-                oldest_running > now
-            })
-            .await;
+            log_readable_up_to_now(url).await;
         }
         self.hub.projector().catch_up().await.unwrap();
     }
@@ -658,4 +641,28 @@ macro_rules! on_both_stores {
             }
         }
     };
+}
+
+/// Waits until PostgreSQL's log reader sees every transaction committed before
+/// this call. It reads below the oldest transaction still running on the whole
+/// server (`pg_snapshot_xmin`), and other tests' databases share that server,
+/// so one of their open transactions can hide this test's events for a while.
+pub async fn log_readable_up_to_now(database_url: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let now: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let conn = tokio::sync::Mutex::new(conn);
+    let what = format!("the transactions older than {now} ended");
+    wait_until(WAIT_DEADLINE, &what, || async {
+        let oldest_running: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *conn.lock().await)
+                .await
+                .unwrap();
+        oldest_running > now
+    })
+    .await;
 }
