@@ -21,7 +21,14 @@ pub(crate) fn read_or_default<T: DeserializeOwned + Default>(value: Value) -> T 
 /// `value` as a `T`, or `T`'s default when it is not one (a request body that
 /// is not an object reads as one without fields).
 pub(crate) fn read<T: DeserializeOwned + Default>(value: &Value) -> T {
-    read_or_default(value.clone())
+    if value.is_object() {
+        // Read in place: only the fields `T` declares are copied out, not the
+        // whole body (a chat request can carry megabytes of images). An object
+        // reads the same through `&Value` as through `ObjectsOnly`.
+        T::deserialize(value).unwrap_or_default()
+    } else {
+        read_or_default(value.clone())
+    }
 }
 
 /// JSON text as a `T`, or `T`'s default when it is not JSON or not one.
