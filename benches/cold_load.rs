@@ -119,6 +119,7 @@ async fn seed(store: &dyn Store, tenant_id: TenantId, events: &[TenantEvent]) {
         tenant_id,
         request_id: None,
         instance_id: InstanceId::new_random(),
+        actor: None,
         prev_hash: None,
         hash: None,
     };

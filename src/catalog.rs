@@ -293,8 +293,8 @@ impl Catalog {
             });
         }
         data.providers = by_id.into_values().map(|p| (p.name.clone(), p)).collect();
-        for (_, event) in self.store.price_book_events().await? {
-            data.book.apply_event(event);
+        for stored in self.store.price_book_events().await? {
+            data.book.apply_event(stored.event);
         }
         for (model, versions) in &data.book.models {
             let Some(current) = versions.last() else {

@@ -5,7 +5,7 @@ use crate::config::{CommandEnv, Settings};
 use crate::error::HubError;
 use crate::startup::{build_hub, operator_token, require_existing_store, Application, TokenSource};
 use clap::{Parser, Subcommand};
-use domain::{Credits, KeyId, Role, TenantId};
+use domain::{ChangedBy, Credits, KeyId, Role, TenantId};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -336,20 +336,20 @@ async fn run(
             };
             // Errors read as the HTTP API words them (`HubError`).
             let tenant_id = hub
-                .create_tenant(name, initial)
+                .create_tenant(name, initial, cli_actor())
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"tenant_id": tenant_id.to_string()})
         }
         Command::Key(KeyCmd::Issue { tenant, name, role }) => {
             let (key_id, key) = hub
-                .issue_key(tenant, name, role)
+                .issue_key(tenant, name, role, cli_actor())
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})
         }
         Command::Key(KeyCmd::Revoke { tenant, key_id }) => {
-            hub.revoke_key(tenant, key_id)
+            hub.revoke_key(tenant, key_id, cli_actor())
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "revoked": true})
@@ -368,7 +368,14 @@ async fn run(
                 .map(|raw| crate::routes::admin::parse_time("--expires-at", raw))
                 .transpose()?;
             let (grant, _) = hub
-                .grant(tenant, amount, idempotency_key.clone(), reason, expires_at)
+                .grant(
+                    tenant,
+                    amount,
+                    idempotency_key.clone(),
+                    reason,
+                    expires_at,
+                    cli_actor(),
+                )
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({
@@ -432,7 +439,7 @@ async fn run(
                 max_output_tokens,
                 ..Default::default()
             };
-            hub.price_book()
+            hub.price_book(cli_actor())
                 .set_price(&model, &spec)
                 .await
                 .map_err(HubError::from)?;
@@ -442,14 +449,14 @@ async fn run(
                 .unwrap_or_default()
         }
         Command::Price(PriceCmd::Alias { alias, model }) => {
-            hub.price_book()
+            hub.price_book(cli_actor())
                 .set_alias(&alias, &model)
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"alias": alias, "model": model})
         }
         Command::Price(PriceCmd::Unalias { alias }) => {
-            hub.price_book()
+            hub.price_book(cli_actor())
                 .remove_alias(&alias)
                 .await
                 .map_err(HubError::from)?;
@@ -516,6 +523,15 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     );
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who a CLI change is recorded as: the operator, with the login name the OS
+/// reports (`USER`, else `LOGNAME`), which identifies and does not authenticate.
+fn cli_actor() -> ChangedBy {
+    let os_user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok();
+    ChangedBy::operator_cli(os_user)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::store::{
 };
 use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, TenantCommand};
-use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
+use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
 use std::time::Duration;
@@ -283,11 +283,12 @@ impl Hub {
     }
 
     /// The price book's writer (set prices, aliases, margins and plans).
-    pub(crate) fn price_book(&self) -> PriceBookWriter<'_> {
+    pub(crate) fn price_book(&self, actor: ChangedBy) -> PriceBookWriter<'_> {
         PriceBookWriter {
             store: self.store.as_ref(),
             catalog: &self.catalog,
             clock: &self.clock,
+            actor,
         }
     }
 
@@ -304,11 +305,13 @@ impl Hub {
         &self,
         tenant_id: TenantId,
         command: TenantCommand,
+        actor: ChangedBy,
     ) -> Result<TenantReply, ActorError> {
         let op = TenantOp::Execute {
             auth: None,
             command,
             request_id: None,
+            actor,
         };
         self.tenants.call(tenant_id, op).await
     }
@@ -317,6 +320,7 @@ impl Hub {
         &self,
         name: String,
         initial_credits: Credits,
+        actor: ChangedBy,
     ) -> Result<TenantId, HubOpError> {
         let tenant_id = TenantId::new_random();
         let command = TenantCommand::CreateTenant {
@@ -325,7 +329,7 @@ impl Hub {
             initial_credits,
             at: self.clock.now(),
         };
-        self.operator_command(tenant_id, command).await?;
+        self.operator_command(tenant_id, command, actor).await?;
         Ok(tenant_id)
     }
 
@@ -335,6 +339,7 @@ impl Hub {
         tenant_id: TenantId,
         name: String,
         role: Role,
+        actor: ChangedBy,
     ) -> Result<(KeyId, String), HubOpError> {
         let key = new_key(tenant_id);
         let command = TenantCommand::IssueApiKey {
@@ -344,7 +349,7 @@ impl Hub {
             key_hash: key.key_hash,
             at: self.clock.now(),
         };
-        self.operator_command(tenant_id, command).await?;
+        self.operator_command(tenant_id, command, actor).await?;
         Ok((key.key_id, key.full_key))
     }
 
@@ -352,12 +357,13 @@ impl Hub {
         &self,
         tenant_id: TenantId,
         key_id: KeyId,
+        actor: ChangedBy,
     ) -> Result<(), HubOpError> {
         let command = TenantCommand::RevokeApiKey {
             key_id,
             at: self.clock.now(),
         };
-        self.operator_command(tenant_id, command).await?;
+        self.operator_command(tenant_id, command, actor).await?;
         Ok(())
     }
 
@@ -368,6 +374,7 @@ impl Hub {
         idempotency_key: String,
         reason: String,
         expires_at: Option<DateTime<Utc>>,
+        actor: ChangedBy,
     ) -> Result<(GrantRecord, TenantReply), HubOpError> {
         let command = TenantCommand::GrantCredits {
             amount,
@@ -376,7 +383,7 @@ impl Hub {
             expires_at,
             at: self.clock.now(),
         };
-        let reply = self.operator_command(tenant_id, command).await?;
+        let reply = self.operator_command(tenant_id, command, actor).await?;
         let grant = reply.grant.clone().ok_or(HubOpError::GrantNotRecorded)?;
         Ok((grant, reply))
     }
@@ -587,7 +594,10 @@ impl Hub {
                 live_instances: live.clone(),
                 at: self.clock.now(),
             };
-            match self.operator_command(tenant_id, command).await {
+            match self
+                .operator_command(tenant_id, command, ChangedBy::Hub)
+                .await
+            {
                 Ok(reply) => released += reply.events_written,
                 Err(e) => tracing::warn!(%tenant_id, error = %e, "hold sweep failed for tenant"),
             }
@@ -631,7 +641,10 @@ impl Hub {
             let command = TenantCommand::ExpireCredits {
                 at: self.clock.now(),
             };
-            match self.operator_command(tenant_id, command).await {
+            match self
+                .operator_command(tenant_id, command, ChangedBy::Hub)
+                .await
+            {
                 Ok(reply) => expired += reply.events_written,
                 Err(e) => tracing::warn!(%tenant_id, error = %e, "credit expiry failed for tenant"),
             }

@@ -14,7 +14,7 @@ use domain::price_book::{
     PriceBookEvent,
 };
 use domain::pricing::DEFAULT_MAX_OUTPUT_TOKENS;
-use domain::{Credits, ModelId, Rate, Rates, TenantId};
+use domain::{ChangedBy, Credits, ModelId, Rate, Rates, TenantId};
 use serde::Deserialize;
 
 /// Times a price book write is retried after another process wrote first.
@@ -186,6 +186,8 @@ pub(crate) struct PriceBookWriter<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) catalog: &'a Catalog,
     pub(crate) clock: &'a Clock,
+    /// Who is writing: recorded beside each event it appends.
+    pub(crate) actor: ChangedBy,
 }
 
 impl PriceBookWriter<'_> {
@@ -197,10 +199,10 @@ impl PriceBookWriter<'_> {
     ) -> Result<Vec<PriceBookEvent>, PriceError> {
         for _ in 0..PRICE_BOOK_WRITE_ATTEMPTS {
             let stored = self.store.price_book_events().await?;
-            let next_sequence = stored.last().map_or(1, |(sequence, _)| sequence + 1);
+            let next_sequence = stored.last().map_or(1, |s| s.sequence + 1);
             let mut book = PriceBook::default();
-            for (_, event) in stored {
-                book.apply_event(event);
+            for stored in stored {
+                book.apply_event(stored.event);
             }
             let events = book.decide(command.clone())?;
             if events.is_empty() {
@@ -208,7 +210,7 @@ impl PriceBookWriter<'_> {
             }
             match self
                 .store
-                .append_price_book(next_sequence, &events, chrono::Utc::now())
+                .append_price_book(next_sequence, &events, chrono::Utc::now(), &self.actor)
                 .await
             {
                 Ok(()) => {

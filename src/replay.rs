@@ -211,6 +211,7 @@ mod tests {
             tenant_id,
             request_id: None,
             instance_id: InstanceId::new_random(),
+            actor: None,
             prev_hash: None,
             hash: None,
         };

@@ -35,7 +35,7 @@ pub(crate) async fn build_hub(settings: &Settings) -> anyhow::Result<Arc<Hub>> {
     let (operator_token, _) = operator_token(settings)?;
     let hub = Hub::new(settings, store, secrets, operator_token)?;
     let imported = hub
-        .price_book()
+        .price_book(domain::ChangedBy::Hub)
         .import_price_table()
         .await
         .map_err(crate::error::HubError::from)?;

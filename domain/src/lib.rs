@@ -6,6 +6,7 @@
 //! floating point anywhere in this crate (enforced by `clippy::float_arithmetic`).
 #![deny(clippy::float_arithmetic)]
 
+pub mod changed_by;
 pub mod ids;
 pub mod money;
 pub mod price_book;
@@ -13,6 +14,7 @@ pub mod pricing;
 pub mod roles;
 pub mod tenant;
 
+pub use changed_by::ChangedBy;
 pub use ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 pub use money::{Credits, MoneyError, Rate};
 pub use pricing::{

@@ -21,7 +21,7 @@ use chrono::Utc;
 use domain::tenant::{
     Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent,
 };
-use domain::{InstanceId, KeyId, Permission, RequestId, TenantId};
+use domain::{ChangedBy, InstanceId, KeyId, Permission, RequestId, TenantId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +61,8 @@ pub(crate) enum TenantOp {
         auth: Option<Auth>,
         command: TenantCommand,
         request_id: Option<RequestId>,
+        /// Who asked: recorded in the metadata of every event the command writes.
+        actor: ChangedBy,
     },
     /// Read the committed state (after checking `auth`, if any).
     Read { auth: Option<Auth> },
@@ -323,13 +325,14 @@ impl TenantActor {
         op: &TenantOp,
         events: &mut Vec<(TenantEvent, EventMetadata)>,
     ) -> Result<TenantReply, ActorError> {
-        let (auth, command, request_id) = match op {
+        let (auth, command, request_id, actor) = match op {
             TenantOp::Execute {
                 auth,
                 command,
                 request_id,
-            } => (auth, Some(command), *request_id),
-            TenantOp::Read { auth } => (auth, None, None),
+                actor,
+            } => (auth, Some(command), *request_id, Some(actor)),
+            TenantOp::Read { auth } => (auth, None, None, None),
         };
         let operator = auth.is_none();
         let not_found = |e: TenantError| -> ActorError {
@@ -368,6 +371,7 @@ impl TenantActor {
                     tenant_id: self.tenant_id,
                     request_id: event.request_id().or(request_id),
                     instance_id: self.instance_id,
+                    actor: actor.cloned(),
                     // Filled in at commit, when the chain's order is final.
                     prev_hash: None,
                     hash: None,
@@ -518,6 +522,7 @@ impl TenantActor {
                         at,
                     },
                     request_id: Some(request_id),
+                    actor: ChangedBy::Hub,
                 },
                 reply,
                 conflicts: 0,

@@ -8,7 +8,7 @@ use crate::auth::PresentedKey;
 use crate::catalog::{Candidate, PriceFor};
 use crate::hub::Hub;
 use domain::tenant::{TenantCommand, TenantError};
-use domain::{Capability, Ingress, ModelPrice, Permission, RequestId};
+use domain::{Capability, ChangedBy, Ingress, ModelPrice, Permission, RequestId};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +170,7 @@ pub(crate) async fn admit(
                 auth,
                 command: reserve,
                 request_id: Some(request_id),
+                actor: ChangedBy::Key { key_id: key.key_id },
             },
         )
         .await

@@ -8,7 +8,7 @@ use crate::auth::PresentedKey;
 use crate::hub::Hub;
 use crate::providers::{Provider, UpstreamError};
 use domain::tenant::{Attempt, TenantCommand};
-use domain::{Credits, RequestId, Usage};
+use domain::{ChangedBy, Credits, RequestId, Usage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ impl Billing {
             auth: None,
             command,
             request_id: Some(self.request_id),
+            actor: ChangedBy::Key {
+                key_id: self.key.key_id,
+            },
         };
         self.hub
             .call_tenant(self.key.tenant_id, op)

@@ -10,7 +10,7 @@ use crate::hub::{CredentialSpec, Hub, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use domain::tenant::TenantCommand;
-use domain::{Credits, KeyId, Role};
+use domain::{ChangedBy, Credits, KeyId, Role};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -44,7 +44,9 @@ pub(crate) async fn create_tenant(
         Some("0") => Credits::ZERO,
         Some(raw) => credits("initial_credits", raw)?,
     };
-    let tenant_id = hub.create_tenant(body.name, initial).await?;
+    let tenant_id = hub
+        .create_tenant(body.name, initial, ChangedBy::OperatorApi)
+        .await?;
     Ok(HttpResponse::Created().json(json!({"tenant_id": tenant_id.to_string()})))
 }
 
@@ -65,7 +67,9 @@ pub(crate) async fn issue_key(
     let tenant_id = tenant_path(&path)?;
     let body: IssueKey = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let role: Role = body.role.parse().map_err(HubError::BadRequest)?;
-    let (key_id, key) = hub.issue_key(tenant_id, body.name, role).await?;
+    let (key_id, key) = hub
+        .issue_key(tenant_id, body.name, role, ChangedBy::OperatorApi)
+        .await?;
     Ok(HttpResponse::Created()
         .json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
 }
@@ -81,7 +85,8 @@ pub(crate) async fn revoke_key(
     let key_id: KeyId = key
         .parse()
         .map_err(|_| HubError::NotFound("API key not found".into()))?;
-    hub.revoke_key(tenant_id, key_id).await?;
+    hub.revoke_key(tenant_id, key_id, ChangedBy::OperatorApi)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id.to_string(), "revoked": true})))
 }
 
@@ -128,6 +133,7 @@ pub(crate) async fn grant_credits(
             body.idempotency_key.clone(),
             body.reason,
             expires_at,
+            ChangedBy::OperatorApi,
         )
         .await?;
     // The same body for a repeated idempotency key: the original grant, unchanged.
@@ -201,6 +207,7 @@ pub(crate) async fn set_low_balance(
                 auth: None,
                 command,
                 request_id: None,
+                actor: ChangedBy::OperatorApi,
             },
         )
         .await?;

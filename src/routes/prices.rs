@@ -10,7 +10,7 @@ use crate::error::HubError;
 use crate::hub::{Hub, PriceSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::price_book::{ImagePrice, MarginScope, PriceBookEvent, PriceVersion};
-use domain::{Credits, ModelId, Rate, Rates};
+use domain::{ChangedBy, Credits, ModelId, Rate, Rates};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -77,7 +77,9 @@ pub(crate) async fn set_price(
     operator(&hub, &req)?;
     let model = path.into_inner();
     let spec: PriceSpec = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
-    hub.price_book().set_price(&model, &spec).await?;
+    hub.price_book(ChangedBy::OperatorApi)
+        .set_price(&model, &spec)
+        .await?;
     let priced = hub
         .catalog()
         .snapshot()
@@ -114,7 +116,9 @@ pub(crate) async fn set_alias(
     operator(&hub, &req)?;
     let alias = path.into_inner();
     let body: AliasBody = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
-    hub.price_book().set_alias(&alias, &body.model).await?;
+    hub.price_book(ChangedBy::OperatorApi)
+        .set_alias(&alias, &body.model)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"alias": alias, "model": body.model})))
 }
 
@@ -126,7 +130,9 @@ pub(crate) async fn remove_alias(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let alias = path.into_inner();
-    hub.price_book().remove_alias(&alias).await?;
+    hub.price_book(ChangedBy::OperatorApi)
+        .remove_alias(&alias)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"alias": alias, "removed": true})))
 }
 
@@ -187,12 +193,13 @@ pub(crate) async fn price_book_events(
         .price_book_events()
         .await?
         .into_iter()
-        .map(|(sequence, event)| {
+        .map(|stored| {
             json!({
-                "sequence": sequence,
-                "type": cqrs_es::DomainEvent::event_type(&event),
-                "at": event.at().to_rfc3339(),
-                "event": event_body(&event),
+                "sequence": stored.sequence,
+                "type": cqrs_es::DomainEvent::event_type(&stored.event),
+                "at": stored.event.at().to_rfc3339(),
+                "actor": stored.actor,
+                "event": event_body(&stored.event),
             })
         })
         .collect();
@@ -273,7 +280,7 @@ async fn margin_answer(
     scope: MarginScope,
     margin_bps: Option<u32>,
 ) -> Result<HttpResponse, HubError> {
-    hub.price_book()
+    hub.price_book(ChangedBy::OperatorApi)
         .set_margin(scope.clone(), margin_bps)
         .await?;
     let mut body = serde_json::to_value(&scope).unwrap_or_else(|_| json!({}));
@@ -331,7 +338,7 @@ pub(crate) async fn set_tenant_plan(
     let tenant_id = tenant_path(&path)?;
     let body: PlanBody = json_body(payload, PRICE_BODY_MAX_BYTES).await?;
     hub.balance(tenant_id, None).await?;
-    hub.price_book()
+    hub.price_book(ChangedBy::OperatorApi)
         .set_tenant_plan(tenant_id, body.plan.clone())
         .await?;
     Ok(HttpResponse::Ok().json(json!({"tenant_id": tenant_id.to_string(), "plan": body.plan})))

@@ -23,7 +23,7 @@ use crate::hub::Hub;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::tenant::TenantCommand;
-use domain::Credits;
+use domain::{ChangedBy, Credits};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::json;
@@ -204,6 +204,7 @@ pub(crate) async fn payments(
                 auth: None,
                 command,
                 request_id: None,
+                actor: ChangedBy::PaymentWebhook,
             },
         )
         .await?;

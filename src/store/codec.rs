@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::tenant::{Tenant, TenantEvent};
-use domain::{InstanceId, RequestId, TenantId};
+use domain::{ChangedBy, InstanceId, RequestId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// Stored beside every event (cqrs-es's `metadata` column).
@@ -17,6 +17,9 @@ pub struct EventMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
     pub instance_id: InstanceId,
+    /// Who made the change. Absent on events written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ChangedBy>,
     /// The hash chain (see `crate::audit`): the tenant's previous event's hash,
     /// and this event's. Absent on events written before the chain existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,4 +156,31 @@ pub(crate) fn fold(
         state.apply_event(event);
     }
     Ok((state, version, count, head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Events stored before `actor` existed keep their shape and so their hash:
+    /// they decode with no actor, and an event with none is stored without the key.
+    #[test]
+    fn metadata_from_before_the_actor_reads_and_writes_unchanged() {
+        let old = json!({
+            "recorded_at": "2026-11-26T00:00:00Z",
+            "tenant_id": TenantId::new_random().to_string(),
+            "instance_id": InstanceId::new_random().to_string(),
+        });
+        let metadata: EventMetadata = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(metadata.actor, None);
+        assert_eq!(serde_json::to_value(&metadata).unwrap(), old);
+
+        let with_actor = EventMetadata {
+            actor: Some(ChangedBy::Hub),
+            ..metadata
+        };
+        let stored = serde_json::to_value(&with_actor).unwrap();
+        assert_eq!(stored["actor"], json!({"kind": "hub"}));
+    }
 }

@@ -431,16 +431,16 @@ macro_rules! impl_store {
             Ok(())
         }
 
-        async fn price_book_events(&self) -> Result<Vec<(usize, domain::price_book::PriceBookEvent)>, StoreError> {
+        async fn price_book_events(&self) -> Result<Vec<super::StoredPriceBookEvent>, StoreError> {
             let events = self.repo.get_events::<domain::price_book::PriceBook>(domain::price_book::PRICE_BOOK_ID).await?;
             events.into_iter().map(super::price_book::deserialize).collect()
         }
 
-        async fn append_price_book(&self, first_sequence: usize, events: &[domain::price_book::PriceBookEvent], recorded_at: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        async fn append_price_book(&self, first_sequence: usize, events: &[domain::price_book::PriceBookEvent], recorded_at: chrono::DateTime<chrono::Utc>, actor: &domain::ChangedBy) -> Result<(), StoreError> {
             let serialized = events
                 .iter()
                 .enumerate()
-                .map(|(i, event)| super::price_book::serialize(first_sequence + i, event, recorded_at))
+                .map(|(i, event)| super::price_book::serialize(first_sequence + i, event, recorded_at, actor))
                 .collect::<Result<Vec<_>, _>>()?;
             self.repo.persist::<domain::price_book::PriceBook>(&serialized, None).await?;
             Ok(())

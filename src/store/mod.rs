@@ -24,6 +24,7 @@ pub(crate) use changes::Change;
 pub use codec::{chain, decode_raw, EventMetadata, StoredEvent};
 pub use hash_chain::{verify_chain, ChainBreak, ChainReport, RawEvent, GENESIS_HASH};
 pub use postgres::{PgStore, READ_LOG_SQL as PG_READ_LOG_SQL};
+pub use price_book::StoredPriceBookEvent;
 pub(crate) use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -192,9 +193,7 @@ pub trait EventLog: Send + Sync {
         durability: Durability,
     ) -> Result<(), StoreError>;
     /// The price book's events with their sequence numbers, oldest first.
-    async fn price_book_events(
-        &self,
-    ) -> Result<Vec<(usize, domain::price_book::PriceBookEvent)>, StoreError>;
+    async fn price_book_events(&self) -> Result<Vec<StoredPriceBookEvent>, StoreError>;
     /// Appends price book events numbered from `first_sequence`; `Conflict` if
     /// another writer took one of those numbers first.
     async fn append_price_book(
@@ -202,6 +201,7 @@ pub trait EventLog: Send + Sync {
         first_sequence: usize,
         events: &[domain::price_book::PriceBookEvent],
         recorded_at: chrono::DateTime<chrono::Utc>,
+        actor: &domain::ChangedBy,
     ) -> Result<(), StoreError>;
     /// Up to `limit` of a tenant's events after `after_sequence` exactly as stored
     /// (payload and metadata JSON), in sequence order: what the audit chain covers.

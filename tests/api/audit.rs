@@ -8,7 +8,8 @@ use crate::helpers::*;
 use crate::on_both_stores;
 use aigne_hub::audit::{verify_store, ChainBreak, GENESIS_HASH};
 use domain::TenantId;
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::time::Duration;
 
 /// A tenant with a key, its initial grant and two billed calls: 7+ events.
 async fn busy_tenant(app: &TestApp) -> (TenantId, String) {
@@ -314,3 +315,81 @@ on_both_stores!(
     the_chain_head_survives_a_snapshot_with_nothing_after_it,
     the_chain_head_survives_a_snapshot_with_nothing_after_it
 );
+
+/// The `metadata.actor` of each exported event, by event type, in log order.
+async fn actors_by_type(app: &TestApp, auditor: &str) -> Vec<(String, Value)> {
+    let page: Value = app
+        .get(auditor, "/v1/audit/events?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let kind = e["payload"].as_object().unwrap().keys().next().unwrap();
+            (kind.clone(), e["metadata"]["actor"].clone())
+        })
+        .collect()
+}
+
+async fn every_event_names_who_made_it(kind: StoreKind) {
+    let app = spawn_app(kind).await;
+    app.setup_provider(&[GPT_MOCK]).await;
+    let (tenant, member) = app.tenant_with_key("1", "member").await;
+    let member_id = key_id_of(&member);
+    let response = app.chat(&member, &chat_body("gpt-mock", false)).await;
+    assert_eq!(response.status(), 200);
+    let expiring = json!({"amount": "0.5", "idempotency_key": "promo", "reason": "promo",
+        "expires_at": (app.hub.now() + chrono::TimeDelta::hours(1)).to_rfc3339()});
+    app.admin_json(
+        reqwest::Method::POST,
+        &format!("/admin/v1/tenants/{tenant}/credits"),
+        Some(expiring),
+    )
+    .await;
+    // The hub's own change: the expiry pass, once the lot is due.
+    app.hub.clock().advance(chrono::TimeDelta::hours(2));
+    let expired = poll_for(Duration::from_secs(5), || async {
+        app.projections_caught_up().await;
+        let expired = app.hub.expire_due_credits().await.unwrap();
+        (expired > 0).then_some(expired)
+    })
+    .await;
+    assert_eq!(expired, Some(1));
+
+    let auditor = app.issue_key(&tenant, "auditor").await;
+    let actors = actors_by_type(&app, &auditor).await;
+    let operator = json!({"kind": "operator_api"});
+    let key = json!({"kind": "key", "key_id": member_id});
+    let expected = [
+        ("TenantCreated", &operator),
+        ("CreditsGranted", &operator),
+        ("ApiKeyIssued", &operator),
+        ("CreditsReserved", &key),
+        ("UpstreamAttempted", &key),
+        ("UsageSettled", &key),
+        ("CreditsGranted", &operator),
+        ("CreditsExpired", &json!({"kind": "hub"})),
+        ("ApiKeyIssued", &operator),
+    ];
+    let actual: Vec<(&str, &Value)> = actors.iter().map(|(t, a)| (t.as_str(), a)).collect();
+    assert_eq!(actual, expected, "{actors:?}");
+
+    // Price book changes name theirs too.
+    let book = app
+        .admin_json(reqwest::Method::GET, "/admin/v1/price-book/events", None)
+        .await;
+    let book = book["data"].as_array().unwrap();
+    assert!(!book.is_empty());
+    assert!(book.iter().all(|e| e["actor"] == operator), "{book:?}");
+}
+
+/// The id of a key, from its text (`prefix_tenant_key_secret`).
+fn key_id_of(key: &str) -> String {
+    let simple = key.split('_').nth(2).unwrap();
+    uuid::Uuid::parse_str(simple).unwrap().to_string()
+}
+on_both_stores!(every_event_names_who_made_it, every_event_names_who_made_it);

@@ -3,7 +3,7 @@
 
 use crate::helpers::{database_url_for, StoreKind};
 use crate::mock_openai::{MockUpstream, MOCK_API_KEY};
-use crate::process::HubEnv;
+use crate::process::{HubEnv, CLI_TEST_USER};
 use serde_json::{json, Value};
 
 fn run(env: &HubEnv, args: &[&str], stdin: Option<&str>) -> Value {
@@ -83,6 +83,14 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
         None,
     );
     let key = key["key"].as_str().unwrap().to_string();
+    let auditor = run(
+        &env,
+        &[
+            "key", "issue", "--tenant", &tenant, "--name", "audit", "--role", "auditor",
+        ],
+        None,
+    );
+    let auditor = auditor["key"].as_str().unwrap().to_string();
 
     // The server sees what the CLI wrote, and the provider key the CLI read from stdin works.
     let hub = env.start().await;
@@ -95,6 +103,40 @@ async fn cli_runs_the_operator_workflow(kind: StoreKind) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // Changes made through the CLI name the operator's login as who made them.
+    let export: Value = reqwest::Client::new()
+        .get(format!("{}/v1/audit/events", hub.address))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grant = export["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["payload"]["CreditsGranted"]["idempotency_key"] == "inv-1")
+        .expect("the CLI's grant is exported");
+    assert_eq!(
+        grant["metadata"]["actor"],
+        json!({"kind": "operator_cli", "os_user": CLI_TEST_USER})
+    );
+    let book: Value = reqwest::Client::new()
+        .get(format!("{}/admin/v1/price-book/events", hub.address))
+        .bearer_auth(&env.operator_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        book["data"][0]["actor"],
+        json!({"kind": "operator_cli", "os_user": CLI_TEST_USER}),
+        "{book}"
+    );
     drop(hub);
 
     let balance = run(&env, &["balance", "--tenant", &tenant], None);

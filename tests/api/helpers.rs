@@ -36,6 +36,7 @@ pub fn plain_metadata(tenant_id: TenantId) -> EventMetadata {
         tenant_id,
         request_id: None,
         instance_id: InstanceId::new_random(),
+        actor: None,
         prev_hash: None,
         hash: None,
     }

@@ -243,6 +243,7 @@ fn meta(tenant: TenantId, at: DateTime<Utc>) -> EventMetadata {
         tenant_id: tenant,
         request_id: None,
         instance_id: InstanceId::new_random(),
+        actor: None,
         prev_hash: None,
         hash: None,
     }

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The login name the CLI runs under in tests.
+pub const CLI_TEST_USER: &str = "ops-alice";
+
 pub struct HubEnv {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
@@ -73,6 +76,8 @@ impl HubEnv {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // The login name CLI changes are recorded with (`metadata.actor`).
+            .env("USER", CLI_TEST_USER)
             .env("AIGNE_HUB_DATA_DIR", &self.data_dir)
             .env("AIGNE_HUB_OPERATOR_TOKEN", &self.operator_token)
             .env("RUST_LOG", "debug");

@@ -133,6 +133,11 @@ async fn good_signature_grants_once_across_duplicate_deliveries(kind: StoreKind)
         .filter(|e| matches!(e.event, TenantEvent::CreditsGranted { .. }))
         .collect();
     assert_eq!(grants.len(), 1);
+    assert_eq!(
+        grants[0].metadata.actor,
+        Some(domain::ChangedBy::PaymentWebhook),
+        "the grant names the payment webhook as who made it"
+    );
     match &grants[0].event {
         TenantEvent::CreditsGranted {
             payment: Some(payment),

@@ -146,6 +146,7 @@ fn execute(command: TenantCommand) -> TenantOp {
         auth: None,
         command,
         request_id: None,
+        actor: domain::ChangedBy::OperatorApi,
     }
 }
 
