@@ -616,6 +616,39 @@ async fn every_route_answers_every_caller_as_the_matrix_says(kind: StoreKind) {
         .get(&fx.bearers[&Caller::OtherTenant], "/v1/billing/balance")
         .await;
     assert_eq!(own.status(), 200);
+    unknown_tenants_are_not_found(&app, fx).await;
+}
+
+/// What docs/access.md says of every operator route naming a tenant: one that
+/// does not exist is 404 `not_found`.
+async fn unknown_tenants_are_not_found(app: &TestApp, fx: Fixture) {
+    let ghost = Fixture {
+        tenant: uuid::Uuid::new_v4().to_string(),
+        ..fx
+    };
+    let rows = matrix();
+    let naming_a_tenant: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.route.contains("{tenant_id}"))
+        .collect();
+    assert!(!naming_a_tenant.is_empty());
+    for row in naming_a_tenant {
+        let (method, _) = row.route.split_once(' ').unwrap();
+        let call = call_for(&row.route, &ghost).unwrap();
+        let answer = send(
+            app,
+            method.parse().unwrap(),
+            &call,
+            Some(&app.operator_token),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            (404, Some("not_found".to_string())),
+            "{}",
+            row.route
+        );
+    }
 }
 on_both_stores!(
     every_route_answers_every_caller_as_the_matrix_says,
