@@ -19,6 +19,7 @@ mod routing;
 mod scale_out;
 mod scripted_upstream;
 
+mod access;
 mod aigne;
 mod aigne_client;
 mod answer_limits;
