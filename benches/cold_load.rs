@@ -50,6 +50,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
             name: "k".into(),
             role: Role::Member,
             key_hash: KeyHash::of_secret("s"),
+            scopes: Default::default(),
             at,
         },
         &mut events,

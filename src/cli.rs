@@ -343,7 +343,7 @@ async fn run(
         }
         Command::Key(KeyCmd::Issue { tenant, name, role }) => {
             let (key_id, key) = hub
-                .issue_key(tenant, name, role, cli_actor())
+                .issue_key(tenant, name, role, Default::default(), cli_actor())
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})

@@ -34,6 +34,21 @@ pub(crate) enum HubError {
         /// model's `max_output_tokens`); `None` for other requests.
         default_max_tokens: Option<u32>,
     },
+    /// The key's scope expired (`expires_at`).
+    #[error("this API key expired at {0}; ask your administrator for a new one or a later expiry")]
+    KeyExpired(String),
+    /// The key's scope does not list the model.
+    #[error("{0}")]
+    ModelNotAllowed(String),
+    /// The key's budget for its period cannot cover the request's hold.
+    #[error("{0}")]
+    KeyBudgetExhausted(String),
+    /// A rate or concurrency scope of the key: retry after `retry_after_secs`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -84,6 +99,10 @@ impl HubError {
         match self {
             HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
             HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
+            HubError::KeyExpired(_) => ("authentication_error", "key_expired"),
+            HubError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
+            HubError::KeyBudgetExhausted(_) => ("insufficient_quota", "key_budget_exhausted"),
+            HubError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),
             HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
             HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             HubError::NotFound(_) => ("invalid_request_error", "not_found"),
@@ -125,8 +144,12 @@ impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            HubError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            HubError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            HubError::PermissionDenied(_) | HubError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            HubError::KeyExpired(_) => StatusCode::UNAUTHORIZED,
+            HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => {
+                StatusCode::PAYMENT_REQUIRED
+            }
+            HubError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HubError::NotFound(_) | HubError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             HubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -146,7 +169,22 @@ impl ResponseError for HubError {
         if matches!(self, HubError::Internal(_) | HubError::Unavailable(_)) {
             tracing::error!(error = %self, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(self.body())
+        self.response().json(self.body())
+    }
+}
+
+impl HubError {
+    /// The answer's status, with `retry-after` (seconds) when the error says
+    /// when to retry. Every ingress builds its error answers from this.
+    pub(crate) fn response(&self) -> actix_web::HttpResponseBuilder {
+        let mut response = HttpResponse::build(self.status_code());
+        if let HubError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header(("retry-after", retry_after_secs.to_string()));
+        }
+        response
     }
 }
 
@@ -207,6 +245,15 @@ impl From<TenantError> for HubError {
                 HubError::Unauthenticated(AuthFailure::UnknownKey)
             }
             TenantError::KeyRevoked => HubError::Unauthenticated(AuthFailure::RevokedKey),
+            TenantError::KeyExpired(at) => HubError::KeyExpired(at),
+            TenantError::ModelNotAllowed { .. } => HubError::ModelNotAllowed(e.to_string()),
+            TenantError::KeyBudgetExhausted { .. } => HubError::KeyBudgetExhausted(e.to_string()),
+            TenantError::RateLimited {
+                retry_after_secs, ..
+            } => HubError::RateLimited {
+                message: e.to_string(),
+                retry_after_secs,
+            },
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
             TenantError::InsufficientCredits {
                 available,
@@ -223,6 +270,7 @@ impl From<TenantError> for HubError {
                 default_max_tokens: advice.map(|a| a.default_max_tokens),
             },
             TenantError::InvalidLabel { .. }
+            | TenantError::InvalidScopes(_)
             | TenantError::ExpiryNotInFuture
             | TenantError::ReservedIdempotencyKey(_) => HubError::BadRequest(e.to_string()),
             TenantError::UnknownKey(_) => HubError::NotFound(e.to_string()),

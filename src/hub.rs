@@ -15,7 +15,7 @@ use crate::store::{
     Change, CredentialRow, EventLog, LiveSet, ProjectionRows, ProviderRow, Store, StoreError,
 };
 use chrono::{DateTime, Utc};
-use domain::tenant::{Balance, GrantRecord, TenantCommand};
+use domain::tenant::{Balance, GrantRecord, Scopes, TenantCommand};
 use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
@@ -292,11 +292,14 @@ impl Hub {
         }
     }
 
-    pub(crate) fn key_auth(key: &PresentedKey, permission: Permission) -> Auth {
+    /// The check of `key` for `permission`, now on the business clock (a key's
+    /// expiry is checked against it).
+    pub(crate) fn key_auth(&self, key: &PresentedKey, permission: Permission) -> Auth {
         Auth {
             key_id: key.key_id,
             key_hash: key.key_hash.clone(),
             permission,
+            at: self.clock.now(),
         }
     }
 
@@ -339,6 +342,7 @@ impl Hub {
         tenant_id: TenantId,
         name: String,
         role: Role,
+        scopes: Scopes,
         actor: ChangedBy,
     ) -> Result<(KeyId, String), HubOpError> {
         let key = new_key(tenant_id);
@@ -347,6 +351,7 @@ impl Hub {
             name,
             role,
             key_hash: key.key_hash,
+            scopes,
             at: self.clock.now(),
         };
         self.operator_command(tenant_id, command, actor).await?;

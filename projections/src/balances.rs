@@ -125,6 +125,7 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         }
         TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
+        | TenantEvent::ApiKeyScopesSet { .. }
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }

@@ -57,6 +57,10 @@ impl ActorError {
                     | TenantError::PermissionDenied { .. }
                     | TenantError::InsufficientCredits { .. }
                     | TenantError::UnknownKey(_)
+                    | TenantError::KeyExpired(_)
+                    | TenantError::ModelNotAllowed { .. }
+                    | TenantError::KeyBudgetExhausted { .. }
+                    | TenantError::RateLimited { .. }
             ),
             _ => false,
         }

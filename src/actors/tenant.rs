@@ -50,6 +50,8 @@ pub(crate) struct Auth {
     pub key_id: KeyId,
     pub key_hash: KeyHash,
     pub permission: Permission,
+    /// When the check is made: a key past its `expires_at` is refused.
+    pub at: chrono::DateTime<Utc>,
 }
 
 // Short-lived messages: boxing the command would buy nothing.
@@ -350,7 +352,7 @@ impl TenantActor {
         }
         if let Some(a) = auth {
             self.state
-                .authorize(a.key_id, &a.key_hash, a.permission)
+                .authorize(a.key_id, &a.key_hash, a.permission, a.at)
                 .map_err(not_found)?;
         }
         let mut written = 0;

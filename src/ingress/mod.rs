@@ -101,7 +101,7 @@ impl<W: Wire> ResponseError for WireError<W> {
         if matches!(self.0, HubError::Internal(_) | HubError::Unavailable(_)) {
             tracing::error!(error = %self.0, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(W::error_body(&self.0))
+        self.0.response().json(W::error_body(&self.0))
     }
 }
 

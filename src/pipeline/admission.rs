@@ -116,7 +116,7 @@ pub(crate) async fn admit(
     ask: Ask<'_>,
     app: Option<String>,
 ) -> Result<Admitted, PipelineError> {
-    let auth = Some(Hub::key_auth(&key, Permission::CallModels));
+    let auth = Some(hub.key_auth(&key, Permission::CallModels));
     let (image_size, image_quality) = ask.image_variant;
     let who = PriceFor {
         tenant_id: key.tenant_id,

@@ -68,7 +68,13 @@ pub(crate) async fn issue_key(
     let body: IssueKey = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
     let role: Role = body.role.parse().map_err(HubError::BadRequest)?;
     let (key_id, key) = hub
-        .issue_key(tenant_id, body.name, role, ChangedBy::OperatorApi)
+        .issue_key(
+            tenant_id,
+            body.name,
+            role,
+            Default::default(),
+            ChangedBy::OperatorApi,
+        )
         .await?;
     Ok(HttpResponse::Created()
         .json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))

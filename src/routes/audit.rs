@@ -29,7 +29,7 @@ pub(crate) async fn events(
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let query = page_query(&req)?;
-    let auth = Some(Hub::key_auth(&key, Permission::ReadAudit));
+    let auth = Some(hub.key_auth(&key, Permission::ReadAudit));
     hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     page(&hub, key.tenant_id, query).await

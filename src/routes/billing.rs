@@ -16,7 +16,7 @@ pub(crate) async fn balance(
     let balance = hub
         .balance(
             key.tenant_id,
-            Some(Hub::key_auth(&key, Permission::ReadBilling)),
+            Some(hub.key_auth(&key, Permission::ReadBilling)),
         )
         .await?;
     Ok(HttpResponse::Ok().json(balance_body(

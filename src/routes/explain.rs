@@ -21,7 +21,7 @@ pub(crate) async fn request(
     path: web::Path<String>,
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
-    let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
+    let auth = Some(hub.key_auth(&key, Permission::ReadBilling));
     hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     answer(&hub, key.tenant_id, &path).await

@@ -62,7 +62,7 @@ pub(crate) async fn admin_get(
 
 async fn authorize_key(hub: &Hub, req: &HttpRequest) -> Result<TenantId, HubError> {
     let key = presented_key(req)?;
-    let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
+    let auth = Some(hub.key_auth(&key, Permission::ReadBilling));
     hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     Ok(key.tenant_id)

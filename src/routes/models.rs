@@ -20,7 +20,7 @@ async fn check_reader(hub: &Hub, req: &HttpRequest) -> Result<PriceFor<'static>,
         .call_tenant(
             key.tenant_id,
             TenantOp::Read {
-                auth: Some(Hub::key_auth(&key, Permission::CallModels)),
+                auth: Some(hub.key_auth(&key, Permission::CallModels)),
             },
         )
         .await

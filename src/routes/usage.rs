@@ -80,7 +80,7 @@ struct UsageQuery {
 /// `GET /v1/billing/usage`, for `admin`, `billing` and `auditor` keys.
 pub(crate) async fn usage(hub: web::Data<Hub>, req: HttpRequest) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
-    let auth = Some(Hub::key_auth(&key, Permission::ReadBilling));
+    let auth = Some(hub.key_auth(&key, Permission::ReadBilling));
     hub.call_tenant(key.tenant_id, TenantOp::Read { auth })
         .await?;
     answer(&hub, &req, key.tenant_id).await

@@ -7,6 +7,7 @@ use crate::roles::{Permission, Role};
 use crate::tenant::commands::TenantCommand;
 use crate::tenant::events::{AttemptOutcome, KeyHash, PaymentRef, TenantEvent};
 use crate::tenant::ledger::ExpiringLots;
+use crate::tenant::scopes::{self, ScopeError, ScopeUsage, Scopes};
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -67,6 +68,27 @@ pub enum TenantError {
     PaymentAmountMismatch(String),
     #[error("payment {0:?} was never credited to this tenant; a refund must follow its payment")]
     UnknownPayment(String),
+    #[error("{0}")]
+    InvalidScopes(#[from] ScopeError),
+    /// The key's `expires_at` has passed. Said only to whoever holds the secret.
+    #[error("this API key expired at {0}")]
+    KeyExpired(String),
+    #[error("this API key may not call {model}: its scope allows {allowed}")]
+    ModelNotAllowed { model: String, allowed: String },
+    #[error("this API key's {period} budget is exhausted: {remaining} of {amount} left, {required} required for this request")]
+    KeyBudgetExhausted {
+        period: &'static str,
+        amount: String,
+        remaining: String,
+        required: String,
+    },
+    /// A rate or concurrency scope of the key: try again after `retry_after_secs`.
+    #[error("this API key's {limit} limit of {value} is reached; retry in {retry_after_secs} s")]
+    RateLimited {
+        limit: &'static str,
+        value: u64,
+        retry_after_secs: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +97,11 @@ pub struct KeyRecord {
     pub role: Role,
     pub key_hash: KeyHash,
     pub revoked: bool,
+    /// Keys and snapshots from before scopes have none: no limit, as then.
+    #[serde(default)]
+    pub scopes: Scopes,
+    #[serde(default)]
+    pub usage: ScopeUsage,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,12 +258,77 @@ impl Tenant {
             .collect()
     }
 
+    /// Refuses a hold of `hold` for `key_id`'s request at `at` that its key's
+    /// scopes do not allow: the model, then rate and concurrency, then the budget.
+    fn check_key_scopes(
+        &self,
+        key_id: KeyId,
+        model: &ModelId,
+        hold: Credits,
+        at: DateTime<Utc>,
+    ) -> Result<(), TenantError> {
+        let Some(key) = self.keys.get(&key_id) else {
+            return Ok(());
+        };
+        let scopes = &key.scopes;
+        if let Some(expiry) = scopes.expires_at.filter(|_| scopes.is_expired_at(at)) {
+            return Err(TenantError::KeyExpired(expiry.to_rfc3339()));
+        }
+        if !scopes.allows_model(model) {
+            return Err(TenantError::ModelNotAllowed {
+                model: model.to_string(),
+                allowed: scopes.models.clone().unwrap_or_default().join(", "),
+            });
+        }
+        let mut key_holds = self.holds.values().filter(|h| h.key_id == key_id);
+        if let Some(max) = scopes.max_concurrent {
+            if key_holds.clone().count() >= max as usize {
+                // A hold ends when its request does: a second is a fair first wait.
+                return Err(TenantError::RateLimited {
+                    limit: "max_concurrent",
+                    value: u64::from(max),
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        let (requests, tokens) = key.usage.in_minute(at);
+        let full_minute = [
+            ("rpm", scopes.rpm.map(u64::from), u64::from(requests)),
+            ("tpm", scopes.tpm, tokens),
+        ]
+        .into_iter()
+        .find_map(|(limit, value, used)| value.filter(|v| used >= *v).map(|v| (limit, v)));
+        if let Some((limit, value)) = full_minute {
+            return Err(TenantError::RateLimited {
+                limit,
+                value,
+                retry_after_secs: scopes::seconds_to_next_minute(at),
+            });
+        }
+        if let Some(budget) = &scopes.budget {
+            let held = key_holds
+                .try_fold(Credits::ZERO, |sum, h| Some(sum + h.amount))
+                .unwrap_or_default();
+            let remaining = budget.amount - key.usage.spent_in_period(budget, at) - held;
+            if remaining < hold {
+                return Err(TenantError::KeyBudgetExhausted {
+                    period: budget.period.as_str(),
+                    amount: budget.amount.to_decimal_string(),
+                    remaining: remaining.max(Credits::ZERO).to_decimal_string(),
+                    required: hold.to_decimal_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Finds the live key with this hash and checks that its role allows `permission`.
     pub fn authorize(
         &self,
         key_id: KeyId,
         key_hash: &KeyHash,
         permission: Permission,
+        at: DateTime<Utc>,
     ) -> Result<Role, TenantError> {
         let key = self
             .keys
@@ -246,6 +338,13 @@ impl Tenant {
         // Said only to whoever holds the secret: anyone else learns nothing.
         if key.revoked {
             return Err(TenantError::KeyRevoked);
+        }
+        if let Some(expiry) = key
+            .scopes
+            .expires_at
+            .filter(|_| key.scopes.is_expired_at(at))
+        {
+            return Err(TenantError::KeyExpired(expiry.to_rfc3339()));
         }
         if !key.role.allows(permission) {
             return Err(TenantError::PermissionDenied {
@@ -317,19 +416,36 @@ impl Tenant {
                 name,
                 role,
                 key_hash,
+                scopes,
                 at,
             } => {
                 check_label("name", &name, NAME_MAX_CHARS)?;
                 if self.keys.contains_key(&key_id) {
                     return Err(TenantError::KeyAlreadyExists(key_id));
                 }
-                Ok(vec![TenantEvent::ApiKeyIssued {
+                scopes.validate()?;
+                let mut events = vec![TenantEvent::ApiKeyIssued {
                     key_id,
                     name,
                     role,
                     key_hash,
                     at,
-                }])
+                }];
+                if scopes != Scopes::default() {
+                    events.push(TenantEvent::ApiKeyScopesSet { key_id, scopes, at });
+                }
+                Ok(events)
+            }
+            TenantCommand::SetKeyScopes { key_id, scopes, at } => {
+                let key = self
+                    .keys
+                    .get(&key_id)
+                    .ok_or(TenantError::UnknownKey(key_id))?;
+                scopes.validate()?;
+                if key.scopes == scopes {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TenantEvent::ApiKeyScopesSet { key_id, scopes, at }])
             }
             TenantCommand::RevokeApiKey { key_id, at } => match self.keys.get(&key_id) {
                 None => Err(TenantError::UnknownKey(key_id)),
@@ -473,6 +589,7 @@ impl Tenant {
                     TenantEvent::CreditsExpired { amount_pico, .. } => sum + *amount_pico,
                     _ => sum,
                 });
+                self.check_key_scopes(key_id, &model, hold, at)?;
                 let available = self.available() - due;
                 if enforce_credit && available < hold {
                     let available = available.max(Credits::ZERO);
@@ -649,8 +766,17 @@ impl Tenant {
                         role,
                         key_hash,
                         revoked: false,
+                        scopes: Scopes::default(),
+                        usage: ScopeUsage::default(),
                     },
                 );
+            }
+            TenantEvent::ApiKeyScopesSet { key_id, scopes, .. } => {
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    key.usage
+                        .budget_changed(key.scopes.budget.as_ref(), scopes.budget.as_ref());
+                    key.scopes = scopes;
+                }
             }
             TenantEvent::ApiKeyRevoked { key_id, .. } => {
                 if let Some(key) = self.keys.get_mut(&key_id) {
@@ -738,6 +864,9 @@ impl Tenant {
                 ..
             } => {
                 self.held = self.held + hold_pico;
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    key.usage.note_request(at);
+                }
                 self.holds.insert(
                     request_id,
                     Hold {
@@ -754,10 +883,18 @@ impl Tenant {
             }
             TenantEvent::UsageSettled {
                 request_id,
+                key_id,
+                usage,
                 cost_pico,
                 hold_pico,
+                at,
                 ..
             } => {
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    let tokens = usage.prompt_tokens() + usage.output_tokens;
+                    let budget = key.scopes.budget.as_ref();
+                    key.usage.note_settlement(budget, cost_pico, tokens, at);
+                }
                 self.holds.remove(&request_id);
                 self.held = self.held - hold_pico;
                 self.spent = self.spent + cost_pico;
@@ -820,6 +957,7 @@ pub fn available_delta(event: &TenantEvent) -> Credits {
         TenantEvent::TenantCreated { .. }
         | TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
+        | TenantEvent::ApiKeyScopesSet { .. }
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }

@@ -6,6 +6,7 @@ use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
 use crate::tenant::events::KeyHash;
+use crate::tenant::scopes::Scopes;
 use chrono::{DateTime, Utc};
 
 /// One try of one upstream for a request: which candidate, which credential.
@@ -35,6 +36,14 @@ pub enum TenantCommand {
         name: String,
         role: Role,
         key_hash: KeyHash,
+        /// Recorded as `ApiKeyScopesSet` in the same decision unless all empty.
+        scopes: Scopes,
+        at: DateTime<Utc>,
+    },
+    /// Replaces a key's scopes (the caller merges a partial change first).
+    SetKeyScopes {
+        key_id: KeyId,
+        scopes: Scopes,
         at: DateTime<Utc>,
     },
     RevokeApiKey {
@@ -139,6 +148,7 @@ impl TenantCommand {
             TenantCommand::CreateTenant { at, .. }
             | TenantCommand::IssueApiKey { at, .. }
             | TenantCommand::RevokeApiKey { at, .. }
+            | TenantCommand::SetKeyScopes { at, .. }
             | TenantCommand::GrantCredits { at, .. }
             | TenantCommand::ExpireCredits { at }
             | TenantCommand::RecordPayment { at, .. }

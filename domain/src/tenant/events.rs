@@ -5,6 +5,7 @@ use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, Rates, Usage};
 use crate::roles::Role;
+use crate::tenant::scopes::Scopes;
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,13 @@ pub enum TenantEvent {
         name: String,
         role: Role,
         key_hash: KeyHash,
+        at: DateTime<Utc>,
+    },
+    /// A key's scopes, whole: what it may call, spend and how fast (see
+    /// `scopes.rs`). Follows `ApiKeyIssued` when a key is issued with scopes.
+    ApiKeyScopesSet {
+        key_id: KeyId,
+        scopes: Scopes,
         at: DateTime<Utc>,
     },
     ApiKeyRevoked {
@@ -199,6 +207,7 @@ impl TenantEvent {
             TenantEvent::TenantCreated { at, .. }
             | TenantEvent::ApiKeyIssued { at, .. }
             | TenantEvent::ApiKeyRevoked { at, .. }
+            | TenantEvent::ApiKeyScopesSet { at, .. }
             | TenantEvent::CreditsGranted { at, .. }
             | TenantEvent::CreditsExpired { at, .. }
             | TenantEvent::CreditsRevoked { at, .. }
@@ -230,6 +239,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::TenantCreated { .. } => "TenantCreated",
             TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
             TenantEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+            TenantEvent::ApiKeyScopesSet { .. } => "ApiKeyScopesSet",
             TenantEvent::CreditsGranted { .. } => "CreditsGranted",
             TenantEvent::CreditsExpired { .. } => "CreditsExpired",
             TenantEvent::CreditsRevoked { .. } => "CreditsRevoked",

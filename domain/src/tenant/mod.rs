@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod commands;
 pub mod events;
 pub mod ledger;
+pub mod scopes;
 pub mod upcast;
 
 #[cfg(test)]
@@ -22,4 +23,5 @@ pub use events::{
     AttemptOutcome, KeyHash, PaymentRef, TenantEvent, CREDITS_GRANTED_VERSION, EVENT_VERSION,
 };
 pub use ledger::{ExpiringLot, ExpiringLots};
+pub use scopes::{Budget, BudgetPeriod, ScopeError, ScopeUsage, Scopes};
 pub use upcast::upcasters;

@@ -211,6 +211,7 @@ fn issue_key_stores_only_its_hash() {
             name: "app".into(),
             role: Role::Member,
             key_hash: KeyHash::of_secret("secret"),
+            scopes: Default::default(),
             at: at(1),
         })
         .then_expect_events(vec![key_issued()]);
@@ -253,18 +254,19 @@ fn revoked_key_no_longer_authorizes() {
     }
     let hash = KeyHash::of_secret("secret");
     assert_eq!(
-        tenant.authorize(key_id(), &hash, Permission::CallModels),
+        tenant.authorize(key_id(), &hash, Permission::CallModels, at(10)),
         Ok(Role::Member)
     );
     assert_eq!(
-        tenant.authorize(key_id(), &hash, Permission::ReadBilling),
+        tenant.authorize(key_id(), &hash, Permission::ReadBilling, at(10)),
         Err(TenantError::PermissionDenied { role: "member" })
     );
     assert_eq!(
         tenant.authorize(
             key_id(),
             &KeyHash::of_secret("wrong"),
-            Permission::CallModels
+            Permission::CallModels,
+            at(10)
         ),
         Err(TenantError::Unauthenticated)
     );
@@ -273,14 +275,15 @@ fn revoked_key_no_longer_authorizes() {
         at: at(2),
     });
     assert_eq!(
-        tenant.authorize(key_id(), &hash, Permission::CallModels),
+        tenant.authorize(key_id(), &hash, Permission::CallModels, at(10)),
         Err(TenantError::KeyRevoked)
     );
     assert_eq!(
         tenant.authorize(
             key_id(),
             &KeyHash::of_secret("wrong"),
-            Permission::CallModels
+            Permission::CallModels,
+            at(10)
         ),
         Err(TenantError::Unauthenticated),
         "a revoked key's id with a wrong secret is just unknown"
@@ -1768,4 +1771,309 @@ mod ledger_properties {
             prop_assert!(tenant.lots.is_empty());
         }
     }
+}
+
+// ---- Key scopes: decided with the wallet hold -------------------------------
+
+fn scopes_set(scopes: Scopes) -> TenantEvent {
+    TenantEvent::ApiKeyScopesSet {
+        key_id: key_id(),
+        scopes,
+        at: at(1),
+    }
+}
+
+/// `reserve_cmd(n, 36, None, 0)` at `when`: holds `expected_hold(36, None)`.
+fn reserve_at(n: u128, when: DateTime<Utc>) -> TenantCommand {
+    match reserve_cmd(n, 36, None, 0) {
+        TenantCommand::ReserveCredits {
+            request_id,
+            key_id,
+            model,
+            capability,
+            ingress,
+            app,
+            price,
+            price_version,
+            prompt_bytes,
+            max_tokens,
+            images,
+            instance_id,
+            expires_at,
+            enforce_credit,
+            ..
+        } => TenantCommand::ReserveCredits {
+            request_id,
+            key_id,
+            model,
+            capability,
+            ingress,
+            app,
+            price,
+            price_version,
+            prompt_bytes,
+            max_tokens,
+            images,
+            instance_id,
+            expires_at,
+            enforce_credit,
+            at: when,
+        },
+        other => other,
+    }
+}
+
+/// Decides and applies `command`, as the tenant actor does.
+fn run(tenant: &mut Tenant, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
+    let events = tenant.decide(command)?;
+    for e in events.clone() {
+        tenant.apply_event(e);
+    }
+    Ok(events)
+}
+
+fn scoped_tenant(scopes: Scopes) -> Tenant {
+    state_after(vec![
+        created(),
+        granted("10", "g"),
+        key_issued(),
+        scopes_set(scopes),
+    ])
+}
+
+fn budget_of(holds: i128, period: BudgetPeriod) -> Budget {
+    Budget {
+        amount: Credits::from_pico(expected_hold(36, None).pico() * holds),
+        period,
+        timezone: None,
+    }
+}
+
+#[test]
+fn a_key_is_issued_with_its_scopes_in_one_decision() {
+    let scopes = Scopes {
+        rpm: Some(5),
+        ..Scopes::default()
+    };
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::IssueApiKey {
+            key_id: key_id(),
+            name: "app".into(),
+            role: Role::Member,
+            key_hash: KeyHash::of_secret("secret"),
+            scopes: scopes.clone(),
+            at: at(1),
+        })
+        .then_expect_events(vec![key_issued(), scopes_set(scopes)]);
+}
+
+#[test]
+fn scopes_are_validated_and_an_unchanged_scope_writes_nothing() {
+    let scopes = Scopes {
+        max_concurrent: Some(2),
+        ..Scopes::default()
+    };
+    let mut tenant = scoped_tenant(scopes.clone());
+    let same = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        scopes,
+        at: at(5),
+    };
+    assert_eq!(run(&mut tenant, same), Ok(vec![]));
+    let bad = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        scopes: Scopes {
+            tpm: Some(0),
+            ..Scopes::default()
+        },
+        at: at(5),
+    };
+    assert_eq!(
+        run(&mut tenant, bad),
+        Err(TenantError::InvalidScopes(ScopeError::ZeroLimit("tpm")))
+    );
+    let unknown = TenantCommand::SetKeyScopes {
+        key_id: KeyId(Uuid::from_u128(99)),
+        scopes: Scopes::default(),
+        at: at(5),
+    };
+    assert!(matches!(
+        run(&mut tenant, unknown),
+        Err(TenantError::UnknownKey(_))
+    ));
+}
+
+#[test]
+fn a_key_budget_admits_exactly_the_holds_it_covers() {
+    let mut tenant = scoped_tenant(Scopes {
+        budget: Some(budget_of(3, BudgetPeriod::Total)),
+        ..Scopes::default()
+    });
+    for n in 1..=3 {
+        run(&mut tenant, reserve_at(n, at(10))).unwrap();
+    }
+    let refused = run(&mut tenant, reserve_at(4, at(10)));
+    assert!(
+        matches!(
+            refused,
+            Err(TenantError::KeyBudgetExhausted {
+                period: "total",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // A released hold frees its room; a settled one keeps what it cost.
+    let release = TenantCommand::ReleaseHold {
+        request_id: request(1),
+        reason: "upstream failed".into(),
+        at: at(11),
+    };
+    run(&mut tenant, release).unwrap();
+    run(&mut tenant, reserve_at(4, at(12))).unwrap();
+    run(&mut tenant, settle_cmd(2, 10, 10)).unwrap();
+    let refused = run(&mut tenant, reserve_at(5, at(13)));
+    let expected_remaining = expected_hold(36, None) - credits("0.00003");
+    assert!(
+        matches!(&refused, Err(TenantError::KeyBudgetExhausted { remaining, .. }) if *remaining == expected_remaining.to_decimal_string()),
+        "{refused:?}"
+    );
+    // The wallet still has plenty: the key's scope refused, not the tenant's credit.
+    assert!(tenant.available() > expected_hold(36, None));
+}
+
+#[test]
+fn a_month_budget_starts_from_zero_at_the_month_boundary() {
+    let mut tenant = scoped_tenant(Scopes {
+        budget: Some(budget_of(1, BudgetPeriod::Month)),
+        ..Scopes::default()
+    });
+    let end_of_january = "2026-01-31T23:59:00Z".parse().unwrap();
+    run(&mut tenant, reserve_at(1, end_of_january)).unwrap();
+    let settle = match settle_cmd(1, 1_000_000, 100) {
+        TenantCommand::SettleUsage {
+            request_id,
+            attempt,
+            usage,
+            upstream_latency_ms,
+            ..
+        } => TenantCommand::SettleUsage {
+            request_id,
+            attempt,
+            usage,
+            upstream_latency_ms,
+            at: end_of_january,
+        },
+        other => other,
+    };
+    run(&mut tenant, settle).unwrap();
+    let still_january = "2026-01-31T23:59:30Z".parse().unwrap();
+    assert!(matches!(
+        run(&mut tenant, reserve_at(2, still_january)),
+        Err(TenantError::KeyBudgetExhausted {
+            period: "month",
+            ..
+        })
+    ));
+    let february = "2026-02-01T00:00:00Z".parse().unwrap();
+    run(&mut tenant, reserve_at(2, february)).unwrap();
+}
+
+#[test]
+fn a_model_outside_the_keys_scope_is_refused_before_any_hold() {
+    let mut tenant = scoped_tenant(Scopes {
+        models: Some(vec!["anthropic/*".into()]),
+        ..Scopes::default()
+    });
+    let before = tenant.balance();
+    let refused = run(&mut tenant, reserve_at(1, at(10)));
+    assert!(
+        matches!(&refused, Err(TenantError::ModelNotAllowed { model, .. }) if model == "openai/gpt-4o-mini"),
+        "{refused:?}"
+    );
+    assert_eq!(tenant.balance(), before);
+}
+
+#[test]
+fn concurrency_is_the_keys_open_holds() {
+    let mut tenant = scoped_tenant(Scopes {
+        max_concurrent: Some(2),
+        ..Scopes::default()
+    });
+    run(&mut tenant, reserve_at(1, at(10))).unwrap();
+    run(&mut tenant, reserve_at(2, at(10))).unwrap();
+    assert!(matches!(
+        run(&mut tenant, reserve_at(3, at(10))),
+        Err(TenantError::RateLimited {
+            limit: "max_concurrent",
+            value: 2,
+            ..
+        })
+    ));
+    run(&mut tenant, settle_cmd(1, 10, 10)).unwrap();
+    run(&mut tenant, reserve_at(3, at(10))).unwrap();
+}
+
+#[test]
+fn rpm_counts_the_calendar_minute_and_says_when_to_retry() {
+    let mut tenant = scoped_tenant(Scopes {
+        rpm: Some(2),
+        ..Scopes::default()
+    });
+    // at(0) is a minute boundary.
+    run(&mut tenant, reserve_at(1, at(60))).unwrap();
+    run(&mut tenant, reserve_at(2, at(70))).unwrap();
+    assert_eq!(
+        run(&mut tenant, reserve_at(3, at(75))),
+        Err(TenantError::RateLimited {
+            limit: "rpm",
+            value: 2,
+            retry_after_secs: 45,
+        })
+    );
+    run(&mut tenant, reserve_at(3, at(120))).unwrap();
+}
+
+#[test]
+fn tpm_refuses_once_the_minutes_settled_tokens_reach_it() {
+    let mut tenant = scoped_tenant(Scopes {
+        tpm: Some(20),
+        ..Scopes::default()
+    });
+    run(&mut tenant, reserve_at(1, at(0))).unwrap();
+    run(&mut tenant, settle_cmd(1, 10, 10)).unwrap(); // at(3): 20 tokens
+    assert!(matches!(
+        run(&mut tenant, reserve_at(2, at(30))),
+        Err(TenantError::RateLimited { limit: "tpm", .. })
+    ));
+    run(&mut tenant, reserve_at(2, at(60))).unwrap();
+}
+
+#[test]
+fn an_expired_key_is_refused_everywhere() {
+    let hash = KeyHash::of_secret("secret");
+    let mut tenant = scoped_tenant(Scopes {
+        expires_at: Some(at(100)),
+        ..Scopes::default()
+    });
+    assert!(tenant
+        .authorize(key_id(), &hash, Permission::CallModels, at(99))
+        .is_ok());
+    assert!(matches!(
+        tenant.authorize(key_id(), &hash, Permission::CallModels, at(100)),
+        Err(TenantError::KeyExpired(_))
+    ));
+    assert!(matches!(
+        run(&mut tenant, reserve_at(1, at(100))),
+        Err(TenantError::KeyExpired(_))
+    ));
+    // Lifting the expiry lets the key back in.
+    let lifted = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        scopes: Scopes::default(),
+        at: at(101),
+    };
+    run(&mut tenant, lifted).unwrap();
+    run(&mut tenant, reserve_at(1, at(102))).unwrap();
 }

@@ -514,7 +514,7 @@ pub(crate) async fn status(
     };
     if bearer(&req).is_some() {
         let key = presented_key(&req)?;
-        let auth = Some(Hub::key_auth(&key, Permission::CallModels));
+        let auth = Some(hub.key_auth(&key, Permission::CallModels));
         match hub
             .balance(key.tenant_id, auth)
             .await
@@ -582,7 +582,7 @@ pub(crate) async fn user_info(
         hub.call_tenant(
             key.tenant_id,
             TenantOp::Read {
-                auth: Some(Hub::key_auth(&key, permission)),
+                auth: Some(hub.key_auth(&key, permission)),
             },
         )
     };

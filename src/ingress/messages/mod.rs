@@ -88,8 +88,10 @@ pub(crate) type MessagesError = WireError<Anthropic>;
 pub(crate) fn anthropic_error_type(e: &HubError) -> &'static str {
     match e {
         HubError::Unauthenticated(_) => "authentication_error",
-        HubError::PermissionDenied(_) => "permission_error",
-        HubError::InsufficientCredits { .. } => "billing_error",
+        HubError::KeyExpired(_) => "authentication_error",
+        HubError::PermissionDenied(_) | HubError::ModelNotAllowed(_) => "permission_error",
+        HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => "billing_error",
+        HubError::RateLimited { .. } => "rate_limit_error",
         HubError::BadRequest(_) | HubError::Conflict(_) | HubError::MethodNotAllowed => {
             "invalid_request_error"
         }
