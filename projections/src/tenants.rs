@@ -287,7 +287,10 @@ mod tests {
                 created(tenant),
                 issued(a, 2),
                 issued(b, 3),
-                TenantEvent::ApiKeyRevoked { key_id: a, at: t(4) },
+                TenantEvent::ApiKeyRevoked {
+                    key_id: a,
+                    at: t(4),
+                },
             ],
         );
         let row = &rows[&tenant.to_string()];
@@ -330,7 +333,10 @@ mod tests {
                 created(tenant),
                 issued(a, 2),
                 issued(b, 3),
-                TenantEvent::ApiKeyRevoked { key_id: b, at: t(4) },
+                TenantEvent::ApiKeyRevoked {
+                    key_id: b,
+                    at: t(4),
+                },
             ],
         );
         let row = &rows[&tenant.to_string()];
@@ -339,7 +345,10 @@ mod tests {
         assert_eq!(row.keys[0].revoked_at, None);
         assert_eq!(row.keys[1].revoked_at, Some(t(4)));
         let text = serde_json::to_string(row).unwrap();
-        assert!(!text.contains(KeyHash::of_secret("secret").as_str()), "{text}");
+        assert!(
+            !text.contains(KeyHash::of_secret("secret").as_str()),
+            "{text}"
+        );
     }
 
     #[test]
