@@ -318,7 +318,7 @@ mod tests {
         assert!(Tenants.row_keys(&event).is_empty());
         assert!(TenantKeys.row_keys(&event).is_empty());
         // Its row was not loaded, so the fold must not make one.
-        assert!(fold(&Tenants, tenant, &[released.clone()]).is_empty());
+        assert!(fold(&Tenants, tenant, std::slice::from_ref(&released)).is_empty());
         assert!(fold(&TenantKeys, tenant, &[released]).is_empty());
     }
 
