@@ -147,7 +147,8 @@ async fn cli_lists_and_shows_tenants_and_keys(kind: StoreKind) {
         None,
     );
     let key_id = key["key_id"].as_str().unwrap();
-    let secret = key["key"].as_str().unwrap().rsplit('_').next().unwrap();
+    // aih_<tenant>_<key>_<secret>: the secret is base64url, so it may hold `_`.
+    let secret = key["key"].as_str().unwrap().splitn(4, '_').nth(3).unwrap();
 
     // No server runs: the CLI brings the directory up to the log itself.
     let listed = run(&env, &["tenant", "list", "--query", "CORP"], None);
