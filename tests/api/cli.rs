@@ -150,7 +150,12 @@ async fn cli_lists_and_shows_tenants_and_keys(kind: StoreKind) {
     // aih_<tenant>_<key>_<secret>: the secret is base64url, so it may hold `_`.
     let secret = key["key"].as_str().unwrap().splitn(4, '_').nth(3).unwrap();
 
-    // No server runs: the CLI brings the directory up to the log itself.
+    // No server runs: the CLI brings the directory up to the log itself, as
+    // far as the log is readable (on PostgreSQL, below every open transaction
+    // on the server, other tests' included).
+    if let Some(url) = &env.database_url {
+        crate::helpers::log_readable_up_to_now(url).await;
+    }
     let listed = run(&env, &["tenant", "list", "--query", "CORP"], None);
     let ids: Vec<&str> = listed["data"]
         .as_array()
