@@ -21,7 +21,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use domain::price_book::MarginSource;
+use domain::price_book::{MarginSource, PriceBook};
 use domain::{KeyId, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use projections::tenants::{KeyEntry, TenantKeys, TenantKeysRow, TenantRow, TenantStatus, Tenants};
@@ -59,7 +59,7 @@ pub(crate) struct PageQuery {
     pub(crate) limit: Option<String>,
 }
 
-/// Where a tenant sits in the list: newest first, ties by id (highest first).
+/// Where a tenant sits in the list (see [`list_order`]); a cursor names one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Position {
     created_at: DateTime<Utc>,
@@ -74,12 +74,8 @@ impl Position {
         }
     }
 
-    /// `Less` when `self` is listed before `other`.
-    fn list_order(&self, other: &Self) -> Ordering {
-        other
-            .created_at
-            .cmp(&self.created_at)
-            .then_with(|| other.tenant_id.cmp(&self.tenant_id))
+    fn key(&self) -> (DateTime<Utc>, &str) {
+        (self.created_at, &self.tenant_id)
     }
 
     fn cursor(&self) -> String {
@@ -97,6 +93,16 @@ impl Position {
             tenant_id,
         })
     }
+}
+
+/// What the list is ordered by: creation time, then id.
+fn sort_key(row: &TenantRow) -> (DateTime<Utc>, &str) {
+    (row.created_at, &row.tenant_id)
+}
+
+/// `Less` when `a` is listed before `b`: newest first, ties by id (highest first).
+fn list_order(a: (DateTime<Utc>, &str), b: (DateTime<Utc>, &str)) -> Ordering {
+    b.cmp(&a)
 }
 
 /// A list request, checked.
@@ -183,14 +189,14 @@ impl Listing {
         let after = self
             .after
             .as_ref()
-            .is_none_or(|a| a.list_order(&Position::of(row)) == Ordering::Less);
+            .is_none_or(|a| list_order(a.key(), sort_key(row)) == Ordering::Less);
         status && query && after
     }
 
     /// The page of `rows` this listing asks for, and whether more follow it.
     fn page(&self, rows: Vec<TenantRow>) -> (Vec<TenantRow>, bool) {
         let mut rows: Vec<TenantRow> = rows.into_iter().filter(|r| self.matches(r)).collect();
-        rows.sort_by(|a, b| Position::of(a).list_order(&Position::of(b)));
+        rows.sort_by(|a, b| list_order(sort_key(a), sort_key(b)));
         let more = rows.len() > self.limit;
         rows.truncate(self.limit);
         (rows, more)
@@ -224,14 +230,10 @@ async fn directory_row(hub: &Hub, tenant_id: TenantId) -> Result<TenantRow, HubE
         .ok_or_else(|| HubError::NotFound("tenant not found".into()))
 }
 
-fn plan_of(hub: &Hub, tenant_id: &str) -> Option<String> {
+/// The tenant's plan: a price-book setting, read from the catalog's copy.
+fn plan_of(book: &PriceBook, tenant_id: &str) -> Option<String> {
     let tenant_id: TenantId = tenant_id.parse().ok()?;
-    hub.catalog()
-        .snapshot()
-        .book
-        .tenant_plans
-        .get(&tenant_id)
-        .cloned()
+    book.tenant_plans.get(&tenant_id).cloned()
 }
 
 /// The tenants a listing asks for:
@@ -255,6 +257,7 @@ pub(crate) async fn list_json(hub: &Hub, listing: Listing) -> Result<Value, HubE
         }
     }
     let next_cursor = more.then(|| page.last().map(|r| Position::of(r).cursor()));
+    let catalog = hub.catalog().snapshot();
     let data: Vec<Value> = page
         .iter()
         .map(|row| {
@@ -262,7 +265,7 @@ pub(crate) async fn list_json(hub: &Hub, listing: Listing) -> Result<Value, HubE
                 "tenant_id": row.tenant_id,
                 "name": row.name,
                 "status": row.status.as_str(),
-                "plan": plan_of(hub, &row.tenant_id),
+                "plan": plan_of(&catalog.book, &row.tenant_id),
                 "created_at": row.created_at.to_rfc3339(),
                 "available": available
                     .get(&row.tenant_id)
@@ -293,7 +296,7 @@ pub(crate) async fn show_json(hub: &Hub, tenant_id: TenantId) -> Result<Value, H
         "tenant_id": row.tenant_id,
         "name": row.name,
         "status": row.status.as_str(),
-        "plan": plan_of(hub, &row.tenant_id),
+        "plan": plan_of(&hub.catalog().snapshot().book, &row.tenant_id),
         "margin": margin_json(hub, tenant_id),
         "created_at": row.created_at.to_rfc3339(),
         "balance": balance_body(tenant_id, &balance, hub.now(), hub.limits().expiring_soon_window_secs),
@@ -424,7 +427,7 @@ mod tests {
             cursor = Some(Position::of(page.last().unwrap()).cursor());
         }
         let mut expected: Vec<Position> = rows.iter().map(Position::of).collect();
-        expected.sort_by(|a, b| a.list_order(b));
+        expected.sort_by(|a, b| list_order(a.key(), b.key()));
         assert_eq!(seen, expected);
         assert!(seen[0].created_at > seen[9].created_at);
     }
