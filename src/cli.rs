@@ -74,10 +74,10 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default); creates the store on first start.
     Serve,
-    /// Create tenants.
+    /// Create, list and show tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
-    /// Issue and revoke a tenant's API keys.
+    /// Issue, revoke and list a tenant's API keys.
     #[command(subcommand)]
     Key(KeyCmd),
     /// Grant credits to a tenant.
@@ -130,6 +130,28 @@ enum TenantCmd {
         #[arg(long)]
         initial_credits: Option<String>,
     },
+    /// List tenants, newest first (as GET /admin/v1/tenants); `next_cursor`
+    /// gives the next page to --cursor.
+    List {
+        /// Part of a name (any case), or the start of a tenant id.
+        #[arg(long)]
+        query: Option<String>,
+        /// Only tenants in this status: active.
+        #[arg(long)]
+        status: Option<String>,
+        /// Tenants per page, 1 to 200 (default 50).
+        #[arg(long)]
+        limit: Option<String>,
+        /// The `next_cursor` of the page before.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show a tenant: status, plan, margin, balance and key counts (as GET
+    /// /admin/v1/tenants/{id}).
+    Show {
+        /// The tenant's id.
+        tenant: TenantId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +176,18 @@ enum KeyCmd {
         /// The key's id (`key_id` printed by `key issue`).
         #[arg(long)]
         key_id: KeyId,
+    },
+    /// List a tenant's keys, newest first, without their secrets (as GET
+    /// /admin/v1/tenants/{id}/keys).
+    List {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// Keys per page, 1 to 200 (default 50).
+        #[arg(long)]
+        limit: Option<String>,
+        /// The `next_cursor` of the page before.
+        #[arg(long)]
+        cursor: Option<String>,
     },
 }
 
@@ -340,6 +374,36 @@ async fn run(
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"tenant_id": tenant_id.to_string()})
+        }
+        Command::Tenant(TenantCmd::List {
+            query,
+            status,
+            limit,
+            cursor,
+        }) => {
+            let listing = crate::routes::tenants::ListQuery {
+                query,
+                status,
+                cursor,
+                limit,
+            }
+            .parse()?;
+            // No server may be running to keep the directory current.
+            hub.projector().catch_up().await?;
+            crate::routes::tenants::list_json(&hub, listing).await?
+        }
+        Command::Tenant(TenantCmd::Show { tenant }) => {
+            hub.projector().catch_up().await?;
+            crate::routes::tenants::show_json(&hub, tenant).await?
+        }
+        Command::Key(KeyCmd::List {
+            tenant,
+            limit,
+            cursor,
+        }) => {
+            hub.projector().catch_up().await?;
+            let page = crate::routes::tenants::PageQuery { cursor, limit };
+            crate::routes::tenants::keys_json(&hub, tenant, page).await?
         }
         Command::Key(KeyCmd::Issue { tenant, name, role }) => {
             let (key_id, key) = hub

@@ -16,6 +16,7 @@ pub mod balances;
 pub mod invoices;
 pub mod registry;
 pub mod replay;
+pub mod tenants;
 
 pub use registry::{registry, ProjectionSettings, Registered};
 

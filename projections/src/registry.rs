@@ -4,6 +4,7 @@
 use crate::analytics::Analytics;
 use crate::balances::Balances;
 use crate::invoices::{self, Invoices};
+use crate::tenants::{TenantKeys, Tenants};
 use crate::{LoggedEvent, Projection};
 use std::collections::BTreeMap;
 
@@ -22,6 +23,8 @@ pub fn registry(settings: &ProjectionSettings) -> Vec<Box<dyn Registered>> {
         Box::new(Balances),
         Box::new(Analytics),
         Box::new(Invoices::new(settings.invoices)),
+        Box::new(Tenants),
+        Box::new(TenantKeys),
     ]
 }
 
@@ -135,6 +138,8 @@ mod tests {
                 "balances".to_string(),
                 crate::analytics::NAME.to_string(),
                 settings.invoices.projection_name(),
+                Tenants::NAME.to_string(),
+                TenantKeys::NAME.to_string(),
             ]
         );
     }

@@ -9,6 +9,7 @@ pub(crate) mod explain;
 pub(crate) mod invoices;
 pub(crate) mod models;
 pub(crate) mod prices;
+pub(crate) mod tenants;
 pub(crate) mod usage;
 pub(crate) mod webhooks;
 
@@ -145,11 +146,18 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants")
             .route(web::post().to(admin::create_tenant))
+            .route(web::get().to(tenants::list))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}")
+            .route(web::get().to(tenants::show))
             .default_service(not_allowed()),
     )
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/keys")
             .route(web::post().to(admin::issue_key))
+            .route(web::get().to(tenants::keys))
             .default_service(not_allowed()),
     )
     .service(

@@ -166,3 +166,81 @@ crate::on_both_stores!(
     cli_runs_the_operator_workflow,
     cli_runs_the_operator_workflow
 );
+
+async fn cli_lists_and_shows_tenants_and_keys(kind: StoreKind) {
+    let temp = tempfile::tempdir().unwrap();
+    let database_url = database_url_for(kind).await;
+    let env = HubEnv::new(temp.path(), database_url);
+    drop(env.start().await);
+
+    let create = |name: &str| {
+        run(&env, &["tenant", "create", "--name", name], None)["tenant_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let older = create("Older Corp");
+    let newer = create("newer corp");
+    let key = run(
+        &env,
+        &[
+            "key", "issue", "--tenant", &newer, "--name", "app", "--role", "member",
+        ],
+        None,
+    );
+    let key_id = key["key_id"].as_str().unwrap();
+    // aih_<tenant>_<key>_<secret>: the secret is base64url, so it may hold `_`.
+    let secret = key["key"].as_str().unwrap().splitn(4, '_').nth(3).unwrap();
+
+    // No server runs: the CLI brings the directory up to the log itself, as
+    // far as the log is readable (on PostgreSQL, below every open transaction
+    // on the server, other tests' included).
+    if let Some(url) = &env.database_url {
+        crate::helpers::log_readable_up_to_now(url).await;
+    }
+    let listed = run(&env, &["tenant", "list", "--query", "CORP"], None);
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![newer.as_str(), older.as_str()], "{listed}");
+    let first = run(&env, &["tenant", "list", "--limit", "1"], None);
+    assert_eq!(first["data"][0]["tenant_id"], newer);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = run(
+        &env,
+        &["tenant", "list", "--limit", "1", "--cursor", cursor],
+        None,
+    );
+    assert_eq!(second["data"][0]["tenant_id"], older);
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    let shown = run(&env, &["tenant", "show", &newer], None);
+    assert_eq!(shown["name"], "newer corp");
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["keys"], json!({"active": 1, "revoked": 0}));
+    assert_eq!(shown["balance"]["tenant_id"], newer);
+
+    let output = env.run_ok(&["key", "list", &newer], None);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains(secret), "{text}");
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(keys["data"][0]["key_id"], key_id);
+    assert_eq!(keys["data"][0]["role"], "member");
+
+    // A bad status is refused, naming the statuses.
+    let output = env
+        .command()
+        .args(["tenant", "list", "--status", "bogus"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("active"), "{error}");
+}
+crate::on_both_stores!(
+    cli_lists_and_shows_tenants_and_keys,
+    cli_lists_and_shows_tenants_and_keys
+);

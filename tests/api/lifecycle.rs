@@ -753,7 +753,9 @@ async fn a_tenants_whole_life_adds_up(kind: StoreKind) {
         vec![
             "balances",
             projections::analytics::NAME,
-            settings.projection_name().as_str()
+            settings.projection_name().as_str(),
+            projections::tenants::Tenants::NAME,
+            projections::tenants::TenantKeys::NAME,
         ]
     );
     for p in &report.projections {

@@ -49,6 +49,7 @@ mod price_book;
 mod secrets;
 mod stream_cutoff;
 mod sweep;
+mod tenant_directory;
 mod upstream_timeouts;
 mod usage;
 mod webhooks;
