@@ -48,6 +48,7 @@ pub fn status_after(event: &TenantEvent) -> Option<TenantStatus> {
         // Listed one by one, so that a new event makes this match decide.
         TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
+        | TenantEvent::ApiKeyScopesSet { .. }
         | TenantEvent::CreditsGranted { .. }
         | TenantEvent::CreditsExpired { .. }
         | TenantEvent::CreditsRevoked { .. }

@@ -482,6 +482,11 @@ fn call_for(route: &str, fx: &Fixture) -> Option<Call> {
             format!("/admin/v1/tenants/{a}/low_balance"),
             Some(json!({"threshold": null})),
         ),
+        "GET /admin/v1/tenants" => call("/admin/v1/tenants", None),
+        "GET /admin/v1/tenants/{tenant_id}" => call(format!("/admin/v1/tenants/{a}"), None),
+        "GET /admin/v1/tenants/{tenant_id}/keys" => {
+            call(format!("/admin/v1/tenants/{a}/keys"), None)
+        }
         "GET /admin/v1/tenants/{tenant_id}/balance" => {
             call(format!("/admin/v1/tenants/{a}/balance"), None)
         }
