@@ -74,7 +74,7 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default); creates the store on first start.
     Serve,
-    /// Create tenants.
+    /// Create, suspend, resume and close tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
     /// Issue and revoke a tenant's API keys.
@@ -129,6 +129,32 @@ enum TenantCmd {
         /// AIGNE_HUB_INITIAL_CREDITS).
         #[arg(long)]
         initial_credits: Option<String>,
+    },
+    /// Suspend a tenant: its model requests are refused (403) until it is
+    /// resumed; open holds settle as usual, and reads still work.
+    Suspend {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// Why (1 to 500 characters); its keys' refusals quote it.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// The tenant's id.
+        tenant: TenantId,
+    },
+    /// Close a tenant for good (suspend it first, and close it once its open
+    /// holds have settled or expired); its credit left is forfeited or refunded.
+    Close {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// Why (1 to 500 characters).
+        #[arg(long)]
+        reason: String,
+        /// forfeit (the operator keeps it) or refund (paid back outside the hub).
+        #[arg(long)]
+        remaining: String,
     },
 }
 
@@ -340,6 +366,29 @@ async fn run(
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"tenant_id": tenant_id.to_string()})
+        }
+        Command::Tenant(TenantCmd::Suspend { tenant, reason }) => {
+            let reply = hub
+                .suspend_tenant(tenant, reason)
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, None)
+        }
+        Command::Tenant(TenantCmd::Resume { tenant }) => {
+            let reply = hub.resume_tenant(tenant).await.map_err(HubError::from)?;
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, None)
+        }
+        Command::Tenant(TenantCmd::Close {
+            tenant,
+            reason,
+            remaining,
+        }) => {
+            let remaining = crate::routes::tenant_lifecycle::parse_remaining(&remaining)?;
+            let reply = hub
+                .close_tenant(tenant, reason, remaining)
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, Some(remaining))
         }
         Command::Key(KeyCmd::Issue { tenant, name, role }) => {
             let (key_id, key) = hub

@@ -23,6 +23,12 @@ pub(crate) enum HubError {
     Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
+    /// The operator suspended the tenant: no model request is admitted.
+    #[error("this tenant is suspended: {0}")]
+    TenantSuspended(String),
+    /// The tenant is closed: only its auditors (and the operator) may read.
+    #[error("this tenant is closed")]
+    TenantClosed,
     #[error("insufficient credits: {available} available, {required} required for this request{}; ask your administrator to add credits", output_cap_hint(*.max_tokens_that_fit, *.default_max_tokens))]
     InsufficientCredits {
         available: String,
@@ -80,10 +86,18 @@ pub(crate) fn output_cap_hint(max_tokens_that_fit: Option<u64>, default: Option<
 }
 
 impl HubError {
+    /// The error's `code` (`invalid_api_key`, `tenant_suspended`, …): the same
+    /// on every wire format that has room for it.
+    pub(crate) fn code(&self) -> &'static str {
+        self.kind_and_code().1
+    }
+
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
             HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
+            HubError::TenantSuspended(_) => ("permission_error", "tenant_suspended"),
+            HubError::TenantClosed => ("permission_error", "tenant_closed"),
             HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
             HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             HubError::NotFound(_) => ("invalid_request_error", "not_found"),
@@ -125,7 +139,9 @@ impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            HubError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            HubError::PermissionDenied(_)
+            | HubError::TenantSuspended(_)
+            | HubError::TenantClosed => StatusCode::FORBIDDEN,
             HubError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HubError::NotFound(_) | HubError::ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -208,6 +224,8 @@ impl From<TenantError> for HubError {
             }
             TenantError::KeyRevoked => HubError::Unauthenticated(AuthFailure::RevokedKey),
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
+            TenantError::TenantSuspended { reason } => HubError::TenantSuspended(reason),
+            TenantError::TenantClosed => HubError::TenantClosed,
             TenantError::InsufficientCredits {
                 available,
                 required,
@@ -235,7 +253,9 @@ impl From<TenantError> for HubError {
             | TenantError::PaymentEventReused(_)
             | TenantError::PaymentAmountMismatch(_)
             // A refund that arrived before its payment: the sender retries later.
-            | TenantError::UnknownPayment(_) => HubError::Conflict(e.to_string()),
+            | TenantError::UnknownPayment(_)
+            | TenantError::AlreadyClosed
+            | TenantError::HoldsOpen { .. } => HubError::Conflict(e.to_string()),
         }
     }
 }
@@ -492,6 +512,12 @@ mod tests {
             TenantError::PaymentEventReused("evt".into()),
             TenantError::PaymentAmountMismatch("pay".into()),
             TenantError::UnknownPayment("pay".into()),
+            TenantError::TenantSuspended {
+                reason: "unpaid".into(),
+            },
+            TenantError::TenantClosed,
+            TenantError::AlreadyClosed,
+            TenantError::HoldsOpen { count: 2 },
         ]
     }
 
@@ -503,6 +529,31 @@ mod tests {
             assert_eq!(actor.is_conflict(), status == 409, "{actor:?}");
             assert_eq!(actor.is_refusal(), matches!(status, 401..=404), "{actor:?}");
         }
+    }
+
+    #[test]
+    fn a_suspended_or_closed_tenant_is_a_403_with_its_own_code() {
+        let (status, body) = answer(ActorError::Refused(TenantError::TenantSuspended {
+            reason: "unpaid invoice".into(),
+        }));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("tenant_suspended"))
+        );
+        assert_eq!(message(&body), "this tenant is suspended: unpaid invoice");
+        let (status, body) = answer(ActorError::Refused(TenantError::TenantClosed));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("tenant_closed"))
+        );
+        assert_eq!(
+            answer(ActorError::Refused(TenantError::HoldsOpen { count: 1 })).0,
+            409
+        );
+        assert_eq!(
+            answer(ActorError::Refused(TenantError::AlreadyClosed)).0,
+            409
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::store::{
     Change, CredentialRow, EventLog, LiveSet, ProjectionRows, ProviderRow, Store, StoreError,
 };
 use chrono::{DateTime, Utc};
-use domain::tenant::{Balance, GrantRecord, TenantCommand};
+use domain::tenant::{Balance, GrantRecord, RemainingCredit, TenantCommand};
 use domain::{Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
@@ -327,6 +327,47 @@ impl Hub {
         };
         self.operator_command(tenant_id, command).await?;
         Ok(tenant_id)
+    }
+
+    /// Suspends a tenant: its model requests are refused (403) until it is
+    /// resumed; its open holds settle as usual. A second suspension is a no-op.
+    pub(crate) async fn suspend_tenant(
+        &self,
+        tenant_id: TenantId,
+        reason: String,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::SuspendTenant {
+            reason,
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command).await?)
+    }
+
+    /// Resumes a suspended tenant (an active one stays as it is).
+    pub(crate) async fn resume_tenant(
+        &self,
+        tenant_id: TenantId,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::ResumeTenant {
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command).await?)
+    }
+
+    /// Closes a tenant for good, once it has no open hold; the credit left is
+    /// recorded as forfeited or refunded (`balance.closed_out` in the reply).
+    pub(crate) async fn close_tenant(
+        &self,
+        tenant_id: TenantId,
+        reason: String,
+        remaining: RemainingCredit,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::CloseTenant {
+            reason,
+            remaining,
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command).await?)
     }
 
     /// Issues a key; the returned text is the only copy of its secret.

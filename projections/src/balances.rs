@@ -1,5 +1,5 @@
-//! Balances per tenant: granted, spent, expired, revoked, held, available, open
-//! holds, and the lots that expire.
+//! Balances per tenant: granted, spent, expired, revoked, closed out, held,
+//! available, open holds, and the lots that expire.
 //!
 //! Fields added after the first version are skipped while they are empty, so a
 //! row of a tenant that never had an expiring grant or a refund serializes byte
@@ -37,6 +37,9 @@ pub struct BalanceRow {
     pub expired: Credits,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revoked: Credits,
+    /// Taken out when the tenant closed (forfeited or refunded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub closed_out: Credits,
     /// What is left of each grant that expires, earliest expiry first. Figures that
     /// depend on the reading time (credit expiring within a window) are computed
     /// from these when read, never stored, so a replay always equals the live row.
@@ -49,9 +52,10 @@ fn is_zero(c: &Credits) -> bool {
 }
 
 impl BalanceRow {
-    /// `granted − spent − expired − revoked`: credit left, held or not.
+    /// `granted − spent − expired − revoked − closed_out`: credit left, held or
+    /// not.
     pub fn position(&self) -> Credits {
-        self.granted - self.spent - self.expired - self.revoked
+        self.granted - self.spent - self.expired - self.revoked - self.closed_out
     }
 
     /// When the tenant's next lot expires: the expiry pass looks for rows where
@@ -102,6 +106,9 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         TenantEvent::CreditsGranted { amount_pico, .. } => row.granted = row.granted + *amount_pico,
         TenantEvent::CreditsExpired { amount_pico, .. } => row.expired = row.expired + *amount_pico,
         TenantEvent::CreditsRevoked { amount_pico, .. } => row.revoked = row.revoked + *amount_pico,
+        TenantEvent::CreditsClosedOut { amount_pico, .. } => {
+            row.closed_out = row.closed_out + *amount_pico
+        }
         TenantEvent::CreditsReserved { hold_pico, .. } => {
             row.held = row.held + *hold_pico;
             row.open_holds += 1;
@@ -128,7 +135,10 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }
-        | TenantEvent::PaymentEventNoted { .. } => {}
+        | TenantEvent::PaymentEventNoted { .. }
+        | TenantEvent::TenantSuspended { .. }
+        | TenantEvent::TenantResumed { .. }
+        | TenantEvent::TenantClosed { .. } => {}
     }
     row.available = row.position() - row.held;
 }

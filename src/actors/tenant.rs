@@ -19,7 +19,7 @@ use crate::store::{Durability, EventLog, EventMetadata, StoreError, SNAPSHOT_EVE
 use actix::prelude::*;
 use chrono::Utc;
 use domain::tenant::{
-    Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent,
+    Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent, TenantStatus,
 };
 use domain::{InstanceId, KeyId, Permission, RequestId, TenantId};
 use std::collections::VecDeque;
@@ -70,6 +70,8 @@ pub(crate) enum TenantOp {
 #[derive(Clone, Debug)]
 pub(crate) struct TenantReply {
     pub tenant_name: String,
+    /// Active, suspended or closed, with the reason.
+    pub status: TenantStatus,
     pub balance: Balance,
     /// For a grant: the grant recorded under its idempotency key (the original one
     /// when the grant was a repeat).
@@ -379,6 +381,7 @@ impl TenantActor {
         }
         Ok(TenantReply {
             tenant_name: self.state.name.clone(),
+            status: self.state.status.clone(),
             balance: self.state.balance(),
             grant: grant_key.and_then(|k| self.state.grants.get(&k).cloned()),
             events_written: written,

@@ -9,6 +9,7 @@ pub(crate) mod explain;
 pub(crate) mod invoices;
 pub(crate) mod models;
 pub(crate) mod prices;
+pub(crate) mod tenant_lifecycle;
 pub(crate) mod usage;
 pub(crate) mod webhooks;
 
@@ -165,6 +166,21 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/low_balance")
             .route(web::put().to(admin::set_low_balance))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/suspend")
+            .route(web::post().to(tenant_lifecycle::suspend))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/resume")
+            .route(web::post().to(tenant_lifecycle::resume))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/close")
+            .route(web::post().to(tenant_lifecycle::close))
             .default_service(not_allowed()),
     )
     .service(

@@ -5,7 +5,7 @@ use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
-use crate::tenant::events::KeyHash;
+use crate::tenant::events::{KeyHash, RemainingCredit};
 use chrono::{DateTime, Utc};
 
 /// One try of one upstream for a request: which candidate, which credential.
@@ -130,6 +130,23 @@ pub enum TenantCommand {
         threshold: Option<Credits>,
         at: DateTime<Utc>,
     },
+    /// Stop admitting model requests; open holds still settle. Suspending a
+    /// suspended tenant changes nothing (the first reason stays).
+    SuspendTenant {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Admit model requests again. Resuming an active tenant changes nothing.
+    ResumeTenant {
+        at: DateTime<Utc>,
+    },
+    /// Close the tenant for good: refused while holds are open; the credit left
+    /// is forfeited or refunded, by an event of its own.
+    CloseTenant {
+        reason: String,
+        remaining: RemainingCredit,
+        at: DateTime<Utc>,
+    },
 }
 
 impl TenantCommand {
@@ -148,7 +165,10 @@ impl TenantCommand {
             | TenantCommand::RecordFailedAttempt { at, .. }
             | TenantCommand::ReleaseHold { at, .. }
             | TenantCommand::ReleaseAbandonedHolds { at, .. }
-            | TenantCommand::SetLowBalanceThreshold { at, .. } => *at,
+            | TenantCommand::SetLowBalanceThreshold { at, .. }
+            | TenantCommand::SuspendTenant { at, .. }
+            | TenantCommand::ResumeTenant { at }
+            | TenantCommand::CloseTenant { at, .. } => *at,
         }
     }
 }
