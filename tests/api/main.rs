@@ -47,6 +47,7 @@ mod output_caps;
 mod price_book;
 mod secrets;
 mod stream_cutoff;
+mod suspension;
 mod sweep;
 mod upstream_timeouts;
 mod usage;
