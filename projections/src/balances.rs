@@ -291,4 +291,56 @@ mod tests {
         assert_eq!(row.revoked, credits("3"));
         assert_eq!(row.available, credits("1"));
     }
+
+    #[test]
+    fn the_row_follows_the_aggregate_through_suspension_and_closing() {
+        use chrono::TimeZone;
+        use domain::tenant::{RemainingCredit, Tenant, TenantCommand};
+        let t = |s: i64| Utc.timestamp_opt(1_767_225_600 + s, 0).unwrap();
+        let tenant_id = TenantId::new_random();
+        let credits = |s: &str| Credits::parse(s).unwrap();
+        let commands = vec![
+            TenantCommand::CreateTenant {
+                tenant_id,
+                name: "acme".into(),
+                initial_credits: credits("1"),
+                at: t(0),
+            },
+            TenantCommand::GrantCredits {
+                amount: credits("2"),
+                idempotency_key: "promo".into(),
+                reason: "promo".into(),
+                expires_at: Some(t(100)),
+                at: t(1),
+            },
+            TenantCommand::SuspendTenant {
+                reason: "unpaid".into(),
+                at: t(2),
+            },
+            TenantCommand::ResumeTenant { at: t(3) },
+            TenantCommand::CloseTenant {
+                reason: "ended".into(),
+                remaining: RemainingCredit::Forfeited,
+                at: t(4),
+            },
+        ];
+        let mut tenant = Tenant::default();
+        let mut events = Vec::new();
+        for command in commands {
+            for event in tenant.decide(command).unwrap() {
+                tenant.apply_event(event.clone());
+                events.push(event);
+            }
+        }
+        let row = fold_all(tenant_id, &events);
+        let b = tenant.balance();
+        assert_eq!(
+            (row.granted, row.closed_out, row.held, row.available),
+            (b.granted, b.closed_out, b.held, b.available)
+        );
+        assert_eq!(row.closed_out, credits("3"));
+        assert_eq!(row.available, Credits::ZERO);
+        assert!(row.lots.is_empty(), "closing empties every lot");
+        assert_eq!(row.lots, tenant.lots);
+    }
 }
