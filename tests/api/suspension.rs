@@ -379,6 +379,14 @@ async fn the_cli_suspends_resumes_and_closes(kind: StoreKind) {
     assert_eq!(app.chat(&member, &body).await.status(), 200);
     app.wait_until_nothing_held(&tenant).await;
     let env = cli_env(&app);
+    let help = env.command().args(["tenant", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for command in ["suspend", "resume", "close"] {
+        assert!(
+            help.contains(command),
+            "`tenant --help` lacks {command}:\n{help}"
+        );
+    }
 
     let printed = cli(&env, &["tenant", "suspend", &tenant, "--reason", REASON]);
     assert_eq!(printed["status"], "suspended");
