@@ -241,7 +241,17 @@ async fn an_open_stream_settles_after_suspension_and_close_waits_for_it(kind: St
     assert_eq!(audited["available"], "0");
     assert_eq!(audited["closed_out"], left.as_str());
     let export = app.get_json(&auditor, "/v1/audit/events").await;
+    assert_eq!(export["next_after"], Value::Null, "one page holds it all");
     assert!(export.to_string().contains("CreditsClosedOut"), "{export}");
+    // The export alone, offline, verifies and gives the same balance.
+    let check = aigne_hub::audit::verify_export(&export.to_string(), &app.settings.limits).unwrap();
+    assert_eq!(check.chain.first_break, None, "{:?}", check.chain);
+    let offline = check
+        .balance
+        .expect("an intact export recomputes the balance");
+    for field in ["granted", "spent", "closed_out", "available"] {
+        assert_eq!(offline[field], audited[field], "{field}: {offline}");
+    }
     let availability = app.get_json(&auditor, "/api/v2/status").await;
     assert_eq!(availability["available"], false);
 
