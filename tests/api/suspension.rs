@@ -56,12 +56,9 @@ async fn a_suspended_tenant_is_refused_on_every_ingress_at_no_cost(kind: StoreKi
     let (tenant, member) = app.tenant_with_key("1", "member").await;
     let billing = app.issue_key(&tenant, "billing").await;
     let auditor = app.issue_key(&tenant, "auditor").await;
-    assert_eq!(
-        app.chat(&member, &chat_body("gpt-mock", false))
-            .await
-            .status(),
-        200
-    );
+    let answered = app.chat(&member, &chat_body("gpt-mock", false)).await;
+    assert_eq!(answered.status(), 200);
+    let earlier_request = request_id(&answered);
     let before = app.wait_until_nothing_held(&tenant).await;
 
     let (status, body) = lifecycle(&app, &tenant, "suspend", json!({"reason": REASON})).await;
@@ -138,6 +135,14 @@ async fn a_suspended_tenant_is_refused_on_every_ingress_at_no_cost(kind: StoreKi
     app.get_json(&billing, "/v1/billing/invoices").await;
     app.get_json(&auditor, "/v1/audit/events").await;
     app.get_json(&member, "/v1/models").await;
+    let explained = app
+        .get_json(&billing, &format!("/v1/billing/requests/{earlier_request}"))
+        .await;
+    assert_eq!(
+        explained["request_id"],
+        earlier_request.as_str(),
+        "{explained}"
+    );
 
     let (status, body) = lifecycle(&app, &tenant, "resume", json!({})).await;
     assert_eq!(status, 200, "{body}");
