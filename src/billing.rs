@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::tenant::Balance;
-use domain::TenantId;
+use domain::{Credits, TenantId};
 use serde_json::{json, Value};
 
 /// The figures every balance view shows, in credits:
@@ -22,7 +22,9 @@ pub(crate) fn balance_json(tenant_id: TenantId, balance: &Balance) -> Value {
 
 /// A balance as the API and the CLI show it, in credits:
 /// `{"tenant_id","granted","spent","expired","revoked","held","available","expiring_soon"}`,
-/// where `available = granted − spent − expired − revoked − held`.
+/// where `available = granted − spent − expired − revoked − closed_out − held`;
+/// `closed_out` (the credit forfeited or refunded when the tenant closed) is
+/// shown only when it is not zero.
 ///
 /// `expiring_soon` is the credit of lots that expire within `window_secs` of
 /// `now` (lots past their expiry that the expiry pass has not reached yet
@@ -45,5 +47,9 @@ pub(crate) fn balance_body(
     body["expired"] = json!(balance.expired.to_decimal_string());
     body["revoked"] = json!(balance.revoked.to_decimal_string());
     body["expiring_soon"] = json!(balance.expiring_by(until).to_decimal_string());
+    // Only a closed tenant has any: other balances keep their shape.
+    if balance.closed_out != Credits::ZERO {
+        body["closed_out"] = json!(balance.closed_out.to_decimal_string());
+    }
     body
 }

@@ -74,7 +74,7 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default); creates the store on first start.
     Serve,
-    /// Create, list and show tenants.
+    /// Create, list, show, suspend, resume and close tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
     /// Issue, revoke and list a tenant's API keys.
@@ -152,6 +152,32 @@ enum TenantCmd {
         /// The tenant's id.
         tenant: TenantId,
     },
+    /// Suspend a tenant: its model requests are refused (403) until it is
+    /// resumed; open holds settle as usual, and reads still work.
+    Suspend {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// Why (1 to 500 characters); its keys' refusals quote it.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// The tenant's id.
+        tenant: TenantId,
+    },
+    /// Close a tenant for good (suspend it first, and close it once its open
+    /// holds have settled or expired); its credit left is forfeited or refunded.
+    Close {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// Why (1 to 500 characters).
+        #[arg(long)]
+        reason: String,
+        /// forfeit (the operator keeps it) or refund (paid back outside the hub).
+        #[arg(long)]
+        remaining: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +193,32 @@ enum KeyCmd {
         /// admin, member, billing or auditor.
         #[arg(long)]
         role: Role,
+        /// The key's scopes as JSON, as the admin API takes them, e.g.
+        /// '{"models":["openai/*"],"budget":{"amount":"50","period":"month"},"rpm":60}'.
+        #[arg(long)]
+        scopes: Option<String>,
+    },
+    /// Show a key with its scopes and what it has used of them.
+    Show {
+        /// The tenant's id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The key's id.
+        #[arg(long)]
+        key_id: KeyId,
+    },
+    /// Change some of a key's scopes: fields named in the JSON change (`null`
+    /// removes a limit), the others stay.
+    Set {
+        /// The tenant's id.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The key's id.
+        #[arg(long)]
+        key_id: KeyId,
+        /// The scope fields to change as JSON, e.g. '{"rpm":120,"expires_at":null}'.
+        #[arg(long)]
+        scopes: String,
     },
     /// Revoke a key: it is refused from then on.
     Revoke {
@@ -405,12 +457,67 @@ async fn run(
             let page = crate::routes::tenants::PageQuery { cursor, limit };
             crate::routes::tenants::keys_json(&hub, tenant, page).await?
         }
-        Command::Key(KeyCmd::Issue { tenant, name, role }) => {
-            let (key_id, key) = hub
-                .issue_key(tenant, name, role, Default::default(), cli_actor())
+        Command::Tenant(TenantCmd::Suspend { tenant, reason }) => {
+            let reply = hub
+                .suspend_tenant(tenant, reason, cli_actor())
                 .await
                 .map_err(HubError::from)?;
-            serde_json::json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, None)
+        }
+        Command::Tenant(TenantCmd::Resume { tenant }) => {
+            let reply = hub
+                .resume_tenant(tenant, cli_actor())
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, None)
+        }
+        Command::Tenant(TenantCmd::Close {
+            tenant,
+            reason,
+            remaining,
+        }) => {
+            let remaining = crate::routes::tenant_lifecycle::parse_remaining(&remaining)?;
+            let reply = hub
+                .close_tenant(tenant, reason, remaining, cli_actor())
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::tenant_lifecycle::lifecycle_json(tenant, &reply, Some(remaining))
+        }
+        Command::Key(KeyCmd::Issue {
+            tenant,
+            name,
+            role,
+            scopes,
+        }) => {
+            let scopes = match scopes {
+                Some(raw) => scope_patch(&raw)?.applied_to(&Default::default()),
+                None => Default::default(),
+            };
+            let (_, key, state) = hub
+                .issue_key(tenant, name, role, scopes, cli_actor())
+                .await
+                .map_err(HubError::from)?;
+            let mut body = crate::routes::key_scopes::key_json(&state, hub.now());
+            body["key"] = serde_json::json!(key);
+            body
+        }
+        Command::Key(KeyCmd::Show { tenant, key_id }) => {
+            let state = hub
+                .key_state(tenant, key_id, None)
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::key_scopes::key_json(&state, hub.now())
+        }
+        Command::Key(KeyCmd::Set {
+            tenant,
+            key_id,
+            scopes,
+        }) => {
+            let state = hub
+                .set_key_scopes(tenant, key_id, scope_patch(&scopes)?, None, cli_actor())
+                .await
+                .map_err(HubError::from)?;
+            crate::routes::key_scopes::key_json(&state, hub.now())
         }
         Command::Key(KeyCmd::Revoke { tenant, key_id }) => {
             hub.revoke_key(tenant, key_id, cli_actor())
@@ -587,6 +694,17 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     );
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--scopes`: the admin API's scope fields, as JSON.
+fn scope_patch(raw: &str) -> anyhow::Result<domain::tenant::ScopesPatch> {
+    let value: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| anyhow::anyhow!("--scopes: not JSON: {e}"))?;
+    let serde_json::Value::Object(object) = value else {
+        anyhow::bail!("--scopes: a JSON object is required");
+    };
+    let fields = crate::routes::key_scopes::ScopeFields::from_object(object)?;
+    Ok(fields.into_patch()?)
 }
 
 /// Who a CLI change is recorded as: the operator, with the login name the OS

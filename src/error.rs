@@ -23,6 +23,12 @@ pub(crate) enum HubError {
     Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
+    /// The operator suspended the tenant: no model request is admitted.
+    #[error("this tenant is suspended: {0}")]
+    TenantSuspended(String),
+    /// The tenant is closed: only its auditors (and the operator) may read.
+    #[error("this tenant is closed")]
+    TenantClosed,
     #[error("insufficient credits: {available} available, {required} required for this request{}; ask your administrator to add credits", output_cap_hint(*.max_tokens_that_fit, *.default_max_tokens))]
     InsufficientCredits {
         available: String,
@@ -95,6 +101,12 @@ pub(crate) fn output_cap_hint(max_tokens_that_fit: Option<u64>, default: Option<
 }
 
 impl HubError {
+    /// The error's `code` (`invalid_api_key`, `tenant_suspended`, …): the same
+    /// on every wire format that has room for it.
+    pub(crate) fn code(&self) -> &'static str {
+        self.kind_and_code().1
+    }
+
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
@@ -103,6 +115,8 @@ impl HubError {
             HubError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
             HubError::KeyBudgetExhausted(_) => ("insufficient_quota", "key_budget_exhausted"),
             HubError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),
+            HubError::TenantSuspended(_) => ("permission_error", "tenant_suspended"),
+            HubError::TenantClosed => ("permission_error", "tenant_closed"),
             HubError::InsufficientCredits { .. } => ("insufficient_quota", "insufficient_credits"),
             HubError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             HubError::NotFound(_) => ("invalid_request_error", "not_found"),
@@ -144,7 +158,10 @@ impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            HubError::PermissionDenied(_) | HubError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            HubError::PermissionDenied(_)
+            | HubError::ModelNotAllowed(_)
+            | HubError::TenantSuspended(_)
+            | HubError::TenantClosed => StatusCode::FORBIDDEN,
             HubError::KeyExpired(_) => StatusCode::UNAUTHORIZED,
             HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => {
                 StatusCode::PAYMENT_REQUIRED
@@ -255,6 +272,8 @@ impl From<TenantError> for HubError {
                 retry_after_secs,
             },
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
+            TenantError::TenantSuspended { reason } => HubError::TenantSuspended(reason),
+            TenantError::TenantClosed => HubError::TenantClosed,
             TenantError::InsufficientCredits {
                 available,
                 required,
@@ -283,7 +302,9 @@ impl From<TenantError> for HubError {
             | TenantError::PaymentEventReused(_)
             | TenantError::PaymentAmountMismatch(_)
             // A refund that arrived before its payment: the sender retries later.
-            | TenantError::UnknownPayment(_) => HubError::Conflict(e.to_string()),
+            | TenantError::UnknownPayment(_)
+            | TenantError::AlreadyClosed
+            | TenantError::HoldsOpen { .. } => HubError::Conflict(e.to_string()),
         }
     }
 }
@@ -371,7 +392,9 @@ impl From<HubOpError> for HubError {
         match e {
             HubOpError::Invalid(message) => HubError::BadRequest(message),
             HubOpError::NotFound(message) => HubError::NotFound(message),
-            HubOpError::GrantNotRecorded => HubError::Internal(e.to_string()),
+            HubOpError::GrantNotRecorded | HubOpError::KeyNotShown => {
+                HubError::Internal(e.to_string())
+            }
             HubOpError::CredentialEncoding(cause) => HubError::Internal(cause.to_string()),
             HubOpError::Actor(e) => e.into(),
             HubOpError::Store(e) => e.into(),
@@ -540,6 +563,12 @@ mod tests {
             TenantError::PaymentEventReused("evt".into()),
             TenantError::PaymentAmountMismatch("pay".into()),
             TenantError::UnknownPayment("pay".into()),
+            TenantError::TenantSuspended {
+                reason: "unpaid".into(),
+            },
+            TenantError::TenantClosed,
+            TenantError::AlreadyClosed,
+            TenantError::HoldsOpen { count: 2 },
         ]
     }
 
@@ -551,6 +580,31 @@ mod tests {
             assert_eq!(actor.is_conflict(), status == 409, "{actor:?}");
             assert_eq!(actor.is_refusal(), matches!(status, 401..=404), "{actor:?}");
         }
+    }
+
+    #[test]
+    fn a_suspended_or_closed_tenant_is_a_403_with_its_own_code() {
+        let (status, body) = answer(ActorError::Refused(TenantError::TenantSuspended {
+            reason: "unpaid invoice".into(),
+        }));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("tenant_suspended"))
+        );
+        assert_eq!(message(&body), "this tenant is suspended: unpaid invoice");
+        let (status, body) = answer(ActorError::Refused(TenantError::TenantClosed));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("tenant_closed"))
+        );
+        assert_eq!(
+            answer(ActorError::Refused(TenantError::HoldsOpen { count: 1 })).0,
+            409
+        );
+        assert_eq!(
+            answer(ActorError::Refused(TenantError::AlreadyClosed)).0,
+            409
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! operator configures (providers, prices) goes to the store and then refreshes
 //! the catalog.
 
-use crate::actors::{ActorError, Auth, TenantOp, TenantRegistry, TenantReply};
+use crate::actors::{ActorError, Auth, KeyState, TenantOp, TenantRegistry, TenantReply};
 use crate::auth::{new_key, PresentedKey};
 use crate::catalog::Catalog;
 use crate::config::{Limits, Settings};
@@ -15,7 +15,7 @@ use crate::store::{
     Change, CredentialRow, EventLog, LiveSet, ProjectionRows, ProviderRow, Store, StoreError,
 };
 use chrono::{DateTime, Utc};
-use domain::tenant::{Balance, GrantRecord, Scopes, TenantCommand};
+use domain::tenant::{Balance, GrantRecord, RemainingCredit, Scopes, ScopesPatch, TenantCommand};
 use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
@@ -102,6 +102,9 @@ pub(crate) enum HubOpError {
     /// A grant the tenant accepted is not in its reply.
     #[error("grant not recorded")]
     GrantNotRecorded,
+    /// The actor answered a command on a key without the key.
+    #[error("the key was not in the tenant's answer")]
+    KeyNotShown,
     /// A credential could not be written as JSON before sealing.
     #[error("the credential could not be encoded")]
     CredentialEncoding(#[source] serde_json::Error),
@@ -336,6 +339,50 @@ impl Hub {
         Ok(tenant_id)
     }
 
+    /// Suspends a tenant: its model requests are refused (403) until it is
+    /// resumed; its open holds settle as usual. A second suspension is a no-op.
+    pub(crate) async fn suspend_tenant(
+        &self,
+        tenant_id: TenantId,
+        reason: String,
+        actor: ChangedBy,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::SuspendTenant {
+            reason,
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command, actor).await?)
+    }
+
+    /// Resumes a suspended tenant (an active one stays as it is).
+    pub(crate) async fn resume_tenant(
+        &self,
+        tenant_id: TenantId,
+        actor: ChangedBy,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::ResumeTenant {
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command, actor).await?)
+    }
+
+    /// Closes a tenant for good, once it has no open hold; the credit left is
+    /// recorded as forfeited or refunded (`balance.closed_out` in the reply).
+    pub(crate) async fn close_tenant(
+        &self,
+        tenant_id: TenantId,
+        reason: String,
+        remaining: RemainingCredit,
+        actor: ChangedBy,
+    ) -> Result<TenantReply, HubOpError> {
+        let command = TenantCommand::CloseTenant {
+            reason,
+            remaining,
+            at: self.clock.now(),
+        };
+        Ok(self.operator_command(tenant_id, command, actor).await?)
+    }
+
     /// Issues a key; the returned text is the only copy of its secret.
     pub(crate) async fn issue_key(
         &self,
@@ -344,7 +391,7 @@ impl Hub {
         role: Role,
         scopes: Scopes,
         actor: ChangedBy,
-    ) -> Result<(KeyId, String), HubOpError> {
+    ) -> Result<(KeyId, String, KeyState), HubOpError> {
         let key = new_key(tenant_id);
         let command = TenantCommand::IssueApiKey {
             key_id: key.key_id,
@@ -354,8 +401,47 @@ impl Hub {
             scopes,
             at: self.clock.now(),
         };
-        self.operator_command(tenant_id, command, actor).await?;
-        Ok((key.key_id, key.full_key))
+        let reply = self.operator_command(tenant_id, command, actor).await?;
+        let state = reply.key.ok_or(HubOpError::KeyNotShown)?;
+        Ok((key.key_id, key.full_key, state))
+    }
+
+    /// Changes some of a key's scopes; answers the key as it is after. `auth`:
+    /// the tenant key making the change, checked first (`None`: the operator).
+    pub(crate) async fn set_key_scopes(
+        &self,
+        tenant_id: TenantId,
+        key_id: KeyId,
+        patch: ScopesPatch,
+        auth: Option<Auth>,
+        actor: ChangedBy,
+    ) -> Result<KeyState, HubOpError> {
+        let op = TenantOp::Execute {
+            auth,
+            command: TenantCommand::SetKeyScopes {
+                key_id,
+                patch,
+                at: self.clock.now(),
+            },
+            request_id: None,
+            actor,
+        };
+        let reply = self.tenants.call(tenant_id, op).await?;
+        reply.key.ok_or(HubOpError::KeyNotShown)
+    }
+
+    /// A key of a tenant with its scopes and what its requests hold now.
+    pub(crate) async fn key_state(
+        &self,
+        tenant_id: TenantId,
+        key_id: KeyId,
+        auth: Option<Auth>,
+    ) -> Result<KeyState, HubOpError> {
+        let reply = self
+            .tenants
+            .call(tenant_id, TenantOp::ReadKey { auth, key_id })
+            .await?;
+        reply.key.ok_or(HubOpError::KeyNotShown)
     }
 
     pub(crate) async fn revoke_key(

@@ -1,5 +1,5 @@
-//! Balances per tenant: granted, spent, expired, revoked, held, available, open
-//! holds, and the lots that expire.
+//! Balances per tenant: granted, spent, expired, revoked, closed out, held,
+//! available, open holds, and the lots that expire.
 //!
 //! Fields added after the first version are skipped while they are empty, so a
 //! row of a tenant that never had an expiring grant or a refund serializes byte
@@ -37,6 +37,9 @@ pub struct BalanceRow {
     pub expired: Credits,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revoked: Credits,
+    /// Taken out when the tenant closed (forfeited or refunded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub closed_out: Credits,
     /// What is left of each grant that expires, earliest expiry first. Figures that
     /// depend on the reading time (credit expiring within a window) are computed
     /// from these when read, never stored, so a replay always equals the live row.
@@ -49,9 +52,10 @@ fn is_zero(c: &Credits) -> bool {
 }
 
 impl BalanceRow {
-    /// `granted − spent − expired − revoked`: credit left, held or not.
+    /// `granted − spent − expired − revoked − closed_out`: credit left, held or
+    /// not.
     pub fn position(&self) -> Credits {
-        self.granted - self.spent - self.expired - self.revoked
+        self.granted - self.spent - self.expired - self.revoked - self.closed_out
     }
 
     /// When the tenant's next lot expires: the expiry pass looks for rows where
@@ -102,6 +106,9 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         TenantEvent::CreditsGranted { amount_pico, .. } => row.granted = row.granted + *amount_pico,
         TenantEvent::CreditsExpired { amount_pico, .. } => row.expired = row.expired + *amount_pico,
         TenantEvent::CreditsRevoked { amount_pico, .. } => row.revoked = row.revoked + *amount_pico,
+        TenantEvent::CreditsClosedOut { amount_pico, .. } => {
+            row.closed_out = row.closed_out + *amount_pico
+        }
         TenantEvent::CreditsReserved { hold_pico, .. } => {
             row.held = row.held + *hold_pico;
             row.open_holds += 1;
@@ -129,7 +136,10 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }
-        | TenantEvent::PaymentEventNoted { .. } => {}
+        | TenantEvent::PaymentEventNoted { .. }
+        | TenantEvent::TenantSuspended { .. }
+        | TenantEvent::TenantResumed { .. }
+        | TenantEvent::TenantClosed { .. } => {}
     }
     row.available = row.position() - row.held;
 }
@@ -281,5 +291,57 @@ mod tests {
         assert_eq!(row.expired, credits("2"));
         assert_eq!(row.revoked, credits("3"));
         assert_eq!(row.available, credits("1"));
+    }
+
+    #[test]
+    fn the_row_follows_the_aggregate_through_suspension_and_closing() {
+        use chrono::TimeZone;
+        use domain::tenant::{RemainingCredit, Tenant, TenantCommand};
+        let t = |s: i64| Utc.timestamp_opt(1_767_225_600 + s, 0).unwrap();
+        let tenant_id = TenantId::new_random();
+        let credits = |s: &str| Credits::parse(s).unwrap();
+        let commands = vec![
+            TenantCommand::CreateTenant {
+                tenant_id,
+                name: "acme".into(),
+                initial_credits: credits("1"),
+                at: t(0),
+            },
+            TenantCommand::GrantCredits {
+                amount: credits("2"),
+                idempotency_key: "promo".into(),
+                reason: "promo".into(),
+                expires_at: Some(t(100)),
+                at: t(1),
+            },
+            TenantCommand::SuspendTenant {
+                reason: "unpaid".into(),
+                at: t(2),
+            },
+            TenantCommand::ResumeTenant { at: t(3) },
+            TenantCommand::CloseTenant {
+                reason: "ended".into(),
+                remaining: RemainingCredit::Forfeited,
+                at: t(4),
+            },
+        ];
+        let mut tenant = Tenant::default();
+        let mut events = Vec::new();
+        for command in commands {
+            for event in tenant.decide(command).unwrap() {
+                tenant.apply_event(event.clone());
+                events.push(event);
+            }
+        }
+        let row = fold_all(tenant_id, &events);
+        let b = tenant.balance();
+        assert_eq!(
+            (row.granted, row.closed_out, row.held, row.available),
+            (b.granted, b.closed_out, b.held, b.available)
+        );
+        assert_eq!(row.closed_out, credits("3"));
+        assert_eq!(row.available, Credits::ZERO);
+        assert!(row.lots.is_empty(), "closing empties every lot");
+        assert_eq!(row.lots, tenant.lots);
     }
 }

@@ -25,8 +25,9 @@
 //! - `<tenant>/<YYYY-MM-DD>` (period start): one [`InvoiceRow`] per tenant and
 //!   period, with its [`Line`]s (one per model, capability, kind of usage, unit
 //!   price and, for late usage, the period it is an adjustment for) and its
-//!   credit entries (grants, payments, expiries, revocations whose `at` falls in
-//!   the period; information only, they are not part of the total).
+//!   credit entries (grants, payments, expiries, revocations, and the credit
+//!   forfeited or refunded when the tenant closed, whose `at` falls in the
+//!   period; information only, they are not part of the total).
 //! - `<tenant>/pending`: requests in flight with their reservation's `at` and
 //!   capability (a settlement names neither), removed when the request settles
 //!   or its hold is released. Like `analytics`, that is a fold over two rows at
@@ -48,7 +49,7 @@
 
 use crate::LoggedEvent;
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
-use domain::tenant::TenantEvent;
+use domain::tenant::{RemainingCredit, TenantEvent};
 use domain::{Capability, Rate};
 use domain::{Credits, TenantId};
 use serde::{Deserialize, Serialize};
@@ -228,12 +229,14 @@ pub struct Line {
 /// A change of credit in the period (information, not charged).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditEntry {
-    /// `grant`, `payment`, `expiry` or `revocation`.
+    /// `grant`, `payment`, `expiry`, `revocation`, or (when the tenant closed)
+    /// `forfeit` or `refund`.
     pub kind: String,
-    /// The grant's idempotency key, the payment id, or the expired grant's key.
+    /// The grant's idempotency key, the payment id, the expired grant's key, or
+    /// `tenant closed`.
     pub reference: String,
     /// Exact, pico-credits; positive for grants and payments, negative for
-    /// expiries and revocations.
+    /// expiries, revocations, forfeits and refunds.
     pub amount: Credits,
     pub at: DateTime<Utc>,
 }
@@ -277,7 +280,8 @@ pub fn row_keys(settings: &Settings, event: &LoggedEvent<'_>) -> Vec<String> {
         }
         TenantEvent::CreditsGranted { at, .. }
         | TenantEvent::CreditsExpired { at, .. }
-        | TenantEvent::CreditsRevoked { at, .. } => {
+        | TenantEvent::CreditsRevoked { at, .. }
+        | TenantEvent::CreditsClosedOut { at, .. } => {
             vec![period_key(tenant, settings.period_start(*at))]
         }
         _ => vec![],
@@ -466,6 +470,24 @@ pub fn fold<'a>(
                     .push(CreditEntry {
                         kind: "revocation".into(),
                         reference: payment_id.clone(),
+                        amount: -*amount_pico,
+                        at: *at,
+                    });
+            }
+            TenantEvent::CreditsClosedOut {
+                disposition,
+                amount_pico,
+                at,
+            } => {
+                let kind = match disposition {
+                    RemainingCredit::Forfeited => "forfeit",
+                    RemainingCredit::Refunded => "refund",
+                };
+                period_row(rows, settings, tenant, settings.period_start(*at))
+                    .credits
+                    .push(CreditEntry {
+                        kind: kind.into(),
+                        reference: "tenant closed".into(),
                         amount: -*amount_pico,
                         at: *at,
                     });

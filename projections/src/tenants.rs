@@ -22,15 +22,25 @@ use std::collections::BTreeMap;
 pub enum TenantStatus {
     #[default]
     Active,
+    /// Model requests refused until resumed.
+    Suspended,
+    /// For good.
+    Closed,
 }
 
 impl TenantStatus {
     /// Every status, in the order error messages list them.
-    pub const ALL: [TenantStatus; 1] = [TenantStatus::Active];
+    pub const ALL: [TenantStatus; 3] = [
+        TenantStatus::Active,
+        TenantStatus::Suspended,
+        TenantStatus::Closed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Closed => "closed",
         }
     }
 
@@ -44,7 +54,11 @@ impl TenantStatus {
 /// it was. The one place that knows which events change a tenant's status.
 pub fn status_after(event: &TenantEvent) -> Option<TenantStatus> {
     match event {
-        TenantEvent::TenantCreated { .. } => Some(TenantStatus::Active),
+        TenantEvent::TenantCreated { .. } | TenantEvent::TenantResumed { .. } => {
+            Some(TenantStatus::Active)
+        }
+        TenantEvent::TenantSuspended { .. } => Some(TenantStatus::Suspended),
+        TenantEvent::TenantClosed { .. } => Some(TenantStatus::Closed),
         // Listed one by one, so that a new event makes this match decide.
         TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
@@ -58,7 +72,8 @@ pub fn status_after(event: &TenantEvent) -> Option<TenantStatus> {
         | TenantEvent::HoldReleased { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }
-        | TenantEvent::PaymentEventNoted { .. } => None,
+        | TenantEvent::PaymentEventNoted { .. }
+        | TenantEvent::CreditsClosedOut { .. } => None,
     }
 }
 

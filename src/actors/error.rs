@@ -61,6 +61,9 @@ impl ActorError {
                     | TenantError::ModelNotAllowed { .. }
                     | TenantError::KeyBudgetExhausted { .. }
                     | TenantError::RateLimited { .. }
+                    // A resume or reopening by another process may be newer.
+                    | TenantError::TenantSuspended { .. }
+                    | TenantError::TenantClosed
             ),
             _ => false,
         }
@@ -68,7 +71,8 @@ impl ActorError {
 
     /// Whether the tenant refused because the operation clashes with its state
     /// (a 409 at the HTTP edge): a name, key or idempotency key already used, a
-    /// hold or payment that is not there.
+    /// hold or payment that is not there, a closed tenant changed, a tenant
+    /// closed with holds open.
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(
             self,
@@ -81,6 +85,8 @@ impl ActorError {
                     | TenantError::PaymentEventReused(_)
                     | TenantError::PaymentAmountMismatch(_)
                     | TenantError::UnknownPayment(_)
+                    | TenantError::AlreadyClosed
+                    | TenantError::HoldsOpen { .. }
             )
         )
     }

@@ -19,9 +19,10 @@ use crate::store::{Durability, EventLog, EventMetadata, StoreError, SNAPSHOT_EVE
 use actix::prelude::*;
 use chrono::Utc;
 use domain::tenant::{
-    Balance, GrantRecord, KeyHash, Tenant, TenantCommand, TenantError, TenantEvent,
+    Balance, GrantRecord, KeyHash, KeyRecord, Tenant, TenantCommand, TenantError, TenantEvent,
+    TenantStatus,
 };
-use domain::{ChangedBy, InstanceId, KeyId, Permission, RequestId, TenantId};
+use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, RequestId, TenantId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,12 +69,16 @@ pub(crate) enum TenantOp {
     },
     /// Read the committed state (after checking `auth`, if any).
     Read { auth: Option<Auth> },
+    /// Read the committed state and one key's (after checking `auth`, if any).
+    ReadKey { auth: Option<Auth>, key_id: KeyId },
 }
 
 /// What an operation answers: the tenant's committed position after it.
 #[derive(Clone, Debug)]
 pub(crate) struct TenantReply {
     pub tenant_name: String,
+    /// Active, suspended or closed, with the reason.
+    pub status: TenantStatus,
     pub balance: Balance,
     /// For a grant: the grant recorded under its idempotency key (the original one
     /// when the grant was a repeat).
@@ -81,6 +86,18 @@ pub(crate) struct TenantReply {
     /// Events written, not counting a payment event id only noted
     /// (`PaymentEventNoted`): 0 means the command was a duplicate.
     pub events_written: usize,
+    /// For `ReadKey`, and commands on one key (issue, scopes): that key.
+    pub key: Option<KeyState>,
+}
+
+/// A key as its tenant knows it: its record (scopes and their usage) and what
+/// its open requests hold.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyState {
+    pub key_id: KeyId,
+    pub record: KeyRecord,
+    pub held: Credits,
+    pub in_flight: u32,
 }
 
 #[derive(Message)]
@@ -321,6 +338,21 @@ impl TenantActor {
         }));
     }
 
+    fn key_state(&self, key_id: KeyId) -> Result<KeyState, TenantError> {
+        let record = self
+            .state
+            .keys
+            .get(&key_id)
+            .ok_or(TenantError::UnknownKey(key_id))?;
+        let (held, in_flight) = self.state.key_holds(key_id);
+        Ok(KeyState {
+            key_id,
+            record: record.clone(),
+            held,
+            in_flight,
+        })
+    }
+
     /// Decides one operation against the current state, applying its events.
     fn decide(
         &mut self,
@@ -334,7 +366,16 @@ impl TenantActor {
                 request_id,
                 actor,
             } => (auth, Some(command), *request_id, Some(actor)),
-            TenantOp::Read { auth } => (auth, None, None, None),
+            TenantOp::Read { auth } | TenantOp::ReadKey { auth, .. } => (auth, None, None, None),
+        };
+        let key_of = match op {
+            TenantOp::ReadKey { key_id, .. } => Some(*key_id),
+            TenantOp::Execute { command, .. } => match command {
+                TenantCommand::IssueApiKey { key_id, .. }
+                | TenantCommand::SetKeyScopes { key_id, .. } => Some(*key_id),
+                _ => None,
+            },
+            TenantOp::Read { .. } => None,
         };
         let operator = auth.is_none();
         let not_found = |e: TenantError| -> ActorError {
@@ -385,9 +426,14 @@ impl TenantActor {
         }
         Ok(TenantReply {
             tenant_name: self.state.name.clone(),
+            status: self.state.status.clone(),
             balance: self.state.balance(),
             grant: grant_key.and_then(|k| self.state.grants.get(&k).cloned()),
             events_written: written,
+            key: key_of
+                .map(|key_id| self.key_state(key_id))
+                .transpose()
+                .map_err(not_found)?,
         })
     }
 
@@ -561,7 +607,7 @@ fn batch_durability<'a>(ops: impl IntoIterator<Item = &'a TenantOp>) -> Durabili
             matches!(command, TenantCommand::ReserveCredits { .. })
         }
         // Reads write nothing.
-        TenantOp::Read { .. } => true,
+        TenantOp::Read { .. } | TenantOp::ReadKey { .. } => true,
     });
     if holds_only {
         Durability::HoldsOnly

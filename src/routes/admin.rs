@@ -1,5 +1,6 @@
 //! The operator API (`/admin/v1/...`), behind the operator token.
 
+use super::key_scopes::{key_json, ScopeFields};
 use super::tenant_path;
 use crate::actors::TenantOp;
 use crate::auth::check_operator;
@@ -9,10 +10,10 @@ use crate::error::HubError;
 use crate::hub::{CredentialSpec, Hub, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use domain::tenant::TenantCommand;
-use domain::{ChangedBy, Credits, KeyId, Role};
+use domain::tenant::{Scopes, TenantCommand};
+use domain::{ChangedBy, Credits, KeyId, Role, TenantId};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Operator bodies are small; this bounds them well below the model-request limit.
 const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
@@ -50,11 +51,25 @@ pub(crate) async fn create_tenant(
     Ok(HttpResponse::Created().json(json!({"tenant_id": tenant_id.to_string()})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct IssueKey {
-    name: String,
-    role: String,
+/// `{"name", "role"}` and, optionally, the key's scopes (`key_scopes.rs`).
+fn issue_key_body(body: Value) -> Result<(String, Role, Scopes), HubError> {
+    let Value::Object(mut object) = body else {
+        return Err(HubError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let mut text = |field: &str| match object.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(HubError::BadRequest(format!(
+            "{field}: a string is required"
+        ))),
+    };
+    let name = text("name")?;
+    let role: Role = text("role")?.parse().map_err(HubError::BadRequest)?;
+    let scopes = ScopeFields::from_object(object)?
+        .into_patch()?
+        .applied_to(&Scopes::default());
+    Ok((name, role, scopes))
 }
 
 pub(crate) async fn issue_key(
@@ -65,19 +80,65 @@ pub(crate) async fn issue_key(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
-    let body: IssueKey = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let role: Role = body.role.parse().map_err(HubError::BadRequest)?;
-    let (key_id, key) = hub
-        .issue_key(
-            tenant_id,
-            body.name,
-            role,
-            Default::default(),
-            ChangedBy::OperatorApi,
-        )
+    let (name, role, scopes) = issue_key_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
+    let (key_id, key, state) = hub
+        .issue_key(tenant_id, name, role, scopes, ChangedBy::OperatorApi)
         .await?;
-    Ok(HttpResponse::Created()
-        .json(json!({"key_id": key_id.to_string(), "key": key, "role": role.as_str()})))
+    let mut body = key_json(&state, hub.now());
+    body["key"] = json!(key);
+    debug_assert_eq!(body["key_id"], json!(key_id.to_string()));
+    Ok(HttpResponse::Created().json(body))
+}
+
+fn key_path(tenant: &str, key: &str) -> Result<(TenantId, KeyId), HubError> {
+    let tenant_id = tenant_path(tenant)?;
+    let key_id: KeyId = key
+        .parse()
+        .map_err(|_| HubError::NotFound("API key not found".into()))?;
+    Ok((tenant_id, key_id))
+}
+
+/// `GET /admin/v1/tenants/{tenant_id}/keys/{key_id}`: the key, its scopes and
+/// what it has used of them.
+pub(crate) async fn show_key(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let (tenant, key) = path.into_inner();
+    let (tenant_id, key_id) = key_path(&tenant, &key)?;
+    let state = hub.key_state(tenant_id, key_id, None).await?;
+    Ok(HttpResponse::Ok().json(key_json(&state, hub.now())))
+}
+
+/// `PATCH /admin/v1/tenants/{tenant_id}/keys/{key_id}`: changes the scope
+/// fields present in the body.
+pub(crate) async fn patch_key(
+    hub: web::Data<Hub>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, HubError> {
+    operator(&hub, &req)?;
+    let (tenant, key) = path.into_inner();
+    let (tenant_id, key_id) = key_path(&tenant, &key)?;
+    let body: Value = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
+    let Value::Object(object) = body else {
+        return Err(HubError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let patch = ScopeFields::from_object(object)?.into_patch()?;
+    if patch.is_empty() {
+        return Err(HubError::BadRequest(
+            "nothing to change: name at least one of models, budget, rpm, tpm, max_concurrent or expires_at".into(),
+        ));
+    }
+    let state = hub
+        .set_key_scopes(tenant_id, key_id, patch, None, ChangedBy::OperatorApi)
+        .await?;
+    Ok(HttpResponse::Ok().json(key_json(&state, hub.now())))
 }
 
 pub(crate) async fn revoke_key(
@@ -87,10 +148,7 @@ pub(crate) async fn revoke_key(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let (tenant, key) = path.into_inner();
-    let tenant_id = tenant_path(&tenant)?;
-    let key_id: KeyId = key
-        .parse()
-        .map_err(|_| HubError::NotFound("API key not found".into()))?;
+    let (tenant_id, key_id) = key_path(&tenant, &key)?;
     hub.revoke_key(tenant_id, key_id, ChangedBy::OperatorApi)
         .await?;
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id.to_string(), "revoked": true})))

@@ -7,8 +7,10 @@ pub(crate) mod billing;
 mod csv;
 pub(crate) mod explain;
 pub(crate) mod invoices;
+pub(crate) mod key_scopes;
 pub(crate) mod models;
 pub(crate) mod prices;
+pub(crate) mod tenant_lifecycle;
 pub(crate) mod tenants;
 pub(crate) mod usage;
 pub(crate) mod webhooks;
@@ -163,6 +165,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/keys/{key_id}")
             .route(web::delete().to(admin::revoke_key))
+            .route(web::get().to(admin::show_key))
+            .route(web::patch().to(admin::patch_key))
             .default_service(not_allowed()),
     )
     .service(
@@ -173,6 +177,21 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/low_balance")
             .route(web::put().to(admin::set_low_balance))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/suspend")
+            .route(web::post().to(tenant_lifecycle::suspend))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/resume")
+            .route(web::post().to(tenant_lifecycle::resume))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/admin/v1/tenants/{tenant_id}/close")
+            .route(web::post().to(tenant_lifecycle::close))
             .default_service(not_allowed()),
     )
     .service(

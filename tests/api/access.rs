@@ -268,6 +268,9 @@ fn every_served_route_has_a_row_in_the_matrix() {
 struct Fixture {
     tenant: String,
     other_tenant: String,
+    /// A tenant with no keys for the operator to suspend, resume and close
+    /// (closing A would change every later answer).
+    spare_tenant: String,
     bearers: BTreeMap<Caller, String>,
     request_id: String,
     invoice_id: String,
@@ -348,6 +351,7 @@ async fn fixture(app: &TestApp) -> Fixture {
     bearers.insert(Caller::RevokedKey, revoked);
     let (spare_key_id, _) = issue(app, &tenant, "member").await;
     let (other_tenant, other_admin) = app.tenant_with_key("1", "admin").await;
+    let spare_tenant = app.create_tenant("0").await;
     bearers.insert(Caller::OtherTenant, other_admin);
     bearers.insert(Caller::Operator, app.operator_token.clone());
 
@@ -376,6 +380,7 @@ async fn fixture(app: &TestApp) -> Fixture {
     Fixture {
         tenant,
         other_tenant,
+        spare_tenant,
         bearers,
         request_id,
         invoice_id,
@@ -470,6 +475,14 @@ fn call_for(route: &str, fx: &Fixture) -> Option<Call> {
             format!("/admin/v1/tenants/{a}/keys"),
             Some(json!({"name": "matrix", "role": "member"})),
         ),
+        "GET /admin/v1/tenants/{tenant_id}/keys/{key_id}" => call(
+            format!("/admin/v1/tenants/{a}/keys/{}", fx.spare_key_id),
+            None,
+        ),
+        "PATCH /admin/v1/tenants/{tenant_id}/keys/{key_id}" => call(
+            format!("/admin/v1/tenants/{a}/keys/{}", fx.spare_key_id),
+            Some(json!({"rpm": 1000})),
+        ),
         "DELETE /admin/v1/tenants/{tenant_id}/keys/{key_id}" => call(
             format!("/admin/v1/tenants/{a}/keys/{}", fx.spare_key_id),
             None,
@@ -483,6 +496,18 @@ fn call_for(route: &str, fx: &Fixture) -> Option<Call> {
             Some(json!({"threshold": null})),
         ),
         "GET /admin/v1/tenants" => call("/admin/v1/tenants", None),
+        "POST /admin/v1/tenants/{tenant_id}/suspend" => call(
+            format!("/admin/v1/tenants/{}/suspend", fx.spare_tenant),
+            Some(json!({"reason": "the access matrix"})),
+        ),
+        "POST /admin/v1/tenants/{tenant_id}/resume" => call(
+            format!("/admin/v1/tenants/{}/resume", fx.spare_tenant),
+            Some(json!({})),
+        ),
+        "POST /admin/v1/tenants/{tenant_id}/close" => call(
+            format!("/admin/v1/tenants/{}/close", fx.spare_tenant),
+            Some(json!({"reason": "the access matrix", "remaining": "forfeit"})),
+        ),
         "GET /admin/v1/tenants/{tenant_id}" => call(format!("/admin/v1/tenants/{a}"), None),
         "GET /admin/v1/tenants/{tenant_id}/keys" => {
             call(format!("/admin/v1/tenants/{a}/keys"), None)
@@ -629,6 +654,7 @@ async fn every_route_answers_every_caller_as_the_matrix_says(kind: StoreKind) {
 async fn unknown_tenants_are_not_found(app: &TestApp, fx: Fixture) {
     let ghost = Fixture {
         tenant: uuid::Uuid::new_v4().to_string(),
+        spare_tenant: uuid::Uuid::new_v4().to_string(),
         ..fx
     };
     let rows = matrix();

@@ -48,6 +48,7 @@ mod output_caps;
 mod price_book;
 mod secrets;
 mod stream_cutoff;
+mod suspension;
 mod sweep;
 mod tenant_directory;
 mod upstream_timeouts;

@@ -161,7 +161,45 @@ async fn status_filter_accepts_status_names_only(kind: StoreKind) {
         ids(&list(&app, "status=active").await),
         vec![b.clone(), a.clone()]
     );
-    assert_eq!(ids(&list(&app, "status=").await), vec![b, a]);
+    assert_eq!(
+        ids(&list(&app, "status=").await),
+        vec![b.clone(), a.clone()]
+    );
+
+    // Suspending, resuming and closing move a tenant between the lists.
+    let post = |path: String, body: Value| {
+        let app = &app;
+        async move {
+            app.admin_json(reqwest::Method::POST, &path, Some(body))
+                .await
+        }
+    };
+    post(
+        format!("/admin/v1/tenants/{a}/suspend"),
+        json!({"reason": "unpaid"}),
+    )
+    .await;
+    post(
+        format!("/admin/v1/tenants/{b}/close"),
+        json!({"reason": "gone", "remaining": "forfeit"}),
+    )
+    .await;
+    app.projections_caught_up().await;
+    assert_eq!(ids(&list(&app, "status=suspended").await), vec![a.clone()]);
+    assert_eq!(ids(&list(&app, "status=closed").await), vec![b.clone()]);
+    assert!(ids(&list(&app, "status=active").await).is_empty());
+    let shown = app
+        .admin_json(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{a}"),
+            None,
+        )
+        .await;
+    assert_eq!(shown["status"], "suspended", "{shown}");
+    post(format!("/admin/v1/tenants/{a}/resume"), json!({})).await;
+    app.projections_caught_up().await;
+    assert_eq!(ids(&list(&app, "status=active").await), vec![a.clone()]);
+
     let (status, body) = error_of(&app, "/admin/v1/tenants?status=bogus").await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap();

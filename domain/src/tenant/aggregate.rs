@@ -5,7 +5,7 @@ use crate::money::Credits;
 use crate::pricing::{Capability, OutputCapAdvice};
 use crate::roles::{Permission, Role};
 use crate::tenant::commands::TenantCommand;
-use crate::tenant::events::{AttemptOutcome, KeyHash, PaymentRef, TenantEvent};
+use crate::tenant::events::{AttemptOutcome, KeyHash, PaymentRef, RemainingCredit, TenantEvent};
 use crate::tenant::ledger::ExpiringLots;
 use crate::tenant::scopes::{self, ScopeError, ScopeUsage, Scopes};
 use chrono::{DateTime, Utc};
@@ -21,6 +21,9 @@ pub const LABEL_MAX_CHARS: usize = 200;
 /// Idempotency keys of grants made by payment webhooks start with this; operators'
 /// grants may not use it, so the two never collide in the log.
 pub const PAYMENT_KEY_PREFIX: &str = "payment:";
+/// Longest reason for suspending or closing a tenant: a sentence or two for
+/// whoever reads the tenant's 403s and its log, not a document.
+pub const STATUS_REASON_MAX_CHARS: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
@@ -89,6 +92,47 @@ pub enum TenantError {
         value: u64,
         retry_after_secs: u64,
     },
+    /// A model request of a suspended tenant: refused before any hold.
+    #[error("this tenant is suspended: {reason}")]
+    TenantSuspended { reason: String },
+    /// Anything but a read by an auditor key (or the operator) on a closed tenant.
+    #[error("this tenant is closed")]
+    TenantClosed,
+    /// An operator's change to a closed tenant: nothing reopens or changes it.
+    #[error("the tenant is closed: it cannot be suspended, resumed, closed again, credited or given keys")]
+    AlreadyClosed,
+    #[error("the tenant has {count} open hold(s): suspend it, and close it once they have settled or expired")]
+    HoldsOpen { count: usize },
+}
+
+/// Whether a tenant admits model requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    /// Model requests are refused; everything else works.
+    Suspended { reason: String },
+    /// For good: only reads by the operator and auditor keys.
+    Closed { reason: String },
+}
+
+impl TenantStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended { .. } => "suspended",
+            TenantStatus::Closed { .. } => "closed",
+        }
+    }
+
+    /// Why the tenant was suspended or closed.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            TenantStatus::Active => None,
+            TenantStatus::Suspended { reason } | TenantStatus::Closed { reason } => Some(reason),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +198,7 @@ pub struct Hold {
 }
 
 /// A tenant's credit position:
-/// `available = granted − spent − expired − revoked − held`.
+/// `available = granted − spent − expired − revoked − closed_out − held`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
     pub granted: Credits,
@@ -165,6 +209,9 @@ pub struct Balance {
     pub revoked: Credits,
     pub held: Credits,
     pub available: Credits,
+    /// Credit taken out when the tenant closed (forfeited or refunded).
+    #[serde(default)]
+    pub closed_out: Credits,
     /// The lots that will expire. Which of them expire "soon" depends on when the
     /// balance is read, so readers compute it then ([`Balance::expiring_by`]).
     #[serde(default)]
@@ -210,6 +257,13 @@ pub struct Tenant {
     /// above this to below it. `None` (and every snapshot from before): never.
     #[serde(default)]
     pub low_balance_threshold: Option<Credits>,
+    // Added with suspension and closing; snapshots from before were active and
+    // never closed, which is what the defaults say.
+    #[serde(default)]
+    pub status: TenantStatus,
+    /// Credit taken out by `CreditsClosedOut`.
+    #[serde(default)]
+    pub closed_out: Credits,
 }
 
 fn check_label(field: &'static str, value: &str, max_chars: usize) -> Result<(), TenantError> {
@@ -233,13 +287,15 @@ impl Tenant {
             revoked: self.revoked,
             held: self.held,
             available: self.available(),
+            closed_out: self.closed_out,
             expiring: self.lots.clone(),
         }
     }
 
-    /// Credit not spent, expired or revoked, held or not. Negative: a debt.
+    /// Credit not spent, expired, revoked or closed out, held or not. Negative: a
+    /// debt.
     pub fn position(&self) -> Credits {
-        self.granted - self.spent - self.expired - self.revoked
+        self.granted - self.spent - self.expired - self.revoked - self.closed_out
     }
 
     pub fn available(&self) -> Credits {
@@ -256,6 +312,14 @@ impl Tenant {
                 at,
             })
             .collect()
+    }
+
+    /// What `key_id`'s open requests hold, and how many there are.
+    pub fn key_holds(&self, key_id: KeyId) -> (Credits, u32) {
+        self.holds
+            .values()
+            .filter(|h| h.key_id == key_id)
+            .fold((Credits::ZERO, 0), |(sum, n), h| (sum + h.amount, n + 1))
     }
 
     /// Refuses a hold of `hold` for `key_id`'s request at `at` that its key's
@@ -346,6 +410,12 @@ impl Tenant {
         {
             return Err(TenantError::KeyExpired(expiry.to_rfc3339()));
         }
+        // A closed tenant keeps its books open to its auditors, and to nobody else.
+        let audit_read = key.role == Role::Auditor
+            && matches!(permission, Permission::ReadBilling | Permission::ReadAudit);
+        if matches!(self.status, TenantStatus::Closed { .. }) && !audit_read {
+            return Err(TenantError::TenantClosed);
+        }
         if !key.role.allows(permission) {
             return Err(TenantError::PermissionDenied {
                 role: key.role.as_str(),
@@ -362,8 +432,10 @@ impl Tenant {
     /// clock): one per crossing; it re-arms once `available` is back at or above.
     pub fn decide(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
         let at = command.at();
+        // Closing takes the balance to zero on purpose: no low-balance notice.
+        let closing = matches!(command, TenantCommand::CloseTenant { .. });
         let mut events = self.decide_command(command)?;
-        if let Some(threshold) = self.low_balance_threshold {
+        if let Some(threshold) = self.low_balance_threshold.filter(|_| !closing) {
             let before = self.available();
             let after = events
                 .iter()
@@ -383,6 +455,7 @@ impl Tenant {
         if !self.exists() && !matches!(command, TenantCommand::CreateTenant { .. }) {
             return Err(TenantError::TenantNotFound);
         }
+        self.admits(&command)?;
         match command {
             TenantCommand::CreateTenant {
                 tenant_id,
@@ -436,11 +509,12 @@ impl Tenant {
                 }
                 Ok(events)
             }
-            TenantCommand::SetKeyScopes { key_id, scopes, at } => {
+            TenantCommand::SetKeyScopes { key_id, patch, at } => {
                 let key = self
                     .keys
                     .get(&key_id)
                     .ok_or(TenantError::UnknownKey(key_id))?;
+                let scopes = patch.applied_to(&key.scopes);
                 scopes.validate()?;
                 if key.scopes == scopes {
                     return Ok(vec![]);
@@ -738,7 +812,79 @@ impl Tenant {
                     at,
                 }])
             }
+            TenantCommand::SuspendTenant { reason, at } => {
+                check_label("reason", &reason, STATUS_REASON_MAX_CHARS)?;
+                if matches!(self.status, TenantStatus::Suspended { .. }) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TenantEvent::TenantSuspended { reason, at }])
+            }
+            TenantCommand::ResumeTenant { at } => match self.status {
+                TenantStatus::Suspended { .. } => Ok(vec![TenantEvent::TenantResumed { at }]),
+                _ => Ok(vec![]),
+            },
+            TenantCommand::CloseTenant {
+                reason,
+                remaining,
+                at,
+            } => self.decide_close(reason, remaining, at),
         }
+    }
+
+    /// Whether the tenant's status lets `command` be decided at all: a suspended
+    /// tenant admits no model request, a closed one nothing that adds to it.
+    /// Settling, releasing and expiring still work, so nothing open is stranded.
+    fn admits(&self, command: &TenantCommand) -> Result<(), TenantError> {
+        match (&self.status, command) {
+            (TenantStatus::Suspended { reason }, TenantCommand::ReserveCredits { .. }) => {
+                Err(TenantError::TenantSuspended {
+                    reason: reason.clone(),
+                })
+            }
+            (TenantStatus::Closed { .. }, TenantCommand::ReserveCredits { .. }) => {
+                Err(TenantError::TenantClosed)
+            }
+            (
+                TenantStatus::Closed { .. },
+                TenantCommand::IssueApiKey { .. }
+                | TenantCommand::GrantCredits { .. }
+                | TenantCommand::RecordPayment { .. }
+                | TenantCommand::RefundPayment { .. }
+                | TenantCommand::SetLowBalanceThreshold { .. }
+                | TenantCommand::SuspendTenant { .. }
+                | TenantCommand::ResumeTenant { .. }
+                | TenantCommand::CloseTenant { .. },
+            ) => Err(TenantError::AlreadyClosed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the tenant once no hold is open: the lots due expire, then what is
+    /// left of `available` is closed out (forfeited or refunded), then the
+    /// tenant is closed.
+    fn decide_close(
+        &self,
+        reason: String,
+        remaining: RemainingCredit,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TenantEvent>, TenantError> {
+        check_label("reason", &reason, STATUS_REASON_MAX_CHARS)?;
+        if !self.holds.is_empty() {
+            return Err(TenantError::HoldsOpen {
+                count: self.holds.len(),
+            });
+        }
+        let mut events = self.expiry_events(at);
+        let left = events.iter().fold(self.available(), |available, e| {
+            available + available_delta(e)
+        });
+        events.push(TenantEvent::CreditsClosedOut {
+            disposition: remaining,
+            amount_pico: left.max(Credits::ZERO),
+            at,
+        });
+        events.push(TenantEvent::TenantClosed { reason, at });
+        Ok(events)
     }
 
     /// Applies one event. Cannot fail: events are facts.
@@ -929,6 +1075,16 @@ impl Tenant {
                     },
                 );
             }
+            TenantEvent::TenantSuspended { reason, .. } => {
+                self.status = TenantStatus::Suspended { reason };
+            }
+            TenantEvent::TenantResumed { .. } => self.status = TenantStatus::Active,
+            TenantEvent::CreditsClosedOut { amount_pico, .. } => {
+                self.closed_out = self.closed_out + amount_pico;
+            }
+            TenantEvent::TenantClosed { reason, .. } => {
+                self.status = TenantStatus::Closed { reason };
+            }
         }
         debug_assert!(
             self.held >= Credits::ZERO,
@@ -941,12 +1097,14 @@ impl Tenant {
     }
 }
 
-/// How an event changes `available` (`granted − spent − expired − revoked − held`).
+/// How an event changes `available` (`granted − spent − expired − revoked −
+/// closed_out − held`).
 pub fn available_delta(event: &TenantEvent) -> Credits {
     match event {
         TenantEvent::CreditsGranted { amount_pico, .. } => *amount_pico,
         TenantEvent::CreditsExpired { amount_pico, .. }
-        | TenantEvent::CreditsRevoked { amount_pico, .. } => -*amount_pico,
+        | TenantEvent::CreditsRevoked { amount_pico, .. }
+        | TenantEvent::CreditsClosedOut { amount_pico, .. } => -*amount_pico,
         TenantEvent::CreditsReserved { hold_pico, .. } => -*hold_pico,
         TenantEvent::UsageSettled {
             cost_pico,
@@ -961,7 +1119,10 @@ pub fn available_delta(event: &TenantEvent) -> Credits {
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }
-        | TenantEvent::PaymentEventNoted { .. } => Credits::ZERO,
+        | TenantEvent::PaymentEventNoted { .. }
+        | TenantEvent::TenantSuspended { .. }
+        | TenantEvent::TenantResumed { .. }
+        | TenantEvent::TenantClosed { .. } => Credits::ZERO,
     }
 }
 

@@ -5,8 +5,8 @@ use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
-use crate::tenant::events::KeyHash;
-use crate::tenant::scopes::Scopes;
+use crate::tenant::events::{KeyHash, RemainingCredit};
+use crate::tenant::scopes::{Scopes, ScopesPatch};
 use chrono::{DateTime, Utc};
 
 /// One try of one upstream for a request: which candidate, which credential.
@@ -40,10 +40,10 @@ pub enum TenantCommand {
         scopes: Scopes,
         at: DateTime<Utc>,
     },
-    /// Replaces a key's scopes (the caller merges a partial change first).
+    /// Changes some of a key's scopes; the others stay as they are.
     SetKeyScopes {
         key_id: KeyId,
-        scopes: Scopes,
+        patch: ScopesPatch,
         at: DateTime<Utc>,
     },
     RevokeApiKey {
@@ -139,6 +139,23 @@ pub enum TenantCommand {
         threshold: Option<Credits>,
         at: DateTime<Utc>,
     },
+    /// Stop admitting model requests; open holds still settle. Suspending a
+    /// suspended tenant changes nothing (the first reason stays).
+    SuspendTenant {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Admit model requests again. Resuming an active tenant changes nothing.
+    ResumeTenant {
+        at: DateTime<Utc>,
+    },
+    /// Close the tenant for good: refused while holds are open; the credit left
+    /// is forfeited or refunded, by an event of its own.
+    CloseTenant {
+        reason: String,
+        remaining: RemainingCredit,
+        at: DateTime<Utc>,
+    },
 }
 
 impl TenantCommand {
@@ -158,7 +175,10 @@ impl TenantCommand {
             | TenantCommand::RecordFailedAttempt { at, .. }
             | TenantCommand::ReleaseHold { at, .. }
             | TenantCommand::ReleaseAbandonedHolds { at, .. }
-            | TenantCommand::SetLowBalanceThreshold { at, .. } => *at,
+            | TenantCommand::SetLowBalanceThreshold { at, .. }
+            | TenantCommand::SuspendTenant { at, .. }
+            | TenantCommand::ResumeTenant { at }
+            | TenantCommand::CloseTenant { at, .. } => *at,
         }
     }
 }

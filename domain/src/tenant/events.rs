@@ -54,6 +54,24 @@ pub enum AttemptOutcome {
     Failed { status: Option<u16>, reason: String },
 }
 
+/// What became of a closed tenant's credit: kept by the operator, or paid back
+/// to the customer outside the hub. Either way it leaves the balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemainingCredit {
+    Forfeited,
+    Refunded,
+}
+
+impl RemainingCredit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemainingCredit::Forfeited => "forfeited",
+            RemainingCredit::Refunded => "refunded",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TenantEvent {
     TenantCreated {
@@ -199,6 +217,28 @@ pub enum TenantEvent {
         amount_pico: Credits,
         at: DateTime<Utc>,
     },
+    /// New model requests are refused from now on; open holds still settle.
+    TenantSuspended {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    TenantResumed {
+        at: DateTime<Utc>,
+    },
+    /// The credit left when the tenant closed (`available`, after the lots due
+    /// expired), taken out of the balance: `available` is zero after it. Zero
+    /// when nothing was left (a debt stays as it was).
+    CreditsClosedOut {
+        disposition: RemainingCredit,
+        amount_pico: Credits,
+        at: DateTime<Utc>,
+    },
+    /// For good: follows its `CreditsClosedOut`. Only reads by the operator and
+    /// auditor keys are served after it.
+    TenantClosed {
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl TenantEvent {
@@ -217,7 +257,11 @@ impl TenantEvent {
             | TenantEvent::HoldReleased { at, .. }
             | TenantEvent::LowBalanceThresholdSet { at, .. }
             | TenantEvent::LowBalanceCrossed { at, .. }
-            | TenantEvent::PaymentEventNoted { at, .. } => *at,
+            | TenantEvent::PaymentEventNoted { at, .. }
+            | TenantEvent::TenantSuspended { at, .. }
+            | TenantEvent::TenantResumed { at }
+            | TenantEvent::CreditsClosedOut { at, .. }
+            | TenantEvent::TenantClosed { at, .. } => *at,
         }
     }
 
@@ -250,6 +294,10 @@ impl DomainEvent for TenantEvent {
             TenantEvent::LowBalanceThresholdSet { .. } => "LowBalanceThresholdSet",
             TenantEvent::LowBalanceCrossed { .. } => "LowBalanceCrossed",
             TenantEvent::PaymentEventNoted { .. } => "PaymentEventNoted",
+            TenantEvent::TenantSuspended { .. } => "TenantSuspended",
+            TenantEvent::TenantResumed { .. } => "TenantResumed",
+            TenantEvent::CreditsClosedOut { .. } => "CreditsClosedOut",
+            TenantEvent::TenantClosed { .. } => "TenantClosed",
         }
         .to_string()
     }

@@ -6,6 +6,7 @@
 //! - every grant is a lot; spending (a settlement) burns lots earliest expiry
 //!   first, lots without expiry last, the older lot first among equals;
 //! - what is left of a lot at its expiry expires (`CreditsExpired`);
+//! - closing a tenant takes all that is left (`CreditsClosedOut`), every lot;
 //! - a revocation (a refunded payment) takes credit without expiry first, then
 //!   expiring lots in the spending order;
 //! - spending or a revocation beyond every lot makes the position negative (a
@@ -14,7 +15,7 @@
 //! Only lots with an expiry are kept one by one. Credit without expiry burns last
 //! and never expires, so nothing tells one such lot from another, and their total
 //! is `max(position, 0) − Σ remaining of expiring lots`, where
-//! `position = granted − spent − expired − revoked` (held credit is still in its
+//! `position = granted − spent − expired − revoked − closed_out` (held credit is still in its
 //! lots: holds burn nothing, the settlement does). That stays exact because a
 //! debt exists only once every lot is empty, and a grant pays the debt first.
 //! State from before lots existed (snapshots, projection rows) therefore needs no
@@ -74,7 +75,7 @@ impl ExpiringLots {
     }
 
     /// Folds one event into the lots. `position` is `granted − spent − expired −
-    /// revoked` before the event. Never panics: a projection attempt that is later
+    /// revoked − closed_out` before the event. Never panics: a projection attempt that is later
     /// discarded may fold an event twice.
     pub fn apply(&mut self, event: &TenantEvent, position: Credits) {
         match event {
@@ -99,6 +100,8 @@ impl ExpiringLots {
                 }
             }
             TenantEvent::UsageSettled { cost_pico, .. } => self.burn(*cost_pico),
+            // The whole position when the tenant closed: every lot is emptied.
+            TenantEvent::CreditsClosedOut { amount_pico, .. } => self.burn(*amount_pico),
             TenantEvent::CreditsExpired {
                 grant_id,
                 amount_pico,

@@ -16,12 +16,13 @@ mod tests;
 
 pub use aggregate::{
     Balance, GrantRecord, Hold, KeyRecord, PaymentEventKind, PaymentEventRecord, PaymentRecord,
-    Tenant, TenantError, PAYMENT_KEY_PREFIX,
+    Tenant, TenantError, TenantStatus, PAYMENT_KEY_PREFIX, STATUS_REASON_MAX_CHARS,
 };
 pub use commands::{Attempt, TenantCommand};
 pub use events::{
-    AttemptOutcome, KeyHash, PaymentRef, TenantEvent, CREDITS_GRANTED_VERSION, EVENT_VERSION,
+    AttemptOutcome, KeyHash, PaymentRef, RemainingCredit, TenantEvent, CREDITS_GRANTED_VERSION,
+    EVENT_VERSION,
 };
 pub use ledger::{ExpiringLot, ExpiringLots};
-pub use scopes::{Budget, BudgetPeriod, ScopeError, ScopeUsage, Scopes};
+pub use scopes::{Budget, BudgetPeriod, ScopeError, ScopeUsage, Scopes, ScopesPatch};
 pub use upcast::upcasters;

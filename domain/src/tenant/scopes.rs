@@ -42,6 +42,49 @@ pub struct Scopes {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// A change to some of a key's scopes: `None` leaves a field as it is,
+/// `Some(None)` removes its limit, `Some(Some(v))` sets it. Merged in the tenant's
+/// decision, so two changes to different fields never undo each other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopesPatch {
+    pub models: Option<Option<Vec<String>>>,
+    pub budget: Option<Option<Budget>>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u64>>,
+    pub max_concurrent: Option<Option<u32>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+impl ScopesPatch {
+    /// Every field set to `scopes`' value: replaces the scopes whole.
+    pub fn replacing_with(scopes: Scopes) -> ScopesPatch {
+        ScopesPatch {
+            models: Some(scopes.models),
+            budget: Some(scopes.budget),
+            rpm: Some(scopes.rpm),
+            tpm: Some(scopes.tpm),
+            max_concurrent: Some(scopes.max_concurrent),
+            expires_at: Some(scopes.expires_at),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ScopesPatch::default()
+    }
+
+    /// `scopes` with this change made.
+    pub fn applied_to(self, scopes: &Scopes) -> Scopes {
+        Scopes {
+            models: self.models.unwrap_or_else(|| scopes.models.clone()),
+            budget: self.budget.unwrap_or_else(|| scopes.budget.clone()),
+            rpm: self.rpm.unwrap_or(scopes.rpm),
+            tpm: self.tpm.unwrap_or(scopes.tpm),
+            max_concurrent: self.max_concurrent.unwrap_or(scopes.max_concurrent),
+            expires_at: self.expires_at.unwrap_or(scopes.expires_at),
+        }
+    }
+}
+
 /// Spend allowed per calendar period, in the period's time zone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {

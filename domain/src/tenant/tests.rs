@@ -902,7 +902,7 @@ fn state_after(events: Vec<TenantEvent>) -> Tenant {
 
 fn assert_ledger_identity(b: &Balance) {
     assert_eq!(
-        b.granted - b.spent - b.expired - b.revoked - b.held,
+        b.granted - b.spent - b.expired - b.revoked - b.closed_out - b.held,
         b.available,
         "{b:?}"
     );
@@ -1641,7 +1641,10 @@ mod ledger_properties {
             let mut next = 0u128;
             let run = |tenant: &mut Tenant, sums: &mut Sums, log: &mut Vec<TenantEvent>, command: TenantCommand| -> Result<(), TenantError> {
                 let before = tenant.available();
-                let threshold = tenant.low_balance_threshold;
+                // Closing sends no low-balance notice.
+                let threshold = tenant
+                    .low_balance_threshold
+                    .filter(|_| !matches!(command, TenantCommand::CloseTenant { .. }));
                 let events = tenant.decide(command)?;
                 let crossings = events
                     .iter()
@@ -1769,6 +1772,430 @@ mod ledger_properties {
                 Ok(())
             );
             prop_assert!(tenant.lots.is_empty());
+            // Closing, once every hold is released, leaves nothing available and
+            // keeps the identity; what it took is what was left.
+            let open: Vec<_> = tenant.holds.keys().copied().collect();
+            for request_id in open {
+                let release = TenantCommand::ReleaseHold { request_id, reason: "x".into(), at: at(now + 1000) };
+                prop_assert_eq!(run(&mut tenant, &mut sums, &mut Vec::new(), release), Ok(()));
+            }
+            let left = tenant.available();
+            let close = TenantCommand::CloseTenant { reason: "end".into(), remaining: RemainingCredit::Refunded, at: at(now + 1001) };
+            prop_assert_eq!(run(&mut tenant, &mut sums, &mut Vec::new(), close), Ok(()));
+            let b = tenant.balance();
+            assert_ledger_identity(&b);
+            prop_assert_eq!(b.closed_out, left.max(Credits::ZERO));
+            prop_assert_eq!(b.available, left.min(Credits::ZERO));
+        }
+    }
+}
+
+mod suspension {
+    //! Suspending, resuming and closing a tenant.
+
+    use super::*;
+
+    fn suspended(reason: &str) -> TenantEvent {
+        TenantEvent::TenantSuspended {
+            reason: reason.into(),
+            at: at(3),
+        }
+    }
+    fn suspend_cmd(reason: &str) -> TenantCommand {
+        TenantCommand::SuspendTenant {
+            reason: reason.into(),
+            at: at(3),
+        }
+    }
+    fn close_cmd(remaining: RemainingCredit) -> TenantCommand {
+        TenantCommand::CloseTenant {
+            reason: "contract ended".into(),
+            remaining,
+            at: at(5),
+        }
+    }
+    fn closed_out(remaining: RemainingCredit, amount: &str) -> TenantEvent {
+        TenantEvent::CreditsClosedOut {
+            disposition: remaining,
+            amount_pico: credits(amount),
+            at: at(5),
+        }
+    }
+    fn closed() -> TenantEvent {
+        TenantEvent::TenantClosed {
+            reason: "contract ended".into(),
+            at: at(5),
+        }
+    }
+    fn funded() -> Vec<TenantEvent> {
+        vec![created(), key_issued(), granted("1", "g1")]
+    }
+    fn with(
+        mut history: Vec<TenantEvent>,
+        more: impl IntoIterator<Item = TenantEvent>,
+    ) -> Vec<TenantEvent> {
+        history.extend(more);
+        history
+    }
+    fn state(history: Vec<TenantEvent>) -> Tenant {
+        let mut tenant = Tenant::default();
+        for e in history {
+            tenant.apply_event(e);
+        }
+        tenant
+    }
+    fn issue(role: Role, n: u128) -> TenantEvent {
+        TenantEvent::ApiKeyIssued {
+            key_id: KeyId(Uuid::from_u128(50 + n)),
+            name: role.as_str().into(),
+            role,
+            key_hash: KeyHash::of_secret(&format!("secret{n}")),
+            at: at(1),
+        }
+    }
+    fn authorize(tenant: &Tenant, n: u128, permission: Permission) -> Result<Role, TenantError> {
+        tenant.authorize(
+            KeyId(Uuid::from_u128(50 + n)),
+            &KeyHash::of_secret(&format!("secret{n}")),
+            permission,
+            at(10),
+        )
+    }
+
+    #[test]
+    fn suspend_records_the_reason() {
+        TenantTest::with(())
+            .given(funded())
+            .when(suspend_cmd("unpaid invoice"))
+            .then_expect_events(vec![suspended("unpaid invoice")]);
+    }
+
+    #[test]
+    fn suspending_a_suspended_tenant_is_a_no_op() {
+        TenantTest::with(())
+            .given(with(funded(), [suspended("unpaid invoice")]))
+            .when(suspend_cmd("another reason"))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_suspension_needs_a_reason_of_bounded_length() {
+        for reason in [String::new(), "x".repeat(STATUS_REASON_MAX_CHARS + 1)] {
+            TenantTest::with(())
+                .given(funded())
+                .when(suspend_cmd(&reason))
+                .then_expect_error(TenantError::InvalidLabel {
+                    field: "reason",
+                    max_chars: STATUS_REASON_MAX_CHARS,
+                });
+        }
+        TenantTest::with(())
+            .given(funded())
+            .when(suspend_cmd(&"x".repeat(STATUS_REASON_MAX_CHARS)))
+            .then_expect_events(vec![suspended(&"x".repeat(STATUS_REASON_MAX_CHARS))]);
+    }
+
+    #[test]
+    fn resume_admits_again_and_resuming_an_active_tenant_is_a_no_op() {
+        TenantTest::with(())
+            .given(with(funded(), [suspended("r")]))
+            .when(TenantCommand::ResumeTenant { at: at(4) })
+            .then_expect_events(vec![TenantEvent::TenantResumed { at: at(4) }]);
+        TenantTest::with(())
+            .given(funded())
+            .when(TenantCommand::ResumeTenant { at: at(4) })
+            .then_expect_events(vec![]);
+        TenantTest::with(())
+            .given(with(
+                funded(),
+                [suspended("r"), TenantEvent::TenantResumed { at: at(4) }],
+            ))
+            .when(reserve_cmd(1, 36, None, 0))
+            .then_expect_events(vec![reserved(1, 36, None)]);
+    }
+
+    #[test]
+    fn a_suspended_tenants_model_request_is_refused_before_any_hold() {
+        TenantTest::with(())
+            .given(with(funded(), [suspended("unpaid invoice")]))
+            .when(reserve_cmd(1, 36, None, 0))
+            .then_expect_error(TenantError::TenantSuspended {
+                reason: "unpaid invoice".into(),
+            });
+    }
+
+    #[test]
+    fn a_suspended_tenants_open_hold_still_settles_and_releases() {
+        let hold = expected_hold(36, None);
+        TenantTest::with(())
+            .given(with(funded(), [reserved(1, 36, None), suspended("r")]))
+            .when(settle_cmd(1, 9, 20))
+            .then_expect_events(vec![attempted_ok(1, 9, 20), settled(1, 9, 20, hold)]);
+        TenantTest::with(())
+            .given(with(funded(), [reserved(1, 36, None), suspended("r")]))
+            .when(TenantCommand::ReleaseHold {
+                request_id: request(1),
+                reason: "x".into(),
+                at: at(4),
+            })
+            .then_expect_events(vec![TenantEvent::HoldReleased {
+                request_id: request(1),
+                hold_pico: hold,
+                reason: "x".into(),
+                at: at(4),
+            }]);
+    }
+
+    #[test]
+    fn a_suspended_tenant_can_still_be_credited_and_given_keys() {
+        TenantTest::with(())
+            .given(with(funded(), [suspended("r")]))
+            .when(grant_cmd("2", "g2", None, 4))
+            .then_expect_events(vec![TenantEvent::CreditsGranted {
+                amount_pico: credits("2"),
+                idempotency_key: "g2".into(),
+                reason: "promo".into(),
+                expires_at: None,
+                payment: None,
+                at: at(4),
+            }]);
+        let tenant = state(with(funded(), [suspended("r")]));
+        assert!(tenant
+            .decide(TenantCommand::IssueApiKey {
+                key_id: KeyId(Uuid::from_u128(9)),
+                name: "fixer".into(),
+                role: Role::Admin,
+                key_hash: KeyHash::of_secret("s9"),
+                scopes: Scopes::default(),
+                at: at(4),
+            })
+            .is_ok());
+    }
+
+    #[test]
+    fn close_forfeits_what_is_left_and_closes() {
+        TenantTest::with(())
+            .given(funded())
+            .when(close_cmd(RemainingCredit::Forfeited))
+            .then_expect_events(vec![closed_out(RemainingCredit::Forfeited, "1"), closed()]);
+    }
+
+    #[test]
+    fn close_refunds_what_is_left_after_spending_and_leaves_nothing_available() {
+        let hold = expected_hold(36, None);
+        let history = with(funded(), [reserved(1, 36, None), settled(1, 9, 20, hold)]);
+        let left = state(history.clone()).available();
+        let events = state(history.clone())
+            .decide(close_cmd(RemainingCredit::Refunded))
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![
+                TenantEvent::CreditsClosedOut {
+                    disposition: RemainingCredit::Refunded,
+                    amount_pico: left,
+                    at: at(5),
+                },
+                closed()
+            ]
+        );
+        let after = state(with(history, events));
+        let b = after.balance();
+        assert_eq!(b.available, Credits::ZERO);
+        assert_eq!(b.closed_out, left);
+        assert_ledger_identity(&b);
+        assert!(after.lots.is_empty());
+    }
+
+    #[test]
+    fn close_expires_the_lots_due_first_and_closes_out_the_rest() {
+        TenantTest::with(())
+            .given(vec![
+                created(),
+                granted("1", "g1"),
+                granted_expiring("2", "promo", 4),
+            ])
+            .when(close_cmd(RemainingCredit::Forfeited))
+            .then_expect_events(vec![
+                expired_event("promo", "2", 5),
+                closed_out(RemainingCredit::Forfeited, "1"),
+                closed(),
+            ]);
+    }
+
+    #[test]
+    fn close_of_a_tenant_in_debt_takes_nothing_and_leaves_the_debt() {
+        let history = vec![
+            created(),
+            granted("1", "g1"),
+            reserved(1, 36, None),
+            spent(1, "1.5"),
+        ];
+        let events = state(history.clone())
+            .decide(close_cmd(RemainingCredit::Forfeited))
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![closed_out(RemainingCredit::Forfeited, "0"), closed()]
+        );
+        let after = state(with(history, events));
+        assert_eq!(after.available(), -credits("0.5"));
+    }
+
+    #[test]
+    fn close_with_open_holds_is_refused() {
+        TenantTest::with(())
+            .given(with(funded(), [reserved(1, 36, None), suspended("r")]))
+            .when(close_cmd(RemainingCredit::Forfeited))
+            .then_expect_error(TenantError::HoldsOpen { count: 1 });
+    }
+
+    #[test]
+    fn close_sends_no_low_balance_notice() {
+        TenantTest::with(())
+            .given(with(
+                funded(),
+                [TenantEvent::LowBalanceThresholdSet {
+                    threshold_pico: Some(credits("0.5")),
+                    at: at(2),
+                }],
+            ))
+            .when(close_cmd(RemainingCredit::Forfeited))
+            .then_expect_events(vec![closed_out(RemainingCredit::Forfeited, "1"), closed()]);
+    }
+
+    #[test]
+    fn a_closed_tenant_cannot_be_changed_or_reopened() {
+        let history = with(
+            funded(),
+            [closed_out(RemainingCredit::Forfeited, "1"), closed()],
+        );
+        let refused = [
+            suspend_cmd("r"),
+            TenantCommand::ResumeTenant { at: at(6) },
+            close_cmd(RemainingCredit::Refunded),
+            grant_cmd("1", "g2", None, 6),
+            TenantCommand::IssueApiKey {
+                key_id: KeyId(Uuid::from_u128(9)),
+                name: "k".into(),
+                role: Role::Admin,
+                key_hash: KeyHash::of_secret("s9"),
+                scopes: Scopes::default(),
+                at: at(6),
+            },
+            pay_cmd("evt1", None, "1"),
+            TenantCommand::SetLowBalanceThreshold {
+                threshold: Some(credits("1")),
+                at: at(6),
+            },
+        ];
+        for command in refused {
+            TenantTest::with(())
+                .given(history.clone())
+                .when(command)
+                .then_expect_error(TenantError::AlreadyClosed);
+        }
+        TenantTest::with(())
+            .given(history.clone())
+            .when(reserve_cmd(1, 36, None, 0))
+            .then_expect_error(TenantError::TenantClosed);
+        // Revoking a key of a closed tenant is still allowed: it only takes away.
+        TenantTest::with(())
+            .given(history)
+            .when(TenantCommand::RevokeApiKey {
+                key_id: key_id(),
+                at: at(6),
+            })
+            .then_expect_events(vec![TenantEvent::ApiKeyRevoked {
+                key_id: key_id(),
+                at: at(6),
+            }]);
+    }
+
+    #[test]
+    fn a_suspended_tenants_keys_still_authorize_reads_and_calls() {
+        let tenant = state(with(funded(), [issue(Role::Member, 1), suspended("r")]));
+        // The refusal of a call is the hold's, so that it names the reason.
+        assert_eq!(
+            authorize(&tenant, 1, Permission::CallModels),
+            Ok(Role::Member)
+        );
+    }
+
+    #[test]
+    fn a_closed_tenant_serves_only_its_auditors_reads() {
+        let tenant = state(with(
+            funded(),
+            [
+                issue(Role::Member, 1),
+                issue(Role::Admin, 2),
+                issue(Role::Billing, 3),
+                issue(Role::Auditor, 4),
+                closed_out(RemainingCredit::Forfeited, "1"),
+                closed(),
+            ],
+        ));
+        for (n, permission) in [
+            (1, Permission::CallModels),
+            (2, Permission::CallModels),
+            (2, Permission::ReadBilling),
+            (3, Permission::ReadBilling),
+            (4, Permission::CallModels),
+        ] {
+            assert_eq!(
+                authorize(&tenant, n, permission),
+                Err(TenantError::TenantClosed),
+                "key {n} {permission:?}"
+            );
+        }
+        assert_eq!(
+            authorize(&tenant, 4, Permission::ReadBilling),
+            Ok(Role::Auditor)
+        );
+        assert_eq!(
+            authorize(&tenant, 4, Permission::ReadAudit),
+            Ok(Role::Auditor)
+        );
+        // A wrong secret learns nothing about the tenant's state.
+        assert_eq!(
+            tenant.authorize(
+                KeyId(Uuid::from_u128(54)),
+                &KeyHash::of_secret("wrong"),
+                Permission::ReadBilling,
+                at(10)
+            ),
+            Err(TenantError::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn status_survives_a_snapshot_and_old_snapshots_load_active() {
+        let tenant = state(with(funded(), [suspended("r")]));
+        let snapshot: Tenant =
+            serde_json::from_str(&serde_json::to_string(&tenant).unwrap()).unwrap();
+        assert_eq!(
+            snapshot.status,
+            TenantStatus::Suspended { reason: "r".into() }
+        );
+        let mut old = serde_json::to_value(state(funded())).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("status");
+        fields.remove("closed_out");
+        let loaded: Tenant = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.status, TenantStatus::Active);
+        assert_eq!(loaded.closed_out, Credits::ZERO);
+    }
+
+    #[test]
+    fn the_new_events_are_version_1_0() {
+        use cqrs_es::DomainEvent;
+        for event in [
+            suspended("r"),
+            TenantEvent::TenantResumed { at: at(4) },
+            closed_out(RemainingCredit::Refunded, "1"),
+            closed(),
+        ] {
+            assert_eq!(event.event_version(), "1.0", "{}", event.event_type());
         }
     }
 }
@@ -1877,16 +2304,16 @@ fn scopes_are_validated_and_an_unchanged_scope_writes_nothing() {
     let mut tenant = scoped_tenant(scopes.clone());
     let same = TenantCommand::SetKeyScopes {
         key_id: key_id(),
-        scopes,
+        patch: ScopesPatch::replacing_with(scopes),
         at: at(5),
     };
     assert_eq!(run(&mut tenant, same), Ok(vec![]));
     let bad = TenantCommand::SetKeyScopes {
         key_id: key_id(),
-        scopes: Scopes {
+        patch: ScopesPatch::replacing_with(Scopes {
             tpm: Some(0),
             ..Scopes::default()
-        },
+        }),
         at: at(5),
     };
     assert_eq!(
@@ -1895,7 +2322,7 @@ fn scopes_are_validated_and_an_unchanged_scope_writes_nothing() {
     );
     let unknown = TenantCommand::SetKeyScopes {
         key_id: KeyId(Uuid::from_u128(99)),
-        scopes: Scopes::default(),
+        patch: ScopesPatch::replacing_with(Scopes::default()),
         at: at(5),
     };
     assert!(matches!(
@@ -2071,9 +2498,47 @@ fn an_expired_key_is_refused_everywhere() {
     // Lifting the expiry lets the key back in.
     let lifted = TenantCommand::SetKeyScopes {
         key_id: key_id(),
-        scopes: Scopes::default(),
+        patch: ScopesPatch::replacing_with(Scopes::default()),
         at: at(101),
     };
     run(&mut tenant, lifted).unwrap();
     run(&mut tenant, reserve_at(1, at(102))).unwrap();
+}
+
+#[test]
+fn changes_to_different_scope_fields_both_stay() {
+    let mut tenant = scoped_tenant(Scopes::default());
+    let rpm = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        patch: ScopesPatch {
+            rpm: Some(Some(10)),
+            ..ScopesPatch::default()
+        },
+        at: at(5),
+    };
+    let models = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        patch: ScopesPatch {
+            models: Some(Some(vec!["openai/*".into()])),
+            ..ScopesPatch::default()
+        },
+        at: at(5),
+    };
+    run(&mut tenant, rpm).unwrap();
+    run(&mut tenant, models).unwrap();
+    let scopes = &tenant.keys[&key_id()].scopes;
+    assert_eq!(scopes.rpm, Some(10));
+    assert_eq!(scopes.models, Some(vec!["openai/*".to_string()]));
+    let lift_rpm = TenantCommand::SetKeyScopes {
+        key_id: key_id(),
+        patch: ScopesPatch {
+            rpm: Some(None),
+            ..ScopesPatch::default()
+        },
+        at: at(6),
+    };
+    run(&mut tenant, lift_rpm).unwrap();
+    let scopes = &tenant.keys[&key_id()].scopes;
+    assert_eq!(scopes.rpm, None);
+    assert_eq!(scopes.models, Some(vec!["openai/*".to_string()]));
 }

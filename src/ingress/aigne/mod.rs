@@ -37,7 +37,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
-use domain::tenant::Attempt;
+use domain::tenant::{Attempt, TenantStatus};
 use domain::{Credits, Ingress, Permission, RequestId, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -516,20 +516,29 @@ pub(crate) async fn status(
         let key = presented_key(&req)?;
         let auth = Some(hub.key_auth(&key, Permission::CallModels));
         match hub
-            .balance(key.tenant_id, auth)
+            .call_tenant(key.tenant_id, TenantOp::Read { auth })
             .await
             .map_err(HubError::from)
         {
-            Ok(balance) if balance.available.pico() <= 0 => {
+            // A suspended tenant's calls are refused whatever its credit.
+            Ok(reply) if reply.status != TenantStatus::Active => {
+                let refusal = match reply.status {
+                    TenantStatus::Suspended { reason } => HubError::TenantSuspended(reason),
+                    _ => HubError::TenantClosed,
+                };
+                return unavailable(refusal.to_string());
+            }
+            Ok(reply) if reply.balance.available.pico() <= 0 => {
                 return unavailable(format!(
                     "No credits left ({} available). {TOP_UP}",
-                    balance.available.to_decimal_string()
+                    reply.balance.available.to_decimal_string()
                 ))
             }
             Ok(_) => {}
             Err(HubError::PermissionDenied(role)) => {
                 return unavailable(format!("this key's role ({role}) may not call models"))
             }
+            Err(e @ HubError::TenantClosed) => return unavailable(e.to_string()),
             Err(e) => return Err(e.into()),
         }
     }

@@ -89,7 +89,10 @@ pub(crate) fn anthropic_error_type(e: &HubError) -> &'static str {
     match e {
         HubError::Unauthenticated(_) => "authentication_error",
         HubError::KeyExpired(_) => "authentication_error",
-        HubError::PermissionDenied(_) | HubError::ModelNotAllowed(_) => "permission_error",
+        HubError::PermissionDenied(_)
+        | HubError::ModelNotAllowed(_)
+        | HubError::TenantSuspended(_)
+        | HubError::TenantClosed => "permission_error",
         HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => "billing_error",
         HubError::RateLimited { .. } => "rate_limit_error",
         HubError::BadRequest(_) | HubError::Conflict(_) | HubError::MethodNotAllowed => {
@@ -114,6 +117,10 @@ fn anthropic_error(e: &HubError) -> ErrorEvent {
         error: ErrorDetail {
             kind: anthropic_error_type(e),
             message: e.to_string(),
+            // Anthropic's `permission_error` is also a role's refusal; the hub's
+            // code tells a client a whole tenant is refused.
+            code: matches!(e, HubError::TenantSuspended(_) | HubError::TenantClosed)
+                .then(|| e.code()),
         },
     }
 }

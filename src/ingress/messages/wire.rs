@@ -286,6 +286,9 @@ pub(crate) struct ErrorDetail {
     #[serde(rename = "type")]
     pub(crate) kind: &'static str,
     pub(crate) message: String,
+    /// The hub's own code, where Anthropic's type alone would mislead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) code: Option<&'static str>,
 }
 
 // ---------------------------------------------------------------------------
