@@ -22,6 +22,8 @@ const SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 enum Caller {
     NoKey,
     RevokedKey,
+    /// An `admin` key whose `expires_at` has passed.
+    ExpiredKey,
     Admin,
     Member,
     Billing,
@@ -31,9 +33,10 @@ enum Caller {
     Operator,
 }
 
-const ALL_CALLERS: [Caller; 8] = [
+const ALL_CALLERS: [Caller; 9] = [
     Caller::NoKey,
     Caller::RevokedKey,
+    Caller::ExpiredKey,
     Caller::Admin,
     Caller::Member,
     Caller::Billing,
@@ -47,6 +50,7 @@ impl Caller {
         match header {
             "no key" => Caller::NoKey,
             "revoked key" => Caller::RevokedKey,
+            "expired key" => Caller::ExpiredKey,
             "admin" => Caller::Admin,
             "member" => Caller::Member,
             "billing" => Caller::Billing,
@@ -349,6 +353,16 @@ async fn fixture(app: &TestApp) -> Fixture {
     )
     .await;
     bearers.insert(Caller::RevokedKey, revoked);
+    // Expired a moment ago on the hub's clock.
+    let (expired_id, expired) = issue(app, &tenant, "admin").await;
+    let past = (app.hub.now() - chrono::TimeDelta::seconds(1)).to_rfc3339();
+    app.admin_json(
+        Method::PATCH,
+        &format!("/admin/v1/tenants/{tenant}/keys/{expired_id}"),
+        Some(json!({ "expires_at": past })),
+    )
+    .await;
+    bearers.insert(Caller::ExpiredKey, expired);
     let (spare_key_id, _) = issue(app, &tenant, "member").await;
     let (other_tenant, other_admin) = app.tenant_with_key("1", "admin").await;
     let spare_tenant = app.create_tenant("0").await;

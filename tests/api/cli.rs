@@ -244,3 +244,71 @@ crate::on_both_stores!(
     cli_lists_and_shows_tenants_and_keys,
     cli_lists_and_shows_tenants_and_keys
 );
+
+async fn cli_issues_shows_and_changes_key_scopes(kind: StoreKind) {
+    let temp = tempfile::tempdir().unwrap();
+    let env = HubEnv::new(temp.path(), database_url_for(kind).await);
+    drop(env.start().await);
+    let tenant = run(&env, &["tenant", "create", "--name", "acme"], None)["tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let scopes = r#"{"models":["openai/*"],"budget":{"amount":"50","period":"month","timezone":"Asia/Shanghai"},"rpm":60}"#;
+    let issued = run(
+        &env,
+        &[
+            "key", "issue", "--tenant", &tenant, "--name", "app", "--role", "member", "--scopes",
+            scopes,
+        ],
+        None,
+    );
+    assert!(issued["key"].as_str().unwrap().starts_with("aih_"));
+    assert_eq!(issued["budget"]["remaining"], "50", "{issued}");
+    assert_eq!(issued["budget"]["timezone"], "Asia/Shanghai");
+    let key_id = issued["key_id"].as_str().unwrap().to_string();
+    let changed = run(
+        &env,
+        &[
+            "key",
+            "set",
+            "--tenant",
+            &tenant,
+            "--key-id",
+            &key_id,
+            "--scopes",
+            r#"{"rpm":null,"max_concurrent":4}"#,
+        ],
+        None,
+    );
+    assert_eq!(changed["rpm"], Value::Null, "{changed}");
+    assert_eq!(changed["max_concurrent"]["limit"], 4);
+    let shown = run(
+        &env,
+        &["key", "show", "--tenant", &tenant, "--key-id", &key_id],
+        None,
+    );
+    assert_eq!(shown["models"], json!(["openai/*"]));
+    assert_eq!(shown["max_concurrent"], changed["max_concurrent"]);
+    assert!(shown.get("key").is_none(), "the secret is shown once");
+    // A bad scope is refused naming the field, and changes nothing.
+    let refused = env
+        .command()
+        .args([
+            "key",
+            "set",
+            "--tenant",
+            &tenant,
+            "--key-id",
+            &key_id,
+            "--scopes",
+            r#"{"rpm":0}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rpm"));
+}
+crate::on_both_stores!(
+    cli_issues_shows_and_changes_key_scopes,
+    cli_issues_shows_and_changes_key_scopes
+);

@@ -37,6 +37,7 @@ mod first_contact;
 mod freshness;
 mod hold_expiry;
 mod invoices;
+mod key_scopes;
 mod lifecycle;
 mod log_order;
 mod lost_hold;
