@@ -494,7 +494,7 @@ async fn run(
                 None => Default::default(),
             };
             let (_, key, state) = hub
-                .issue_key(tenant, name, role, scopes, cli_actor())
+                .issue_key(tenant, name, role, scopes, None, cli_actor())
                 .await
                 .map_err(HubError::from)?;
             let mut body = crate::routes::key_scopes::key_json(&state, hub.now());
@@ -520,7 +520,7 @@ async fn run(
             crate::routes::key_scopes::key_json(&state, hub.now())
         }
         Command::Key(KeyCmd::Revoke { tenant, key_id }) => {
-            hub.revoke_key(tenant, key_id, cli_actor())
+            hub.revoke_key(tenant, key_id, None, cli_actor())
                 .await
                 .map_err(HubError::from)?;
             serde_json::json!({"key_id": key_id.to_string(), "revoked": true})

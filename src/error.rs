@@ -23,6 +23,9 @@ pub(crate) enum HubError {
     Unauthenticated(AuthFailure),
     #[error("this API key's role ({0}) may not do that")]
     PermissionDenied(&'static str),
+    /// A key asked to give or take more power than its own.
+    #[error("{0}")]
+    BeyondOwnPower(String),
     /// The operator suspended the tenant: no model request is admitted.
     #[error("this tenant is suspended: {0}")]
     TenantSuspended(String),
@@ -110,7 +113,9 @@ impl HubError {
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             HubError::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
-            HubError::PermissionDenied(_) => ("permission_error", "permission_denied"),
+            HubError::PermissionDenied(_) | HubError::BeyondOwnPower(_) => {
+                ("permission_error", "permission_denied")
+            }
             HubError::KeyExpired(_) => ("authentication_error", "key_expired"),
             HubError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
             HubError::KeyBudgetExhausted(_) => ("insufficient_quota", "key_budget_exhausted"),
@@ -159,6 +164,7 @@ impl ResponseError for HubError {
         match self {
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::PermissionDenied(_)
+            | HubError::BeyondOwnPower(_)
             | HubError::ModelNotAllowed(_)
             | HubError::TenantSuspended(_)
             | HubError::TenantClosed => StatusCode::FORBIDDEN,
@@ -272,6 +278,7 @@ impl From<TenantError> for HubError {
                 retry_after_secs,
             },
             TenantError::PermissionDenied { role } => HubError::PermissionDenied(role),
+            TenantError::BeyondOwnPower { .. } => HubError::BeyondOwnPower(e.to_string()),
             TenantError::TenantSuspended { reason } => HubError::TenantSuspended(reason),
             TenantError::TenantClosed => HubError::TenantClosed,
             TenantError::InsufficientCredits {

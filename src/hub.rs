@@ -384,12 +384,31 @@ impl Hub {
     }
 
     /// Issues a key; the returned text is the only copy of its secret.
+    /// A command on a tenant's keys, by the operator (`auth: None`) or by a
+    /// tenant key, which must hold `ManageKeys` and may not go beyond its own power.
+    async fn key_command(
+        &self,
+        tenant_id: TenantId,
+        command: TenantCommand,
+        auth: Option<Auth>,
+        actor: ChangedBy,
+    ) -> Result<TenantReply, ActorError> {
+        let op = TenantOp::Execute {
+            auth,
+            command,
+            request_id: None,
+            actor,
+        };
+        self.tenants.call(tenant_id, op).await
+    }
+
     pub(crate) async fn issue_key(
         &self,
         tenant_id: TenantId,
         name: String,
         role: Role,
         scopes: Scopes,
+        auth: Option<Auth>,
         actor: ChangedBy,
     ) -> Result<(KeyId, String, KeyState), HubOpError> {
         let key = new_key(tenant_id);
@@ -401,7 +420,7 @@ impl Hub {
             scopes,
             at: self.clock.now(),
         };
-        let reply = self.operator_command(tenant_id, command, actor).await?;
+        let reply = self.key_command(tenant_id, command, auth, actor).await?;
         let state = reply.key.ok_or(HubOpError::KeyNotShown)?;
         Ok((key.key_id, key.full_key, state))
     }
@@ -416,17 +435,12 @@ impl Hub {
         auth: Option<Auth>,
         actor: ChangedBy,
     ) -> Result<KeyState, HubOpError> {
-        let op = TenantOp::Execute {
-            auth,
-            command: TenantCommand::SetKeyScopes {
-                key_id,
-                patch,
-                at: self.clock.now(),
-            },
-            request_id: None,
-            actor,
+        let command = TenantCommand::SetKeyScopes {
+            key_id,
+            patch,
+            at: self.clock.now(),
         };
-        let reply = self.tenants.call(tenant_id, op).await?;
+        let reply = self.key_command(tenant_id, command, auth, actor).await?;
         reply.key.ok_or(HubOpError::KeyNotShown)
     }
 
@@ -448,13 +462,14 @@ impl Hub {
         &self,
         tenant_id: TenantId,
         key_id: KeyId,
+        auth: Option<Auth>,
         actor: ChangedBy,
     ) -> Result<(), HubOpError> {
         let command = TenantCommand::RevokeApiKey {
             key_id,
             at: self.clock.now(),
         };
-        self.operator_command(tenant_id, command, actor).await?;
+        self.key_command(tenant_id, command, auth, actor).await?;
         Ok(())
     }
 

@@ -6,7 +6,10 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Everything a tenant can do with its own data.
+    /// Everything in the tenant, including its owner and admin keys.
+    Owner,
+    /// Everything a tenant can do with its own data, and its keys, except
+    /// owner keys.
     Admin,
     /// Calls models.
     Member,
@@ -22,19 +25,37 @@ pub enum Permission {
     ReadBilling,
     /// Export the event log with its hashes (`/v1/audit/events`).
     ReadAudit,
+    /// Issue, change and revoke the tenant's keys (`/v1/keys`), never beyond
+    /// the caller's own power (`Tenant::may_manage_key`).
+    ManageKeys,
 }
 
 impl Role {
     pub fn allows(self, permission: Permission) -> bool {
         match permission {
-            Permission::CallModels => matches!(self, Role::Admin | Role::Member),
-            Permission::ReadBilling => matches!(self, Role::Admin | Role::Billing | Role::Auditor),
-            Permission::ReadAudit => matches!(self, Role::Admin | Role::Auditor),
+            Permission::CallModels => matches!(self, Role::Owner | Role::Admin | Role::Member),
+            Permission::ReadBilling => matches!(
+                self,
+                Role::Owner | Role::Admin | Role::Billing | Role::Auditor
+            ),
+            Permission::ReadAudit => matches!(self, Role::Owner | Role::Admin | Role::Auditor),
+            Permission::ManageKeys => matches!(self, Role::Owner | Role::Admin),
+        }
+    }
+
+    /// Whether a key of this role may issue, change or revoke a key of `other`:
+    /// owners any, admins any but an owner's.
+    pub fn may_manage(self, other: Role) -> bool {
+        match self {
+            Role::Owner => true,
+            Role::Admin => other != Role::Owner,
+            Role::Member | Role::Billing | Role::Auditor => false,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Owner => "owner",
             Role::Admin => "admin",
             Role::Member => "member",
             Role::Billing => "billing",
@@ -47,12 +68,13 @@ impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "owner" => Ok(Role::Owner),
             "admin" => Ok(Role::Admin),
             "member" => Ok(Role::Member),
             "billing" => Ok(Role::Billing),
             "auditor" => Ok(Role::Auditor),
             other => Err(format!(
-                "unknown role {other:?}: expected admin, member, billing or auditor"
+                "unknown role {other:?}: expected owner, admin, member, billing or auditor"
             )),
         }
     }
@@ -70,5 +92,26 @@ mod tests {
         assert!(!Role::Auditor.allows(Permission::CallModels));
         assert!(!Role::Member.allows(Permission::ReadBilling));
         assert!(Role::Auditor.allows(Permission::ReadBilling));
+    }
+
+    #[test]
+    fn owners_manage_every_key_and_admins_all_but_owners() {
+        for role in [
+            Role::Owner,
+            Role::Admin,
+            Role::Member,
+            Role::Billing,
+            Role::Auditor,
+        ] {
+            assert!(Role::Owner.may_manage(role));
+            assert_eq!(Role::Admin.may_manage(role), role != Role::Owner);
+            assert!(!Role::Member.may_manage(role));
+            assert!(!Role::Auditor.may_manage(role));
+        }
+        assert!(Role::Owner.allows(Permission::ManageKeys));
+        assert!(Role::Admin.allows(Permission::ManageKeys));
+        assert!(!Role::Billing.allows(Permission::ManageKeys));
+        assert!(Role::Owner.allows(Permission::ReadAudit));
+        assert_eq!("owner".parse::<Role>(), Ok(Role::Owner));
     }
 }

@@ -55,6 +55,7 @@ impl ActorError {
                     | TenantError::Unauthenticated
                     | TenantError::KeyRevoked
                     | TenantError::PermissionDenied { .. }
+                    | TenantError::BeyondOwnPower { .. }
                     | TenantError::InsufficientCredits { .. }
                     | TenantError::UnknownKey(_)
                     | TenantError::KeyExpired(_)

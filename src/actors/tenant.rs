@@ -395,6 +395,11 @@ impl TenantActor {
             self.state
                 .authorize(a.key_id, &a.key_hash, a.permission, a.at)
                 .map_err(not_found)?;
+            if let Some(command) = command {
+                self.state
+                    .may_manage_key(a.key_id, command)
+                    .map_err(not_found)?;
+            }
         }
         let mut written = 0;
         let mut grant_key = None;

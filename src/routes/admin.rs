@@ -1,6 +1,6 @@
 //! The operator API (`/admin/v1/...`), behind the operator token.
 
-use super::key_scopes::{key_json, ScopeFields};
+use super::key_scopes::{issue_key_body, key_json, ScopeFields};
 use super::tenant_path;
 use crate::actors::TenantOp;
 use crate::auth::check_operator;
@@ -10,8 +10,8 @@ use crate::error::HubError;
 use crate::hub::{CredentialSpec, Hub, ProviderSpec};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use domain::tenant::{Scopes, TenantCommand};
-use domain::{ChangedBy, Credits, KeyId, Role, TenantId};
+use domain::tenant::TenantCommand;
+use domain::{ChangedBy, Credits, KeyId, TenantId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -51,27 +51,6 @@ pub(crate) async fn create_tenant(
     Ok(HttpResponse::Created().json(json!({"tenant_id": tenant_id.to_string()})))
 }
 
-/// `{"name", "role"}` and, optionally, the key's scopes (`key_scopes.rs`).
-fn issue_key_body(body: Value) -> Result<(String, Role, Scopes), HubError> {
-    let Value::Object(mut object) = body else {
-        return Err(HubError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    };
-    let mut text = |field: &str| match object.remove(field) {
-        Some(Value::String(s)) => Ok(s),
-        _ => Err(HubError::BadRequest(format!(
-            "{field}: a string is required"
-        ))),
-    };
-    let name = text("name")?;
-    let role: Role = text("role")?.parse().map_err(HubError::BadRequest)?;
-    let scopes = ScopeFields::from_object(object)?
-        .into_patch()?
-        .applied_to(&Scopes::default());
-    Ok((name, role, scopes))
-}
-
 pub(crate) async fn issue_key(
     hub: web::Data<Hub>,
     req: HttpRequest,
@@ -82,7 +61,7 @@ pub(crate) async fn issue_key(
     let tenant_id = tenant_path(&path)?;
     let (name, role, scopes) = issue_key_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
     let (key_id, key, state) = hub
-        .issue_key(tenant_id, name, role, scopes, ChangedBy::OperatorApi)
+        .issue_key(tenant_id, name, role, scopes, None, ChangedBy::OperatorApi)
         .await?;
     let mut body = key_json(&state, hub.now());
     body["key"] = json!(key);
@@ -149,7 +128,7 @@ pub(crate) async fn revoke_key(
     operator(&hub, &req)?;
     let (tenant, key) = path.into_inner();
     let (tenant_id, key_id) = key_path(&tenant, &key)?;
-    hub.revoke_key(tenant_id, key_id, ChangedBy::OperatorApi)
+    hub.revoke_key(tenant_id, key_id, None, ChangedBy::OperatorApi)
         .await?;
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id.to_string(), "revoked": true})))
 }

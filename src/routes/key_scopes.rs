@@ -8,8 +8,8 @@ use crate::actors::KeyState;
 use crate::error::HubError;
 use crate::routes::admin::parse_time;
 use chrono::{DateTime, Utc};
-use domain::tenant::{Budget, BudgetPeriod, ScopesPatch};
-use domain::Credits;
+use domain::tenant::{Budget, BudgetPeriod, Scopes, ScopesPatch};
+use domain::{Credits, Role};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -111,6 +111,27 @@ fn budget(body: BudgetBody) -> Result<Budget, HubError> {
         period,
         timezone: body.timezone,
     })
+}
+
+/// `{"name", "role"}` and, optionally, the key's scopes (`key_scopes.rs`).
+pub(crate) fn issue_key_body(body: Value) -> Result<(String, Role, Scopes), HubError> {
+    let Value::Object(mut object) = body else {
+        return Err(HubError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let mut text = |field: &str| match object.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(HubError::BadRequest(format!(
+            "{field}: a string is required"
+        ))),
+    };
+    let name = text("name")?;
+    let role: Role = text("role")?.parse().map_err(HubError::BadRequest)?;
+    let scopes = ScopeFields::from_object(object)?
+        .into_patch()?
+        .applied_to(&Scopes::default());
+    Ok((name, role, scopes))
 }
 
 /// A key with its scopes and, for each limit, what the current period and

@@ -8,6 +8,7 @@ mod csv;
 pub(crate) mod explain;
 pub(crate) mod invoices;
 pub(crate) mod key_scopes;
+pub(crate) mod keys;
 pub(crate) mod models;
 pub(crate) mod prices;
 pub(crate) mod tenant_lifecycle;
@@ -98,6 +99,19 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/v1/tenants/{tenant_id}/audit/events")
             .route(web::get().to(audit::admin_events))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/keys")
+            .route(web::post().to(keys::issue))
+            .route(web::get().to(keys::list))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/keys/{key_id}")
+            .route(web::get().to(keys::show))
+            .route(web::patch().to(keys::patch))
+            .route(web::delete().to(keys::revoke))
             .default_service(not_allowed()),
     )
     .service(

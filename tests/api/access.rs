@@ -24,6 +24,7 @@ enum Caller {
     RevokedKey,
     /// An `admin` key whose `expires_at` has passed.
     ExpiredKey,
+    Owner,
     Admin,
     Member,
     Billing,
@@ -33,10 +34,11 @@ enum Caller {
     Operator,
 }
 
-const ALL_CALLERS: [Caller; 9] = [
+const ALL_CALLERS: [Caller; 10] = [
     Caller::NoKey,
     Caller::RevokedKey,
     Caller::ExpiredKey,
+    Caller::Owner,
     Caller::Admin,
     Caller::Member,
     Caller::Billing,
@@ -51,6 +53,7 @@ impl Caller {
             "no key" => Caller::NoKey,
             "revoked key" => Caller::RevokedKey,
             "expired key" => Caller::ExpiredKey,
+            "owner" => Caller::Owner,
             "admin" => Caller::Admin,
             "member" => Caller::Member,
             "billing" => Caller::Billing,
@@ -338,6 +341,7 @@ async fn fixture(app: &TestApp) -> Fixture {
     let tenant = app.create_tenant("100").await;
     let mut bearers = BTreeMap::new();
     for (caller, role) in [
+        (Caller::Owner, "owner"),
         (Caller::Admin, "admin"),
         (Caller::Member, "member"),
         (Caller::Billing, "billing"),
@@ -509,6 +513,17 @@ fn call_for(route: &str, fx: &Fixture) -> Option<Call> {
             format!("/admin/v1/tenants/{a}/low_balance"),
             Some(json!({"threshold": null})),
         ),
+        "POST /v1/keys" => call(
+            "/v1/keys",
+            Some(json!({"name": "matrix", "role": "member"})),
+        ),
+        "GET /v1/keys" => call("/v1/keys", None),
+        "GET /v1/keys/{key_id}" => call(format!("/v1/keys/{}", fx.spare_key_id), None),
+        "PATCH /v1/keys/{key_id}" => call(
+            format!("/v1/keys/{}", fx.spare_key_id),
+            Some(json!({"rpm": 1000})),
+        ),
+        "DELETE /v1/keys/{key_id}" => call(format!("/v1/keys/{}", fx.spare_key_id), None),
         "GET /admin/v1/tenants" => call("/admin/v1/tenants", None),
         "POST /admin/v1/tenants/{tenant_id}/suspend" => call(
             format!("/admin/v1/tenants/{}/suspend", fx.spare_tenant),

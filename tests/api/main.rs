@@ -48,6 +48,7 @@ mod openai_sdk;
 mod output_caps;
 mod price_book;
 mod secrets;
+mod self_service_keys;
 mod stream_cutoff;
 mod suspension;
 mod sweep;

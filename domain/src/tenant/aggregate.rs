@@ -44,6 +44,9 @@ pub enum TenantError {
     KeyRevoked,
     #[error("this API key's role ({role}) may not do that")]
     PermissionDenied { role: &'static str },
+    /// A key may not give or take more power than its own.
+    #[error("a key may not {what}")]
+    BeyondOwnPower { what: String },
     #[error("API key {0} not found")]
     UnknownKey(KeyId),
     #[error("API key {0} already exists")]
@@ -312,6 +315,48 @@ impl Tenant {
                 at,
             })
             .collect()
+    }
+
+    /// Whether the key `by` may make `command` (a change to a key): its role may
+    /// manage the key's role, and the scopes it gives are within its own. The
+    /// operator is not a key and may make any.
+    pub fn may_manage_key(&self, by: KeyId, command: &TenantCommand) -> Result<(), TenantError> {
+        let Some(actor) = self.keys.get(&by) else {
+            return Err(TenantError::Unauthenticated);
+        };
+        let refuse = |what: String| Err(TenantError::BeyondOwnPower { what });
+        let (target_role, scopes) = match command {
+            TenantCommand::IssueApiKey { role, scopes, .. } => (*role, scopes.clone()),
+            TenantCommand::SetKeyScopes { key_id, patch, .. } => {
+                let key = self
+                    .keys
+                    .get(key_id)
+                    .ok_or(TenantError::UnknownKey(*key_id))?;
+                (key.role, patch.clone().applied_to(&key.scopes))
+            }
+            TenantCommand::RevokeApiKey { key_id, .. } => {
+                let key = self
+                    .keys
+                    .get(key_id)
+                    .ok_or(TenantError::UnknownKey(*key_id))?;
+                (key.role, Scopes::default())
+            }
+            _ => return Ok(()),
+        };
+        if !actor.role.may_manage(target_role) {
+            return refuse(format!(
+                "manage a key of role {} with role {}",
+                target_role.as_str(),
+                actor.role.as_str()
+            ));
+        }
+        if matches!(command, TenantCommand::RevokeApiKey { .. }) {
+            return Ok(());
+        }
+        match scopes.beyond(&actor.scopes) {
+            Some(field) => refuse(format!("give a key more than its own {field} scope allows")),
+            None => Ok(()),
+        }
     }
 
     /// What `key_id`'s open requests hold, and how many there are.

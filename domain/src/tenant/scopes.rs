@@ -180,6 +180,54 @@ impl Scopes {
     }
 }
 
+impl Scopes {
+    /// Why these scopes allow more than `outer` does, if they do: a key never
+    /// gives another more power than its own. A limit of `outer` must be
+    /// repeated, at most as large (a budget with the same period and zone).
+    pub fn beyond(&self, outer: &Scopes) -> Option<&'static str> {
+        if let Some(outer_models) = &outer.models {
+            let covered = |p: &String| outer_models.iter().any(|o| pattern_covers(o, p));
+            if !self.models.as_ref().is_some_and(|m| m.iter().all(covered)) {
+                return Some("models");
+            }
+        }
+        if let Some(o) = &outer.budget {
+            let within = |b: &Budget| b.same_periods(o) && b.amount <= o.amount;
+            if !self.budget.as_ref().is_some_and(within) {
+                return Some("budget");
+            }
+        }
+        fn at_most<T: PartialOrd>(inner: Option<T>, outer: Option<T>) -> bool {
+            match (inner, outer) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(i), Some(o)) => i <= o,
+            }
+        }
+        if !at_most(self.rpm, outer.rpm) {
+            return Some("rpm");
+        }
+        if !at_most(self.tpm, outer.tpm) {
+            return Some("tpm");
+        }
+        if !at_most(self.max_concurrent, outer.max_concurrent) {
+            return Some("max_concurrent");
+        }
+        if !at_most(self.expires_at, outer.expires_at) {
+            return Some("expires_at");
+        }
+        None
+    }
+}
+
+/// Whether every model `inner` matches is one `outer` matches.
+fn pattern_covers(outer: &str, inner: &str) -> bool {
+    match outer.strip_suffix('*') {
+        Some(prefix) => inner.starts_with(prefix),
+        None => inner == outer,
+    }
+}
+
 /// `provider/model`, or a prefix of one ending in a single `*` (`openai/*`, `*`).
 fn is_model_pattern(pattern: &str) -> bool {
     let n = pattern.chars().count();
@@ -395,6 +443,41 @@ mod tests {
             };
             assert!(s.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn inner_scopes_never_reach_beyond_outer_ones() {
+        let outer = Scopes {
+            models: Some(vec!["openai/*".into()]),
+            budget: Some(budget(BudgetPeriod::Month, None)),
+            rpm: Some(10),
+            ..Scopes::default()
+        };
+        let inner = Scopes {
+            models: Some(vec!["openai/gpt-*".into(), "openai/o1".into()]),
+            budget: Some(budget(BudgetPeriod::Month, None)),
+            rpm: Some(5),
+            max_concurrent: Some(2),
+            ..Scopes::default()
+        };
+        assert_eq!(inner.beyond(&outer), None);
+        assert_eq!(Scopes::default().beyond(&Scopes::default()), None);
+        assert_eq!(Scopes::default().beyond(&outer), Some("models"));
+        let wider_models = Scopes {
+            models: Some(vec!["*".into()]),
+            ..inner.clone()
+        };
+        assert_eq!(wider_models.beyond(&outer), Some("models"));
+        let daily = Scopes {
+            budget: Some(budget(BudgetPeriod::Day, None)),
+            ..inner.clone()
+        };
+        assert_eq!(daily.beyond(&outer), Some("budget"));
+        let faster = Scopes {
+            rpm: Some(11),
+            ..inner.clone()
+        };
+        assert_eq!(faster.beyond(&outer), Some("rpm"));
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub(crate) fn anthropic_error_type(e: &HubError) -> &'static str {
         HubError::Unauthenticated(_) => "authentication_error",
         HubError::KeyExpired(_) => "authentication_error",
         HubError::PermissionDenied(_)
+        | HubError::BeyondOwnPower(_)
         | HubError::ModelNotAllowed(_)
         | HubError::TenantSuspended(_)
         | HubError::TenantClosed => "permission_error",
