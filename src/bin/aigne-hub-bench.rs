@@ -107,6 +107,11 @@ struct Args {
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Scopes every tenant's key is issued with, as the admin API's JSON (e.g.
+    /// '{"models":["bench/*"],"budget":{"amount":"1000000","period":"month"},"rpm":1000000}'),
+    /// to measure what the scope checks add. Default: unscoped keys.
+    #[arg(long)]
+    key_scopes: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -963,7 +968,7 @@ async fn setup_hub(
             args,
             reqwest::Method::POST,
             &format!("/admin/v1/tenants/{tenant_id}/keys"),
-            json!({"name": "bench", "role": "member"}),
+            key_body(args)?,
         )
         .await?;
         let key = answer["key"]
@@ -973,6 +978,20 @@ async fn setup_hub(
         tenants.push((tenant_id, key));
     }
     Ok(HubSetup { provider, tenants })
+}
+
+/// The body each tenant's key is issued with: a member, with `--key-scopes`.
+fn key_body(args: &Args) -> anyhow::Result<Value> {
+    let mut body = json!({"name": "bench", "role": "member"});
+    if let Some(raw) = &args.key_scopes {
+        let scopes: Value = serde_json::from_str(raw)
+            .map_err(|e| anyhow::anyhow!("--key-scopes is not JSON: {e}"))?;
+        let Value::Object(scopes) = scopes else {
+            anyhow::bail!("--key-scopes must be a JSON object");
+        };
+        body.as_object_mut().expect("an object").extend(scopes);
+    }
+    Ok(body)
 }
 
 /// Sums the tenants' balances: every answered hub request must have been billed.
