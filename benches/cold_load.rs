@@ -51,6 +51,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
             role: Role::Member,
             key_hash: KeyHash::of_secret("s"),
             scopes: Default::default(),
+            project: None,
             at,
         },
         &mut events,

@@ -494,7 +494,17 @@ async fn run(
                 None => Default::default(),
             };
             let (_, key, state) = hub
-                .issue_key(tenant, name, role, scopes, None, cli_actor())
+                .issue_key(
+                    tenant,
+                    crate::hub::KeySpec {
+                        name,
+                        role,
+                        scopes,
+                        project: None,
+                    },
+                    None,
+                    cli_actor(),
+                )
                 .await
                 .map_err(HubError::from)?;
             let mut body = crate::routes::key_scopes::key_json(&state, hub.now());

@@ -52,6 +52,9 @@ pub(crate) enum HubError {
     /// The key's budget for its period cannot cover the request's hold.
     #[error("{0}")]
     KeyBudgetExhausted(String),
+    /// The key's project's budget for its period cannot cover the request's hold.
+    #[error("{0}")]
+    ProjectBudgetExhausted(String),
     /// A rate or concurrency scope of the key: retry after `retry_after_secs`.
     #[error("{message}")]
     RateLimited {
@@ -119,6 +122,9 @@ impl HubError {
             HubError::KeyExpired(_) => ("authentication_error", "key_expired"),
             HubError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
             HubError::KeyBudgetExhausted(_) => ("insufficient_quota", "key_budget_exhausted"),
+            HubError::ProjectBudgetExhausted(_) => {
+                ("insufficient_quota", "project_budget_exhausted")
+            }
             HubError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),
             HubError::TenantSuspended(_) => ("permission_error", "tenant_suspended"),
             HubError::TenantClosed => ("permission_error", "tenant_closed"),
@@ -169,9 +175,9 @@ impl ResponseError for HubError {
             | HubError::TenantSuspended(_)
             | HubError::TenantClosed => StatusCode::FORBIDDEN,
             HubError::KeyExpired(_) => StatusCode::UNAUTHORIZED,
-            HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => {
-                StatusCode::PAYMENT_REQUIRED
-            }
+            HubError::InsufficientCredits { .. }
+            | HubError::KeyBudgetExhausted(_)
+            | HubError::ProjectBudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
             HubError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HubError::NotFound(_) | HubError::ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -271,6 +277,15 @@ impl From<TenantError> for HubError {
             TenantError::KeyExpired(at) => HubError::KeyExpired(at),
             TenantError::ModelNotAllowed { .. } => HubError::ModelNotAllowed(e.to_string()),
             TenantError::KeyBudgetExhausted { .. } => HubError::KeyBudgetExhausted(e.to_string()),
+            TenantError::ProjectBudgetExhausted { .. } => {
+                HubError::ProjectBudgetExhausted(e.to_string())
+            }
+            TenantError::UnknownProject(_) => HubError::NotFound(e.to_string()),
+            TenantError::ProjectAlreadyExists(_)
+            | TenantError::ProjectHasKeys { .. }
+            | TenantError::TooManyProjects => {
+                HubError::Conflict(e.to_string())
+            }
             TenantError::RateLimited {
                 retry_after_secs, ..
             } => HubError::RateLimited {

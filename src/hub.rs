@@ -16,10 +16,19 @@ use crate::store::{
 };
 use chrono::{DateTime, Utc};
 use domain::tenant::{Balance, GrantRecord, RemainingCredit, Scopes, ScopesPatch, TenantCommand};
-use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, Role, TenantId};
+use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, ProjectId, Role, TenantId};
 use projections::balances::{BalanceRow, Balances};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A key to issue: its label, role, scopes and project.
+#[derive(Clone, Debug)]
+pub(crate) struct KeySpec {
+    pub name: String,
+    pub role: Role,
+    pub scopes: Scopes,
+    pub project: Option<ProjectId>,
+}
 
 /// The hub's services: what routes, codecs, the CLI and start-up call.
 ///
@@ -405,19 +414,18 @@ impl Hub {
     pub(crate) async fn issue_key(
         &self,
         tenant_id: TenantId,
-        name: String,
-        role: Role,
-        scopes: Scopes,
+        spec: KeySpec,
         auth: Option<Auth>,
         actor: ChangedBy,
     ) -> Result<(KeyId, String, KeyState), HubOpError> {
         let key = new_key(tenant_id);
         let command = TenantCommand::IssueApiKey {
             key_id: key.key_id,
-            name,
-            role,
+            name: spec.name,
+            role: spec.role,
             key_hash: key.key_hash,
-            scopes,
+            scopes: spec.scopes,
+            project: spec.project,
             at: self.clock.now(),
         };
         let reply = self.key_command(tenant_id, command, auth, actor).await?;

@@ -42,6 +42,10 @@ uuid_id!(
     KeyId
 );
 uuid_id!(
+    /// A project of a tenant: keys grouped under shared scopes (a budget, rates).
+    ProjectId
+);
+uuid_id!(
     /// One logical model request; the `x-request-id` of the response.
     RequestId
 );

@@ -15,7 +15,7 @@ pub mod roles;
 pub mod tenant;
 
 pub use changed_by::ChangedBy;
-pub use ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+pub use ids::{InstanceId, KeyId, ModelId, ProjectId, RequestId, TenantId};
 pub use money::{Credits, MoneyError, Rate};
 pub use pricing::{
     Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, OutputCapAdvice, Rates, Usage,

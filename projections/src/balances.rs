@@ -133,6 +133,10 @@ fn apply(key: &str, row: &mut BalanceRow, event: &LoggedEvent<'_>) {
         TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
         | TenantEvent::ApiKeyScopesSet { .. }
+        | TenantEvent::KeyProjectSet { .. }
+        | TenantEvent::ProjectCreated { .. }
+        | TenantEvent::ProjectScopesSet { .. }
+        | TenantEvent::ProjectDeleted { .. }
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }

@@ -63,6 +63,10 @@ pub fn status_after(event: &TenantEvent) -> Option<TenantStatus> {
         TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
         | TenantEvent::ApiKeyScopesSet { .. }
+        | TenantEvent::KeyProjectSet { .. }
+        | TenantEvent::ProjectCreated { .. }
+        | TenantEvent::ProjectScopesSet { .. }
+        | TenantEvent::ProjectDeleted { .. }
         | TenantEvent::CreditsGranted { .. }
         | TenantEvent::CreditsExpired { .. }
         | TenantEvent::CreditsRevoked { .. }

@@ -61,6 +61,8 @@ impl ActorError {
                     | TenantError::KeyExpired(_)
                     | TenantError::ModelNotAllowed { .. }
                     | TenantError::KeyBudgetExhausted { .. }
+                    | TenantError::ProjectBudgetExhausted { .. }
+                    | TenantError::UnknownProject(_)
                     | TenantError::RateLimited { .. }
                     // A resume or reopening by another process may be newer.
                     | TenantError::TenantSuspended { .. }

@@ -12,4 +12,4 @@ pub(crate) mod tenant;
 
 pub(crate) use error::ActorError;
 pub(crate) use registry::TenantRegistry;
-pub(crate) use tenant::{Auth, KeyState, TenantOp, TenantReply};
+pub(crate) use tenant::{Auth, KeyState, ProjectState, TenantOp, TenantReply};

@@ -19,10 +19,10 @@ use crate::store::{Durability, EventLog, EventMetadata, StoreError, SNAPSHOT_EVE
 use actix::prelude::*;
 use chrono::Utc;
 use domain::tenant::{
-    Balance, GrantRecord, KeyHash, KeyRecord, Tenant, TenantCommand, TenantError, TenantEvent,
-    TenantStatus,
+    Balance, GrantRecord, KeyHash, KeyRecord, ProjectRecord, Tenant, TenantCommand, TenantError,
+    TenantEvent, TenantStatus,
 };
-use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, RequestId, TenantId};
+use domain::{ChangedBy, Credits, InstanceId, KeyId, Permission, ProjectId, RequestId, TenantId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +71,8 @@ pub(crate) enum TenantOp {
     Read { auth: Option<Auth> },
     /// Read the committed state and one key's (after checking `auth`, if any).
     ReadKey { auth: Option<Auth>, key_id: KeyId },
+    /// Read the committed state and the tenant's live projects.
+    ReadProjects { auth: Option<Auth> },
 }
 
 /// What an operation answers: the tenant's committed position after it.
@@ -88,6 +90,19 @@ pub(crate) struct TenantReply {
     pub events_written: usize,
     /// For `ReadKey`, and commands on one key (issue, scopes): that key.
     pub key: Option<KeyState>,
+    /// For `ReadProjects`, and commands on a project: the live projects.
+    pub projects: Option<Vec<ProjectState>>,
+}
+
+/// A project as its tenant knows it, with what its keys' requests hold.
+#[derive(Clone, Debug)]
+pub(crate) struct ProjectState {
+    pub project_id: ProjectId,
+    pub record: ProjectRecord,
+    pub held: Credits,
+    pub in_flight: u32,
+    /// Its live (not revoked) keys.
+    pub keys: usize,
 }
 
 /// A key as its tenant knows it: its record (scopes and their usage) and what
@@ -338,6 +353,29 @@ impl TenantActor {
         }));
     }
 
+    fn project_states(&self) -> Vec<ProjectState> {
+        let state = &self.state;
+        state
+            .projects
+            .iter()
+            .filter(|(_, p)| !p.deleted)
+            .map(|(id, record)| {
+                let (held, in_flight) = state.project_holds(*id);
+                ProjectState {
+                    project_id: *id,
+                    record: record.clone(),
+                    held,
+                    in_flight,
+                    keys: state
+                        .keys
+                        .values()
+                        .filter(|k| !k.revoked && k.project == Some(*id))
+                        .count(),
+                }
+            })
+            .collect()
+    }
+
     fn key_state(&self, key_id: KeyId) -> Result<KeyState, TenantError> {
         let record = self
             .state
@@ -366,7 +404,9 @@ impl TenantActor {
                 request_id,
                 actor,
             } => (auth, Some(command), *request_id, Some(actor)),
-            TenantOp::Read { auth } | TenantOp::ReadKey { auth, .. } => (auth, None, None, None),
+            TenantOp::Read { auth }
+            | TenantOp::ReadKey { auth, .. }
+            | TenantOp::ReadProjects { auth } => (auth, None, None, None),
         };
         let key_of = match op {
             TenantOp::ReadKey { key_id, .. } => Some(*key_id),
@@ -375,7 +415,17 @@ impl TenantActor {
                 | TenantCommand::SetKeyScopes { key_id, .. } => Some(*key_id),
                 _ => None,
             },
-            TenantOp::Read { .. } => None,
+            TenantOp::Read { .. } | TenantOp::ReadProjects { .. } => None,
+        };
+        let with_projects = match op {
+            TenantOp::ReadProjects { .. } => true,
+            TenantOp::Execute { command, .. } => matches!(
+                command,
+                TenantCommand::CreateProject { .. }
+                    | TenantCommand::SetProjectScopes { .. }
+                    | TenantCommand::DeleteProject { .. }
+            ),
+            _ => false,
         };
         let operator = auth.is_none();
         let not_found = |e: TenantError| -> ActorError {
@@ -439,6 +489,7 @@ impl TenantActor {
                 .map(|key_id| self.key_state(key_id))
                 .transpose()
                 .map_err(not_found)?,
+            projects: with_projects.then(|| self.project_states()),
         })
     }
 
@@ -612,7 +663,7 @@ fn batch_durability<'a>(ops: impl IntoIterator<Item = &'a TenantOp>) -> Durabili
             matches!(command, TenantCommand::ReserveCredits { .. })
         }
         // Reads write nothing.
-        TenantOp::Read { .. } | TenantOp::ReadKey { .. } => true,
+        TenantOp::Read { .. } | TenantOp::ReadKey { .. } | TenantOp::ReadProjects { .. } => true,
     });
     if holds_only {
         Durability::HoldsOnly

@@ -59,9 +59,9 @@ pub(crate) async fn issue_key(
 ) -> Result<HttpResponse, HubError> {
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
-    let (name, role, scopes) = issue_key_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
+    let spec = issue_key_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
     let (key_id, key, state) = hub
-        .issue_key(tenant_id, name, role, scopes, None, ChangedBy::OperatorApi)
+        .issue_key(tenant_id, spec, None, ChangedBy::OperatorApi)
         .await?;
     let mut body = key_json(&state, hub.now());
     body["key"] = json!(key);

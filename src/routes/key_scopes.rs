@@ -4,12 +4,13 @@
 //! A field that is absent stays as it is; `null` removes its limit; a value
 //! sets it (docs/api.md, "Key scopes").
 
-use crate::actors::KeyState;
+use crate::actors::{KeyState, ProjectState};
 use crate::error::HubError;
+use crate::hub::KeySpec;
 use crate::routes::admin::parse_time;
 use chrono::{DateTime, Utc};
-use domain::tenant::{Budget, BudgetPeriod, Scopes, ScopesPatch};
-use domain::{Credits, Role};
+use domain::tenant::{Budget, BudgetPeriod, ScopeUsage, Scopes, ScopesPatch};
+use domain::{Credits, ProjectId, Role};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -114,7 +115,7 @@ fn budget(body: BudgetBody) -> Result<Budget, HubError> {
 }
 
 /// `{"name", "role"}` and, optionally, the key's scopes (`key_scopes.rs`).
-pub(crate) fn issue_key_body(body: Value) -> Result<(String, Role, Scopes), HubError> {
+pub(crate) fn issue_key_body(body: Value) -> Result<KeySpec, HubError> {
     let Value::Object(mut object) = body else {
         return Err(HubError::BadRequest(
             "the body must be a JSON object".into(),
@@ -128,22 +129,45 @@ pub(crate) fn issue_key_body(body: Value) -> Result<(String, Role, Scopes), HubE
     };
     let name = text("name")?;
     let role: Role = text("role")?.parse().map_err(HubError::BadRequest)?;
+    let project = match object.remove("project_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(project_id(&raw)?),
+        Some(_) => {
+            return Err(HubError::BadRequest(
+                "project_id: a project id string is required".into(),
+            ))
+        }
+    };
     let scopes = ScopeFields::from_object(object)?
         .into_patch()?
         .applied_to(&Scopes::default());
-    Ok((name, role, scopes))
+    Ok(KeySpec {
+        name,
+        role,
+        scopes,
+        project,
+    })
 }
 
-/// A key with its scopes and, for each limit, what the current period and
-/// minute used, as of `at`. Never the secret or its hash.
-pub(crate) fn key_json(key: &KeyState, at: DateTime<Utc>) -> Value {
-    let record = &key.record;
-    let scopes = &record.scopes;
-    let usage = &record.usage;
+/// A project id in a path or body: malformed is a project that does not exist.
+pub(crate) fn project_id(raw: &str) -> Result<ProjectId, HubError> {
+    raw.parse()
+        .map_err(|_| HubError::NotFound(format!("project {raw:?} not found")))
+}
+
+/// Scopes with, for each limit, what the current period and minute used, as
+/// of `at`: the fields a key or a project is shown with.
+fn limits_json(
+    scopes: &Scopes,
+    usage: &ScopeUsage,
+    held: Credits,
+    in_flight: u32,
+    at: DateTime<Utc>,
+) -> Value {
     let (requests, tokens) = usage.in_minute(at);
     let budget = scopes.budget.as_ref().map(|b| {
         let spent = usage.spent_in_period(b, at);
-        let remaining = (b.amount - spent - key.held).max(Credits::ZERO);
+        let remaining = (b.amount - spent - held).max(Credits::ZERO);
         json!({
             "amount": b.amount.to_decimal_string(),
             "period": b.period.as_str(),
@@ -151,31 +175,56 @@ pub(crate) fn key_json(key: &KeyState, at: DateTime<Utc>) -> Value {
             "period_start": b.period_start(at).map(|t| t.to_rfc3339()),
             "period_end": b.period_end(at).map(|t| t.to_rfc3339()),
             "spent": spent.to_decimal_string(),
-            "held": key.held.to_decimal_string(),
+            "held": held.to_decimal_string(),
             "remaining": remaining.to_decimal_string(),
         })
     });
     let limit = |value: Option<u64>, used: u64| value.map(|v| json!({"limit": v, "used": used}));
     json!({
-        "key_id": key.key_id.to_string(),
-        "name": record.name,
-        "role": record.role.as_str(),
-        "revoked": record.revoked,
-        "expired": scopes.is_expired_at(at),
         "models": scopes.models,
         "expires_at": scopes.expires_at.map(|t| t.to_rfc3339()),
         "budget": budget,
         "rpm": limit(scopes.rpm.map(u64::from), u64::from(requests)),
         "tpm": limit(scopes.tpm, tokens),
-        "max_concurrent": limit(scopes.max_concurrent.map(u64::from), u64::from(key.in_flight)),
+        "max_concurrent": limit(scopes.max_concurrent.map(u64::from), u64::from(in_flight)),
         "current_minute": {
             "start": domain::tenant::scopes::minute_of(at).to_rfc3339(),
             "requests": requests,
             "tokens": tokens,
         },
-        "in_flight": key.in_flight,
-        "held": key.held.to_decimal_string(),
+        "in_flight": in_flight,
+        "held": held.to_decimal_string(),
     })
+}
+
+/// A key with its scopes and what it has used of them, as of `at`. Never the
+/// secret or its hash.
+pub(crate) fn key_json(key: &KeyState, at: DateTime<Utc>) -> Value {
+    let record = &key.record;
+    let mut body = limits_json(&record.scopes, &record.usage, key.held, key.in_flight, at);
+    body["key_id"] = json!(key.key_id.to_string());
+    body["name"] = json!(record.name);
+    body["role"] = json!(record.role.as_str());
+    body["revoked"] = json!(record.revoked);
+    body["expired"] = json!(record.scopes.is_expired_at(at));
+    body["project_id"] = json!(record.project.map(|p| p.to_string()));
+    body
+}
+
+/// A project with its scopes, what they have used, and its live keys.
+pub(crate) fn project_json(project: &ProjectState, at: DateTime<Utc>) -> Value {
+    let record = &project.record;
+    let mut body = limits_json(
+        &record.scopes,
+        &record.usage,
+        project.held,
+        project.in_flight,
+        at,
+    );
+    body["project_id"] = json!(project.project_id.to_string());
+    body["name"] = json!(record.name);
+    body["keys"] = json!(project.keys);
+    body
 }
 
 #[cfg(test)]

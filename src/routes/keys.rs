@@ -33,9 +33,9 @@ pub(crate) async fn issue(
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let auth = Some(hub.key_auth(&key, Permission::ManageKeys));
-    let (name, role, scopes) = issue_key_body(json_body(payload, KEY_BODY_MAX_BYTES).await?)?;
+    let spec = issue_key_body(json_body(payload, KEY_BODY_MAX_BYTES).await?)?;
     let (_, secret, state) = hub
-        .issue_key(key.tenant_id, name, role, scopes, auth, caller(&key))
+        .issue_key(key.tenant_id, spec, auth, caller(&key))
         .await?;
     let mut body = key_json(&state, hub.now());
     body["key"] = json!(secret);

@@ -11,6 +11,7 @@ pub(crate) mod key_scopes;
 pub(crate) mod keys;
 pub(crate) mod models;
 pub(crate) mod prices;
+pub(crate) mod projects;
 pub(crate) mod tenant_lifecycle;
 pub(crate) mod tenants;
 pub(crate) mod usage;
@@ -112,6 +113,19 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(keys::show))
             .route(web::patch().to(keys::patch))
             .route(web::delete().to(keys::revoke))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/projects")
+            .route(web::post().to(projects::create))
+            .route(web::get().to(projects::list))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/v1/projects/{project_id}")
+            .route(web::get().to(projects::show))
+            .route(web::patch().to(projects::patch))
+            .route(web::delete().to(projects::delete))
             .default_service(not_allowed()),
     )
     .service(

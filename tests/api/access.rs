@@ -513,6 +513,18 @@ fn call_for(route: &str, fx: &Fixture) -> Option<Call> {
             format!("/admin/v1/tenants/{a}/low_balance"),
             Some(json!({"threshold": null})),
         ),
+        "POST /v1/projects" => call("/v1/projects", Some(json!({"name": "matrix"}))),
+        "GET /v1/projects" => call("/v1/projects", None),
+        "GET /v1/projects/{project_id}" => {
+            call(format!("/v1/projects/{}", uuid::Uuid::nil()), None)
+        }
+        "PATCH /v1/projects/{project_id}" => call(
+            format!("/v1/projects/{}", uuid::Uuid::nil()),
+            Some(json!({"rpm": 1000})),
+        ),
+        "DELETE /v1/projects/{project_id}" => {
+            call(format!("/v1/projects/{}", uuid::Uuid::nil()), None)
+        }
         "POST /v1/keys" => call(
             "/v1/keys",
             Some(json!({"name": "matrix", "role": "member"})),

@@ -47,6 +47,7 @@ mod openai_endpoints;
 mod openai_sdk;
 mod output_caps;
 mod price_book;
+mod projects;
 mod secrets;
 mod self_service_keys;
 mod stream_cutoff;

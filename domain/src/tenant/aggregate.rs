@@ -1,6 +1,6 @@
 //! Tenant state and the rules that decide commands against it.
 
-use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::ids::{InstanceId, KeyId, ModelId, ProjectId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, OutputCapAdvice};
 use crate::roles::{Permission, Role};
@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 /// Longest tenant or key name accepted.
 pub const NAME_MAX_CHARS: usize = 200;
+/// Live projects a tenant may have (each is listed whole by `GET /v1/projects`).
+pub const PROJECTS_MAX: usize = 1_000;
 /// Longest idempotency key or reason accepted.
 pub const LABEL_MAX_CHARS: usize = 200;
 /// Idempotency keys of grants made by payment webhooks start with this; operators'
@@ -44,6 +46,14 @@ pub enum TenantError {
     KeyRevoked,
     #[error("this API key's role ({role}) may not do that")]
     PermissionDenied { role: &'static str },
+    #[error("project {0} not found")]
+    UnknownProject(ProjectId),
+    #[error("project {0} already exists")]
+    ProjectAlreadyExists(ProjectId),
+    #[error("a tenant has at most {PROJECTS_MAX} projects: delete one first")]
+    TooManyProjects,
+    #[error("the project still has {count} live key(s): move or revoke them first")]
+    ProjectHasKeys { count: usize },
     /// A key may not give or take more power than its own.
     #[error("a key may not {what}")]
     BeyondOwnPower { what: String },
@@ -79,8 +89,13 @@ pub enum TenantError {
     /// The key's `expires_at` has passed. Said only to whoever holds the secret.
     #[error("this API key expired at {0}")]
     KeyExpired(String),
-    #[error("this API key may not call {model}: its scope allows {allowed}")]
-    ModelNotAllowed { model: String, allowed: String },
+    #[error("this {scope} may not call {model}: its scope allows {allowed}")]
+    ModelNotAllowed {
+        /// "API key" or "project".
+        scope: &'static str,
+        model: String,
+        allowed: String,
+    },
     #[error("this API key's {period} budget is exhausted: {remaining} of {amount} left, {required} required for this request")]
     KeyBudgetExhausted {
         period: &'static str,
@@ -88,9 +103,19 @@ pub enum TenantError {
         remaining: String,
         required: String,
     },
-    /// A rate or concurrency scope of the key: try again after `retry_after_secs`.
-    #[error("this API key's {limit} limit of {value} is reached; retry in {retry_after_secs} s")]
+    #[error("this project's {period} budget is exhausted: {remaining} of {amount} left, {required} required for this request")]
+    ProjectBudgetExhausted {
+        period: &'static str,
+        amount: String,
+        remaining: String,
+        required: String,
+    },
+    /// A rate or concurrency scope of the key or its project: try again after
+    /// `retry_after_secs`.
+    #[error("this {scope}'s {limit} limit of {value} is reached; retry in {retry_after_secs} s")]
     RateLimited {
+        /// "API key" or "project".
+        scope: &'static str,
         limit: &'static str,
         value: u64,
         retry_after_secs: u64,
@@ -149,6 +174,18 @@ pub struct KeyRecord {
     pub scopes: Scopes,
     #[serde(default)]
     pub usage: ScopeUsage,
+    /// The project whose scopes also bind this key's requests.
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+}
+
+/// A project: keys grouped under scopes of their own, checked with each key's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub name: String,
+    pub scopes: Scopes,
+    pub usage: ScopeUsage,
+    pub deleted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +297,9 @@ pub struct Tenant {
     /// above this to below it. `None` (and every snapshot from before): never.
     #[serde(default)]
     pub low_balance_threshold: Option<Credits>,
+    /// Projects by id (snapshots from before projects have none).
+    #[serde(default)]
+    pub projects: BTreeMap<ProjectId, ProjectRecord>,
     // Added with suspension and closing; snapshots from before were active and
     // never closed, which is what the defaults say.
     #[serde(default)]
@@ -334,7 +374,8 @@ impl Tenant {
                     .ok_or(TenantError::UnknownKey(*key_id))?;
                 (key.role, patch.clone().applied_to(&key.scopes))
             }
-            TenantCommand::RevokeApiKey { key_id, .. } => {
+            TenantCommand::RevokeApiKey { key_id, .. }
+            | TenantCommand::SetKeyProject { key_id, .. } => {
                 let key = self
                     .keys
                     .get(key_id)
@@ -350,7 +391,10 @@ impl Tenant {
                 actor.role.as_str()
             ));
         }
-        if matches!(command, TenantCommand::RevokeApiKey { .. }) {
+        if matches!(
+            command,
+            TenantCommand::RevokeApiKey { .. } | TenantCommand::SetKeyProject { .. }
+        ) {
             return Ok(());
         }
         match scopes.beyond(&actor.scopes) {
@@ -368,7 +412,7 @@ impl Tenant {
     }
 
     /// Refuses a hold of `hold` for `key_id`'s request at `at` that its key's
-    /// scopes do not allow: the model, then rate and concurrency, then the budget.
+    /// scopes, or its project's, do not allow.
     fn check_key_scopes(
         &self,
         key_id: KeyId,
@@ -379,56 +423,67 @@ impl Tenant {
         let Some(key) = self.keys.get(&key_id) else {
             return Ok(());
         };
-        let scopes = &key.scopes;
-        if let Some(expiry) = scopes.expires_at.filter(|_| scopes.is_expired_at(at)) {
+        if let Some(expiry) = key
+            .scopes
+            .expires_at
+            .filter(|_| key.scopes.is_expired_at(at))
+        {
             return Err(TenantError::KeyExpired(expiry.to_rfc3339()));
         }
-        if !scopes.allows_model(model) {
-            return Err(TenantError::ModelNotAllowed {
-                model: model.to_string(),
-                allowed: scopes.models.clone().unwrap_or_default().join(", "),
-            });
-        }
-        let mut key_holds = self.holds.values().filter(|h| h.key_id == key_id);
-        if let Some(max) = scopes.max_concurrent {
-            if key_holds.clone().count() >= max as usize {
-                // A hold ends when its request does: a second is a fair first wait.
-                return Err(TenantError::RateLimited {
-                    limit: "max_concurrent",
-                    value: u64::from(max),
-                    retry_after_secs: 1,
-                });
+        let (held, in_flight) = self.key_holds(key_id);
+        let key_scope = Scope {
+            name: "API key",
+            scopes: &key.scopes,
+            usage: &key.usage,
+            held,
+            in_flight,
+        };
+        key_scope.check(model, hold, at, |period, amount, remaining, required| {
+            TenantError::KeyBudgetExhausted {
+                period,
+                amount,
+                remaining,
+                required,
             }
-        }
-        let (requests, tokens) = key.usage.in_minute(at);
-        let full_minute = [
-            ("rpm", scopes.rpm.map(u64::from), u64::from(requests)),
-            ("tpm", scopes.tpm, tokens),
-        ]
-        .into_iter()
-        .find_map(|(limit, value, used)| value.filter(|v| used >= *v).map(|v| (limit, v)));
-        if let Some((limit, value)) = full_minute {
-            return Err(TenantError::RateLimited {
-                limit,
-                value,
-                retry_after_secs: scopes::seconds_to_next_minute(at),
-            });
-        }
-        if let Some(budget) = &scopes.budget {
-            let held = key_holds
-                .try_fold(Credits::ZERO, |sum, h| Some(sum + h.amount))
-                .unwrap_or_default();
-            let remaining = budget.amount - key.usage.spent_in_period(budget, at) - held;
-            if remaining < hold {
-                return Err(TenantError::KeyBudgetExhausted {
-                    period: budget.period.as_str(),
-                    amount: budget.amount.to_decimal_string(),
-                    remaining: remaining.max(Credits::ZERO).to_decimal_string(),
-                    required: hold.to_decimal_string(),
-                });
+        })?;
+        let Some((project_id, project)) = key
+            .project
+            .and_then(|id| self.projects.get(&id).map(|p| (id, p)))
+        else {
+            return Ok(());
+        };
+        let (held, in_flight) = self.project_holds(project_id);
+        let project_scope = Scope {
+            name: "project",
+            scopes: &project.scopes,
+            usage: &project.usage,
+            held,
+            in_flight,
+        };
+        project_scope.check(model, hold, at, |period, amount, remaining, required| {
+            TenantError::ProjectBudgetExhausted {
+                period,
+                amount,
+                remaining,
+                required,
             }
-        }
-        Ok(())
+        })
+    }
+
+    /// A project that exists and is not deleted.
+    pub fn live_project(&self, project_id: ProjectId) -> Result<&ProjectRecord, TenantError> {
+        self.projects
+            .get(&project_id)
+            .filter(|p| !p.deleted)
+            .ok_or(TenantError::UnknownProject(project_id))
+    }
+
+    /// What the requests of `project_id`'s keys hold, and how many there are.
+    pub fn project_holds(&self, project_id: ProjectId) -> (Credits, u32) {
+        self.holds
+            .values()
+            .filter(|h| self.keys.get(&h.key_id).and_then(|k| k.project) == Some(project_id))
+            .fold((Credits::ZERO, 0), |(sum, n), h| (sum + h.amount, n + 1))
     }
 
     /// Finds the live key with this hash and checks that its role allows `permission`.
@@ -535,6 +590,7 @@ impl Tenant {
                 role,
                 key_hash,
                 scopes,
+                project,
                 at,
             } => {
                 check_label("name", &name, NAME_MAX_CHARS)?;
@@ -542,6 +598,9 @@ impl Tenant {
                     return Err(TenantError::KeyAlreadyExists(key_id));
                 }
                 scopes.validate()?;
+                if let Some(project_id) = project {
+                    self.live_project(project_id)?;
+                }
                 let mut events = vec![TenantEvent::ApiKeyIssued {
                     key_id,
                     name,
@@ -552,7 +611,85 @@ impl Tenant {
                 if scopes != Scopes::default() {
                     events.push(TenantEvent::ApiKeyScopesSet { key_id, scopes, at });
                 }
+                if let Some(project_id) = project {
+                    events.push(TenantEvent::KeyProjectSet {
+                        key_id,
+                        project_id: Some(project_id),
+                        at,
+                    });
+                }
                 Ok(events)
+            }
+            TenantCommand::SetKeyProject {
+                key_id,
+                project_id,
+                at,
+            } => {
+                let key = self
+                    .keys
+                    .get(&key_id)
+                    .ok_or(TenantError::UnknownKey(key_id))?;
+                if let Some(project_id) = project_id {
+                    self.live_project(project_id)?;
+                }
+                if key.project == project_id {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TenantEvent::KeyProjectSet {
+                    key_id,
+                    project_id,
+                    at,
+                }])
+            }
+            TenantCommand::CreateProject {
+                project_id,
+                name,
+                scopes,
+                at,
+            } => {
+                check_label("name", &name, NAME_MAX_CHARS)?;
+                if self.projects.contains_key(&project_id) {
+                    return Err(TenantError::ProjectAlreadyExists(project_id));
+                }
+                if self.projects.values().filter(|p| !p.deleted).count() >= PROJECTS_MAX {
+                    return Err(TenantError::TooManyProjects);
+                }
+                scopes.validate()?;
+                Ok(vec![TenantEvent::ProjectCreated {
+                    project_id,
+                    name,
+                    scopes,
+                    at,
+                }])
+            }
+            TenantCommand::SetProjectScopes {
+                project_id,
+                patch,
+                at,
+            } => {
+                let project = self.live_project(project_id)?;
+                let scopes = patch.applied_to(&project.scopes);
+                scopes.validate()?;
+                if project.scopes == scopes {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TenantEvent::ProjectScopesSet {
+                    project_id,
+                    scopes,
+                    at,
+                }])
+            }
+            TenantCommand::DeleteProject { project_id, at } => {
+                self.live_project(project_id)?;
+                let count = self
+                    .keys
+                    .values()
+                    .filter(|k| !k.revoked && k.project == Some(project_id))
+                    .count();
+                if count > 0 {
+                    return Err(TenantError::ProjectHasKeys { count });
+                }
+                Ok(vec![TenantEvent::ProjectDeleted { project_id, at }])
             }
             TenantCommand::SetKeyScopes { key_id, patch, at } => {
                 let key = self
@@ -959,8 +1096,47 @@ impl Tenant {
                         revoked: false,
                         scopes: Scopes::default(),
                         usage: ScopeUsage::default(),
+                        project: None,
                     },
                 );
+            }
+            TenantEvent::KeyProjectSet {
+                key_id, project_id, ..
+            } => {
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    key.project = project_id;
+                }
+            }
+            TenantEvent::ProjectCreated {
+                project_id,
+                name,
+                scopes,
+                ..
+            } => {
+                self.projects.insert(
+                    project_id,
+                    ProjectRecord {
+                        name,
+                        scopes,
+                        usage: ScopeUsage::default(),
+                        deleted: false,
+                    },
+                );
+            }
+            TenantEvent::ProjectScopesSet {
+                project_id, scopes, ..
+            } => {
+                if let Some(project) = self.projects.get_mut(&project_id) {
+                    project
+                        .usage
+                        .budget_changed(project.scopes.budget.as_ref(), scopes.budget.as_ref());
+                    project.scopes = scopes;
+                }
+            }
+            TenantEvent::ProjectDeleted { project_id, .. } => {
+                if let Some(project) = self.projects.get_mut(&project_id) {
+                    project.deleted = true;
+                }
             }
             TenantEvent::ApiKeyScopesSet { key_id, scopes, .. } => {
                 if let Some(key) = self.keys.get_mut(&key_id) {
@@ -1057,6 +1233,9 @@ impl Tenant {
                 self.held = self.held + hold_pico;
                 if let Some(key) = self.keys.get_mut(&key_id) {
                     key.usage.note_request(at);
+                    if let Some(project) = key.project.and_then(|p| self.projects.get_mut(&p)) {
+                        project.usage.note_request(at);
+                    }
                 }
                 self.holds.insert(
                     request_id,
@@ -1085,6 +1264,10 @@ impl Tenant {
                     let tokens = usage.prompt_tokens() + usage.output_tokens;
                     let budget = key.scopes.budget.as_ref();
                     key.usage.note_settlement(budget, cost_pico, tokens, at);
+                    if let Some(project) = key.project.and_then(|p| self.projects.get_mut(&p)) {
+                        let budget = project.scopes.budget.as_ref();
+                        project.usage.note_settlement(budget, cost_pico, tokens, at);
+                    }
                 }
                 self.holds.remove(&request_id);
                 self.held = self.held - hold_pico;
@@ -1142,6 +1325,74 @@ impl Tenant {
     }
 }
 
+/// One set of scopes (a key's or a project's) with what it has used and holds.
+struct Scope<'a> {
+    name: &'static str,
+    scopes: &'a Scopes,
+    usage: &'a ScopeUsage,
+    held: Credits,
+    in_flight: u32,
+}
+
+impl Scope<'_> {
+    /// The model, then concurrency, the minute's requests and tokens, then the
+    /// budget (what the period settled plus what is held, against `hold`).
+    fn check(
+        &self,
+        model: &ModelId,
+        hold: Credits,
+        at: DateTime<Utc>,
+        budget_error: impl Fn(&'static str, String, String, String) -> TenantError,
+    ) -> Result<(), TenantError> {
+        let scopes = self.scopes;
+        if !scopes.allows_model(model) {
+            return Err(TenantError::ModelNotAllowed {
+                scope: self.name,
+                model: model.to_string(),
+                allowed: scopes.models.clone().unwrap_or_default().join(", "),
+            });
+        }
+        if let Some(max) = scopes.max_concurrent {
+            if self.in_flight >= max {
+                // A hold ends when its request does: a second is a fair first wait.
+                return Err(TenantError::RateLimited {
+                    scope: self.name,
+                    limit: "max_concurrent",
+                    value: u64::from(max),
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        let (requests, tokens) = self.usage.in_minute(at);
+        let full_minute = [
+            ("rpm", scopes.rpm.map(u64::from), u64::from(requests)),
+            ("tpm", scopes.tpm, tokens),
+        ]
+        .into_iter()
+        .find_map(|(limit, value, used)| value.filter(|v| used >= *v).map(|v| (limit, v)));
+        if let Some((limit, value)) = full_minute {
+            return Err(TenantError::RateLimited {
+                scope: self.name,
+                limit,
+                value,
+                retry_after_secs: scopes::seconds_to_next_minute(at),
+            });
+        }
+        if let Some(budget) = &scopes.budget {
+            let remaining = budget.amount - self.usage.spent_in_period(budget, at) - self.held;
+            if remaining < hold {
+                return Err(budget_error(
+                    budget.period.as_str(),
+                    budget.amount.to_decimal_string(),
+                    remaining.max(Credits::ZERO).to_decimal_string(),
+                    hold.to_decimal_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How an event changes `available` (`granted − spent − expired − revoked −
 /// closed_out − held`).
 pub fn available_delta(event: &TenantEvent) -> Credits {
@@ -1161,6 +1412,10 @@ pub fn available_delta(event: &TenantEvent) -> Credits {
         | TenantEvent::ApiKeyIssued { .. }
         | TenantEvent::ApiKeyRevoked { .. }
         | TenantEvent::ApiKeyScopesSet { .. }
+        | TenantEvent::KeyProjectSet { .. }
+        | TenantEvent::ProjectCreated { .. }
+        | TenantEvent::ProjectScopesSet { .. }
+        | TenantEvent::ProjectDeleted { .. }
         | TenantEvent::UpstreamAttempted { .. }
         | TenantEvent::LowBalanceThresholdSet { .. }
         | TenantEvent::LowBalanceCrossed { .. }

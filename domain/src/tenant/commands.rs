@@ -1,7 +1,7 @@
 //! What can be asked of a tenant. Commands carry their own timestamps and ids so
 //! that deciding them is deterministic (tests and replays need no clock).
 
-use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::ids::{InstanceId, KeyId, ModelId, ProjectId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, ModelPrice, Rates, Usage};
 use crate::roles::Role;
@@ -38,6 +38,30 @@ pub enum TenantCommand {
         key_hash: KeyHash,
         /// Recorded as `ApiKeyScopesSet` in the same decision unless all empty.
         scopes: Scopes,
+        /// Recorded as `KeyProjectSet` in the same decision.
+        project: Option<ProjectId>,
+        at: DateTime<Utc>,
+    },
+    /// Moves a key into a project (`None`: out of any).
+    SetKeyProject {
+        key_id: KeyId,
+        project_id: Option<ProjectId>,
+        at: DateTime<Utc>,
+    },
+    CreateProject {
+        project_id: ProjectId,
+        name: String,
+        scopes: Scopes,
+        at: DateTime<Utc>,
+    },
+    SetProjectScopes {
+        project_id: ProjectId,
+        patch: ScopesPatch,
+        at: DateTime<Utc>,
+    },
+    /// Deletes a project with no live keys in it.
+    DeleteProject {
+        project_id: ProjectId,
         at: DateTime<Utc>,
     },
     /// Changes some of a key's scopes; the others stay as they are.
@@ -166,6 +190,10 @@ impl TenantCommand {
             | TenantCommand::IssueApiKey { at, .. }
             | TenantCommand::RevokeApiKey { at, .. }
             | TenantCommand::SetKeyScopes { at, .. }
+            | TenantCommand::SetKeyProject { at, .. }
+            | TenantCommand::CreateProject { at, .. }
+            | TenantCommand::SetProjectScopes { at, .. }
+            | TenantCommand::DeleteProject { at, .. }
             | TenantCommand::GrantCredits { at, .. }
             | TenantCommand::ExpireCredits { at }
             | TenantCommand::RecordPayment { at, .. }

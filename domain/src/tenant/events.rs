@@ -1,7 +1,7 @@
 //! What happened to a tenant. Events are a stored, public schema: never change a
 //! variant's shape in place; raise its version and add an upcaster (`upcast.rs`).
 
-use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::ids::{InstanceId, KeyId, ModelId, ProjectId, RequestId, TenantId};
 use crate::money::Credits;
 use crate::pricing::{Capability, ChargeTerms, Ingress, Rates, Usage};
 use crate::roles::Role;
@@ -91,6 +91,28 @@ pub enum TenantEvent {
     ApiKeyScopesSet {
         key_id: KeyId,
         scopes: Scopes,
+        at: DateTime<Utc>,
+    },
+    /// A key moved into a project (`None`: out of any).
+    KeyProjectSet {
+        key_id: KeyId,
+        project_id: Option<ProjectId>,
+        at: DateTime<Utc>,
+    },
+    ProjectCreated {
+        project_id: ProjectId,
+        name: String,
+        scopes: Scopes,
+        at: DateTime<Utc>,
+    },
+    /// A project's scopes, whole.
+    ProjectScopesSet {
+        project_id: ProjectId,
+        scopes: Scopes,
+        at: DateTime<Utc>,
+    },
+    ProjectDeleted {
+        project_id: ProjectId,
         at: DateTime<Utc>,
     },
     ApiKeyRevoked {
@@ -248,6 +270,10 @@ impl TenantEvent {
             | TenantEvent::ApiKeyIssued { at, .. }
             | TenantEvent::ApiKeyRevoked { at, .. }
             | TenantEvent::ApiKeyScopesSet { at, .. }
+            | TenantEvent::KeyProjectSet { at, .. }
+            | TenantEvent::ProjectCreated { at, .. }
+            | TenantEvent::ProjectScopesSet { at, .. }
+            | TenantEvent::ProjectDeleted { at, .. }
             | TenantEvent::CreditsGranted { at, .. }
             | TenantEvent::CreditsExpired { at, .. }
             | TenantEvent::CreditsRevoked { at, .. }
@@ -284,6 +310,10 @@ impl DomainEvent for TenantEvent {
             TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
             TenantEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
             TenantEvent::ApiKeyScopesSet { .. } => "ApiKeyScopesSet",
+            TenantEvent::KeyProjectSet { .. } => "KeyProjectSet",
+            TenantEvent::ProjectCreated { .. } => "ProjectCreated",
+            TenantEvent::ProjectScopesSet { .. } => "ProjectScopesSet",
+            TenantEvent::ProjectDeleted { .. } => "ProjectDeleted",
             TenantEvent::CreditsGranted { .. } => "CreditsGranted",
             TenantEvent::CreditsExpired { .. } => "CreditsExpired",
             TenantEvent::CreditsRevoked { .. } => "CreditsRevoked",

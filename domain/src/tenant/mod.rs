@@ -16,7 +16,7 @@ mod tests;
 
 pub use aggregate::{
     Balance, GrantRecord, Hold, KeyRecord, PaymentEventKind, PaymentEventRecord, PaymentRecord,
-    Tenant, TenantError, TenantStatus, PAYMENT_KEY_PREFIX, STATUS_REASON_MAX_CHARS,
+    ProjectRecord, Tenant, TenantError, TenantStatus, PAYMENT_KEY_PREFIX, STATUS_REASON_MAX_CHARS,
 };
 pub use commands::{Attempt, TenantCommand};
 pub use events::{

@@ -1,7 +1,7 @@
 //! One given/when/then test per rule of the tenant aggregate.
 
 use super::*;
-use crate::ids::{InstanceId, KeyId, ModelId, RequestId, TenantId};
+use crate::ids::{InstanceId, KeyId, ModelId, ProjectId, RequestId, TenantId};
 use crate::money::{Credits, Rate};
 use crate::pricing::{
     Capability, ChargeTerms, Ingress, MarginSource, ModelPrice, OutputCapAdvice, Rates, Usage,
@@ -212,6 +212,7 @@ fn issue_key_stores_only_its_hash() {
             role: Role::Member,
             key_hash: KeyHash::of_secret("secret"),
             scopes: Default::default(),
+            project: None,
             at: at(1),
         })
         .then_expect_events(vec![key_issued()]);
@@ -1967,6 +1968,7 @@ mod suspension {
                 role: Role::Admin,
                 key_hash: KeyHash::of_secret("s9"),
                 scopes: Scopes::default(),
+                project: None,
                 at: at(4),
             })
             .is_ok());
@@ -2081,6 +2083,7 @@ mod suspension {
                 role: Role::Admin,
                 key_hash: KeyHash::of_secret("s9"),
                 scopes: Scopes::default(),
+                project: None,
                 at: at(6),
             },
             pay_cmd("evt1", None, "1"),
@@ -2290,6 +2293,7 @@ fn a_key_is_issued_with_its_scopes_in_one_decision() {
             role: Role::Member,
             key_hash: KeyHash::of_secret("secret"),
             scopes: scopes.clone(),
+            project: None,
             at: at(1),
         })
         .then_expect_events(vec![key_issued(), scopes_set(scopes)]);
@@ -2454,6 +2458,7 @@ fn rpm_counts_the_calendar_minute_and_says_when_to_retry() {
     assert_eq!(
         run(&mut tenant, reserve_at(3, at(75))),
         Err(TenantError::RateLimited {
+            scope: "API key",
             limit: "rpm",
             value: 2,
             retry_after_secs: 45,
@@ -2541,4 +2546,169 @@ fn changes_to_different_scope_fields_both_stay() {
     let scopes = &tenant.keys[&key_id()].scopes;
     assert_eq!(scopes.rpm, None);
     assert_eq!(scopes.models, Some(vec!["openai/*".to_string()]));
+}
+
+// ---- Projects: their scopes bind every key in them -------------------------
+
+fn project_id() -> ProjectId {
+    ProjectId(Uuid::from_u128(7))
+}
+
+fn second_key() -> KeyId {
+    KeyId(Uuid::from_u128(3))
+}
+
+/// Reserves for `key` what `reserve_at` reserves for the default key.
+fn reserve_for(key: KeyId, n: u128, when: DateTime<Utc>) -> TenantCommand {
+    match reserve_at(n, when) {
+        TenantCommand::ReserveCredits {
+            request_id,
+            model,
+            capability,
+            ingress,
+            app,
+            price,
+            price_version,
+            prompt_bytes,
+            max_tokens,
+            images,
+            instance_id,
+            expires_at,
+            enforce_credit,
+            at,
+            ..
+        } => TenantCommand::ReserveCredits {
+            request_id,
+            key_id: key,
+            model,
+            capability,
+            ingress,
+            app,
+            price,
+            price_version,
+            prompt_bytes,
+            max_tokens,
+            images,
+            instance_id,
+            expires_at,
+            enforce_credit,
+            at,
+        },
+        other => other,
+    }
+}
+
+/// Two keys of one project whose budget covers `holds` holds.
+fn project_tenant(holds: i128) -> Tenant {
+    let mut tenant = state_after(vec![created(), granted("10", "g"), key_issued()]);
+    let create = TenantCommand::CreateProject {
+        project_id: project_id(),
+        name: "team".into(),
+        scopes: Scopes {
+            budget: Some(budget_of(holds, BudgetPeriod::Total)),
+            ..Scopes::default()
+        },
+        at: at(1),
+    };
+    run(&mut tenant, create).unwrap();
+    let second = TenantCommand::IssueApiKey {
+        key_id: second_key(),
+        name: "second".into(),
+        role: Role::Member,
+        key_hash: KeyHash::of_secret("second"),
+        scopes: Scopes::default(),
+        project: Some(project_id()),
+        at: at(1),
+    };
+    assert_eq!(
+        run(&mut tenant, second).unwrap().len(),
+        2,
+        "issued, then in the project"
+    );
+    let first_joins = TenantCommand::SetKeyProject {
+        key_id: key_id(),
+        project_id: Some(project_id()),
+        at: at(1),
+    };
+    run(&mut tenant, first_joins).unwrap();
+    tenant
+}
+
+#[test]
+fn a_project_budget_is_shared_by_its_keys() {
+    let mut tenant = project_tenant(3);
+    run(&mut tenant, reserve_for(key_id(), 1, at(10))).unwrap();
+    run(&mut tenant, reserve_for(second_key(), 2, at(10))).unwrap();
+    run(&mut tenant, reserve_for(key_id(), 3, at(10))).unwrap();
+    let refused = run(&mut tenant, reserve_for(second_key(), 4, at(10)));
+    assert!(
+        matches!(
+            refused,
+            Err(TenantError::ProjectBudgetExhausted {
+                period: "total",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // Out of the project, the key is bound by its own scopes only.
+    let leaves = TenantCommand::SetKeyProject {
+        key_id: second_key(),
+        project_id: None,
+        at: at(11),
+    };
+    run(&mut tenant, leaves).unwrap();
+    run(&mut tenant, reserve_for(second_key(), 4, at(12))).unwrap();
+}
+
+#[test]
+fn a_project_with_live_keys_cannot_be_deleted_and_a_deleted_one_takes_none() {
+    let mut tenant = project_tenant(3);
+    let delete = TenantCommand::DeleteProject {
+        project_id: project_id(),
+        at: at(5),
+    };
+    assert_eq!(
+        run(&mut tenant, delete.clone()),
+        Err(TenantError::ProjectHasKeys { count: 2 })
+    );
+    for key in [key_id(), second_key()] {
+        let leaves = TenantCommand::SetKeyProject {
+            key_id: key,
+            project_id: None,
+            at: at(5),
+        };
+        run(&mut tenant, leaves).unwrap();
+    }
+    run(&mut tenant, delete).unwrap();
+    let joins = TenantCommand::SetKeyProject {
+        key_id: key_id(),
+        project_id: Some(project_id()),
+        at: at(6),
+    };
+    assert_eq!(
+        run(&mut tenant, joins),
+        Err(TenantError::UnknownProject(project_id()))
+    );
+}
+
+#[test]
+fn a_project_model_scope_refuses_naming_the_project() {
+    let mut tenant = project_tenant(100);
+    let narrow = TenantCommand::SetProjectScopes {
+        project_id: project_id(),
+        patch: ScopesPatch {
+            models: Some(Some(vec!["anthropic/*".into()])),
+            ..ScopesPatch::default()
+        },
+        at: at(5),
+    };
+    run(&mut tenant, narrow).unwrap();
+    assert!(matches!(
+        run(&mut tenant, reserve_for(key_id(), 1, at(10))),
+        Err(TenantError::ModelNotAllowed {
+            scope: "project",
+            ..
+        })
+    ));
 }

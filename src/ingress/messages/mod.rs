@@ -94,7 +94,9 @@ pub(crate) fn anthropic_error_type(e: &HubError) -> &'static str {
         | HubError::ModelNotAllowed(_)
         | HubError::TenantSuspended(_)
         | HubError::TenantClosed => "permission_error",
-        HubError::InsufficientCredits { .. } | HubError::KeyBudgetExhausted(_) => "billing_error",
+        HubError::InsufficientCredits { .. }
+        | HubError::KeyBudgetExhausted(_)
+        | HubError::ProjectBudgetExhausted(_) => "billing_error",
         HubError::RateLimited { .. } => "rate_limit_error",
         HubError::BadRequest(_) | HubError::Conflict(_) | HubError::MethodNotAllowed => {
             "invalid_request_error"
