@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use domain::tenant::TenantCommand;
 use domain::{ChangedBy, Credits, KeyId, TenantId};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Operator bodies are small; this bounds them well below the model-request limit.
 const ADMIN_BODY_MAX_BYTES: usize = 64 * 1024;
@@ -60,12 +60,11 @@ pub(crate) async fn issue_key(
     operator(&hub, &req)?;
     let tenant_id = tenant_path(&path)?;
     let spec = issue_key_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
-    let (key_id, key, state) = hub
+    let (_, key, state) = hub
         .issue_key(tenant_id, spec, None, ChangedBy::OperatorApi)
         .await?;
     let mut body = key_json(&state, hub.now());
     body["key"] = json!(key);
-    debug_assert_eq!(body["key_id"], json!(key_id.to_string()));
     Ok(HttpResponse::Created().json(body))
 }
 
@@ -102,18 +101,7 @@ pub(crate) async fn patch_key(
     operator(&hub, &req)?;
     let (tenant, key) = path.into_inner();
     let (tenant_id, key_id) = key_path(&tenant, &key)?;
-    let body: Value = json_body(payload, ADMIN_BODY_MAX_BYTES).await?;
-    let Value::Object(object) = body else {
-        return Err(HubError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    };
-    let patch = ScopeFields::from_object(object)?.into_patch()?;
-    if patch.is_empty() {
-        return Err(HubError::BadRequest(
-            "nothing to change: name at least one of models, budget, rpm, tpm, max_concurrent or expires_at".into(),
-        ));
-    }
+    let patch = ScopeFields::patch_from_body(json_body(payload, ADMIN_BODY_MAX_BYTES).await?)?;
     let state = hub
         .set_key_scopes(tenant_id, key_id, patch, None, ChangedBy::OperatorApi)
         .await?;

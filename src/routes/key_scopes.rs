@@ -70,6 +70,22 @@ impl ScopeFields {
         Ok(fields)
     }
 
+    /// A `PATCH` body: a JSON object naming at least one scope field.
+    pub(crate) fn patch_from_body(body: Value) -> Result<ScopesPatch, HubError> {
+        let Value::Object(object) = body else {
+            return Err(HubError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        };
+        let patch = ScopeFields::from_object(object)?.into_patch()?;
+        if patch.is_empty() {
+            return Err(HubError::BadRequest(format!(
+                "nothing to change: name at least one of {SCOPE_FIELDS}"
+            )));
+        }
+        Ok(patch)
+    }
+
     pub(crate) fn into_patch(self) -> Result<ScopesPatch, HubError> {
         let budget = match self.budget {
             None => None,

@@ -11,7 +11,7 @@ use crate::error::HubError;
 use crate::hub::Hub;
 use actix_web::{web, HttpRequest, HttpResponse};
 use domain::{ChangedBy, KeyId, Permission};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Key bodies are small.
 const KEY_BODY_MAX_BYTES: usize = 64 * 1024;
@@ -82,18 +82,7 @@ pub(crate) async fn patch(
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let key_id = key_id_path(&path)?;
-    let body: Value = json_body(payload, KEY_BODY_MAX_BYTES).await?;
-    let Value::Object(object) = body else {
-        return Err(HubError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    };
-    let patch = ScopeFields::from_object(object)?.into_patch()?;
-    if patch.is_empty() {
-        return Err(HubError::BadRequest(
-            "nothing to change: name at least one of models, budget, rpm, tpm, max_concurrent or expires_at".into(),
-        ));
-    }
+    let patch = ScopeFields::patch_from_body(json_body(payload, KEY_BODY_MAX_BYTES).await?)?;
     let auth = Some(hub.key_auth(&key, Permission::ManageKeys));
     let state = hub
         .set_key_scopes(key.tenant_id, key_id, patch, auth, caller(&key))

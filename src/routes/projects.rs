@@ -118,13 +118,7 @@ pub(crate) async fn patch(
 ) -> Result<HttpResponse, HubError> {
     let key = presented_key(&req)?;
     let project_id = project_id(&path)?;
-    let body = object(json_body(payload, PROJECT_BODY_MAX_BYTES).await?)?;
-    let patch = ScopeFields::from_object(body)?.into_patch()?;
-    if patch.is_empty() {
-        return Err(HubError::BadRequest(
-            "nothing to change: name at least one of models, budget, rpm, tpm, max_concurrent or expires_at".into(),
-        ));
-    }
+    let patch = ScopeFields::patch_from_body(json_body(payload, PROJECT_BODY_MAX_BYTES).await?)?;
     let op = TenantOp::Execute {
         auth: Some(hub.key_auth(&key, Permission::ManageKeys)),
         command: TenantCommand::SetProjectScopes {

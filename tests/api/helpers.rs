@@ -667,3 +667,35 @@ pub async fn log_readable_up_to_now(database_url: &str) {
     })
     .await;
 }
+
+/// Replays the whole store into fresh projections: every one equals the live
+/// one and every tenant's hash chain is intact.
+pub async fn replay_equals_live(app: &TestApp) {
+    app.projections_caught_up().await;
+    let report = aigne_hub::replay::replay_all(app.store().as_ref())
+        .await
+        .unwrap();
+    assert!(report.all_identical, "{report:?}");
+    assert!(report.chains_intact, "{report:?}");
+}
+
+/// A call with `key` as its bearer: the status and the JSON body (null when
+/// the body is not JSON).
+pub async fn send_as(
+    app: &TestApp,
+    method: reqwest::Method,
+    key: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

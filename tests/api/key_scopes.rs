@@ -65,15 +65,6 @@ async fn error_code(response: reqwest::Response) -> (u16, String) {
     )
 }
 
-async fn replay_equals_live(app: &TestApp) {
-    app.projections_caught_up().await;
-    let report = aigne_hub::replay::replay_all(app.store().as_ref())
-        .await
-        .unwrap();
-    assert!(report.all_identical, "{report:?}");
-    assert!(report.chains_intact, "{report:?}");
-}
-
 async fn a_key_budget_admits_exactly_the_holds_it_covers(kind: StoreKind) {
     const REQUESTS: usize = 64;
     const AFFORDABLE: usize = 20;

@@ -5,25 +5,6 @@ use crate::on_both_stores;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn send(
-    app: &TestApp,
-    method: Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn a_project_budget_binds_all_its_keys_together(kind: StoreKind) {
     let app = spawn_app(kind).await;
     // Each request costs exactly its hold, 0.0001 (see key_scopes.rs).
@@ -31,7 +12,7 @@ async fn a_project_budget_binds_all_its_keys_together(kind: StoreKind) {
         .await;
     let tenant = app.create_tenant("10").await;
     let owner = app.issue_key(&tenant, "owner").await;
-    let (status, project) = send(
+    let (status, project) = send_as(
         &app,
         Method::POST,
         &owner,
@@ -44,7 +25,7 @@ async fn a_project_budget_binds_all_its_keys_together(kind: StoreKind) {
     let mut keys = Vec::new();
     for name in ["a", "b"] {
         let body = json!({"name": name, "role": "member", "project_id": project_id});
-        let (status, key) = send(&app, Method::POST, &owner, "/v1/keys", Some(body)).await;
+        let (status, key) = send_as(&app, Method::POST, &owner, "/v1/keys", Some(body)).await;
         assert_eq!(status, 201, "{key}");
         assert_eq!(key["project_id"], json!(project_id));
         keys.push(key["key"].as_str().unwrap().to_string());
@@ -71,25 +52,21 @@ async fn a_project_budget_binds_all_its_keys_together(kind: StoreKind) {
         ]
     );
     let path = format!("/v1/projects/{project_id}");
-    let (status, shown) = send(&app, Method::GET, &owner, &path, None).await;
+    let (status, shown) = send_as(&app, Method::GET, &owner, &path, None).await;
     assert_eq!(status, 200);
     assert_eq!(shown["budget"]["spent"], "0.0003", "{shown}");
     assert_eq!(shown["keys"], 2);
     // A project with live keys is not deleted.
-    let (status, _) = send(&app, Method::DELETE, &owner, &path, None).await;
+    let (status, _) = send_as(&app, Method::DELETE, &owner, &path, None).await;
     assert_eq!(status, 409);
-    let (status, listed) = send(&app, Method::GET, &owner, "/v1/projects", None).await;
+    let (status, listed) = send_as(&app, Method::GET, &owner, "/v1/projects", None).await;
     assert_eq!((status, listed["data"].as_array().unwrap().len()), (200, 1));
     // Raising the budget admits again.
     let raise = json!({"budget": {"amount": "1", "period": "total"}});
-    let (status, _) = send(&app, Method::PATCH, &owner, &path, Some(raise)).await;
+    let (status, _) = send_as(&app, Method::PATCH, &owner, &path, Some(raise)).await;
     assert_eq!(status, 200);
     assert_eq!(app.chat(&keys[1], &body).await.status(), 200);
-    app.projections_caught_up().await;
-    let report = aigne_hub::replay::replay_all(app.store().as_ref())
-        .await
-        .unwrap();
-    assert!(report.all_identical, "{report:?}");
+    replay_equals_live(&app).await;
 }
 on_both_stores!(
     a_project_budget_binds_all_its_keys_together,

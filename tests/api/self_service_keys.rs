@@ -8,25 +8,6 @@ use domain::ChangedBy;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn send(
-    app: &TestApp,
-    method: Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// A key issued by the operator, with `scopes`.
 async fn operator_key(app: &TestApp, tenant: &str, role: &str, scopes: Value) -> (String, String) {
     let mut body = json!({"name": role, "role": role});
@@ -59,7 +40,7 @@ async fn a_tenant_manages_its_keys_within_its_own_power(kind: StoreKind) {
     // Within the admin's power: a member key with narrower scopes.
     let member_body = json!({"name": "app", "role": "member", "models": ["openai/gpt-*"],
         "rpm": 5, "budget": {"amount": "1", "period": "month"}});
-    let (status, member) = send(&app, Method::POST, &admin, "/v1/keys", Some(member_body)).await;
+    let (status, member) = send_as(&app, Method::POST, &admin, "/v1/keys", Some(member_body)).await;
     assert_eq!(status, 201, "{member}");
     let member_id = member["key_id"].as_str().unwrap().to_string();
     let member_key = member["key"].as_str().unwrap().to_string();
@@ -89,7 +70,7 @@ async fn a_tenant_manages_its_keys_within_its_own_power(kind: StoreKind) {
         ),
     ] {
         let (status, refused) =
-            send(&app, Method::POST, &admin, "/v1/keys", Some(body.clone())).await;
+            send_as(&app, Method::POST, &admin, "/v1/keys", Some(body.clone())).await;
         assert_eq!(
             (status, code(&refused)),
             (403, "permission_denied"),
@@ -105,9 +86,10 @@ async fn a_tenant_manages_its_keys_within_its_own_power(kind: StoreKind) {
     }
     // An admin may not widen a key past its own scopes, nor touch an owner's.
     let path = format!("/v1/keys/{member_id}");
-    let (status, _) = send(&app, Method::PATCH, &admin, &path, Some(json!({"rpm": 11}))).await;
+    let (status, _) = send_as(&app, Method::PATCH, &admin, &path, Some(json!({"rpm": 11}))).await;
     assert_eq!(status, 403);
-    let (status, changed) = send(&app, Method::PATCH, &admin, &path, Some(json!({"rpm": 2}))).await;
+    let (status, changed) =
+        send_as(&app, Method::PATCH, &admin, &path, Some(json!({"rpm": 2}))).await;
     assert_eq!(
         (status, &changed["rpm"]["limit"]),
         (200, &json!(2)),
@@ -116,12 +98,12 @@ async fn a_tenant_manages_its_keys_within_its_own_power(kind: StoreKind) {
     let owner_path = format!("/v1/keys/{owner_id}");
     for method in [Method::PATCH, Method::DELETE] {
         let body = (method == Method::PATCH).then(|| json!({"rpm": 1}));
-        let (status, _) = send(&app, method, &admin, &owner_path, body).await;
+        let (status, _) = send_as(&app, method, &admin, &owner_path, body).await;
         assert_eq!(status, 403);
     }
     // The owner may do anything in the tenant, including to the admin's key.
     let admin_path = format!("/v1/keys/{admin_id}");
-    let (status, _) = send(
+    let (status, _) = send_as(
         &app,
         Method::PATCH,
         &owner,
@@ -132,19 +114,19 @@ async fn a_tenant_manages_its_keys_within_its_own_power(kind: StoreKind) {
     assert_eq!(status, 200);
 
     // Members manage nothing; the tenant's keys are shown without secrets.
-    let (status, refused) = send(&app, Method::GET, &member_key, "/v1/keys", None).await;
+    let (status, refused) = send_as(&app, Method::GET, &member_key, "/v1/keys", None).await;
     assert_eq!((status, code(&refused)), (403, "permission_denied"));
-    let (status, shown) = send(&app, Method::GET, &admin, &path, None).await;
+    let (status, shown) = send_as(&app, Method::GET, &admin, &path, None).await;
     assert_eq!(status, 200);
     assert!(shown.get("key").is_none());
     app.projections_caught_up().await;
-    let (status, listed) = send(&app, Method::GET, &owner, "/v1/keys", None).await;
+    let (status, listed) = send_as(&app, Method::GET, &owner, "/v1/keys", None).await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["data"].as_array().unwrap().len(), 3, "{listed}");
     assert!(!listed.to_string().contains(&member_key));
 
     // Revoked by the admin: refused from then on.
-    let (status, _) = send(&app, Method::DELETE, &admin, &path, None).await;
+    let (status, _) = send_as(&app, Method::DELETE, &admin, &path, None).await;
     assert_eq!(status, 200);
     assert_eq!(app.get(&member_key, "/v1/models").await.status(), 401);
 
@@ -181,7 +163,7 @@ async fn another_tenants_keys_are_404(kind: StoreKind) {
     let path = format!("/v1/keys/{b_key_id}");
     for method in [Method::GET, Method::PATCH, Method::DELETE] {
         let body = (method == Method::PATCH).then(|| json!({"rpm": 1}));
-        let (status, answer) = send(&app, method.clone(), &a_owner, &path, body).await;
+        let (status, answer) = send_as(&app, method.clone(), &a_owner, &path, body).await;
         assert_eq!((status, code(&answer)), (404, "not_found"), "{method}");
     }
     // B's key still works: nothing happened to it.

@@ -37,15 +37,6 @@ fn count(events: &[aigne_hub::store::StoredEvent], kind: fn(&TenantEvent) -> boo
     events.iter().filter(|e| kind(&e.event)).count()
 }
 
-async fn replay_equals_live(app: &TestApp) {
-    app.projections_caught_up().await;
-    let report = aigne_hub::replay::replay_all(app.store().as_ref())
-        .await
-        .unwrap();
-    assert!(report.all_identical, "{report:?}");
-    assert!(report.chains_intact, "{report:?}");
-}
-
 async fn a_suspended_tenant_is_refused_on_every_ingress_at_no_cost(kind: StoreKind) {
     let app = spawn_app(kind).await;
     app.setup_provider(&[
