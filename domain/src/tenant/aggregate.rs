@@ -423,6 +423,10 @@ impl Tenant {
         let Some(key) = self.keys.get(&key_id) else {
             return Ok(());
         };
+        // Most keys have no scopes and no project: nothing to count for them.
+        if key.project.is_none() && key.scopes == Scopes::default() {
+            return Ok(());
+        }
         if let Some(expiry) = key
             .scopes
             .expires_at
