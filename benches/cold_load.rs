@@ -75,6 +75,7 @@ fn history(tenant_id: TenantId, count: usize) -> Vec<TenantEvent> {
                 capability: Capability::Chat,
                 ingress: Ingress::Openai,
                 app: None,
+                end_user: None,
                 price,
                 price_version: 1,
                 prompt_bytes: 100,

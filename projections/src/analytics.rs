@@ -1,15 +1,17 @@
 //! Usage analytics: requests, tokens, images, cost and upstream latency per tenant
-//! and UTC hour, broken down by key, app, provider, model and capability.
+//! and UTC hour, broken down by key, project, end user, app, provider, model and
+//! capability.
 //!
 //! # Rows
 //!
 //! - `<tenant>/<YYYY-MM-DDTHH>` (an [`AnalyticsRow`] with `usage`): one row per
 //!   tenant and UTC hour, holding one [`UsageEntry`] per
-//!   `(key_id, app, provider, model, capability)` seen in that hour, sorted by
-//!   those dimensions. Keeping the dimensions inside the hour row (rather than one
+//!   `(key_id, project, end_user, app, provider, model, capability)` seen in
+//!   that hour, sorted by those dimensions. Keeping the dimensions inside the hour row (rather than one
 //!   row per dimension tuple) lets a reader name every row of a time range by its
 //!   exact key (the store has no prefix scan), and keeps an hour's row small:
-//!   one entry per distinct tuple.
+//!   one entry per distinct tuple. (A tenant that names many end users per
+//!   hour makes that hour's row as long as its distinct end users.)
 //! - `<tenant>/pending` (an [`AnalyticsRow`] with `pending`): the requests of
 //!   the tenant that are in flight, each with the dimensions only its
 //!   `CreditsReserved` knows (key, app, capability, requested model) and the
@@ -46,8 +48,8 @@ use std::collections::BTreeMap;
 /// Stable name of the projection, also its checkpoint and row namespace.
 /// The projection's name carries its row layout's version: a new layout is a new
 /// projection, rebuilt from the log, never old rows read in a new shape.
-/// (v2: `provider_cost`.)
-pub const NAME: &str = "analytics_v2";
+/// (v2: `provider_cost`; v3: `project` and `end_user`.)
+pub const NAME: &str = "analytics_v3";
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram's buckets; a
 /// last bucket counts everything slower. Never change them in place: rows
@@ -73,6 +75,10 @@ pub struct AnalyticsRow {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRequest {
     pub key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
     pub app: Option<String>,
     pub capability: String,
     /// The model asked for; replaced by the latest attempt's.
@@ -85,6 +91,12 @@ pub struct PendingRequest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Dimensions {
     pub key_id: String,
+    /// The key's project when the request was admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Who the request was for, as the caller named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
     pub app: Option<String>,
     pub provider: String,
     pub model: String,
@@ -282,12 +294,16 @@ pub fn fold<'a>(
                 model,
                 capability,
                 app,
+                project,
+                end_user,
                 ..
             } => {
                 rows.entry(pending_key(tenant)).or_default().pending.insert(
                     request_id.to_string(),
                     PendingRequest {
                         key_id: key_id.to_string(),
+                        project: project.map(|p| p.to_string()),
+                        end_user: end_user.clone(),
                         app: app.clone(),
                         capability: capability_name(capability),
                         model: model.to_string(),
@@ -327,6 +343,8 @@ pub fn fold<'a>(
                     .unwrap_or_default();
                 let dims = Dimensions {
                     key_id: key_id.to_string(),
+                    project: p.project,
+                    end_user: p.end_user,
                     app: p.app,
                     provider: provider.clone(),
                     model: model.to_string(),
@@ -357,6 +375,8 @@ pub fn fold<'a>(
                 };
                 let dims = Dimensions {
                     key_id: p.key_id,
+                    project: p.project,
+                    end_user: p.end_user,
                     app: p.app,
                     provider: p.provider,
                     model: p.model,
@@ -429,6 +449,9 @@ mod tests {
             images_requested: 0,
             instance_id: InstanceId::new_random(),
             expires_at: t(at + 600),
+            project: None,
+            end_user: None,
+            scopes_checked: Vec::new(),
             at: t(at),
         }
     }
@@ -548,6 +571,8 @@ mod tests {
             first[0].dims,
             Dimensions {
                 key_id: key.to_string(),
+                project: None,
+                end_user: None,
                 app: Some("web".into()),
                 provider: "mock".into(),
                 model: "mock/one".into(),

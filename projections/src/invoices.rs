@@ -704,6 +704,9 @@ mod tests {
             images_requested: 0,
             instance_id: InstanceId::new_random(),
             expires_at: when + TimeDelta::minutes(15),
+            project: None,
+            end_user: None,
+            scopes_checked: Vec::new(),
             at: when,
         }
     }

@@ -20,11 +20,12 @@ use crate::body::{parse_json, read_limited};
 use crate::config::Limits;
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::pipeline::{self, Admitted, Ask, PipelineError};
+use crate::pipeline::{self, Admitted, Ask, Caller, PipelineError};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
+use domain::tenant::END_USER_MAX_CHARS;
 use domain::Ingress;
 use futures_util::future::LocalBoxFuture;
 use futures_util::{Stream, StreamExt};
@@ -181,8 +182,11 @@ impl<W: Wire> ModelCall<W> {
     /// every answer from here on carries its id (`routes::request_id_header`),
     /// and so does the request's log span.
     pub(crate) async fn admit(&self, ask: Ask<'_>) -> Result<Admitted, HubError> {
-        let app = client_app(&self.req);
-        let admitted = pipeline::admit(&self.hub, self.key.clone(), ask, app).await?;
+        let caller = Caller {
+            app: client_app(&self.req),
+            end_user: end_user(&self.req, &self.json)?,
+        };
+        let admitted = pipeline::admit(&self.hub, self.key.clone(), ask, caller).await?;
         self.req.extensions_mut().insert(admitted.request_id());
         tracing::Span::current()
             .record("request_id", tracing::field::display(admitted.request_id()));
@@ -214,6 +218,56 @@ fn client_app(req: &HttpRequest) -> Option<String> {
             .take(CLIENT_APP_MAX_CHARS)
             .collect()
     })
+}
+
+/// The header naming who a request is for; it wins over the body's field.
+pub(crate) const END_USER_HEADER: &str = "x-aigne-hub-end-user";
+
+/// Who the request is for: the `x-aigne-hub-end-user` header, else the body's
+/// `user` (OpenAI's field), else its `metadata.user_id` (Anthropic's). At most
+/// [`END_USER_MAX_CHARS`] characters, no control characters, and never a hub
+/// key (it is recorded in the ledger for good): anything else is a 400 rather
+/// than a silently cut or dropped label.
+fn end_user(req: &HttpRequest, request: &Value) -> Result<Option<String>, HubError> {
+    let (field, value) = match req.headers().get(END_USER_HEADER) {
+        Some(header) => {
+            let text = header.to_str().map_err(|_| {
+                HubError::BadRequest(format!("the {END_USER_HEADER} header must be text"))
+            })?;
+            (END_USER_HEADER, Some(text))
+        }
+        None => match (
+            request.get("user"),
+            request.get("metadata").and_then(|m| m.get("user_id")),
+        ) {
+            (Some(user), _) => ("user", Some(string_field("user", user)?)),
+            (None, Some(user)) => (
+                "metadata.user_id",
+                Some(string_field("metadata.user_id", user)?),
+            ),
+            (None, None) => ("user", None),
+        },
+    };
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.chars().count() > END_USER_MAX_CHARS || value.chars().any(char::is_control) {
+        return Err(HubError::BadRequest(format!(
+            "`{field}` must be at most {END_USER_MAX_CHARS} characters, without control characters"
+        )));
+    }
+    if crate::auth::parse_key(value).is_ok() {
+        return Err(HubError::BadRequest(format!(
+            "`{field}` looks like an AIGNE Hub key; name the end user, never send a key there"
+        )));
+    }
+    Ok(Some(value.to_string()))
+}
+
+fn string_field<'a>(field: &str, value: &'a Value) -> Result<&'a str, HubError> {
+    value
+        .as_str()
+        .ok_or_else(|| HubError::BadRequest(format!("`{field}` must be a string")))
 }
 
 /// A streamed answer: the frames as they come.

@@ -78,6 +78,16 @@ impl<'a> Ask<'a> {
     }
 }
 
+/// Who a request is from and for, as the caller said (recorded in the
+/// reservation, for usage by app and by end user).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Caller {
+    /// The calling app (`x-aigne-hub-client-did`).
+    pub(crate) app: Option<String>,
+    /// Who the request is for (`x-aigne-hub-end-user`, or the body's `user`).
+    pub(crate) end_user: Option<String>,
+}
+
 /// A request admitted: key checked, candidates routed, hold placed.
 pub(crate) struct Admitted {
     pub(crate) billing: Billing,
@@ -109,12 +119,11 @@ fn hold_price(candidates: &[Candidate]) -> ModelPrice {
 }
 
 /// Checks the key, routes the model and places the hold (401/403/404/402 here).
-/// `app` is the calling app as the client names itself (for analytics).
 pub(crate) async fn admit(
     hub: &Arc<Hub>,
     key: PresentedKey,
     ask: Ask<'_>,
-    app: Option<String>,
+    caller: Caller,
 ) -> Result<Admitted, PipelineError> {
     let auth = Some(hub.key_auth(&key, Permission::CallModels));
     let (image_size, image_quality) = ask.image_variant;
@@ -151,7 +160,8 @@ pub(crate) async fn admit(
         model: primary.model.clone(),
         capability: ask.capability,
         ingress: ask.ingress,
-        app,
+        app: caller.app,
+        end_user: caller.end_user,
         price,
         price_version: primary.price_version,
         prompt_bytes: ask.prompt_bytes,

@@ -22,7 +22,7 @@ mod billing;
 mod error;
 mod relay;
 
-pub(crate) use admission::{admit, Admitted, Ask};
+pub(crate) use admission::{admit, Admitted, Ask, Caller};
 pub(crate) use attempts::{
     Billed, Operation, OutputCap, Perform, CHAT, CHAT_STREAM, EMBEDDINGS, IMAGES,
 };

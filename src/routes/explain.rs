@@ -190,6 +190,9 @@ pub(crate) fn explain<'a>(
         max_output_tokens,
         images_requested,
         expires_at,
+        project,
+        end_user,
+        scopes_checked,
         at: reserved_at,
         ..
     }) = events
@@ -208,6 +211,12 @@ pub(crate) fn explain<'a>(
         "capability": capability,
         "ingress": ingress,
         "app": app,
+        "project_id": project.map(|p| p.to_string()),
+        "end_user": end_user,
+        // Every limit the hold was checked against and passed (`<scope>.<limit>`).
+        // A refused request places no hold and has no explanation: its error
+        // named the scope that refused it.
+        "scopes_checked": scopes_checked,
         "price_version": price_version,
         "reserved_at": reserved_at,
         "closed_at": null,
@@ -328,6 +337,9 @@ mod tests {
             images_requested: 0,
             instance_id: domain::InstanceId::new_random(),
             expires_at: chrono::Utc::now(),
+            project: None,
+            end_user: Some("user-7".into()),
+            scopes_checked: vec!["key.budget".into(), "tenant.credit".into()],
             at: chrono::Utc::now(),
         }
     }
@@ -343,6 +355,11 @@ mod tests {
         assert_eq!(body["hold"]["amount"], "0.000000001");
         assert_eq!(body["cost"], "0");
         assert_eq!(body["attempts"], json!([]));
+        assert_eq!(body["end_user"], "user-7");
+        assert_eq!(
+            body["scopes_checked"],
+            json!(["key.budget", "tenant.credit"])
+        );
         assert!(explain(RequestId::new_random(), &events).is_none());
     }
 

@@ -40,8 +40,10 @@ pub(crate) const USAGE_ROWS_MAX: usize = 10_000;
 const HOUR_KEYS_PER_READ: usize = 500;
 
 /// What `group_by` accepts.
-pub(crate) const GROUP_KEYS: [&str; 7] = [
+pub(crate) const GROUP_KEYS: [&str; 9] = [
     "key",
+    "project",
+    "end_user",
     "app",
     "provider",
     "model",
@@ -189,6 +191,8 @@ fn parse_bound(name: &str, raw: &str, zone: &Zone, end: bool) -> Result<DateTime
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum GroupKey {
     Key,
+    Project,
+    EndUser,
     App,
     Provider,
     Model,
@@ -207,6 +211,8 @@ fn parse_group_by(raw: Option<&str>) -> Result<Vec<(GroupKey, &'static str)>, Hu
         let part = part.trim();
         let key = match part {
             "key" => GroupKey::Key,
+            "project" => GroupKey::Project,
+            "end_user" => GroupKey::EndUser,
             "app" => GroupKey::App,
             "provider" => GroupKey::Provider,
             "model" => GroupKey::Model,
@@ -323,6 +329,8 @@ fn group_value(key: GroupKey, entry: &UsageEntry, local: DateTime<FixedOffset>) 
     let d = &entry.dims;
     match key {
         GroupKey::Key => Some(d.key_id.clone()),
+        GroupKey::Project => d.project.clone(),
+        GroupKey::EndUser => d.end_user.clone(),
         GroupKey::App => d.app.clone(),
         GroupKey::Provider => Some(d.provider.clone()),
         GroupKey::Model => Some(d.model.clone()),

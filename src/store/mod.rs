@@ -39,8 +39,8 @@ pub(crate) const LOG_PAGE_MAX_EVENTS: i64 = 5_000;
 /// cold tenant reads at most this many events after the snapshot.
 pub const SNAPSHOT_EVERY_EVENTS: usize = 1_000;
 /// Bumped whenever `Tenant`'s serialized shape changes; older snapshots are ignored
-/// (the tenant is then rebuilt from its events).
-pub(crate) const SNAPSHOT_SCHEMA_VERSION: i64 = 1;
+/// (the tenant is then rebuilt from its events). 2: a hold names its project.
+pub(crate) const SNAPSHOT_SCHEMA_VERSION: i64 = 2;
 /// Longest wait for a database connection before a request fails with 503.
 pub(crate) const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 

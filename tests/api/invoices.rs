@@ -272,6 +272,9 @@ fn reserved(request: RequestId, key: KeyId, at: DateTime<Utc>) -> TenantEvent {
         images_requested: 0,
         instance_id: InstanceId::new_random(),
         expires_at: at + TimeDelta::minutes(15),
+        project: None,
+        end_user: None,
+        scopes_checked: Vec::new(),
         at,
     }
 }

@@ -31,6 +31,7 @@ mod cli_first_contact;
 mod conformance;
 mod crash;
 mod edges;
+mod end_users;
 mod errors;
 mod explain;
 mod first_contact;

@@ -20,6 +20,9 @@ pub const NAME_MAX_CHARS: usize = 200;
 pub const PROJECTS_MAX: usize = 1_000;
 /// Longest idempotency key or reason accepted.
 pub const LABEL_MAX_CHARS: usize = 200;
+/// Longest end user name a request may carry: room for an email address or a
+/// UUID with a prefix, not for a document.
+pub const END_USER_MAX_CHARS: usize = 256;
 /// Idempotency keys of grants made by payment webhooks start with this; operators'
 /// grants may not use it, so the two never collide in the log.
 pub const PAYMENT_KEY_PREFIX: &str = "payment:";
@@ -228,6 +231,9 @@ pub struct PaymentRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
     pub key_id: KeyId,
+    /// The project whose budget the hold counts against (the key's when placed).
+    #[serde(default)]
+    pub project: Option<ProjectId>,
     pub model: ModelId,
     pub amount: Credits,
     pub rates: crate::pricing::Rates,
@@ -413,19 +419,21 @@ impl Tenant {
 
     /// Refuses a hold of `hold` for `key_id`'s request at `at` that its key's
     /// scopes, or its project's, do not allow.
+    /// Checks the key's scopes, then its project's; on success, the limits
+    /// checked as `<scope>.<limit>` (what explain names), and the project.
     fn check_key_scopes(
         &self,
         key_id: KeyId,
         model: &ModelId,
         hold: Credits,
         at: DateTime<Utc>,
-    ) -> Result<(), TenantError> {
+    ) -> Result<(Vec<String>, Option<ProjectId>), TenantError> {
         let Some(key) = self.keys.get(&key_id) else {
-            return Ok(());
+            return Ok((Vec::new(), None));
         };
         // Most keys have no scopes and no project: nothing to count for them.
         if key.project.is_none() && key.scopes == Scopes::default() {
-            return Ok(());
+            return Ok((Vec::new(), None));
         }
         if let Some(expiry) = key
             .scopes
@@ -450,11 +458,12 @@ impl Tenant {
                 required,
             }
         })?;
+        let mut checked: Vec<String> = key.scopes.limits().map(|l| format!("key.{l}")).collect();
         let Some((project_id, project)) = key
             .project
             .and_then(|id| self.projects.get(&id).map(|p| (id, p)))
         else {
-            return Ok(());
+            return Ok((checked, None));
         };
         let (held, in_flight) = self.project_holds(project_id);
         let project_scope = Scope {
@@ -471,7 +480,9 @@ impl Tenant {
                 remaining,
                 required,
             }
-        })
+        })?;
+        checked.extend(project.scopes.limits().map(|l| format!("project.{l}")));
+        Ok((checked, Some(project_id)))
     }
 
     /// A project that exists and is not deleted.
@@ -486,7 +497,7 @@ impl Tenant {
     pub fn project_holds(&self, project_id: ProjectId) -> (Credits, u32) {
         self.holds
             .values()
-            .filter(|h| self.keys.get(&h.key_id).and_then(|k| k.project) == Some(project_id))
+            .filter(|h| h.project == Some(project_id))
             .fold((Credits::ZERO, 0), |(sum, n), h| (sum + h.amount, n + 1))
     }
 
@@ -828,6 +839,7 @@ impl Tenant {
                 capability,
                 ingress,
                 app,
+                end_user,
                 price,
                 price_version,
                 prompt_bytes,
@@ -841,6 +853,9 @@ impl Tenant {
                 if self.holds.contains_key(&request_id) {
                     return Err(TenantError::HoldAlreadyExists(request_id));
                 }
+                if let Some(end_user) = &end_user {
+                    check_label("end_user", end_user, END_USER_MAX_CHARS)?;
+                }
                 let hold = price.hold_for(prompt_bytes, max_tokens, images);
                 // Lots past their expiry expire now, whether or not the expiry pass
                 // got to them yet: a hold never rests on expired credit.
@@ -849,7 +864,8 @@ impl Tenant {
                     TenantEvent::CreditsExpired { amount_pico, .. } => sum + *amount_pico,
                     _ => sum,
                 });
-                self.check_key_scopes(key_id, &model, hold, at)?;
+                let (mut scopes_checked, project) =
+                    self.check_key_scopes(key_id, &model, hold, at)?;
                 let available = self.available() - due;
                 if enforce_credit && available < hold {
                     let available = available.max(Credits::ZERO);
@@ -867,6 +883,9 @@ impl Tenant {
                         advice,
                     });
                 }
+                if enforce_credit {
+                    scopes_checked.push("tenant.credit".to_string());
+                }
                 events.push(TenantEvent::CreditsReserved {
                     request_id,
                     key_id,
@@ -882,6 +901,9 @@ impl Tenant {
                     images_requested: images,
                     instance_id,
                     expires_at,
+                    project,
+                    end_user,
+                    scopes_checked,
                     at,
                 });
                 Ok(events)
@@ -1231,20 +1253,26 @@ impl Tenant {
                 price_version,
                 instance_id,
                 expires_at,
+                project,
                 at,
                 ..
             } => {
                 self.held = self.held + hold_pico;
-                if let Some(key) = self.keys.get_mut(&key_id) {
+                // Before 2.0 the event did not name the project: the key's was
+                // the one checked (and always equals a 2.0 event's).
+                let key = self.keys.get_mut(&key_id);
+                let project = project.or_else(|| key.as_ref().and_then(|k| k.project));
+                if let Some(key) = key {
                     key.usage.note_request(at);
-                    if let Some(project) = key.project.and_then(|p| self.projects.get_mut(&p)) {
-                        project.usage.note_request(at);
-                    }
+                }
+                if let Some(project) = project.and_then(|p| self.projects.get_mut(&p)) {
+                    project.usage.note_request(at);
                 }
                 self.holds.insert(
                     request_id,
                     Hold {
                         key_id,
+                        project,
                         model,
                         amount: hold_pico,
                         rates,
@@ -1264,16 +1292,20 @@ impl Tenant {
                 at,
                 ..
             } => {
+                let tokens = usage.prompt_tokens() + usage.output_tokens;
                 if let Some(key) = self.keys.get_mut(&key_id) {
-                    let tokens = usage.prompt_tokens() + usage.output_tokens;
                     let budget = key.scopes.budget.as_ref();
                     key.usage.note_settlement(budget, cost_pico, tokens, at);
-                    if let Some(project) = key.project.and_then(|p| self.projects.get_mut(&p)) {
-                        let budget = project.scopes.budget.as_ref();
-                        project.usage.note_settlement(budget, cost_pico, tokens, at);
-                    }
                 }
-                self.holds.remove(&request_id);
+                // The project the hold counted against, even if the key moved since.
+                let hold = self.holds.remove(&request_id);
+                if let Some(project) = hold
+                    .and_then(|h| h.project)
+                    .and_then(|p| self.projects.get_mut(&p))
+                {
+                    let budget = project.scopes.budget.as_ref();
+                    project.usage.note_settlement(budget, cost_pico, tokens, at);
+                }
                 self.held = self.held - hold_pico;
                 self.spent = self.spent + cost_pico;
             }

@@ -114,6 +114,9 @@ pub enum TenantCommand {
         ingress: Ingress,
         /// The calling app (`x-aigne-hub-client-did`), if it said.
         app: Option<String>,
+        /// Who the request is for, if the caller said (at most
+        /// [`END_USER_MAX_CHARS`](crate::tenant::END_USER_MAX_CHARS)).
+        end_user: Option<String>,
         price: ModelPrice,
         price_version: i64,
         prompt_bytes: u64,

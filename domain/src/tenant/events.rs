@@ -19,6 +19,10 @@ pub const CREDITS_GRANTED_VERSION: &str = "2.0";
 /// `UsageSettled` 2.0 added `terms` (cost rates, margin) and `provider_cost_pico`;
 /// 1.0 events are upcast as sold directly at a cost equal to the price.
 pub const USAGE_SETTLED_VERSION: &str = "2.0";
+/// `CreditsReserved` 2.0 added `project`, `end_user` and `scopes_checked`; 1.0
+/// events are upcast with none of them (no end user, nothing named as checked,
+/// and the project left to the key's, as 1.0 decided it).
+pub const CREDITS_RESERVED_VERSION: &str = "2.0";
 
 /// The payment webhook event a grant came from (`payment.succeeded`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +174,19 @@ pub enum TenantEvent {
         images_requested: u32,
         instance_id: InstanceId,
         expires_at: DateTime<Utc>,
+        /// Version 2.0: the key's project when the hold was placed; its budget
+        /// was checked and the request counts against it.
+        #[serde(default)]
+        project: Option<ProjectId>,
+        /// Version 2.0: who the request was for, as the caller named them
+        /// (OpenAI's `user`, or the `x-aigne-hub-end-user` header).
+        #[serde(default)]
+        end_user: Option<String>,
+        /// Version 2.0: every limit the hold was checked against, as
+        /// `<scope>.<limit>` (`key.budget`, `project.rpm`, `tenant.credit`), in
+        /// the order they were checked.
+        #[serde(default)]
+        scopes_checked: Vec<String>,
         at: DateTime<Utc>,
     },
     UsageSettled {
@@ -336,6 +353,7 @@ impl DomainEvent for TenantEvent {
         match self {
             TenantEvent::CreditsGranted { .. } => CREDITS_GRANTED_VERSION,
             TenantEvent::UsageSettled { .. } => USAGE_SETTLED_VERSION,
+            TenantEvent::CreditsReserved { .. } => CREDITS_RESERVED_VERSION,
             _ => EVENT_VERSION,
         }
         .to_string()

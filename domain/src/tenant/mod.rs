@@ -16,12 +16,13 @@ mod tests;
 
 pub use aggregate::{
     Balance, GrantRecord, Hold, KeyRecord, PaymentEventKind, PaymentEventRecord, PaymentRecord,
-    ProjectRecord, Tenant, TenantError, TenantStatus, PAYMENT_KEY_PREFIX, STATUS_REASON_MAX_CHARS,
+    ProjectRecord, Tenant, TenantError, TenantStatus, END_USER_MAX_CHARS, PAYMENT_KEY_PREFIX,
+    STATUS_REASON_MAX_CHARS,
 };
 pub use commands::{Attempt, TenantCommand};
 pub use events::{
     AttemptOutcome, KeyHash, PaymentRef, RemainingCredit, TenantEvent, CREDITS_GRANTED_VERSION,
-    EVENT_VERSION,
+    CREDITS_RESERVED_VERSION, EVENT_VERSION,
 };
 pub use ledger::{ExpiringLot, ExpiringLots};
 pub use scopes::{Budget, BudgetPeriod, ScopeError, ScopeUsage, Scopes, ScopesPatch};

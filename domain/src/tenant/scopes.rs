@@ -55,6 +55,23 @@ pub struct ScopesPatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
+impl Scopes {
+    /// The names of the limits that are set, in the order they are checked
+    /// (`expires_at` first: it is checked before any other).
+    pub fn limits(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("expires_at", self.expires_at.is_some()),
+            ("models", self.models.is_some()),
+            ("max_concurrent", self.max_concurrent.is_some()),
+            ("rpm", self.rpm.is_some()),
+            ("tpm", self.tpm.is_some()),
+            ("budget", self.budget.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+    }
+}
+
 impl ScopesPatch {
     /// Every field set to `scopes`' value: replaces the scopes whole.
     pub fn replacing_with(scopes: Scopes) -> ScopesPatch {

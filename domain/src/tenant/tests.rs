@@ -103,6 +103,7 @@ fn reserve_cmd(
         capability: Capability::Chat,
         ingress: Ingress::Openai,
         app: Some("my-app".into()),
+        end_user: None,
         price: price(),
         price_version: 3,
         prompt_bytes,
@@ -132,6 +133,9 @@ fn reserved(n: u128, prompt_bytes: u64, max_tokens: Option<u32>) -> TenantEvent 
         images_requested: 0,
         instance_id: instance(0),
         expires_at: at(600),
+        project: None,
+        end_user: None,
+        scopes_checked: vec!["tenant.credit".into()],
         at: at(2),
     }
 }
@@ -392,11 +396,16 @@ fn enterprise_mode_places_the_hold_without_enough_credit() {
         *enforce_credit = false;
     }
     let history = vec![created(), key_issued(), granted("0.000299999999", "g1")];
+    // The wallet was not checked, and the event says so.
+    let mut expected = reserved(1, 36, None);
+    if let TenantEvent::CreditsReserved { scopes_checked, .. } = &mut expected {
+        scopes_checked.clear();
+    }
     TenantTest::with(())
         .given(history.clone())
         .when(command)
-        .then_expect_events(vec![reserved(1, 36, None)]);
-    let tenant = state_after([history, vec![reserved(1, 36, None)]].concat());
+        .then_expect_events(vec![expected.clone()]);
+    let tenant = state_after([history, vec![expected]].concat());
     assert_eq!(
         tenant.balance().available,
         Credits::parse_positive("0.000299999999").unwrap()
@@ -2215,42 +2224,11 @@ fn scopes_set(scopes: Scopes) -> TenantEvent {
 
 /// `reserve_cmd(n, 36, None, 0)` at `when`: holds `expected_hold(36, None)`.
 fn reserve_at(n: u128, when: DateTime<Utc>) -> TenantCommand {
-    match reserve_cmd(n, 36, None, 0) {
-        TenantCommand::ReserveCredits {
-            request_id,
-            key_id,
-            model,
-            capability,
-            ingress,
-            app,
-            price,
-            price_version,
-            prompt_bytes,
-            max_tokens,
-            images,
-            instance_id,
-            expires_at,
-            enforce_credit,
-            ..
-        } => TenantCommand::ReserveCredits {
-            request_id,
-            key_id,
-            model,
-            capability,
-            ingress,
-            app,
-            price,
-            price_version,
-            prompt_bytes,
-            max_tokens,
-            images,
-            instance_id,
-            expires_at,
-            enforce_credit,
-            at: when,
-        },
-        other => other,
+    let mut command = reserve_cmd(n, 36, None, 0);
+    if let TenantCommand::ReserveCredits { at, .. } = &mut command {
+        *at = when;
     }
+    command
 }
 
 /// Decides and applies `command`, as the tenant actor does.
@@ -2560,42 +2538,11 @@ fn second_key() -> KeyId {
 
 /// Reserves for `key` what `reserve_at` reserves for the default key.
 fn reserve_for(key: KeyId, n: u128, when: DateTime<Utc>) -> TenantCommand {
-    match reserve_at(n, when) {
-        TenantCommand::ReserveCredits {
-            request_id,
-            model,
-            capability,
-            ingress,
-            app,
-            price,
-            price_version,
-            prompt_bytes,
-            max_tokens,
-            images,
-            instance_id,
-            expires_at,
-            enforce_credit,
-            at,
-            ..
-        } => TenantCommand::ReserveCredits {
-            request_id,
-            key_id: key,
-            model,
-            capability,
-            ingress,
-            app,
-            price,
-            price_version,
-            prompt_bytes,
-            max_tokens,
-            images,
-            instance_id,
-            expires_at,
-            enforce_credit,
-            at,
-        },
-        other => other,
+    let mut command = reserve_at(n, when);
+    if let TenantCommand::ReserveCredits { key_id, .. } = &mut command {
+        *key_id = key;
     }
+    command
 }
 
 /// Two keys of one project whose budget covers `holds` holds.
@@ -2711,4 +2658,78 @@ fn a_project_model_scope_refuses_naming_the_project() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_reservation_names_its_project_end_user_and_every_limit_checked() {
+    let mut tenant = project_tenant(3);
+    let mut command = reserve_for(key_id(), 1, at(10));
+    if let TenantCommand::ReserveCredits { end_user, .. } = &mut command {
+        *end_user = Some("user-42@example.com".into());
+    }
+    let events = run(&mut tenant, command).unwrap();
+    let Some(TenantEvent::CreditsReserved {
+        project,
+        end_user,
+        scopes_checked,
+        ..
+    }) = events.last()
+    else {
+        panic!("no reservation: {events:?}");
+    };
+    assert_eq!(*project, Some(project_id()));
+    assert_eq!(end_user.as_deref(), Some("user-42@example.com"));
+    assert_eq!(scopes_checked, &["project.budget", "tenant.credit"]);
+}
+
+#[test]
+fn a_hold_counts_against_the_project_it_was_placed_in_even_if_its_key_moves() {
+    let mut tenant = project_tenant(3);
+    run(&mut tenant, reserve_for(key_id(), 1, at(10))).unwrap();
+    let leaves = TenantCommand::SetKeyProject {
+        key_id: key_id(),
+        project_id: None,
+        at: at(11),
+    };
+    run(&mut tenant, leaves).unwrap();
+    // Still held against the project: two more fit its budget of three, not three.
+    run(&mut tenant, reserve_for(second_key(), 2, at(12))).unwrap();
+    run(&mut tenant, reserve_for(second_key(), 3, at(12))).unwrap();
+    assert!(matches!(
+        run(&mut tenant, reserve_for(second_key(), 4, at(12))),
+        Err(TenantError::ProjectBudgetExhausted { .. })
+    ));
+    // Settled, it is spent in the project's period: the project's spend is exact.
+    let mut settle = settle_cmd(1, 10, 10);
+    if let TenantCommand::SettleUsage { at: when, .. } = &mut settle {
+        *when = at(13);
+    }
+    let charged = run(&mut tenant, settle).unwrap();
+    let Some(TenantEvent::UsageSettled { cost_pico, .. }) = charged.last() else {
+        panic!("not settled: {charged:?}");
+    };
+    let project = &tenant.projects[&project_id()];
+    let budget = project.scopes.budget.as_ref().unwrap();
+    assert_eq!(project.usage.spent_in_period(budget, at(14)), *cost_pico);
+    assert_eq!(
+        tenant.keys[&key_id()].usage.spent_in_period(budget, at(14)),
+        Credits::ZERO,
+        "the key has no budget of its own to count in"
+    );
+}
+
+#[test]
+fn an_end_user_longer_than_its_bound_is_refused() {
+    let mut tenant = project_tenant(3);
+    let mut command = reserve_for(key_id(), 1, at(10));
+    if let TenantCommand::ReserveCredits { end_user, .. } = &mut command {
+        *end_user = Some("u".repeat(crate::tenant::END_USER_MAX_CHARS + 1));
+    }
+    assert_eq!(
+        run(&mut tenant, command),
+        Err(TenantError::InvalidLabel {
+            field: "end_user",
+            max_chars: crate::tenant::END_USER_MAX_CHARS
+        })
+    );
 }

@@ -9,7 +9,9 @@
 //! `{"CreditsGranted": {"amount_pico": "…", …}}`.
 
 use crate::pricing::{ChargeTerms, Rates};
-use crate::tenant::events::{CREDITS_GRANTED_VERSION, USAGE_SETTLED_VERSION};
+use crate::tenant::events::{
+    CREDITS_GRANTED_VERSION, CREDITS_RESERVED_VERSION, USAGE_SETTLED_VERSION,
+};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::Value;
 
@@ -26,7 +28,26 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             USAGE_SETTLED_VERSION,
             Box::new(usage_settled_1_to_2),
         )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            "CreditsReserved",
+            CREDITS_RESERVED_VERSION,
+            Box::new(credits_reserved_1_to_2),
+        )),
     ]
+}
+
+/// `CreditsReserved` 1.0 → 2.0: no end user was recorded and no limit was named
+/// as checked; the project is left out (`null`), so applying the event takes
+/// the key's, exactly as 1.0 did.
+fn credits_reserved_1_to_2(mut payload: Value) -> Value {
+    if let Some(Value::Object(fields)) = payload.get_mut("CreditsReserved") {
+        fields.entry("project").or_insert(Value::Null);
+        fields.entry("end_user").or_insert(Value::Null);
+        fields
+            .entry("scopes_checked")
+            .or_insert(Value::Array(Vec::new()));
+    }
+    payload
 }
 
 /// `UsageSettled` 1.0 → 2.0: before the price book, a model had one price, sold
@@ -189,6 +210,64 @@ mod tests {
             crate::tenant::aggregate::available_delta(&event),
             Credits::from_pico(90_000_000 - 50_000_000)
         );
+    }
+
+    /// A `CreditsReserved` exactly as version 1.0 wrote it.
+    fn reserved_v1() -> SerializedEvent {
+        SerializedEvent::new(
+            "00000000-0000-0000-0000-000000000001".into(),
+            4,
+            "Tenant".into(),
+            "CreditsReserved".into(),
+            "1.0".into(),
+            json!({"CreditsReserved": {
+                "request_id": "00000000-0000-0000-0000-0000000000aa",
+                "key_id": "00000000-0000-0000-0000-0000000000bb",
+                "model": "openai/gpt-4o-mini",
+                "capability": "chat",
+                "ingress": "openai",
+                "app": null,
+                "price_version": 3,
+                "rates": {"input_pico_per_token": "1000000", "output_pico_per_token": "2000000",
+                          "cache_read_pico_per_token": "1000000", "cache_write_pico_per_token": "1000000"},
+                "hold_pico": "90000000",
+                "prompt_bytes": 36,
+                "max_output_tokens": 40,
+                "images_requested": 0,
+                "instance_id": "00000000-0000-0000-0000-0000000000cc",
+                "expires_at": "2026-01-01T00:10:00Z",
+                "at": "2026-01-01T00:00:00Z"
+            }}),
+            json!({}),
+        )
+    }
+
+    #[test]
+    fn credits_reserved_1_0_replays_with_no_end_user_and_nothing_named_as_checked() {
+        let upcast = read(reserved_v1());
+        assert_eq!(
+            upcast.event_version.parse::<SemanticVersion>(),
+            CREDITS_RESERVED_VERSION.parse::<SemanticVersion>()
+        );
+        let fields = &upcast.payload["CreditsReserved"];
+        assert_eq!(fields["end_user"], Value::Null);
+        assert_eq!(fields["project"], Value::Null);
+        assert_eq!(fields["scopes_checked"], json!([]));
+        let event: TenantEvent = serde_json::from_value(upcast.payload).unwrap();
+        let TenantEvent::CreditsReserved {
+            end_user,
+            project,
+            scopes_checked,
+            hold_pico,
+            ..
+        } = &event
+        else {
+            panic!("not a reservation: {event:?}");
+        };
+        assert_eq!((end_user, project), (&None, &None));
+        assert!(scopes_checked.is_empty());
+        assert_eq!(*hold_pico, Credits::from_pico(90_000_000));
+        assert_eq!(event.event_version(), CREDITS_RESERVED_VERSION);
     }
 
     #[test]
